@@ -1,0 +1,357 @@
+"""Tests for download_model.py: hashes, local checks, and downloads from a local HTTP server (no internet)."""
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import download_model as dm
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared'
+REFERENCE_JSON = SHARED / 'reference' / 'released_files.json'
+SMALL_FILES = ['encoder_bpe_40000.json', 'params_shapes.json', 'vocab_40000.bpe']
+FAST = dict(retries=2, timeout=5.0, backoff=0, progress=False)
+
+
+def random_bytes(n, seed=0):
+    """Synthetic file contents."""
+    return np.random.default_rng(seed).bytes(n)
+
+
+def npy_bytes(n, seed=0):
+    """A .npy file holding n float32 values, as bytes."""
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(seed).standard_normal(n).astype(np.float32))
+    return buf.getvalue()
+
+
+def need_shared_small_files():
+    """Skip unless ../shared/model holds the released small files."""
+    if not all((SHARED / 'model' / n).is_file() for n in SMALL_FILES):
+        pytest.skip('../shared/model/ with the released small files is not available')
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves server.routes[path] = dict(body=..., mode=..., ctype=...) with Range support, logging requests.
+
+    mode: None (normal), 'cut' (first request stops after `cut` bytes), 'cut_always' (every request stops
+    after `cut` bytes), 'ignore_range' (always 200 with the whole body).
+    """
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        with srv.lock:
+            srv.requests.append((self.path, self.headers.get('Range')))
+            n_seen = sum(1 for p, _ in srv.requests if p == self.path)
+        route = srv.routes.get(self.path)
+        if route is None:
+            self.send_error(404, 'Not Found')
+            return
+        body, mode = route['body'], route.get('mode')
+        start = 0
+        rng = self.headers.get('Range')
+        if rng and mode != 'ignore_range':
+            start = int(rng.split('=')[1].split('-')[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header('Content-Range', f'bytes */{len(body)}')
+                self.send_header('Content-Length', '0')
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header('Content-Range', f'bytes {start}-{len(body) - 1}/{len(body)}')
+        else:
+            self.send_response(200)
+        rest = body[start:]
+        self.send_header('Content-Type', route.get('ctype', 'application/octet-stream'))
+        self.send_header('Content-Length', str(len(rest)))
+        self.end_headers()
+        if mode == 'cut_always' or (mode == 'cut' and n_seen == 1):
+            self.wfile.write(rest[:route['cut']])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(rest)
+
+
+@pytest.fixture
+def server():
+    """A ThreadingHTTPServer on 127.0.0.1 serving server.routes; server.url(path) gives a URL."""
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    httpd.daemon_threads = True
+    httpd.routes, httpd.requests, httpd.lock = {}, [], threading.Lock()
+    httpd.url = lambda path: f'http://127.0.0.1:{httpd.server_address[1]}{path}'
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+# --- hashes and the embedded table -------------------------------------------------------------------
+
+@pytest.mark.parametrize('size', [0, 1, 4096, 4097, 300_001])
+def test_git_blob_sha1_matches_git_hash_object(tmp_path, size):
+    data = random_bytes(size, seed=size)
+    path = tmp_path / 'blob.bin'
+    path.write_bytes(data)
+    want = subprocess.run(['git', 'hash-object', str(path)], capture_output=True, text=True, check=True,
+                          timeout=30).stdout.strip()
+    assert dm.git_blob_sha1(path, chunk_size=4096) == want  # streamed across chunk boundaries
+    assert dm.git_blob_sha1(str(path)) == want
+    assert dm.git_blob_sha1(data) == want
+    assert dm.git_blob_sha1(bytearray(data)) == want
+
+
+def test_embedded_hashes_equal_reference_json():
+    if not REFERENCE_JSON.is_file():
+        pytest.skip(f'{REFERENCE_JSON} not available')
+    assert dm.RELEASED_FILES == json.loads(REFERENCE_JSON.read_text())['files']
+    assert len(dm.RELEASED_FILES) == 13
+
+
+def test_released_small_files_verify(tmp_path):
+    need_shared_small_files()
+    for n in SMALL_FILES:
+        shutil.copy(SHARED / 'model' / n, tmp_path / n)
+        assert dm.check_file(tmp_path / n, dm.RELEASED_FILES[n]) is None
+    assert dm.verify_model_dir(tmp_path, names=SMALL_FILES) == []
+    problems = dm.verify_model_dir(tmp_path)  # the ten shards are absent
+    assert len(problems) == 10 and all('params_' in p and 'missing' in p for p in problems)
+
+
+# --- local checks ------------------------------------------------------------------------------------
+
+def test_verify_model_dir_names_each_problem(tmp_path):
+    real_npy = npy_bytes(5000)
+    (tmp_path / 'params_1.npy').write_bytes(
+        b'version https://git-lfs.github.com/spec/v1\noid sha256:' + b'0' * 64 + b'\nsize 46622848\n')
+    (tmp_path / 'params_2.npy').write_bytes(b'\n  <!DOCTYPE html>\n<html><body>Rate limited</body></html>\n')
+    (tmp_path / 'params_3.npy').write_bytes(real_npy[:-1000])           # truncated shard
+    (tmp_path / 'params_4.npy').write_bytes(real_npy)                   # complete, but not the released one
+    (tmp_path / 'params_5.npy').write_bytes(b'')
+    (tmp_path / 'params_6.npy').write_bytes(b'  <HTML><head></head></HTML>')  # case-insensitive
+    names = [f'params_{i}.npy' for i in range(7)]
+    problems = dm.verify_model_dir(tmp_path, names=names)
+    assert len(problems) == 7
+    by_file = {n: [p for p in problems if n in p] for n in names}
+    assert all(len(v) == 1 for v in by_file.values()), by_file
+    assert 'missing' in by_file['params_0.npy'][0]
+    assert 'Git-LFS pointer' in by_file['params_1.npy'][0]
+    assert 'HTML page' in by_file['params_2.npy'][0]
+    assert 'HTML page' in by_file['params_6.npy'][0]
+    assert 'truncated' in by_file['params_3.npy'][0]
+    assert f'the file has {len(real_npy) - 1000}' in by_file['params_3.npy'][0]
+    got = dm.git_blob_sha1(real_npy)
+    assert (f'corrupt or truncated: expected {dm.RELEASED_FILES["params_4.npy"]}, got {got}; '
+            'delete it and run download_model.py again') in by_file['params_4.npy'][0]
+    assert 'empty' in by_file['params_5.npy'][0]
+    assert all('\n' not in p for p in problems)
+
+
+def test_truncated_json_is_reported_by_hash(tmp_path):
+    need_shared_small_files()
+    data = (SHARED / 'model' / 'params_shapes.json').read_bytes()
+    (tmp_path / 'params_shapes.json').write_bytes(data[:-10])
+    [problem] = dm.verify_model_dir(tmp_path, names=['params_shapes.json'])
+    assert str(tmp_path / 'params_shapes.json') in problem
+    assert 'corrupt or truncated' in problem and dm.RELEASED_FILES['params_shapes.json'] in problem
+
+
+def test_check_file_with_and_without_hash(tmp_path):
+    path = tmp_path / 'x.bin'
+    path.write_bytes(random_bytes(1000))
+    assert dm.check_file(path) is None
+    assert dm.check_file(path, dm.git_blob_sha1(path)) is None
+    assert 'corrupt' in dm.check_file(path, '0' * 40)
+    assert 'not a regular file' in dm.check_file(tmp_path)
+
+
+def test_verify_model_dir_rejects_unknown_name(tmp_path):
+    with pytest.raises(ValueError, match='params_10.npy'):
+        dm.verify_model_dir(tmp_path, names=['params_10.npy'])
+
+
+# --- downloads from the local server ----------------------------------------------------------------
+
+def test_download_fresh(server, tmp_path):
+    data = random_bytes(300_000)
+    server.routes['/m/a.bin'] = dict(body=data)
+    dest = tmp_path / 'sub' / 'a.bin'
+    assert dm.download(server.url('/m/a.bin'), dest, dm.git_blob_sha1(data), **FAST) == str(dest)
+    assert dest.read_bytes() == data
+    assert not Path(str(dest) + '.part').exists()
+    assert server.requests == [('/m/a.bin', None)]
+
+
+def test_download_resumes_after_cut(server, tmp_path):
+    data, cut = random_bytes(300_000), 123_457
+    server.routes['/a.bin'] = dict(body=data, mode='cut', cut=cut)
+    dest = tmp_path / 'a.bin'
+    dm.download(server.url('/a.bin'), dest, dm.git_blob_sha1(data), **FAST)
+    assert dest.read_bytes() == data
+    assert server.requests == [('/a.bin', None), ('/a.bin', f'bytes={cut}-')]
+
+
+def test_download_resumes_across_runs(server, tmp_path):
+    data, cut = random_bytes(300_000), 100_000
+    server.routes['/a.bin'] = dict(body=data, mode='cut_always', cut=cut)
+    dest, sha = tmp_path / 'a.bin', dm.git_blob_sha1(data)
+    with pytest.raises(dm.DownloadError, match='resume') as e:
+        dm.download(server.url('/a.bin'), dest, sha, **dict(FAST, retries=1))
+    assert server.url('/a.bin') in str(e.value) and '\n' not in str(e.value)
+    part = Path(str(dest) + '.part')
+    assert part.read_bytes() == data[:2 * cut] and not dest.exists()
+    server.routes['/a.bin'] = dict(body=data)
+    dm.download(server.url('/a.bin'), dest, sha, **FAST)
+    assert dest.read_bytes() == data and not part.exists()
+    assert [r for _, r in server.requests] == [None, f'bytes={cut}-', f'bytes={2 * cut}-']
+
+
+def test_download_corrupt_is_deleted(server, tmp_path):
+    data = random_bytes(200_000)
+    bad = bytearray(data)
+    bad[1234] ^= 0xFF
+    server.routes['/a.bin'] = dict(body=bytes(bad))
+    dest, sha = tmp_path / 'a.bin', dm.git_blob_sha1(data)
+    with pytest.raises(dm.DownloadError) as e:
+        dm.download(server.url('/a.bin'), dest, sha, **FAST)
+    msg = str(e.value)
+    assert server.url('/a.bin') in msg and 'corrupt or truncated' in msg and sha in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_404_names_url(server, tmp_path):
+    url = server.url('/nowhere/params_0.npy')
+    with pytest.raises(dm.DownloadError) as e:
+        dm.download(url, tmp_path / 'params_0.npy', '0' * 40, **FAST)
+    assert url in str(e.value) and '404' in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    assert len(server.requests) == 1  # a 404 is not retried
+
+
+@pytest.mark.parametrize('ctype', ['text/html; charset=utf-8', 'application/octet-stream'])
+def test_download_html_page_is_refused(server, tmp_path, ctype):
+    server.routes['/params_0.npy'] = dict(body=b'<!DOCTYPE html><html><body>Sign in</body></html>', ctype=ctype)
+    with pytest.raises(dm.DownloadError, match='HTML page') as e:
+        dm.download(server.url('/params_0.npy'), tmp_path / 'params_0.npy', '0' * 40, **FAST)
+    assert server.url('/params_0.npy') in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_restarts_when_server_ignores_range(server, tmp_path):
+    data = random_bytes(250_000)
+    server.routes['/a.bin'] = dict(body=data, mode='ignore_range')
+    dest = tmp_path / 'a.bin'
+    Path(str(dest) + '.part').write_bytes(b'x' * 1000)  # appending to this would give a wrong file
+    dm.download(server.url('/a.bin'), dest, dm.git_blob_sha1(data), **FAST)
+    assert dest.read_bytes() == data
+    assert server.requests == [('/a.bin', 'bytes=1000-')]
+
+
+def test_download_416_means_part_is_complete(server, tmp_path):
+    data = random_bytes(250_000)
+    server.routes['/a.bin'] = dict(body=data)
+    dest = tmp_path / 'a.bin'
+    Path(str(dest) + '.part').write_bytes(data)
+    dm.download(server.url('/a.bin'), dest, dm.git_blob_sha1(data), **FAST)
+    assert dest.read_bytes() == data and not Path(str(dest) + '.part').exists()
+    assert server.requests == [('/a.bin', f'bytes={len(data)}-')]
+
+
+def test_download_stale_part_restarts_from_zero(server, tmp_path):
+    data = random_bytes(250_000)
+    server.routes['/a.bin'] = dict(body=data)
+    dest = tmp_path / 'a.bin'
+    Path(str(dest) + '.part').write_bytes(b'y' * 5000)  # left by something else: resuming gives a bad file
+    dm.download(server.url('/a.bin'), dest, dm.git_blob_sha1(data), **FAST)
+    assert dest.read_bytes() == data
+    assert server.requests == [('/a.bin', 'bytes=5000-'), ('/a.bin', None)]
+
+
+def test_download_rejects_non_http_url(tmp_path):
+    with pytest.raises(ValueError, match='not an http'):
+        dm.download((tmp_path / 'x').as_uri(), tmp_path / 'y')
+
+
+def test_download_model_skips_verified_and_follows_lfs_pointer(server, tmp_path):
+    a, b = random_bytes(10_000, seed=1), npy_bytes(20_000, seed=2)
+    expected = {'a.bin': dm.git_blob_sha1(a), 'b.npy': dm.git_blob_sha1(b)}
+    (tmp_path / 'a.bin').write_bytes(a)
+    server.routes['/raw/b.npy'] = dict(body=b'version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n')
+    server.routes['/media/b.npy'] = dict(body=b)
+    paths = dm.download_model(tmp_path, server.url('/raw/'), expected=expected,
+                              lfs_base_url=server.url('/media/'), **FAST)
+    assert paths == [str(tmp_path / 'a.bin'), str(tmp_path / 'b.npy')]
+    assert (tmp_path / 'b.npy').read_bytes() == b
+    assert [p for p, _ in server.requests] == ['/raw/b.npy', '/media/b.npy']
+    assert dm.download_model(tmp_path, server.url('/raw/'), expected=expected, **FAST) == paths
+    assert len(server.requests) == 2  # everything verified: nothing fetched
+
+
+def test_download_model_lfs_pointer_without_fallback_is_an_error(server, tmp_path):
+    server.routes['/raw/b.npy'] = dict(body=b'version https://git-lfs.github.com/spec/v1\n')
+    with pytest.raises(dm.DownloadError, match='Git-LFS pointer'):
+        dm.download_model(tmp_path, server.url('/raw/'), expected={'b.npy': '0' * 40}, lfs_base_url='', **FAST)
+    assert not (tmp_path / 'b.npy').exists()
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def test_cli_verify_only_on_empty_dir_fails(tmp_path, capsys):
+    assert dm.main(['--model_dir', str(tmp_path), '--verify-only']) == 1
+    out, err = capsys.readouterr()
+    problem_lines = [line for line in err.splitlines() if line.startswith('problem')]
+    assert out == '' and len(problem_lines) == 13 and all('missing' in line for line in problem_lines)
+    assert list(tmp_path.iterdir()) == []  # --verify-only downloads nothing
+
+
+def test_cli_downloads_then_verifies(server, tmp_path, capsys):
+    need_shared_small_files()
+    for n in SMALL_FILES:
+        server.routes[f'/model/{n}'] = dict(body=(SHARED / 'model' / n).read_bytes(), ctype='text/plain')
+    args = ['--model_dir', str(tmp_path), '--base_url', server.url('/model/'), '--timeout', '5', '--no_progress',
+            '--files'] + SMALL_FILES
+    assert dm.main(args) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == ['downloaded'] * 3
+    assert dm.main(args) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ['ok'] * 3
+    assert len(server.requests) == 3
+    assert dm.main(['--model_dir', str(tmp_path), '--verify-only', '--files'] + SMALL_FILES) == 0
+
+
+def test_cli_http_error_is_one_line(server, tmp_path, capsys):
+    code = dm.main(['--model_dir', str(tmp_path), '--base_url', server.url('/model/'), '--timeout', '5',
+                    '--no_progress', '--files', 'params_0.npy'])
+    assert code == 1
+    out, err = capsys.readouterr()
+    [problem] = [line for line in err.splitlines() if line.startswith('problem')]
+    assert server.url('/model/params_0.npy') in problem and '404' in problem
+    assert 'Traceback' not in err and out == ''
+
+
+def test_cli_unknown_file_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        dm.main(['--model_dir', str(tmp_path), '--files', 'params_10.npy'])
+    assert e.value.code == 2
+
+
+def test_cli_script_exit_code(tmp_path):
+    script = Path(dm.__file__).resolve()
+    r = subprocess.run([sys.executable, str(script), '--model_dir', str(tmp_path), '--verify-only',
+                        '--files', 'params_0.npy'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert 'params_0.npy: missing' in r.stderr and 'Traceback' not in r.stderr
