@@ -1,0 +1,421 @@
+"""Tests for model_pytorch.py: TF parity, dropout structure, heads and the weight loader."""
+import argparse
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model_pytorch import (DEFAULT_CONFIG, ClfHead, DoubleHeadModel, LMHead, LMModel, MultipleChoiceHead,
+                           TransformerModel, load_openai_pretrained_model, tf_param_names,
+                           torch_name, write_released_shards)
+from tests.helpers import FIXTURES, SMALL_MODEL, load_tf_reference, small_cfg, tf_model
+
+
+@pytest.fixture(scope='module')
+def ref():
+    return load_tf_reference()
+
+
+def set_attn_impl(model, impl):
+    for block in model.transformer.h:
+        block.attn.impl = impl
+
+
+def make_x(n_vocab, n_ctx, batch, generator=None, n_special=0):
+    """Random token ids with the position ids after the vocabulary: [batch, n_ctx, 2]."""
+    x = torch.empty(batch, n_ctx, 2, dtype=torch.long)
+    x[..., 0] = torch.randint(0, n_vocab, (batch, n_ctx), generator=generator)
+    x[..., 1] = torch.arange(n_vocab + n_special, n_vocab + n_special + n_ctx)
+    return x
+
+
+# --- the configuration -------------------------------------------------------------------------
+
+def test_default_config_values_and_copy():
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    assert (cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.afn) == (768, 12, 12, 'gelu')
+    assert cfg.embd_pdrop == cfg.attn_pdrop == cfg.resid_pdrop == cfg.clf_pdrop == 0.1
+    cfg.n_layer = 2
+    assert cfg.n_layer == 2 and DEFAULT_CONFIG.n_layer == 12
+
+
+def test_config_rejects_misspelt_field():
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    with pytest.raises(AttributeError):
+        cfg.n_heads = 4
+
+
+def test_namespace_works_as_config():
+    ns = argparse.Namespace(n_embd=16, n_head=2, n_layer=1, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
+                            clf_pdrop=0.0, afn='relu')
+    model = TransformerModel(ns, vocab=50, n_ctx=8)
+    assert model(make_x(40, 8, 3)).shape == (3, 8, 16)
+
+
+def test_config_missing_field_is_named():
+    with pytest.raises(ValueError, match="no field 'afn'"):
+        TransformerModel(argparse.Namespace(n_embd=16, n_head=2, n_layer=1, embd_pdrop=0.0, attn_pdrop=0.0,
+                                            resid_pdrop=0.0, clf_pdrop=0.0), vocab=50, n_ctx=8)
+
+
+def test_unknown_afn_and_bad_heads_rejected():
+    with pytest.raises(ValueError, match='unknown afn'):
+        TransformerModel(small_cfg(afn='tanh'), vocab=50, n_ctx=8)
+    with pytest.raises(ValueError, match='divisible'):
+        TransformerModel(small_cfg(n_head=5), vocab=50, n_ctx=8)
+
+
+# --- parity with the original TensorFlow code ---------------------------------------------------
+
+@pytest.mark.parametrize('impl', ['sdpa', 'explicit'])
+def test_tf_parity_eval(ref, impl):
+    arrays, config = ref
+    model = tf_model(arrays, config).eval()
+    set_attn_impl(model, impl)
+    np.testing.assert_array_equal(model.transformer.embed.weight.detach().numpy(), arrays['we'])
+    X = torch.from_numpy(arrays['X']).long()
+    with torch.no_grad():
+        h = model.transformer(X)
+        lm_logits, clf_logits = model(X)
+    np.testing.assert_allclose(h.numpy(), arrays['h'], atol=2e-5, rtol=0)
+    np.testing.assert_allclose(lm_logits.numpy(), arrays['lm_logits'], atol=2e-5, rtol=0)
+    np.testing.assert_allclose(clf_logits.numpy(), arrays['clf_logits'], atol=2e-5, rtol=0)
+
+
+def test_special_rows_follow_numpy_global_seed(ref):
+    arrays, config = ref
+    np.random.seed(config['seed'])
+    expected = (np.random.randn(3, config['n_embd']) * 0.02).astype(np.float32)
+    np.testing.assert_array_equal(expected, arrays['special'])
+    model = tf_model(arrays, config)
+    rows = model.transformer.embed.weight.detach().numpy()[config['n_vocab']:config['n_vocab'] + 3]
+    np.testing.assert_array_equal(rows, arrays['special'])
+
+
+# --- structure of the computation ---------------------------------------------------------------
+
+def test_causal():
+    torch.manual_seed(0)
+    model = TransformerModel(small_cfg(), vocab=60, n_ctx=10).eval()
+    x = make_x(50, 10, 2)
+    y = x.clone()
+    y[:, -1, 0] = (y[:, -1, 0] + 1) % 50
+    with torch.no_grad():
+        hx, hy = model(x), model(y)
+    torch.testing.assert_close(hx[:, :-1], hy[:, :-1])
+    assert not torch.allclose(hx[:, -1], hy[:, -1])
+
+
+def test_sdpa_equals_explicit_attention_with_gradients():
+    torch.manual_seed(0)
+    model = LMModel(small_cfg(), vocab=60, n_ctx=10)
+    x = make_x(50, 10, 3)
+    outs = []
+    for impl in ['sdpa', 'explicit']:
+        set_attn_impl(model, impl)
+        model.zero_grad()
+        logits = model(x)
+        logits.square().mean().backward()
+        outs.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+    for g0, g1 in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-4)
+
+
+def test_attention_weights_kept_for_inspection_are_causal():
+    torch.manual_seed(0)
+    model = TransformerModel(small_cfg(), vocab=60, n_ctx=6).eval()
+    model.h[0].attn.keep_weights = True
+    model(make_x(50, 6, 2))
+    w = model.h[0].attn.last_weights  # [B, H, T, T]
+    assert w.shape == (2, 4, 6, 6)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 6))
+    assert torch.all(w.triu(diagonal=1) == 0)
+
+
+def test_embedding_dropout_acts_on_the_table_shared_with_the_decoder():
+    torch.manual_seed(0)
+    cfg = small_cfg(n_layer=0)
+    cfg.embd_pdrop = 0.5
+    model = DoubleHeadModel(cfg, clf_token=49, task_head_type='multiple_choice', vocab=70, n_ctx=10).train()
+    x = make_x(49, 10, 4).view(2, 2, 10, 2)
+    x[..., 9, 0] = 49
+    x[1, 1] = x[0, 0]  # the same (token, position) pairs in two different sequences
+    torch.manual_seed(1)
+    h, we = model.transformer(x, return_we=True)
+    assert (we == 0).any() and not torch.equal(we, model.transformer.embed.weight)
+    xf = x.view(-1, 10, 2)
+    # every lookup reads rows of the one dropped table: a token seen twice sees the same dropped row
+    torch.testing.assert_close(h, we[xf[..., 0]] + we[xf[..., 1]])
+    torch.testing.assert_close(h[3], h[0])
+    torch.manual_seed(1)
+    lm_logits, _ = model(x)
+    torch.testing.assert_close(lm_logits, h[:, :-1].reshape(-1, 32) @ we.t())
+
+
+def test_classifier_dropout_shares_one_mask_across_choices():
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    cfg.clf_pdrop = 0.5
+    head = MultipleChoiceHead(clf_token=7, cfg=cfg).train()
+    with torch.no_grad():
+        head.clf.w.fill_(1.0)
+    B, T = 64, 5
+    x = torch.zeros(B, 2, T, 2, dtype=torch.long)
+    x[:, :, -1, 0] = 7
+    h = torch.rand(B, 1, T, 32).expand(B, 2, T, 32).reshape(B * 2, T, 32)  # both choices identical
+    logits = head(h, x)
+    torch.testing.assert_close(logits[:, 0], logits[:, 1])
+    assert logits[:, 0].unique().numel() > 1  # masks differ between examples
+    head.eval()
+    torch.testing.assert_close(head(h, x), h[:, -1].sum(-1).view(B, 2))
+
+
+def test_pooling_at_first_classify_token_and_missing_token_error():
+    head = ClfHead(clf_token=9, cfg=small_cfg(), n_class=3).eval()
+    x = torch.zeros(2, 6, 2, dtype=torch.long)
+    x[0, 2, 0] = x[0, 4, 0] = 9
+    x[1, 5, 0] = 9
+    h = torch.randn(2, 6, 32)
+    expected = torch.stack([h[0, 2], h[1, 5]]) @ head.clf.w + head.clf.b
+    torch.testing.assert_close(head(h, x), expected)
+    x[1, 5, 0] = 3
+    with pytest.raises(ValueError, match='1 of 2 sequences hold no classify token'):
+        head(h, x)
+
+
+def test_similarity_head_symmetric():
+    torch.manual_seed(0)
+    model = DoubleHeadModel(small_cfg(), clf_token=49, task_head_type='similarity', vocab=70, n_ctx=10).eval()
+    x = make_x(48, 10, 6).view(3, 2, 10, 2)
+    x[..., 9, 0] = 49
+    swapped = x.flip(1)
+    with torch.no_grad():
+        _, s = model(x)
+        _, t = model(swapped)
+    assert s.shape == (3,)
+    torch.testing.assert_close(s, t)
+
+
+def test_task_head_types():
+    cfg = small_cfg()
+    assert isinstance(DoubleHeadModel(cfg, 5, 'inference', 60, 8).task_head.clf.w, torch.nn.Parameter)
+    assert DoubleHeadModel(cfg, 5, 'inference', 60, 8).task_head.clf.w.shape == (32, 3)
+    assert DoubleHeadModel(cfg, 5, ('classification', 4), 60, 8).task_head.clf.w.shape == (32, 4)
+    assert DoubleHeadModel(cfg, 5, ('similarity', 2), 60, 8).task_head.clf.w.shape == (32, 2)
+    with pytest.raises(ValueError, match='unknown task_head_type'):
+        DoubleHeadModel(cfg, 5, 'regression', 60, 8)
+
+
+def test_initialisation_independent_layers_and_zero_head_biases():
+    torch.manual_seed(0)
+    model = DoubleHeadModel(DEFAULT_CONFIG, clf_token=3, task_head_type='multiple_choice', vocab=1000, n_ctx=16)
+    w0, w1 = model.transformer.h[0].attn.c_attn.w, model.transformer.h[1].attn.c_attn.w
+    assert not torch.equal(w0, w1)
+    assert abs(w0.std().item() - 0.02) < 1e-3
+    assert torch.all(model.task_head.clf.b == 0)
+    assert abs(model.task_head.clf.w.std().item() - 0.02) < 5e-3
+    assert torch.all(model.transformer.h[0].ln_1.g == 1) and torch.all(model.transformer.h[0].ln_1.b == 0)
+
+
+def test_lm_head_tied_and_over_every_row():
+    torch.manual_seed(0)
+    model = TransformerModel(small_cfg(), vocab=70, n_ctx=10)
+    head = LMHead(model, small_cfg())
+    assert head.decoder.weight is model.embed.weight
+    h = model(make_x(50, 10, 2))
+    assert head(h).shape == (2 * 9, 70)
+    lm = LMModel(small_cfg(), vocab=70, n_ctx=10, return_probs=True).eval()
+    probs = lm(make_x(50, 10, 2))
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 10))
+
+
+def test_state_dict_keys_read_like_tf_names():
+    model = TransformerModel(small_cfg(), vocab=70, n_ctx=10)
+    keys = set(model.state_dict())
+    for tf_name in tf_param_names(2)[2:]:
+        assert torch_name(tf_name) in keys
+    assert torch_name('model/h3/attn/c_attn/w') == 'h.3.attn.c_attn.w'
+    assert model.state_dict()['h.1.mlp.c_fc.w'].shape == (32, 128)
+
+
+def test_all_hidden_states_and_kv_cache_match_full_forward():
+    torch.manual_seed(0)
+    model = TransformerModel(small_cfg(), vocab=70, n_ctx=12).eval()
+    x = make_x(50, 12, 2)
+    with torch.no_grad():
+        full = model(x)
+        layers = model.all_hidden_states(x)
+        assert len(layers) == 3
+        torch.testing.assert_close(layers[-1], full)
+        h, past = model.forward_cached(x[:, :5])
+        steps = [h]
+        for t in range(5, 12):
+            h, past = model.forward_cached(x[:, t:t + 1], past)
+            steps.append(h)
+        cached = torch.cat(steps, dim=1)
+        # a block of 3 new positions on top of a cache uses the offset causal mask
+        h3, _ = model.forward_cached(x[:, 7:10], model.forward_cached(x[:, :7])[1])
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h3, full[:, 7:10], atol=1e-5, rtol=1e-5)
+
+
+# --- the weight loader --------------------------------------------------------------------------
+
+def fixture_arrays():
+    with open(SMALL_MODEL / 'params_shapes.json') as f:
+        shapes = json.load(f)
+    flat = np.concatenate([np.load(SMALL_MODEL / f'params_{n}.npy') for n in range(10)])
+    return [a.reshape(s) for a, s in zip(np.split(flat, np.cumsum([np.prod(s) for s in shapes])[:-1]), shapes)]
+
+
+def test_write_released_shards_reproduces_the_fixture_files(tmp_path):
+    write_released_shards(tmp_path, fixture_arrays())
+    for n in range(10):
+        assert (tmp_path / f'params_{n}.npy').read_bytes() == (SMALL_MODEL / f'params_{n}.npy').read_bytes()
+
+
+def test_full_size_synthetic_shards_load_every_array_in_place(tmp_path):
+    with open(FIXTURES / 'released_params_shapes.json') as f:
+        shapes = json.load(f)
+    assert len(shapes) == 146
+    arrays = [np.float32(i) + (np.arange(np.prod(s), dtype=np.float32) % 1000) / 1000 for i, s in enumerate(shapes)]
+    arrays = [a.reshape(s) for a, s in zip(arrays, shapes)]
+    assert sum(a.size for a in arrays) > 116_000_000
+    write_released_shards(tmp_path, arrays)
+    del arrays
+
+    args = DEFAULT_CONFIG
+    model = TransformerModel(args)
+    load_openai_pretrained_model(model, path=str(tmp_path))
+    sd = model.state_dict()
+    assert sd['embed.weight'].shape == (40990, 768)
+
+    def expected(i):
+        return np.float32(i) + (np.arange(np.prod(shapes[i]), dtype=np.float32) % 1000) / 1000
+
+    table = sd['embed.weight'].numpy()
+    np.testing.assert_array_equal(table[:40478], expected(1).reshape(40478, 768))
+    np.testing.assert_array_equal(table[40478:], expected(0).reshape(512, 768))
+    for i, tf_name in enumerate(tf_param_names(12)[2:], start=2):
+        np.testing.assert_array_equal(sd[torch_name(tf_name)].numpy().reshape(-1), expected(i), err_msg=tf_name)
+
+
+def test_n_ctx_crop_and_special_rows(tmp_path):
+    arrays = fixture_arrays()  # 24 stored positions
+    model = TransformerModel(small_cfg(), vocab=100 + 2 + 8, n_ctx=8)
+    np.random.seed(5)
+    load_openai_pretrained_model(model, path=str(SMALL_MODEL), n_embd=32)
+    np.random.seed(5)
+    special = (np.random.randn(2, 32) * 0.02).astype(np.float32)
+    table = model.embed.weight.detach().numpy()
+    np.testing.assert_array_equal(table[:100], arrays[1])
+    np.testing.assert_array_equal(table[100:102], special)
+    np.testing.assert_array_equal(table[102:], arrays[0][:8])
+    too_long = TransformerModel(small_cfg(), vocab=100 + 30, n_ctx=30)
+    with pytest.raises(ValueError, match='n_ctx=30 exceeds the 24 positions'):
+        load_openai_pretrained_model(too_long, path=str(SMALL_MODEL), n_embd=32)
+
+
+def test_n_transfer_limits_what_is_copied():
+    arrays = fixture_arrays()
+    torch.manual_seed(0)
+    model = TransformerModel(small_cfg(), vocab=100 + 24, n_ctx=24)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load_openai_pretrained_model(model, path=str(SMALL_MODEL), n_transfer=1, n_embd=32)
+    sd = model.state_dict()
+    np.testing.assert_array_equal(sd['h.0.attn.c_attn.w'].numpy(), arrays[2][0])
+    assert torch.equal(sd['h.1.attn.c_attn.w'], before['h.1.attn.c_attn.w'])
+    model2 = TransformerModel(small_cfg(), vocab=100 + 24, n_ctx=24)
+    before2 = {k: v.clone() for k, v in model2.state_dict().items()}
+    load_openai_pretrained_model(model2, path=str(SMALL_MODEL), n_transfer=-1, n_embd=32)
+    assert all(torch.equal(before2[k], v) for k, v in model2.state_dict().items())
+
+
+@pytest.fixture
+def shard_dir(tmp_path):
+    d = tmp_path / 'model'
+    write_released_shards(d, fixture_arrays())
+    return d
+
+
+def small_model_for(d):
+    return TransformerModel(small_cfg(), vocab=124, n_ctx=24)
+
+
+def load_from(d):
+    load_openai_pretrained_model(small_model_for(d), path=str(d), n_embd=32)
+
+
+def test_missing_shard(shard_dir):
+    (shard_dir / 'params_7.npy').unlink()
+    with pytest.raises(FileNotFoundError, match=r'params_7\.npy is missing.*finetune-transformer-lm'):
+        load_from(shard_dir)
+
+
+def test_missing_shapes_file(shard_dir):
+    (shard_dir / 'params_shapes.json').unlink()
+    with pytest.raises(FileNotFoundError, match=r'params_shapes\.json is missing'):
+        load_from(shard_dir)
+
+
+def test_truncated_shard(shard_dir):
+    p = shard_dir / 'params_3.npy'
+    p.write_bytes(p.read_bytes()[:-400])
+    with pytest.raises(ValueError, match=r'params_3\.npy is truncated or corrupt'):
+        load_from(shard_dir)
+
+
+def test_shard_with_missing_values_but_valid_header(shard_dir):
+    p = shard_dir / 'params_4.npy'
+    np.save(p, np.load(p)[:-10])
+    with pytest.raises(ValueError, match='hold 29366 floats but params_shapes.json describes 29376'):
+        load_from(shard_dir)
+
+
+def test_shard_not_float32(shard_dir):
+    p = shard_dir / 'params_2.npy'
+    np.save(p, np.load(p).astype(np.float64))
+    with pytest.raises(ValueError, match=r'params_2\.npy holds float64 values, expected float32'):
+        load_from(shard_dir)
+
+
+def test_git_lfs_pointer(shard_dir):
+    (shard_dir / 'params_0.npy').write_text('version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n')
+    with pytest.raises(ValueError, match=r'params_0\.npy is a Git-LFS pointer'):
+        load_from(shard_dir)
+
+
+def test_html_page(shard_dir):
+    (shard_dir / 'params_9.npy').write_text('\n<!DOCTYPE html><html><body>Not Found</body></html>')
+    with pytest.raises(ValueError, match=r'params_9\.npy is an HTML page'):
+        load_from(shard_dir)
+
+
+def test_pickled_object_array_is_refused(shard_dir):
+    np.save(shard_dir / 'params_1.npy', np.array([{'a': 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r'params_1\.npy is truncated or corrupt.*pickle'):
+        load_from(shard_dir)
+
+
+def test_shape_mismatch_names_parameter_and_both_shapes(shard_dir):
+    model = TransformerModel(small_cfg(n_embd=16, n_head=4), vocab=124, n_ctx=24)
+    with pytest.raises(ValueError, match=r'shape mismatch for embed.weight: the model has \(124, 16\), '
+                                         r'the weights give \(124, 32\)'):
+        load_openai_pretrained_model(model, path=str(shard_dir), n_embd=32)
+    wide = TransformerModel(small_cfg(), vocab=124, n_ctx=24)
+    wide.h[1].mlp.c_fc.w = torch.nn.Parameter(torch.zeros(32, 64))
+    with pytest.raises(ValueError, match=r'shape mismatch for h\.1\.mlp\.c_fc\.w: the model has \(32, 64\), '
+                                         r'the weights give \(32, 128\)'):
+        load_openai_pretrained_model(wide, path=str(shard_dir), n_embd=32)
+
+
+def test_failed_load_changes_nothing(shard_dir):
+    model = TransformerModel(small_cfg(), vocab=124, n_ctx=24)
+    model.h[1].ln_2.g = torch.nn.Parameter(torch.ones(31))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match='ln_2.g'):
+        load_openai_pretrained_model(model, path=str(shard_dir), n_embd=32)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
