@@ -1,0 +1,206 @@
+"""Text to BPE ids with GPT-1's vocabulary (TF: text_utils.py).
+
+The pipeline is the original's: ftfy.fix_text, text_standardize, spaCy's rule-based English tokenizer,
+lower-casing, byte-pair encoding with '</w>' word ends, unknown pieces to id 0. It gives the original's
+ids for every text (tests/fixtures/bpe_reference.json holds the original's output).
+"""
+import json
+import re
+
+import ftfy
+import spacy
+from tqdm import tqdm
+
+VOCAB_SOURCE = 'the model/ folder of github.com/openai/finetune-transformer-lm'
+UNKNOWN_ID = 0  # the original maps every piece missing from the vocabulary to id 0 ('<unk>')
+
+# text_standardize's rules, in the original's order (compiled here; patterns are constants, not state).
+_DASHES_ETC = [('—', '-'), ('–', '-'), ('―', '-'), ('…', '...'), ('´', "'")]
+_SPLIT_PUNCT = re.compile(r'''(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|/+|\*+|\[+|\]+|}+|{+|\|+|_+)''')
+_NEWLINE = re.compile(r'\s*\n\s*')
+_SPACES = re.compile(r'[^\S\n]+')
+
+
+def get_pairs(word):
+    """Return the set of adjacent symbol pairs in word (a tuple of symbols) (TF: get_pairs)."""
+    return set(zip(word[:-1], word[1:]))
+
+
+def text_standardize(text):
+    """Return text with dashes/ellipses normalised, punctuation runs spaced out and whitespace collapsed."""
+    for old, new in _DASHES_ETC:
+        text = text.replace(old, new)
+    text = _SPLIT_PUNCT.sub(r' \1 ', text)
+    text = _NEWLINE.sub(' \n ', text)
+    text = _SPACES.sub(' ', text)
+    return text.strip()
+
+
+def _vocab_error(path, problem):
+    """Return the one-line ValueError for a malformed vocabulary file."""
+    return ValueError(f'{path}: {problem}; use the unmodified file from {VOCAB_SOURCE}')
+
+
+def load_encoder(encoder_path):
+    """Return the BPE token -> id dict read from encoder_path (encoder_bpe_40000.json)."""
+    try:
+        with open(encoder_path, encoding='utf-8') as f:
+            encoder = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{encoder_path}: vocabulary file not found; '
+                                f'copy encoder_bpe_40000.json from {VOCAB_SOURCE}') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _vocab_error(encoder_path, f'not a JSON vocabulary ({e}; an HTML page or Git LFS pointer?)') from None
+    if not isinstance(encoder, dict) or not encoder:
+        raise _vocab_error(encoder_path, 'expected a non-empty JSON object mapping tokens to ids')
+    for token, i in encoder.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise _vocab_error(encoder_path, f'token {token!r} has id {i!r}, expected a non-negative integer')
+    return encoder
+
+
+def load_bpe_ranks(bpe_path):
+    """Return the merge (first, second) -> rank dict read from bpe_path (vocab_40000.bpe)."""
+    try:
+        with open(bpe_path, encoding='utf-8') as f:
+            lines = f.read().split('\n')
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{bpe_path}: BPE merges file not found; '
+                                f'copy vocab_40000.bpe from {VOCAB_SOURCE}') from None
+    except UnicodeDecodeError as e:
+        raise _vocab_error(bpe_path, f'not UTF-8 text ({e})') from None
+    if not lines[0].startswith('#version'):
+        raise _vocab_error(bpe_path, f'line 1 is {lines[0][:40]!r}, expected the "#version" header')
+    # The original drops the first and the last line unconditionally ([1:-1]); the last line is empty in the
+    # released file. Only a trailing empty line is dropped here, so a file without a final newline keeps
+    # its last merge instead of losing it silently.
+    body = lines[1:-1] if lines[-1] == '' else lines[1:]
+    ranks = {}
+    for lineno, line in enumerate(body, start=2):
+        merge = tuple(line.split())
+        if len(merge) != 2:
+            raise _vocab_error(bpe_path, f'line {lineno} is {line[:40]!r}, expected two symbols')
+        ranks[merge] = lineno - 2  # later duplicates overwrite earlier ones, as dict(zip(...)) does
+    if not ranks:
+        raise _vocab_error(bpe_path, 'no merges found')
+    return ranks
+
+
+class TextEncoder:
+    """Texts to BPE ids and back (TF: TextEncoder).
+
+    `encoder` (token -> id) and `decoder` (id -> token) hold the released vocabulary; callers may add
+    special tokens to `encoder` after construction (train.py adds '_start_', '_delimiter_', '_classify_'),
+    and decode() shows those by name.
+    """
+
+    def __init__(self, encoder_path, bpe_path, cache_size=1 << 18):
+        self.encoder = load_encoder(encoder_path)
+        self.decoder = {i: token for token, i in self.encoder.items()}
+        self.bpe_ranks = load_bpe_ranks(bpe_path)
+        # spacy.blank('en') is the rule-based English tokenizer the original got from spacy.load('en') with
+        # the parser, tagger, ner and textcat disabled; the 'en' shortcut model no longer exists.
+        self.nlp = spacy.blank('en')
+        # Per-instance BPE cache keyed by lower-cased token, as in the original, but bounded: it is emptied
+        # when it reaches cache_size entries so that memory stays flat on an unbounded stream of texts.
+        self.cache = {}
+        self.cache_size = cache_size
+        self._added = {}  # id -> name of tokens added to .encoder after construction
+        self._n_encoder_seen = len(self.encoder)
+
+    def bpe(self, token):
+        """Return the BPE pieces of token joined by spaces, the last one ending in '</w>' (TF: bpe)."""
+        if token in self.cache:
+            return self.cache[token]
+        word = self._merge(token)
+        if len(self.cache) >= self.cache_size:
+            self.cache.clear()
+        self.cache[token] = word
+        return word
+
+    def _merge(self, token):
+        """Return the uncached BPE of token, as bpe() does (the original's merge loop)."""
+        word = tuple(token[:-1]) + (token[-1] + '</w>',)
+        if len(word) == 1:
+            return word[0]
+        ranks = self.bpe_ranks
+        pairs = get_pairs(word)
+        while True:
+            bigram = min(pairs, key=lambda pair: ranks.get(pair, float('inf')))
+            if bigram not in ranks:
+                break
+            first, second = bigram
+            new_word = []
+            i = 0
+            while i < len(word):  # merge every non-overlapping occurrence, left to right
+                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                    new_word.append(first + second)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            word = tuple(new_word)
+            if len(word) == 1:
+                break
+            pairs = get_pairs(word)
+        word = ' '.join(word)
+        # spaCy's token '\n ' (newline plus space) becomes '\n' and ' </w>'; the original maps it to the
+        # single piece '\n</w>'.
+        if word == '\n  </w>':
+            word = '\n</w>'
+        return word
+
+    def standardize(self, text):
+        """Return text as the tokenizer sees it: text_standardize(ftfy.fix_text(text))."""
+        return text_standardize(ftfy.fix_text(text))
+
+    def tokenize(self, texts, batch_size=256):
+        """Return, per text, the lower-cased spaCy tokens of its standardised form."""
+        docs = self.nlp.pipe((self.standardize(text) for text in texts), batch_size=batch_size)
+        return [[token.text.lower() for token in doc] for doc in docs]
+
+    def encode(self, texts, verbose=True, batch_size=256):
+        """Return a list of BPE id lists, one per text (TF: encode)."""
+        if isinstance(texts, str):  # the original would encode each character as a text of its own
+            raise TypeError('encode() takes a list of texts, not one str; wrap it: encode([text])')
+        encoder = self.encoder
+        texts = tqdm(texts, ncols=80, leave=False, disable=not verbose)
+        docs = self.nlp.pipe((self.standardize(text) for text in texts), batch_size=batch_size)
+        texts_tokens = []
+        for doc in docs:
+            text_tokens = []
+            for token in doc:
+                # the original splits the joined pieces on ' ', so a piece never holds a space
+                text_tokens.extend(encoder.get(piece, UNKNOWN_ID) for piece in self.bpe(token.text.lower()).split(' '))
+            texts_tokens.append(text_tokens)
+        return texts_tokens
+
+    def _name(self, i):
+        """Return the vocabulary piece or added special token with id i, or None when there is none."""
+        name = self.decoder.get(i)
+        if name is not None:
+            return name
+        if len(self.encoder) != self._n_encoder_seen:  # tokens were added to .encoder since the last look
+            self._added = {v: k for k, v in self.encoder.items() if v not in self.decoder}
+            self._n_encoder_seen = len(self.encoder)
+        return self._added.get(i)
+
+    def decode(self, ids):
+        """Return the text spelled by ids: '</w>' ends a word, other pieces join the next one.
+
+        Ids of tokens added to `.encoder` after construction (special tokens) are shown by name as words of
+        their own; ids in neither (position ids, anything out of range) are skipped. Id 0 is the
+        vocabulary's '<unk>', which encode() gives to every unknown piece, so it decodes as '<unk>'.
+        """
+        out = []
+        for i in ids:
+            i = int(i)
+            name = self._name(i)
+            if name is None:
+                continue
+            if i in self.decoder:
+                out.append(name.replace('</w>', ' '))
+            else:  # a special token is a word of its own, even after a piece that does not end a word
+                out.append((' ' if out and not out[-1].endswith(' ') else '') + name + ' ')
+        text = ''.join(out)
+        return text[:-1] if text.endswith(' ') else text
