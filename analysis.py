@@ -1,0 +1,177 @@
+"""ROCStories results: best validation accuracy, test accuracy, learning curves, errors (TF: analysis.py).
+
+    python analysis.py --log log/rocstories.jsonl [--pred submission/ROCStories.tsv] [--data_dir data/]
+                       [--plot curves.png] [--errors]
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from datasets import TEST_FILE, _rocstories
+
+
+def read_log(log_path):
+    """Return the records of a ResultLogger JSON-lines log, without its first line (the run's arguments)."""
+    if not os.path.isfile(log_path):
+        raise FileNotFoundError(f'{log_path}: log file not found; train.py writes it to <log_dir>/<desc>.jsonl')
+    records = []
+    with open(log_path, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{log_path}: line {lineno}: not JSON ({e}); pass the .jsonl that train.py '
+                                 f'writes') from None
+            if not isinstance(record, dict):
+                raise ValueError(f'{log_path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}')
+            if lineno > 1:
+                records.append(record)
+    return records
+
+
+def best_valid_accuracy(log_path):
+    """Return the highest va_acc in the log (the first such entry on ties, like np.argmax)."""
+    # The original indexes log['va_acc'] on every line after the first; lines without va_acc are skipped
+    # here so that a log holding other records still works.
+    accs = [record['va_acc'] for record in read_log(log_path) if 'va_acc' in record]
+    if not accs:
+        raise ValueError(f'{log_path}: no va_acc entries after the first line; was training logged to this file?')
+    return accs[int(np.argmax(accs))]
+
+
+def read_predictions(pred_path):
+    """Return the predictions of an 'index<TAB>prediction' TSV (as train.py writes it) as an int array."""
+    if not os.path.isfile(pred_path):
+        raise FileNotFoundError(f'{pred_path}: predictions file not found; train.py --submit writes it to '
+                                f'<submission_dir>/ROCStories.tsv')
+    with open(pred_path, encoding='utf-8', newline='') as f:
+        rows = list(csv.reader(f, delimiter='\t'))
+    if not rows or 'prediction' not in rows[0]:
+        raise ValueError(f'{pred_path}: line 1: expected the header "index<TAB>prediction"')
+    col = rows[0].index('prediction')
+    has_index = 'index' in rows[0]
+    preds = []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != len(rows[0]):
+            raise ValueError(f'{pred_path}: line {lineno}: {len(row)} fields, expected {len(rows[0])} like the header')
+        # The original (pandas) takes the prediction column in file order; an index column is checked to be
+        # 0, 1, 2, ... here so that a reordered file cannot be scored against the wrong stories.
+        if has_index and row[rows[0].index('index')].strip() != str(lineno - 2):
+            raise ValueError(f'{pred_path}: line {lineno}: index {row[rows[0].index("index")]!r}, '
+                             f'expected {lineno - 2}; rows must be in test-file order')
+        try:
+            preds.append(int(row[col]))
+        except ValueError:
+            raise ValueError(f'{pred_path}: line {lineno}: prediction {row[col]!r} is not an integer') from None
+    return np.asarray(preds, dtype=np.int64)
+
+
+def read_test_set(data_dir):
+    """Return (stories, endings1, endings2, labels) of the test CSV in data_dir; labels as an int array."""
+    path = os.path.join(data_dir, TEST_FILE)
+    teX1, teX2, teX3, teY = _rocstories(path, require_labels=False)
+    if teY is None:
+        raise ValueError(f'{path}: no AnswerRightEnding column, so there is no test accuracy to compute; '
+                         f'use the labelled 2016 test CSV')
+    return teX1, teX2, teX3, np.asarray(teY, dtype=np.int64)
+
+
+def _check_counts(pred_path, preds, labels):
+    """Raise ValueError when predictions and test labels differ in number."""
+    if len(preds) != len(labels):
+        raise ValueError(f'{pred_path}: {len(preds)} predictions for {len(labels)} test stories; '
+                         f'predict the whole test file')
+
+
+def compute_test_accuracy(data_dir, pred_path):
+    """Return the accuracy in percent of the predictions in pred_path against the test file's labels."""
+    preds = read_predictions(pred_path)
+    labels = read_test_set(data_dir)[3]
+    _check_counts(pred_path, preds, labels)
+    return float(np.mean(preds == labels) * 100.)
+
+
+def rocstories(data_dir, pred_path, log_path):
+    """Print and return (valid_acc, test_acc): the log's best va_acc and the test accuracy (TF: rocstories)."""
+    valid_accuracy = best_valid_accuracy(log_path)
+    test_acc = compute_test_accuracy(data_dir, pred_path)
+    print('ROCStories Valid Accuracy: %.2f' % (valid_accuracy))
+    print('ROCStories Test Accuracy:  %.2f' % (test_acc))
+    return valid_accuracy, test_acc
+
+
+def plot_curves(log_path, out_path):
+    """Draw train/valid cost and accuracy against n_updates from the log into out_path; return out_path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = [r for r in read_log(log_path) if 'n_updates' in r]
+    if not records:
+        raise ValueError(f'{log_path}: no entries with n_updates to plot')
+    # a Figure on the Agg canvas: no pyplot, so no global backend is chosen or changed
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    for ax, kind in zip(fig.subplots(1, 2), ('cost', 'acc')):
+        for split in ('tr', 'va'):
+            points = [(r['n_updates'], r[f'{split}_{kind}']) for r in records if f'{split}_{kind}' in r]
+            if points:
+                x, y = zip(*points)
+                ax.plot(x, y, marker='o', label={'tr': 'train', 'va': 'valid'}[split])
+        ax.set_xlabel('n_updates')
+        ax.set_ylabel({'cost': 'cost', 'acc': 'accuracy (%)'}[kind])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path)
+    return out_path
+
+
+def misclassified(data_dir, pred_path):
+    """Return the misclassified test stories as (index, story, ending1, ending2, predicted, true), 1-based endings."""
+    preds = read_predictions(pred_path)
+    teX1, teX2, teX3, labels = read_test_set(data_dir)
+    _check_counts(pred_path, preds, labels)
+    return [(i, teX1[i], teX2[i], teX3[i], int(preds[i]) + 1, int(labels[i]) + 1)
+            for i in np.flatnonzero(preds != labels).tolist()]
+
+
+def parse_args(argv=None):
+    """Return the parsed command line."""
+    parser = argparse.ArgumentParser(description='Report ROCStories results from a training log and predictions.')
+    parser.add_argument('--log', required=True, help='the ResultLogger .jsonl of the run')
+    parser.add_argument('--pred', help='predictions TSV (index<TAB>prediction); gives the test accuracy')
+    parser.add_argument('--data_dir', default='data/', help='folder of the Story Cloze Test CSVs')
+    parser.add_argument('--plot', help='write learning curves to this image file (e.g. curves.png)')
+    parser.add_argument('--errors', action='store_true', help='list misclassified test stories (needs --pred)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Print the results the command line asks for; exit non-zero with one line on stderr on bad input."""
+    args = parse_args(argv)
+    try:
+        if args.errors and not args.pred:
+            raise ValueError('--errors needs --pred (the predictions TSV) and --data_dir')
+        if args.pred:
+            rocstories(args.data_dir, args.pred, args.log)
+        else:
+            print('ROCStories Valid Accuracy: %.2f' % best_valid_accuracy(args.log))
+        if args.plot:
+            print(f'learning curves written to {plot_curves(args.log, args.plot)}')
+        if args.errors:
+            wrong = misclassified(args.data_dir, args.pred)
+            print(f'{len(wrong)} misclassified test stories')
+            for i, story, ending1, ending2, predicted, true in wrong:
+                print(f'\n[{i}] {story}\n  1: {ending1}\n  2: {ending2}\n  predicted {predicted}, true {true}')
+    except (OSError, ValueError) as e:  # FileNotFoundError is an OSError
+        print(f'analysis.py: error: {e}', file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()
