@@ -164,14 +164,19 @@ class TextEncoder:
         if isinstance(texts, str):  # the original would encode each character as a text of its own
             raise TypeError('encode() takes a list of texts, not one str; wrap it: encode([text])')
         encoder = self.encoder
+        token_ids = {}  # lower-cased token -> ids, for this call only: .encoder cannot change during it
         texts = tqdm(texts, ncols=80, leave=False, disable=not verbose)
         docs = self.nlp.pipe((self.standardize(text) for text in texts), batch_size=batch_size)
         texts_tokens = []
         for doc in docs:
             text_tokens = []
             for token in doc:
-                # the original splits the joined pieces on ' ', so a piece never holds a space
-                text_tokens.extend(encoder.get(piece, UNKNOWN_ID) for piece in self.bpe(token.text.lower()).split(' '))
+                token = token.text.lower()
+                ids = token_ids.get(token)
+                if ids is None:
+                    # the original splits the joined pieces on ' ', so a piece never holds a space
+                    ids = token_ids[token] = [encoder.get(piece, UNKNOWN_ID) for piece in self.bpe(token).split(' ')]
+                text_tokens.extend(ids)
             texts_tokens.append(text_tokens)
         return texts_tokens
 
