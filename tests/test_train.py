@@ -1,0 +1,226 @@
+"""Tests for train.py: end to end with --submit --analysis, accumulation equivalence, learning on the TF fixture."""
+import copy
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import datasets
+import train
+from loss import clf_losses, lm_losses, lm_losses_from_hidden, train_loss
+from model_pytorch import N_VOCAB, write_released_shards
+from opt import OpenAIAdam
+from tests.helpers import SHARED_MODEL, load_tf_reference, tf_model
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ('jim anna max went to the store and bought a new dog cat car book she he was happy sad '
+         'because it rained all day so they stayed home played games ate cake').split()
+
+
+def write_roc_csv(path, n, rng, labels=True):
+    header = datasets.HEADER if labels else datasets.HEADER[:-1]
+    with open(path, 'w', newline='', encoding='utf-8') as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i in range(n):
+            sents = [' '.join(rng.choice(WORDS, rng.integers(4, 9))).capitalize() + '.' for _ in range(6)]
+            row = [f'id{i}'] + sents + ([str(rng.integers(1, 3))] if labels else [])
+            w.writerow(row)
+
+
+def write_tiny_checkpoint(model_dir, rng, n_embd=32, n_layer=2, n_pos=64):
+    """Released-format shards for n_embd 32, with the real vocabulary files beside them."""
+    shapes = [[n_pos, n_embd], [N_VOCAB, n_embd]]
+    for _ in range(n_layer):
+        shapes += [[1, n_embd, 3 * n_embd], [3 * n_embd], [1, n_embd, n_embd], [n_embd], [n_embd], [n_embd],
+                   [1, n_embd, 4 * n_embd], [4 * n_embd], [1, 4 * n_embd, n_embd], [n_embd], [n_embd], [n_embd]]
+    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in shapes]
+    for i in range(n_layer):  # layer-norm gains 1
+        arrays[2 + 12 * i + 4][:] = 1
+        arrays[2 + 12 * i + 10][:] = 1
+    write_released_shards(model_dir, arrays)
+    for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe'):
+        shutil.copy(SHARED_MODEL / name, Path(model_dir) / name)
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp('run')
+    rng = np.random.default_rng(0)
+    (d / 'data').mkdir()
+    write_roc_csv(d / 'data' / datasets.VAL_FILE, 56, rng)
+    write_roc_csv(d / 'data' / datasets.TEST_FILE, 13, rng)
+    write_tiny_checkpoint(d / 'model', rng)
+    return d
+
+
+def cli_args(d, *extra):
+    return ['--dataset', 'rocstories', '--desc', 'tiny', '--data_dir', str(d / 'data'),
+            '--model_dir', str(d / 'model'), '--encoder_path', str(d / 'model' / 'encoder_bpe_40000.json'),
+            '--bpe_path', str(d / 'model' / 'vocab_40000.bpe'), '--log_dir', str(d / 'log'),
+            '--save_dir', str(d / 'save'), '--submission_dir', str(d / 'submission'),
+            '--n_embd', '32', '--n_head', '4', '--n_layer', '2', '--n_valid', '16', '--n_batch', '2',
+            '--n_iter', '2', '--lr', '1e-3', '--quiet', *extra]
+
+
+def test_end_to_end_submit_and_analysis(workdir):
+    d = workdir
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *cli_args(d, '--submit', '--analysis')],
+                          cwd=d, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+
+    # 56 - 16 = 40 training stories, batches of n_batch * n_gpu = 8: 5 updates per epoch, 2 epochs
+    with open(d / 'log' / 'tiny.jsonl') as f:
+        log = [json.loads(line) for line in f]
+    assert log[0]['n_batch'] == 2 and log[0]['n_gpu'] == 4 and log[0]['desc'] == 'tiny'
+    assert [(r['n_epochs'], r['n_updates']) for r in log[1:]] == [(1, 5), (2, 10)]
+    for r in log[1:]:
+        assert set(r) >= {'tr_cost', 'va_cost', 'tr_acc', 'va_acc', 'time'}
+        assert 0 <= r['va_acc'] <= 100 and r['tr_cost'] > 0
+
+    eval_lines = [line for line in out if line.split()[:2] in (['1', '5'], ['2', '10'])]
+    assert len(eval_lines) == 2
+    first = eval_lines[0].split()
+    assert len(first) == 6 and float(first[5]) == pytest.approx(log[1]['va_acc'], abs=0.006)
+
+    best = d / 'save' / 'tiny' / 'best_params.safetensors'
+    assert best.is_file()
+    sub = (d / 'submission' / 'ROCStories.tsv').read_text().splitlines()
+    assert sub[0] == 'index\tprediction' and len(sub) == 14
+    preds = [int(line.split('\t')[1]) for line in sub[1:]]
+    assert [int(line.split('\t')[0]) for line in sub[1:]] == list(range(13)) and set(preds) <= {0, 1}
+
+    labels = datasets.rocstories_test_labels(str(d / 'data'))
+    test_acc = float(np.mean(np.array(preds) == labels) * 100)
+    best_va = max(r['va_acc'] for r in log[1:])
+    assert f'ROCStories Valid Accuracy: {best_va:.2f}' in out
+    assert f'ROCStories Test Accuracy:  {test_acc:.2f}' in out
+    summary = [line for line in out if line.startswith('done:')]
+    assert summary and f'test acc {test_acc:.2f}' in summary[0] and '10 updates' in summary[0]
+
+
+def test_best_checkpoint_reproduces_the_submission(workdir):
+    d = workdir
+    args = train.parse_args(cli_args(d, '--submit'))
+    args.device = 'cpu'
+    train.set_seed(args.seed)
+    text_encoder = train.TextEncoder(args.encoder_path, args.bpe_path)
+    data, sizes = train.load_data(args, text_encoder)
+    model = train.build_model(args, sizes, torch.device('cpu'))
+    train.load_params(model, str(d / 'save' / 'tiny' / 'best_params.safetensors')).eval()
+    logits = train.iter_predict(model, data['teX'], data['teM'], 8, torch.device('cpu'), 'fp32')
+    sub = (d / 'submission' / 'ROCStories.tsv').read_text().splitlines()[1:]
+    assert [int(line.split('\t')[1]) for line in sub] == list(np.argmax(logits, 1))
+
+
+def test_missing_data_and_weights_are_named_before_any_work(workdir, tmp_path):
+    d = workdir
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'),
+                           *cli_args(d, '--data_dir', str(tmp_path), '--log_dir', str(tmp_path / 'log'))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert 'cloze_test_val__spring2016 - cloze_test_ALL_val.csv is missing' in proc.stderr
+    assert 'rocstories' in proc.stderr and 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'log').exists()
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *cli_args(d, '--model_dir', str(tmp_path))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and 'params_shapes.json is missing' in proc.stderr
+    assert 'finetune-transformer-lm' in proc.stderr
+
+
+def test_unknown_dataset_lists_known_ones(workdir):
+    assert train.main(cli_args(workdir, '--dataset', 'sst9')) == 2
+
+
+def test_transform_roc_layout():
+    encoder = {'a': 0, 'b': 1, '_start_': 10, '_delimiter_': 11, '_classify_': 12}
+    xmb, mmb = train.transform_roc([[0, 1, 1]], [[1]], [[0, 0]], encoder, n_ctx=9, max_len=2, n_vocab=10,
+                                   n_special=3)
+    assert xmb[0, 0, :, 0].tolist() == [10, 0, 1, 11, 1, 12, 0, 0, 0]
+    assert xmb[0, 1, :, 0].tolist() == [10, 0, 1, 11, 0, 0, 12, 0, 0]
+    assert xmb[0, 0, :, 1].tolist() == list(range(13, 22))
+    assert mmb[0].tolist() == [[1, 1, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0, 0]]
+    assert train.roc_n_ctx([([[0, 1, 1]], [[1]], [[0, 0]])], max_len=2, n_ctx=512) == 2 + 2 + 3
+
+
+def fixture_batches(arrays, n, seed):
+    """n examples drawn from the fixture's 3, as [n, 2, T, 2] batches."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, 3, n)
+    return arrays['X'][idx].astype(np.int64), arrays['M'][idx], arrays['Y'][idx].astype(np.int64)
+
+
+def make_opt(model, t_total):
+    return OpenAIAdam(model.parameters(), lr=1e-2, schedule='warmup_linear', warmup=0.1, t_total=t_total,
+                      l2=0.01, max_grad_norm=1)
+
+
+def test_accumulation_equivalence():
+    arrays, config = load_tf_reference()
+    base = tf_model(arrays, config)
+    results = []
+    for n_gpu, n_batch in [(4, 2), (1, 8)]:
+        model = copy.deepcopy(base).train()
+        args = train.parse_args(['--n_gpu', str(n_gpu), '--n_batch', str(n_batch), '--quiet'])
+        opt = make_opt(model, 3)
+        for k in range(3):
+            xmb, mmb, ymb = fixture_batches(arrays, 8, k)
+            train.train_step(model, opt, xmb, mmb, ymb, args, torch.device('cpu'))
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert not torch.equal(results[0][0], base.transformer.embed.weight)
+    names = [n for n, _ in base.named_parameters()]
+    for name, a, b in zip(names, *results):
+        if name == 'task_head.clf.b':
+            # softmax over the choices is invariant to this shared bias: its gradient is 0 in exact
+            # arithmetic, so Adam's normalised step on it is rounding noise in both runs
+            continue
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+
+
+def test_trimmed_fast_path_equals_full_original_computation():
+    arrays, config = load_tf_reference()
+    model = tf_model(arrays, config)
+    # the fixture's first example: lengths 9 and 15 of n_ctx 16, so trimming cuts a position
+    X, M, Y = (torch.from_numpy(arrays[k][:1]).long() if k != 'M' else torch.from_numpy(arrays[k][:1]) for k in 'XMY')
+    lm_logits, clf_logits = model(X)
+    full = train_loss(clf_losses(clf_logits, Y), lm_losses(lm_logits, X, M), 0.5)
+    g_full = torch.autograd.grad(full, list(model.parameters()))
+    x, m = train.trim_batch(X, M)
+    assert x.shape[2] < X.shape[2]
+    _, clf, lm = train.forward_losses(model, x, m, Y, 0.5)
+    fast = train_loss(clf, lm, 0.5)
+    g_fast = torch.autograd.grad(fast, list(model.parameters()))
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-6)
+    for a, b in zip(g_fast, g_full):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_training_on_the_tf_fixture_lowers_the_loss():
+    arrays, config = load_tf_reference()
+    model = tf_model(arrays, config, pdrop=0.1).train()
+    args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--quiet'])
+    opt = OpenAIAdam(model.parameters(), lr=3e-3, schedule='warmup_constant', warmup=0.1, t_total=20, l2=0.01,
+                     max_grad_norm=1)
+    X, M, Y = arrays['X'].astype(np.int64), arrays['M'], arrays['Y'].astype(np.int64)
+
+    def eval_loss():
+        model.eval()
+        with torch.no_grad():
+            h, we, clf_logits = model.hidden_and_task(torch.from_numpy(X))
+            value = train_loss(clf_losses(clf_logits, torch.from_numpy(Y)),
+                               lm_losses_from_hidden(h, we, torch.from_numpy(X), torch.from_numpy(M)), 0.5)
+        model.train()
+        return value.item()
+
+    start = eval_loss()
+    assert start == pytest.approx(float(arrays['train_loss']), abs=1e-4)
+    for _ in range(20):
+        train.train_step(model, opt, X, M, Y, args, torch.device('cpu'))
+    assert eval_loss() < 0.7 * start

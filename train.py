@@ -1,0 +1,436 @@
+"""Fine-tune GPT-1 on ROCStories and write the submission (TF: train.py's `__main__`, transform_roc,
+iter_apply, iter_predict, log, predict, and the multi-GPU update of mgpu_train).
+
+The only module that wires the others together: data (datasets, text_utils, utils), the model
+(model_pytorch), the losses (loss) and the optimizer (opt).
+
+Run as the original: python train.py --dataset rocstories --desc rocstories --submit --analysis --data_dir data/
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from sklearn.utils import shuffle
+from tqdm import tqdm
+
+import analysis
+import datasets
+from loss import clf_losses, lm_losses_from_hidden, train_loss
+from model_pytorch import N_SHARDS, DoubleHeadModel, load_openai_pretrained_model
+from opt import SCHEDULES, OpenAIAdam
+from text_utils import TextEncoder
+from utils import ResultLogger, encode_dataset, iter_data, make_path
+
+DATASETS = ('rocstories',)
+SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
+PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
+LOG_AT_UPDATES = (1000, 2000, 4000, 8000, 16000, 32000)  # extra evaluations in the first epoch
+LM_CHUNK = 8192  # positions decoded at once by the LM loss: bounds the [positions x rows] logits
+
+
+def parse_args(argv=None):
+    """Return the parsed command line: every flag of the original, plus model_dir, device, precision."""
+    p = argparse.ArgumentParser(description='Fine-tune GPT-1 (faithful to openai/finetune-transformer-lm).')
+    p.add_argument('--desc', type=str, default='rocstories')
+    p.add_argument('--dataset', type=str, default='rocstories')
+    p.add_argument('--log_dir', type=str, default='log/')
+    p.add_argument('--save_dir', type=str, default='save/')
+    p.add_argument('--data_dir', type=str, default='data/')
+    p.add_argument('--submission_dir', type=str, default='submission/')
+    p.add_argument('--submit', action='store_true')
+    p.add_argument('--analysis', action='store_true')
+    p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--n_iter', type=int, default=3)
+    p.add_argument('--n_batch', type=int, default=8)
+    # the original declares max_grad_norm with type=int; a float flag accepts both 1 and 0.5
+    p.add_argument('--max_grad_norm', type=float, default=1)
+    p.add_argument('--lr', type=float, default=6.25e-5)
+    p.add_argument('--lr_warmup', type=float, default=0.002)
+    p.add_argument('--n_ctx', type=int, default=512)
+    p.add_argument('--n_embd', type=int, default=768)
+    p.add_argument('--n_head', type=int, default=12)
+    p.add_argument('--n_layer', type=int, default=12)
+    p.add_argument('--embd_pdrop', type=float, default=0.1)
+    p.add_argument('--attn_pdrop', type=float, default=0.1)
+    p.add_argument('--resid_pdrop', type=float, default=0.1)
+    p.add_argument('--clf_pdrop', type=float, default=0.1)
+    p.add_argument('--l2', type=float, default=0.01)
+    p.add_argument('--vector_l2', action='store_true')
+    p.add_argument('--n_gpu', type=int, default=4,
+                   help='towers of the original; one update averages n_batch * n_gpu examples on any device count')
+    p.add_argument('--opt', type=str, default='adam', choices=['adam'])
+    p.add_argument('--afn', type=str, default='gelu', choices=['gelu', 'swish', 'relu'])
+    p.add_argument('--lr_schedule', type=str, default='warmup_linear', choices=sorted(SCHEDULES))
+    p.add_argument('--encoder_path', type=str, default='model/encoder_bpe_40000.json')
+    p.add_argument('--bpe_path', type=str, default='model/vocab_40000.bpe')
+    p.add_argument('--n_transfer', type=int, default=12)
+    p.add_argument('--lm_coef', type=float, default=0.5)
+    p.add_argument('--b1', type=float, default=0.9)
+    p.add_argument('--b2', type=float, default=0.999)
+    p.add_argument('--e', type=float, default=1e-8)
+    p.add_argument('--n_valid', type=int, default=374)
+    # additions of this port
+    p.add_argument('--model_dir', type=str, default='model/', help='folder of params_shapes.json, params_*.npy')
+    p.add_argument('--device', type=str, default=None, help='default: cuda when available, else cpu')
+    p.add_argument('--precision', type=str, default='fp32', choices=PRECISIONS,
+                   help='fp32 (TF32 matmuls on CUDA), fp32-strict, bf16 or fp16 (CUDA, loss scaling)')
+    p.add_argument('--micro_batch', type=int, default=None,
+                   help='examples per forward pass (default n_batch); gradients accumulate to n_batch * n_gpu')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model')
+    p.add_argument('--verify_weights', action='store_true', help='check the shards against the released SHA-1s')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    """Raise ValueError naming the first inconsistent argument."""
+    if args.dataset not in DATASETS:
+        raise ValueError(f'unknown --dataset {args.dataset!r}: known datasets are {", ".join(DATASETS)}')
+    for name in ('n_batch', 'n_gpu', 'n_iter'):
+        if getattr(args, name) < 1:
+            raise ValueError(f'--{name} must be at least 1, got {getattr(args, name)}')
+    micro = args.micro_batch or args.n_batch
+    if micro < 1:
+        raise ValueError(f'--micro_batch must be at least 1, got {micro}')
+    if args.precision == 'fp16' and not str(args.device).startswith('cuda'):
+        raise ValueError('--precision fp16 needs a CUDA device; use bf16 on the CPU')
+
+
+def required_files(args):
+    """Return [(path, where it comes from)] of every input file the run reads."""
+    weights = 'the model/ folder of github.com/openai/finetune-transformer-lm (python download_model.py)'
+    rocs = ('the Story Cloze Test 2016 val/test CSVs from https://cs.rochester.edu/nlp/rocstories/ '
+            '(put them in --data_dir)')
+    files = [(os.path.join(args.data_dir, datasets.VAL_FILE), rocs),
+             (os.path.join(args.data_dir, datasets.TEST_FILE), rocs),
+             (args.encoder_path, weights), (args.bpe_path, weights),
+             (os.path.join(args.model_dir, 'params_shapes.json'), weights)]
+    files += [(os.path.join(args.model_dir, f'params_{n}.npy'), weights) for n in range(N_SHARDS)]
+    return files
+
+
+def check_inputs(args):
+    """Raise FileNotFoundError for the first missing input, before any work is done."""
+    for path, source in required_files(args):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'{path} is missing: it comes from {source}')
+
+
+def set_seed(seed):
+    """Seed python, numpy's global generator (the original's source of special rows and shuffles) and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def roc_n_ctx(splits, max_len, n_ctx):
+    """Return the original's n_ctx: the longest story + ending over all splits, plus 3, capped by n_ctx."""
+    lengths = [len(x1[:max_len]) + max(len(x2[:max_len]), len(x3[:max_len]))
+               for X1, X2, X3 in splits for x1, x2, x3 in zip(X1, X2, X3)]
+    return min(max(lengths) + 3, n_ctx)
+
+
+def transform_roc(X1, X2, X3, encoder, n_ctx, max_len, n_vocab, n_special):
+    """Return (xmb [n, 2, n_ctx, 2] int64, mmb [n, 2, n_ctx] float32) for stories and both endings (TF: transform_roc)."""
+    n_batch = len(X1)
+    xmb = np.zeros((n_batch, 2, n_ctx, 2), dtype=np.int64)
+    mmb = np.zeros((n_batch, 2, n_ctx), dtype=np.float32)
+    start, delimiter, clf_token = encoder['_start_'], encoder['_delimiter_'], encoder['_classify_']
+    for i, (x1, x2, x3) in enumerate(zip(X1, X2, X3)):
+        x12 = [start] + x1[:max_len] + [delimiter] + x2[:max_len] + [clf_token]
+        x13 = [start] + x1[:max_len] + [delimiter] + x3[:max_len] + [clf_token]
+        xmb[i, 0, :len(x12), 0] = x12
+        xmb[i, 1, :len(x13), 0] = x13
+        mmb[i, 0, :len(x12)] = 1
+        mmb[i, 1, :len(x13)] = 1
+    xmb[:, :, :, 1] = np.arange(n_vocab + n_special, n_vocab + n_special + n_ctx)
+    return xmb, mmb
+
+
+def trim_batch(xmb, mmb):
+    """Return the batch cut to its longest sequence: exact, since padding is on the right and attention causal."""
+    length = max(int(mmb.sum(-1).max()), 1)
+    return xmb[..., :length, :], mmb[..., :length]
+
+
+def autocast_context(device, precision):
+    """Return the autocast context of a precision (a no-op context for fp32)."""
+    if precision in ('bf16', 'fp16'):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == 'bf16' else torch.float16)
+    return nullcontext()
+
+
+def forward_losses(model, xmb, mmb, ymb, lm_coef):
+    """Return (clf_logits, clf_losses [B], lm_losses [B*2] or None) for one batch."""
+    if lm_coef > 0:
+        h, we, clf_logits = model.hidden_and_task(xmb)
+        # LM logits only where the mask is 1, chunked: the same loss as the original's full softmax
+        lm = lm_losses_from_hidden(h, we, xmb, mmb, chunk_size=LM_CHUNK)
+    else:
+        clf_logits, lm = model.hidden_and_task(xmb)[2], None
+    return clf_logits, clf_losses(clf_logits, ymb), lm
+
+
+def to_tensors(device, *arrays):
+    """Return the numpy arrays as torch tensors on device."""
+    return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+
+
+def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None):
+    """Do one update on the batch, accumulating over micro-batches; return its mean classification loss."""
+    n = len(xmb)
+    micro = args.micro_batch or args.n_batch
+    total = 0.0
+    for s in range(0, n, micro):
+        x, m = trim_batch(xmb[s:s + micro], mmb[s:s + micro])
+        x, m, y = to_tensors(device, x, m, ymb[s:s + micro])
+        with autocast_context(device, args.precision):
+            _, clf, lm = forward_losses(model, x, m, y, args.lm_coef)
+            # each micro-batch's mean, weighted by its share: the gradient of the whole batch's mean
+            loss = train_loss(clf, lm, args.lm_coef) * (len(y) / n)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += clf.detach().sum().item()
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total / n
+
+
+def iter_apply(model, Xs, Ms, Ys, n_batch, device, precision, verbose=False):
+    """Return (clf logits [n, 2], summed classification loss) over a split; model in eval mode (TF: iter_apply)."""
+    logits, cost = [], 0.0
+    with torch.inference_mode():
+        for xmb, mmb, ymb in iter_data(Xs, Ms, Ys, n_batch=n_batch, truncate=False, verbose=verbose):
+            x, m = trim_batch(xmb, mmb)
+            x, y = to_tensors(device, x, ymb)
+            with autocast_context(device, precision):
+                clf_logits = model.hidden_and_task(x)[2]
+            logits.append(clf_logits.float().cpu().numpy())
+            cost += clf_losses(clf_logits.float(), y).sum().item()
+    return np.concatenate(logits, 0), cost
+
+
+def iter_predict(model, Xs, Ms, n_batch, device, precision, verbose=False):
+    """Return the clf logits [n, 2] of a split; call it on a model in eval mode (TF: iter_predict)."""
+    logits = []
+    with torch.inference_mode():
+        for xmb, mmb in iter_data(Xs, Ms, n_batch=n_batch, truncate=False, verbose=verbose):
+            x, _ = trim_batch(xmb, mmb)
+            with autocast_context(device, precision):
+                logits.append(model.hidden_and_task(to_tensors(device, x)[0])[2].float().cpu().numpy())
+    return np.concatenate(logits, 0)
+
+
+def accuracy(Y, logits):
+    """Return the accuracy in percent of argmax(logits) against Y."""
+    return float(np.mean(np.argmax(logits, 1) == np.asarray(Y)) * 100.)
+
+
+def evaluate(model, data, n_valid, n_batch, device, precision, verbose=False):
+    """Return tr_cost, va_cost, tr_acc, va_acc on the first n_valid training examples and on valid (TF: log)."""
+    model.eval()
+    tr_logits, tr_cost = iter_apply(model, data['trX'][:n_valid], data['trM'][:n_valid], data['trY'][:n_valid],
+                                    n_batch, device, precision, verbose)
+    va_logits, va_cost = iter_apply(model, data['vaX'], data['vaM'], data['vaY'], n_batch, device, precision,
+                                    verbose)
+    model.train()
+    # the original divides the valid cost by n_valid too, which it has just set to len(vaY)
+    return dict(tr_cost=tr_cost / len(data['trY'][:n_valid]), va_cost=va_cost / n_valid,
+                tr_acc=accuracy(data['trY'][:n_valid], tr_logits), va_acc=accuracy(data['vaY'], va_logits))
+
+
+def fsync_replace(tmp, path):
+    """Flush tmp to disk and rename it onto path, so path is always a whole file."""
+    with open(tmp, 'rb') as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_params(model, path):
+    """Write the model's weights to path (safetensors) atomically; return path."""
+    from safetensors.torch import save_model
+    make_path(path)
+    tmp = path + '.tmp'
+    save_model(model, tmp)
+    fsync_replace(tmp, path)
+    return path
+
+
+def load_params(model, path):
+    """Load weights written by save_params into model; return model."""
+    from safetensors.torch import load_model
+    load_model(model, path)
+    return model
+
+
+def write_submission(path, predictions):
+    """Write `index\\tprediction` lines to path atomically; return path."""
+    make_path(path)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write('index\tprediction\n')
+        for i, prediction in enumerate(predictions):
+            f.write(f'{i}\t{prediction}\n')
+    fsync_replace(tmp, path)
+    return path
+
+
+def load_data(args, text_encoder):
+    """Return the encoded, transformed splits and the sizes the model needs (TF: the start of __main__)."""
+    encoder = text_encoder.encoder
+    n_vocab = len(encoder)
+    (trX1, trX2, trX3, trY), (vaX1, vaX2, vaX3, vaY), (teX1, teX2, teX3, teY) = encode_dataset(
+        datasets.rocstories(args.data_dir, n_valid=args.n_valid, return_test_labels=True), encoder=text_encoder)
+    encoder['_start_'] = len(encoder)
+    encoder['_delimiter_'] = len(encoder)
+    encoder['_classify_'] = len(encoder)
+    n_special = 3
+    max_len = args.n_ctx // 2 - 2
+    n_ctx = roc_n_ctx([(trX1, trX2, trX3), (vaX1, vaX2, vaX3), (teX1, teX2, teX3)], max_len, args.n_ctx)
+    shape = dict(encoder=encoder, n_ctx=n_ctx, max_len=max_len, n_vocab=n_vocab, n_special=n_special)
+    trX, trM = transform_roc(trX1, trX2, trX3, **shape)
+    vaX, vaM = transform_roc(vaX1, vaX2, vaX3, **shape)
+    teX, teM = transform_roc(teX1, teX2, teX3, **shape)
+    data = dict(trX=trX, trM=trM, trY=np.asarray(trY), vaX=vaX, vaM=vaM, vaY=np.asarray(vaY), teX=teX, teM=teM,
+                teY=teY, teX1=teX1)
+    return data, dict(n_vocab=n_vocab, n_special=n_special, n_ctx=n_ctx, clf_token=encoder['_classify_'])
+
+
+def build_model(args, sizes, device):
+    """Return the DoubleHeadModel with the released weights loaded as the original does."""
+    vocab = sizes['n_vocab'] + sizes['n_special'] + sizes['n_ctx']
+    model = DoubleHeadModel(args, sizes['clf_token'], 'multiple_choice', vocab=vocab, n_ctx=sizes['n_ctx'])
+    load_openai_pretrained_model(model.transformer, n_ctx=sizes['n_ctx'], n_special=sizes['n_special'],
+                                 n_transfer=args.n_transfer, n_embd=args.n_embd, path=args.model_dir,
+                                 verify=args.verify_weights)
+    return model.to(device)
+
+
+def log_eval(model, data, args, device, logger, n_epochs, n_updates, best, paths):
+    """Evaluate, log and print one line; save the weights when valid accuracy improves; return the best score."""
+    scores = evaluate(model, data, args.n_valid, args.n_batch * args.n_gpu, device, args.precision,
+                      verbose=not args.quiet)
+    logger.log(n_epochs=n_epochs, n_updates=n_updates, **scores)
+    print('%d %d %.3f %.3f %.2f %.2f' % (n_epochs, n_updates, scores['tr_cost'], scores['va_cost'],
+                                         scores['tr_acc'], scores['va_acc']), flush=True)
+    if args.submit and scores['va_acc'] > best:
+        best = scores['va_acc']
+        save_params(model, paths['best'])
+    return best
+
+
+def run_epoch(model, opt, data, args, device, logger, n_epochs, n_updates, best, paths, scaler=None):
+    """Train one epoch over a fresh shuffle; return (n_updates, best score, training examples seen)."""
+    n_batch_train = args.n_batch * args.n_gpu
+    # sklearn no longer accepts the np.random module; its global RandomState is what it resolved it to
+    trX, trM, trY = shuffle(data['trX'], data['trM'], data['trY'], random_state=np.random.mtrand._rand)
+    seen = 0
+    for xmb, mmb, ymb in iter_data(trX, trM, trY, n_batch=n_batch_train, truncate=True, verbose=not args.quiet):
+        train_step(model, opt, xmb, mmb, ymb, args, device, scaler)
+        n_updates += 1
+        seen += len(ymb)
+        if n_updates in LOG_AT_UPDATES and n_epochs == 0:
+            best = log_eval(model, data, args, device, logger, n_epochs, n_updates, best, paths)
+    return n_updates, best, seen
+
+
+def resolve_device(name):
+    """Return the torch device: the named one, else CUDA when present, else the CPU."""
+    if name is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def configure_precision(device, precision):
+    """Set TF32 matmuls on CUDA for fp32 (not fp32-strict); return a GradScaler for fp16, else None."""
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = precision != 'fp32-strict'
+        torch.backends.cudnn.allow_tf32 = precision != 'fp32-strict'
+    return torch.amp.GradScaler('cuda') if precision == 'fp16' else None
+
+
+def run(args):
+    """Train, evaluate, and with --submit predict the test set; return a summary dict."""
+    t0 = time.time()
+    device = resolve_device(args.device)
+    args.device = str(device)
+    check_args(args)
+    check_inputs(args)
+    set_seed(args.seed)
+    scaler = configure_precision(device, args.precision)
+    log_path = os.path.join(args.log_dir, f'{args.desc}.jsonl')
+    paths = dict(best=os.path.join(args.save_dir, args.desc, 'best_params.safetensors'),
+                 submission=os.path.join(args.submission_dir, SUBMISSION_FILES[args.dataset]), log=log_path)
+
+    text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
+    data, sizes = load_data(args, text_encoder)
+    model = build_model(args, sizes, device)
+    train_model = torch.compile(model) if args.compile else model
+    n_train, n_batch_train = len(data['trY']), args.n_batch * args.n_gpu
+    n_updates_total = (n_train // n_batch_train) * args.n_iter
+    if n_updates_total < 1:
+        raise ValueError(f'{n_train} training examples make no full batch of n_batch * n_gpu = {n_batch_train}')
+    opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule=args.lr_schedule, warmup=args.lr_warmup,
+                     t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
+                     vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
+
+    n_updates, best, seen, train_time = 0, 0.0, 0, 0.0
+    with ResultLogger(log_path, **vars(args)) as logger:
+        if args.submit:
+            save_params(model, paths['best'])
+        model.train()
+        for n_epochs in tqdm(range(args.n_iter), desc='epochs', disable=args.quiet, file=sys.stderr):
+            t_epoch = time.time()
+            n_updates, best, n_seen = run_epoch(train_model, opt, data, args, device, logger, n_epochs, n_updates,
+                                                best, paths, scaler)
+            train_time += time.time() - t_epoch
+            seen += n_seen
+            best = log_eval(model, data, args, device, logger, n_epochs + 1, n_updates, best, paths)
+    summary = dict(n_updates=n_updates, best_va_acc=max(best, 0.0), examples_per_s=seen / max(train_time, 1e-9))
+    if args.submit:
+        load_params(model, paths['best']).eval()
+        logits = iter_predict(model, data['teX'], data['teM'], n_batch_train, device, args.precision,
+                              verbose=not args.quiet)
+        write_submission(paths['submission'], np.argmax(logits, 1))
+        if data['teY'] is not None:
+            summary['te_acc'] = accuracy(data['teY'], logits)
+        if args.analysis:
+            analysis.rocstories(args.data_dir, paths['submission'], log_path)
+    summary['wall_s'] = time.time() - t0
+    return summary
+
+
+def format_summary(summary):
+    """Return the one-line end-of-run summary."""
+    parts = [f"best valid acc {summary['best_va_acc']:.2f}"]
+    if 'te_acc' in summary:
+        parts.append(f"test acc {summary['te_acc']:.2f}")
+    parts += [f"{summary['n_updates']} updates", f"wall {summary['wall_s']:.1f} s",
+              f"{summary['examples_per_s']:.1f} train examples/s"]
+    return 'done: ' + ', '.join(parts)
+
+
+def main(argv=None):
+    """Run train.py from the command line; return the exit code."""
+    args = parse_args(argv)
+    print(json.dumps(vars(args)), flush=True)
+    try:
+        summary = run(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f'train.py: error: {err}', file=sys.stderr)
+        return 2
+    print(format_summary(summary), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
