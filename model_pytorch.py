@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass(slots=True)
@@ -225,6 +226,9 @@ class TransformerModel(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         # Each block built afresh: independent initial weights (the earlier port deep-copied one).
         self.h = nn.ModuleList([Block(cfg) for _ in range(config_value(cfg, 'n_layer'))])
+        # Recompute each block's activations in the backward pass instead of keeping them (the batch
+        # of 32 on small GPUs); dropout masks are replayed, so the gradients are unchanged.
+        self.checkpoint_activations = False
 
     def embedding_table(self):
         """Return the embedding table as this forward pass sees it (dropped out when training)."""
@@ -241,8 +245,13 @@ class TransformerModel(nn.Module):
         h = F.embedding(x, we).sum(dim=2)  # [B, T, 2, n_embd] -> [B, T, n_embd]
         hidden_states = [h] if collect_hidden else None
         presents = []
+        checkpointing = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
-            h, present = block(h, None if past is None else past[i])
+            layer_past = None if past is None else past[i]
+            if checkpointing:
+                h, present = torch.utils.checkpoint.checkpoint(block, h, layer_past, use_reentrant=False)
+            else:
+                h, present = block(h, layer_past)
             presents.append(present)
             if collect_hidden:
                 hidden_states.append(h)

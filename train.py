@@ -83,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument('--micro_batch', type=int, default=None,
                    help='examples per forward pass (default n_batch); gradients accumulate to n_batch * n_gpu')
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
+    p.add_argument('--checkpoint_activations', action='store_true',
+                   help='recompute block activations in backward: less memory, same gradients')
     p.add_argument('--verify_weights', action='store_true', help='check the shards against the released SHA-1s')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     return p.parse_args(argv)
@@ -312,6 +314,7 @@ def build_model(args, sizes, device):
     load_openai_pretrained_model(model.transformer, n_ctx=sizes['n_ctx'], n_special=sizes['n_special'],
                                  n_transfer=args.n_transfer, n_embd=args.n_embd, path=args.model_dir,
                                  verify=args.verify_weights)
+    model.transformer.checkpoint_activations = args.checkpoint_activations
     return model.to(device)
 
 

@@ -419,3 +419,18 @@ def test_failed_load_changes_nothing(shard_dir):
     with pytest.raises(ValueError, match='ln_2.g'):
         load_openai_pretrained_model(model, path=str(shard_dir), n_embd=32)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_activation_checkpointing_gives_the_same_gradients_with_dropout():
+    torch.manual_seed(0)
+    model = LMModel(small_cfg(pdrop=0.3), vocab=60, n_ctx=10).train()
+    x = make_x(50, 10, 3)
+    grads = []
+    for flag in (False, True):
+        model.transformer.checkpoint_activations = flag
+        model.zero_grad()
+        torch.manual_seed(7)
+        model(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
