@@ -13,6 +13,7 @@ The update at step t (counted from 1) for a parameter p with gradient g is, as i
 global_norm is ONE norm over the gradients of every parameter of every group (tf.clip_by_global_norm).
 """
 import math
+import numbers
 
 import torch
 from torch.optim import Optimizer
@@ -80,7 +81,7 @@ def _check_group(group):
             raise ValueError(f"{name} must be in [0, 1), got {name}={group[name]!r}")
     if not group['e'] >= 0:
         raise ValueError(f"e must be >= 0, got e={group['e']!r}")
-    if not group['t_total'] > 0:
+    if not (isinstance(group['t_total'], numbers.Real) and group['t_total'] > 0):
         raise ValueError(f"t_total must be > 0 (the total number of updates), got t_total={group['t_total']!r}")
     if not 0 <= group['warmup'] <= 1:
         raise ValueError(f"warmup must be in [0, 1] (a fraction of t_total), got warmup={group['warmup']!r}")
@@ -110,9 +111,12 @@ def _decays(group, p):
 class OpenAIAdam(Optimizer):
     """Adam as in OpenAI's GPT-1 (TF: opt.adam): bias-corrected, scheduled lr, L2 term scaled by it, global clipping.
 
-    Arguments are those of the original; each param group may override any of them except
-    max_grad_norm, which is optimizer-wide because the clipping norm is global. foreach=False selects the
-    plain per-parameter reference loop instead of the grouped torch._foreach_* path.
+    Arguments are those of the original: schedule is a name in SCHEDULES or a callable f(x, warmup) -> float
+    (a callable makes state_dict() unloadable with torch.load(weights_only=True); names are plain strings),
+    warmup is a fraction of t_total, the total number of updates. Each param group may override any of them
+    except max_grad_norm, which is optimizer-wide because the clipping norm is global. foreach=False selects
+    the plain per-parameter reference loop instead of the grouped torch._foreach_* path (same math; results
+    agree to float32 rounding, not bit for bit).
 
     Per-parameter state: 'step' (int, number of updates this parameter received), 'm' and 'v' (the moments,
     float32 for float16/bfloat16 parameters, else the parameter's dtype). p.grad is never modified: clipping
@@ -120,10 +124,8 @@ class OpenAIAdam(Optimizer):
     global norm and its state (step included) is left as it was.
     """
 
-    def __init__(self, params, lr, schedule='warmup_linear', warmup=0.002, t_total=None, b1=0.9, b2=0.999,
-                 e=1e-8, l2=0, vector_l2=False, max_grad_norm=-1, foreach=True):
-        if t_total is None:
-            raise ValueError("t_total is required: the total number of updates, over which the schedule runs")
+    def __init__(self, params, lr, schedule, warmup, t_total, b1=0.9, b2=0.999, e=1e-8, l2=0, vector_l2=False,
+                 max_grad_norm=-1, foreach=True):
         defaults = dict(lr=lr, schedule=schedule, warmup=warmup, t_total=t_total, b1=b1, b2=b2, e=e, l2=l2,
                         vector_l2=vector_l2, max_grad_norm=max_grad_norm, foreach=foreach)
         _check_group(defaults)

@@ -12,6 +12,7 @@ from opt import SCHEDULES, OpenAIAdam, warmup_constant, warmup_cosine, warmup_li
 
 FIXTURE = Path(__file__).parent / 'fixtures' / 'tf_reference' / 'small.npz'
 FIXTURE_SCHEDULES = ['warmup_linear', 'warmup_cosine', 'warmup_constant']
+LINEAR = {'schedule': 'warmup_linear', 'warmup': 0.002}
 OPT_KEYS = ['lr', 'schedule', 'warmup', 't_total', 'b1', 'b2', 'e', 'l2', 'vector_l2', 'max_grad_norm']
 
 
@@ -110,7 +111,8 @@ def test_foreach_and_loop_agree():
     ({'e': -1e-8}, r'e=-1e-08'),
     ({'t_total': 0}, r't_total=0'),
     ({'t_total': -5}, r't_total=-5'),
-    ({'t_total': None}, r't_total'),
+    ({'t_total': None}, r't_total=None'),
+    ({'t_total': '100'}, r"t_total='100'"),
     ({'warmup': 1.5}, r'warmup=1\.5'),
     ({'warmup': -0.1}, r'warmup=-0\.1'),
     ({'l2': -0.01}, r'l2=-0\.01'),
@@ -124,9 +126,10 @@ def test_invalid_arguments(kwargs, match):
 def test_invalid_group_override():
     a, b = torch.zeros(2), torch.zeros(3)
     with pytest.raises(ValueError, match=r'b2=1\.0'):
-        OpenAIAdam([{'params': [a]}, {'params': [b], 'b2': 1.0}], lr=0.01, t_total=10)
+        OpenAIAdam([{'params': [a]}, {'params': [b], 'b2': 1.0}], lr=0.01, **LINEAR, t_total=10)
     with pytest.raises(ValueError, match=r'max_grad_norm=5'):
-        OpenAIAdam([{'params': [a]}, {'params': [b], 'max_grad_norm': 5}], lr=0.01, t_total=10, max_grad_norm=1)
+        OpenAIAdam([{'params': [a]}, {'params': [b], 'max_grad_norm': 5}], lr=0.01, **LINEAR, t_total=10,
+                   max_grad_norm=1)
 
 
 # --- behaviour ------------------------------------------------------------------------------------------------
@@ -136,7 +139,7 @@ def test_param_without_grad_is_skipped_and_not_in_norm(foreach):
     params, grads = make_problem()
     frozen = torch.randn(4, 4) * 100
     frozen0 = frozen.clone()
-    kwargs = dict(lr=0.01, t_total=10, l2=0.1, max_grad_norm=0.5, foreach=foreach)
+    kwargs = dict(lr=0.01, **LINEAR, t_total=10, l2=0.1, max_grad_norm=0.5, foreach=foreach)
     opt = OpenAIAdam(params + [frozen], **kwargs)
     ref_params = [p.clone() for p in params]
     ref_opt = OpenAIAdam(ref_params, **kwargs)
@@ -160,7 +163,7 @@ def test_param_without_grad_is_skipped_and_not_in_norm(foreach):
 def test_clipping_uses_one_global_norm_and_keeps_grads(foreach):
     # norms 3 and 4 (global 5), in two groups: global clipping scales both by 1/5, per-parameter by 1/3 and 1/4
     a, b = torch.zeros(2), torch.zeros(1)
-    opt = OpenAIAdam([{'params': [a]}, {'params': [b], 'lr': 0.5}], lr=0.01, t_total=10, max_grad_norm=1.0,
+    opt = OpenAIAdam([{'params': [a]}, {'params': [b], 'lr': 0.5}], lr=0.01, **LINEAR, t_total=10, max_grad_norm=1.0,
                      foreach=foreach)
     a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
     opt.step()
@@ -178,7 +181,7 @@ def test_clipping_uses_one_global_norm_and_keeps_grads(foreach):
 @pytest.mark.parametrize('foreach', [True, False])
 def test_non_finite_norm_gives_nan_like_tf(foreach):
     a, b = torch.zeros(2), torch.zeros(3)
-    opt = OpenAIAdam([a, b], lr=0.01, t_total=10, max_grad_norm=1.0, foreach=foreach)
+    opt = OpenAIAdam([a, b], lr=0.01, **LINEAR, t_total=10, max_grad_norm=1.0, foreach=foreach)
     a.grad, b.grad = torch.tensor([math.inf, 1.0]), torch.ones(3)
     opt.step()
     assert torch.isnan(b).all()  # tf.clip_by_global_norm turns every gradient to NaN, not to zero
@@ -258,7 +261,7 @@ def test_sparse_grad_same_as_dense():
     g = torch.zeros(6, 3)
     g[[1, 4]] = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]])
     for p, grad in ((dense, g), (sparse, g.to_sparse())):
-        opt = OpenAIAdam([p], lr=0.1, t_total=5, l2=0.01)
+        opt = OpenAIAdam([p], lr=0.1, **LINEAR, t_total=5, l2=0.01)
         p.grad = grad
         opt.step()
     assert torch.equal(dense, sparse) and not torch.equal(dense, torch.zeros(6, 3))
@@ -266,7 +269,7 @@ def test_sparse_grad_same_as_dense():
 
 def test_closure_loss_is_returned():
     p = torch.ones(2, requires_grad=True)
-    opt = OpenAIAdam([p], lr=0.1, t_total=5)
+    opt = OpenAIAdam([p], lr=0.1, **LINEAR, t_total=5)
 
     def closure():
         opt.zero_grad()
@@ -283,7 +286,7 @@ def test_half_precision_params_keep_float32_state(tmp_path, dtype):
     for foreach in (True, False):
         params, grads = make_problem(seed=7)
         params = [p.to(dtype) for p in params]
-        opt = OpenAIAdam(params, lr=0.01, t_total=10, l2=0.01, max_grad_norm=1.0, foreach=foreach)
+        opt = OpenAIAdam(params, lr=0.01, **LINEAR, t_total=10, l2=0.01, max_grad_norm=1.0, foreach=foreach)
         run(opt, params, grads, 3)
         assert all(opt.state[p]['m'].dtype == torch.float32 and p.dtype == dtype for p in params)
         runs[foreach] = (params, opt)
@@ -291,7 +294,7 @@ def test_half_precision_params_keep_float32_state(tmp_path, dtype):
         torch.testing.assert_close(a, b)  # default tolerances for the half dtype
     params, opt = runs[True]
     torch.save(opt.state_dict(), tmp_path / 'opt.pt')
-    opt2 = OpenAIAdam([p.clone() for p in params], lr=0.01, t_total=10)
+    opt2 = OpenAIAdam([p.clone() for p in params], lr=0.01, **LINEAR, t_total=10)
     opt2.load_state_dict(torch.load(tmp_path / 'opt.pt', weights_only=True))
     for p, q in zip(params, opt2.param_groups[0]['params']):
         for key in ('m', 'v'):
@@ -332,7 +335,7 @@ def test_schedules_default_warmup_and_table():
 
 def test_optimizer_deepcopy_keeps_settings():
     params, grads = make_problem(seed=9)
-    opt = OpenAIAdam(params, lr=0.01, t_total=10, max_grad_norm=1.0, foreach=False)
+    opt = OpenAIAdam(params, lr=0.01, **LINEAR, t_total=10, max_grad_norm=1.0, foreach=False)
     run(opt, params, grads, 2)
     clone = copy.deepcopy(opt)
     assert clone.param_groups[0]['foreach'] is False and clone.param_groups[0]['max_grad_norm'] == 1.0
