@@ -19,18 +19,18 @@ import time
 from text_utils import UNKNOWN_ID, TextEncoder
 from utils import make_path
 
-COMMON_WORDS = '''the a an and but so then because when after before while he she they it his her their
+COMMON_WORDS = tuple('''the a an and but so then because when after before while he she they it his her their
 was were had did got went came saw made took gave found told wanted decided tried felt knew thought said
 asked started finished loved hated needed bought sold cooked baked played watched walked ran drove called
 home school work store park beach house car dog cat friend mother father sister brother teacher boss
 day night morning week year summer winter party game dinner lunch breakfast cake pizza money job test
 new old big small happy sad angry tired excited nervous late early very really too not never always
 to of in on at for with from into about over up down out again back all some every one two three
-'''.split()
-NAMES = ['Jim', 'Anna', 'Tom', 'Kelly', 'Sam', 'Maria', 'Joe', 'Lisa', 'Ben', 'Gina', 'Tim', 'Amy']
-SYLLABLES = ['ka', 'lo', 'mi', 'ne', 'ru', 'sa', 'ti', 'ver', 'bel', 'dor', 'gan', 'pre', 'con', 'ish',
-             'ment', 'ing', 'er', 'ly', 'ous', 'tion', 'ble', 'str', 'qua', 'fro', 'zen']
-CONTRACTIONS = ["didn't", "couldn't", "wasn't", "it's", "she's", "he'd", "they're", "I'm", "won't"]
+'''.split())
+NAMES = ('Jim', 'Anna', 'Tom', 'Kelly', 'Sam', 'Maria', 'Joe', 'Lisa', 'Ben', 'Gina', 'Tim', 'Amy')
+SYLLABLES = ('ka', 'lo', 'mi', 'ne', 'ru', 'sa', 'ti', 'ver', 'bel', 'dor', 'gan', 'pre', 'con', 'ish',
+             'ment', 'ing', 'er', 'ly', 'ous', 'tion', 'ble', 'str', 'qua', 'fro', 'zen')
+CONTRACTIONS = ("didn't", "couldn't", "wasn't", "it's", "she's", "he'd", "they're", "I'm", "won't")
 
 
 def synthetic_rocstories(n_stories=3742, n_types=12000, seed=0):

@@ -11,8 +11,8 @@ VAL_FILE = 'cloze_test_val__spring2016 - cloze_test_ALL_val.csv'
 TEST_FILE = 'cloze_test_test__spring2016 - cloze_test_ALL_test.csv'
 DATA_SOURCE = ('ROCStories comes from the Story Cloze Test 2016 val/test CSVs on the dataset\'s website '
                'https://cs.rochester.edu/nlp/rocstories/')
-HEADER = ['InputStoryid', 'InputSentence1', 'InputSentence2', 'InputSentence3', 'InputSentence4',
-          'RandomFifthSentenceQuiz1', 'RandomFifthSentenceQuiz2', 'AnswerRightEnding']
+HEADER = ('InputStoryid', 'InputSentence1', 'InputSentence2', 'InputSentence3', 'InputSentence4',
+          'RandomFifthSentenceQuiz1', 'RandomFifthSentenceQuiz2', 'AnswerRightEnding')
 
 
 def _check_exists(path):
@@ -38,7 +38,7 @@ def _rocstories(path, require_labels=True):
             header = next(reader, None)
             if header is None:
                 raise ValueError(f'{path}: empty file, expected the header {",".join(HEADER)} and stories')
-            header = [name.strip() for name in header]
+            header = tuple(name.strip() for name in header)
             if header == HEADER:
                 n_fields = 8
             elif header == HEADER[:7] and not require_labels:

@@ -15,8 +15,10 @@ VOCAB_SOURCE = 'the model/ folder of github.com/openai/finetune-transformer-lm'
 UNKNOWN_ID = 0  # the original maps every piece missing from the vocabulary to id 0 ('<unk>')
 
 # text_standardize's rules, in the original's order (compiled here; patterns are constants, not state).
-_DASHES_ETC = [('—', '-'), ('–', '-'), ('―', '-'), ('…', '...'), ('´', "'")]
-_SPLIT_PUNCT = re.compile(r'''(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|/+|\*+|\[+|\]+|}+|{+|\|+|_+)''')
+_DASHES_ETC = (('—', '-'), ('–', '-'), ('―', '-'), ('…', '...'), ('´', "'"))
+# The original writes this pattern in a non-raw string, where \\+ becomes the regex \+ (one more '+'
+# alternative), so backslashes are not split off; the pattern below is the one the original compiles.
+_SPLIT_PUNCT = re.compile(r'''(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\+|/+|\*+|\[+|\]+|}+|{+|\|+|_+)''')
 _NEWLINE = re.compile(r'\s*\n\s*')
 _SPACES = re.compile(r'[^\S\n]+')
 
@@ -153,11 +155,6 @@ class TextEncoder:
     def standardize(self, text):
         """Return text as the tokenizer sees it: text_standardize(ftfy.fix_text(text))."""
         return text_standardize(ftfy.fix_text(text))
-
-    def tokenize(self, texts, batch_size=256):
-        """Return, per text, the lower-cased spaCy tokens of its standardised form."""
-        docs = self.nlp.pipe((self.standardize(text) for text in texts), batch_size=batch_size)
-        return [[token.text.lower() for token in doc] for doc in docs]
 
     def encode(self, texts, verbose=True, batch_size=256):
         """Return a list of BPE id lists, one per text (TF: encode)."""

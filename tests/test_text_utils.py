@@ -1,6 +1,8 @@
 """Tests for text_utils (TF: text_utils.py): the original's ids, decode, errors, properties."""
+import importlib.util
 import json
 import string
+import warnings
 from pathlib import Path
 
 import ftfy
@@ -16,6 +18,7 @@ MODEL_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'model'
 ENCODER_PATH = MODEL_DIR / 'encoder_bpe_40000.json'
 BPE_PATH = MODEL_DIR / 'vocab_40000.bpe'
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
+ORIGINAL_TEXT_UTILS = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'original-tf' / 'text_utils.py'
 
 
 @pytest.fixture(scope='module')
@@ -36,6 +39,21 @@ def reference():
 @pytest.fixture(scope='module')
 def blank_nlp():
     return spacy.blank('en')
+
+
+@pytest.fixture(scope='module')
+def original():
+    """The original TF-era text_utils module, with spacy.load('en') standing in as spacy.blank('en')."""
+    spec = importlib.util.spec_from_file_location('original_text_utils', ORIGINAL_TEXT_UTILS)
+    module = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # its regexes are non-raw strings with invalid escapes
+        spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # it leaves its vocabulary files open
+        mp.setattr(spacy, 'load', lambda name, disable=(): spacy.blank('en'))
+        encoder = module.TextEncoder(str(ENCODER_PATH), str(BPE_PATH))
+    return module, encoder
 
 
 def normalised_tokens(nlp, text):
@@ -89,7 +107,7 @@ def test_text_standardize_hand_computed():
     assert text_standardize('it´s') == "it's"
     assert text_standardize('(hi)!!') == '( hi ) !!'
     assert text_standardize('  x \t\n\n  y  ') == 'x \n y'
-    assert text_standardize('a/b\\c') == 'a / b \\ c'
+    assert text_standardize('a/b\\c') == 'a / b\\c'  # the original does not split backslashes (see text_utils)
 
 
 def test_get_pairs():
@@ -198,3 +216,19 @@ def test_decode_inverts_encode_up_to_normalisation(text_encoder, blank_nlp, text
     assume(all(p in text_encoder.encoder for t in tokens for p in text_encoder.bpe(t).split(' ')))
     ids = text_encoder.encode([text], verbose=False)[0]
     assert text_encoder.decode(ids) == ' '.join(tokens)
+
+
+MIXED_TEXT = st.one_of(st.text(max_size=60), st.text(alphabet=string.printable + '—–―…´“”‘’éß€', max_size=60))
+
+
+@settings(max_examples=200, deadline=None)
+@given(MIXED_TEXT)
+def test_text_standardize_matches_original(original, text):
+    assert text_standardize(text) == original[0].text_standardize(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(MIXED_TEXT, max_size=4))
+def test_encode_matches_original_code(text_encoder, original, texts):
+    """The original TextEncoder (spaCy's blank English tokenizer standing in for spacy.load('en')) as oracle."""
+    assert text_encoder.encode(texts, verbose=False) == original[1].encode(texts, verbose=False)
