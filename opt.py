@@ -199,6 +199,9 @@ class OpenAIAdam(Optimizer):
     def _init_state(self, p):
         """Return p's state, creating zero moments on its first update."""
         state = self.state[p]
+        # Intentional difference: the original keeps one step counter t for all tensors; here each parameter
+        # counts its own updates (identical when every parameter has a gradient at every step). A parameter
+        # that starts training late thus gets the bias correction matching its own moments.
         if not state:
             state['step'] = 0
             state['m'] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
