@@ -1,5 +1,7 @@
 """Tests for datasets (TF: datasets.py): the original split, labels, bad-input errors."""
 import csv
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ from hypothesis import strategies as st
 from sklearn.model_selection import train_test_split
 
 from datasets import HEADER, TEST_FILE, VAL_FILE, _rocstories, rocstories, rocstories_test_labels
+
+ORIGINAL_DATASETS = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'original-tf' / 'datasets.py'
 
 
 def make_rows(n, prefix, seed=0):
@@ -47,6 +51,22 @@ def test_split_equals_original_train_test_split(data_dir):
     test = make_rows(20, 'test', seed=2)
     assert len(te) == 3
     assert te == ([' '.join(r[1:5]) for r in test], [r[5] for r in test], [r[6] for r in test])
+
+
+def test_matches_original_code(data_dir):
+    """The original datasets.rocstories (TF era, numpy/sklearn only) as oracle on the same files."""
+    spec = importlib.util.spec_from_file_location('original_datasets', ORIGINAL_DATASETS)
+    original = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(original)
+    ours, theirs = rocstories(str(data_dir), n_valid=10), original.rocstories(str(data_dir), n_valid=10)
+    for split_ours, split_theirs in zip(ours, theirs):
+        assert len(split_ours) == len(split_theirs)
+        for a, b in zip(split_ours, split_theirs):
+            assert type(a) is type(b)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype and a.tolist() == b.tolist()
+            else:
+                assert a == b
 
 
 def test_test_labels(data_dir):
