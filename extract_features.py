@@ -1,0 +1,170 @@
+"""Save GPT-1's hidden states for each line of a text file (the representations the paper transfers).
+
+One line of the input is one example. Each is encoded with the original's BPE (TextEncoder), given the
+position ids n_vocab + n_special + i, and run through `TransformerModel.all_hidden_states`. The .npz holds:
+- `layer_<n>` float32 [n_examples, max_len, n_embd] for each requested layer n: 0 is the embeddings (token +
+  position), k the output of block k, negative counts from the end (-1 is the last block); rows past an
+  example's length are 0.
+- `lengths` int64 [n_examples]: tokens per example (after --truncate);
+- `ids` int64 [n_examples, max_len]: the BPE ids, -1 past the length;
+- `truncated` bool [n_examples]: which examples --truncate cut to n_ctx tokens;
+- `layers` int64: the layer numbers as given; `texts`: the input lines (unicode strings, no pickle needed).
+Examples longer than n_ctx are an error naming the line, unless --truncate keeps their first n_ctx tokens.
+
+    python extract_features.py --input sentences.txt --output feats.npz --model_dir model/ --layers -1,-2
+"""
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from convert import add_model_args, load_model, vocab_paths
+
+
+def parse_layers(spec, n_layer):
+    """Return the layer numbers in a comma-separated spec ('-1,-2' or '0,12'), checked against n_layer."""
+    try:
+        layers = [int(part) for part in spec.split(',')]
+    except ValueError:
+        raise ValueError(f'--layers {spec!r}: give comma-separated integers such as -1,-2') from None
+    for layer in layers:
+        if not -(n_layer + 1) <= layer <= n_layer:
+            raise ValueError(f'--layers {spec!r}: layer {layer} does not exist; the model has layers 0 (embeddings) '
+                             f'to {n_layer} (or -{n_layer + 1} to -1)')
+    return layers
+
+
+def fit_to_context(ids, n_ctx, truncate=False, source='the texts'):
+    """Return (ids cut to n_ctx tokens, truncated flags); without truncate, raise naming the first long line."""
+    flags = [len(seq) > n_ctx for seq in ids]
+    if any(flags) and not truncate:
+        i = flags.index(True)
+        raise ValueError(f'line {i + 1} of {source} is {len(ids[i])} tokens, longer than n_ctx={n_ctx}: shorten or '
+                         f'split it, or pass --truncate (truncate=True) to keep its first {n_ctx} tokens')
+    return [seq[:n_ctx] for seq in ids], flags
+
+
+def hidden_states_batch(model, ids, layers):
+    """Return {layer: float32 [B, max_len, n_embd]} for a batch of id lists, padded at the end with token 0.
+
+    The attention is causal, so padding after a sequence cannot change its states; padded rows are zeroed.
+    """
+    transformer = getattr(model, 'transformer', model)
+    pos_offset = transformer.embed.weight.shape[0] - transformer.n_ctx  # n_vocab + n_special
+    max_len = max(max(len(seq) for seq in ids), 1)
+    device = transformer.embed.weight.device
+    x = torch.zeros(len(ids), max_len, 2, dtype=torch.long)  # [B, T, 2]
+    x[..., 1] = pos_offset + torch.arange(max_len)
+    valid = torch.zeros(len(ids), max_len, dtype=torch.bool)
+    for b, seq in enumerate(ids):
+        x[b, :len(seq), 0] = torch.tensor(seq, dtype=torch.long)
+        valid[b, :len(seq)] = True
+    with torch.no_grad():
+        hidden = transformer.all_hidden_states(x.to(device))  # n_layer + 1 x [B, T, n_embd]
+    mask = valid.unsqueeze(-1).to(device)  # [B, T] -> [B, T, 1]
+    return {layer: (hidden[layer] * mask).float().cpu().numpy() for layer in layers}
+
+
+def features_from_ids(model, ids, layers=(-1,), batch_size=8):
+    """Return {'layer_<n>': [N, max_len, n_embd], 'lengths', 'ids'} for lists of BPE ids (each <= n_ctx)."""
+    transformer = getattr(model, 'transformer', model)
+    n_layer = len(transformer.h)
+    for layer in layers:
+        if not -(n_layer + 1) <= layer <= n_layer:
+            raise ValueError(f'layer {layer} does not exist: use 0..{n_layer} or -{n_layer + 1}..-1')
+    too_long = [i for i, seq in enumerate(ids) if len(seq) > transformer.n_ctx]
+    if too_long:
+        raise ValueError(f'sequence {too_long[0]} has {len(ids[too_long[0]])} ids, more than n_ctx={transformer.n_ctx}')
+    if batch_size < 1:
+        raise ValueError(f'batch_size={batch_size}: give 1 or more')
+    lengths = np.array([len(seq) for seq in ids], dtype=np.int64)
+    max_len = int(lengths.max()) if len(ids) else 0
+    out = {f'layer_{layer}': np.zeros((len(ids), max_len, transformer.n_embd), np.float32) for layer in layers}
+    id_array = np.full((len(ids), max_len), -1, dtype=np.int64)
+    # Batches of similar lengths waste less compute on padding; results go back in input order.
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        states = hidden_states_batch(model, [ids[i] for i in batch], layers)
+        for b, i in enumerate(batch):
+            n = len(ids[i])
+            id_array[i, :n] = ids[i]
+            for layer in layers:
+                out[f'layer_{layer}'][i, :n] = states[layer][b, :n]
+    out['lengths'] = lengths
+    out['ids'] = id_array
+    return out
+
+
+def extract_features(model, text_encoder, texts, layers=(-1,), batch_size=8, truncate=False, source='the texts'):
+    """Return the .npz arrays (see the module docstring) of the hidden states of each text."""
+    transformer = getattr(model, 'transformer', model)
+    ids = text_encoder.encode(list(texts), verbose=False)
+    ids, truncated = fit_to_context(ids, transformer.n_ctx, truncate, source)
+    out = features_from_ids(model, ids, layers, batch_size)
+    out['truncated'] = np.array(truncated, dtype=bool)
+    out['layers'] = np.array(layers, dtype=np.int64)
+    out['texts'] = np.array(list(texts), dtype=str)
+    return out
+
+
+def read_lines(path):
+    """Return the lines of a UTF-8 text file without their line ends (one example each)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f'--input {path} does not exist: give a text file with one example per line') from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f'--input {path} is not UTF-8 text ({err})') from None
+
+
+def parse_args(argv=None):
+    """Return the parsed command line."""
+    parser = argparse.ArgumentParser(description='Save GPT-1 hidden states of each line of a text file to .npz.')
+    parser.add_argument('--input', required=True, help='UTF-8 text file, one example per line')
+    parser.add_argument('--output', required=True, help='the .npz file to write')
+    add_model_args(parser)
+    parser.add_argument('--layers', default='-1', help='comma-separated layers: 0 embeddings, k block k, -1 the '
+                                                       'last (default -1)')
+    parser.add_argument('--batch_size', type=int, default=8, help='examples per forward pass (default 8)')
+    parser.add_argument('--truncate', action='store_true', help='keep the first n_ctx tokens of longer lines '
+                                                                'instead of stopping with an error')
+    # argparse would take the '-1,-2' of '--layers -1,-2' for an option; glue it on as '--layers=-1,-2'.
+    words = iter(sys.argv[1:] if argv is None else argv)
+    glued = [f'--layers={next(words, "")}' if word == '--layers' else word for word in words]
+    return parser.parse_args(glued)
+
+
+def run(args):
+    """Extract the features the parsed command line asks for and write them; return (n_examples, n truncated)."""
+    from text_utils import TextEncoder
+    if args.batch_size < 1:
+        raise ValueError(f'--batch_size {args.batch_size}: give 1 or more')
+    texts = read_lines(args.input)
+    model, _ = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx)
+    model.to(args.device)
+    layers = parse_layers(args.layers, len(model.h))
+    text_encoder = TextEncoder(*vocab_paths(args.model_dir, args.encoder_path, args.bpe_path))
+    out = extract_features(model, text_encoder, texts, layers, args.batch_size, args.truncate, source=args.input)
+    with open(args.output, 'wb') as f:
+        np.savez(f, **out)
+    return len(texts), int(out['truncated'].sum())
+
+
+def main(argv=None):
+    """Run the command line; return 0, or 1 with one line on stderr."""
+    args = parse_args(argv)
+    try:
+        n, n_truncated = run(args)
+    except (OSError, ValueError) as err:
+        print(f'extract_features.py: error: {err}', file=sys.stderr)
+        return 1
+    note = f' ({n_truncated} truncated to n_ctx tokens)' if n_truncated else ''
+    print(f'wrote the features of {n} examples to {args.output}{note}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
