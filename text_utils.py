@@ -97,6 +97,8 @@ class TextEncoder:
     """
 
     def __init__(self, encoder_path, bpe_path, cache_size=1 << 18):
+        if cache_size < 1:
+            raise ValueError(f'TextEncoder: cache_size must be >= 1, got {cache_size}')
         self.encoder = load_encoder(encoder_path)
         self.decoder = {i: token for token, i in self.encoder.items()}
         self.bpe_ranks = load_bpe_ranks(bpe_path)
@@ -161,7 +163,7 @@ class TextEncoder:
         if isinstance(texts, str):  # the original would encode each character as a text of its own
             raise TypeError('encode() takes a list of texts, not one str; wrap it: encode([text])')
         encoder = self.encoder
-        token_ids = {}  # lower-cased token -> ids, for this call only: .encoder cannot change during it
+        token_ids = {}  # lower-cased token -> ids, bounded like the cache, for this call only (.encoder is fixed)
         texts = tqdm(texts, ncols=80, leave=False, disable=not verbose)
         docs = self.nlp.pipe((self.standardize(text) for text in texts), batch_size=batch_size)
         texts_tokens = []
@@ -171,6 +173,8 @@ class TextEncoder:
                 token = token.text.lower()
                 ids = token_ids.get(token)
                 if ids is None:
+                    if len(token_ids) >= self.cache_size:
+                        token_ids.clear()
                     # the original splits the joined pieces on ' ', so a piece never holds a space
                     ids = token_ids[token] = [encoder.get(piece, UNKNOWN_ID) for piece in self.bpe(token).split(' ')]
                 text_tokens.extend(ids)
