@@ -21,11 +21,13 @@ from tqdm import tqdm
 
 import analysis
 import datasets
+from checkpoint import (atomic_write, check_writable, load_params, load_training_state, save_params,
+                        save_training_state)
 from loss import clf_losses, lm_losses_from_hidden, train_loss
 from model_pytorch import N_SHARDS, DoubleHeadModel, load_openai_pretrained_model
 from opt import SCHEDULES, OpenAIAdam
 from text_utils import TextEncoder
-from utils import ResultLogger, encode_dataset, iter_data, make_path
+from utils import ResultLogger, encode_dataset, iter_data
 
 DATASETS = ('rocstories',)
 SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
@@ -86,6 +88,9 @@ def parse_args(argv=None):
     p.add_argument('--checkpoint_activations', action='store_true',
                    help='recompute block activations in backward: less memory, same gradients')
     p.add_argument('--verify_weights', action='store_true', help='check the shards against the released SHA-1s')
+    p.add_argument('--save_every', type=int, default=0,
+                   help='also save the training state every N updates (it is always saved at epoch ends)')
+    p.add_argument('--resume', action='store_true', help='continue from save_dir/desc/train_state.safetensors')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     return p.parse_args(argv)
 
@@ -184,6 +189,10 @@ def to_tensors(device, *arrays):
     return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
 
 
+class NonFiniteLoss(ValueError):
+    """The loss of a batch is NaN or infinite; no update was made."""
+
+
 def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None):
     """Do one update on the batch, accumulating over micro-batches; return its mean classification loss."""
     n = len(xmb)
@@ -196,6 +205,9 @@ def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None):
             _, clf, lm = forward_losses(model, x, m, y, args.lm_coef)
             # each micro-batch's mean, weighted by its share: the gradient of the whole batch's mean
             loss = train_loss(clf, lm, args.lm_coef) * (len(y) / n)
+        if not torch.isfinite(loss.detach()).item():
+            opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f'non-finite loss {loss.item()}')
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += clf.detach().sum().item()
     if scaler is not None:
@@ -250,40 +262,14 @@ def evaluate(model, data, n_valid, n_batch, device, precision, verbose=False):
                 tr_acc=accuracy(data['trY'][:n_valid], tr_logits), va_acc=accuracy(data['vaY'], va_logits))
 
 
-def fsync_replace(tmp, path):
-    """Flush tmp to disk and rename it onto path, so path is always a whole file."""
-    with open(tmp, 'rb') as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_params(model, path):
-    """Write the model's weights to path (safetensors) atomically; return path."""
-    from safetensors.torch import save_model
-    make_path(path)
-    tmp = path + '.tmp'
-    save_model(model, tmp)
-    fsync_replace(tmp, path)
-    return path
-
-
-def load_params(model, path):
-    """Load weights written by save_params into model; return model."""
-    from safetensors.torch import load_model
-    load_model(model, path)
-    return model
-
-
 def write_submission(path, predictions):
-    """Write `index\\tprediction` lines to path atomically; return path."""
-    make_path(path)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write('index\tprediction\n')
-        for i, prediction in enumerate(predictions):
-            f.write(f'{i}\t{prediction}\n')
-    fsync_replace(tmp, path)
-    return path
+    """Write `index\tprediction` lines to path atomically; return path."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write('index\tprediction\n')
+            for i, prediction in enumerate(predictions):
+                f.write(f'{i}\t{prediction}\n')
+    return atomic_write(path, write)
 
 
 def load_data(args, text_encoder):
@@ -318,32 +304,81 @@ def build_model(args, sizes, device):
     return model.to(device)
 
 
-def log_eval(model, data, args, device, logger, n_epochs, n_updates, best, paths):
-    """Evaluate, log and print one line; save the weights when valid accuracy improves; return the best score."""
+def log_eval(model, data, args, device, logger, progress, paths):
+    """Evaluate, log and print one line; save the weights when valid accuracy improves (TF: log)."""
     scores = evaluate(model, data, args.n_valid, args.n_batch * args.n_gpu, device, args.precision,
                       verbose=not args.quiet)
-    logger.log(n_epochs=n_epochs, n_updates=n_updates, **scores)
-    print('%d %d %.3f %.3f %.2f %.2f' % (n_epochs, n_updates, scores['tr_cost'], scores['va_cost'],
-                                         scores['tr_acc'], scores['va_acc']), flush=True)
-    if args.submit and scores['va_acc'] > best:
-        best = scores['va_acc']
-        save_params(model, paths['best'])
-    return best
+    record = dict(n_epochs=progress['epoch'], n_updates=progress['n_updates'], **scores)
+    record['time'] = time.time()
+    logger.log(**record)
+    progress['log'].append(record)
+    print('%d %d %.3f %.3f %.2f %.2f' % (record['n_epochs'], record['n_updates'], scores['tr_cost'],
+                                         scores['va_cost'], scores['tr_acc'], scores['va_acc']), flush=True)
+    if scores['va_acc'] > progress['best']:
+        progress['best'] = scores['va_acc']
+        if args.submit:
+            save_params(model, paths['best'])
 
 
-def run_epoch(model, opt, data, args, device, logger, n_epochs, n_updates, best, paths, scaler=None):
-    """Train one epoch over a fresh shuffle; return (n_updates, best score, training examples seen)."""
+def new_progress():
+    """Return the counters of a run that has not started: where it is, what it logged, its best score."""
+    return dict(epoch=0, n_updates=0, batch=0, order=None, best=0.0, seen=0, train_time=0.0, log=[])
+
+
+def run_epoch(model, opt, data, args, device, logger, progress, paths, scaler=None, train_model=None):
+    """Train the rest of the current epoch from progress['batch']; progress is updated in place."""
     n_batch_train = args.n_batch * args.n_gpu
-    # sklearn no longer accepts the np.random module; its global RandomState is what it resolved it to
-    trX, trM, trY = shuffle(data['trX'], data['trM'], data['trY'], random_state=np.random.mtrand._rand)
-    seen = 0
-    for xmb, mmb, ymb in iter_data(trX, trM, trY, n_batch=n_batch_train, truncate=True, verbose=not args.quiet):
-        train_step(model, opt, xmb, mmb, ymb, args, device, scaler)
-        n_updates += 1
-        seen += len(ymb)
-        if n_updates in LOG_AT_UPDATES and n_epochs == 0:
-            best = log_eval(model, data, args, device, logger, n_epochs, n_updates, best, paths)
-    return n_updates, best, seen
+    if progress['order'] is None:
+        # the original shuffles the arrays with sklearn and np.random; shuffling their indices with the
+        # same generator gives the same order. sklearn no longer accepts the np.random module: its
+        # global RandomState is what older sklearn resolved it to.
+        progress['order'] = shuffle(np.arange(len(data['trY'])), random_state=np.random.mtrand._rand).tolist()
+        progress['batch'] = 0
+    order = np.asarray(progress['order'])
+    n_batches = len(order) // n_batch_train  # the last partial batch is dropped, as the original's truncate
+    bar = tqdm(total=n_batches, initial=progress['batch'], desc=f"epoch {progress['epoch'] + 1}",
+               disable=args.quiet, file=sys.stderr, leave=False)
+    while progress['batch'] < n_batches:
+        idx = order[progress['batch'] * n_batch_train:(progress['batch'] + 1) * n_batch_train]
+        t0 = time.time()
+        try:
+            train_step(train_model or model, opt, data['trX'][idx], data['trM'][idx], data['trY'][idx], args,
+                       device, scaler)
+        except NonFiniteLoss as err:
+            raise ValueError(f"{err} at update {progress['n_updates'] + 1}: stopped; the last good training "
+                             f"state is {paths['state']}") from None
+        progress['train_time'] += time.time() - t0
+        progress['n_updates'] += 1
+        progress['batch'] += 1
+        progress['seen'] += len(idx)
+        bar.update(1)
+        if progress['n_updates'] in LOG_AT_UPDATES and progress['epoch'] == 0:
+            log_eval(model, data, args, device, logger, progress, paths)
+        if args.save_every > 0 and progress['n_updates'] % args.save_every == 0 and progress['batch'] < n_batches:
+            save_training_state(paths['state'], model, opt, progress)
+    bar.close()
+
+
+def train(model, opt, data, args, device, logger, progress, paths, scaler=None, train_model=None):
+    """Run the epochs left in progress, evaluating and saving the training state at each epoch end."""
+    model.train()
+    for _ in tqdm(range(progress['epoch'], args.n_iter), desc='epochs', disable=args.quiet, file=sys.stderr):
+        run_epoch(model, opt, data, args, device, logger, progress, paths, scaler, train_model)
+        progress.update(epoch=progress['epoch'] + 1, batch=0, order=None)
+        log_eval(model, data, args, device, logger, progress, paths)
+        save_training_state(paths['state'], model, opt, progress)
+
+
+def open_log(path, args, progress):
+    """Return a ResultLogger at path: a new log, or on resume the saved one rewritten line by line."""
+    if not progress['log']:
+        header = dict(vars(args), time=time.time())
+        progress['log'].append(header)
+        return ResultLogger(path, **header)
+    logger = ResultLogger(path, **progress['log'][0])
+    for record in progress['log'][1:]:
+        logger.log(**record)
+    return logger
 
 
 def resolve_device(name):
@@ -361,6 +396,14 @@ def configure_precision(device, precision):
     return torch.amp.GradScaler('cuda') if precision == 'fp16' else None
 
 
+def run_paths(args):
+    """Return the files a run writes: log, best weights, training state, submission."""
+    return dict(log=os.path.join(args.log_dir, f'{args.desc}.jsonl'),
+                best=os.path.join(args.save_dir, args.desc, 'best_params.safetensors'),
+                state=os.path.join(args.save_dir, args.desc, 'train_state.safetensors'),
+                submission=os.path.join(args.submission_dir, SUBMISSION_FILES[args.dataset]))
+
+
 def run(args):
     """Train, evaluate, and with --submit predict the test set; return a summary dict."""
     t0 = time.time()
@@ -368,11 +411,13 @@ def run(args):
     args.device = str(device)
     check_args(args)
     check_inputs(args)
+    paths = run_paths(args)
+    if args.resume and not os.path.isfile(paths['state']):
+        raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume)")
+    for folder in {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}:
+        check_writable(folder)
     set_seed(args.seed)
     scaler = configure_precision(device, args.precision)
-    log_path = os.path.join(args.log_dir, f'{args.desc}.jsonl')
-    paths = dict(best=os.path.join(args.save_dir, args.desc, 'best_params.safetensors'),
-                 submission=os.path.join(args.submission_dir, SUBMISSION_FILES[args.dataset]), log=log_path)
 
     text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
     data, sizes = load_data(args, text_encoder)
@@ -386,19 +431,17 @@ def run(args):
                      t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
                      vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
 
-    n_updates, best, seen, train_time = 0, 0.0, 0, 0.0
-    with ResultLogger(log_path, **vars(args)) as logger:
-        if args.submit:
+    if args.resume:
+        progress = load_training_state(paths['state'], model, opt)
+        print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
+    else:
+        progress = new_progress()
+    with open_log(paths['log'], args, progress) as logger:
+        if args.submit and not args.resume:
             save_params(model, paths['best'])
-        model.train()
-        for n_epochs in tqdm(range(args.n_iter), desc='epochs', disable=args.quiet, file=sys.stderr):
-            t_epoch = time.time()
-            n_updates, best, n_seen = run_epoch(train_model, opt, data, args, device, logger, n_epochs, n_updates,
-                                                best, paths, scaler)
-            train_time += time.time() - t_epoch
-            seen += n_seen
-            best = log_eval(model, data, args, device, logger, n_epochs + 1, n_updates, best, paths)
-    summary = dict(n_updates=n_updates, best_va_acc=max(best, 0.0), examples_per_s=seen / max(train_time, 1e-9))
+        train(model, opt, data, args, device, logger, progress, paths, scaler, train_model)
+    summary = dict(n_updates=progress['n_updates'], best_va_acc=progress['best'],
+                   examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
     if args.submit:
         load_params(model, paths['best']).eval()
         logits = iter_predict(model, data['teX'], data['teM'], n_batch_train, device, args.precision,
@@ -407,7 +450,7 @@ def run(args):
         if data['teY'] is not None:
             summary['te_acc'] = accuracy(data['teY'], logits)
         if args.analysis:
-            analysis.rocstories(args.data_dir, paths['submission'], log_path)
+            analysis.rocstories(args.data_dir, paths['submission'], paths['log'])
     summary['wall_s'] = time.time() - t0
     return summary
 
@@ -428,7 +471,7 @@ def main(argv=None):
     print(json.dumps(vars(args)), flush=True)
     try:
         summary = run(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # our errors are one line each; OSError covers a full disk
         print(f'train.py: error: {err}', file=sys.stderr)
         return 2
     print(format_summary(summary), flush=True)

@@ -224,3 +224,91 @@ def test_training_on_the_tf_fixture_lowers_the_loss():
     for _ in range(20):
         train.train_step(model, opt, X, M, Y, args, torch.device('cpu'))
     assert eval_loss() < 0.7 * start
+
+
+def read_state(path):
+    from safetensors import safe_open
+    with safe_open(str(path), framework='pt') as f:
+        meta = json.loads(f.metadata()['state'])
+        model = {k: f.get_tensor(k) for k in f.keys() if k.startswith('model/')}
+    return meta['progress'], model
+
+
+def eval_records(log_path):
+    with open(log_path) as f:
+        records = [json.loads(line) for line in f][1:]
+    return [{k: v for k, v in r.items() if k != 'time'} for r in records]
+
+
+def test_killed_and_resumed_run_equals_the_uninterrupted_run(workdir, tmp_path):
+    """SIGKILL mid-epoch, then --resume: same parameters, log and submission as test_end_to_end's run."""
+    import signal
+    import time
+    d = workdir
+    assert (d / 'submission' / 'ROCStories.tsv').is_file(), 'needs test_end_to_end_submit_and_analysis first'
+    out = ['--log_dir', str(tmp_path / 'log'), '--save_dir', str(tmp_path / 'save'),
+           '--submission_dir', str(tmp_path / 'submission'), '--save_every', '1']
+    cmd = [sys.executable, str(ROOT / 'train.py'), *cli_args(d, '--submit', *out)]
+    state = tmp_path / 'save' / 'tiny' / 'train_state.safetensors'
+    proc = subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    progress, _ = read_state(state)
+    assert progress['n_updates'] < 10  # killed before the end
+
+    resumed = subprocess.run(cmd + ['--resume'], cwd=d, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}" in resumed.stdout
+
+    assert eval_records(tmp_path / 'log' / 'tiny.jsonl') == eval_records(d / 'log' / 'tiny.jsonl')
+    assert ((tmp_path / 'submission' / 'ROCStories.tsv').read_text()
+            == (d / 'submission' / 'ROCStories.tsv').read_text())
+    final, weights = read_state(state)
+    ref_final, ref_weights = read_state(d / 'save' / 'tiny' / 'train_state.safetensors')
+    assert final['n_updates'] == ref_final['n_updates'] == 10
+    assert weights.keys() == ref_weights.keys()
+    for k in weights:
+        assert torch.equal(weights[k], ref_weights[k]), k
+    from safetensors.torch import load_file
+    best, ref_best = (load_file(str(p / 'save' / 'tiny' / 'best_params.safetensors')) for p in (tmp_path, d))
+    assert all(torch.equal(best[k], ref_best[k]) for k in ref_best)
+
+
+def test_non_finite_loss_stops_with_the_update_and_changes_nothing():
+    arrays, config = load_tf_reference()
+    model = tf_model(arrays, config)
+    with torch.no_grad():
+        model.task_head.clf.w.fill_(float('inf'))
+    before = [p.detach().clone() for p in model.parameters()]
+    args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--quiet'])
+    opt = make_opt(model, 5)
+    X, M, Y = arrays['X'].astype(np.int64), arrays['M'], arrays['Y'].astype(np.int64)
+    with pytest.raises(train.NonFiniteLoss, match='non-finite loss'):
+        train.train_step(model, opt, X, M, Y, args, torch.device('cpu'))
+    for a, b in zip(before, model.parameters()):
+        assert torch.equal(a, b)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_unwritable_output_folder_fails_before_training(workdir, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'),
+                           *cli_args(workdir, '--submit', '--save_dir', str(blocker / 'save'))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no traceback
+    assert f'cannot write to {blocker}/save/tiny' in proc.stderr
+
+
+def test_shuffling_indices_gives_the_originals_array_order():
+    from sklearn.utils import shuffle
+    a = np.arange(50) * 3
+    np.random.seed(7)
+    by_arrays = shuffle(a, a * 2, random_state=np.random.mtrand._rand)
+    np.random.seed(7)
+    order = shuffle(np.arange(50), random_state=np.random.mtrand._rand)
+    assert np.array_equal(by_arrays[0], a[order]) and np.array_equal(by_arrays[1], (a * 2)[order])

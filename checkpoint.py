@@ -1,0 +1,178 @@
+"""Saving and restoring weights and whole training states, atomically and without pickle.
+
+TF counterpart: train.py's `save` (joblib.dump of the parameters). Weights go to safetensors, which
+cannot carry code; a training state is one safetensors file whose metadata holds the JSON of the
+counters, RNG states and log, so a crash mid-write never leaves a torn pair of files.
+"""
+import json
+import os
+import random
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_file, save_model
+
+STATE_FORMAT = 'gpt1-train-state-v1'
+
+
+def make_parent(path):
+    """Create path's folder when missing; return path."""
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    return path
+
+
+def fsync_replace(tmp, path):
+    """Flush tmp to disk and rename it onto path, so path always holds a whole file; return path."""
+    with open(tmp, 'rb') as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # make the rename itself durable
+    finally:
+        os.close(fd)
+    return path
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), then move tmp onto path atomically; the temporary is removed on failure."""
+    make_parent(path)
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        write(tmp)
+        return fsync_replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_params(model, path):
+    """Write the model's weights to path (safetensors, tied weights once) atomically; return path."""
+    return atomic_write(path, lambda tmp: save_model(model, tmp))
+
+
+def load_params(model, path):
+    """Load weights written by save_params into model (strictly); return model."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing: no saved weights there')
+    try:
+        load_model(model, path, strict=True)
+    except SafetensorError as err:
+        raise ValueError(f'{path} is not a safetensors file of weights ({err}); only safetensors are loaded') from None
+    return model
+
+
+def check_writable(folder):
+    """Create folder if needed and raise a one-line PermissionError/OSError when files cannot be written there."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f'.write_test{os.getpid()}')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as err:
+        raise OSError(f'cannot write to {folder} ({err.strerror or err}): choose a writable folder') from None
+
+
+def rng_state():
+    """Return the python, numpy (global) and torch RNG states: (JSON-able dict, {name: tensor})."""
+    np_state = np.random.get_state()
+    meta = dict(python=[list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+                numpy=[np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])])
+    tensors = {'rng/torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f'rng/cuda{i}'] = s
+    return meta, tensors
+
+
+def set_rng_state(meta, tensors):
+    """Restore the RNG states returned by rng_state."""
+    version, internal, gauss = meta['python']
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = meta['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors['rng/torch'])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith('rng/cuda')]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def optimizer_tensors(opt):
+    """Return (JSON-able per-parameter steps, {name: moment tensor}) of an OpenAIAdam's state."""
+    steps, tensors = {}, {}
+    params = [p for g in opt.param_groups for p in g['params']]
+    for i, p in enumerate(params):
+        state = opt.state.get(p)
+        if state:
+            steps[str(i)] = int(state['step'])
+            tensors[f'opt/{i}/m'] = state['m']
+            tensors[f'opt/{i}/v'] = state['v']
+    return steps, tensors
+
+
+def set_optimizer_tensors(opt, steps, tensors):
+    """Restore the state saved by optimizer_tensors into opt (built over the same parameters)."""
+    params = [p for g in opt.param_groups for p in g['params']]
+    for key, step in steps.items():
+        p = params[int(key)]
+        opt.state[p] = {'step': step, 'm': tensors[f'opt/{key}/m'].to(p.device),
+                        'v': tensors[f'opt/{key}/v'].to(p.device)}
+
+
+def save_training_state(path, model, opt, progress):
+    """Write model, optimizer, RNG states and the JSON-able `progress` dict to one file atomically; return path."""
+    rng_meta, tensors = rng_state()
+    steps, opt_tensors = optimizer_tensors(opt)
+    tensors.update(opt_tensors)
+    # the tied LM decoder shares embed.weight: each storage is written once, under its first name
+    seen = set()
+    for name, t in model.state_dict().items():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            tensors[f'model/{name}'] = t
+    meta = dict(format=STATE_FORMAT, progress=progress, rng=rng_meta, opt_steps=steps)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={'state': json.dumps(meta)}))
+
+
+def load_training_state(path, model, opt):
+    """Restore model, optimizer and RNG states from path; return the saved progress dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing: nothing to resume (run without --resume to start afresh)')
+    try:
+        with safe_open(path, framework='pt') as f:
+            meta = json.loads((f.metadata() or {}).get('state', '{}'))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise ValueError(f'{path} is not a safetensors training state ({err}); delete it to start afresh') from None
+    if meta.get('format') != STATE_FORMAT:
+        raise ValueError(f'{path} is not a training state of this port (format {meta.get("format")!r})')
+    state = model.state_dict()
+    missing = [k for k in state if f'model/{k}' not in tensors and not is_tied_copy(model, k)]
+    if missing:
+        raise ValueError(f'{path} does not fit this model: no {missing[0]} (was it saved with other options?)')
+    for name, t in state.items():  # every shape checked before anything is copied
+        saved = tensors.get(f'model/{name}')
+        if saved is not None and tuple(saved.shape) != tuple(t.shape):
+            raise ValueError(f'{path} does not fit this model: {name} has shape {tuple(saved.shape)}, '
+                             f'the model {tuple(t.shape)}')
+    with torch.no_grad():
+        for name, t in state.items():
+            if f'model/{name}' in tensors:
+                t.copy_(tensors[f'model/{name}'])
+    set_optimizer_tensors(opt, meta['opt_steps'], tensors)
+    set_rng_state(meta['rng'], tensors)
+    return meta['progress']
+
+
+def is_tied_copy(model, name):
+    """Return whether state_dict entry `name` shares its storage with an earlier entry."""
+    state = model.state_dict()
+    ptr = state[name].data_ptr()
+    return any(state[k].data_ptr() == ptr for k in list(state)[:list(state).index(name)])
