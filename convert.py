@@ -389,7 +389,7 @@ def read_transformers(path, n_vocab=None, n_head=None, afn=None):
     tokens_embed = body.pop('tokens_embed.weight')
     positions = body.pop('positions_embed.weight')
     n_rows, n_embd = tokens_embed.shape
-    n_layer = len({int(m.group(1)) for m in (re.match(r'^h\.(\d+)\.', k) for k in body) if m})
+    n_layer = 1 + max((int(m.group(1)) for m in (re.match(r'^h\.(\d+)\.', k) for k in body) if m), default=-1)
     if config.get('model_type', 'openai-gpt') != 'openai-gpt':
         raise ValueError(f'{path}: config.json has model_type {config["model_type"]!r}, expected "openai-gpt"')
     eps = config.get('layer_norm_epsilon', LAYER_NORM_EPSILON)
@@ -552,6 +552,8 @@ def read_checkpoint(path, n_head=None, afn=None, n_vocab=None):
     ckpt = read_safetensors(path) if kind == 'safetensors' else read_transformers(path, n_vocab, n_head, afn)
     if n_head is not None and n_head != ckpt.cfg.n_head:
         raise ValueError(f'--n_head {n_head} contradicts n_head={ckpt.cfg.n_head} in {path}: leave it out')
+    if kind == 'safetensors' and afn is not None and afn != ckpt.cfg.afn:
+        raise ValueError(f'--afn {afn} contradicts afn={ckpt.cfg.afn} in {path}: leave it out')
     return ckpt
 
 
