@@ -68,14 +68,17 @@ class Checkpoint:
 
     @property
     def n_vocab(self):
+        """Return the number of BPE token rows."""
         return self.tokens.shape[0]
 
     @property
     def n_special(self):
+        """Return the number of special-token rows."""
         return self.special.shape[0]
 
     @property
     def n_pos(self):
+        """Return the number of stored positions."""
         return self.positions.shape[0]
 
     def table(self, n_ctx=None):
