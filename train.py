@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 import analysis
 import datasets
+from distributed import (DistInfo, close_distributed, dist_info, gather_concat, init_distributed, shard,
+                         sum_over_ranks, wrap_ddp)
 from checkpoint import (atomic_write, check_writable, load_params, load_training_state, save_params,
                         save_training_state)
 from loss import clf_losses, lm_losses_from_hidden, train_loss
@@ -38,7 +40,8 @@ LM_CHUNK = 8192  # positions decoded at once by the LM loss: bounds the [positio
 
 def parse_args(argv=None):
     """Return the parsed command line: every flag of the original, plus model_dir, device, precision."""
-    p = argparse.ArgumentParser(description='Fine-tune GPT-1 (faithful to openai/finetune-transformer-lm).')
+    p = argparse.ArgumentParser(description='Fine-tune GPT-1 (faithful to openai/finetune-transformer-lm); '
+                                            'under torchrun, data-parallel over the processes.')
     p.add_argument('--desc', type=str, default='rocstories')
     p.add_argument('--dataset', type=str, default='rocstories')
     p.add_argument('--log_dir', type=str, default='log/')
@@ -95,7 +98,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def check_args(args):
+def check_args(args, info=DistInfo()):
     """Raise ValueError naming the first inconsistent argument."""
     if args.dataset not in DATASETS:
         raise ValueError(f'unknown --dataset {args.dataset!r}: known datasets are {", ".join(DATASETS)}')
@@ -105,6 +108,9 @@ def check_args(args):
     micro = args.micro_batch or args.n_batch
     if micro < 1:
         raise ValueError(f'--micro_batch must be at least 1, got {micro}')
+    if info.world_size > args.n_batch * args.n_gpu:
+        raise ValueError(f'{info.world_size} processes for batches of n_batch * n_gpu = {args.n_batch * args.n_gpu}: '
+                         f'use at most that many processes')
     if args.precision == 'fp16' and not str(args.device).startswith('cuda'):
         raise ValueError('--precision fp16 needs a CUDA device; use bf16 on the CPU')
 
@@ -173,14 +179,13 @@ def autocast_context(device, precision):
     return nullcontext()
 
 
-def forward_losses(model, xmb, mmb, ymb, lm_coef):
-    """Return (clf_logits, clf_losses [B], lm_losses [B*2] or None) for one batch."""
+def forward_losses(net, xmb, mmb, ymb, lm_coef):
+    """Return (clf_logits, clf_losses [B], lm_losses [B*2] or None) for one batch; net(x) -> (h, we, logits)."""
+    h, we, clf_logits = net(xmb)
+    lm = None
     if lm_coef > 0:
-        h, we, clf_logits = model.hidden_and_task(xmb)
         # LM logits only where the mask is 1, chunked: the same loss as the original's full softmax
         lm = lm_losses_from_hidden(h, we, xmb, mmb, chunk_size=LM_CHUNK)
-    else:
-        clf_logits, lm = model.hidden_and_task(xmb)[2], None
     return clf_logits, clf_losses(clf_logits, ymb), lm
 
 
@@ -193,22 +198,44 @@ class NonFiniteLoss(ValueError):
     """The loss of a batch is NaN or infinite; no update was made."""
 
 
-def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None):
-    """Do one update on the batch, accumulating over micro-batches; return its mean classification loss."""
+class TrainForward(torch.nn.Module):
+    """The training forward of a DoubleHeadModel as a module, so DDP and torch.compile can wrap it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        """Return (h, we, task_logits) of the wrapped model."""
+        return self.model.hidden_and_task(x)
+
+
+def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None, info=DistInfo()):
+    """Do one update on the batch (this rank's share of it, in micro-batches); return the share's mean clf loss.
+
+    model is a DoubleHeadModel or a TrainForward around one, possibly wrapped by DDP or torch.compile.
+    """
+    net = TrainForward(model) if isinstance(model, DoubleHeadModel) else model
     n = len(xmb)
+    own = shard(n, info)
     micro = args.micro_batch or args.n_batch
+    starts = range(own.start, own.stop, micro)
     total = 0.0
-    for s in range(0, n, micro):
-        x, m = trim_batch(xmb[s:s + micro], mmb[s:s + micro])
-        x, m, y = to_tensors(device, x, m, ymb[s:s + micro])
-        with autocast_context(device, args.precision):
-            _, clf, lm = forward_losses(model, x, m, y, args.lm_coef)
-            # each micro-batch's mean, weighted by its share: the gradient of the whole batch's mean
-            loss = train_loss(clf, lm, args.lm_coef) * (len(y) / n)
-        if not torch.isfinite(loss.detach()).item():
-            opt.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f'non-finite loss {loss.item()}')
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+    for k, s in enumerate(starts):
+        e = min(s + micro, own.stop)
+        x, m = trim_batch(xmb[s:e], mmb[s:e])
+        x, m, y = to_tensors(device, x, m, ymb[s:e])
+        # gradients are all-reduced once per update, on the last micro-batch only
+        sync = info.world_size == 1 or k == len(starts) - 1
+        with (nullcontext() if sync else net.no_sync()), autocast_context(device, args.precision):
+            _, clf, lm = forward_losses(net, x, m, y, args.lm_coef)
+            # each micro-batch's mean weighted by its share of the whole batch (DDP then averages the
+            # ranks, hence * world_size): the gradient of the whole batch's mean, as one device would get
+            loss = train_loss(clf, lm, args.lm_coef) * ((e - s) / n * info.world_size)
+            if not torch.isfinite(loss.detach()).item():
+                opt.zero_grad(set_to_none=True)
+                raise NonFiniteLoss(f'non-finite loss {loss.item()}')
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         total += clf.detach().sum().item()
     if scaler is not None:
         scaler.step(opt)
@@ -216,12 +243,12 @@ def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None):
     else:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return total / n
+    return total / max(own.stop - own.start, 1)
 
 
 def iter_apply(model, Xs, Ms, Ys, n_batch, device, precision, verbose=False):
     """Return (clf logits [n, 2], summed classification loss) over a split; model in eval mode (TF: iter_apply)."""
-    logits, cost = [], 0.0
+    logits, cost = [np.zeros((0, 2), dtype=np.float32)], 0.0
     with torch.inference_mode():
         for xmb, mmb, ymb in iter_data(Xs, Ms, Ys, n_batch=n_batch, truncate=False, verbose=verbose):
             x, m = trim_batch(xmb, mmb)
@@ -249,13 +276,20 @@ def accuracy(Y, logits):
     return float(np.mean(np.argmax(logits, 1) == np.asarray(Y)) * 100.)
 
 
-def evaluate(model, data, n_valid, n_batch, device, precision, verbose=False):
+def apply_sharded(model, X, M, Y, n_batch, device, precision, verbose, info):
+    """Return (logits, summed clf loss) of a split, each rank doing its shard, gathered in order."""
+    own = shard(len(Y), info)
+    logits, cost = iter_apply(model, X[own], M[own], Y[own], n_batch, device, precision, verbose)
+    return gather_concat(logits, info), sum_over_ranks(cost, info)
+
+
+def evaluate(model, data, n_valid, n_batch, device, precision, verbose=False, info=DistInfo()):
     """Return tr_cost, va_cost, tr_acc, va_acc on the first n_valid training examples and on valid (TF: log)."""
     model.eval()
-    tr_logits, tr_cost = iter_apply(model, data['trX'][:n_valid], data['trM'][:n_valid], data['trY'][:n_valid],
-                                    n_batch, device, precision, verbose)
-    va_logits, va_cost = iter_apply(model, data['vaX'], data['vaM'], data['vaY'], n_batch, device, precision,
-                                    verbose)
+    tr_logits, tr_cost = apply_sharded(model, data['trX'][:n_valid], data['trM'][:n_valid], data['trY'][:n_valid],
+                                       n_batch, device, precision, verbose, info)
+    va_logits, va_cost = apply_sharded(model, data['vaX'], data['vaM'], data['vaY'], n_batch, device, precision,
+                                       verbose, info)
     model.train()
     # the original divides the valid cost by n_valid too, which it has just set to len(vaY)
     return dict(tr_cost=tr_cost / len(data['trY'][:n_valid]), va_cost=va_cost / n_valid,
@@ -304,14 +338,17 @@ def build_model(args, sizes, device):
     return model.to(device)
 
 
-def log_eval(model, data, args, device, logger, progress, paths):
-    """Evaluate, log and print one line; save the weights when valid accuracy improves (TF: log)."""
+def log_eval(model, data, args, device, logger, progress, paths, info=DistInfo()):
+    """Evaluate (all ranks), log and print one line and save improved weights (main rank) (TF: log)."""
     scores = evaluate(model, data, args.n_valid, args.n_batch * args.n_gpu, device, args.precision,
-                      verbose=not args.quiet)
+                      verbose=not args.quiet, info=info)
     record = dict(n_epochs=progress['epoch'], n_updates=progress['n_updates'], **scores)
     record['time'] = time.time()
-    logger.log(**record)
     progress['log'].append(record)
+    if not info.is_main:
+        progress['best'] = max(progress['best'], scores['va_acc'])
+        return
+    logger.log(**record)
     print('%d %d %.3f %.3f %.2f %.2f' % (record['n_epochs'], record['n_updates'], scores['tr_cost'],
                                          scores['va_cost'], scores['tr_acc'], scores['va_acc']), flush=True)
     if scores['va_acc'] > progress['best']:
@@ -325,7 +362,8 @@ def new_progress():
     return dict(epoch=0, n_updates=0, batch=0, order=None, best=0.0, seen=0, train_time=0.0, log=[])
 
 
-def run_epoch(model, opt, data, args, device, logger, progress, paths, scaler=None, train_model=None):
+def run_epoch(model, opt, data, args, device, logger, progress, paths, scaler=None, train_model=None,
+              info=DistInfo()):
     """Train the rest of the current epoch from progress['batch']; progress is updated in place."""
     n_batch_train = args.n_batch * args.n_gpu
     if progress['order'] is None:
@@ -343,7 +381,7 @@ def run_epoch(model, opt, data, args, device, logger, progress, paths, scaler=No
         t0 = time.time()
         try:
             train_step(train_model or model, opt, data['trX'][idx], data['trM'][idx], data['trY'][idx], args,
-                       device, scaler)
+                       device, scaler, info)
         except NonFiniteLoss as err:
             raise ValueError(f"{err} at update {progress['n_updates'] + 1}: stopped; the last good training "
                              f"state is {paths['state']}") from None
@@ -353,24 +391,32 @@ def run_epoch(model, opt, data, args, device, logger, progress, paths, scaler=No
         progress['seen'] += len(idx)
         bar.update(1)
         if progress['n_updates'] in LOG_AT_UPDATES and progress['epoch'] == 0:
-            log_eval(model, data, args, device, logger, progress, paths)
-        if args.save_every > 0 and progress['n_updates'] % args.save_every == 0 and progress['batch'] < n_batches:
+            log_eval(model, data, args, device, logger, progress, paths, info)
+        if (info.is_main and args.save_every > 0 and progress['n_updates'] % args.save_every == 0
+                and progress['batch'] < n_batches):
             save_training_state(paths['state'], model, opt, progress)
     bar.close()
 
 
-def train(model, opt, data, args, device, logger, progress, paths, scaler=None, train_model=None):
+def train(model, opt, data, args, device, logger, progress, paths, scaler=None, train_model=None,
+          info=DistInfo()):
     """Run the epochs left in progress, evaluating and saving the training state at each epoch end."""
     model.train()
-    for _ in tqdm(range(progress['epoch'], args.n_iter), desc='epochs', disable=args.quiet, file=sys.stderr):
-        run_epoch(model, opt, data, args, device, logger, progress, paths, scaler, train_model)
+    for _ in tqdm(range(progress['epoch'], args.n_iter), desc='epochs', disable=args.quiet or not info.is_main,
+                  file=sys.stderr):
+        run_epoch(model, opt, data, args, device, logger, progress, paths, scaler, train_model, info)
         progress.update(epoch=progress['epoch'] + 1, batch=0, order=None)
-        log_eval(model, data, args, device, logger, progress, paths)
-        save_training_state(paths['state'], model, opt, progress)
+        log_eval(model, data, args, device, logger, progress, paths, info)
+        if info.is_main:
+            save_training_state(paths['state'], model, opt, progress)
 
 
-def open_log(path, args, progress):
-    """Return a ResultLogger at path: a new log, or on resume the saved one rewritten line by line."""
+def open_log(path, args, progress, info=DistInfo()):
+    """Return a ResultLogger at path (main rank; nullcontext elsewhere): new, or on resume the saved one rewritten."""
+    if not info.is_main:
+        if not progress['log']:
+            progress['log'].append(dict(vars(args)))
+        return nullcontext()
     if not progress['log']:
         header = dict(vars(args), time=time.time())
         progress['log'].append(header)
@@ -381,11 +427,12 @@ def open_log(path, args, progress):
     return logger
 
 
-def resolve_device(name):
-    """Return the torch device: the named one, else CUDA when present, else the CPU."""
-    if name is None:
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
+def resolve_device(name, info=DistInfo()):
+    """Return the torch device: the named one, else CUDA when present (this rank's GPU), else the CPU."""
+    device = torch.device(name if name is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', info.local_rank)
+    return device
 
 
 def configure_precision(device, precision):
@@ -405,24 +452,26 @@ def run_paths(args):
 
 
 def run(args):
-    """Train, evaluate, and with --submit predict the test set; return a summary dict."""
+    """Train, evaluate, and with --submit predict the test set; return a summary dict (main rank)."""
     t0 = time.time()
-    device = resolve_device(args.device)
+    info = dist_info()
+    device = resolve_device(args.device, info)
     args.device = str(device)
-    check_args(args)
+    check_args(args, info)
     check_inputs(args)
     paths = run_paths(args)
     if args.resume and not os.path.isfile(paths['state']):
         raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume)")
-    for folder in {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}:
-        check_writable(folder)
-    set_seed(args.seed)
+    if info.is_main:
+        for folder in {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}:
+            check_writable(folder)
+    init_distributed(info, device)
+    set_seed(args.seed)  # every rank: the same special rows and the same shuffles
     scaler = configure_precision(device, args.precision)
 
     text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
     data, sizes = load_data(args, text_encoder)
     model = build_model(args, sizes, device)
-    train_model = torch.compile(model) if args.compile else model
     n_train, n_batch_train = len(data['trY']), args.n_batch * args.n_gpu
     n_updates_total = (n_train // n_batch_train) * args.n_iter
     if n_updates_total < 1:
@@ -430,19 +479,25 @@ def run(args):
     opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule=args.lr_schedule, warmup=args.lr_warmup,
                      t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
                      vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
-
     if args.resume:
         progress = load_training_state(paths['state'], model, opt)
-        print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
+        if info.is_main:
+            print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
     else:
         progress = new_progress()
-    with open_log(paths['log'], args, progress) as logger:
-        if args.submit and not args.resume:
+    if info.world_size > 1:
+        torch.manual_seed(args.seed + info.rank)  # different dropout masks on each rank's share
+    train_model = wrap_ddp(TrainForward(model), device, info)
+    if args.compile:
+        train_model = torch.compile(train_model)
+
+    with open_log(paths['log'], args, progress, info) as logger:
+        if args.submit and not args.resume and info.is_main:
             save_params(model, paths['best'])
-        train(model, opt, data, args, device, logger, progress, paths, scaler, train_model)
+        train(model, opt, data, args, device, logger, progress, paths, scaler, train_model, info)
     summary = dict(n_updates=progress['n_updates'], best_va_acc=progress['best'],
                    examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
-    if args.submit:
+    if args.submit and info.is_main:
         load_params(model, paths['best']).eval()
         logits = iter_predict(model, data['teX'], data['teM'], n_batch_train, device, args.precision,
                               verbose=not args.quiet)
@@ -468,13 +523,18 @@ def format_summary(summary):
 def main(argv=None):
     """Run train.py from the command line; return the exit code."""
     args = parse_args(argv)
-    print(json.dumps(vars(args)), flush=True)
+    if dist_info().is_main:
+        print(json.dumps(vars(args)), flush=True)
     try:
         summary = run(args)
     except (OSError, ValueError) as err:  # our errors are one line each; OSError covers a full disk
-        print(f'train.py: error: {err}', file=sys.stderr)
+        rank = dist_info().rank
+        print(f'train.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr)
         return 2
-    print(format_summary(summary), flush=True)
+    finally:
+        close_distributed()
+    if dist_info().is_main:
+        print(format_summary(summary), flush=True)
     return 0
 
 

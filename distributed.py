@@ -1,0 +1,79 @@
+"""Data parallelism over processes with torch.distributed (launched by torchrun), replacing the
+original's towers on several GPUs (TF: mgpu_train, mgpu_predict, average_grads).
+
+One update still averages n_batch * n_gpu examples whatever the number of processes: each rank takes
+its contiguous share of every shuffled batch and DistributedDataParallel averages the gradients.
+"""
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its rank, the number of processes and its local GPU index."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self):
+        """Return whether this process writes logs, checkpoints and submissions."""
+        return self.rank == 0
+
+
+def dist_info(environ=None):
+    """Return the DistInfo that torchrun's environment variables describe (a single process without them)."""
+    env = os.environ if environ is None else environ
+    return DistInfo(int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1)), int(env.get('LOCAL_RANK', 0)))
+
+
+def init_distributed(info, device, timeout_s=600):
+    """Join the process group (NCCL on CUDA, gloo on the CPU) when there are several processes."""
+    if info.world_size > 1 and not dist.is_initialized():
+        backend = 'nccl' if device.type == 'cuda' else 'gloo'
+        # the timeout turns a rank that died or hangs into an error on the others instead of a hang
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size,
+                                timeout=timedelta(seconds=timeout_s))
+
+
+def close_distributed():
+    """Leave the process group if this process joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(n, info):
+    """Return the slice of range(n) that this rank takes: contiguous, sizes differing by at most one."""
+    bounds = np.linspace(0, n, info.world_size + 1).round().astype(int)
+    return slice(int(bounds[info.rank]), int(bounds[info.rank + 1]))
+
+
+def gather_concat(array, info):
+    """Return the rank-ordered concatenation of every rank's array (this rank's own when alone)."""
+    if info.world_size == 1:
+        return array
+    parts = [None] * info.world_size
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts, 0)
+
+
+def sum_over_ranks(value, info):
+    """Return the sum of a float over all ranks."""
+    if info.world_size == 1:
+        return value
+    parts = [None] * info.world_size
+    dist.all_gather_object(parts, value)
+    return float(sum(parts))
+
+
+def wrap_ddp(module, device, info):
+    """Return module wrapped in DistributedDataParallel when there are several processes, else module."""
+    if info.world_size == 1:
+        return module
+    device_ids = [device.index] if device.type == 'cuda' else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
