@@ -140,10 +140,50 @@ def misclassified(data_dir, pred_path):
             for i in np.flatnonzero(preds != labels).tolist()]
 
 
+def read_task_predictions(task_name, pred_path):
+    """Return (predictions, gold labels) as class ids (scores for STS-B) from a dev file train.py wrote."""
+    from task_datasets import TASK_LABELS
+    if not os.path.isfile(pred_path):
+        raise FileNotFoundError(f'{pred_path}: predictions file not found; train.py --submit writes '
+                                f'<submission_dir>/<task>_<dev split>_predictions.tsv')
+    names = TASK_LABELS[task_name]
+    with open(pred_path, encoding='utf-8', newline='') as f:
+        rows = list(csv.reader(f, delimiter='\t', quoting=csv.QUOTE_NONE))
+    if not rows or rows[0][1:3] != ['prediction', 'label']:
+        raise ValueError(f'{pred_path}: line 1: expected the header "index<TAB>prediction<TAB>label"')
+    preds, gold = [], []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != 3:
+            raise ValueError(f'{pred_path}: line {lineno}: expected 3 fields, got {len(row)}')
+        try:
+            values = [float(v) if names is None else names.index(v) for v in row[1:]]
+        except ValueError:
+            raise ValueError(f'{pred_path}: line {lineno}: {row[1:]} are not labels of {task_name} '
+                             f'({names or "scores"})') from None
+        preds.append(values[0])
+        gold.append(values[1])
+    return np.asarray(preds), np.asarray(gold)
+
+
+def task_report(task_name, pred_path):
+    """Print and return the task's metrics (and confusion matrix) for a dev predictions file."""
+    from tasks import confusion, get_task, score_predictions
+    task = get_task(task_name)
+    preds, gold = read_task_predictions(task_name, pred_path)
+    metrics = score_predictions(task, preds, gold)
+    print(f'{task_name} {os.path.basename(pred_path)}: ' + ', '.join(f'{k} {v:.2f}' for k, v in metrics.items()))
+    if task.n_class > 1:
+        print('confusion matrix (rows: gold, columns: predicted):')
+        print(confusion(task, preds.astype(int), gold.astype(int)))
+    return metrics
+
+
 def parse_args(argv=None):
     """Return the parsed command line."""
     parser = argparse.ArgumentParser(description='Report ROCStories results from a training log and predictions.')
-    parser.add_argument('--log', required=True, help='the ResultLogger .jsonl of the run')
+    parser.add_argument('--log', help='the ResultLogger .jsonl of the run (ROCStories)')
+    parser.add_argument('--task', help='one of the paper\'s other tasks (cola, mnli, ...): report --pred, a dev '
+                                       'predictions file with gold labels')
     parser.add_argument('--pred', help='predictions TSV (index<TAB>prediction); gives the test accuracy')
     parser.add_argument('--data_dir', default='data/', help='folder of the Story Cloze Test CSVs')
     parser.add_argument('--plot', help='write learning curves to this image file (e.g. curves.png)')
@@ -155,6 +195,13 @@ def main(argv=None):
     """Print the results the command line asks for; exit non-zero with one line on stderr on bad input."""
     args = parse_args(argv)
     try:
+        if args.task:
+            if not args.pred:
+                raise ValueError('--task needs --pred: the <task>_<dev split>_predictions.tsv that train.py writes')
+            task_report(args.task, args.pred)
+            return
+        if not args.log:
+            raise ValueError('--log is required (the .jsonl that train.py writes), or --task with --pred')
         if args.errors and not args.pred:
             raise ValueError('--errors needs --pred (the predictions TSV) and --data_dir')
         if args.pred:

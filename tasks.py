@@ -168,8 +168,12 @@ def predictions(task, logits):
 
 def compute_metrics(task, outputs, labels):
     """Return {metric: value in percent} of the task's metrics for head outputs against gold labels."""
-    preds = predictions(task, outputs)
-    labels = np.asarray(labels)
+    return score_predictions(task, predictions(task, outputs), labels)
+
+
+def score_predictions(task, preds, labels):
+    """Return {metric: value in percent} for predicted class ids (or scores) against gold labels."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
     values = {}
     for name in task.metrics:
         if name == 'acc':
@@ -187,9 +191,9 @@ def compute_metrics(task, outputs, labels):
     return {k: float(v) for k, v in values.items()}
 
 
-def confusion(task, outputs, labels):
-    """Return the confusion matrix [n_class, n_class] (rows: gold) of a classification task."""
-    return confusion_matrix(np.asarray(labels), predictions(task, outputs), labels=list(range(task.n_class)))
+def confusion(task, preds, labels):
+    """Return the confusion matrix [n_class, n_class] (rows: gold) of predicted class ids."""
+    return confusion_matrix(np.asarray(labels), np.asarray(preds), labels=list(range(task.n_class)))
 
 
 def decode_predictions(task, preds, label_names):

@@ -25,13 +25,15 @@ from distributed import (DistInfo, close_distributed, dist_info, gather_concat, 
                          sum_over_ranks, wrap_ddp)
 from checkpoint import (atomic_write, check_writable, load_params, load_training_state, save_params,
                         save_training_state)
-from loss import clf_losses, lm_losses_from_hidden, train_loss
+import task_datasets
+from loss import clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_pytorch import N_SHARDS, DoubleHeadModel, load_openai_pretrained_model
 from opt import SCHEDULES, OpenAIAdam
+from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
 from utils import ResultLogger, encode_dataset, iter_data
 
-DATASETS = ('rocstories',)
+DATASETS = ('rocstories',) + tuple(sorted(TASKS))
 SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
 PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
 LOG_AT_UPDATES = (1000, 2000, 4000, 8000, 16000, 32000)  # extra evaluations in the first epoch
@@ -94,6 +96,8 @@ def parse_args(argv=None):
     p.add_argument('--save_every', type=int, default=0,
                    help='also save the training state every N updates (it is always saved at epoch ends)')
     p.add_argument('--resume', action='store_true', help='continue from save_dir/desc/train_state.safetensors')
+    p.add_argument('--n_runs', type=int, default=1,
+                   help='run seeds seed, seed+1, ... one after another and report median/mean/std/best of valid')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     return p.parse_args(argv)
 
@@ -102,7 +106,7 @@ def check_args(args, info=DistInfo()):
     """Raise ValueError naming the first inconsistent argument."""
     if args.dataset not in DATASETS:
         raise ValueError(f'unknown --dataset {args.dataset!r}: known datasets are {", ".join(DATASETS)}')
-    for name in ('n_batch', 'n_gpu', 'n_iter'):
+    for name in ('n_batch', 'n_gpu', 'n_iter', 'n_runs'):
         if getattr(args, name) < 1:
             raise ValueError(f'--{name} must be at least 1, got {getattr(args, name)}')
     micro = args.micro_batch or args.n_batch
@@ -120,9 +124,11 @@ def required_files(args):
     weights = 'the model/ folder of github.com/openai/finetune-transformer-lm (python download_model.py)'
     rocs = ('the Story Cloze Test 2016 val/test CSVs from https://cs.rochester.edu/nlp/rocstories/ '
             '(put them in --data_dir)')
-    files = [(os.path.join(args.data_dir, datasets.VAL_FILE), rocs),
-             (os.path.join(args.data_dir, datasets.TEST_FILE), rocs),
-             (args.encoder_path, weights), (args.bpe_path, weights),
+    files = []
+    if args.dataset == 'rocstories':  # the other tasks' readers list their own files when one is missing
+        files += [(os.path.join(args.data_dir, datasets.VAL_FILE), rocs),
+                  (os.path.join(args.data_dir, datasets.TEST_FILE), rocs)]
+    files += [(args.encoder_path, weights), (args.bpe_path, weights),
              (os.path.join(args.model_dir, 'params_shapes.json'), weights)]
     files += [(os.path.join(args.model_dir, f'params_{n}.npy'), weights) for n in range(N_SHARDS)]
     return files
@@ -186,7 +192,14 @@ def forward_losses(net, xmb, mmb, ymb, lm_coef):
     if lm_coef > 0:
         # LM logits only where the mask is 1, chunked: the same loss as the original's full softmax
         lm = lm_losses_from_hidden(h, we, xmb, mmb, chunk_size=LM_CHUNK)
-    return clf_logits, clf_losses(clf_logits, ymb), lm
+    return clf_logits, task_losses(clf_logits, ymb), lm
+
+
+def task_losses(clf_logits, ymb):
+    """Return the per-example task loss: squared error for a regression head's scores [B], else cross-entropy."""
+    if clf_logits.dim() == 1:  # SimilarityHead with one output: STS-B scores
+        return similarity_losses(clf_logits, ymb)
+    return clf_losses(clf_logits, ymb)
 
 
 def to_tensors(device, *arrays):
@@ -247,8 +260,8 @@ def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None, info=DistIn
 
 
 def iter_apply(model, Xs, Ms, Ys, n_batch, device, precision, verbose=False):
-    """Return (clf logits [n, 2], summed classification loss) over a split; model in eval mode (TF: iter_apply)."""
-    logits, cost = [np.zeros((0, 2), dtype=np.float32)], 0.0
+    """Return (head outputs [n, C] or [n], summed task loss) over a split; model in eval mode (TF: iter_apply)."""
+    logits, cost = [], 0.0
     with torch.inference_mode():
         for xmb, mmb, ymb in iter_data(Xs, Ms, Ys, n_batch=n_batch, truncate=False, verbose=verbose):
             x, m = trim_batch(xmb, mmb)
@@ -256,19 +269,19 @@ def iter_apply(model, Xs, Ms, Ys, n_batch, device, precision, verbose=False):
             with autocast_context(device, precision):
                 clf_logits = model.hidden_and_task(x)[2]
             logits.append(clf_logits.float().cpu().numpy())
-            cost += clf_losses(clf_logits.float(), y).sum().item()
-    return np.concatenate(logits, 0), cost
+            cost += task_losses(clf_logits.float(), y).sum().item()
+    return (np.concatenate(logits, 0) if logits else np.zeros((0,), dtype=np.float32)), cost
 
 
 def iter_predict(model, Xs, Ms, n_batch, device, precision, verbose=False):
-    """Return the clf logits [n, 2] of a split; call it on a model in eval mode (TF: iter_predict)."""
+    """Return the head outputs [n, C] or [n] of a split; call it on a model in eval mode (TF: iter_predict)."""
     logits = []
     with torch.inference_mode():
         for xmb, mmb in iter_data(Xs, Ms, n_batch=n_batch, truncate=False, verbose=verbose):
             x, _ = trim_batch(xmb, mmb)
             with autocast_context(device, precision):
                 logits.append(model.hidden_and_task(to_tensors(device, x)[0])[2].float().cpu().numpy())
-    return np.concatenate(logits, 0)
+    return np.concatenate(logits, 0) if logits else np.zeros((0,), dtype=np.float32)
 
 
 def accuracy(Y, logits):
@@ -277,32 +290,55 @@ def accuracy(Y, logits):
 
 
 def apply_sharded(model, X, M, Y, n_batch, device, precision, verbose, info):
-    """Return (logits, summed clf loss) of a split, each rank doing its shard, gathered in order."""
+    """Return (outputs, summed task loss) of a split, each rank doing its shard, gathered in order."""
     own = shard(len(Y), info)
     logits, cost = iter_apply(model, X[own], M[own], Y[own], n_batch, device, precision, verbose)
     return gather_concat(logits, info), sum_over_ranks(cost, info)
 
 
+def split_metrics(task, outputs, labels, groups=None):
+    """Return {metric: value} for one evaluated split (ROCStories: accuracy; RACE also by group)."""
+    if task is None:
+        return {'acc': accuracy(labels, outputs)}
+    values = compute_metrics(task, outputs, labels)
+    for group in task.reported_groups:
+        keep = np.asarray(groups) == group
+        if keep.any():
+            values.update({f'{k}_{group}': v for k, v in compute_metrics(task, outputs[keep], labels[keep]).items()})
+    return values
+
+
 def evaluate(model, data, n_valid, n_batch, device, precision, verbose=False, info=DistInfo()):
-    """Return tr_cost, va_cost, tr_acc, va_acc on the first n_valid training examples and on valid (TF: log)."""
+    """Return {prefix_cost, prefix_metric} for the first n_valid training examples ('tr') and each dev split (TF: log).
+
+    ROCStories gives the original's tr_cost, va_cost, tr_acc, va_acc.
+    """
     model.eval()
-    tr_logits, tr_cost = apply_sharded(model, data['trX'][:n_valid], data['trM'][:n_valid], data['trY'][:n_valid],
-                                       n_batch, device, precision, verbose, info)
-    va_logits, va_cost = apply_sharded(model, data['vaX'], data['vaM'], data['vaY'], n_batch, device, precision,
-                                       verbose, info)
+    sets = [('tr', data['trX'][:n_valid], data['trM'][:n_valid], data['trY'][:n_valid], None)] + data['evals']
+    scores = {}
+    for prefix, X, M, Y, groups in sets:
+        outputs, cost = apply_sharded(model, X, M, Y, n_batch, device, precision, verbose, info)
+        scores[f'{prefix}_cost'] = cost / len(Y)
+        scores.update({f'{prefix}_{k}': v for k, v in split_metrics(data['task'], outputs, Y, groups).items()})
     model.train()
-    # the original divides the valid cost by n_valid too, which it has just set to len(vaY)
-    return dict(tr_cost=tr_cost / len(data['trY'][:n_valid]), va_cost=va_cost / n_valid,
-                tr_acc=accuracy(data['trY'][:n_valid], tr_logits), va_acc=accuracy(data['vaY'], va_logits))
+    # the original orders its log line tr_cost, va_cost, tr_acc, va_acc
+    costs = {k: v for k, v in scores.items() if k.endswith('_cost')}
+    return {**costs, **{k: v for k, v in scores.items() if k not in costs}}
 
 
-def write_submission(path, predictions):
-    """Write `index\tprediction` lines to path atomically; return path."""
+def selection_metric(data):
+    """Return the log key whose best value picks the saved weights: va_acc, or the task's first metric."""
+    return 'va_' + ('acc' if data['task'] is None else data['task'].metrics[0])
+
+
+def write_submission(path, preds, index=None, gold=None):
+    """Write `index\tprediction` lines (plus `\tlabel` when gold labels are given) to path atomically; return path."""
+    index = range(len(preds)) if index is None else index
     def write(tmp):
         with open(tmp, 'w') as f:
-            f.write('index\tprediction\n')
-            for i, prediction in enumerate(predictions):
-                f.write(f'{i}\t{prediction}\n')
+            f.write('index\tprediction' + ('\tlabel' if gold is not None else '') + '\n')
+            for i, (row, prediction) in enumerate(zip(index, preds)):
+                f.write(f'{row}\t{prediction}' + (f'\t{gold[i]}' if gold is not None else '') + '\n')
     return atomic_write(path, write)
 
 
@@ -322,15 +358,61 @@ def load_data(args, text_encoder):
     trX, trM = transform_roc(trX1, trX2, trX3, **shape)
     vaX, vaM = transform_roc(vaX1, vaX2, vaX3, **shape)
     teX, teM = transform_roc(teX1, teX2, teX3, **shape)
-    data = dict(trX=trX, trM=trM, trY=np.asarray(trY), vaX=vaX, vaM=vaM, vaY=np.asarray(vaY), teX=teX, teM=teM,
-                teY=teY, teX1=teX1)
-    return data, dict(n_vocab=n_vocab, n_special=n_special, n_ctx=n_ctx, clf_token=encoder['_classify_'])
+    vaY = np.asarray(vaY)
+    data = dict(task=None, trX=trX, trM=trM, trY=np.asarray(trY), evals=[('va', vaX, vaM, vaY, None)],
+                tests=[('test', SUBMISSION_FILES['rocstories'], teX, teM, None, teY)])
+    return data, dict(n_vocab=n_vocab, n_special=n_special, n_ctx=n_ctx, clf_token=encoder['_classify_'],
+                      head_type='multiple_choice')
+
+
+def encode_fields(fields, text_encoder, verbose):
+    """Return the fields with every text encoded; a field of lists of texts (RACE's options) stays nested."""
+    out = []
+    for field in fields:
+        if field and isinstance(field[0], (list, tuple)):
+            sizes = [len(f) for f in field]
+            flat = text_encoder.encode([t for f in field for t in f], verbose=verbose)
+            bounds = np.cumsum([0] + sizes)
+            out.append([flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        else:
+            out.append(text_encoder.encode(list(field), verbose=verbose))
+    return out
+
+
+def load_task_data(args, text_encoder, task):
+    """Return the encoded, transformed splits of one of the paper's other tasks and the model's sizes."""
+    raw = task_datasets.read_task(task.name, args.data_dir)
+    encoder = text_encoder.encoder
+    n_vocab = len(encoder)
+    encoded = {name: encode_fields(split['fields'], text_encoder, not args.quiet) for name, split in raw.items()}
+    for token in ('_start_', '_delimiter_', '_classify_'):
+        encoder[token] = len(encoder)
+    n_special = 3
+    n_ctx = min(needed_n_ctx(task, encoded.values(), encoder), args.n_ctx)
+    shaped = {}
+    for name, fields in encoded.items():
+        X, M, n_cut = transform(task, fields, encoder, n_ctx, n_vocab, n_special)
+        if n_cut:
+            print(f'{task.name} {name}: {n_cut} of {len(X)} examples truncated to n_ctx={n_ctx}', flush=True)
+        shaped[name] = (X, M)
+
+    def labels(name):
+        y = raw[name]['labels']
+        return None if y is None else np.asarray(y)
+
+    evals = [('va' if i == 0 else name, *shaped[name], labels(name), raw[name].get('groups'))
+             for i, name in enumerate(task.dev)]
+    tests = [(name, file, *shaped[name], raw[name].get('ids'), labels(name)) for name, file in task.submissions]
+    data = dict(task=task, trX=shaped['train'][0], trM=shaped['train'][1], trY=labels('train'), evals=evals,
+                tests=tests, dev_names=task.dev)
+    return data, dict(n_vocab=n_vocab, n_special=n_special, n_ctx=n_ctx, clf_token=encoder['_classify_'],
+                      head_type=task.head_type)
 
 
 def build_model(args, sizes, device):
     """Return the DoubleHeadModel with the released weights loaded as the original does."""
     vocab = sizes['n_vocab'] + sizes['n_special'] + sizes['n_ctx']
-    model = DoubleHeadModel(args, sizes['clf_token'], 'multiple_choice', vocab=vocab, n_ctx=sizes['n_ctx'])
+    model = DoubleHeadModel(args, sizes['clf_token'], sizes['head_type'], vocab=vocab, n_ctx=sizes['n_ctx'])
     load_openai_pretrained_model(model.transformer, n_ctx=sizes['n_ctx'], n_special=sizes['n_special'],
                                  n_transfer=args.n_transfer, n_embd=args.n_embd, path=args.model_dir,
                                  verify=args.verify_weights)
@@ -345,20 +427,21 @@ def log_eval(model, data, args, device, logger, progress, paths, info=DistInfo()
     record = dict(n_epochs=progress['epoch'], n_updates=progress['n_updates'], **scores)
     record['time'] = time.time()
     progress['log'].append(record)
+    key = selection_metric(data)
+    improved = scores[key] > progress['best']
+    progress['best'] = max(progress['best'], scores[key])
     if not info.is_main:
-        progress['best'] = max(progress['best'], scores['va_acc'])
         return
     logger.log(**record)
     print('%d %d %.3f %.3f %.2f %.2f' % (record['n_epochs'], record['n_updates'], scores['tr_cost'],
-                                         scores['va_cost'], scores['tr_acc'], scores['va_acc']), flush=True)
-    if scores['va_acc'] > progress['best']:
-        progress['best'] = scores['va_acc']
-        if args.submit:
-            save_params(model, paths['best'])
+                                         scores['va_cost'], scores['tr' + key[2:]], scores[key]), flush=True)
+    if improved and args.submit:
+        save_params(model, paths['best'])
 
 
 def new_progress():
     """Return the counters of a run that has not started: where it is, what it logged, its best score."""
+    # best starts at 0, as the original's best_score (a metric that stays <= 0 keeps the initial weights)
     return dict(epoch=0, n_updates=0, batch=0, order=None, best=0.0, seen=0, train_time=0.0, log=[])
 
 
@@ -448,7 +531,7 @@ def run_paths(args):
     return dict(log=os.path.join(args.log_dir, f'{args.desc}.jsonl'),
                 best=os.path.join(args.save_dir, args.desc, 'best_params.safetensors'),
                 state=os.path.join(args.save_dir, args.desc, 'train_state.safetensors'),
-                submission=os.path.join(args.submission_dir, SUBMISSION_FILES[args.dataset]))
+                submission=os.path.join(args.submission_dir, SUBMISSION_FILES.get(args.dataset, '')))
 
 
 def run(args):
@@ -470,7 +553,10 @@ def run(args):
     scaler = configure_precision(device, args.precision)
 
     text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
-    data, sizes = load_data(args, text_encoder)
+    if args.dataset == 'rocstories':
+        data, sizes = load_data(args, text_encoder)
+    else:
+        data, sizes = load_task_data(args, text_encoder, get_task(args.dataset))
     model = build_model(args, sizes, device)
     n_train, n_batch_train = len(data['trY']), args.n_batch * args.n_gpu
     n_updates_total = (n_train // n_batch_train) * args.n_iter
@@ -495,29 +581,93 @@ def run(args):
         if args.submit and not args.resume and info.is_main:
             save_params(model, paths['best'])
         train(model, opt, data, args, device, logger, progress, paths, scaler, train_model, info)
-    summary = dict(n_updates=progress['n_updates'], best_va_acc=progress['best'],
+    summary = dict(n_updates=progress['n_updates'], best_va=progress['best'], metric=selection_metric(data)[3:],
                    examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
     if args.submit and info.is_main:
         load_params(model, paths['best']).eval()
-        logits = iter_predict(model, data['teX'], data['teM'], n_batch_train, device, args.precision,
-                              verbose=not args.quiet)
-        write_submission(paths['submission'], np.argmax(logits, 1))
-        if data['teY'] is not None:
-            summary['te_acc'] = accuracy(data['teY'], logits)
+        summary.update(write_predictions(model, data, args, device))
         if args.analysis:
-            analysis.rocstories(args.data_dir, paths['submission'], paths['log'])
+            if data['task'] is None:
+                analysis.rocstories(args.data_dir, paths['submission'], paths['log'])
+            else:
+                for path in summary['dev_files']:
+                    analysis.task_report(data['task'].name, path)
     summary['wall_s'] = time.time() - t0
     return summary
 
 
+def write_predictions(model, data, args, device):
+    """Write the test submissions (and, for the paper's other tasks, dev predictions with gold labels).
+
+    Return {'te_<metric>': value for a test set with labels, 'dev_files': [paths]}.
+    """
+    task, n_batch = data['task'], args.n_batch * args.n_gpu
+    out = {'dev_files': []}
+
+    def outputs_of(X, M):
+        return iter_predict(model, X, M, n_batch, device, args.precision, verbose=not args.quiet)
+
+    for name, file, X, M, ids, Y in data['tests']:
+        outputs = outputs_of(X, M)
+        if task is None:  # ROCStories: the original's 0/1 ending index
+            write_submission(os.path.join(args.submission_dir, file), np.argmax(outputs, 1))
+            if Y is not None:
+                out['te_acc'] = accuracy(Y, outputs)
+            continue
+        names = task_datasets.TASK_LABELS[task.name]
+        write_submission(os.path.join(args.submission_dir, file),
+                         decode_predictions(task, predictions(task, outputs), names), index=ids)
+        if Y is not None and 'te_' + task.metrics[0] not in out:
+            out.update({f'te_{k}': v for k, v in compute_metrics(task, outputs, Y).items()})
+    if task is not None:
+        names = task_datasets.TASK_LABELS[task.name]
+        for (prefix, X, M, Y, _), dev_name in zip(data['evals'], data['dev_names']):
+            path = os.path.join(args.submission_dir, f'{task.name}_{dev_name}_predictions.tsv')
+            preds = decode_predictions(task, predictions(task, outputs_of(X, M)), names)
+            gold = decode_predictions(task, Y if task.n_class == 1 else np.asarray(Y), names)
+            out['dev_files'].append(write_submission(path, preds, gold=gold))
+    return out
+
+
 def format_summary(summary):
     """Return the one-line end-of-run summary."""
-    parts = [f"best valid acc {summary['best_va_acc']:.2f}"]
-    if 'te_acc' in summary:
-        parts.append(f"test acc {summary['te_acc']:.2f}")
+    parts = [f"best valid {summary['metric']} {summary['best_va']:.2f}"]
+    parts += [f"test {k[3:]} {v:.2f}" for k, v in summary.items() if k.startswith('te_')]
     parts += [f"{summary['n_updates']} updates", f"wall {summary['wall_s']:.1f} s",
               f"{summary['examples_per_s']:.1f} train examples/s"]
     return 'done: ' + ', '.join(parts)
+
+
+def run_seeds(args):
+    """Run args.n_runs seeds in turn (desc <desc>_seed<k>); return (per-run summaries, statistics dict)."""
+    summaries = []
+    for k in range(args.n_runs):
+        run_args = argparse.Namespace(**vars(args))
+        run_args.seed, run_args.desc = args.seed + k, f'{args.desc}_seed{args.seed + k}'
+        summaries.append(dict(run(run_args), seed=run_args.seed, desc=run_args.desc))
+        if dist_info().is_main:
+            print(format_summary(summaries[-1]), flush=True)
+    best = np.array([s['best_va'] for s in summaries])
+    stats = dict(metric=summaries[0]['metric'], n_runs=len(best), median=float(np.median(best)),
+                 mean=float(best.mean()), std=float(best.std()), best=float(best.max()))
+    return summaries, stats
+
+
+def write_json(path, obj):
+    """Write obj as JSON to path atomically; return path."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1)
+    return atomic_write(path, write)
+
+
+def format_runs(summaries, stats):
+    """Return the table of a multi-seed sweep: one row per run, then median, mean, std and best."""
+    lines = [f"{'seed':>6}  {'valid ' + stats['metric']:>12}  desc"]
+    lines += [f"{s['seed']:>6}  {s['best_va']:>12.2f}  {s['desc']}" for s in summaries]
+    lines.append(f"{stats['n_runs']} runs: median {stats['median']:.2f}, mean {stats['mean']:.2f}, "
+                 f"std {stats['std']:.2f}, best {stats['best']:.2f}")
+    return '\n'.join(lines)
 
 
 def main(argv=None):
@@ -526,6 +676,13 @@ def main(argv=None):
     if dist_info().is_main:
         print(json.dumps(vars(args)), flush=True)
     try:
+        if args.n_runs > 1:
+            summaries, stats = run_seeds(args)
+            if dist_info().is_main:
+                path = write_json(os.path.join(args.log_dir, f'{args.desc}_runs.json'), dict(stats, runs=summaries))
+                print(format_runs(summaries, stats), flush=True)
+                print(f'sweep summary written to {path}', flush=True)
+            return 0
         summary = run(args)
     except (OSError, ValueError) as err:  # our errors are one line each; OSError covers a full disk
         rank = dist_info().rank

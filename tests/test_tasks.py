@@ -103,7 +103,7 @@ def test_metrics_match_sklearn_and_scipy():
 def test_predictions_confusion_and_decoding():
     logits = np.array([[0.1, 0.9, 0.0], [2.0, 0.0, 1.0], [0.0, 0.0, 3.0]])
     assert predictions(TASKS['mnli'], logits).tolist() == [1, 0, 2]
-    assert confusion(TASKS['mnli'], logits, [1, 2, 2]).tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert confusion(TASKS['mnli'], predictions(TASKS['mnli'], logits), [1, 2, 2]).tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 1]]
     names = ('contradiction', 'entailment', 'neutral')
     assert decode_predictions(TASKS['mnli'], [1, 0, 2], names) == ['entailment', 'contradiction', 'neutral']
     assert decode_predictions(TASKS['stsb'], np.array([1.23456, 4.0]), None) == ['1.235', '4.000']

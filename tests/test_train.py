@@ -115,7 +115,8 @@ def test_best_checkpoint_reproduces_the_submission(workdir):
     data, sizes = train.load_data(args, text_encoder)
     model = train.build_model(args, sizes, torch.device('cpu'))
     train.load_params(model, str(d / 'save' / 'tiny' / 'best_params.safetensors')).eval()
-    logits = train.iter_predict(model, data['teX'], data['teM'], 8, torch.device('cpu'), 'fp32')
+    _, _, teX, teM, _, _ = data['tests'][0]
+    logits = train.iter_predict(model, teX, teM, 8, torch.device('cpu'), 'fp32')
     sub = (d / 'submission' / 'ROCStories.tsv').read_text().splitlines()[1:]
     assert [int(line.split('\t')[1]) for line in sub] == list(np.argmax(logits, 1))
 
