@@ -503,11 +503,12 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
     with the special rows drawn as `np.random.randn(n_special, n_embd) * 0.02` from numpy's global
     generator, and the table plus the first n_transfer blocks copied (n_transfer -1: nothing).
     n_ctx and n_special of -1 are read off the model. `path_names` is accepted for compatibility with
-    the earlier port and ignored. With verify=True every file's git blob SHA-1 is checked first.
+    the earlier port and ignored. With verify=True every file's git blob SHA-1 is checked first against
+    the released values (a dict {file name: SHA-1} checks against those instead).
     """
     transformer = getattr(model, 'transformer', model)
     if verify:
-        verify_weights(path)
+        verify_weights(path, expected=verify if isinstance(verify, dict) else None)
     arrays = load_released_arrays(path)
     n_layer_stored = (len(arrays) - 2) // len(TF_BLOCK)
     positions, tokens = arrays[0], arrays[1]
@@ -548,11 +549,14 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
     return model
 
 
-def verify_weights(path):
-    """Raise ValueError naming the first released file in path whose git blob SHA-1 does not match."""
+def verify_weights(path, expected=None):
+    """Raise ValueError naming the first weights file in path whose git blob SHA-1 does not match.
+
+    expected maps file names to SHA-1s; None means the values of the released files.
+    """
     from download_model import verify_model_dir  # the owner of the released hashes
     names = ['params_shapes.json'] + [f'params_{n}.npy' for n in range(N_SHARDS)]
-    problems = verify_model_dir(path, names=names)
+    problems = verify_model_dir(path, names=names, expected=expected)
     if problems:
         raise ValueError(problems[0])
 

@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model_pytorch import (DEFAULT_CONFIG, ClfHead, DoubleHeadModel, LMHead, LMModel, MultipleChoiceHead,
                            TransformerModel, load_openai_pretrained_model, tf_param_names,
@@ -434,3 +436,50 @@ def test_activation_checkpointing_gives_the_same_gradients_with_dropout():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def pristine_shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp('pristine')
+    write_released_shards(d, fixture_arrays())
+    from download_model import git_blob_sha1
+    hashes = {p.name: git_blob_sha1(str(p)) for p in d.iterdir()}
+    return d, hashes
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shard=st.integers(0, 9), cut=st.integers(1, 11_000))
+def test_any_truncation_is_reported_never_loaded(pristine_shards, tmp_path_factory, shard, cut):
+    src, _ = pristine_shards
+    d = tmp_path_factory.mktemp('cut')
+    for p in src.iterdir():
+        data = p.read_bytes()
+        (d / p.name).write_bytes(data[:max(len(data) - cut, 0)] if p.name == f'params_{shard}.npy' else data)
+    with pytest.raises((ValueError, FileNotFoundError), match=f'params_{shard}.npy|floats but params_shapes'):
+        load_from(d)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shard=st.integers(0, 9), offset=st.integers(0, 11_875), flip=st.integers(1, 255))
+def test_any_corrupted_byte_is_reported_with_verification(pristine_shards, tmp_path_factory, shard, offset, flip):
+    src, hashes = pristine_shards
+    d = tmp_path_factory.mktemp('flip')
+    for p in src.iterdir():
+        data = bytearray(p.read_bytes())
+        if p.name == f'params_{shard}.npy':
+            data[offset % len(data)] ^= flip
+        (d / p.name).write_bytes(bytes(data))
+    model = small_model_for(d)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=f'params_{shard}.npy'):
+        load_openai_pretrained_model(model, path=str(d), n_embd=32, verify=hashes)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_verification_passes_for_intact_files(pristine_shards):
+    d, hashes = pristine_shards
+    model = small_model_for(d)
+    load_openai_pretrained_model(model, path=str(d), n_embd=32, verify=hashes)
+    np.testing.assert_array_equal(model.h[0].attn.c_attn.w.detach().numpy(), fixture_arrays()[2][0])
+    with pytest.raises(ValueError, match=r'params_shapes\.json.*expected 29fac299'):
+        load_openai_pretrained_model(model, path=str(d), n_embd=32, verify=True)  # not the released files
