@@ -83,7 +83,7 @@ def eval_data(arrays):
     idx = rng.integers(0, 3, 11)
     X, M, Y = arrays['X'][idx].astype(np.int64), arrays['M'][idx], arrays['Y'][idx].astype(np.int64)
     Y = rng.integers(0, 2, 11)  # mixed labels, so accuracies are not trivially 0 or 100
-    return dict(trX=X, trM=M, trY=Y, vaX=X[:7], vaM=M[:7], vaY=Y[:7])
+    return dict(task=None, trX=X, trM=M, trY=Y, evals=[('va', X[:7], M[:7], Y[:7], None)])
 
 
 def worker(rank, world, port, out_dir):

@@ -195,7 +195,7 @@ def test_trimmed_fast_path_equals_full_original_computation():
     g_full = torch.autograd.grad(full, list(model.parameters()))
     x, m = train.trim_batch(X, M)
     assert x.shape[2] < X.shape[2]
-    _, clf, lm = train.forward_losses(model, x, m, Y, 0.5)
+    _, clf, lm = train.forward_losses(train.TrainForward(model), x, m, Y, 0.5)
     fast = train_loss(clf, lm, 0.5)
     g_fast = torch.autograd.grad(fast, list(model.parameters()))
     torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-6)
