@@ -313,3 +313,22 @@ def test_shuffling_indices_gives_the_originals_array_order():
     np.random.seed(7)
     order = shuffle(np.arange(50), random_state=np.random.mtrand._rand)
     assert np.array_equal(by_arrays[0], a[order]) and np.array_equal(by_arrays[1], (a * 2)[order])
+
+
+def test_bf16_training_step_follows_fp32():
+    """--precision bf16 runs the same update under autocast: parameters move like fp32's, to bf16 accuracy."""
+    arrays, config = load_tf_reference()
+    X, M, Y = arrays['X'].astype(np.int64), arrays['M'], arrays['Y'].astype(np.int64)
+    moved = {}
+    for precision in ('fp32', 'bf16'):
+        model = tf_model(arrays, config).train()
+        before = model.transformer.h[0].mlp.c_fc.w.detach().clone()
+        args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--precision', precision, '--quiet'])
+        opt = OpenAIAdam(model.parameters(), lr=1e-3, schedule='warmup_constant', warmup=0.0, t_total=10)
+        cost = train.train_step(model, opt, X, M, Y, args, torch.device('cpu'))
+        moved[precision] = (model.transformer.h[0].mlp.c_fc.w.detach() - before, cost)
+        assert model.transformer.h[0].mlp.c_fc.w.dtype == torch.float32  # fp32 master weights
+    assert moved['bf16'][1] == pytest.approx(moved['fp32'][1], rel=0.05)
+    # Adam's first step is lr * sign(g) wherever g is not tiny: the signs agree almost everywhere
+    agree = (torch.sign(moved['bf16'][0]) == torch.sign(moved['fp32'][0])).float().mean().item()
+    assert agree > 0.95
