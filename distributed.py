@@ -41,9 +41,15 @@ def init_distributed(info, device, timeout_s=600):
                                 timeout=timedelta(seconds=timeout_s))
 
 
-def close_distributed():
-    """Leave the process group if this process joined one."""
+def close_distributed(synchronize=False):
+    """Leave the process group if this process joined one; with synchronize, after every rank got here.
+
+    Synchronize on success only: a rank that leaves early on an error must not wait for the others.
+    """
     if dist.is_initialized():
+        if synchronize:
+            # no rank tears its connections down while a peer still uses them (gloo aborts on that)
+            dist.barrier()
         dist.destroy_process_group()
 
 

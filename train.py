@@ -682,8 +682,10 @@ def main(argv=None):
                 path = write_json(os.path.join(args.log_dir, f'{args.desc}_runs.json'), dict(stats, runs=summaries))
                 print(format_runs(summaries, stats), flush=True)
                 print(f'sweep summary written to {path}', flush=True)
+            close_distributed(synchronize=True)
             return 0
         summary = run(args)
+        close_distributed(synchronize=True)
     except (OSError, ValueError) as err:  # our errors are one line each; OSError covers a full disk
         rank = dist_info().rank
         print(f'train.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr)

@@ -106,6 +106,7 @@ def worker(rank, world, port, out_dir):
             torch.save(results, os.path.join(out_dir, 'params.pt'))
             with open(os.path.join(out_dir, 'scores.json'), 'w') as f:
                 json.dump(scores, f)
+        close_distributed(synchronize=True)
     finally:
         close_distributed()
 
