@@ -424,12 +424,13 @@ class DoubleHeadModel(nn.Module):
 
 def sniff_weights_file(path):
     """Return a description of what path holds when it is plainly not an .npy array, else None."""
+    from download_model import sniff  # the owner of what release downloads look like
     with open(path, 'rb') as f:
         head = f.read(512)
-    stripped = head.lstrip().lower()
-    if head.startswith(b'version https://git-lfs'):
+    kind = sniff(head)
+    if kind == 'lfs':
         return 'a Git-LFS pointer, not the weights (run `git lfs pull` in the clone, or download_model.py)'
-    if stripped.startswith(b'<!doctype') or stripped.startswith(b'<html'):
+    if kind == 'html':
         return 'an HTML page, not the weights (the download fetched a web page; run download_model.py)'
     if not head.startswith(b'\x93NUMPY'):
         return 'not a .npy file (download it again with download_model.py)'
