@@ -17,6 +17,10 @@ Each configuration runs in its own subprocess, so its peak memory (peak RSS on t
 on a GPU) is its own. The achieved FLOP/s are model FLOPs (see `seq_flops`) over the median step time, as a
 fraction of a large square matmul measured at the same dtype in the same run.
 
+The CUDA path (--device cuda: fp16 with a GradScaler, CUDA max allocated memory, TF32 for fp32 as
+train.configure_precision sets it) has not been run yet: no GPU was available when it was written
+(BENCHMARKS.md records which numbers were measured).
+
     python3 bench.py [--device cpu|cuda] [--configs ours-fp32,peer-fp32,...] [--steps 3] [--warmup-steps 1]
                      [--quick] [--json PATH] [--in-process]
 """
@@ -514,7 +518,8 @@ def parse_args(argv=None):
     p.add_argument('--configs', default=None,
                    help='comma-separated <impl>-<precision>[-mbN] names (default: ours and peer in fp32 and '
                         'bf16 on the CPU, fp32, fp16 and bf16 on CUDA)')
-    p.add_argument('--steps', type=int, default=None, help='timed training steps and eval batches (default 3)')
+    p.add_argument('--steps', type=int, default=None,
+                   help='timed training steps and eval batches (default 3 on the CPU, 10 on CUDA, 1 with --quick)')
     p.add_argument('--warmup-steps', type=int, default=1, help='untimed steps before timing')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--quick', action='store_true', help='tiny model and 1 timed step: a smoke test in seconds')
@@ -525,7 +530,7 @@ def parse_args(argv=None):
     p.add_argument('--worker-out', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps is None:
-        args.steps = 1 if args.quick else 3
+        args.steps = 1 if args.quick else 10 if args.device.startswith('cuda') else 3
     if args.steps < 1:
         p.error(f'--steps must be >= 1, got {args.steps}')
     if args.warmup_steps < 0:
