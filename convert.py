@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from download_model import read_npy_header
 from model_pytorch import (ACT_FNS, DEFAULT_CONFIG, N_SHARDS, TF_BLOCK, GPTConfig, LMModel, TransformerModel,
                            check_shape, clone_config, load_openai_pretrained_model, load_released_arrays,
                            read_shapes, tf_param_names, torch_name, verify_weights, write_released_shards)
@@ -151,13 +152,10 @@ def config_of(model):
 def npy_header(path):
     """Return (header bytes, n floats) of a flat little-endian float32 .npy, or None when it is anything else."""
     with open(path, 'rb') as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
+        parsed = read_npy_header(f)
+        if parsed is None:
             return None
+        shape, fortran, dtype = parsed
         offset = f.tell()
         f.seek(0)
         header = f.read(offset)

@@ -98,19 +98,29 @@ def sniff(head):
     return None
 
 
+def read_npy_header(f):
+    """Return (shape, fortran_order, dtype) from the .npy header at f's position, or None when it is not one.
+
+    f is left just past the header, at the first data byte.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(f)
+    except (ValueError, SyntaxError, TypeError, EOFError):
+        pass
+    return None
+
+
 def _npy_sizes(path):
     """Return (size the .npy header promises, actual size), or None when the header cannot be read."""
     with open(path, 'rb') as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return None
-        except (ValueError, SyntaxError, TypeError, EOFError):
+        header = read_npy_header(f)
+        if header is None:
             return None
+        shape, _, dtype = header
         if dtype.hasobject:  # pickled payload: its size is not in the header
             return None
         return f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, os.fstat(f.fileno()).st_size
