@@ -5,6 +5,7 @@ lower-casing, byte-pair encoding with '</w>' word ends, unknown pieces to id 0. 
 ids for every text (tests/fixtures/bpe_reference.json holds the original's output).
 """
 import json
+import os
 import re
 
 import ftfy
@@ -12,6 +13,10 @@ import spacy
 from tqdm import tqdm
 
 VOCAB_SOURCE = 'the model/ folder of github.com/openai/finetune-transformer-lm'
+# The released vocabulary ships in this repository's model/ folder (byte-identical, checked by SHA-1).
+MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'model')
+ENCODER_PATH = os.path.join(MODEL_DIR, 'encoder_bpe_40000.json')
+BPE_PATH = os.path.join(MODEL_DIR, 'vocab_40000.bpe')
 UNKNOWN_ID = 0  # the original maps every piece missing from the vocabulary to id 0 ('<unk>')
 
 # text_standardize's rules, in the original's order (compiled here; patterns are constants, not state).
@@ -93,10 +98,11 @@ class TextEncoder:
 
     `encoder` (token -> id) and `decoder` (id -> token) hold the released vocabulary; callers may add
     special tokens to `encoder` after construction (train.py adds '_start_', '_delimiter_', '_classify_'),
-    and decode() shows those by name.
+    and decode() shows those by name. The default paths are the released files shipped in this
+    repository's model/ folder, wherever the caller's working directory is.
     """
 
-    def __init__(self, encoder_path, bpe_path, cache_size=1 << 18):
+    def __init__(self, encoder_path=ENCODER_PATH, bpe_path=BPE_PATH, cache_size=1 << 18):
         if cache_size < 1:
             raise ValueError(f'TextEncoder: cache_size must be >= 1, got {cache_size}')
         self.encoder = load_encoder(encoder_path)

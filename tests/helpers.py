@@ -9,7 +9,7 @@ from model_pytorch import DEFAULT_CONFIG, DoubleHeadModel, clone_config, load_op
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 TF_REF = FIXTURES / 'tf_reference'
 SMALL_MODEL = TF_REF / 'small_model'
-SHARED_MODEL = Path(__file__).resolve().parents[2] / 'shared' / 'model'
+VOCAB_DIR = Path(__file__).resolve().parents[1] / 'model'  # the released vocabulary, shipped in the repository
 
 
 def load_tf_reference():

@@ -1,6 +1,6 @@
 """Tests for datasets (TF: datasets.py): the original split, labels, bad-input errors."""
 import csv
-import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from datasets import HEADER, TEST_FILE, VAL_FILE, _rocstories, rocstories, rocstories_test_labels
 
-ORIGINAL_DATASETS = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'original-tf' / 'datasets.py'
+FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 
 
 def make_rows(n, prefix, seed=0):
@@ -53,20 +53,20 @@ def test_split_equals_original_train_test_split(data_dir):
     assert te == ([' '.join(r[1:5]) for r in test], [r[5] for r in test], [r[6] for r in test])
 
 
-def test_matches_original_code(data_dir):
-    """The original datasets.rocstories (TF era, numpy/sklearn only) as oracle on the same files."""
-    spec = importlib.util.spec_from_file_location('original_datasets', ORIGINAL_DATASETS)
-    original = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(original)
-    ours, theirs = rocstories(str(data_dir), n_valid=10), original.rocstories(str(data_dir), n_valid=10)
-    for split_ours, split_theirs in zip(ours, theirs):
-        assert len(split_ours) == len(split_theirs)
-        for a, b in zip(split_ours, split_theirs):
-            assert type(a) is type(b)
-            if isinstance(a, np.ndarray):
-                assert a.dtype == b.dtype and a.tolist() == b.tolist()
-            else:
-                assert a == b
+def test_matches_original_code(tmp_path):
+    """The original datasets.rocstories (TF era) as oracle: its outputs recorded by make_oracle_fixtures.py."""
+    with open(FIXTURES / 'original_datasets.json', encoding='ascii') as f:
+        ref = json.load(f)
+    for name, text in ((VAL_FILE, ref['val_csv']), (TEST_FILE, ref['test_csv'])):
+        with open(tmp_path / name, 'w', encoding='utf-8', newline='') as f:
+            f.write(text)
+    train, valid, test = rocstories(str(tmp_path), n_valid=ref['n_valid'])
+    for ours, theirs in ((train, ref['train']), (valid, ref['valid'])):
+        assert list(ours[:3]) == theirs[:3]
+        assert isinstance(ours[3], np.ndarray) and ours[3].dtype == ref['label_dtype']
+        assert ours[3].tolist() == theirs[3]
+    assert len(ref['train'][0]) == 45 and len(ref['valid'][0]) == 15
+    assert list(test) == ref['test'] and all(type(field) is list for field in test)
 
 
 def test_test_labels(data_dir):

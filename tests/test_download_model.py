@@ -1,7 +1,6 @@
 """Tests for download_model.py: hashes, local checks, and downloads from a local HTTP server (no internet)."""
 import io
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,9 +13,13 @@ import pytest
 
 import download_model as dm
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
-REFERENCE_JSON = SHARED / 'reference' / 'released_files.json'
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / 'tests' / 'fixtures'
 SMALL_FILES = ['encoder_bpe_40000.json', 'params_shapes.json', 'vocab_40000.bpe']
+# where the repository keeps a byte-identical copy of each released small file
+SMALL_FILE_COPIES = {'encoder_bpe_40000.json': ROOT / 'model' / 'encoder_bpe_40000.json',
+                     'vocab_40000.bpe': ROOT / 'model' / 'vocab_40000.bpe',
+                     'params_shapes.json': FIXTURES / 'released_params_shapes.json'}
 FAST = dict(retries=2, timeout=5.0, backoff=0, progress=False)
 
 
@@ -32,10 +35,9 @@ def npy_bytes(n, seed=0):
     return buf.getvalue()
 
 
-def need_shared_small_files():
-    """Skip unless ../shared/model holds the released small files."""
-    if not all((SHARED / 'model' / n).is_file() for n in SMALL_FILES):
-        pytest.skip('../shared/model/ with the released small files is not available')
+def released_bytes(name):
+    """Return the contents of a released small file, from the repository's copy."""
+    return SMALL_FILE_COPIES[name].read_bytes()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -116,16 +118,28 @@ def test_git_blob_sha1_matches_git_hash_object(tmp_path, size):
 
 
 def test_embedded_hashes_equal_reference_json():
-    if not REFERENCE_JSON.is_file():
-        pytest.skip(f'{REFERENCE_JSON} not available')
-    assert dm.RELEASED_FILES == json.loads(REFERENCE_JSON.read_text())['files']
+    """The table equals the SHA-1s recorded from the shared reference (make_oracle_fixtures.py copies them)."""
+    assert dm.RELEASED_FILES == json.loads((FIXTURES / 'released_files.json').read_text())['files']
     assert len(dm.RELEASED_FILES) == 13
 
 
+def test_shipped_vocabulary_is_byte_identical_to_the_release():
+    """model/ ships the two released vocabulary files; their git blob SHA-1s are the released ones."""
+    for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe'):
+        assert dm.git_blob_sha1(ROOT / 'model' / name) == dm.RELEASED_FILES[name], name
+    assert dm.verify_model_dir(ROOT / 'model', names=['encoder_bpe_40000.json', 'vocab_40000.bpe']) == []
+    tracked = subprocess.run(['git', 'ls-files', '-s', 'model/'], cwd=ROOT, capture_output=True, text=True,
+                             timeout=30).stdout
+    if tracked:  # in a git checkout, the committed blobs are the released ones too (no weights committed)
+        blobs = {line.split()[-1]: line.split()[1] for line in tracked.splitlines()}
+        assert blobs == {'model/README.md': blobs['model/README.md'],
+                         'model/encoder_bpe_40000.json': dm.RELEASED_FILES['encoder_bpe_40000.json'],
+                         'model/vocab_40000.bpe': dm.RELEASED_FILES['vocab_40000.bpe']}
+
+
 def test_released_small_files_verify(tmp_path):
-    need_shared_small_files()
     for n in SMALL_FILES:
-        shutil.copy(SHARED / 'model' / n, tmp_path / n)
+        (tmp_path / n).write_bytes(released_bytes(n))
         assert dm.check_file(tmp_path / n, dm.RELEASED_FILES[n]) is None
     assert dm.verify_model_dir(tmp_path, names=SMALL_FILES) == []
     problems = dm.verify_model_dir(tmp_path)  # the ten shards are absent
@@ -162,8 +176,7 @@ def test_verify_model_dir_names_each_problem(tmp_path):
 
 
 def test_truncated_json_is_reported_by_hash(tmp_path):
-    need_shared_small_files()
-    data = (SHARED / 'model' / 'params_shapes.json').read_bytes()
+    data = released_bytes('params_shapes.json')
     (tmp_path / 'params_shapes.json').write_bytes(data[:-10])
     [problem] = dm.verify_model_dir(tmp_path, names=['params_shapes.json'])
     assert str(tmp_path / 'params_shapes.json') in problem
@@ -301,6 +314,23 @@ def test_download_model_skips_verified_and_follows_lfs_pointer(server, tmp_path)
     assert len(server.requests) == 2  # everything verified: nothing fetched
 
 
+def test_download_model_into_the_repository_layout_fetches_only_the_weights(server, tmp_path):
+    """model/ as cloned holds the vocabulary: only params_shapes.json and the ten shards are fetched."""
+    for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe'):
+        (tmp_path / name).write_bytes(released_bytes(name))
+    expected = dict(dm.RELEASED_FILES)
+    server.routes['/model/params_shapes.json'] = dict(body=released_bytes('params_shapes.json'))
+    for n in range(10):  # stand-in shards: the downloader is told their hashes
+        body = npy_bytes(100 + n, seed=n)
+        expected[f'params_{n}.npy'] = dm.git_blob_sha1(body)
+        server.routes[f'/model/params_{n}.npy'] = dict(body=body)
+    paths = dm.download_model(tmp_path, server.url('/model/'), expected=expected, **FAST)
+    assert sorted(p.split('/')[-1] for p in paths) == sorted(expected)
+    fetched = sorted(path.split('/')[-1] for path, _ in server.requests)
+    assert fetched == sorted(['params_shapes.json'] + [f'params_{n}.npy' for n in range(10)])
+    assert dm.verify_model_dir(tmp_path, expected=expected) == []
+
+
 def test_download_model_lfs_pointer_without_fallback_is_an_error(server, tmp_path):
     server.routes['/raw/b.npy'] = dict(body=b'version https://git-lfs.github.com/spec/v1\n')
     with pytest.raises(dm.DownloadError, match='Git-LFS pointer'):
@@ -319,9 +349,8 @@ def test_cli_verify_only_on_empty_dir_fails(tmp_path, capsys):
 
 
 def test_cli_downloads_then_verifies(server, tmp_path, capsys):
-    need_shared_small_files()
     for n in SMALL_FILES:
-        server.routes[f'/model/{n}'] = dict(body=(SHARED / 'model' / n).read_bytes(), ctype='text/plain')
+        server.routes[f'/model/{n}'] = dict(body=released_bytes(n), ctype='text/plain')
     args = ['--model_dir', str(tmp_path), '--base_url', server.url('/model/'), '--timeout', '5', '--no_progress',
             '--files'] + SMALL_FILES
     assert dm.main(args) == 0

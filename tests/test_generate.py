@@ -12,7 +12,7 @@ import convert
 import generate
 from generate import NextTokenLogits, generate as generate_text, next_token, sample_ids, top_k_filter, top_p_filter
 from model_pytorch import N_VOCAB, TF_BLOCK, LMModel, write_released_shards
-from tests.helpers import SHARED_MODEL, small_cfg
+from tests.helpers import VOCAB_DIR, small_cfg
 
 V, N_SPECIAL, N_CTX = 100, 2, 16  # the tiny model: 100 token rows, 2 special rows, 16 positions
 
@@ -163,7 +163,7 @@ def write_tiny_real_vocab_model(folder, seed=0):
     arrays += [rng.normal(size=shapes[name]) * 0.5 + (1.0 if name.endswith('/g') else 0.0) for name in TF_BLOCK]
     write_released_shards(folder, [a.astype(np.float32) for a in arrays])
     for name in convert.VOCAB_FILES:
-        shutil.copyfile(SHARED_MODEL / name, folder / name)
+        shutil.copyfile(VOCAB_DIR / name, folder / name)
     return folder
 
 
@@ -175,7 +175,7 @@ def real_vocab_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def text_encoder():
     from text_utils import TextEncoder
-    return TextEncoder(*convert.vocab_paths(SHARED_MODEL))
+    return TextEncoder(*convert.vocab_paths(VOCAB_DIR))
 
 
 def test_generate_returns_readable_text_and_ids(real_vocab_dir, text_encoder):

@@ -16,7 +16,7 @@ import train
 from loss import clf_losses, lm_losses, lm_losses_from_hidden, train_loss
 from model_pytorch import N_VOCAB, write_released_shards
 from opt import OpenAIAdam
-from tests.helpers import SHARED_MODEL, load_tf_reference, tf_model
+from tests.helpers import VOCAB_DIR, load_tf_reference, tf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ('jim anna max went to the store and bought a new dog cat car book she he was happy sad '
@@ -46,7 +46,7 @@ def write_tiny_checkpoint(model_dir, rng, n_embd=32, n_layer=2, n_pos=64):
         arrays[2 + 12 * i + 10][:] = 1
     write_released_shards(model_dir, arrays)
     for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe'):
-        shutil.copy(SHARED_MODEL / name, Path(model_dir) / name)
+        shutil.copy(VOCAB_DIR / name, Path(model_dir) / name)
 
 
 @pytest.fixture(scope='module')
