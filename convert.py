@@ -155,7 +155,7 @@ def npy_header(path):
         parsed = read_npy_header(f)
         if parsed is None:
             return None
-        shape, fortran, dtype = parsed
+        shape, fortran, dtype, _ = parsed  # a non-canonical header is copied as it is
         offset = f.tell()
         f.seek(0)
         header = f.read(offset)

@@ -14,12 +14,16 @@ once its hash verifies.
 import argparse
 import hashlib
 import http.client
+import io
+import math
 import os
 import sys
 import time
+import tokenize
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 
 import numpy as np
 from tqdm import tqdm
@@ -98,20 +102,47 @@ def sniff(head):
     return None
 
 
-def read_npy_header(f):
-    """Return (shape, fortran_order, dtype) from the .npy header at f's position, or None when it is not one.
+# What numpy's .npy header parser raises on a corrupt header: its fallback for headers written by
+# Python 2 goes through `tokenize`, hence TokenError. None of these may reach the user as a traceback.
+NPY_HEADER_ERRORS = (ValueError, SyntaxError, TypeError, EOFError, OverflowError, MemoryError, RecursionError,
+                     tokenize.TokenError)
 
-    f is left just past the header, at the first data byte.
+
+def canonical_npy_dict(shape, fortran_order, dtype):
+    """Return the header dictionary text numpy writes for these values, without its padding (bytes)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {'descr': np.lib.format.dtype_to_descr(dtype),
+                                              'fortran_order': fortran_order, 'shape': shape})
+    return buf.getvalue()[10:].rstrip(b' \n')  # after the magic, the version and the 2-byte length
+
+
+def read_npy_header(f):
+    """Return (shape, fortran_order, dtype, canonical) of the .npy header at f's position, or None when numpy
+    cannot read one there.
+
+    canonical says whether the header is byte for byte the one numpy writes for those values (up to its
+    space padding): a header corrupted into another one that still parses is not. f is left just past the
+    header, at the first data byte.
     """
+    start = f.tell()
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(f)
-        if version == (2, 0):
-            return np.lib.format.read_array_header_2_0(f)
-    except (ValueError, SyntaxError, TypeError, EOFError):
-        pass
-    return None
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # numpy warns when it falls back to its Python-2 header parser
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return None
+        end = f.tell()
+        f.seek(start + (10 if version == (1, 0) else 12))
+        text = f.read(end - f.tell())
+        canonical = (text.endswith(b'\n') and
+                     text[:-1].rstrip(b' ') == canonical_npy_dict(shape, fortran_order, dtype))
+    except NPY_HEADER_ERRORS:
+        return None
+    return shape, fortran_order, dtype, canonical
 
 
 def _npy_sizes(path):
@@ -120,10 +151,10 @@ def _npy_sizes(path):
         header = read_npy_header(f)
         if header is None:
             return None
-        shape, _, dtype = header
+        shape, _, dtype, _ = header
         if dtype.hasobject:  # pickled payload: its size is not in the header
             return None
-        return f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, os.fstat(f.fileno()).st_size
+        return f.tell() + math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size
 
 
 def _find_problem(path, expected_sha1=None, is_npy=False):

@@ -439,21 +439,39 @@ def sniff_weights_file(path):
 
 def read_shard(path):
     """Return the float32 1-D array in one params_N.npy shard, or raise naming what is wrong."""
+    from download_model import read_npy_header  # the owner of what release downloads look like
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is missing: the weights are the model/ folder of '
                                 f'github.com/openai/finetune-transformer-lm (run download_model.py)')
     problem = sniff_weights_file(path)
     if problem:
         raise ValueError(f'{path} is {problem}')
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as err:
-        raise ValueError(f'{path} is truncated or corrupt ({err}): download it again') from None
-    if arr.dtype != np.float32:
-        raise ValueError(f'{path} holds {arr.dtype} values, expected float32: it is not a released shard')
-    if arr.ndim != 1:
-        raise ValueError(f'{path} holds an array of shape {arr.shape}, expected a flat 1-D shard')
-    return arr
+    with open(path, 'rb') as f:
+        header = read_npy_header(f)
+        if header is None:
+            raise ValueError(f'{path} is corrupt: its .npy header cannot be read; download it again')
+        shape, _, dtype, canonical = header
+        if dtype.hasobject:
+            raise ValueError(f'{path} holds pickled Python objects, which are never loaded: it is not a released shard')
+        if dtype != np.dtype('<f4'):
+            raise ValueError(f'{path} holds {dtype} values, expected float32: it is not a released shard')
+        if len(shape) != 1:
+            raise ValueError(f'{path} holds an array of shape {shape}, expected a flat 1-D shard')
+        needed, size = f.tell() + 4 * shape[0], os.fstat(f.fileno()).st_size
+        if needed != size:
+            raise ValueError(f'{path} is truncated or corrupt: its .npy header needs {needed} bytes, the file has '
+                             f'{size}; download it again')
+        if not canonical and not is_released_file(path):
+            raise ValueError(f'{path} is corrupt: its .npy header is not the one numpy writes for {shape[0]} '
+                             f'float32 values; download it again')
+        return np.fromfile(f, dtype='<f4', count=shape[0])
+
+
+def is_released_file(path):
+    """Return whether the file at path is byte for byte the released file of its name (git blob SHA-1)."""
+    from download_model import RELEASED_FILES, git_blob_sha1
+    expected = RELEASED_FILES.get(os.path.basename(path))
+    return expected is not None and git_blob_sha1(path) == expected
 
 
 def read_shapes(path):

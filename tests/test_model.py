@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from model_pytorch import (DEFAULT_CONFIG, ClfHead, DoubleHeadModel, LMHead, LMModel, MultipleChoiceHead,
@@ -398,7 +398,7 @@ def test_html_page(shard_dir):
 
 def test_pickled_object_array_is_refused(shard_dir):
     np.save(shard_dir / 'params_1.npy', np.array([{'a': 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match=r'params_1\.npy is truncated or corrupt.*pickle'):
+    with pytest.raises(ValueError, match=r'params_1\.npy holds pickled Python objects'):
         load_from(shard_dir)
 
 
@@ -461,6 +461,7 @@ def test_any_truncation_is_reported_never_loaded(pristine_shards, tmp_path_facto
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shard=st.integers(0, 9), offset=st.integers(0, 11_875), flip=st.integers(1, 255))
+@example(shard=0, offset=8, flip=0x40)  # the header length: numpy's parser raised tokenize.TokenError
 def test_any_corrupted_byte_is_reported_with_verification(pristine_shards, tmp_path_factory, shard, offset, flip):
     src, hashes = pristine_shards
     d = tmp_path_factory.mktemp('flip')
@@ -483,3 +484,50 @@ def test_verification_passes_for_intact_files(pristine_shards):
     np.testing.assert_array_equal(model.h[0].attn.c_attn.w.detach().numpy(), fixture_arrays()[2][0])
     with pytest.raises(ValueError, match=r'params_shapes\.json.*expected 29fac299'):
         load_openai_pretrained_model(model, path=str(d), n_embd=32, verify=True)  # not the released files
+
+
+HEADER_FLIPS = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xFF)
+
+
+def test_every_header_corruption_is_the_loaders_error_naming_the_file(pristine_shards, tmp_path):
+    """Each byte of a shard's .npy header, XORed with each of 9 masks: always a ValueError naming the shard,
+    with or without verification, from the loader and from convert.py; the model is never touched."""
+    import convert
+    src, hashes = pristine_shards
+    d = tmp_path / 'model'
+    d.mkdir()
+    for p in src.iterdir():
+        (d / p.name).write_bytes(p.read_bytes())
+    pristine = (src / 'params_4.npy').read_bytes()
+    header_len = 10 + int.from_bytes(pristine[8:10], 'little')
+    assert header_len == 128 and pristine[header_len - 1:header_len] == b'\n'
+    model = small_model_for(d)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n_cases = 0
+    for offset in range(header_len):
+        for flip in HEADER_FLIPS:
+            data = bytearray(pristine)
+            data[offset] ^= flip
+            (d / 'params_4.npy').write_bytes(bytes(data))
+            for verify in (False, hashes):
+                with pytest.raises(ValueError, match=r'params_4\.npy'):
+                    load_openai_pretrained_model(model, path=str(d), n_embd=32, verify=verify)
+            with pytest.raises(ValueError, match=r'params_4\.npy'):
+                convert.read_released(str(d), n_head=4)
+            n_cases += 1
+    assert n_cases == 128 * 9
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    (d / 'params_4.npy').write_bytes(pristine)
+    load_openai_pretrained_model(model, path=str(d), n_embd=32, verify=hashes)  # the pristine file still loads
+
+
+def test_header_that_parses_but_is_not_numpys_is_refused_unless_it_is_the_released_file(shard_dir, monkeypatch):
+    """'<f4' flipped to '=f4' (one bit) still means float32 here: refused as corrupt, unless the file's
+    SHA-1 is the released one of its name (a guard for shards written by another numpy)."""
+    import download_model
+    p = shard_dir / 'params_6.npy'
+    p.write_bytes(p.read_bytes().replace(b"'<f4'", b"'=f4'", 1))
+    with pytest.raises(ValueError, match=r"params_6\.npy is corrupt: its \.npy header is not the one numpy writes"):
+        load_from(shard_dir)
+    monkeypatch.setitem(download_model.RELEASED_FILES, 'params_6.npy', download_model.git_blob_sha1(p))
+    load_from(shard_dir)
