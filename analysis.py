@@ -195,7 +195,7 @@ def main(argv=None):
     """Print the results the command line asks for; exit non-zero with one line on stderr on bad input."""
     args = parse_args(argv)
     try:
-        if args.task:
+        if args.task and args.task != 'rocstories':  # ROCStories is the report below, from --log
             if not args.pred:
                 raise ValueError('--task needs --pred: the <task>_<dev split>_predictions.tsv that train.py writes')
             task_report(args.task, args.pred)

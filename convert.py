@@ -123,8 +123,14 @@ def check_blocks(blocks, cfg, source):
 
 
 def make_config(**fields):
-    """Return a GPTConfig from DEFAULT_CONFIG with the given fields (unknown names raise)."""
-    return clone_config(DEFAULT_CONFIG, **fields)
+    """Return a GPTConfig from DEFAULT_CONFIG with the given fields (unknown names, a bad n_head or afn raise)."""
+    cfg = clone_config(DEFAULT_CONFIG, **fields)
+    if cfg.n_head < 1 or cfg.n_embd % cfg.n_head:
+        raise ValueError(f'n_head={cfg.n_head} does not divide n_embd={cfg.n_embd}: pass the --n_head the weights '
+                         f'were trained with (the released GPT-1 has 12)')
+    if cfg.afn not in ACT_FNS:
+        raise ValueError(f'unknown afn {cfg.afn!r}: pass --afn as one of {sorted(ACT_FNS)}')
+    return cfg
 
 
 def afn_name(fn):
@@ -599,6 +605,18 @@ def add_model_args(parser):
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='torch device (default: cuda when available)')
     return parser
+
+
+def resolve_device(name):
+    """Return torch.device(name), or raise a ValueError naming --device when it is malformed or absent here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f'--device {name!r} is not a torch device: give cpu, cuda or cuda:N') from None
+    n_gpus = torch.cuda.device_count()
+    if device.type == 'cuda' and (device.index or 0) >= n_gpus:
+        raise ValueError(f'--device {name}: this machine has {n_gpus} CUDA device(s); use --device cpu')
+    return device
 
 
 def vocab_paths(model_dir, encoder_path=None, bpe_path=None):

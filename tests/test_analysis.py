@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import analysis
@@ -156,3 +157,66 @@ def test_cli_error_is_one_line_without_traceback(run):
     assert proc.returncode != 0
     assert proc.stdout == '' and proc.stderr.count('\n') == 1 and 'Traceback' not in proc.stderr
     assert 'missing.jsonl: log file not found' in proc.stderr
+
+
+# --- every flag of the command line, each checked by its effect -------------------------------------------
+
+def test_main_plot_writes_a_png_of_the_curves(run, capsys):
+    analysis.main(['--log', str(run / 'rocstories.jsonl'), '--plot', str(run / 'curves.png')])
+    assert capsys.readouterr().out == (f'ROCStories Valid Accuracy: 80.25\n'
+                                       f'learning curves written to {run / "curves.png"}\n')
+    data = (run / 'curves.png').read_bytes()
+    assert data.startswith(b'\x89PNG\r\n\x1a\n') and len(data) > 5000
+    analysis.main(['--log', str(run / 'rocstories.jsonl')])
+    assert 'learning curves' not in capsys.readouterr().out  # no --plot, no picture
+
+
+def test_main_errors_lists_exactly_the_misclassified_stories(run, capsys):
+    write_preds(run / 'ROCStories.tsv', [1, 1, 0, 0, 1])  # wrong on stories 0, 2 and 4 (labels 0, 1, 1, 0, 0)
+    argv = ['--log', str(run / 'rocstories.jsonl'), '--pred', str(run / 'ROCStories.tsv'), '--data_dir', str(run)]
+    analysis.main(argv)
+    assert 'misclassified' not in capsys.readouterr().out  # no --errors, no list
+    analysis.main(argv + ['--errors'])
+    out = capsys.readouterr().out
+    assert 'ROCStories Test Accuracy:  40.00' in out and '3 misclassified test stories' in out
+    listed = [line for line in out.splitlines() if line.startswith('[')]
+    assert listed == [f'[{i}] Story {i} one. Two. Three. Four.' for i in (0, 2, 4)]
+    assert out.count('predicted 2, true 1') == 2 and out.count('predicted 1, true 2') == 1
+
+
+def write_dev_predictions(path, rows):
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write('index\tprediction\tlabel\n')
+        for i, (pred, gold) in enumerate(rows):
+            f.write(f'{i}\t{pred}\t{gold}\n')
+
+
+def test_main_task_reports_a_dev_predictions_file(tmp_path, capsys):
+    mnli = tmp_path / 'mnli_dev_matched_predictions.tsv'
+    write_dev_predictions(mnli, [('entailment', 'entailment'), ('neutral', 'entailment'),
+                                 ('contradiction', 'contradiction'), ('neutral', 'neutral')])
+    analysis.main(['--task', 'mnli', '--pred', str(mnli)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == 'mnli mnli_dev_matched_predictions.tsv: acc 75.00'
+    assert out[1] == 'confusion matrix (rows: gold, columns: predicted):'
+    # rows and columns in TASK_LABELS order: contradiction, entailment, neutral
+    assert [[int(v) for v in line.strip(' []').split()] for line in out[2:]] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    stsb = tmp_path / 'stsb_dev_predictions.tsv'
+    write_dev_predictions(stsb, [(1.0, 0.5), (2.0, 2.5), (4.0, 3.0)])
+    analysis.main(['--task', 'stsb', '--pred', str(stsb)])
+    out = capsys.readouterr().out
+    pearson = np.corrcoef([1.0, 2.0, 4.0], [0.5, 2.5, 3.0])[0, 1] * 100
+    assert out == f'stsb stsb_dev_predictions.tsv: pearson {pearson:.2f}, spearman 100.00\n'  # same ranks
+    assert 'confusion' not in out  # a regression has none
+    # --task rocstories is the ROCStories report itself
+    with pytest.raises(SystemExit):
+        analysis.main(['--task', 'rocstories', '--pred', str(stsb)])
+    assert capsys.readouterr().err == ('analysis.py: error: --log is required (the .jsonl that train.py writes), or '
+                                       '--task with --pred\n')
+    for argv, message in ((['--task', 'mnli'], '--task needs --pred'),
+                          (['--task', 'nope', '--pred', str(mnli)], "unknown task 'nope'"),
+                          (['--task', 'cola', '--pred', str(mnli)], 'are not labels of cola')):
+        with pytest.raises(SystemExit):
+            analysis.main(argv)
+        err = capsys.readouterr().err
+        assert err.startswith('analysis.py: error: ') and message in err and err.count('\n') == 1

@@ -9,7 +9,7 @@ import torch
 import convert
 from convert import (build_model, checkpoint_from_model, load_model, load_safetensors_model,
                      load_transformers_model, read_released, read_transformers, save_safetensors_model)
-from model_pytorch import (DoubleHeadModel, LMModel, TransformerModel, gelu, load_openai_pretrained_model,
+from model_pytorch import (ACT_FNS, DoubleHeadModel, LMModel, TransformerModel, gelu, load_openai_pretrained_model,
                            load_released_arrays, write_released_shards)
 from tests.helpers import SMALL_MODEL, load_tf_reference, small_cfg
 
@@ -311,3 +311,110 @@ def test_vocabulary_files_follow_the_conversions(tmp_path):
     assert (tmp_path / 'st' / 'encoder_bpe_40000.json').read_text() == '{"a</w>": 0}'
     assert convert.vocab_paths(str(tmp_path / 'hf')) == (str(tmp_path / 'hf' / 'vocab.json'),
                                                           str(tmp_path / 'hf' / 'merges.txt'))
+
+
+# --- every flag of the command line, each checked by its effect -------------------------------------------
+
+def test_shards_to_safetensors_n_head_and_afn_make_that_model(tmp_path, capsys):
+    assert convert.main(['shards-to-safetensors', '--model_dir', str(SMALL_MODEL), '--out', str(tmp_path / 'st'),
+                         '--n_head', '2', '--afn', 'relu']) == 0
+    config = json.loads((tmp_path / 'st' / 'config.json').read_text())
+    assert (config['n_head'], config['afn']) == (2, 'relu')
+    ours, _ = load_model(str(tmp_path / 'st'))
+    want, _ = load_model(str(SMALL_MODEL), n_head=2, afn='relu')
+    default, _ = load_model(str(SMALL_MODEL), n_head=4)
+    x = make_x(N_VOCAB, N_VOCAB, 2, 16)
+    torch.testing.assert_close(ours(x), want(x), rtol=0, atol=0)
+    assert not torch.allclose(ours(x), default(x))
+    # a value the model cannot take is refused before anything is written
+    capsys.readouterr()
+    for flags, message in ((['--n_head', '5'], 'n_head=5 does not divide n_embd=32'),
+                           (['--n_head', '4', '--afn', 'tanh'], "unknown afn 'tanh'")):
+        assert convert.main(['shards-to-safetensors', '--model_dir', str(SMALL_MODEL), '--out', str(tmp_path / 'bad'),
+                             *flags]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('convert.py: error: ') and message in err and err.count('\n') == 1
+        assert not (tmp_path / 'bad').exists()
+
+
+def test_shards_to_safetensors_verify_refuses_a_corrupt_shard(tmp_path, monkeypatch, capsys):
+    import download_model
+    shards = tmp_path / 'model'
+    shards.mkdir()
+    for name in shard_bytes(SMALL_MODEL):
+        (shards / name).write_bytes((SMALL_MODEL / name).read_bytes())
+    # the fixture's hashes stand in for the released ones, which only the real 445 MB files have
+    monkeypatch.setitem(download_model.RELEASED_FILES, 'params_shapes.json',
+                        download_model.git_blob_sha1(shards / 'params_shapes.json'))
+    for n in range(10):
+        monkeypatch.setitem(download_model.RELEASED_FILES, f'params_{n}.npy',
+                            download_model.git_blob_sha1(shards / f'params_{n}.npy'))
+    argv = ['shards-to-safetensors', '--model_dir', str(shards), '--n_head', '4']
+    assert convert.main(argv + ['--out', str(tmp_path / 'ok'), '--verify']) == 0
+    data = bytearray((shards / 'params_3.npy').read_bytes())
+    data[-5] ^= 0x40  # one flipped bit: same size, a loadable shard, other weights
+    (shards / 'params_3.npy').write_bytes(bytes(data))
+    capsys.readouterr()
+    assert convert.main(argv + ['--out', str(tmp_path / 'bad'), '--verify']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('convert.py: error: ') and 'params_3.npy: corrupt' in err and err.count('\n') == 1
+    assert not (tmp_path / 'bad').exists()
+    assert convert.main(argv + ['--out', str(tmp_path / 'unchecked')]) == 0  # without --verify it converts
+
+
+def write_special_folder(folder):
+    """Write this port's folder of tiny_model with 3 special rows; return (folder, the model's table)."""
+    model = tiny_model(n_special=3)
+    save_safetensors_model(model, folder, n_vocab=N_VOCAB)
+    return folder, model.embed.weight.detach().numpy()
+
+
+def test_safetensors_to_shards_drop_special(tmp_path, capsys):
+    st, table = write_special_folder(tmp_path / 'st')
+    assert convert.main(['safetensors-to-shards', '--model_dir', str(st), '--out', str(tmp_path / 'a')]) == 1
+    err = capsys.readouterr().err
+    assert '3 special-token rows' in err and '--drop_special' in err and err.count('\n') == 1
+    assert not (tmp_path / 'a').exists()
+    assert convert.main(['safetensors-to-shards', '--model_dir', str(st), '--out', str(tmp_path / 'a'),
+                         '--drop_special']) == 0
+    arrays = load_released_arrays(str(tmp_path / 'a'))
+    np.testing.assert_array_equal(arrays[1], table[:N_VOCAB])  # the tokens
+    np.testing.assert_array_equal(arrays[0], table[N_VOCAB + 3:])  # the positions; the 3 special rows are gone
+
+
+def test_to_transformers_drop_special_n_head_and_afn(tmp_path):
+    st, table = write_special_folder(tmp_path / 'st')
+    for flags, n_rows in (([], N_VOCAB + 3), (['--drop_special'], N_VOCAB)):
+        out = tmp_path / f'hf{len(flags)}'
+        assert convert.main(['to-transformers', '--model_dir', str(st), '--out', str(out), *flags]) == 0
+        config = json.loads((out / 'config.json').read_text())
+        assert (config['vocab_size'], config['n_special']) == (n_rows, n_rows - N_VOCAB)
+        tensors, _ = convert.load_safetensors_file(str(out / 'model.safetensors'))
+        np.testing.assert_array_equal(tensors['transformer.tokens_embed.weight'], table[:n_rows])
+        np.testing.assert_array_equal(tensors['transformer.positions_embed.weight'], table[N_VOCAB + 3:])
+    # from released shards, which store neither: the heads and the activation given
+    assert convert.main(['to-transformers', '--model_dir', str(SMALL_MODEL), '--out', str(tmp_path / 'hf'),
+                         '--n_head', '2', '--afn', 'swish']) == 0
+    config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
+    assert (config['n_head'], config['afn']) == (2, 'silu')  # transformers' name of swish
+    want, _ = load_model(str(SMALL_MODEL), n_head=2, afn='swish')
+    x = make_x(N_VOCAB, N_VOCAB, 2, 16)
+    torch.testing.assert_close(load_model(str(tmp_path / 'hf'))[0](x), want(x), rtol=1e-6, atol=1e-6)
+
+
+def test_from_transformers_n_head_and_afn_for_a_bare_weights_file(tmp_path, hf_lm, capsys):
+    torch.save(dict(hf_lm.transformer.state_dict()), tmp_path / 'weights.bin')  # no config.json beside it
+    argv = ['from-transformers', '--model_dir', str(tmp_path / 'weights.bin'), '--n_vocab', '100']
+    assert convert.main(argv + ['--out', str(tmp_path / 'st')]) == 1  # n_head is stored nowhere
+    assert 'pass --n_head' in capsys.readouterr().err
+    assert convert.main(argv + ['--out', str(tmp_path / 'st'), '--n_head', '4']) == 0
+    gelu, _ = load_model(str(tmp_path / 'st'), lm=True)
+    check_imported(gelu, hf_lm)  # transformers' default activation, gelu
+    assert convert.main(argv + ['--out', str(tmp_path / 'relu'), '--n_head', '4', '--afn', 'relu']) == 0
+    config = json.loads((tmp_path / 'relu' / 'config.json').read_text())
+    assert (config['n_vocab'], config['n_special'], config['n_head'], config['afn']) == (100, 3, 4, 'relu')
+    relu, _ = load_model(str(tmp_path / 'relu'), lm=True)
+    assert relu.transformer.h[0].mlp.act is ACT_FNS['relu'] and gelu.transformer.h[0].mlp.act is ACT_FNS['gelu']
+    x = make_x(103, 103, 2, 16)
+    torch.testing.assert_close(relu.transformer.embed.weight, gelu.transformer.embed.weight, rtol=0, atol=0)
+    assert not torch.allclose(relu(x), gelu(x))

@@ -44,7 +44,8 @@ class Handler(BaseHTTPRequestHandler):
     """Serves server.routes[path] = dict(body=..., mode=..., ctype=...) with Range support, logging requests.
 
     mode: None (normal), 'cut' (first request stops after `cut` bytes), 'cut_always' (every request stops
-    after `cut` bytes), 'ignore_range' (always 200 with the whole body).
+    after `cut` bytes), 'ignore_range' (always 200 with the whole body), 'stall' (sends `cut` bytes, then
+    nothing until server.release is set or 5 s have passed).
     """
 
     def log_message(self, *args):
@@ -78,6 +79,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header('Content-Type', route.get('ctype', 'application/octet-stream'))
         self.send_header('Content-Length', str(len(rest)))
         self.end_headers()
+        if mode == 'stall':
+            self.wfile.write(rest[:route['cut']])
+            self.wfile.flush()
+            srv.release.wait(5)
+            self.wfile.write(rest[route['cut']:])
+            return
         if mode == 'cut_always' or (mode == 'cut' and n_seen == 1):
             self.wfile.write(rest[:route['cut']])
             self.wfile.flush()
@@ -92,11 +99,12 @@ def server():
     """A ThreadingHTTPServer on 127.0.0.1 serving server.routes; server.url(path) gives a URL."""
     httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     httpd.daemon_threads = True
-    httpd.routes, httpd.requests, httpd.lock = {}, [], threading.Lock()
+    httpd.routes, httpd.requests, httpd.lock, httpd.release = {}, [], threading.Lock(), threading.Event()
     httpd.url = lambda path: f'http://127.0.0.1:{httpd.server_address[1]}{path}'
     thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True)
     thread.start()
     yield httpd
+    httpd.release.set()
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=5)
@@ -384,3 +392,81 @@ def test_cli_script_exit_code(tmp_path):
                         '--files', 'params_0.npy'], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert 'params_0.npy: missing' in r.stderr and 'Traceback' not in r.stderr
+
+
+# --- every flag of the command line, each checked by its effect -------------------------------------------
+
+def serve_small_files(server, prefix='/model/'):
+    """Serve the three released small files under prefix."""
+    for n in SMALL_FILES:
+        server.routes[f'{prefix}{n}'] = dict(body=released_bytes(n))
+
+
+def test_cli_verify_only_downloads_nothing_even_with_a_server(server, tmp_path, capsys):
+    serve_small_files(server)
+    argv = ['--model_dir', str(tmp_path), '--base_url', server.url('/model/'), '--no_progress', '--files'] + SMALL_FILES
+    assert dm.main(argv + ['--verify-only']) == 1
+    out, err = capsys.readouterr()
+    assert out == '' and err.count('missing') == 3 and server.requests == [] and list(tmp_path.iterdir()) == []
+    assert dm.main(argv) == 0  # the same command without --verify-only fetches them
+    assert len(server.requests) == 3 and sorted(p.name for p in tmp_path.iterdir()) == sorted(SMALL_FILES)
+
+
+def test_cli_retries_n_makes_n_plus_1_attempts(server, tmp_path, capsys, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(dm.time, 'sleep', sleeps.append)  # the backoff between attempts, not waited here
+    data = released_bytes('params_shapes.json')
+    server.routes['/model/params_shapes.json'] = dict(body=data, mode='cut_always', cut=100)
+    argv = ['--model_dir', str(tmp_path), '--base_url', server.url('/model/'), '--no_progress', '--timeout', '5',
+            '--files', 'params_shapes.json']
+    for retries in (0, 2):
+        server.requests.clear()
+        for part in tmp_path.iterdir():
+            part.unlink()
+        sleeps.clear()
+        assert dm.main(argv + ['--retries', str(retries)]) == 1
+        err = capsys.readouterr().err
+        assert f'download failed after {retries + 1} attempts' in err
+        assert [r for _, r in server.requests] == [None] + [f'bytes={100 * k}-' for k in range(1, retries + 1)]
+        assert sleeps == [float(k) for k in range(1, retries + 1)]
+    assert dm.main(argv + ['--retries', '-1']) == 2
+    assert '--retries must be >= 0' in capsys.readouterr().err
+
+
+def test_cli_timeout_gives_up_on_a_stalled_server(server, tmp_path, capsys):
+    data = released_bytes('params_shapes.json')
+    server.routes['/model/params_shapes.json'] = dict(body=data, mode='stall', cut=100)
+    code = dm.main(['--model_dir', str(tmp_path), '--base_url', server.url('/model/'), '--no_progress', '--retries',
+                    '0', '--timeout', '0.5', '--files', 'params_shapes.json'])
+    server.release.set()
+    assert code == 1  # with the default 30 s it would wait, get the whole file after 5 s and succeed
+    err = capsys.readouterr().err
+    assert 'download failed after 1 attempts (TimeoutError: timed out)' in err
+    assert not (tmp_path / 'params_shapes.json').exists() and len(server.requests) == 1
+    assert dm.main(['--model_dir', str(tmp_path), '--timeout', '0', '--verify-only']) == 2
+    assert '--timeout > 0' in capsys.readouterr().err
+
+
+def test_cli_no_progress_silences_the_progress_bars(server, tmp_path, capsys):
+    serve_small_files(server)
+    base = ['--base_url', server.url('/model/'), '--files', 'params_shapes.json', 'vocab_40000.bpe']
+    assert dm.main(['--model_dir', str(tmp_path / 'a'), '--no_progress'] + base) == 0
+    out, err = capsys.readouterr()
+    assert err == '' and out.count('downloaded') == 2
+    assert dm.main(['--model_dir', str(tmp_path / 'b')] + base) == 0
+    out, err = capsys.readouterr()
+    assert out.count('downloaded') == 2 and 'params_shapes.json' in err and 'vocab_40000.bpe' in err and 'B/s' in err
+
+
+def test_cli_lfs_base_url_is_the_fallback_for_a_pointer(server, tmp_path, capsys):
+    server.routes['/raw/params_shapes.json'] = dict(body=b'version https://git-lfs.github.com/spec/v1\noid x\n')
+    server.routes['/media/params_shapes.json'] = dict(body=released_bytes('params_shapes.json'))
+    argv = ['--model_dir', str(tmp_path), '--base_url', server.url('/raw/'), '--no_progress', '--files',
+            'params_shapes.json']
+    assert dm.main(argv + ['--lfs_base_url', '']) == 1
+    assert 'Git-LFS pointer' in capsys.readouterr().err and not (tmp_path / 'params_shapes.json').exists()
+    assert [p for p, _ in server.requests] == ['/raw/params_shapes.json']
+    assert dm.main(argv + ['--lfs_base_url', server.url('/media/')]) == 0
+    assert capsys.readouterr().out.startswith('downloaded')
+    assert [p for p, _ in server.requests[1:]] == ['/raw/params_shapes.json', '/media/params_shapes.json']
+    assert (tmp_path / 'params_shapes.json').read_bytes() == released_bytes('params_shapes.json')

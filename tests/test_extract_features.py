@@ -1,4 +1,6 @@
 """Tests for extract_features.py: saved states equal the model's forward, padding is inert, long lines error."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 import convert
 import extract_features
 from extract_features import features_from_ids, hidden_states_batch, parse_layers
-from model_pytorch import TransformerModel
+from model_pytorch import N_VOCAB, TransformerModel
 from tests.helpers import small_cfg
 from tests.test_generate import write_tiny_real_vocab_model
 
@@ -110,3 +112,133 @@ def test_layer_and_argument_errors(model_dir, tmp_path, capsys):
     assert extract_features.main(['--input', str(tmp_path / 'missing.txt')] + base) == 1
     err = capsys.readouterr().err
     assert 'missing.txt does not exist' in err and err.count('\n') == 1
+
+
+# --- every flag of the command line, each checked by its effect -------------------------------------------
+
+@pytest.fixture(scope='module')
+def two_layer_dir(tmp_path_factory):
+    return write_tiny_real_vocab_model(tmp_path_factory.mktemp('feats2') / 'model', seed=2, n_layer=2)
+
+
+def write_input(folder, lines=TEXTS):
+    """Write lines as an --input file in folder; return its path."""
+    path = folder / 'in.txt'
+    path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    return path
+
+
+def load_npz(path):
+    """Return the arrays of an .npz as a dict."""
+    with np.load(path, allow_pickle=False) as feats:
+        return {k: feats[k] for k in feats.files}
+
+
+def test_script_command_line_layers_pick_exactly_those_layers(two_layer_dir, tmp_path, monkeypatch, capsys):
+    # through sys.argv, as `python extract_features.py ... --layers -1,-3,1` runs it (argparse alone would take
+    # '-1,-3,1' for an option)
+    monkeypatch.setattr('sys.argv', ['extract_features.py', '--input', str(write_input(tmp_path)), '--output',
+                                     str(tmp_path / 'f.npz'), '--model_dir', str(two_layer_dir), '--n_head', '2',
+                                     '--device', 'cpu', '--layers', '-1,-3,1'])
+    assert extract_features.main() == 0
+    feats = load_npz(tmp_path / 'f.npz')
+    assert sorted(k for k in feats if k.startswith('layer_')) == ['layer_-1', 'layer_-3', 'layer_1']
+    assert feats['layers'].tolist() == [-1, -3, 1]
+    model, _ = convert.load_model(str(two_layer_dir), n_head=2)
+    for i, n in enumerate(feats['lengths']):
+        if n == 0:
+            continue
+        states = forward_states(model, feats['ids'][i, :n].tolist())  # [embeddings, block 1, block 2]
+        for layer, index in (('-1', 2), ('-3', 0), ('1', 1)):
+            np.testing.assert_allclose(feats[f'layer_{layer}'][i, :n], states[index], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(feats['layer_-1'], feats['layer_1'])  # three different layers
+    assert extract_features.parse_args(['--input', 'a', '--output', 'b']).layers == '-1'  # the default: last block
+
+
+def test_batch_size_sets_the_forward_passes_not_the_features(model_dir, tmp_path, monkeypatch, capsys):
+    batches = []
+    real = extract_features.hidden_states_batch
+
+    def spy(model, ids, layers):
+        batches.append(len(ids))
+        return real(model, ids, layers)
+
+    monkeypatch.setattr(extract_features, 'hidden_states_batch', spy)
+    argv = ['--input', str(write_input(tmp_path)), '--model_dir', str(model_dir), '--n_head', '2', '--device', 'cpu',
+            '--layers', '0,-1']
+    feats = {}
+    for batch_size, want in (('1', [1, 1, 1, 1]), ('3', [3, 1]), ('8', [4])):
+        batches.clear()
+        out = tmp_path / f'b{batch_size}.npz'
+        assert extract_features.main(argv + ['--output', str(out), '--batch_size', batch_size]) == 0
+        assert batches == want
+        feats[batch_size] = load_npz(out)
+    for batch_size in ('3', '8'):
+        assert feats[batch_size].keys() == feats['1'].keys()
+        for key, value in feats['1'].items():
+            if value.dtype == np.float32:
+                np.testing.assert_allclose(feats[batch_size][key], value, rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(feats[batch_size][key], value)
+    capsys.readouterr()
+    assert extract_features.main(argv + ['--output', str(tmp_path / 'z.npz'), '--batch_size', '0']) == 1
+    err = capsys.readouterr().err
+    assert err == 'extract_features.py: error: --batch_size 0: give 1 or more\n' and not (tmp_path / 'z.npz').exists()
+
+
+def test_truncate_keeps_the_first_n_ctx_tokens_and_n_ctx_crops_positions(model_dir, tmp_path, capsys):
+    from text_utils import TextEncoder
+    lines = ['short line', 'word ' * 5 + 'the end of a long line', 'ok']
+    argv = ['--input', str(write_input(tmp_path, lines)), '--model_dir', str(model_dir), '--n_head', '2',
+            '--device', 'cpu', '--layers', '-1,0']
+    assert extract_features.main(argv + ['--output', str(tmp_path / 'full.npz')]) == 0
+    assert extract_features.main(argv + ['--output', str(tmp_path / 'cut.npz'), '--n_ctx', '8', '--truncate']) == 0
+    full, cut = load_npz(tmp_path / 'full.npz'), load_npz(tmp_path / 'cut.npz')
+    ids = TextEncoder(*convert.vocab_paths(str(model_dir))).encode(lines, verbose=False)
+    assert len(ids[1]) == 11 and full['lengths'].tolist() == [2, 11, 1] and cut['lengths'].tolist() == [2, 8, 1]
+    assert cut['ids'][1].tolist() == ids[1][:8] and cut['truncated'].tolist() == [False, True, False]
+    # the first 8 positions are the stored ones, so the kept tokens have the states they have uncut
+    for layer in ('layer_-1', 'layer_0'):
+        np.testing.assert_allclose(cut[layer], full[layer][:, :8], rtol=1e-5, atol=1e-6)
+    cropped, _ = convert.load_model(str(model_dir), n_head=2, n_ctx=8)
+    assert cropped.embed.weight.shape[0] == N_VOCAB + 8
+    np.testing.assert_allclose(cut['layer_-1'][1], forward_states(cropped, ids[1][:8])[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_model_flags_afn_and_n_head(model_dir, tmp_path):
+    argv = ['--input', str(write_input(tmp_path)), '--output', str(tmp_path / 'f.npz'), '--model_dir', str(model_dir),
+            '--device', 'cpu']
+    assert extract_features.main(argv + ['--n_head', '4', '--afn', 'relu']) == 0
+    feats = load_npz(tmp_path / 'f.npz')
+    relu4, _ = convert.load_model(str(model_dir), n_head=4, afn='relu')
+    gelu2, _ = convert.load_model(str(model_dir), n_head=2)
+    seq = feats['ids'][0, :feats['lengths'][0]].tolist()
+    np.testing.assert_allclose(feats['layer_-1'][0, :len(seq)], forward_states(relu4, seq)[-1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(feats['layer_-1'][0, :len(seq)], forward_states(gelu2, seq)[-1], atol=1e-3)
+
+
+def test_vocabulary_paths_override_the_model_folders(model_dir, tmp_path, capsys):
+    encoder = json.loads((model_dir / 'encoder_bpe_40000.json').read_text(encoding='utf-8'))
+    swapped = dict(encoder, **{'hello</w>': encoder['world</w>'], 'world</w>': encoder['hello</w>']})
+    (tmp_path / 'swapped.json').write_text(json.dumps(swapped), encoding='utf-8')
+    (tmp_path / 'one_merge.bpe').write_text('#version: 0.2\nq z\n', encoding='utf-8')  # 'hello' stays letters
+    argv = ['--input', str(write_input(tmp_path, ['hello world'])), '--output', str(tmp_path / 'f.npz'),
+            '--model_dir', str(model_dir), '--n_head', '2', '--device', 'cpu']
+    assert extract_features.main(argv) == 0
+    assert load_npz(tmp_path / 'f.npz')['ids'].tolist() == [[encoder['hello</w>'], encoder['world</w>']]]
+    assert extract_features.main(argv + ['--encoder_path', str(tmp_path / 'swapped.json')]) == 0
+    assert load_npz(tmp_path / 'f.npz')['ids'].tolist() == [[encoder['world</w>'], encoder['hello</w>']]]
+    assert extract_features.main(argv + ['--bpe_path', str(tmp_path / 'one_merge.bpe')]) == 0
+    letters = ['h', 'e', 'l', 'l', 'o</w>', 'w', 'o', 'r', 'l', 'd</w>']
+    assert load_npz(tmp_path / 'f.npz')['ids'].tolist() == [[encoder[piece] for piece in letters]]
+
+
+def test_device_is_checked_before_any_work(model_dir, tmp_path, capsys):
+    assert extract_features.parse_args(['--input', 'a', '--output', 'b']).device == \
+        ('cuda' if torch.cuda.is_available() else 'cpu')
+    argv = ['--input', str(write_input(tmp_path)), '--output', str(tmp_path / 'f.npz'), '--model_dir', str(model_dir),
+            '--n_head', '2', '--device', 'cuda:99']
+    assert extract_features.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('extract_features.py: error: --device cuda:99: this machine has') and err.count('\n') == 1
+    assert not (tmp_path / 'f.npz').exists()

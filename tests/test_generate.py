@@ -1,6 +1,9 @@
 """Tests for generate.py: token rows only, cache equals no cache, greedy/top-k/top-p, n_ctx, seeds, the CLI."""
 import io
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,9 @@ import generate
 from generate import NextTokenLogits, generate as generate_text, next_token, sample_ids, top_k_filter, top_p_filter
 from model_pytorch import N_VOCAB, TF_BLOCK, LMModel, write_released_shards
 from tests.helpers import VOCAB_DIR, small_cfg
+from text_utils import TextEncoder
 
+ROOT = Path(__file__).resolve().parents[1]
 V, N_SPECIAL, N_CTX = 100, 2, 16  # the tiny model: 100 token rows, 2 special rows, 16 positions
 
 
@@ -150,8 +155,8 @@ def test_bad_sampling_arguments(lm):
 
 # --- the real vocabulary and the command line ----------------------------------------------------------
 
-def write_tiny_real_vocab_model(folder, seed=0):
-    """Write released shards of a 1-layer n_embd 8 model with the 40478 real token rows and 16 positions, plus
+def write_tiny_real_vocab_model(folder, seed=0, n_layer=1):
+    """Write released shards of an n_layer n_embd 8 model with the 40478 real token rows and 16 positions, plus
     the real vocabulary files; return folder."""
     rng = np.random.default_rng(seed)
     nx = 8
@@ -160,7 +165,8 @@ def write_tiny_real_vocab_model(folder, seed=0):
               'mlp/c_fc/b': (4 * nx,), 'mlp/c_proj/w': (1, 4 * nx, nx), 'mlp/c_proj/b': (nx,), 'ln_2/g': (nx,),
               'ln_2/b': (nx,)}
     arrays = [rng.normal(size=(16, nx)), rng.normal(size=(N_VOCAB, nx))]
-    arrays += [rng.normal(size=shapes[name]) * 0.5 + (1.0 if name.endswith('/g') else 0.0) for name in TF_BLOCK]
+    arrays += [rng.normal(size=shapes[name]) * 0.5 + (1.0 if name.endswith('/g') else 0.0)
+               for _ in range(n_layer) for name in TF_BLOCK]
     write_released_shards(folder, [a.astype(np.float32) for a in arrays])
     for name in convert.VOCAB_FILES:
         shutil.copyfile(VOCAB_DIR / name, folder / name)
@@ -174,7 +180,6 @@ def real_vocab_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def text_encoder():
-    from text_utils import TextEncoder
     return TextEncoder(*convert.vocab_paths(VOCAB_DIR))
 
 
@@ -225,3 +230,178 @@ def test_cli_prompt_seed_interactive_and_errors(real_vocab_dir, tmp_path, monkey
     assert rc == 1 and 'temperature=0.0' in err and err.count('\n') == 1
     rc, out, err = run_cli(base + ['--prompt', ' '.join(['word'] * 20)], monkeypatch=monkeypatch, capsys=capsys)
     assert rc == 1 and 'longer than n_ctx=16' in err
+
+
+# --- every flag of the command line, each checked by its effect -------------------------------------------
+
+PROMPT_TEXT = 'the weather today is'  # 4 BPE tokens
+
+
+def step_logits(model, n_vocab, ids):
+    """Return the token-row logits [n_vocab] after ids from the uncached forward of an LMModel (no sampler code)."""
+    transformer = model.transformer
+    pos_offset = transformer.embed.weight.shape[0] - transformer.n_ctx
+    x = torch.tensor([[[t, pos_offset + i] for i, t in enumerate(ids)]])  # [1, T, 2]
+    with torch.no_grad():
+        return model(x)[0, -1, :n_vocab]
+
+
+def argmax_decoding(model_dir, text_encoder, gen_len, **load_kw):
+    """Return the ids greedy decoding of PROMPT_TEXT gives, computed here from a freshly loaded model."""
+    model, n_vocab = convert.load_model(str(model_dir), lm=True, **load_kw)
+    prompt_ids = text_encoder.encode([PROMPT_TEXT], verbose=False)[0]
+    new = []
+    for _ in range(min(gen_len, model.transformer.n_ctx - len(prompt_ids))):
+        new.append(int(step_logits(model, n_vocab, prompt_ids + new).argmax()))
+    return new
+
+
+ENCODERS = {}  # (encoder_path, bpe_path) -> TextEncoder, so that each CLI run does not rebuild the same one
+
+
+def cached_text_encoder(encoder_path, bpe_path):
+    """Return the TextEncoder of these two files, built once per pair of paths."""
+    key = (str(encoder_path), str(bpe_path))
+    if key not in ENCODERS:
+        ENCODERS[key] = TextEncoder(encoder_path, bpe_path)
+    return ENCODERS[key]
+
+
+@pytest.fixture
+def cli(real_vocab_dir, monkeypatch, capsys):
+    """Return run(*flags, stdin='') -> (exit code, stdout, stderr, the Generations made) of generate.main on the
+    tiny model, with --prompt PROMPT_TEXT, --n_head 2 and --device cpu unless flags override them; run.models
+    holds the models the last run loaded."""
+    made = []
+    real_generate, real_load_model = generate.generate, generate.load_model
+
+    def spy_generate(*args, **kwargs):
+        made.append(real_generate(*args, **kwargs))
+        return made[-1]
+
+    def spy_load_model(*args, **kwargs):
+        model, n_vocab = real_load_model(*args, **kwargs)
+        run.models.append(model)
+        return model, n_vocab
+
+    monkeypatch.setattr(generate, 'generate', spy_generate)
+    monkeypatch.setattr(generate, 'load_model', spy_load_model)
+    monkeypatch.setattr('text_utils.TextEncoder', cached_text_encoder)
+
+    def run(*flags, stdin=''):
+        made.clear()
+        run.models = []
+        monkeypatch.setattr('sys.stdin', io.StringIO(stdin))
+        rc = generate.main(['--model_dir', str(real_vocab_dir), '--n_head', '2', '--device', 'cpu',
+                            '--prompt', PROMPT_TEXT, *flags])
+        out = capsys.readouterr()
+        return rc, out.out, out.err, list(made)
+    return run
+
+
+def test_cli_greedy_is_argmax_decoding_and_gen_len_counts_the_new_tokens(cli, real_vocab_dir, text_encoder):
+    want = argmax_decoding(real_vocab_dir, text_encoder, 9, n_head=2)
+    assert len(set(want)) > 1  # a real sequence, not one token repeated
+    for gen_len in (0, 1, 9):
+        rc, out, err, [result] = cli('--greedy', '--gen_len', str(gen_len))
+        assert rc == 0 and err == ''
+        assert result.prompt_ids == text_encoder.encode([PROMPT_TEXT], verbose=False)[0]  # --prompt
+        assert result.ids == want[:gen_len] and len(result.ids) == gen_len
+        assert out == text_encoder.decode(result.prompt_ids + want[:gen_len]) + '\n'
+
+
+def test_cli_seed_reproduces_a_sample_and_another_seed_changes_it(cli, real_vocab_dir, text_encoder):
+    def sample(seed):
+        rc, out, _, [result] = cli('--gen_len', '8', '--seed', seed)
+        assert rc == 0
+        return out, result.ids
+    first = sample('0')
+    assert sample('0') == first
+    assert sample('1') != first
+    assert first[1] != argmax_decoding(real_vocab_dir, text_encoder, 8, n_head=2)  # it samples
+
+
+def test_cli_temperature_top_k_and_top_p_shape_the_sampling(cli, real_vocab_dir, text_encoder):
+    greedy = argmax_decoding(real_vocab_dir, text_encoder, 6, n_head=2)
+
+    def ids(*flags):
+        rc, _, err, [result] = cli('--gen_len', '6', '--seed', '0', *flags)
+        assert rc == 0 and err == '', err
+        return result.ids
+    assert ids('--top_k', '0', '--temperature', '5') != greedy  # the control: this seed does sample off the argmax
+    assert ids('--top_k', '0', '--temperature', '1e-4') == greedy  # a very low temperature is greedy
+    assert ids('--top_k', '1', '--temperature', '5') == greedy  # top-k 1 is greedy whatever the temperature
+    assert ids('--top_k', '0', '--top_p', '1e-6', '--temperature', '5') == greedy  # so is a tiny nucleus
+    # top-k 3 at a high temperature: every token is among the 3 most likely after its prefix, not always the first
+    model, n_vocab = convert.load_model(str(real_vocab_dir), n_head=2, lm=True)
+    prompt_ids = text_encoder.encode([PROMPT_TEXT], verbose=False)[0]
+    sampled = ids('--top_k', '3', '--temperature', '100')
+    ranks = []
+    for k, token in enumerate(sampled):
+        logits = step_logits(model, n_vocab, prompt_ids + sampled[:k])
+        ranks.append(int((logits > logits[token]).sum()))
+    assert max(ranks) <= 2 and max(ranks) > 0, ranks
+
+
+def test_cli_model_flags_build_the_model_they_name(cli, real_vocab_dir, text_encoder, tmp_path):
+    prompt_ids = text_encoder.encode([PROMPT_TEXT], verbose=False)[0]
+    default, n_vocab = convert.load_model(str(real_vocab_dir), n_head=2, lm=True)
+    for flags, load_kw in ((['--afn', 'relu'], dict(n_head=2, afn='relu')), (['--n_head', '4'], dict(n_head=4))):
+        assert cli('--greedy', '--gen_len', '8', *flags)[0] == 0
+        [used] = cli.models
+        want, _ = convert.load_model(str(real_vocab_dir), lm=True, **load_kw)
+        torch.testing.assert_close(step_logits(used, n_vocab, prompt_ids), step_logits(want, n_vocab, prompt_ids),
+                                   rtol=0, atol=0)
+        assert not torch.allclose(step_logits(used, n_vocab, prompt_ids), step_logits(default, n_vocab, prompt_ids))
+    # --model_dir: a converted folder stores n_head, so a contradicting --n_head is refused
+    assert convert.main(['shards-to-safetensors', '--model_dir', str(real_vocab_dir), '--out', str(tmp_path / 'st'),
+                         '--n_head', '2']) == 0
+    rc, _, _, [result] = cli('--greedy', '--gen_len', '8', '--model_dir', str(tmp_path / 'st'))
+    assert rc == 0 and result.ids == argmax_decoding(real_vocab_dir, text_encoder, 8, n_head=2)
+    rc, out, err, _ = cli('--greedy', '--model_dir', str(tmp_path / 'st'), '--n_head', '4')
+    assert rc == 1 and out == '' and '--n_head 4 contradicts n_head=2' in err and err.count('\n') == 1
+
+
+def test_cli_n_ctx_crops_the_positions(cli, real_vocab_dir, text_encoder):
+    full = argmax_decoding(real_vocab_dir, text_encoder, 12, n_head=2)
+    rc, _, err, [result] = cli('--greedy', '--gen_len', '40', '--n_ctx', '8')
+    assert rc == 0 and result.ids == full[:4]  # the first 8 positions are kept: the same first tokens
+    assert err == ('generate.py: note: stopped after 4 of 40 tokens: the context is full (n_ctx=8, prompt 4 tokens); '
+                   'use a shorter prompt or gen_len\n')
+    rc, _, err, _ = cli('--n_ctx', '17')
+    assert rc == 1 and 'n_ctx=17' in err and '1..16' in err
+
+
+def test_cli_vocabulary_paths(cli, real_vocab_dir, tmp_path):
+    bare = tmp_path / 'bare'
+    shutil.copytree(real_vocab_dir, bare, ignore=shutil.ignore_patterns(*convert.VOCAB_FILES))
+    rc, out, err, _ = cli('--greedy', '--model_dir', str(bare))
+    assert rc == 1 and out == '' and '--encoder_path and --bpe_path' in err and err.count('\n') == 1
+    rc, out, err, _ = cli('--greedy', '--model_dir', str(bare), '--encoder_path', str(VOCAB_DIR / convert.VOCAB_FILES[0]),
+                          '--bpe_path', str(VOCAB_DIR / convert.VOCAB_FILES[1]))
+    assert rc == 0 and out == cli('--greedy')[1]
+
+
+def test_cli_device(cli):
+    assert generate.parse_args(['--prompt', 'x']).device == ('cuda' if torch.cuda.is_available() else 'cpu')
+    for device, message in (('cuda:99', '--device cuda:99: this machine has'), ('nonsense', "--device 'nonsense'")):
+        rc, out, err, made = cli('--greedy', '--device', device)
+        assert rc == 1 and out == '' and made == [] and err.startswith(f'generate.py: error: {message}')
+        assert err.count('\n') == 1
+
+
+def test_cli_interactive_reads_every_line_and_survives_a_bad_one(cli):
+    rc, out, err, made = cli('--interactive', '--greedy', '--gen_len', '2',
+                             stdin='first prompt\n' + 'word ' * 20 + '\n\nlast one\n')
+    assert rc == 0 and [r.full_text for r in made] == out.splitlines()
+    assert [line.split()[:2] for line in out.splitlines()] == [['the', 'weather'], ['first', 'prompt'], ['last', 'one']]
+    assert err == 'generate.py: error: the prompt is 20 tokens, longer than n_ctx=16: shorten it\n'
+    with pytest.raises(SystemExit):
+        generate.parse_args(['--model_dir', 'model/'])  # neither --prompt nor --interactive
+
+
+def test_script_exit_code_and_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / 'generate.py'), '--model_dir', str(tmp_path / 'none'),
+                           '--prompt', 'x'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ''
+    assert proc.stderr.startswith('generate.py: error: ') and proc.stderr.count('\n') == 1
