@@ -296,7 +296,9 @@ def pool_idx(x, clf_token):
     """Return the index of the first clf_token in each sequence of x [N, T, 2] (TF: argmax of equal)."""
     is_clf = x[..., 0] == clf_token  # [N, T]
     missing = ~is_clf.any(dim=1)
-    if missing.any():
+    # Under torch.compile the check is left out: its data-dependent branch would split the graph in two.
+    # The eager evaluation of the same data still runs it.
+    if not torch.compiler.is_compiling() and missing.any():
         raise ValueError(f'{int(missing.sum())} of {x.size(0)} sequences hold no classify token '
                          f'(id {clf_token}); end every sequence with it (see transform_roc)')
     return is_clf.int().argmax(dim=1)

@@ -25,6 +25,7 @@ from distributed import (DistInfo, close_distributed, dist_info, gather_concat, 
                          sum_over_ranks, wrap_ddp)
 from checkpoint import (atomic_write, check_writable, load_params, load_training_state, save_params,
                         save_training_state)
+from convert import resolve_device as check_device
 import task_datasets
 from loss import clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_pytorch import N_SHARDS, DoubleHeadModel, load_openai_pretrained_model
@@ -86,7 +87,7 @@ def parse_args(argv=None):
     p.add_argument('--model_dir', type=str, default='model/', help='folder of params_shapes.json, params_*.npy')
     p.add_argument('--device', type=str, default=None, help='default: cuda when available, else cpu')
     p.add_argument('--precision', type=str, default='fp32', choices=PRECISIONS,
-                   help='fp32 (TF32 matmuls on CUDA), fp32-strict, bf16 or fp16 (CUDA, loss scaling)')
+                   help='fp32 (TF32 matmuls on CUDA), fp32-strict, bf16 or fp16 (with loss scaling)')
     p.add_argument('--micro_batch', type=int, default=None,
                    help='examples per forward pass (default n_batch); gradients accumulate to n_batch * n_gpu')
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
@@ -115,8 +116,6 @@ def check_args(args, info=DistInfo()):
     if info.world_size > args.n_batch * args.n_gpu:
         raise ValueError(f'{info.world_size} processes for batches of n_batch * n_gpu = {args.n_batch * args.n_gpu}: '
                          f'use at most that many processes')
-    if args.precision == 'fp16' and not str(args.device).startswith('cuda'):
-        raise ValueError('--precision fp16 needs a CUDA device; use bf16 on the CPU')
 
 
 def required_files(args):
@@ -353,7 +352,8 @@ def load_data(args, text_encoder):
     encoder = text_encoder.encoder
     n_vocab = len(encoder)
     (trX1, trX2, trX3, trY), (vaX1, vaX2, vaX3, vaY), (teX1, teX2, teX3, teY) = encode_dataset(
-        datasets.rocstories(args.data_dir, n_valid=args.n_valid, return_test_labels=True), encoder=text_encoder)
+        datasets.rocstories(args.data_dir, n_valid=args.n_valid, return_test_labels=True), encoder=text_encoder,
+        verbose=not args.quiet)
     encoder['_start_'] = len(encoder)
     encoder['_delimiter_'] = len(encoder)
     encoder['_classify_'] = len(encoder)
@@ -469,8 +469,8 @@ def run_epoch(model, opt, data, args, device, logger, progress, paths, scaler=No
         idx = order[progress['batch'] * n_batch_train:(progress['batch'] + 1) * n_batch_train]
         t0 = time.time()
         try:
-            train_step(train_model or model, opt, data['trX'][idx], data['trM'][idx], data['trY'][idx], args,
-                       device, scaler, info)
+            train_step(model if train_model is None else train_model, opt, data['trX'][idx], data['trM'][idx],
+                       data['trY'][idx], args, device, scaler, info)
         except NonFiniteLoss as err:
             raise ValueError(f"{err} at update {progress['n_updates'] + 1}: stopped; the last good training "
                              f"state is {paths['state']}") from None
@@ -517,19 +517,19 @@ def open_log(path, args, progress, info=DistInfo()):
 
 
 def resolve_device(name, info=DistInfo()):
-    """Return the torch device: the named one, else CUDA when present (this rank's GPU), else the CPU."""
-    device = torch.device(name if name is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+    """Return the torch device: the named one (checked to exist), else CUDA when present (this rank's GPU), else the CPU."""
+    device = check_device(name) if name is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if device.type == 'cuda' and device.index is None:
         device = torch.device('cuda', info.local_rank)
     return device
 
 
 def configure_precision(device, precision):
-    """Set TF32 matmuls on CUDA for fp32 (not fp32-strict); return a GradScaler for fp16, else None."""
+    """Set TF32 matmuls on CUDA for fp32 (not fp32-strict); return a GradScaler for fp16 (CUDA or CPU), else None."""
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = precision != 'fp32-strict'
         torch.backends.cudnn.allow_tf32 = precision != 'fp32-strict'
-    return torch.amp.GradScaler('cuda') if precision == 'fp16' else None
+    return torch.amp.GradScaler(device.type) if precision == 'fp16' else None
 
 
 def run_paths(args):
@@ -581,7 +581,8 @@ def run(args):
         torch.manual_seed(args.seed + info.rank)  # different dropout masks on each rank's share
     train_model = wrap_ddp(TrainForward(model), device, info)
     if args.compile:
-        train_model = torch.compile(train_model)
+        # dynamic: batches are trimmed to their longest sequence, so every length would otherwise recompile
+        train_model = torch.compile(train_model, dynamic=True)
 
     with open_log(paths['log'], args, progress, info) as logger:
         if args.submit and not args.resume and info.is_main:

@@ -13,11 +13,12 @@ import numpy as np
 from tqdm import tqdm
 
 
-def encode_dataset(*splits, encoder):
+def encode_dataset(*splits, encoder, verbose=True):
     """Return the splits with every field of strings replaced by encoder.encode(field) (TF: encode_dataset).
 
     Called as the original is, with one tuple of splits: encode_dataset(rocstories(data_dir), encoder=...).
-    Each str field is encoded by one batched encode() call; other fields (labels) are kept as they are.
+    Each str field is encoded by one batched encode() call (with a progress bar when verbose); other
+    fields (labels) are kept as they are.
     """
     # The original iterates splits[0] only, silently ignoring further arguments; several arguments are
     # taken here as the splits themselves: encode_dataset(train, valid, encoder=...).
@@ -31,7 +32,7 @@ def encode_dataset(*splits, encoder):
         for field in split:
             # the original tests field[0] only, which fails on an empty field
             if field is not None and len(field) > 0 and isinstance(field[0], str):
-                field = encoder.encode(field)
+                field = encoder.encode(field, verbose=verbose)
             fields.append(field)
         encoded_splits.append(fields)
     return encoded_splits

@@ -1,10 +1,14 @@
-"""Shared test helpers: the TF ground truth and tiny models built from it."""
+"""Shared test helpers: the TF ground truth, tiny models built from it, tiny checkpoints and stories."""
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from model_pytorch import DEFAULT_CONFIG, DoubleHeadModel, clone_config, load_openai_pretrained_model
+import datasets
+from model_pytorch import (N_VOCAB, DEFAULT_CONFIG, DoubleHeadModel, clone_config, load_openai_pretrained_model,
+                           write_released_shards)
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 TF_REF = FIXTURES / 'tf_reference'
@@ -40,3 +44,55 @@ def tf_model(ref, config, pdrop=0.0):
         model.task_head.clf.w.copy_(torch.from_numpy(ref['clf_w']))
         model.task_head.clf.b.copy_(torch.from_numpy(ref['clf_b']))
     return model
+
+
+WORDS = ('jim anna max went to the store and bought a new dog cat car book she he was happy sad '
+         'because it rained all day so they stayed home played games ate cake').split()
+
+
+def write_roc_csv(path, n, rng, labels=True):
+    """Write n random Story Cloze rows (with the label column unless labels=False) to path."""
+    header = datasets.HEADER if labels else datasets.HEADER[:-1]
+    with open(path, 'w', newline='', encoding='utf-8') as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i in range(n):
+            sents = [' '.join(rng.choice(WORDS, rng.integers(4, 9))).capitalize() + '.' for _ in range(6)]
+            row = [f'id{i}'] + sents + ([str(rng.integers(1, 3))] if labels else [])
+            w.writerow(row)
+
+
+def write_tiny_checkpoint(model_dir, rng, n_embd=32, n_layer=2, n_pos=64):
+    """Write random released-format shards (n_embd, n_layer, n_pos positions) and the real vocabulary to model_dir."""
+    shapes = [[n_pos, n_embd], [N_VOCAB, n_embd]]
+    for _ in range(n_layer):
+        shapes += [[1, n_embd, 3 * n_embd], [3 * n_embd], [1, n_embd, n_embd], [n_embd], [n_embd], [n_embd],
+                   [1, n_embd, 4 * n_embd], [4 * n_embd], [1, 4 * n_embd, n_embd], [n_embd], [n_embd], [n_embd]]
+    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in shapes]
+    for i in range(n_layer):  # layer-norm gains 1
+        arrays[2 + 12 * i + 4][:] = 1
+        arrays[2 + 12 * i + 10][:] = 1
+    write_released_shards(model_dir, arrays)
+    for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe'):
+        shutil.copy(VOCAB_DIR / name, Path(model_dir) / name)
+
+
+def roc_workdir(d):
+    """Fill folder d with a tiny ROCStories run's inputs: data/ (56 valid, 13 test stories) and model/ (n_embd 32,
+    2 layers, 64 positions, the real vocabulary); return d."""
+    rng = np.random.default_rng(0)
+    (d / 'data').mkdir()
+    write_roc_csv(d / 'data' / datasets.VAL_FILE, 56, rng)
+    write_roc_csv(d / 'data' / datasets.TEST_FILE, 13, rng)
+    write_tiny_checkpoint(d / 'model', rng)
+    return d
+
+
+def roc_cli_args(d, *extra):
+    """Return train.py's arguments for a tiny run on roc_workdir(d), writing under d, then extra."""
+    return ['--dataset', 'rocstories', '--desc', 'tiny', '--data_dir', str(d / 'data'),
+            '--model_dir', str(d / 'model'), '--encoder_path', str(d / 'model' / 'encoder_bpe_40000.json'),
+            '--bpe_path', str(d / 'model' / 'vocab_40000.bpe'), '--log_dir', str(d / 'log'),
+            '--save_dir', str(d / 'save'), '--submission_dir', str(d / 'submission'),
+            '--n_embd', '32', '--n_head', '4', '--n_layer', '2', '--n_valid', '16', '--n_batch', '2',
+            '--n_iter', '2', '--lr', '1e-3', '--quiet', *extra]

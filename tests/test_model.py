@@ -157,6 +157,81 @@ def test_embedding_dropout_acts_on_the_table_shared_with_the_decoder():
     torch.testing.assert_close(lm_logits, h[:, :-1].reshape(-1, 32) @ we.t())
 
 
+ATTN_PATHS = ['sdpa', 'explicit', 'sdpa-cached', 'explicit-cached']
+
+
+def attention_output(attn, x, path, n_past=3):
+    """Return an Attention's output for x [B, T, nx] along one path: the full sequence, or its last T - n_past
+    positions on top of a (k, v) cache of the first n_past."""
+    attn.impl = path.split('-')[0]
+    if not path.endswith('cached'):
+        return attn(x)[0]
+    _, past = attn(x[:, :n_past])
+    return attn(x[:, n_past:], past)[0]
+
+
+@pytest.mark.parametrize('path', ATTN_PATHS)
+def test_attention_dropout_acts_in_training_on_every_path(path):
+    """Training: the output depends on the dropout draw, and its mean over draws is the evaluation output
+    (inverted dropout of the attention weights, which the output is linear in when resid_pdrop is 0)."""
+    from model_pytorch import Attention
+    torch.manual_seed(0)
+    attn = Attention(16, 4, attn_pdrop=0.4, resid_pdrop=0.0)
+    x = torch.randn(1, 7, 16)
+    attn.eval()
+    with torch.no_grad():
+        expected = attention_output(attn, x, path)
+        attn.train()
+        torch.manual_seed(1)
+        a1 = attention_output(attn, x, path)
+        torch.manual_seed(2)
+        a2 = attention_output(attn, x, path)
+        torch.manual_seed(1)
+        torch.testing.assert_close(attention_output(attn, x, path), a1, atol=0, rtol=0)
+        assert (a1 - a2).abs().max() > 1e-3 and (a1 - expected).abs().max() > 1e-3
+        n = 4000  # independent draws, one per copy of x
+        draws = attention_output(attn, x.expand(n, 7, 16).contiguous(), path)
+    mean, sem = draws.mean(0), draws.std(0) / n ** 0.5
+    assert torch.all((mean - expected[0]).abs() <= 5 * sem + 1e-6)
+
+
+@pytest.mark.parametrize('path', ATTN_PATHS)
+def test_attention_dropout_is_off_in_evaluation(path):
+    from model_pytorch import Attention
+    torch.manual_seed(0)
+    attn = Attention(16, 4, attn_pdrop=0.9, resid_pdrop=0.9).eval()
+    plain = Attention(16, 4, attn_pdrop=0.0, resid_pdrop=0.0).eval()
+    plain.load_state_dict(attn.state_dict())
+    x = torch.randn(2, 7, 16)
+    with torch.no_grad():
+        outs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            outs.append(attention_output(attn, x, path))
+        torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+        torch.testing.assert_close(outs[0], attention_output(plain, x, path))
+
+
+@pytest.mark.parametrize('impl', ['sdpa', 'explicit'])
+@pytest.mark.parametrize('which', ['embd_pdrop', 'attn_pdrop', 'resid_pdrop'])
+def test_each_dropout_of_the_config_reaches_the_model(which, impl):
+    """Each dropout rate alone, through the config: training outputs depend on the draw, evaluation's do not."""
+    torch.manual_seed(0)
+    model = TransformerModel(small_cfg(**{which: 0.3}), vocab=60, n_ctx=8)
+    for block in model.h:
+        block.attn.impl = impl
+    x = make_x(50, 8, 2)
+    outs = {}
+    with torch.no_grad():
+        for mode in ('train', 'eval'):
+            getattr(model, mode)()
+            for seed in (1, 2):
+                torch.manual_seed(seed)
+                outs[mode, seed] = model(x)
+    assert (outs['train', 1] - outs['train', 2]).abs().max() > 1e-3
+    torch.testing.assert_close(outs['eval', 1], outs['eval', 2], atol=0, rtol=0)
+
+
 def test_classifier_dropout_shares_one_mask_across_choices():
     torch.manual_seed(0)
     cfg = small_cfg()

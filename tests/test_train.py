@@ -1,8 +1,6 @@
 """Tests for train.py: end to end with --submit --analysis, accumulation equivalence, learning on the TF fixture."""
 import copy
-import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,64 +12,18 @@ import torch
 import datasets
 import train
 from loss import clf_losses, lm_losses, lm_losses_from_hidden, train_loss
-from model_pytorch import N_VOCAB, write_released_shards
 from opt import OpenAIAdam
-from tests.helpers import VOCAB_DIR, load_tf_reference, tf_model
+from tests.helpers import load_tf_reference, roc_cli_args, roc_workdir, tf_model
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ('jim anna max went to the store and bought a new dog cat car book she he was happy sad '
-         'because it rained all day so they stayed home played games ate cake').split()
-
-
-def write_roc_csv(path, n, rng, labels=True):
-    header = datasets.HEADER if labels else datasets.HEADER[:-1]
-    with open(path, 'w', newline='', encoding='utf-8') as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for i in range(n):
-            sents = [' '.join(rng.choice(WORDS, rng.integers(4, 9))).capitalize() + '.' for _ in range(6)]
-            row = [f'id{i}'] + sents + ([str(rng.integers(1, 3))] if labels else [])
-            w.writerow(row)
-
-
-def write_tiny_checkpoint(model_dir, rng, n_embd=32, n_layer=2, n_pos=64):
-    """Released-format shards for n_embd 32, with the real vocabulary files beside them."""
-    shapes = [[n_pos, n_embd], [N_VOCAB, n_embd]]
-    for _ in range(n_layer):
-        shapes += [[1, n_embd, 3 * n_embd], [3 * n_embd], [1, n_embd, n_embd], [n_embd], [n_embd], [n_embd],
-                   [1, n_embd, 4 * n_embd], [4 * n_embd], [1, 4 * n_embd, n_embd], [n_embd], [n_embd], [n_embd]]
-    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in shapes]
-    for i in range(n_layer):  # layer-norm gains 1
-        arrays[2 + 12 * i + 4][:] = 1
-        arrays[2 + 12 * i + 10][:] = 1
-    write_released_shards(model_dir, arrays)
-    for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe'):
-        shutil.copy(VOCAB_DIR / name, Path(model_dir) / name)
-
-
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp('run')
-    rng = np.random.default_rng(0)
-    (d / 'data').mkdir()
-    write_roc_csv(d / 'data' / datasets.VAL_FILE, 56, rng)
-    write_roc_csv(d / 'data' / datasets.TEST_FILE, 13, rng)
-    write_tiny_checkpoint(d / 'model', rng)
-    return d
-
-
-def cli_args(d, *extra):
-    return ['--dataset', 'rocstories', '--desc', 'tiny', '--data_dir', str(d / 'data'),
-            '--model_dir', str(d / 'model'), '--encoder_path', str(d / 'model' / 'encoder_bpe_40000.json'),
-            '--bpe_path', str(d / 'model' / 'vocab_40000.bpe'), '--log_dir', str(d / 'log'),
-            '--save_dir', str(d / 'save'), '--submission_dir', str(d / 'submission'),
-            '--n_embd', '32', '--n_head', '4', '--n_layer', '2', '--n_valid', '16', '--n_batch', '2',
-            '--n_iter', '2', '--lr', '1e-3', '--quiet', *extra]
+    return roc_workdir(tmp_path_factory.mktemp('run'))
 
 
 def test_end_to_end_submit_and_analysis(workdir):
     d = workdir
-    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *cli_args(d, '--submit', '--analysis')],
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *roc_cli_args(d, '--submit', '--analysis')],
                           cwd=d, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()
@@ -108,7 +60,7 @@ def test_end_to_end_submit_and_analysis(workdir):
 
 def test_best_checkpoint_reproduces_the_submission(workdir):
     d = workdir
-    args = train.parse_args(cli_args(d, '--submit'))
+    args = train.parse_args(roc_cli_args(d, '--submit'))
     args.device = 'cpu'
     train.set_seed(args.seed)
     text_encoder = train.TextEncoder(args.encoder_path, args.bpe_path)
@@ -124,20 +76,20 @@ def test_best_checkpoint_reproduces_the_submission(workdir):
 def test_missing_data_and_weights_are_named_before_any_work(workdir, tmp_path):
     d = workdir
     proc = subprocess.run([sys.executable, str(ROOT / 'train.py'),
-                           *cli_args(d, '--data_dir', str(tmp_path), '--log_dir', str(tmp_path / 'log'))],
+                           *roc_cli_args(d, '--data_dir', str(tmp_path), '--log_dir', str(tmp_path / 'log'))],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert 'cloze_test_val__spring2016 - cloze_test_ALL_val.csv is missing' in proc.stderr
     assert 'rocstories' in proc.stderr and 'Traceback' not in proc.stderr
     assert not (tmp_path / 'log').exists()
-    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *cli_args(d, '--model_dir', str(tmp_path))],
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *roc_cli_args(d, '--model_dir', str(tmp_path))],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and 'params_shapes.json is missing' in proc.stderr
     assert 'finetune-transformer-lm' in proc.stderr
 
 
 def test_unknown_dataset_lists_known_ones(workdir):
-    assert train.main(cli_args(workdir, '--dataset', 'sst9')) == 2
+    assert train.main(roc_cli_args(workdir, '--dataset', 'sst9')) == 2
 
 
 def test_transform_roc_layout():
@@ -249,7 +201,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(workdir, tmp_path):
     assert (d / 'submission' / 'ROCStories.tsv').is_file(), 'needs test_end_to_end_submit_and_analysis first'
     out = ['--log_dir', str(tmp_path / 'log'), '--save_dir', str(tmp_path / 'save'),
            '--submission_dir', str(tmp_path / 'submission'), '--save_every', '1']
-    cmd = [sys.executable, str(ROOT / 'train.py'), *cli_args(d, '--submit', *out)]
+    cmd = [sys.executable, str(ROOT / 'train.py'), *roc_cli_args(d, '--submit', *out)]
     state = tmp_path / 'save' / 'tiny' / 'train_state.safetensors'
     proc = subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -298,7 +250,7 @@ def test_unwritable_output_folder_fails_before_training(workdir, tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('x')
     proc = subprocess.run([sys.executable, str(ROOT / 'train.py'),
-                           *cli_args(workdir, '--submit', '--save_dir', str(blocker / 'save'))],
+                           *roc_cli_args(workdir, '--submit', '--save_dir', str(blocker / 'save'))],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no traceback

@@ -4,12 +4,13 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 import train
 from task_datasets import TASK_LABELS
 from tasks import TASKS
 from tests.test_task_datasets import MNLI_HEAD, STSB_HEAD, mnli_row, stsb_row, write
-from tests.test_train import write_tiny_checkpoint
+from tests.helpers import write_tiny_checkpoint
 
 WORDS = 'the a cat dog sat ran on under mat tree big small red blue happy sad man woman saw ate'.split()
 N_ROWS = {'train': 6, 'dev': 5, 'test': 3}
@@ -24,10 +25,10 @@ def label_of(name, rng, i):
     return f'{rng.uniform(0, 5):.3f}' if names is None else names[i % len(names)]
 
 
-def glue_rows(name, split, n, rng):
-    """Rows of one GLUE file for task name, in the distribution's own columns."""
+def glue_rows(name, split, n, rng, marker=''):
+    """Rows of one GLUE file for task name, in the distribution's own columns; marker starts each first text."""
     test = split.startswith('test')
-    s = [(sentence(rng), sentence(rng)) for _ in range(n)]
+    s = [((marker + ' ' + sentence(rng)).strip(), sentence(rng)) for _ in range(n)]
     y = [label_of(name, rng, i) for i in range(n)]
     if name == 'cola':
         if test:
@@ -59,27 +60,40 @@ GLUE_FOLDERS = {'cola': 'CoLA', 'sst2': 'SST-2', 'mrpc': 'MRPC', 'qqp': 'QQP', '
                 'qnli': 'QNLI', 'rte': 'RTE'}
 
 
-def write_task_data(name, data_dir, rng):
-    """Write a tiny dataset for task name in its distribution layout under data_dir."""
+def write_task_data(name, data_dir, rng, markers=None, n_rows=None):
+    """Write a tiny dataset for task name in its distribution layout under data_dir.
+
+    markers maps a split name ('dev', 'test_matched', ...) to a word that starts the first text of each of
+    its rows; n_rows maps a split name to its number of rows (default N_ROWS by the name's first part).
+    """
+    def marked(split):
+        marker = (markers or {}).get(split, '')
+        return (marker + ' ' + sentence(rng)).strip()
+
+    def rows_in(split):
+        return (n_rows or {}).get(split, N_ROWS[split.split('_')[0]])
+
     if name in GLUE_FOLDERS:
         splits = (['train', 'dev_matched', 'dev_mismatched', 'test_matched', 'test_mismatched'] if name == 'mnli'
                   else ['train', 'dev', 'test'])
         for split in splits:
-            n = N_ROWS[split.split('_')[0]]
-            write(data_dir / GLUE_FOLDERS[name] / f'{split}.tsv', glue_rows(name, split, n, rng))
+            write(data_dir / GLUE_FOLDERS[name] / f'{split}.tsv',
+                  glue_rows(name, split, rows_in(split), rng, (markers or {}).get(split, '')))
     elif name == 'snli':
-        for split, n in N_ROWS.items():
-            lines = [json.dumps(dict(sentence1=sentence(rng), sentence2=sentence(rng), gold_label=label_of(name, rng, i)))
-                     for i in range(n)] + [json.dumps(dict(sentence1='x', sentence2='y', gold_label='-'))]
+        for split in N_ROWS:
+            lines = [json.dumps(dict(sentence1=marked(split), sentence2=sentence(rng),
+                                     gold_label=label_of(name, rng, i))) for i in range(rows_in(split))]
+            lines.append(json.dumps(dict(sentence1='x', sentence2='y', gold_label='-')))
             write(data_dir / 'snli_1.0' / f'snli_1.0_{split}.jsonl', lines)
     elif name == 'scitail':
-        for split, n in N_ROWS.items():
+        for split in N_ROWS:
             write(data_dir / 'SciTailV1.1' / 'tsv_format' / f'scitail_1.0_{split}.tsv',
-                  [[sentence(rng), sentence(rng), label_of(name, rng, i)] for i in range(n)])
+                  [[marked(split), sentence(rng), label_of(name, rng, i)] for i in range(rows_in(split))])
     else:  # race
-        for split, n in N_ROWS.items():
+        for split in N_ROWS:
+            n = rows_in(split)
             for group in ('high', 'middle'):
-                obj = dict(id=f'{group}1.txt', article=' '.join(sentence(rng) for _ in range(12)),
+                obj = dict(id=f'{group}1.txt', article=' '.join([marked(split)] + [sentence(rng) for _ in range(11)]),
                            questions=[sentence(rng) for _ in range(n)],
                            options=[[sentence(rng) for _ in range(4)] for _ in range(n)],
                            answers=['ABCD'[i % 4] for i in range(n)])
@@ -176,3 +190,66 @@ def test_wrong_data_dir_lists_the_expected_files(tmp_path, checkpoint_dir, capsy
     assert run_task('mnli', tmp_path, checkpoint_dir) == 2
     err = capsys.readouterr().err
     assert 'MNLI/train.tsv' in err and 'MNLI/dev_matched.tsv' in err and 'Traceback' not in err
+
+
+class MarkerModel(torch.nn.Module):
+    """A stand-in model whose output is a function of the first token of each example's first sequence."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def hidden_and_task(self, x):
+        """Return (None, None, outputs): one-hot logits of (first token id % classes), or the id % 5 as a score."""
+        first = x[:, 0, 1, 0] if x.dim() == 4 else x[:, 1, 0]  # [B, C, T, 2] or [B, T, 2] -> [B]
+        if self.task.n_class == 1:
+            return None, None, (first % 5).float()
+        n = self.task.n_choices if self.task.family == 'multiple_choice' else self.task.n_class
+        return None, None, torch.nn.functional.one_hot(first % n, n).float()
+
+
+def marker_words(text_encoder, n_class, splits):
+    """Return {split: word} whose first BPE id falls in a different class (id % n_class) for consecutive splits."""
+    words = iter('cat dog tree man woman red blue big small happy sad ran sat ate saw'.split())
+    chosen = {}
+    for k, split in enumerate(splits):
+        want = k % n_class
+        word = next(w for w in words if text_encoder.encode([w], verbose=False)[0][0] % n_class == want)
+        chosen[split] = word
+    return chosen
+
+
+@pytest.mark.parametrize('name', sorted(TASKS))
+def test_each_submission_and_dev_file_is_predicted_from_its_own_split(name, tmp_path):
+    """Each split starts its texts with its own word and has its own number of rows; a model whose output is a
+    function of the first word shows which split each written file was predicted from."""
+    from tasks import decode_predictions, predictions
+    from text_utils import TextEncoder
+    task = TASKS[name]
+    text_encoder = TextEncoder()
+    splits = [split for split, _ in task.submissions] + list(task.dev)
+    n_out = 1 if task.n_class == 1 else (task.n_choices if task.family == 'multiple_choice' else task.n_class)
+    markers = marker_words(text_encoder, 5 if task.n_class == 1 else n_out, splits)
+    n_rows = {split: 3 + k for k, split in enumerate(splits)}
+    write_task_data(name, tmp_path / 'data', random.Random(1), markers=markers, n_rows=n_rows)
+    args = train.parse_args(['--dataset', name, '--data_dir', str(tmp_path / 'data'), '--n_ctx', '128',
+                             '--submission_dir', str(tmp_path / 'sub'), '--quiet'])
+    data, _ = train.load_task_data(args, text_encoder, task)
+    train.write_predictions(MarkerModel(task), data, args, torch.device('cpu'))
+
+    per_group = 2 if name == 'race' else 1
+    names = TASK_LABELS[name]
+
+    def expected(split):
+        first = text_encoder.encode([markers[split]], verbose=False)[0][0]
+        outputs = (np.full(1, first % 5, np.float32) if task.n_class == 1
+                   else np.eye(n_out, dtype=np.float32)[[first % n_out]])
+        return decode_predictions(task, predictions(task, outputs), names)[0]
+
+    files = [(split, file) for split, file in task.submissions]
+    files += [(dev, f'{name}_{dev}_predictions.tsv') for dev in task.dev]
+    assert len({expected(split) for split, _ in files}) > 1 or len(files) == 1
+    for split, file in files:
+        rows = [line.split('\t') for line in (tmp_path / 'sub' / file).read_text().splitlines()[1:]]
+        assert len(rows) == n_rows[split] * per_group, (file, split)
+        assert {r[1] for r in rows} == {expected(split)}, (file, split)

@@ -1,0 +1,231 @@
+"""Every flag of train.py, run on a tiny ROCStories job, with its documented effect checked.
+
+The original's flags keep their meaning (README: "Every original flag keeps its name and default"), the
+added ones do what the README says. Flags checked elsewhere: --dataset and --n_runs (test_train_tasks.py),
+--submit, --analysis and --resume (test_train.py), the update itself (test_train_loop.py).
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from model_pytorch import load_released_arrays
+from tests.helpers import roc_cli_args, roc_workdir, write_tiny_checkpoint
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+    d = roc_workdir(tmp_path_factory.mktemp('flags'))
+    write_tiny_checkpoint(d / 'model16', np.random.default_rng(5), n_embd=16, n_layer=3, n_pos=64)
+    return d
+
+
+class Spy:
+    """Records what train.run builds: the optimizer's arguments, the model, the data, the vocabulary paths,
+    the loss scaler, each forward's batch size and LM weight, and each training-state save."""
+
+    def __init__(self, monkeypatch):
+        self.adam, self.models, self.data, self.vocab, self.scalers, self.forwards, self.saves = ({}, [], [], [], [],
+                                                                                                 [], [])
+        spy = self
+        adam, build, load, encoder = train.OpenAIAdam, train.build_model, train.load_data, train.TextEncoder
+        configure, forward, save = train.configure_precision, train.forward_losses, train.save_training_state
+
+        class RecordingAdam(adam):
+            def __init__(self, params, **kw):
+                spy.adam.update(kw)
+                super().__init__(params, **kw)
+
+        def build_model(args, sizes, device):
+            model = build(args, sizes, device)
+            spy.models.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+            return model
+
+        def load_data(args, text_encoder):
+            data, sizes = load(args, text_encoder)
+            spy.data.append((data, sizes))
+            return data, sizes
+
+        def text_encoder(encoder_path, bpe_path):
+            spy.vocab.append((encoder_path, bpe_path))
+            return encoder(encoder_path, bpe_path)
+
+        def configure_precision(device, precision):
+            scaler = configure(device, precision)
+            spy.scalers.append(scaler)
+            return scaler
+
+        def forward_losses(net, xmb, mmb, ymb, lm_coef):
+            spy.forwards.append((xmb.shape[0], lm_coef, torch.is_autocast_enabled('cpu'),
+                                 torch.get_autocast_dtype('cpu')))
+            return forward(net, xmb, mmb, ymb, lm_coef)
+
+        def save_training_state(path, model, opt, progress):
+            spy.saves.append(progress['n_updates'])
+            return save(path, model, opt, progress)
+
+        for name, value in dict(OpenAIAdam=RecordingAdam, build_model=build_model, load_data=load_data,
+                                TextEncoder=text_encoder, configure_precision=configure_precision,
+                                forward_losses=forward_losses, save_training_state=save_training_state).items():
+            monkeypatch.setattr(train, name, value)
+
+
+def log_records(path):
+    """Return the evaluation records of a run's log, without their times."""
+    with open(path) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != 'time'} for line in f][1:]
+
+
+def test_optimizer_model_and_data_flags(workdir, capsys):
+    d = workdir
+    argv = roc_cli_args(d, '--desc', 'a', '--model_dir', str(d / 'model16'), '--n_embd', '16', '--n_head', '2',
+                        '--n_layer', '3', '--n_transfer', '1', '--lr', '2e-3', '--lr_warmup', '0.1',
+                        '--lr_schedule', 'warmup_cosine', '--l2', '0.02', '--vector_l2', '--max_grad_norm', '0.5',
+                        '--b1', '0.8', '--b2', '0.99', '--e', '1e-6', '--embd_pdrop', '0.05', '--attn_pdrop', '0.15',
+                        '--resid_pdrop', '0.2', '--clf_pdrop', '0.25', '--afn', 'relu', '--n_ctx', '20',
+                        '--n_valid', '8', '--n_batch', '3', '--n_gpu', '2', '--n_iter', '1', '--micro_batch', '2',
+                        '--lm_coef', '0.7', '--checkpoint_activations', '--device', 'cpu', '--opt', 'adam')
+    spy = spied_run(argv)
+    assert capsys.readouterr().err == ''  # --quiet: no progress bars
+
+    # 56 - 8 (--n_valid) = 48 training stories, batches of n_batch * n_gpu = 6: 8 updates in 1 epoch (--n_iter)
+    (data, sizes), = spy.data
+    assert len(data['trY']) == 48 and len(data['evals'][0][3]) == 8
+    assert [(r['n_epochs'], r['n_updates']) for r in log_records(d / 'log' / 'a.jsonl')] == [(1, 8)]  # --desc
+    assert spy.adam == dict(lr=2e-3, schedule='warmup_cosine', warmup=0.1, t_total=8, b1=0.8, b2=0.99, e=1e-6,
+                            l2=0.02, vector_l2=True, max_grad_norm=0.5)
+
+    # --micro_batch 2: each update of 6 examples in 3 forward passes; --lm_coef reaches the loss
+    assert [n for n, *_ in spy.forwards] == [2, 2, 2] * 8
+    assert {c for _, c, *_ in spy.forwards} == {0.7}
+
+    # --n_ctx 20: stories and endings cut to 20 // 2 - 2 tokens, the table and inputs at most 20 positions
+    assert sizes['n_ctx'] <= 20 and data['trX'].shape[2] == sizes['n_ctx']
+    assert data['trM'].sum(-1).max() <= 8 + 8 + 3
+
+    (model, loaded), = spy.models
+    t = model.transformer
+    assert (t.n_embd, len(t.h), t.h[0].attn.n_head) == (16, 3, 2)  # --n_embd --n_layer --n_head
+    assert t.embed.weight.shape == (sizes['n_vocab'] + 3 + sizes['n_ctx'], 16)
+    assert t.embd_pdrop == 0.05 and model.task_head.clf_pdrop == 0.25
+    assert all(b.attn.attn_pdrop == 0.15 and b.attn.resid_pdrop == 0.2 and b.mlp.resid_pdrop == 0.2 for b in t.h)
+    assert all(b.mlp.act is torch.nn.functional.relu for b in t.h)  # --afn
+    assert t.checkpoint_activations and next(model.parameters()).device.type == 'cpu'
+    # --model_dir and --n_transfer 1: the table's token rows and block 0 from model16/, blocks 1 and 2 not
+    arrays = load_released_arrays(str(d / 'model16'))
+    np.testing.assert_array_equal(loaded['transformer.embed.weight'][:sizes['n_vocab']].numpy(), arrays[1])
+    np.testing.assert_array_equal(loaded['transformer.h.0.attn.c_attn.w'].numpy(), arrays[2][0])
+    assert not np.array_equal(loaded['transformer.h.1.attn.c_attn.w'].numpy(), arrays[2 + 12][0])
+    assert spy.vocab == [(str(d / 'model' / 'encoder_bpe_40000.json'), str(d / 'model' / 'vocab_40000.bpe'))]
+
+
+def test_output_folders_progress_bars_and_save_every(workdir, tmp_path, capsys):
+    d = workdir
+    argv = [a for a in roc_cli_args(d, '--desc', 'b', '--log_dir', str(tmp_path / 'L'), '--save_dir',
+                                    str(tmp_path / 'S'), '--submission_dir', str(tmp_path / 'U'), '--submit',
+                                    '--save_every', '2') if a != '--quiet']
+    spy = spied_run(argv)
+    err = capsys.readouterr().err
+    assert 'it/s' in err or 's/it' in err  # without --quiet: progress bars on stderr
+    assert (tmp_path / 'L' / 'b.jsonl').is_file()
+    assert (tmp_path / 'S' / 'b' / 'best_params.safetensors').is_file()
+    assert (tmp_path / 'S' / 'b' / 'train_state.safetensors').is_file()
+    assert (tmp_path / 'U' / 'ROCStories.tsv').is_file()
+    # 5 updates an epoch, 2 epochs: every 2 updates within an epoch, and at each epoch end
+    assert spy.saves == [2, 4, 5, 6, 8, 10]
+
+
+def test_seed_reproduces_a_run_and_another_seed_changes_it(workdir, tmp_path):
+    d = workdir
+    records = {}
+    for name, seed in (('s1', '3'), ('s1again', '3'), ('s2', '4')):
+        argv = roc_cli_args(d, '--desc', name, '--seed', seed, '--n_iter', '1', '--log_dir', str(tmp_path))
+        assert train.main(argv) == 0
+        records[name] = log_records(tmp_path / f'{name}.jsonl')
+    assert records['s1'] == records['s1again']
+    assert records['s1'] != records['s2']
+
+
+def spied_run(argv):
+    """Run train.main(argv) under a fresh Spy; return the Spy."""
+    with pytest.MonkeyPatch.context() as mp:
+        spy = Spy(mp)
+        assert train.main(argv) == 0
+    return spy
+
+
+@pytest.fixture(scope='module')
+def fp32_run(workdir, tmp_path_factory):
+    """One epoch in fp32: (Spy, evaluation records)."""
+    log_dir = tmp_path_factory.mktemp('fp32')
+    spy = spied_run(roc_cli_args(workdir, '--desc', 'fp32', '--n_iter', '1', '--log_dir', str(log_dir)))
+    return spy, log_records(log_dir / 'fp32.jsonl')
+
+
+@pytest.mark.parametrize('precision', ['fp32-strict', 'bf16', 'fp16'])
+def test_precision_flag(workdir, tmp_path, fp32_run, precision):
+    """fp32-strict is fp32 on the CPU (no TF32 there); bf16 and fp16 train under autocast (fp16 with a
+    GradScaler) and evaluate close to fp32."""
+    spy = spied_run(roc_cli_args(workdir, '--desc', precision, '--precision', precision, '--n_iter', '1',
+                                 '--log_dir', str(tmp_path)))
+    records = log_records(tmp_path / f'{precision}.jsonl')
+    fp32_spy, fp32_records = fp32_run
+    assert not any(enabled for _, _, enabled, _ in fp32_spy.forwards) and fp32_spy.scalers == [None]
+    if precision == 'fp32-strict':
+        assert records == fp32_records and not any(enabled for _, _, enabled, _ in spy.forwards)
+        return
+    dtype = torch.bfloat16 if precision == 'bf16' else torch.float16
+    assert spy.forwards and all(enabled and autocast == dtype for _, _, enabled, autocast in spy.forwards)
+    assert (spy.scalers[0] is not None) == (precision == 'fp16')
+    for key in ('tr_cost', 'va_cost'):
+        assert records[0][key] == pytest.approx(fp32_records[0][key], abs=0.02)
+
+
+def test_vocabulary_paths_are_read(workdir, tmp_path, capsys):
+    argv = roc_cli_args(workdir, '--encoder_path', str(tmp_path / 'nowhere.json'))
+    assert train.main(argv) == 2
+    assert f'{tmp_path / "nowhere.json"} is missing' in capsys.readouterr().err
+
+
+def test_verify_weights_checks_the_released_hashes(workdir, capsys):
+    """The tiny checkpoint is not the released one: --verify_weights refuses it before training."""
+    assert train.main(roc_cli_args(workdir, '--desc', 'v', '--verify_weights')) == 2
+    err = capsys.readouterr().err
+    assert 'params_shapes.json' in err and 'expected 29fac299' in err
+    assert not (workdir / 'log' / 'v.jsonl').exists() or log_records(workdir / 'log' / 'v.jsonl') == []
+
+
+@pytest.mark.parametrize('device', ['cuda:99', 'nonsense'])
+def test_device_that_is_not_here_is_one_line_before_any_work(workdir, tmp_path, capsys, device):
+    assert train.main(roc_cli_args(workdir, '--device', device, '--log_dir', str(tmp_path / 'log'))) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and '--device' in err and 'Traceback' not in err
+    assert not (tmp_path / 'log').exists()
+
+
+def test_opt_accepts_only_the_originals_adam(workdir):
+    with pytest.raises(SystemExit):
+        train.parse_args(['--opt', 'sgd'])
+
+
+def test_compile_trains_like_eager(workdir, tmp_path):
+    """--compile (torch.compile with inductor, on the CPU) makes the same updates as the eager run; without
+    dropout both follow the same arithmetic up to kernel rounding."""
+    d = workdir
+    finals = {}
+    for name, extra in (('eager', ()), ('compiled', ('--compile',))):
+        argv = roc_cli_args(d, '--desc', name, '--n_iter', '1', '--save_dir', str(tmp_path / 'save'),
+                            '--log_dir', str(tmp_path / 'log'), '--embd_pdrop', '0', '--attn_pdrop', '0',
+                            '--resid_pdrop', '0', '--clf_pdrop', '0', *extra)
+        assert train.main(argv) == 0
+        from tests.test_train import read_state
+        finals[name] = read_state(tmp_path / 'save' / name / 'train_state.safetensors')
+    (progress, weights), (ref_progress, ref_weights) = finals['compiled'], finals['eager']
+    assert progress['n_updates'] == ref_progress['n_updates'] == 5
+    assert weights.keys() == ref_weights.keys()
+    moved = max((ref_weights[k] - weights[k]).abs().max().item() for k in weights)
+    assert moved < 1e-4, moved
+    records = [log_records(tmp_path / 'log' / f'{n}.jsonl')[0] for n in ('compiled', 'eager')]
+    assert records[0]['tr_cost'] == pytest.approx(records[1]['tr_cost'], abs=1e-5)
