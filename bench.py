@@ -94,8 +94,6 @@ def parse_spec(name, shape, device):
         raise ValueError(f'bad config {name!r}: use <impl>-<precision>[-mbN] with impl in {IMPLS} and precision '
                          f'in {tuple(PRECISION_DTYPES)}, e.g. ours-bf16 or peer-fp32-mb8')
     impl, precision = parts[0], parts[1]
-    if precision == 'fp16' and device.type != 'cuda':
-        raise ValueError(f'config {name!r}: fp16 needs --device cuda; use bf16 on the CPU')
     micro = shape.n_batch if impl == 'ours' else shape.batch
     if len(parts) == 3:
         if not (parts[2].startswith('mb') and parts[2][2:].isdigit() and int(parts[2][2:]) >= 1):
@@ -276,7 +274,7 @@ class Peer:
                               attn_pdrop=0.1, resid_pdrop=0.1, summary_first_dropout=0.1)
         self.model = OpenAIGPTDoubleHeadsModel(cfg).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=l2)
-        self.scaler = torch.amp.GradScaler('cuda') if spec.precision == 'fp16' else None
+        self.scaler = torch.amp.GradScaler(device.type) if spec.precision == 'fp16' else None
         if device.type == 'cuda':
             torch.backends.cuda.matmul.allow_tf32 = True
 

@@ -405,3 +405,19 @@ def test_script_exit_code_and_one_line_error(tmp_path):
                            '--prompt', 'x'], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout == ''
     assert proc.stderr.startswith('generate.py: error: ') and proc.stderr.count('\n') == 1
+
+
+@pytest.mark.cuda
+def test_cached_generation_on_cuda_equals_the_cpu(lm):
+    """Greedy decoding with the key/value cache on CUDA gives the CPU's ids, and its logits equal the uncached
+    forward's at every step."""
+    import copy
+    model = copy.deepcopy(lm).cuda()
+    ids_cpu, _ = sample_ids(lm, PROMPT, V, gen_len=10, greedy=True)
+    ids_cuda, _ = sample_ids(model, PROMPT, V, gen_len=10, greedy=True)
+    assert ids_cuda == ids_cpu
+    cached, uncached = NextTokenLogits(model, V), NextTokenLogits(model, V, use_cache=False)
+    feed = PROMPT
+    for token in ids_cuda:
+        torch.testing.assert_close(cached(feed), uncached(feed), rtol=1e-4, atol=1e-4)
+        feed = [token]

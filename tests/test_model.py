@@ -606,3 +606,42 @@ def test_header_that_parses_but_is_not_numpys_is_refused_unless_it_is_the_releas
         load_from(shard_dir)
     monkeypatch.setitem(download_model.RELEASED_FILES, 'params_6.npy', download_model.git_blob_sha1(p))
     load_from(shard_dir)
+
+
+# --- on a GPU (python -m pytest -m cuda) --------------------------------------------------------
+
+@pytest.mark.cuda
+def test_tf_parity_on_cuda_in_fp32_strict(ref):
+    """--precision fp32-strict on CUDA (no TF32): the original's outputs within the CPU tolerance."""
+    import train
+    arrays, config = ref
+    device = torch.device('cuda')
+    train.configure_precision(device, 'fp32-strict')
+    assert not torch.backends.cuda.matmul.allow_tf32
+    model = tf_model(arrays, config).eval().to(device)
+    X = torch.from_numpy(arrays['X']).long().to(device)
+    with torch.no_grad():
+        h = model.transformer(X)
+        lm_logits, clf_logits = model(X)
+    np.testing.assert_allclose(h.cpu().numpy(), arrays['h'], atol=2e-5, rtol=0)
+    np.testing.assert_allclose(lm_logits.cpu().numpy(), arrays['lm_logits'], atol=2e-5, rtol=0)
+    np.testing.assert_allclose(clf_logits.cpu().numpy(), arrays['clf_logits'], atol=2e-5, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_default_attention_path_runs_on_fused_sdpa_kernels_on_cuda(dtype):
+    """The default (SDPA) path, training with attention dropout and in evaluation, forward and backward, runs
+    with only the flash and memory-efficient kernels allowed: no fallback to the math kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    torch.manual_seed(0)
+    model = LMModel(small_cfg(pdrop=0.1, n_embd=64, n_head=4), vocab=160, n_ctx=32).cuda()
+    x = make_x(100, 32, 4, n_special=28).cuda()
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            model.train()
+            model(x).float().square().mean().backward()
+            model.eval()
+            with torch.no_grad():
+                model(x)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -238,3 +238,27 @@ def test_fp16_training_follows_fp32():
     moved32 = torch.cat([d.flatten() for d in runs['fp32'][1]])
     assert (torch.sign(moved16) == torch.sign(moved32)).float().mean() > 0.95
     assert torch.linalg.vector_norm(moved16 - moved32) < 0.1 * torch.linalg.vector_norm(moved32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('precision', ['bf16', 'fp16'])
+def test_mixed_precision_training_steps_on_cuda_follow_fp32(precision):
+    """Three updates on CUDA in bf16 (autocast) and fp16 (autocast, GradScaler) move the parameters like
+    fp32-strict's on the same device."""
+    arrays, config = load_tf_reference()
+    X, M, Y = arrays['X'].astype(np.int64), arrays['M'], arrays['Y'].astype(np.int64)
+    device = torch.device('cuda')
+    runs = {}
+    for p in ('fp32-strict', precision):
+        model = tf_model(arrays, config).train().to(device)
+        before = [q.detach().clone() for q in model.parameters()]
+        opt = OpenAIAdam(model.parameters(), lr=1e-3, schedule='warmup_constant', warmup=0.0, t_total=10,
+                         max_grad_norm=1)
+        args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--precision', p, '--quiet'])
+        scaler = train.configure_precision(device, p)
+        costs = [train.train_step(model, opt, X, M, Y, args, device, scaler) for _ in range(3)]
+        runs[p] = costs, torch.cat([(q.detach() - b).flatten() for q, b in zip(model.parameters(), before)])
+    assert runs[precision][0] == pytest.approx(runs['fp32-strict'][0], rel=0.02)
+    moved, ref = runs[precision][1], runs['fp32-strict'][1]
+    assert (torch.sign(moved) == torch.sign(ref)).float().mean() > 0.95
+    assert torch.linalg.vector_norm(moved - ref) < 0.1 * torch.linalg.vector_norm(ref)
