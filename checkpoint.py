@@ -3,15 +3,21 @@
 TF counterpart: train.py's `save` (joblib.dump of the parameters). Weights go to safetensors, which
 cannot carry code; a training state is one safetensors file whose metadata holds the JSON of the
 counters, RNG states and log, so a crash mid-write never leaves a torn pair of files.
+
+Intentional difference (speed only): a save copies the tensors to host memory at once and, given a
+StateWriter, writes the file in a background thread while training goes on; the next save waits for it.
+Each write stays atomic (temporary file, fsync, rename), so a crash at any moment leaves the last
+complete file.
 """
 import json
 import os
 import random
+import threading
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import save_file
 
 STATE_FORMAT = 'gpt1-train-state-v1'
 
@@ -51,19 +57,101 @@ def atomic_write(path, write):
         raise
 
 
-def save_params(model, path):
+class StateWriter:
+    """Writes files in a background thread, one at a time; the training thread only waits for a previous write."""
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+
+    def submit(self, write, *args):
+        """Wait for the previous write (raising its error), then run write(*args) in the background."""
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(write, args), name='state-writer')
+        self._thread.start()
+
+    def _run(self, write, args):
+        try:
+            write(*args)
+        except BaseException as err:  # handed over to the training thread by wait()
+            self._error = err
+
+    def wait(self):
+        """Return once the write under way is on disk; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
+def host_copy(tensor):
+    """Return a contiguous copy of tensor in host memory, which later updates of the original cannot change."""
+    return tensor.detach().to('cpu', copy=True).contiguous()
+
+
+def unique_tensors(state, prefix=''):
+    """Return {prefix + name: tensor} of a state dict with each storage once, under its first name (tied weights)."""
+    seen, out = set(), {}
+    for name, t in state.items():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            out[prefix + name] = t
+    return out
+
+
+def write_safetensors(path, tensors, metadata=None, writer=None):
+    """Write tensors (already host copies) to path atomically, now or through writer in the background; return path."""
+    def write():
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    if writer is None:
+        write()
+    else:
+        make_parent(path)
+        writer.submit(write)
+    return path
+
+
+def save_params(model, path, writer=None):
     """Write the model's weights to path (safetensors, tied weights once) atomically; return path."""
-    return atomic_write(path, lambda tmp: save_model(model, tmp))
+    tensors = {name: host_copy(t) for name, t in unique_tensors(model.state_dict()).items()}
+    return write_safetensors(path, tensors, writer=writer)
+
+
+def tied_names(state):
+    """Return {name: [every name sharing its storage]} for a state dict."""
+    groups = {}
+    for name, t in state.items():
+        groups.setdefault(t.data_ptr(), []).append(name)
+    return {name: group for group in groups.values() for name in group}
 
 
 def load_params(model, path):
-    """Load weights written by save_params into model (strictly); return model."""
+    """Load weights written by save_params into model (strictly: every weight, each shape); return model."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is missing: no saved weights there')
     try:
-        load_model(model, path, strict=True)
+        with safe_open(path, framework='pt') as f:
+            saved = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as err:
         raise ValueError(f'{path} is not a safetensors file of weights ({err}); only safetensors are loaded') from None
+    state = model.state_dict()
+    ties = tied_names(state)
+    # a tied weight may be stored under any of its names (save_params keeps the first, older files another)
+    found = {name: next((saved[n] for n in ties[name] if n in saved), None) for name in state}
+    missing = [name for name, t in found.items() if t is None]
+    unexpected = sorted(set(saved) - set(state))
+    if missing or unexpected:
+        raise ValueError(f'{path} does not fit this model: '
+                         + (f'no {missing[0]}' if missing else f'unexpected {unexpected[0]}'))
+    for name, t in state.items():  # every shape checked before anything is copied
+        if tuple(found[name].shape) != tuple(t.shape):
+            raise ValueError(f'{path} does not fit this model: {name} has shape {tuple(found[name].shape)}, '
+                             f'the model {tuple(t.shape)}')
+    with torch.no_grad():
+        for name, t in state.items():
+            t.copy_(found[name])
     return model
 
 
@@ -125,20 +213,19 @@ def set_optimizer_tensors(opt, steps, tensors):
                         'v': tensors[f'opt/{key}/v'].to(p.device)}
 
 
-def save_training_state(path, model, opt, progress):
-    """Write model, optimizer, RNG states and the JSON-able `progress` dict to one file atomically; return path."""
+def save_training_state(path, model, opt, progress, writer=None):
+    """Write model, optimizer, RNG states and the JSON-able `progress` dict to one file atomically; return path.
+
+    Everything is copied at once; with a StateWriter the file is written in the background.
+    """
     rng_meta, tensors = rng_state()
     steps, opt_tensors = optimizer_tensors(opt)
     tensors.update(opt_tensors)
     # the tied LM decoder shares embed.weight: each storage is written once, under its first name
-    seen = set()
-    for name, t in model.state_dict().items():
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            tensors[f'model/{name}'] = t
+    tensors.update(unique_tensors(model.state_dict(), prefix='model/'))
     meta = dict(format=STATE_FORMAT, progress=progress, rng=rng_meta, opt_steps=steps)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={'state': json.dumps(meta)}))
+    tensors = {k: host_copy(v) for k, v in tensors.items()}
+    return write_safetensors(path, tensors, metadata={'state': json.dumps(meta)}, writer=writer)
 
 
 def load_training_state(path, model, opt):

@@ -607,18 +607,6 @@ def add_model_args(parser):
     return parser
 
 
-def resolve_device(name):
-    """Return torch.device(name), or raise a ValueError naming --device when it is malformed or absent here."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f'--device {name!r} is not a torch device: give cpu, cuda or cuda:N') from None
-    n_gpus = torch.cuda.device_count()
-    if device.type == 'cuda' and (device.index or 0) >= n_gpus:
-        raise ValueError(f'--device {name}: this machine has {n_gpus} CUDA device(s); use --device cpu')
-    return device
-
-
 def vocab_paths(model_dir, encoder_path=None, bpe_path=None):
     """Return (encoder_path, bpe_path): the given ones, else the vocabulary files found in model_dir."""
     for names in (VOCAB_FILES, HF_VOCAB_FILES):

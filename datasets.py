@@ -3,7 +3,6 @@ import csv
 import os
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 seed = 3535999445  # the original's split seed
 
@@ -85,6 +84,7 @@ def rocstories(data_dir, n_train=1497, n_valid=374, return_test_labels=False):
     _check_exists(os.path.join(data_dir, TEST_FILE))
     storys, comps1, comps2, ys = _rocstories(os.path.join(data_dir, VAL_FILE))
     teX1, teX2, teX3, teY = _rocstories(os.path.join(data_dir, TEST_FILE), require_labels=False)
+    from sklearn.model_selection import train_test_split  # here, not at import: scikit-learn loads slowly
     (trX1, vaX1, trX2, vaX2, trX3, vaX3,
      trY, vaY) = train_test_split(storys, comps1, comps2, ys, test_size=n_valid, random_state=seed)
     trY = np.asarray(trY, dtype=np.int32)

@@ -19,7 +19,8 @@ import sys
 import numpy as np
 import torch
 
-from convert import add_model_args, load_model, resolve_device, vocab_paths
+from convert import add_model_args, load_model, vocab_paths
+from trainer import check_device
 
 
 def parse_layers(spec, n_layer):
@@ -142,7 +143,7 @@ def run(args):
     from text_utils import TextEncoder
     if args.batch_size < 1:
         raise ValueError(f'--batch_size {args.batch_size}: give 1 or more')
-    device = resolve_device(args.device)
+    device = check_device(args.device)
     texts = read_lines(args.input)
     model, _ = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx)
     model.to(device)

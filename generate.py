@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from convert import add_model_args, load_model, resolve_device, vocab_paths
+from convert import add_model_args, load_model, vocab_paths
+from trainer import check_device
 
 
 @dataclass
@@ -177,7 +178,7 @@ def run(args, stdin, stdout, stderr):
     """Generate for --prompt and/or each stdin line, writing to stdout; raise on bad arguments or files."""
     from text_utils import TextEncoder
     check_sampling_args(args.gen_len, args.top_k, args.top_p, args.temperature, args.greedy)
-    device = resolve_device(args.device)
+    device = check_device(args.device)
     model, n_vocab = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=True)
     model.to(device)
     text_encoder = TextEncoder(*vocab_paths(args.model_dir, args.encoder_path, args.bpe_path))

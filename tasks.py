@@ -11,8 +11,6 @@ label_decoders). This module follows the paper (Section 3.3, Figure 1): every se
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef
 
 FAMILIES = ('classification', 'entailment', 'similarity', 'multiple_choice')
 SPECIAL_TOKENS = ('_start_', '_delimiter_', '_classify_')
@@ -173,6 +171,9 @@ def compute_metrics(task, outputs, labels):
 
 def score_predictions(task, preds, labels):
     """Return {metric: value in percent} for predicted class ids (or scores) against gold labels."""
+    # imported here, not at import time: scipy and scikit-learn load slowly and ROCStories needs neither
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
     preds, labels = np.asarray(preds), np.asarray(labels)
     values = {}
     for name in task.metrics:
@@ -193,6 +194,7 @@ def score_predictions(task, preds, labels):
 
 def confusion(task, preds, labels):
     """Return the confusion matrix [n_class, n_class] (rows: gold) of predicted class ids."""
+    from sklearn.metrics import confusion_matrix
     return confusion_matrix(np.asarray(labels), np.asarray(preds), labels=list(range(task.n_class)))
 
 

@@ -8,8 +8,6 @@ import json
 import os
 import re
 
-import ftfy
-import spacy
 from tqdm import tqdm
 
 VOCAB_SOURCE = 'the model/ folder of github.com/openai/finetune-transformer-lm'
@@ -110,7 +108,11 @@ class TextEncoder:
         self.bpe_ranks = load_bpe_ranks(bpe_path)
         # spacy.blank('en') is the rule-based English tokenizer the original got from spacy.load('en') with
         # the parser, tagger, ner and textcat disabled; the 'en' shortcut model no longer exists.
+        # imported here, not when the module is: spaCy takes about a second to load
+        import ftfy
+        import spacy
         self.nlp = spacy.blank('en')
+        self.fix_text = ftfy.fix_text
         # Per-instance BPE cache keyed by lower-cased token, as in the original, but bounded: it is emptied
         # when it reaches cache_size entries so that memory stays flat on an unbounded stream of texts.
         self.cache = {}
@@ -162,7 +164,7 @@ class TextEncoder:
 
     def standardize(self, text):
         """Return text as the tokenizer sees it: text_standardize(ftfy.fix_text(text))."""
-        return text_standardize(ftfy.fix_text(text))
+        return text_standardize(self.fix_text(text))
 
     def encode(self, texts, verbose=True, batch_size=256):
         """Return a list of BPE id lists, one per text (TF: encode)."""

@@ -9,34 +9,30 @@ Run as the original: python train.py --dataset rocstories --desc rocstories --su
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
-from sklearn.utils import shuffle
 from tqdm import tqdm
 
-import analysis
 import datasets
 from distributed import (DistInfo, close_distributed, dist_info, gather_concat, init_distributed, shard,
                          sum_over_ranks, wrap_ddp)
-from checkpoint import (atomic_write, check_writable, load_params, load_training_state, save_params,
-                        save_training_state)
-from convert import resolve_device as check_device
+from checkpoint import atomic_write, check_writable, load_params, load_training_state, save_params, save_training_state
 import task_datasets
 from loss import clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_pytorch import N_SHARDS, DoubleHeadModel, load_openai_pretrained_model
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
+from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, Run, autocast_context, configure_precision,
+                     format_phases, resolve_device, set_seed, to_tensors, update)
 from utils import ResultLogger, encode_dataset, iter_data
 
 DATASETS = ('rocstories',) + tuple(sorted(TASKS))
 SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
-PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
 LOG_AT_UPDATES = (1000, 2000, 4000, 8000, 16000, 32000)  # extra evaluations in the first epoch
 LM_CHUNK = 8192  # positions decoded at once by the LM loss: bounds the [positions x rows] logits
 
@@ -140,13 +136,6 @@ def check_inputs(args):
             raise FileNotFoundError(f'{path} is missing: it comes from {source}')
 
 
-def set_seed(seed):
-    """Seed python, numpy's global generator (the original's source of special rows and shuffles) and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def roc_n_ctx(splits, max_len, n_ctx):
     """Return the original's n_ctx: the longest story + ending over all splits, plus 3, capped by n_ctx."""
     lengths = [len(x1[:max_len]) + max(len(x2[:max_len]), len(x3[:max_len]))
@@ -177,13 +166,6 @@ def trim_batch(xmb, mmb):
     return xmb[..., :length, :], mmb[..., :length]
 
 
-def autocast_context(device, precision):
-    """Return the autocast context of a precision (a no-op context for fp32)."""
-    if precision in ('bf16', 'fp16'):
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == 'bf16' else torch.float16)
-    return nullcontext()
-
-
 def forward_losses(net, xmb, mmb, ymb, lm_coef):
     """Return (clf_logits, clf_losses [B], lm_losses [B*2] or None) for one batch; net(x) -> (h, we, logits)."""
     h, we, clf_logits = net(xmb)
@@ -199,15 +181,6 @@ def task_losses(clf_logits, ymb):
     if clf_logits.dim() == 1:  # SimilarityHead with one output: STS-B scores
         return similarity_losses(clf_logits, ymb)
     return clf_losses(clf_logits, ymb)
-
-
-def to_tensors(device, *arrays):
-    """Return the numpy arrays as torch tensors on device."""
-    return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
-
-
-class NonFiniteLoss(ValueError):
-    """The loss of a batch is NaN or infinite; no update was made."""
 
 
 class TrainForward(torch.nn.Module):
@@ -237,30 +210,18 @@ def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None, info=DistIn
     order[own] = own.start + np.argsort(mmb[own].sum(-1).max(-1), kind='stable')
     xmb, mmb, ymb = xmb[order], mmb[order], ymb[order]
     micro = args.micro_batch or args.n_batch
-    starts = range(own.start, own.stop, micro)
-    total = 0.0
-    for k, s in enumerate(starts):
-        e = min(s + micro, own.stop)
-        x, m = trim_batch(xmb[s:e], mmb[s:e])
-        x, m, y = to_tensors(device, x, m, ymb[s:e])
-        # gradients are all-reduced once per update, on the last micro-batch only
-        sync = info.world_size == 1 or k == len(starts) - 1
-        with (nullcontext() if sync else net.no_sync()), autocast_context(device, args.precision):
-            _, clf, lm = forward_losses(net, x, m, y, args.lm_coef)
-            # each micro-batch's mean weighted by its share of the whole batch (DDP then averages the
-            # ranks, hence * world_size): the gradient of the whole batch's mean, as one device would get
-            loss = train_loss(clf, lm, args.lm_coef) * ((e - s) / n * info.world_size)
-            if not torch.isfinite(loss.detach()).item():
-                opt.zero_grad(set_to_none=True)
-                raise NonFiniteLoss(f'non-finite loss {loss.item()}')
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-        total += clf.detach().sum().item()
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
+    bounds = [(s, min(s + micro, own.stop)) for s in range(own.start, own.stop, micro)]
+    # each micro-batch weighted by its share of the whole batch: the gradient of the whole batch's mean
+    micro_batches = [((e - s) / n, (xmb[s:e], mmb[s:e], ymb[s:e])) for s, e in bounds]
+
+    def loss_of(net, batch):
+        """Return (the micro-batch's training loss, its summed clf loss)."""
+        x, m = trim_batch(*batch[:2])
+        x, m, y = to_tensors(device, x, m, batch[2])
+        _, clf, lm = forward_losses(net, x, m, y, args.lm_coef)
+        return train_loss(clf, lm, args.lm_coef), clf.detach().sum().item()
+
+    total = update(net, opt, micro_batches, loss_of, device, args.precision, scaler, info)
     return total / max(own.stop - own.start, 1)
 
 
@@ -426,23 +387,33 @@ def build_model(args, sizes, device):
     return model.to(device)
 
 
-def log_eval(model, data, args, device, logger, progress, paths, info=DistInfo()):
+def log_eval(run, data):
     """Evaluate (all ranks), log and print one line and save improved weights (main rank) (TF: log)."""
-    scores = evaluate(model, data, args.n_valid, args.n_batch * args.n_gpu, device, args.precision,
-                      verbose=not args.quiet, info=info)
+    args, progress = run.args, run.progress
+    with run.clock.phase('eval'):
+        scores = evaluate(run.model, data, args.n_valid, args.n_batch * args.n_gpu, run.device, args.precision,
+                          verbose=not args.quiet, info=run.info)
     record = dict(n_epochs=progress['epoch'], n_updates=progress['n_updates'], **scores)
     record['time'] = time.time()
     progress['log'].append(record)
     key = selection_metric(data)
     improved = scores[key] > progress['best']
     progress['best'] = max(progress['best'], scores[key])
-    if not info.is_main:
+    if not run.info.is_main:
         return
-    logger.log(**record)
+    run.logger.log(**record)
     print('%d %d %.3f %.3f %.2f %.2f' % (record['n_epochs'], record['n_updates'], scores['tr_cost'],
                                          scores['va_cost'], scores['tr' + key[2:]], scores[key]), flush=True)
     if improved and args.submit:
-        save_params(model, paths['best'])
+        with run.clock.phase('write'):
+            save_params(run.model, run.paths['best'], writer=run.writer)
+
+
+def save_state(run):
+    """Save the training state (main rank): copied now, written in the background."""
+    if run.info.is_main:
+        with run.clock.phase('write'):
+            save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer)
 
 
 def new_progress():
@@ -451,15 +422,21 @@ def new_progress():
     return dict(epoch=0, n_updates=0, batch=0, order=None, best=0.0, seen=0, train_time=0.0, log=[])
 
 
-def run_epoch(model, opt, data, args, device, logger, progress, paths, scaler=None, train_model=None,
-              info=DistInfo()):
-    """Train the rest of the current epoch from progress['batch']; progress is updated in place."""
+def epoch_order(n):
+    """Return the original's order of n training examples for a new epoch, drawn from numpy's global generator."""
+    from sklearn.utils import shuffle  # here, not at import time: scikit-learn loads slowly
+    # the original shuffles the arrays with sklearn and np.random; shuffling their indices with the same
+    # generator gives the same order. sklearn no longer accepts the np.random module: its global
+    # RandomState is what older sklearn resolved it to.
+    return shuffle(np.arange(n), random_state=np.random.mtrand._rand).tolist()
+
+
+def run_epoch(run, data):
+    """Train the rest of the current epoch from progress['batch']; run.progress is updated in place."""
+    args, progress = run.args, run.progress
     n_batch_train = args.n_batch * args.n_gpu
     if progress['order'] is None:
-        # the original shuffles the arrays with sklearn and np.random; shuffling their indices with the
-        # same generator gives the same order. sklearn no longer accepts the np.random module: its
-        # global RandomState is what older sklearn resolved it to.
-        progress['order'] = shuffle(np.arange(len(data['trY'])), random_state=np.random.mtrand._rand).tolist()
+        progress['order'] = epoch_order(len(data['trY']))
         progress['batch'] = 0
     order = np.asarray(progress['order'])
     n_batches = len(order) // n_batch_train  # the last partial batch is dropped, as the original's truncate
@@ -469,35 +446,33 @@ def run_epoch(model, opt, data, args, device, logger, progress, paths, scaler=No
         idx = order[progress['batch'] * n_batch_train:(progress['batch'] + 1) * n_batch_train]
         t0 = time.time()
         try:
-            train_step(model if train_model is None else train_model, opt, data['trX'][idx], data['trM'][idx],
-                       data['trY'][idx], args, device, scaler, info)
+            with run.clock.phase('train'):
+                train_step(run.net, run.opt, data['trX'][idx], data['trM'][idx], data['trY'][idx], args, run.device,
+                           run.scaler, run.info)
         except NonFiniteLoss as err:
             raise ValueError(f"{err} at update {progress['n_updates'] + 1}: stopped; the last good training "
-                             f"state is {paths['state']}") from None
+                             f"state is {run.paths['state']}") from None
         progress['train_time'] += time.time() - t0
         progress['n_updates'] += 1
         progress['batch'] += 1
         progress['seen'] += len(idx)
         bar.update(1)
         if progress['n_updates'] in LOG_AT_UPDATES and progress['epoch'] == 0:
-            log_eval(model, data, args, device, logger, progress, paths, info)
-        if (info.is_main and args.save_every > 0 and progress['n_updates'] % args.save_every == 0
-                and progress['batch'] < n_batches):
-            save_training_state(paths['state'], model, opt, progress)
+            log_eval(run, data)
+        if args.save_every > 0 and progress['n_updates'] % args.save_every == 0 and progress['batch'] < n_batches:
+            save_state(run)
     bar.close()
 
 
-def train(model, opt, data, args, device, logger, progress, paths, scaler=None, train_model=None,
-          info=DistInfo()):
-    """Run the epochs left in progress, evaluating and saving the training state at each epoch end."""
-    model.train()
-    for _ in tqdm(range(progress['epoch'], args.n_iter), desc='epochs', disable=args.quiet or not info.is_main,
-                  file=sys.stderr):
-        run_epoch(model, opt, data, args, device, logger, progress, paths, scaler, train_model, info)
-        progress.update(epoch=progress['epoch'] + 1, batch=0, order=None)
-        log_eval(model, data, args, device, logger, progress, paths, info)
-        if info.is_main:
-            save_training_state(paths['state'], model, opt, progress)
+def train(run, data):
+    """Run the epochs left in run.progress, evaluating and saving the training state at each epoch end."""
+    run.model.train()
+    for _ in tqdm(range(run.progress['epoch'], run.args.n_iter), desc='epochs',
+                  disable=run.args.quiet or not run.info.is_main, file=sys.stderr):
+        run_epoch(run, data)
+        run.progress.update(epoch=run.progress['epoch'] + 1, batch=0, order=None)
+        log_eval(run, data)
+        save_state(run)
 
 
 def open_log(path, args, progress, info=DistInfo()):
@@ -514,22 +489,6 @@ def open_log(path, args, progress, info=DistInfo()):
     for record in progress['log'][1:]:
         logger.log(**record)
     return logger
-
-
-def resolve_device(name, info=DistInfo()):
-    """Return the torch device: the named one (checked to exist), else CUDA when present (this rank's GPU), else the CPU."""
-    device = check_device(name) if name is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.type == 'cuda' and device.index is None:
-        device = torch.device('cuda', info.local_rank)
-    return device
-
-
-def configure_precision(device, precision):
-    """Set TF32 matmuls on CUDA for fp32 (not fp32-strict); return a GradScaler for fp16 (CUDA or CPU), else None."""
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = precision != 'fp32-strict'
-        torch.backends.cudnn.allow_tf32 = precision != 'fp32-strict'
-    return torch.amp.GradScaler(device.type) if precision == 'fp16' else None
 
 
 def run_paths(args):
@@ -556,74 +515,93 @@ def run(args):
             check_writable(folder)
     init_distributed(info, device)
     set_seed(args.seed)  # every rank: the same special rows and the same shuffles
-    scaler = configure_precision(device, args.precision)
+    clock = PhaseClock()
 
-    text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
-    if args.dataset == 'rocstories':
-        data, sizes = load_data(args, text_encoder)
-    else:
-        data, sizes = load_task_data(args, text_encoder, get_task(args.dataset))
-    model = build_model(args, sizes, device)
-    n_train, n_batch_train = len(data['trY']), args.n_batch * args.n_gpu
-    n_updates_total = (n_train // n_batch_train) * args.n_iter
-    if n_updates_total < 1:
-        raise ValueError(f'{n_train} training examples make no full batch of n_batch * n_gpu = {n_batch_train}')
-    opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule=args.lr_schedule, warmup=args.lr_warmup,
-                     t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
-                     vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
-    if args.resume:
-        progress = load_training_state(paths['state'], model, opt)
-        if info.is_main:
-            print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
-    else:
-        progress = new_progress()
+    with clock.phase('encode'):
+        text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
+        if args.dataset == 'rocstories':
+            data, sizes = load_data(args, text_encoder)
+        else:
+            data, sizes = load_task_data(args, text_encoder, get_task(args.dataset))
+    with clock.phase('load'):
+        model = build_model(args, sizes, device)
+        n_train, n_batch_train = len(data['trY']), args.n_batch * args.n_gpu
+        n_updates_total = (n_train // n_batch_train) * args.n_iter
+        if n_updates_total < 1:
+            raise ValueError(f'{n_train} training examples make no full batch of n_batch * n_gpu = {n_batch_train}')
+        opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule=args.lr_schedule, warmup=args.lr_warmup,
+                         t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
+                         vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
+        if args.resume:
+            progress = load_training_state(paths['state'], model, opt)
+            if info.is_main:
+                print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
+        else:
+            progress = new_progress()
     if info.world_size > 1:
         torch.manual_seed(args.seed + info.rank)  # different dropout masks on each rank's share
-    train_model = wrap_ddp(TrainForward(model), device, info)
+    net = wrap_ddp(TrainForward(model), device, info)
     if args.compile:
         # dynamic: batches are trimmed to their longest sequence, so every length would otherwise recompile
-        train_model = torch.compile(train_model, dynamic=True)
+        net = torch.compile(net, dynamic=True)
+    run = Run(model, opt, args, device, paths, progress, net=net, scaler=configure_precision(device, args.precision),
+              info=info, clock=clock)
 
-    with open_log(paths['log'], args, progress, info) as logger:
-        if args.submit and not args.resume and info.is_main:
-            save_params(model, paths['best'])
-        train(model, opt, data, args, device, logger, progress, paths, scaler, train_model, info)
+    try:
+        with open_log(paths['log'], args, progress, info) as run.logger:
+            if args.submit and not args.resume and info.is_main:
+                with clock.phase('write'):
+                    save_params(model, paths['best'], writer=run.writer)
+            train(run, data)
+    finally:
+        with clock.phase('write'):
+            run.writer.wait()  # the last state and best weights are on disk before they are read or the run ends
     summary = dict(n_updates=progress['n_updates'], best_va=progress['best'], metric=selection_metric(data)[3:],
                    examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
     if args.submit and info.is_main:
-        load_params(model, paths['best']).eval()
-        summary.update(write_predictions(model, data, args, device))
+        with clock.phase('load'):
+            load_params(model, paths['best']).eval()
+        summary.update(write_predictions(model, data, args, device, clock))
         if args.analysis:
-            if data['task'] is None:
-                analysis.rocstories(args.data_dir, paths['submission'], paths['log'])
-            else:
-                for path in summary['dev_files']:
-                    analysis.task_report(data['task'].name, path)
+            import analysis  # here, not at import time: it loads the plotting and data libraries it needs
+            with clock.phase('eval'):
+                if data['task'] is None:
+                    analysis.rocstories(args.data_dir, paths['submission'], paths['log'])
+                else:
+                    for path in summary['dev_files']:
+                        analysis.task_report(data['task'].name, path)
     summary['wall_s'] = time.time() - t0
+    summary['phases'] = format_phases(clock, device)
     return summary
 
 
-def write_predictions(model, data, args, device):
+def write_predictions(model, data, args, device, clock=None):
     """Write the test submissions (and, for the paper's other tasks, dev predictions with gold labels).
 
     Return {'te_<metric>': value for a test set with labels, 'dev_files': [paths]}.
     """
     task, n_batch = data['task'], args.n_batch * args.n_gpu
+    clock = PhaseClock() if clock is None else clock
     out = {'dev_files': []}
 
     def outputs_of(X, M):
-        return iter_predict(model, X, M, n_batch, device, args.precision, verbose=not args.quiet)
+        with clock.phase('eval'):
+            return iter_predict(model, X, M, n_batch, device, args.precision, verbose=not args.quiet)
+
+    def write(path, preds, **kw):
+        with clock.phase('write'):
+            return write_submission(path, preds, **kw)
 
     for name, file, X, M, ids, Y in data['tests']:
         outputs = outputs_of(X, M)
         if task is None:  # ROCStories: the original's 0/1 ending index
-            write_submission(os.path.join(args.submission_dir, file), np.argmax(outputs, 1))
+            write(os.path.join(args.submission_dir, file), np.argmax(outputs, 1))
             if Y is not None:
                 out['te_acc'] = accuracy(Y, outputs)
             continue
         names = task_datasets.TASK_LABELS[task.name]
-        write_submission(os.path.join(args.submission_dir, file),
-                         decode_predictions(task, predictions(task, outputs), names), index=ids)
+        write(os.path.join(args.submission_dir, file), decode_predictions(task, predictions(task, outputs), names),
+              index=ids)
         if Y is not None and 'te_' + task.metrics[0] not in out:
             out.update({f'te_{k}': v for k, v in compute_metrics(task, outputs, Y).items()})
     if task is not None:
@@ -632,7 +610,7 @@ def write_predictions(model, data, args, device):
             path = os.path.join(args.submission_dir, f'{task.name}_{dev_name}_predictions.tsv')
             preds = decode_predictions(task, predictions(task, outputs_of(X, M)), names)
             gold = decode_predictions(task, Y if task.n_class == 1 else np.asarray(Y), names)
-            out['dev_files'].append(write_submission(path, preds, gold=gold))
+            out['dev_files'].append(write(path, preds, gold=gold))
     return out
 
 
@@ -701,6 +679,7 @@ def main(argv=None):
         close_distributed()
     if dist_info().is_main:
         print(format_summary(summary), flush=True)
+        print(summary['phases'], flush=True)
     return 0
 
 

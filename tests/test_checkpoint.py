@@ -89,16 +89,116 @@ def test_a_crash_during_a_save_leaves_the_previous_file_intact(tmp_path, monkeyp
     with torch.no_grad():
         model.transformer.embed.weight.add_(1.0)
 
-    def torn_write(model, filename, **kwargs):
+    def torn_write(tensors, filename, **kwargs):
         with open(filename, 'wb') as f:
             f.write(b'half a file')
         raise OSError(28, 'No space left on device')
 
-    monkeypatch.setattr(checkpoint, 'save_model', torn_write)
+    monkeypatch.setattr(checkpoint, 'save_file', torn_write)
     with pytest.raises(OSError, match='No space left'):
         checkpoint.save_params(model, str(path))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ['best.safetensors']
+    writer = checkpoint.StateWriter()  # in the background: the error reaches the training thread at wait()
+    checkpoint.save_params(model, str(path), writer=writer)
+    with pytest.raises(OSError, match='No space left'):
+        writer.wait()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['best.safetensors']
+    writer.wait()  # the error is reported once
+
+
+def test_background_save_writes_the_state_of_the_moment_it_was_called(tmp_path, monkeypatch):
+    """Weights and optimizer moments are copied when save_training_state returns: updates made while the file is
+    still being written do not reach it; the file equals a synchronous save of the same moment."""
+    import threading
+    model, opt = make_run()
+    step(model, opt)
+    progress = {'n_updates': 1}
+    sync_path, bg_path = str(tmp_path / 'sync.safetensors'), str(tmp_path / 'bg.safetensors')
+    np.random.seed(3)
+    checkpoint.save_training_state(sync_path, model, opt, progress)
+    release, real_save_file = threading.Event(), checkpoint.save_file
+
+    def held_save_file(tensors, filename, **kwargs):
+        release.wait(timeout=60)  # the training thread moves on first
+        return real_save_file(tensors, filename, **kwargs)
+
+    monkeypatch.setattr(checkpoint, 'save_file', held_save_file)
+    writer = checkpoint.StateWriter()
+    np.random.seed(3)
+    checkpoint.save_training_state(bg_path, model, opt, progress, writer=writer)
+    step(model, opt)  # weights and moments change in place while the write is held
+    progress['n_updates'] = 2
+    assert not os.path.exists(bg_path)
+    release.set()
+    writer.wait()
+    assert open(bg_path, 'rb').read() == open(sync_path, 'rb').read()
+
+
+def test_next_save_waits_for_the_previous_one(tmp_path, monkeypatch):
+    import threading
+    import time
+    events, real_save_file = [], checkpoint.save_file
+
+    def slow_save_file(tensors, filename, **kwargs):
+        events.append(('start', threading.current_thread().name))
+        time.sleep(0.2)
+        real_save_file(tensors, filename, **kwargs)
+        events.append(('end', threading.current_thread().name))
+
+    monkeypatch.setattr(checkpoint, 'save_file', slow_save_file)
+    model, _ = make_run()
+    writer = checkpoint.StateWriter()
+    for k in range(3):
+        checkpoint.save_params(model, str(tmp_path / f'w{k}.safetensors'), writer=writer)
+    writer.wait()
+    assert [e for e, _ in events] == ['start', 'end'] * 3  # never two writes at once
+    assert all(name == 'state-writer' for _, name in events)
+    other, _ = make_run(seed=1)
+    checkpoint.load_params(other, str(tmp_path / 'w2.safetensors'))
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))
+
+
+WRITER_SCRIPT = '''
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+import checkpoint
+writer = checkpoint.StateWriter()
+for k in range(1, 1000):
+    checkpoint.write_safetensors(sys.argv[1], {'x': torch.full((4_000_000,), float(k))}, {'k': str(k)}, writer)
+    print(k, flush=True)
+'''
+
+
+@pytest.mark.parametrize('n_written, pause_ms', [(1, 0), (2, 5), (3, 15), (4, 30), (6, 60)])
+def test_killed_while_writing_in_the_background_leaves_a_complete_file(tmp_path, n_written, pause_ms):
+    """SIGKILL a process that keeps saving 16 MB files in the background, at several points: the file on disk
+    is always a whole one (loadable, every value that of a single save)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    from safetensors import safe_open
+    path = tmp_path / 'state.safetensors'
+    proc = subprocess.Popen([sys.executable, '-c', WRITER_SCRIPT, str(path), str(Path(checkpoint.__file__).parent)],
+                            stdout=subprocess.PIPE, text=True)
+    for _ in range(n_written):  # each printed line: one more save handed to the writer
+        proc.stdout.readline()
+    time.sleep(pause_ms / 1000)  # kill at different moments of the write under way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    # a second save waits for the first one: from then on the first file is in place
+    assert path.exists() or n_written == 1
+    if path.exists():
+        with safe_open(str(path), framework='pt') as f:
+            k = float(f.metadata()['k'])
+            x = f.get_tensor('x')
+        assert x.shape == (4_000_000,) and torch.all(x == k) and 1 <= k <= n_written
+    # what else a kill leaves is a temporary (ours, or safetensors' own), never a file under the real name
+    assert all(p.name.startswith(('state.safetensors.tmp', '.tmp')) for p in tmp_path.iterdir() if p != path)
 
 
 class RunsCode:

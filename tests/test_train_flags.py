@@ -62,9 +62,9 @@ class Spy:
                                  torch.get_autocast_dtype('cpu')))
             return forward(net, xmb, mmb, ymb, lm_coef)
 
-        def save_training_state(path, model, opt, progress):
+        def save_training_state(path, model, opt, progress, **kw):
             spy.saves.append(progress['n_updates'])
-            return save(path, model, opt, progress)
+            return save(path, model, opt, progress, **kw)
 
         for name, value in dict(OpenAIAdam=RecordingAdam, build_model=build_model, load_data=load_data,
                                 TextEncoder=text_encoder, configure_precision=configure_precision,
