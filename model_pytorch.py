@@ -118,6 +118,15 @@ def causal_mask(n_q, n_k, device):
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_k - n_q)
 
 
+def cached_mask(past_valid, n_q):
+    """Return the [B, 1, n_q, P + n_q] bool mask of n_q new positions on top of a cache of P positions of which
+    only past_valid [B, P] are real (ragged prefixes padded on the right): causal among the new ones."""
+    B, P = past_valid.shape
+    past = past_valid[:, None, None, :].expand(B, 1, n_q, P)
+    new = causal_mask(n_q, n_q, past_valid.device).expand(B, 1, n_q, n_q)
+    return torch.cat([past, new], dim=-1)
+
+
 class Attention(nn.Module):
     """Masked multi-head self-attention (TF: attn, _attn, mask_attn_weights)."""
 
@@ -141,10 +150,10 @@ class Attention(nn.Module):
         B, T, nx = x.shape
         return x.view(B, T, self.n_head, nx // self.n_head).transpose(1, 2)
 
-    def explicit_attn(self, q, k, v):
+    def explicit_attn(self, q, k, v, mask=None):
         """Return the original's attention output, computing the weights in full (TF: _attn)."""
         w = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(v.size(-1))  # [B, H, Tq, Tk]
-        b = causal_mask(q.size(-2), k.size(-2), q.device).to(w.dtype)
+        b = (causal_mask(q.size(-2), k.size(-2), q.device) if mask is None else mask).to(w.dtype)
         w = w * b - 1e9 * (1 - b)
         w = F.softmax(w, dim=-1)
         if self.keep_weights:
@@ -152,24 +161,29 @@ class Attention(nn.Module):
         w = F.dropout(w, self.attn_pdrop, self.training)
         return torch.matmul(w, v)
 
-    def forward(self, x, layer_past=None):
-        """Return (a [B, T, nx], present (k, v)) for x [B, T, nx] and optional cached (k, v)."""
+    def forward(self, x, layer_past=None, past_valid=None):
+        """Return (a [B, T, nx], present (k, v)) for x [B, T, nx] and optional cached (k, v).
+
+        past_valid [B, P] marks which of the P cached positions are real, when the cache holds prefixes of
+        different lengths padded on the right (None: all of them).
+        """
         q, k, v = self.c_attn(x).split(x.size(-1), dim=2)  # [B, T, 3*nx] -> 3 x [B, T, nx]
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
         if layer_past is not None:
             k = torch.cat([layer_past[0], k], dim=-2)
             v = torch.cat([layer_past[1], v], dim=-2)
         present = (k, v)
+        n_q, n_k = q.size(-2), k.size(-2)
+        mask = None if past_valid is None else cached_mask(past_valid, n_q)  # [B, 1, n_q, n_k]
         if self.impl == 'explicit' or self.keep_weights:
-            a = self.explicit_attn(q, k, v)
+            a = self.explicit_attn(q, k, v, mask)
         else:
-            n_q, n_k = q.size(-2), k.size(-2)
             dropout_p = self.attn_pdrop if self.training else 0.0
-            if n_q == n_k:
+            if mask is None and n_q == n_k:
                 a = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
             else:  # queries are the last n_q positions of a cached prefix
                 a = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
-                                                   attn_mask=causal_mask(n_q, n_k, q.device))
+                                                   attn_mask=causal_mask(n_q, n_k, q.device) if mask is None else mask)
         a = a.transpose(1, 2).reshape(x.shape)  # [B, H, T, hd] -> [B, T, nx]
         a = F.dropout(self.c_proj(a), self.resid_pdrop, self.training)
         return a, present
@@ -204,9 +218,9 @@ class Block(nn.Module):
         self.mlp = MLP(4 * nx, nx, config_value(cfg, 'afn'), config_value(cfg, 'resid_pdrop'))
         self.ln_2 = LayerNorm(nx)
 
-    def forward(self, x, layer_past=None):
+    def forward(self, x, layer_past=None, past_valid=None):
         """Return (h, present) for x [B, T, nx]."""
-        a, present = self.attn(x, layer_past)
+        a, present = self.attn(x, layer_past, past_valid)
         n = self.ln_1(x + a)
         h = self.ln_2(n + self.mlp(n))
         return h, present
@@ -236,7 +250,7 @@ class TransformerModel(nn.Module):
         # decoder then share that one dropped table, so a token seen twice sees the same row.
         return F.dropout(self.embed.weight, self.embd_pdrop, self.training)
 
-    def run(self, x, past=None, collect_hidden=False):
+    def run(self, x, past=None, collect_hidden=False, past_valid=None):
         """Return (h, we, presents, hidden_states) for x [..., T, 2]; the core of every forward."""
         if x.size(-1) != 2:
             raise ValueError(f'x must be [..., T, 2] (token id, position id), got shape {tuple(x.shape)}')
@@ -249,9 +263,9 @@ class TransformerModel(nn.Module):
         for i, block in enumerate(self.h):
             layer_past = None if past is None else past[i]
             if checkpointing:
-                h, present = torch.utils.checkpoint.checkpoint(block, h, layer_past, use_reentrant=False)
+                h, present = torch.utils.checkpoint.checkpoint(block, h, layer_past, past_valid, use_reentrant=False)
             else:
-                h, present = block(h, layer_past)
+                h, present = block(h, layer_past, past_valid)
             presents.append(present)
             if collect_hidden:
                 hidden_states.append(h)
@@ -266,9 +280,12 @@ class TransformerModel(nn.Module):
         """Return the embeddings and every block's output: a list of n_layer + 1 [B, T, n_embd]."""
         return self.run(x, collect_hidden=True)[3]
 
-    def forward_cached(self, x, past=None):
-        """Return (h, presents) for new positions x given the (k, v) cache `past` of earlier ones."""
-        h, _, presents, _ = self.run(x, past=past)
+    def forward_cached(self, x, past=None, past_valid=None):
+        """Return (h, presents) for new positions x given the (k, v) cache `past` of earlier ones.
+
+        past_valid [B, P] marks the real positions of a cache of ragged prefixes padded on the right.
+        """
+        h, _, presents, _ = self.run(x, past=past, past_valid=past_valid)
         return h, presents
 
 
@@ -422,6 +439,26 @@ class DoubleHeadModel(nn.Module):
         """Return (h, we, task_logits) without LM logits, for losses that decode only masked positions."""
         h, we = self.transformer(x, return_we=True)
         return h, we, self.task_head(h, x)
+
+    def choice_logits_from_shared_prefix(self, x, prefix):
+        """Return the task logits [B, C] of multiple-choice x [B, C, T, 2] whose C sequences share their first
+        prefix[b] >= 1 positions (tokens and position ids): each prefix runs once, each choice's rest on top of
+        its key/value cache. Evaluation only (training draws separate dropout masks for the choices)."""
+        if self.training:
+            raise RuntimeError('choice_logits_from_shared_prefix is for evaluation: call model.eval() first')
+        B, C, T, _ = x.shape
+        P = int(prefix.max())
+        # every example's prefix, padded on the right with what its first choice holds there (masked below)
+        _, past = self.transformer.forward_cached(x[:, 0, :P])  # [B, P, 2] -> per block (k, v) [B, H, P, hd]
+        past = [(k.repeat_interleave(C, 0), v.repeat_interleave(C, 0)) for k, v in past]  # -> [B*C, H, P, hd]
+        valid = torch.arange(P, device=x.device) < prefix[:, None]  # [B, P]
+        # each choice's rest, shifted to start at 0; what lies past T repeats position T-1, after the
+        # classify token, so causal attention keeps it out of the pooled state
+        R = T - int(prefix.min())
+        idx = (prefix[:, None] + torch.arange(R, device=x.device)).clamp(max=T - 1)  # [B, R]
+        rest = x.gather(2, idx[:, None, :, None].expand(B, C, R, 2))  # [B, C, T, 2] -> [B, C, R, 2]
+        h, _ = self.transformer.forward_cached(rest.reshape(B * C, R, 2), past, valid.repeat_interleave(C, 0))
+        return self.task_head(h, rest)
 
 
 def sniff_weights_file(path):

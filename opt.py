@@ -141,7 +141,11 @@ class OpenAIAdam(Optimizer):
             raise ValueError(f"max_grad_norm is optimizer-wide (one global norm over all groups); a param group "
                              f"cannot set max_grad_norm={max_grad_norm!r} (optimizer: "
                              f"{self.defaults['max_grad_norm']!r})")
-        super().add_param_group(param_group)
+        _undecorated(Optimizer.add_param_group)(self, param_group)
+
+    def zero_grad(self, set_to_none=True):
+        """Reset the gradients (see torch.optim.Optimizer.zero_grad)."""
+        _undecorated(Optimizer.zero_grad)(self, set_to_none)
 
     def load_state_dict(self, state_dict):
         """Load a state_dict, keeping float32 moments for half-precision parameters."""
@@ -264,6 +268,15 @@ class OpenAIAdam(Optimizer):
             torch._foreach_addcdiv_(ps32, ms, denom, value=-lrt)
             if low:
                 torch._foreach_copy_(ps, ps32)
+
+
+def _undecorated(method):
+    """Return a torch.optim.Optimizer method without its torch._dynamo.disable wrapper, when it has one.
+
+    The wrapper imports torch._dynamo on first use (seconds of start-up) to keep torch.compile out of the
+    optimizer; OpenAIAdam is never compiled, and a script that compiles the model imports it anyway.
+    """
+    return getattr(method, '__wrapped__', method)
 
 
 def _by_device_dtype(tensors):

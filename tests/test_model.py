@@ -645,3 +645,62 @@ def test_default_attention_path_runs_on_fused_sdpa_kernels_on_cuda(dtype):
             with torch.no_grad():
                 model(x)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- the shared-prefix evaluation path ----------------------------------------------------------
+
+def ragged_choices(rng, B, C, T, n_vocab=40, n_special=3):
+    """Multiple-choice x [B, C, T, 2] and lengths [B, C]: a shared prefix of random length per example, then
+    each choice's own tokens and a classify token, right-padded; position ids after the special rows."""
+    clf = n_vocab + n_special - 1
+    x = torch.zeros(B, C, T, 2, dtype=torch.long)
+    lengths, prefixes = torch.zeros(B, C, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+    for b in range(B):
+        p = int(rng.integers(1, T - 3))
+        prefixes[b] = p
+        x[b, :, :p, 0] = torch.from_numpy(rng.integers(0, n_vocab, p))
+        for c in range(C):
+            n = int(rng.integers(p + 2, T + 1))
+            x[b, c, p:n - 1, 0] = torch.from_numpy(rng.integers(0, n_vocab, n - 1 - p))
+            x[b, c, n - 1, 0] = clf
+            lengths[b, c] = n
+    x[..., 1] = torch.arange(n_vocab + n_special, n_vocab + n_special + T)
+    return x, lengths, prefixes
+
+
+@pytest.mark.parametrize('impl', ['sdpa', 'explicit'])
+@pytest.mark.parametrize('n_choices', [2, 4])
+def test_choices_scored_from_a_shared_prefix_equal_the_plain_forward(impl, n_choices):
+    rng = np.random.default_rng(n_choices)
+    torch.manual_seed(0)
+    T = 12
+    model = DoubleHeadModel(small_cfg(pdrop=0.3), clf_token=42, task_head_type='multiple_choice', vocab=43 + T,
+                            n_ctx=T).eval()
+    set_attn_impl(model, impl)
+    x, _, prefixes = ragged_choices(rng, 6, n_choices, T)
+    assert len(set(prefixes.tolist())) > 2  # ragged: the key-padding mask matters
+    with torch.no_grad():
+        plain = model.hidden_and_task(x)[2]
+        cached = model.choice_logits_from_shared_prefix(x, prefixes)
+        shorter = model.choice_logits_from_shared_prefix(x, (prefixes - 1).clamp(min=1))  # any shared part works
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shorter, plain, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match='evaluation'):
+        model.train().choice_logits_from_shared_prefix(x, prefixes)
+
+
+def test_padded_cache_positions_are_masked_out():
+    """Keys of cache positions past an example's prefix are never attended to: changing them changes nothing."""
+    torch.manual_seed(0)
+    model = TransformerModel(small_cfg(), vocab=60, n_ctx=10).eval()
+    x = make_x(50, 10, 2)
+    valid = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    with torch.no_grad():
+        _, past = model.forward_cached(x[:, :6])
+        h = model.forward_cached(x[:, 6:], past, valid)[0]
+        noisy = [(k.clone(), v.clone()) for k, v in past]
+        for k, v in noisy:
+            k[1, :, 4:] += 5.0
+            v[1, :, 4:] -= 5.0
+        torch.testing.assert_close(model.forward_cached(x[:, 6:], noisy, valid)[0], h)
+        assert not torch.allclose(model.forward_cached(x[:, 6:], noisy)[0][1], h[1])  # unmasked, they would count

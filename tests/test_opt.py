@@ -340,3 +340,23 @@ def test_optimizer_deepcopy_keeps_settings():
     clone = copy.deepcopy(opt)
     assert clone.param_groups[0]['foreach'] is False and clone.param_groups[0]['max_grad_norm'] == 1.0
     assert clone.state_dict()['state'][0]['step'] == 2
+
+
+def test_building_and_stepping_does_not_import_torch_dynamo():
+    """torch.optim.Optimizer's add_param_group and zero_grad import torch._dynamo on first use (seconds of a
+    run's start-up); OpenAIAdam calls them without that wrapper, and they still do their work."""
+    import subprocess
+    import sys
+    code = ('import sys, torch\n'
+            'from opt import OpenAIAdam\n'
+            'p = torch.nn.Parameter(torch.ones(3))\n'
+            'o = OpenAIAdam([p], lr=0.1, schedule="warmup_constant", warmup=0.0, t_total=10)\n'
+            'p.grad = torch.ones(3)\n'
+            'o.step()\n'
+            'o.zero_grad()\n'
+            'assert p.grad is None and o.param_groups[0]["lr"] == 0.1 and not torch.equal(p, torch.ones(3))\n'
+            'print("torch._dynamo" in sys.modules)\n')
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'False'

@@ -17,13 +17,13 @@ N_VOCAB, N_SPECIAL, N_CTX = 40, 3, 14
 CLF_TOKEN = N_VOCAB + N_SPECIAL - 1
 
 
-def mc_batch(n, rng):
+def mc_batch(n, rng, min_len=3):
     """n multiple-choice examples [n, 2, N_CTX, 2] of random lengths, laid out as transform_roc does."""
     xmb = np.zeros((n, 2, N_CTX, 2), dtype=np.int64)
     mmb = np.zeros((n, 2, N_CTX), dtype=np.float32)
     for i in range(n):
         for j in range(2):
-            length = rng.integers(3, N_CTX + 1)
+            length = rng.integers(min_len, N_CTX + 1)
             xmb[i, j, :length - 1, 0] = rng.integers(0, N_VOCAB, length - 1)
             xmb[i, j, length - 1, 0] = CLF_TOKEN
             mmb[i, j, :length] = 1
@@ -262,3 +262,73 @@ def test_mixed_precision_training_steps_on_cuda_follow_fp32(precision):
     moved, ref = runs[precision][1], runs['fp32-strict'][1]
     assert (torch.sign(moved) == torch.sign(ref)).float().mean() > 0.95
     assert torch.linalg.vector_norm(moved - ref) < 0.1 * torch.linalg.vector_norm(ref)
+
+
+# --- the fast evaluation paths: length-sorted batches, shared prefixes -----------------------------------
+
+def plain_outputs(model, X, n_batch):
+    """The head outputs of a split batch by batch in its own order, each batch whole (no trimming, no cache)."""
+    with torch.no_grad():
+        return np.concatenate([model.hidden_and_task(torch.from_numpy(X[s:s + n_batch]))[2].float().numpy()
+                               for s in range(0, len(X), n_batch)])
+
+
+def task_split(head_type, n, rng, min_len=3):
+    """A model with head_type and a split (X, M, Y) of n examples of random lengths laid out for it."""
+    xmb, mmb, ymb = mc_batch(n, rng, min_len)
+    if head_type == 'classification':
+        xmb, mmb = xmb[:, 0], mmb[:, 0]  # [n, T, 2]: one sequence per example
+    torch.manual_seed(0)
+    head = ('classification', 3) if head_type == 'classification' else head_type
+    model = DoubleHeadModel(small_cfg(pdrop=0.3), CLF_TOKEN, head, vocab=N_VOCAB + N_SPECIAL + N_CTX,
+                            n_ctx=N_CTX).eval()
+    y = ymb.astype(np.float32) if head_type == 'similarity' else ymb
+    return model, xmb, mmb, y
+
+
+@pytest.mark.parametrize('head_type', ['multiple_choice', 'similarity', 'classification'])
+def test_sorted_and_prefix_cached_evaluation_equals_the_plain_path(head_type):
+    rng = np.random.default_rng(5)
+    model, X, M, Y = task_split(head_type, 23, rng)
+    expected = plain_outputs(model, X, 4)
+    outputs, cost = train.iter_apply(model, X, M, Y, 4, torch.device('cpu'), 'fp32')
+    np.testing.assert_allclose(outputs, expected, atol=1e-5, rtol=1e-5)
+    ref_cost = train.task_losses(torch.from_numpy(expected), torch.from_numpy(Y)).sum().item()
+    assert cost == pytest.approx(ref_cost, rel=1e-5)
+    np.testing.assert_allclose(train.iter_predict(model, X, M, 7, torch.device('cpu'), 'fp32'), expected,
+                               atol=1e-5, rtol=1e-5)
+    if head_type != 'similarity':
+        np.testing.assert_array_equal(np.argmax(outputs, 1), np.argmax(expected, 1))
+
+
+def test_multiple_choice_evaluation_runs_the_shared_prefix_once(monkeypatch):
+    """Every multiple-choice batch goes through choice_logits_from_shared_prefix with each example's shared prefix."""
+    rng = np.random.default_rng(6)
+    model, X, M, Y = task_split('multiple_choice', 9, rng, min_len=5)
+    X[:, 1, :3] = X[:, 0, :3]  # every example shares at least its first 3 positions
+    seen = []
+    real = DoubleHeadModel.choice_logits_from_shared_prefix
+
+    def spy(self, x, prefix):
+        seen.append((x.clone(), prefix.clone()))
+        return real(self, x, prefix)
+
+    monkeypatch.setattr(DoubleHeadModel, 'choice_logits_from_shared_prefix', spy)
+    train.iter_predict(model, X, M, 4, torch.device('cpu'), 'fp32')
+    assert sum(len(x) for x, _ in seen) == 9
+    for x, prefix in seen:
+        for b in range(len(x)):
+            p = int(prefix[b])
+            assert p >= 3 and torch.equal(x[b, 0, :p], x[b, 1, :p])  # shared, and as long as it is
+            length = min(int((x[b, c, :, 0] == CLF_TOKEN).int().argmax()) for c in range(2)) + 1
+            assert p == length - 1 or not torch.equal(x[b, 0, p], x[b, 1, p])
+
+
+def test_shared_prefix_lengths():
+    x = np.zeros((3, 2, 6, 2), dtype=np.int64)
+    m = np.zeros((3, 2, 6), dtype=np.float32)
+    x[0, :, :, 0] = [[5, 6, 7, 8, 9, 1], [5, 6, 7, 2, 9, 1]]  # differ at 3
+    x[1, :, :, 0] = [[5, 6, 1, 0, 0, 0], [5, 6, 1, 0, 0, 0]]  # identical: keep the classify token
+    x[2, :, :, 0] = [[4, 6, 1, 0, 0, 0], [5, 6, 1, 0, 0, 0]]  # nothing shared
+    m[0], m[1, :, :3], m[2, :, :3] = 1, 1, 1
+    assert train.shared_prefix(x, m).tolist() == [3, 2, 0]
