@@ -476,8 +476,9 @@ def sniff_weights_file(path):
     return None
 
 
-def read_shard(path):
-    """Return the float32 1-D array in one params_N.npy shard, or raise naming what is wrong."""
+def shard_layout(path):
+    """Return (number of float32 values, offset of the first one) of a params_N.npy shard, or raise naming what is
+    wrong with it; the values themselves are not read."""
     from download_model import read_npy_header  # the owner of what release downloads look like
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is missing: the weights are the model/ folder of '
@@ -490,20 +491,37 @@ def read_shard(path):
         if header is None:
             raise ValueError(f'{path} is corrupt: its .npy header cannot be read; download it again')
         shape, _, dtype, canonical = header
-        if dtype.hasobject:
-            raise ValueError(f'{path} holds pickled Python objects, which are never loaded: it is not a released shard')
-        if dtype != np.dtype('<f4'):
-            raise ValueError(f'{path} holds {dtype} values, expected float32: it is not a released shard')
-        if len(shape) != 1:
-            raise ValueError(f'{path} holds an array of shape {shape}, expected a flat 1-D shard')
-        needed, size = f.tell() + 4 * shape[0], os.fstat(f.fileno()).st_size
-        if needed != size:
-            raise ValueError(f'{path} is truncated or corrupt: its .npy header needs {needed} bytes, the file has '
-                             f'{size}; download it again')
-        if not canonical and not is_released_file(path):
-            raise ValueError(f'{path} is corrupt: its .npy header is not the one numpy writes for {shape[0]} '
-                             f'float32 values; download it again')
-        return np.fromfile(f, dtype='<f4', count=shape[0])
+        offset, size = f.tell(), os.fstat(f.fileno()).st_size
+    if dtype.hasobject:
+        raise ValueError(f'{path} holds pickled Python objects, which are never loaded: it is not a released shard')
+    if dtype != np.dtype('<f4'):
+        raise ValueError(f'{path} holds {dtype} values, expected float32: it is not a released shard')
+    if len(shape) != 1:
+        raise ValueError(f'{path} holds an array of shape {shape}, expected a flat 1-D shard')
+    if offset + 4 * shape[0] != size:
+        raise ValueError(f'{path} is truncated or corrupt: its .npy header needs {offset + 4 * shape[0]} bytes, '
+                         f'the file has {size}; download it again')
+    if not canonical and not is_released_file(path):
+        raise ValueError(f'{path} is corrupt: its .npy header is not the one numpy writes for {shape[0]} '
+                         f'float32 values; download it again')
+    return shape[0], offset
+
+
+def read_shard_into(path, offset, out):
+    """Fill out (a float32 array) with the values of the shard at path that start at byte offset."""
+    with open(path, 'rb') as f:
+        f.seek(offset)
+        n_read = f.readinto(memoryview(out).cast('B'))
+    if n_read != out.nbytes:
+        raise ValueError(f'{path} changed while being read ({n_read} of {out.nbytes} bytes): read it again')
+
+
+def read_shard(path):
+    """Return the float32 1-D array in one params_N.npy shard, or raise naming what is wrong."""
+    n, offset = shard_layout(path)
+    out = np.empty(n, dtype='<f4')
+    read_shard_into(path, offset, out)
+    return out
 
 
 def is_released_file(path):
@@ -535,13 +553,18 @@ def read_shapes(path):
 def load_released_arrays(path):
     """Return the released arrays, each reshaped, in TF order: [positions, tokens, block arrays...]."""
     shapes = read_shapes(os.path.join(path, 'params_shapes.json'))
-    shards = [read_shard(os.path.join(path, f'params_{n}.npy')) for n in range(N_SHARDS)]
+    files = [os.path.join(path, f'params_{n}.npy') for n in range(N_SHARDS)]
+    layouts = [shard_layout(f) for f in files]  # every file checked before any value is read
     sizes = [int(np.prod(shape)) for shape in shapes]
-    total = sum(len(s) for s in shards)
+    total = sum(n for n, _ in layouts)
     if total != sum(sizes):
         raise ValueError(f'the shards in {path} hold {total} floats but params_shapes.json describes '
                          f'{sum(sizes)}: a shard is truncated or from another checkpoint')
-    flat = np.concatenate(shards, 0)
+    # each shard is read straight into its place of one buffer: no concatenation copy
+    flat = np.empty(total, dtype='<f4')
+    bounds = np.cumsum([0] + [n for n, _ in layouts])
+    for f, (_, offset), start, stop in zip(files, layouts, bounds[:-1], bounds[1:]):
+        read_shard_into(f, offset, flat[start:stop])
     offsets = np.cumsum(sizes)[:-1]
     return [a.reshape(shape) for a, shape in zip(np.split(flat, offsets), shapes)]
 
@@ -557,6 +580,9 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
                                  path_names=None, verify=False):
     """Load the released weights into a TransformerModel (or a model with `.transformer`); return it.
 
+    path may also be a convert.py folder (model.safetensors + config.json) or a transformers openai-gpt folder
+    or weights file, e.g. the output of pretrain.py: loaded the same way (their special rows are not used).
+
     As the original train.py: positions cropped to n_ctx, then `we = [tokens; special; positions]`
     with the special rows drawn as `np.random.randn(n_special, n_embd) * 0.02` from numpy's global
     generator, and the table plus the first n_transfer blocks copied (n_transfer -1: nothing).
@@ -565,9 +591,14 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
     the released values (a dict {file name: SHA-1} checks against those instead).
     """
     transformer = getattr(model, 'transformer', model)
-    if verify:
-        verify_weights(path, expected=verify if isinstance(verify, dict) else None)
-    arrays = load_released_arrays(path)
+    if is_released_folder(path):
+        if verify:
+            verify_weights(path, expected=verify if isinstance(verify, dict) else None)
+        arrays = load_released_arrays(path)
+    elif verify:
+        raise ValueError(f'{path} is not a released model/ folder: verification checks the released shards only')
+    else:
+        arrays = converted_arrays(path, transformer)
     n_layer_stored = (len(arrays) - 2) // len(TF_BLOCK)
     positions, tokens = arrays[0], arrays[1]
     if n_embd != tokens.shape[1]:
@@ -605,6 +636,31 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
         for key, array in updates.items():
             state[key].copy_(torch.from_numpy(np.ascontiguousarray(array)))
     return model
+
+
+def is_released_folder(path):
+    """Return whether path is (or, missing its files, is meant to be) a released model/ folder: not a weights file
+    and not a folder with a config.json of convert.py or transformers."""
+    if os.path.isfile(path):
+        return False
+    return (os.path.isfile(os.path.join(path, 'params_shapes.json'))
+            or not os.path.isfile(os.path.join(path, 'config.json')))
+
+
+def converted_arrays(path, transformer):
+    """Return the weights of a convert.py or transformers folder in the released order and shapes
+    ([positions, tokens, blocks]), after checking the architecture they state against the model's."""
+    from convert import read_checkpoint, released_arrays  # convert builds on this module
+    ckpt = read_checkpoint(path)
+    if len(transformer.h):
+        block = transformer.h[0]
+        if block.attn.n_head != ckpt.cfg.n_head:
+            raise ValueError(f'{path} holds a model with n_head={ckpt.cfg.n_head}, this model has '
+                             f'{block.attn.n_head}: pass --n_head {ckpt.cfg.n_head}')
+        if block.mlp.act is not ACT_FNS[ckpt.cfg.afn]:
+            raise ValueError(f'{path} holds a model with afn={ckpt.cfg.afn!r}: pass --afn {ckpt.cfg.afn}')
+    # stored special rows (e.g. pre-training's separator) are not copied: the original draws every special row
+    return released_arrays(ckpt)
 
 
 def verify_weights(path, expected=None):

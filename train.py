@@ -23,7 +23,8 @@ from distributed import (DistInfo, close_distributed, dist_info, gather_concat, 
 from checkpoint import atomic_write, check_writable, load_params, load_training_state, save_params, save_training_state
 import task_datasets
 from loss import clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
-from model_pytorch import N_SHARDS, DoubleHeadModel, MultipleChoiceHead, load_openai_pretrained_model
+from model_pytorch import (N_SHARDS, DoubleHeadModel, MultipleChoiceHead, is_released_folder,
+                           load_openai_pretrained_model)
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
@@ -80,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument('--e', type=float, default=1e-8)
     p.add_argument('--n_valid', type=int, default=374)
     # additions of this port
-    p.add_argument('--model_dir', type=str, default='model/', help='folder of params_shapes.json, params_*.npy')
+    p.add_argument('--model_dir', type=str, default='model/',
+                   help='the weights: a released model/ folder, a convert.py folder or a transformers openai-gpt folder')
     p.add_argument('--device', type=str, default=None, help='default: cuda when available, else cpu')
     p.add_argument('--precision', type=str, default='fp32', choices=PRECISIONS,
                    help='fp32 (TF32 matmuls on CUDA), fp32-strict, bf16 or fp16 (with loss scaling)')
@@ -123,9 +125,10 @@ def required_files(args):
     if args.dataset == 'rocstories':  # the other tasks' readers list their own files when one is missing
         files += [(os.path.join(args.data_dir, datasets.VAL_FILE), rocs),
                   (os.path.join(args.data_dir, datasets.TEST_FILE), rocs)]
-    files += [(args.encoder_path, weights), (args.bpe_path, weights),
-             (os.path.join(args.model_dir, 'params_shapes.json'), weights)]
-    files += [(os.path.join(args.model_dir, f'params_{n}.npy'), weights) for n in range(N_SHARDS)]
+    files += [(args.encoder_path, weights), (args.bpe_path, weights)]
+    if is_released_folder(args.model_dir):  # a convert.py or transformers folder is checked as it is read
+        files += [(os.path.join(args.model_dir, 'params_shapes.json'), weights)]
+        files += [(os.path.join(args.model_dir, f'params_{n}.npy'), weights) for n in range(N_SHARDS)]
     return files
 
 

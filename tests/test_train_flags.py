@@ -229,3 +229,23 @@ def test_compile_trains_like_eager(workdir, tmp_path):
     assert moved < 1e-4, moved
     records = [log_records(tmp_path / 'log' / f'{n}.jsonl')[0] for n in ('compiled', 'eager')]
     assert records[0]['tr_cost'] == pytest.approx(records[1]['tr_cost'], abs=1e-5)
+
+
+def test_model_dir_takes_all_three_weight_formats(workdir, tmp_path, capsys):
+    """Released shards, a convert.py folder and a transformers folder of the same weights fine-tune identically."""
+    import convert
+    d = workdir
+    assert convert.main(['shards-to-safetensors', '--model_dir', str(d / 'model'), '--out', str(tmp_path / 'st'),
+                         '--n_head', '4']) == 0
+    assert convert.main(['to-transformers', '--model_dir', str(d / 'model'), '--out', str(tmp_path / 'hf'),
+                         '--n_head', '4']) == 0
+    records = {}
+    for name, folder in (('released', d / 'model'), ('safetensors', tmp_path / 'st'), ('hf', tmp_path / 'hf')):
+        argv = roc_cli_args(d, '--desc', name, '--model_dir', str(folder), '--n_iter', '1',
+                            '--log_dir', str(tmp_path / 'log'))
+        assert train.main(argv) == 0, capsys.readouterr().err
+        records[name] = log_records(tmp_path / 'log' / f'{name}.jsonl')
+    assert records['safetensors'] == records['released'] == records['hf']
+    capsys.readouterr()
+    assert train.main(roc_cli_args(d, '--model_dir', str(tmp_path / 'st'), '--n_head', '2')) == 2
+    assert 'n_head=4' in capsys.readouterr().err
