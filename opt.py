@@ -47,10 +47,22 @@ def warmup_linear(x, warmup=0.002):
     return s * (1 - x)
 
 
+def warmup_cosine_decay(x, warmup=0.002):
+    """Return the learning-rate factor at x = step / t_total: linear ramp to 1, then a half cosine from 1 at the
+    end of the warmup down to 0 at x = 1 (the paper's pre-training schedule, Section 4.1; no TF counterpart)."""
+    if _in_warmup(x, warmup):
+        return x / warmup
+    # warmup_cosine's cosine spans the whole run, so it starts below 1 after a long warmup; this one spans
+    # what is left after it, as "increased linearly ... then annealed to 0 using a cosine schedule"
+    done = min(1.0, (x - warmup) / (1 - warmup)) if warmup < 1 else 1.0
+    return 0.5 * (1 + math.cos(math.pi * done))
+
+
 SCHEDULES = {
     'warmup_cosine': warmup_cosine,
     'warmup_constant': warmup_constant,
     'warmup_linear': warmup_linear,
+    'warmup_cosine_decay': warmup_cosine_decay,
 }
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)

@@ -360,3 +360,17 @@ def test_building_and_stepping_does_not_import_torch_dynamo():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'False'
+
+
+def test_warmup_cosine_decay_is_the_papers_pretraining_schedule():
+    """Linear from 0 over the warmup, then a cosine from 1 down to 0 over the rest (paper, Section 4.1)."""
+    from opt import warmup_cosine_decay
+    n, w = 10_000, 2_000
+    f = [warmup_cosine_decay(t / n, w / n) for t in range(1, n + 1)]
+    assert f[0] == pytest.approx(1 / w) and f[w - 1] == pytest.approx(1.0)  # step w ends the ramp at 1
+    assert f[w + (n - w) // 2 - 1] == pytest.approx(0.5, abs=1e-3)  # half way down the cosine
+    assert f[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a <= b for a, b in zip(f[:w - 1], f[1:w])) and all(a >= b for a, b in zip(f[w - 1:-1], f[w:]))
+    assert max(abs(a - b) for a, b in zip(f[:-1], f[1:])) < 2 / w  # continuous: no jump after the warmup
+    assert warmup_cosine_decay(0.5, 0.0) == pytest.approx(0.5)  # no warmup: the plain cosine
+    assert 'warmup_cosine_decay' in SCHEDULES
