@@ -1,0 +1,493 @@
+"""Encode your own text into GPT-1 token ids for pre-training: train.bin, val.bin and meta.json.
+
+    python prepare_corpus.py --input books/ --out corpus/                        # a folder of .txt files
+    python prepare_corpus.py --input notes.txt --out corpus/                     # one file, blank-line paragraphs
+    python prepare_corpus.py --input web.jsonl --text_field text --out corpus/  # one JSON object a line
+
+Input (--input), read as UTF-8 (--errors strict|replace|ignore, default strict):
+- a folder: every .txt file below it (searched recursively, any case of the suffix) is one document, in
+  sorted path order;
+- a single .txt file: documents are separated by one or more blank lines (lines that are empty or hold only
+  whitespace); lines end at '\\n' ('\\r\\n' works too);
+- a .jsonl file with --text_field NAME: one document per line, the string value of that field; blank lines
+  are skipped. A leading UTF-8 byte-order mark is dropped.
+
+Each document is encoded exactly as `TextEncoder().encode([doc])[0]` (the original's ftfy, text_standardize,
+spaCy, lower-casing and BPE). Documents without tokens are skipped and counted.
+
+Output (--out): `train.bin` and `val.bin` hold little-endian uint16 ids, readable with
+`np.memmap(path, dtype=np.uint16, mode='r')` or `load_corpus(folder)`, as `doc1 SEP doc2 SEP ...`;
+`meta.json` records the format, the vocabulary (paths and git blob SHA-1), the separator, the counts and
+the settings. Document boundaries: the released vocabulary has no end-of-text token, so the separator is
+one extra id, the number of BPE tokens (40478 for the released vocabulary): the first "special" row of
+GPT-1's embedding table [tokens; special; positions], which pre-training gives an embedding of its own
+(n_special 1), as GPT-2 does with <|endoftext|>; training windows may cross it.
+
+A document goes to val when a seeded blake2b hash of its text falls below --val_fraction, so the split
+depends on nothing but the text and --seed: not on the order or the other documents, and duplicates share a
+split. Encoding runs in --workers processes on chunks of documents read lazily, and tokens are appended to
+the output as they come, so a corpus larger than memory works; serial and parallel runs write the same
+bytes. Files are written to temporaries and renamed, meta.json last (an old meta.json is removed first):
+a folder with meta.json holds a complete corpus.
+"""
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+from functools import partial
+
+import numpy as np
+from tqdm import tqdm
+
+from download_model import git_blob_sha1
+from text_utils import BPE_PATH, ENCODER_PATH, TextEncoder, load_bpe_ranks, load_encoder
+
+CORPUS_FORMAT = 'gpt1-corpus-v1'
+SPLITS = ('train', 'val')
+DTYPE = np.dtype('<u2')  # little-endian uint16 on every machine
+MAX_ID = np.iinfo(np.uint16).max
+CHUNK_DOCS = 256  # documents handed to a worker at once
+CHUNK_CHARS = 1 << 22  # ... or fewer, once they hold this many characters (bounds memory with large documents)
+ERRORS = ('strict', 'replace', 'ignore')
+SEPARATOR_NOTE = ('written after every document (doc1 SEP doc2 SEP ...); the released vocabulary has no '
+                  'end-of-text token, so it is id n_vocab, the first special row of the embedding table')
+N_TOKENS_NOTE = 'n_tokens counts every id in the split file, the separator after each document included'
+_STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json)\.tmp\d+$')
+
+
+def parse_args(argv=None):
+    """Return the parsed command line."""
+    parser = argparse.ArgumentParser(
+        description='Encode text into GPT-1 token ids for pre-training: train.bin, val.bin (little-endian uint16) '
+                    'and meta.json in --out.')
+    parser.add_argument('--input', required=True,
+                        help='a folder of .txt files (searched recursively; each file is one document), a .txt file '
+                             '(documents separated by one or more blank lines, i.e. lines empty or only whitespace) '
+                             'or a .jsonl file (one document per line, see --text_field)')
+    parser.add_argument('--out', required=True, help='output folder for train.bin, val.bin and meta.json')
+    parser.add_argument('--text_field', help='the field holding the text in each line of a .jsonl input (required '
+                                             'for .jsonl, not allowed otherwise)')
+    parser.add_argument('--errors', choices=ERRORS, default='strict',
+                        help='what to do with bytes that are not UTF-8: stop with an error naming the offset '
+                             '(strict, the default), U+FFFD (replace) or drop them (ignore)')
+    parser.add_argument('--val_fraction', type=float, default=0.005,
+                        help='share of documents, by a seeded hash of their text, that go to val (default 0.005)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the train/val hash (default 0)')
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+                        help='encoding processes (default: all cores); 1 encodes in this process')
+    parser.add_argument('--encoder_path', default=ENCODER_PATH,
+                        help='BPE vocabulary (default: the released encoder_bpe_40000.json in model/)')
+    parser.add_argument('--bpe_path', default=BPE_PATH,
+                        help='BPE merges (default: the released vocab_40000.bpe in model/)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    return parser.parse_args(argv)
+
+
+def input_layout(path, text_field):
+    """Return 'folder', 'txt' or 'jsonl': how --input path is read, checked against --text_field."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'--input {path}: no such file or folder; give a folder of .txt files, a .txt file '
+                                f'or a .jsonl file')
+    if os.path.isdir(path):
+        layout = 'folder'
+    else:
+        layout = {'.txt': 'txt', '.jsonl': 'jsonl'}.get(os.path.splitext(path)[1].lower())
+        if layout is None:
+            raise ValueError(f'--input {path}: not a folder, .txt or .jsonl file; rename it or give its folder')
+    if layout == 'jsonl' and not text_field:
+        raise ValueError(f'--input {path} is a .jsonl file: pass --text_field NAME, the field holding the text')
+    if layout != 'jsonl' and text_field:
+        what = 'a folder of .txt files' if layout == 'folder' else 'a .txt file'
+        raise ValueError(f'--text_field {text_field!r} is for .jsonl input, and {path} is {what}: drop --text_field')
+    return layout
+
+
+def check_settings(args):
+    """Return args after checking the numeric flags, raising a one-line ValueError for a bad one."""
+    if not 0.0 <= args.val_fraction <= 1.0:
+        raise ValueError(f'--val_fraction {args.val_fraction}: give a share between 0 and 1')
+    if args.workers < 1:
+        raise ValueError(f'--workers {args.workers}: give 1 or more')
+    return args
+
+
+def separator_id_for(encoder, encoder_path):
+    """Return the separator id of a token -> id vocabulary (its size), checked to be a new id that fits uint16."""
+    n_vocab = len(encoder)
+    top = max(encoder.values())
+    if top >= n_vocab:
+        raise ValueError(f'{encoder_path}: token id {top} is not below the number of tokens {n_vocab}, so the '
+                         f'separator id {n_vocab} would collide; use a vocabulary with ids 0..{n_vocab - 1}')
+    if n_vocab > MAX_ID:
+        raise ValueError(f'{encoder_path}: {n_vocab} tokens and the separator do not fit uint16 ids (at most '
+                         f'{MAX_ID} tokens); use a smaller vocabulary')
+    return n_vocab
+
+
+def check_vocabulary(encoder_path, bpe_path):
+    """Return the separator id of the vocabulary files, raising a one-line error when either is unusable."""
+    encoder = load_encoder(encoder_path)
+    load_bpe_ranks(bpe_path)
+    return separator_id_for(encoder, encoder_path)
+
+
+def decode_error(path, offset, byte, lineno=None):
+    """Return the one-line ValueError for an undecodable byte at offset of path."""
+    where = f'{path}: line {lineno}' if lineno else path
+    return ValueError(f'{where}: byte offset {offset} (0x{byte:02x}) is not UTF-8; convert the file to UTF-8 or '
+                      f'pass --errors replace (U+FFFD) or --errors ignore (drop it) (choices: {", ".join(ERRORS)})')
+
+
+def decode(data, path, errors, offset=0, lineno=None):
+    """Return bytes data (found at offset of path) decoded as UTF-8 under errors."""
+    try:
+        return data.decode('utf-8', errors)
+    except UnicodeDecodeError as err:
+        raise decode_error(path, offset + err.start, data[err.start], lineno) from None
+
+
+def read_lines(path, errors):
+    """Yield (line number, text with its line end) for each line of a UTF-8 file, one line at a time."""
+    offset = 0
+    with open(path, 'rb') as f:
+        # '\n' never occurs inside a UTF-8 sequence, so decoding line by line equals decoding the whole file
+        for lineno, raw in enumerate(f, start=1):
+            line = decode(raw, path, errors, offset, lineno)
+            if lineno == 1 and line.startswith('\ufeff'):
+                line = line[1:]
+            offset += len(raw)
+            yield lineno, line
+
+
+def txt_files(folder):
+    """Return the .txt files under folder (recursively, any case of the suffix), sorted by path."""
+    found = []
+    for root, _, names in os.walk(folder):
+        found += [os.path.join(root, name) for name in names if name.lower().endswith('.txt')]
+    # sorted by path components, as pathlib compares paths ('a/x.txt' before 'a-b/x.txt')
+    found.sort(key=lambda path: os.path.relpath(path, folder).split(os.sep))
+    if not found:
+        raise ValueError(f'--input {folder}: no .txt files in this folder or below it; each .txt file is a document')
+    return found
+
+
+def folder_documents(folder, errors):
+    """Yield the text of each .txt file under folder, one file at a time, in sorted path order."""
+    for path in txt_files(folder):
+        with open(path, 'rb') as f:
+            text = decode(f.read(), path, errors)
+        yield text[1:] if text.startswith('\ufeff') else text
+
+
+def paragraph_documents(path, errors):
+    """Yield the documents of one .txt file: runs of lines between blank (empty or whitespace-only) lines."""
+    lines = []
+    for _, line in read_lines(path, errors):
+        if line.strip():
+            lines.append(line)
+        elif lines:
+            yield ''.join(lines).rstrip('\r\n')
+            lines = []
+    if lines:
+        yield ''.join(lines).rstrip('\r\n')
+
+
+def jsonl_documents(path, text_field, errors):
+    """Yield the string in text_field of each non-blank line of a .jsonl file, one line at a time."""
+    for lineno, line in read_lines(path, errors):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f'{path}: line {lineno}: not valid JSON ({err.msg} at column {err.colno}); each line '
+                             f'must be one JSON object') from None
+        if not isinstance(record, dict):
+            raise ValueError(f'{path}: line {lineno}: a JSON {type(record).__name__}, not an object; each line '
+                             f'must be an object with the field {text_field!r}')
+        if text_field not in record:
+            fields = ', '.join(repr(k) for k in list(record)[:8]) or 'none'
+            raise ValueError(f'{path}: line {lineno}: no field {text_field!r} (fields: {fields}); '
+                             f'pass the right --text_field or fix the line')
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise ValueError(f'{path}: line {lineno}: field {text_field!r} is a {type(text).__name__}, not a '
+                             f'string; every document must be text')
+        yield text
+
+
+def documents(path, layout, text_field, errors):
+    """Return a generator of the documents of --input path, read lazily."""
+    if layout == 'folder':
+        return folder_documents(path, errors)
+    if layout == 'txt':
+        return paragraph_documents(path, errors)
+    return jsonl_documents(path, text_field, errors)
+
+
+def chunks(docs, max_docs, max_chars):
+    """Yield lists of consecutive documents of docs, each of at most max_docs documents and about max_chars."""
+    chunk, n_chars = [], 0
+    for doc in docs:
+        chunk.append(doc)
+        n_chars += len(doc)
+        if len(chunk) >= max_docs or n_chars >= max_chars:
+            yield chunk
+            chunk, n_chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def val_score(text, seed):
+    """Return a number in [0, 1) set by seed and text alone (blake2b): the document goes to val below val_fraction."""
+    h = hashlib.blake2b(f'{seed}\n'.encode(), digest_size=8)
+    h.update(text.encode('utf-8', 'surrogatepass'))  # surrogatepass: JSON may hold lone surrogates
+    return (int.from_bytes(h.digest(), 'big') >> 11) / (1 << 53)  # 53 bits: exact in a float, so always < 1
+
+
+def in_val(text, seed, val_fraction):
+    """Return whether the document text goes to val."""
+    return val_score(text, seed) < val_fraction
+
+
+def empty_counts():
+    """Return zeroed per-split counts: {split: {n_documents, n_tokens, n_empty_skipped}}."""
+    return {split: dict(n_documents=0, n_tokens=0, n_empty_skipped=0) for split in SPLITS}
+
+
+def encode_chunk(text_encoder, docs, seed, val_fraction, separator_id):
+    """Return ({split: uint16 bytes of its documents, each followed by separator_id}, per-split counts) of docs."""
+    ids = {split: [] for split in SPLITS}
+    counts = empty_counts()
+    for text, tokens in zip(docs, text_encoder.encode(docs, verbose=False)):
+        split = 'val' if in_val(text, seed, val_fraction) else 'train'
+        if not tokens:
+            counts[split]['n_empty_skipped'] += 1
+            continue
+        ids[split] += tokens
+        ids[split].append(separator_id)
+        counts[split]['n_documents'] += 1
+        counts[split]['n_tokens'] += len(tokens) + 1
+    # every id fits: check_vocabulary put all token ids below separator_id <= MAX_ID
+    return {split: np.asarray(ids[split], dtype=DTYPE).tobytes() for split in SPLITS}, counts
+
+
+# Each pool process builds one TextEncoder, kept here between chunks (a pool worker has no other state).
+_worker_encoder = None
+
+
+def _init_worker(encoder_path, bpe_path):
+    """Build this worker's TextEncoder (an error is kept and raised on the first chunk: a pool would respawn)."""
+    global _worker_encoder
+    try:
+        _worker_encoder = TextEncoder(encoder_path, bpe_path)
+    except Exception as err:  # an initializer that raises makes the pool start workers forever
+        _worker_encoder = err
+
+
+def _encode_in_worker(docs, seed, val_fraction, separator_id):
+    """Return encode_chunk(docs) with this worker's TextEncoder."""
+    if isinstance(_worker_encoder, Exception):
+        raise _worker_encoder
+    return encode_chunk(_worker_encoder, docs, seed, val_fraction, separator_id)
+
+
+def write_chunks(results, files, progress):
+    """Append each (bytes, counts) of results, in order, to files {split: file}; return the summed counts."""
+    totals = empty_counts()
+    start = time.perf_counter()
+    for data, counts in results:
+        for split in SPLITS:
+            files[split].write(data[split])
+            for key, n in counts[split].items():
+                totals[split][key] += n
+        n_tokens = sum(c['n_tokens'] for c in totals.values())
+        progress.set_postfix_str(f'{n_tokens / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s', refresh=False)
+        progress.update(sum(c['n_documents'] + c['n_empty_skipped'] for c in counts.values()))
+    return totals
+
+
+def encode_corpus(args, layout, separator_id, files):
+    """Encode every document of args.input into files {split: file}, in document order; return the counts."""
+    docs = documents(args.input, layout, args.text_field, args.errors)
+    work = chunks(docs, CHUNK_DOCS, CHUNK_CHARS)
+    options = dict(seed=args.seed, val_fraction=args.val_fraction, separator_id=separator_id)
+    progress = partial(tqdm, unit='doc', desc='encoding', file=sys.stderr, disable=args.quiet, leave=False)
+    if args.workers == 1:
+        encode = partial(encode_chunk, TextEncoder(args.encoder_path, args.bpe_path), **options)
+        with progress() as bar:
+            return write_chunks(map(encode, work), files, bar)
+    # imap returns chunks in order, so the files equal the serial ones; its feeder thread reads the input only
+    # as fast as the task pipe drains, which keeps the documents in memory to a few chunks.
+    with multiprocessing.Pool(args.workers, _init_worker, (args.encoder_path, args.bpe_path)) as pool:
+        with progress() as bar:
+            counts = write_chunks(pool.imap(partial(_encode_in_worker, **options), work), files, bar)
+        pool.close()  # let the workers exit cleanly; the with block's terminate() is for errors
+        pool.join()
+    return counts
+
+
+def build_meta(args, separator_id, counts):
+    """Return the meta.json dict: format, vocabulary, separator, per-split counts and settings (no timestamps)."""
+    splits = {split: dict(file=f'{split}.bin', **counts[split]) for split in SPLITS}
+    return dict(format=CORPUS_FORMAT, dtype='uint16', byteorder='little', n_vocab=separator_id,
+                separator_id=separator_id, n_special=1, separator=SEPARATOR_NOTE,
+                vocabulary=dict(encoder_path=args.encoder_path, encoder_sha1=git_blob_sha1(args.encoder_path),
+                                bpe_path=args.bpe_path, bpe_sha1=git_blob_sha1(args.bpe_path)),
+                splits=splits, n_tokens_note=N_TOKENS_NOTE,
+                settings=dict(input=args.input, text_field=args.text_field, errors=args.errors, seed=args.seed,
+                              val_fraction=args.val_fraction))
+
+
+def make_out_folder(out):
+    """Create the output folder and delete temporaries that interrupted runs left there; return out."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f'--out {out} is a file: give a folder for train.bin, val.bin and meta.json')
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):
+        if _STALE_TMP.match(name):
+            os.remove(os.path.join(out, name))
+    return out
+
+
+def publish(out, tmp, meta):
+    """Move the temporary split files onto train.bin/val.bin and write meta.json last, each durably; return out."""
+    # imported here: checkpoint brings in torch, which neither this script nor its workers need otherwise
+    from checkpoint import atomic_write, fsync_replace
+    meta_path = os.path.join(out, 'meta.json')
+    if os.path.exists(meta_path):  # an older meta.json must not vouch for a half-replaced pair of .bin files
+        os.remove(meta_path)
+    for split in SPLITS:
+        fsync_replace(tmp[split], os.path.join(out, f'{split}.bin'))
+
+    def write_meta(path):
+        with open(path, 'w', encoding='utf-8') as f:
+            f.write(json.dumps(meta, indent=2, ensure_ascii=False) + '\n')
+    atomic_write(meta_path, write_meta)
+    return out
+
+
+def prepare_corpus(args):
+    """Encode args.input into args.out (train.bin, val.bin, then meta.json); return the meta dict."""
+    layout = input_layout(args.input, args.text_field)
+    check_settings(args)
+    separator_id = check_vocabulary(args.encoder_path, args.bpe_path)
+    make_out_folder(args.out)
+    tmp = {split: os.path.join(args.out, f'{split}.bin.tmp{os.getpid()}') for split in SPLITS}
+    try:
+        with open(tmp['train'], 'wb') as train_file, open(tmp['val'], 'wb') as val_file:
+            counts = encode_corpus(args, layout, separator_id, {'train': train_file, 'val': val_file})
+        if not any(counts[split]['n_documents'] for split in SPLITS):
+            n_empty = sum(counts[split]['n_empty_skipped'] for split in SPLITS)
+            raise ValueError(f'--input {args.input}: no document with text ({n_empty} empty); nothing to write')
+        meta = build_meta(args, separator_id, counts)
+        publish(args.out, tmp, meta)
+    finally:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+    return meta
+
+
+def report(meta, out):
+    """Return the summary lines for stdout and the warning lines for stderr of a finished run."""
+    lines, warnings = [], []
+    for split in SPLITS:
+        c = meta['splits'][split]
+        lines.append(f'{split}: {c["n_documents"]} documents, {c["n_tokens"]} tokens (separators included) -> '
+                     f'{os.path.join(out, c["file"])}')
+    n_empty = sum(meta['splits'][split]['n_empty_skipped'] for split in SPLITS)
+    if n_empty:
+        lines.append(f'skipped {n_empty} empty documents (no tokens)')
+    n_docs = sum(meta['splits'][split]['n_documents'] for split in SPLITS)
+    fraction = meta['settings']['val_fraction']
+    for split, wanted in (('val', fraction > 0), ('train', fraction < 1)):
+        if wanted and not meta['splits'][split]['n_documents']:
+            warnings.append(f'warning: {split} is empty: none of the {n_docs} documents fell in it with '
+                            f'--val_fraction {fraction}; change --val_fraction (or --seed) to fill it')
+    return lines, warnings
+
+
+def main(argv=None):
+    """Run the command line; return 0, or 2 with one line on stderr."""
+    args = parse_args(argv)
+    try:
+        meta = prepare_corpus(args)
+    except (OSError, ValueError) as err:
+        print(f'prepare_corpus.py: error: {err}', file=sys.stderr)
+        return 2
+    lines, warnings = report(meta, args.out)
+    for line in warnings:
+        print(line, file=sys.stderr)
+    print('\n'.join(lines))
+    return 0
+
+
+def read_meta(folder):
+    """Return the meta dict of a corpus folder, checked to be this format."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'{folder}: no such corpus folder; make it with '
+                                f'python prepare_corpus.py --input TEXT --out {folder}')
+    path = os.path.join(folder, 'meta.json')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing: {folder} holds no finished corpus (an interrupted run?); '
+                                f'run prepare_corpus.py --out {folder} again')
+    try:
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path}: not valid JSON ({err}); run prepare_corpus.py again') from None
+    fmt = meta.get('format') if isinstance(meta, dict) else None
+    if fmt != CORPUS_FORMAT:
+        raise ValueError(f'{path}: format {fmt!r}, expected {CORPUS_FORMAT!r}; prepare the corpus again with '
+                         f'this prepare_corpus.py')
+    if meta.get('dtype') != 'uint16' or meta.get('byteorder') != 'little':
+        raise ValueError(f'{path}: dtype {meta.get("dtype")!r} ({meta.get("byteorder")}), expected uint16 (little); '
+                         f'prepare the corpus again')
+    missing = [key for key in ('separator_id', 'n_special', 'splits') if key not in meta]
+    if missing:
+        raise ValueError(f'{path}: no {missing[0]!r}; prepare the corpus again with this prepare_corpus.py')
+    return meta
+
+
+def open_split(folder, split, meta):
+    """Return the ids of one split as a read-only uint16 array (a memmap unless empty), checked against meta."""
+    path = os.path.join(folder, f'{split}.bin')
+    try:
+        n_tokens = int(meta['splits'][split]['n_tokens'])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f'{os.path.join(folder, "meta.json")}: no token count for {split}; prepare the corpus '
+                         f'again') from None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing though meta.json lists it; run prepare_corpus.py again')
+    size = os.path.getsize(path)
+    if size % DTYPE.itemsize:
+        raise ValueError(f'{path}: {size} bytes is not a whole number of 2-byte uint16 ids; the file is damaged, '
+                         f'run prepare_corpus.py again')
+    if size // DTYPE.itemsize != n_tokens:
+        raise ValueError(f'{path}: {size // DTYPE.itemsize} ids, but meta.json says {n_tokens}; the files are from '
+                         f'different runs, run prepare_corpus.py again')
+    if n_tokens == 0:  # np.memmap cannot map an empty file
+        ids = np.zeros(0, dtype=DTYPE)
+        ids.flags.writeable = False
+        return ids
+    ids = np.memmap(path, dtype=DTYPE, mode='r')
+    if ids[-1] != meta['separator_id']:
+        raise ValueError(f'{path}: the last id is {ids[-1]}, not the separator {meta["separator_id"]}; the file is '
+                         f'damaged, run prepare_corpus.py again')
+    return ids
+
+
+def load_corpus(folder):
+    """Return (train ids, val ids, meta dict) of a folder written by prepare_corpus.py; ids are read-only uint16."""
+    meta = read_meta(folder)
+    train, val = (open_split(folder, split, meta) for split in SPLITS)
+    return train, val, meta
+
+
+if __name__ == '__main__':
+    sys.exit(main())
