@@ -31,6 +31,7 @@ bytes. Files are written to temporaries and renamed, meta.json last (an old meta
 a folder with meta.json holds a complete corpus.
 """
 import argparse
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -277,23 +278,15 @@ def encode_chunk(text_encoder, docs, seed, val_fraction, separator_id):
 
 
 # Each pool process builds one TextEncoder, kept here between chunks (a pool worker has no other state).
-_worker_encoder = None
+@functools.lru_cache(maxsize=1)
+def worker_encoder(encoder_path, bpe_path):
+    """Return this process's TextEncoder, built on its first chunk (an error then reaches the parent)."""
+    return TextEncoder(encoder_path, bpe_path)
 
 
-def _init_worker(encoder_path, bpe_path):
-    """Build this worker's TextEncoder (an error is kept and raised on the first chunk: a pool would respawn)."""
-    global _worker_encoder
-    try:
-        _worker_encoder = TextEncoder(encoder_path, bpe_path)
-    except Exception as err:  # an initializer that raises makes the pool start workers forever
-        _worker_encoder = err
-
-
-def _encode_in_worker(docs, seed, val_fraction, separator_id):
-    """Return encode_chunk(docs) with this worker's TextEncoder."""
-    if isinstance(_worker_encoder, Exception):
-        raise _worker_encoder
-    return encode_chunk(_worker_encoder, docs, seed, val_fraction, separator_id)
+def encode_in_worker(docs, encoder_path, bpe_path, seed, val_fraction, separator_id):
+    """Return encode_chunk(docs) with this worker process's TextEncoder."""
+    return encode_chunk(worker_encoder(encoder_path, bpe_path), docs, seed, val_fraction, separator_id)
 
 
 def write_chunks(results, files, progress):
@@ -323,9 +316,10 @@ def encode_corpus(args, layout, separator_id, files):
             return write_chunks(map(encode, work), files, bar)
     # imap returns chunks in order, so the files equal the serial ones; its feeder thread reads the input only
     # as fast as the task pipe drains, which keeps the documents in memory to a few chunks.
-    with multiprocessing.Pool(args.workers, _init_worker, (args.encoder_path, args.bpe_path)) as pool:
+    encode = partial(encode_in_worker, encoder_path=args.encoder_path, bpe_path=args.bpe_path, **options)
+    with multiprocessing.Pool(args.workers) as pool:
         with progress() as bar:
-            counts = write_chunks(pool.imap(partial(_encode_in_worker, **options), work), files, bar)
+            counts = write_chunks(pool.imap(encode, work), files, bar)
         pool.close()  # let the workers exit cleanly; the with block's terminate() is for errors
         pool.join()
     return counts
