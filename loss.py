@@ -3,8 +3,11 @@
 Reductions are the original's: the LM loss of a sequence is the mask-weighted mean over its
 positions 1..T-1, and the training loss is mean(task losses) + lm_coef * mean(LM losses).
 """
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def per_element_ce(logits, targets):
@@ -20,48 +23,103 @@ def lm_losses(lm_logits, X, M, criterion=per_element_ce):
     return (losses * m).sum(1) / m.sum(1)
 
 
-class MaskedLMLoss(torch.autograd.Function):
-    """Cross-entropy of h @ we^T rows against targets, chunked so no full logits matrix is kept.
+# logits log-softmaxed at once in the forward (16 MiB in fp32, ~100 rows at 40,558 words): blocks this size
+# stay in cache and their buffers are reused, where a [K, V] fp32 copy and log-softmax are fresh pages each
+# step; smaller blocks were faster on one thread but pay a parallel region each (~10 ms apiece on a loaded VM)
+LOG_SOFTMAX_BLOCK = 1 << 22
 
-    Forward computes the loss of each row chunk by chunk, saving only h, we and the log-sum-exp;
-    backward recomputes each chunk's softmax. Exactly the loss of F.cross_entropy(h @ we.T).
+
+def matmul_dtype(a, b):
+    """Return the dtype a @ b runs in here: autocast's where autocast is on and casts them, else their promoted one."""
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    if torch.is_autocast_enabled(a.device.type) and dtype != torch.float64:  # autocast leaves float64 alone
+        return torch.get_autocast_dtype(a.device.type)
+    return dtype
+
+
+def no_autocast(device_type):
+    """Return a context that turns autocast off for device_type (a no-op context where it is off)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
+
+
+def blocked_cross_entropy(logits, targets):
+    """Return per_element_ce(logits, targets) [k] for logits [k, V], widening a block of rows at a time.
+
+    The same log_softmax of the widened logits as per_element_ce, row by row, so the same values; but only
+    a block of rows is ever in fp32, instead of a [k, V] fp32 copy and a [k, V] log-softmax.
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    losses = torch.empty(logits.size(0), dtype=dtype, device=logits.device)
+    step = max(1, LOG_SOFTMAX_BLOCK // max(logits.size(1), 1))
+    for s in range(0, logits.size(0), step):
+        logp = F.log_softmax(logits[s:s + step], 1, dtype=dtype)  # [rows, V] in fp32 (or wider)
+        losses[s:s + step] = -logp.gather(1, targets[s:s + step, None]).squeeze(1)
+    return losses
+
+
+class MaskedLMLoss(torch.autograd.Function):
+    """Fused cross-entropy of rows @ we^T against targets, chunk_size rows of logits at a time.
+
+    Equal to per_element_ce(rows @ we.T, targets) in value and gradient. The logits are formed in the
+    matmul's dtype (autocast's under autocast, e.g. bf16, else the inputs'); the loss is log-softmaxed in
+    fp32 a block of rows at a time; backward forms d loss / d logits = softmax - onehot once, with softmax's
+    fused kernel (fp32 inside) and the targets' entries from the fp32 losses, and applies each row's incoming
+    gradient to the [chunk, n_embd] sides of the two matmuls rather than to the [chunk, V] gradient. With
+    one chunk the logits are kept for backward; with several, backward recomputes each chunk's logits.
     """
 
     @staticmethod
-    def forward(ctx, h, we, targets, chunk_size):
-        dtype = torch.promote_types(h.dtype, torch.float32)  # at least float32, as per_element_ce
-        losses = torch.empty(h.size(0), dtype=dtype, device=h.device)
-        lse = torch.empty_like(losses)
-        for s in range(0, h.size(0), chunk_size):
-            logits = (h[s:s + chunk_size] @ we.t()).to(dtype)  # [chunk, n_embd] -> [chunk, V]
-            lse[s:s + chunk_size] = torch.logsumexp(logits, dim=1)
-            picked = logits.gather(1, targets[s:s + chunk_size, None]).squeeze(1)
-            losses[s:s + chunk_size] = lse[s:s + chunk_size] - picked
-        ctx.save_for_backward(h, we, targets, lse)
-        ctx.chunk_size = chunk_size
+    def forward(ctx, rows, we, targets, chunk_size):
+        dtype = matmul_dtype(rows, we)
+        with no_autocast(rows.device.type):  # the dtypes are chosen here, explicitly
+            we_c = we.to(dtype)
+            losses = torch.empty(rows.size(0), dtype=torch.promote_types(dtype, torch.float32), device=rows.device)
+            logits = None
+            for s in range(0, rows.size(0), chunk_size):
+                logits = rows[s:s + chunk_size].to(dtype) @ we_c.t()  # [chunk, n_embd] -> [chunk, V]
+                losses[s:s + chunk_size] = blocked_cross_entropy(logits, targets[s:s + chunk_size])
+        ctx.save_for_backward(rows, we_c, targets, losses)
+        # an intermediate, used up by the first backward (a second one, with retain_graph, recomputes it)
+        ctx.logits = logits if rows.size(0) <= chunk_size else None
+        ctx.chunk_size, ctx.we_dtype = chunk_size, we.dtype
         return losses
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_losses):
-        h, we, targets, lse = ctx.saved_tensors
-        chunk_size = ctx.chunk_size
-        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        grad_we = torch.zeros_like(we, dtype=lse.dtype) if ctx.needs_input_grad[1] else None
-        for s in range(0, h.size(0), chunk_size):
-            hs = h[s:s + chunk_size]
-            logits = (hs @ we.t()).to(lse.dtype)
-            # d loss / d logits = softmax - onehot, scaled by the incoming gradient of each row
-            g = torch.exp(logits - lse[s:s + chunk_size, None])
-            g[torch.arange(g.size(0), device=g.device), targets[s:s + chunk_size]] -= 1
-            g *= grad_losses[s:s + chunk_size, None]
-            g = g.to(h.dtype)
-            if grad_h is not None:
-                grad_h[s:s + chunk_size] = g @ we
-            if grad_we is not None:
-                grad_we += (g.t() @ hs).to(lse.dtype)
-        if grad_we is not None:
-            grad_we = grad_we.to(we.dtype)
-        return grad_h, grad_we, None, None
+        rows, we_c, targets, losses = ctx.saved_tensors
+        logits, ctx.logits = ctx.logits, None
+        dtype, acc = we_c.dtype, losses.dtype
+        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+        grad_we = None
+        # fp16's range is narrow: the scaled rows are brought to at most 1 before the cast, undone after it
+        unit = None
+        if rows.size(0) and torch.finfo(dtype).max < 1e38:
+            unit = grad_losses.abs().amax().to(acc).clamp_min(torch.finfo(acc).tiny)
+        with no_autocast(rows.device.type):
+            for s in range(0, rows.size(0), ctx.chunk_size):
+                chunk = slice(s, s + ctx.chunk_size)
+                if logits is None:
+                    logits = rows[chunk].to(dtype) @ we_c.t()  # [chunk, n_embd] -> [chunk, V]
+                g = torch.softmax(logits, 1)  # [chunk, V] in the matmul dtype, computed in fp32
+                logits = None
+                # softmax - onehot: the targets' entries p - 1 from the fp32 losses (p = exp(-loss))
+                g[torch.arange(g.size(0), device=g.device), targets[chunk]] = torch.expm1(-losses[chunk]).to(dtype)
+                scale = grad_losses[chunk].to(acc)[:, None]  # each row's d total / d loss
+                if grad_rows is not None:
+                    grad_rows[chunk] = (g @ we_c).to(acc) * scale  # [chunk, V] @ [V, n_embd] -> [chunk, n_embd]
+                if ctx.needs_input_grad[1]:
+                    scaled = rows[chunk].to(acc) * (scale if unit is None else scale / unit)
+                    part = g.t() @ scaled.to(dtype)  # [V, chunk] @ [chunk, n_embd] -> [V, n_embd]
+                    part = part.to(acc) if unit is None else part.to(acc) * unit
+                    grad_we = part if grad_we is None else grad_we.add_(part)
+        if ctx.needs_input_grad[1]:
+            if grad_we is None:  # no rows: nothing reaches we
+                grad_we = torch.zeros(we_c.shape, dtype=acc, device=we_c.device)
+            grad_we = grad_we.to(ctx.we_dtype)
+        return grad_rows, grad_we, None, None
 
 
 def lm_losses_from_hidden(h, we, X, M, chunk_size=None):
@@ -75,10 +133,7 @@ def lm_losses_from_hidden(h, we, X, M, chunk_size=None):
     keep = m.reshape(-1) != 0
     rows = h[:, :-1].reshape(-1, h.size(-1))[keep]  # [N*(T-1), n_embd] -> [K, n_embd]
     targets = x[:, 1:, 0].reshape(-1)[keep]
-    if chunk_size is None or rows.size(0) <= chunk_size:
-        losses = per_element_ce(rows @ we.t(), targets)  # [K, V] -> [K]
-    else:
-        losses = MaskedLMLoss.apply(rows, we, targets, chunk_size)
+    losses = MaskedLMLoss.apply(rows, we, targets, chunk_size or max(rows.size(0), 1))  # [K, n_embd] -> [K]
     seq = torch.arange(m.size(0), device=m.device).repeat_interleave(m.size(1))[keep]
     weighted = losses * m.reshape(-1)[keep]
     sums = torch.zeros(m.size(0), dtype=weighted.dtype, device=h.device).index_add_(0, seq, weighted)
