@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One-command GPU check: the CUDA tests, bench.py on CUDA (ours vs transformers' OpenAIGPTDoubleHeadsModel) and
+# bench_e2e.py's 3-epoch ROCStories job in bf16 and fp32; everything is printed and saved under a results folder.
+#   bash gpu_check.sh [--results DIR]             on a machine with an NVIDIA GPU (default DIR bench_results/gpu_check_<UTC time>)
+#   bash gpu_check.sh --dry-run [--results DIR]   the same steps, tiny, on the CPU: CI checks that the script does not rot
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
+NVIDIA_SMI=${NVIDIA_SMI:-nvidia-smi}
+
+dry_run=0
+results=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry_run=1 ;;
+    --results) [ $# -ge 2 ] || { echo "gpu_check.sh: --results needs a folder" >&2; exit 2; }; results=$2; shift ;;
+    --results=*) results=${1#*=} ;;
+    -h|--help) sed -n '2,5p' "$0" | cut -c3-; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (use --dry-run and --results DIR)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ -z "$results" ]; then
+  results=bench_results/gpu_check_$(date -u +%Y%m%dT%H%M%SZ)
+  [ "$dry_run" = 1 ] && results=${results}_dry_run
+fi
+
+if [ "$dry_run" = 0 ] && ! command -v "$NVIDIA_SMI" >/dev/null 2>&1; then
+  echo "gpu_check.sh: $NVIDIA_SMI not found: this check needs a machine with an NVIDIA GPU and its driver (--dry-run runs the steps tiny on the CPU)" >&2
+  exit 1
+fi
+mkdir -p "$results"
+
+# step NAME COMMAND...: print a header, run the command, its output printed and saved to $results/NAME.txt
+step() {
+  local name=$1
+  shift
+  echo
+  echo "=== gpu_check.sh: $* ==="
+  local start=$SECONDS
+  "$@" 2>&1 | tee "$results/$name.txt"
+  echo "=== gpu_check.sh: $name took $((SECONDS - start)) s ==="
+}
+
+if [ "$dry_run" = 1 ]; then
+  # no GPU here: pytest -m cuda only collects the CUDA tests and skips them; bench.py and bench_e2e.py run tiny
+  # (bench.py on our config only: importing transformers alone takes ~10 s, and tests/test_bench.py runs the peer)
+  step pytest_cuda "$PYTHON" -m pytest -m cuda -q
+  step bench "$PYTHON" bench.py --quick --in-process --configs ours-fp32 --warmup-steps 0 \
+    --json "$results/bench_quick.json"
+  step e2e_tiny "$PYTHON" bench_e2e.py --job tiny --workdir "$results/e2e_work" --json "$results/e2e_tiny.json"
+else
+  step nvidia_smi "$NVIDIA_SMI"
+  step torch_cuda "$PYTHON" -c "import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(f'gpu_check.sh: torch {torch.__version__} sees no CUDA device (a CPU-only build of torch?)')
+print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'device', torch.cuda.get_device_name(0))"
+  step pytest_cuda "$PYTHON" -m pytest -m cuda -q
+  step bench "$PYTHON" bench.py --device cuda --json "$results/bench_cuda.json"
+  for precision in bf16 fp32; do
+    step "e2e_rocstories_$precision" "$PYTHON" bench_e2e.py --job rocstories --device cuda --precision "$precision" \
+      --workdir "$results/e2e_work" --json "$results/e2e_rocstories_$precision.json"
+  done
+  rm -rf "$results/e2e_work/model_full"  # 465 MB of random weights; the run logs stay
+fi
+
+echo
+echo "gpu_check.sh: every step passed$([ "$dry_run" = 1 ] && echo ' (dry run, CPU)'); output and JSON in $results/"
