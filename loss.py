@@ -122,6 +122,12 @@ class MaskedLMLoss(torch.autograd.Function):
         return grad_rows, grad_we, None, None
 
 
+def token_losses(rows, we, targets, chunk_size=None):
+    """Return the cross-entropy [K] of each row of rows @ we.T [K, V] against targets [K] (MaskedLMLoss: fused,
+    chunk_size rows of logits at a time, all at once when None)."""
+    return MaskedLMLoss.apply(rows, we, targets, chunk_size or max(rows.size(0), 1))
+
+
 def lm_losses_from_hidden(h, we, X, M, chunk_size=None):
     """Return the LM loss of each sequence [N] decoding only the positions whose mask is 1.
 
@@ -133,7 +139,7 @@ def lm_losses_from_hidden(h, we, X, M, chunk_size=None):
     keep = m.reshape(-1) != 0
     rows = h[:, :-1].reshape(-1, h.size(-1))[keep]  # [N*(T-1), n_embd] -> [K, n_embd]
     targets = x[:, 1:, 0].reshape(-1)[keep]
-    losses = MaskedLMLoss.apply(rows, we, targets, chunk_size or max(rows.size(0), 1))  # [K, n_embd] -> [K]
+    losses = token_losses(rows, we, targets, chunk_size)  # [K, n_embd] -> [K]
     seq = torch.arange(m.size(0), device=m.device).repeat_interleave(m.size(1))[keep]
     weighted = losses * m.reshape(-1)[keep]
     sums = torch.zeros(m.size(0), dtype=weighted.dtype, device=h.device).index_add_(0, seq, weighted)

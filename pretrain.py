@@ -1,0 +1,438 @@
+"""Pre-train GPT-1 on your own text, from scratch or continuing from released or converted weights.
+
+No TF counterpart: OpenAI released the fine-tuning code only. This is the paper's first stage (Section 4.1) on
+the same model (model_pytorch), BPE (text_utils, through prepare_corpus.py), optimizer (opt.OpenAIAdam) and
+update (trainer.update: micro-batches, autocast, DDP's no_sync, global clipping, the non-finite stop) as
+train.py. The defaults are the paper's recipe: 12 layers, 768 states, 12 heads, GELU, N(0, 0.02) init,
+contiguous windows of 512 tokens, 64 windows an update, Adam with the learning rate raised linearly from 0
+over 2,000 updates to 2.5e-4 then annealed to 0 with a cosine (opt.warmup_cosine_decay), L2 0.01 on every
+matrix (not biases or gains), dropout 0.1 on residuals, embeddings and attention, 100 epochs.
+
+    python prepare_corpus.py --input books/ --out corpus/
+    python pretrain.py --corpus corpus/ --out runs/books/                      # from scratch
+    python pretrain.py --corpus corpus/ --out runs/domain/ --model_dir model/  # continue from released weights
+    python train.py --model_dir runs/domain/ ...                               # then fine-tune as usual
+
+The LM loss is the mean over every predicted token of the cross-entropy of the tied decoder over the token
+rows and the document separator (never the position rows). Windows of n_ctx + 1 tokens are drawn from the
+memory-mapped stream at offsets that depend only on --seed and the update's number, so a resumed run and a
+run under torchrun (each rank takes its share of the same global batch) see the same windows.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from checkpoint import check_writable, load_training_state, save_training_state
+from distributed import DistInfo, close_distributed, dist_info, init_distributed, shard, wrap_ddp
+from loss import token_losses
+from model_pytorch import DEFAULT_CONFIG, LMModel, clone_config
+from opt import SCHEDULES, OpenAIAdam
+from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, Run, autocast_context, configure_precision,
+                     format_phases, resolve_device, set_seed, to_tensors, update)
+
+LM_CHUNK = 8192       # positions decoded at once by the LM loss
+SAMPLE_PROMPT = 'the'
+
+
+def parse_args(argv=None):
+    """Return the parsed command line; architecture flags left out come from --model_dir or the paper."""
+    p = argparse.ArgumentParser(description='Pre-train GPT-1 (the paper\'s first stage) on a corpus made by '
+                                            'prepare_corpus.py; under torchrun, data-parallel over the processes.')
+    p.add_argument('--corpus', required=True, help='the folder prepare_corpus.py wrote (train.bin, val.bin, meta.json)')
+    p.add_argument('--out', required=True, help='the run folder: log.jsonl, the training state, the model')
+    p.add_argument('--model_dir', default=None,
+                   help='continue from these weights: released shards, a convert.py or a transformers folder '
+                        '(default: train from scratch)')
+    p.add_argument('--n_embd', type=int, default=None, help='default: the weights\', else 768')
+    p.add_argument('--n_head', type=int, default=None, help='default: the weights\', else 12')
+    p.add_argument('--n_layer', type=int, default=None, help='default: the weights\', else 12')
+    p.add_argument('--n_ctx', type=int, default=512, help='tokens per window (positions kept from the weights)')
+    p.add_argument('--afn', default=None, choices=['gelu', 'swish', 'relu'], help='default: the weights\', else gelu')
+    p.add_argument('--embd_pdrop', type=float, default=0.1)
+    p.add_argument('--attn_pdrop', type=float, default=0.1)
+    p.add_argument('--resid_pdrop', type=float, default=0.1)
+    p.add_argument('--n_epochs', type=float, default=100,
+                   help='passes over the training tokens, setting --n_updates when it is not given')
+    p.add_argument('--n_updates', type=int, default=None, help='total updates; the schedule runs over them')
+    p.add_argument('--n_batch', type=int, default=64, help='windows per update, over all processes')
+    p.add_argument('--micro_batch', type=int, default=None,
+                   help='windows per forward pass (default: this process\'s share of --n_batch)')
+    p.add_argument('--lr', type=float, default=2.5e-4)
+    p.add_argument('--warmup_updates', type=int, default=2000)
+    p.add_argument('--l2', type=float, default=0.01)
+    p.add_argument('--max_grad_norm', type=float, default=1.0)
+    p.add_argument('--b1', type=float, default=0.9)
+    p.add_argument('--b2', type=float, default=0.999)
+    p.add_argument('--e', type=float, default=1e-8)
+    p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--eval_every', type=int, default=1000, help='validation loss every N updates (and at the end)')
+    p.add_argument('--eval_windows', type=int, default=64, help='fixed validation windows evaluated each time')
+    p.add_argument('--sample_every', type=int, default=0, help='a text sample every N updates (0: never)')
+    p.add_argument('--sample_prompt', default=SAMPLE_PROMPT)
+    p.add_argument('--save_every', type=int, default=1000,
+                   help='save the training state every N updates (and at the end)')
+    p.add_argument('--resume', action='store_true', help='continue from OUT/train_state.safetensors')
+    p.add_argument('--save_shards', action='store_true',
+                   help='also write the weights as released-format shards in OUT/shards/')
+    p.add_argument('--device', default=None, help='default: cuda when available, else cpu')
+    p.add_argument('--precision', default='fp32', choices=PRECISIONS)
+    p.add_argument('--checkpoint_activations', action='store_true')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    return p.parse_args(argv)
+
+
+def check_args(args, info=DistInfo()):
+    """Raise ValueError naming the first inconsistent argument."""
+    for name in ('n_batch', 'n_ctx', 'eval_windows'):
+        if getattr(args, name) < 1:
+            raise ValueError(f'--{name} must be at least 1, got {getattr(args, name)}')
+    for name in ('eval_every', 'sample_every', 'save_every', 'warmup_updates'):
+        if getattr(args, name) < 0:
+            raise ValueError(f'--{name} must be 0 or more, got {getattr(args, name)}')
+    if args.n_updates is not None and args.n_updates < 1:
+        raise ValueError(f'--n_updates must be at least 1, got {args.n_updates}')
+    if args.micro_batch is not None and args.micro_batch < 1:
+        raise ValueError(f'--micro_batch must be at least 1, got {args.micro_batch}')
+    if info.world_size > args.n_batch:
+        raise ValueError(f'{info.world_size} processes for --n_batch {args.n_batch}: use at most that many processes')
+
+
+def window_starts(seed, update, n_windows, n_tokens, n_ctx):
+    """Return the offsets [n_windows] of the windows of update `update` (from 1) in a stream of n_tokens."""
+    if n_tokens < n_ctx + 1:
+        raise ValueError(f'the training stream holds {n_tokens} tokens, fewer than one window of n_ctx + 1 = '
+                         f'{n_ctx + 1}: use a smaller --n_ctx or more text')
+    # a generator of its own for each update: the windows depend on (seed, update) only
+    return np.random.default_rng([seed, update]).integers(0, n_tokens - n_ctx, n_windows)
+
+
+def val_starts(n_tokens, n_ctx, n_windows):
+    """Return the offsets of the fixed validation windows: consecutive, not overlapping, at most n_windows."""
+    return np.arange(0, n_tokens - n_ctx, n_ctx)[:n_windows]
+
+
+def lm_inputs(stream, starts, n_ctx, first_position):
+    """Return (x [B, n_ctx, 2] int64 token and position ids, targets [B, n_ctx] int64) of windows of a stream."""
+    tokens = np.stack([np.asarray(stream[s:s + n_ctx + 1], dtype=np.int64) for s in starts])  # [B, n_ctx + 1]
+    x = np.empty((len(starts), n_ctx, 2), dtype=np.int64)
+    x[..., 0] = tokens[:, :-1]
+    x[..., 1] = np.arange(first_position, first_position + n_ctx)
+    return x, tokens[:, 1:]
+
+
+def window_loss(net, x, targets, n_rows):
+    """Return the per-token LM losses [B * n_ctx] of windows: the tied decoder over the first n_rows rows."""
+    h, we = net(x, return_we=True)  # [B, n_ctx, n_embd], the (dropped) table
+    rows = h.reshape(-1, h.size(-1))  # [B, n_ctx, n_embd] -> [B * n_ctx, n_embd]
+    return token_losses(rows, we[:n_rows], targets.reshape(-1), LM_CHUNK)
+
+
+def model_config(args, ckpt_cfg=None):
+    """Return the GPTConfig: architecture flags, else the weights' (ckpt_cfg), else the paper's; the dropouts."""
+    base = ckpt_cfg or DEFAULT_CONFIG
+    fields = {}
+    for name in ('n_embd', 'n_head', 'n_layer', 'afn'):
+        given, stored = getattr(args, name), getattr(base, name)
+        if given is not None and ckpt_cfg is not None and given != stored:
+            raise ValueError(f'--{name} {given} contradicts {name}={stored} in {args.model_dir}: leave it out')
+        fields[name] = stored if given is None else given
+    return clone_config(DEFAULT_CONFIG, embd_pdrop=args.embd_pdrop, attn_pdrop=args.attn_pdrop,
+                        resid_pdrop=args.resid_pdrop, **fields)
+
+
+def build_lm(args, n_vocab, n_special):
+    """Return an LMModel with the table [n_vocab tokens; n_special special rows; n_ctx positions]: fresh
+    (N(0, 0.02) init) or holding --model_dir's weights (positions cropped to n_ctx, missing special rows drawn)."""
+    if args.model_dir is None:
+        cfg = model_config(args)
+        return LMModel(cfg, vocab=n_vocab + n_special + args.n_ctx, n_ctx=args.n_ctx)
+    from convert import build_model, read_checkpoint
+    ckpt = read_checkpoint(args.model_dir, n_head=args.n_head, afn=args.afn)
+    if ckpt.n_vocab != n_vocab:
+        raise ValueError(f'{args.model_dir} has {ckpt.n_vocab} token rows but the corpus was encoded with '
+                         f'{n_vocab} tokens: use the vocabulary of the weights')
+    if args.n_ctx > ckpt.n_pos:
+        raise ValueError(f'--n_ctx {args.n_ctx} but {args.model_dir} stores {ckpt.n_pos} positions: '
+                         f'use at most {ckpt.n_pos}')
+    if ckpt.n_special > n_special:
+        ckpt.special = ckpt.special[:n_special]  # rows the corpus does not use (e.g. fine-tuning's) are left out
+    model = LMModel(model_config(args, ckpt.cfg), vocab=n_vocab + n_special + args.n_ctx, n_ctx=args.n_ctx)
+    return build_model(ckpt, model=model)  # extra special rows drawn as the original draws them
+
+
+def n_updates_of(args, n_train_tokens):
+    """Return the run's number of updates: --n_updates, else --n_epochs passes over the training tokens."""
+    if args.n_updates is not None:
+        return args.n_updates
+    return max(1, math.ceil(args.n_epochs * n_train_tokens / (args.n_batch * args.n_ctx)))
+
+
+def pretrain_step(run, stream, update_no, n_rows, first_position):
+    """Make update number update_no (from 1) on this rank's share of its windows; return the share's summed
+    token loss and token count."""
+    args, info = run.args, run.info
+    starts = window_starts(args.seed, update_no, args.n_batch, len(stream), args.n_ctx)
+    own = shard(args.n_batch, info)
+    micro = args.micro_batch or (own.stop - own.start)
+    bounds = [(s, min(s + micro, own.stop)) for s in range(own.start, own.stop, micro)]
+    # windows all have n_ctx tokens: weighting each micro-batch by its windows gives the batch's token mean
+    micro_batches = [((e - s) / args.n_batch, starts[s:e]) for s, e in bounds]
+
+    def loss_of(net, batch_starts):
+        """Return (the micro-batch's mean token loss, its summed token loss)."""
+        x, targets = to_tensors(run.device, *lm_inputs(stream, batch_starts, args.n_ctx, first_position))
+        losses = window_loss(net, x, targets, n_rows)
+        return losses.mean(), losses.detach().sum().item()
+
+    total = update(run.net, run.opt, micro_batches, loss_of, run.device, args.precision, run.scaler, info)
+    return total, (own.stop - own.start) * args.n_ctx
+
+
+def evaluate(model, stream, starts, n_ctx, n_rows, first_position, device, precision, n_batch):
+    """Return the mean token loss (nats) of the fixed validation windows, the model in eval mode."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(starts), n_batch):
+            x, targets = to_tensors(device, *lm_inputs(stream, starts[s:s + n_batch], n_ctx, first_position))
+            with autocast_context(device, precision):
+                losses = window_loss(model.transformer, x, targets, n_rows)
+            total += losses.float().sum().item()
+            count += losses.numel()
+    model.train()
+    return total / max(count, 1)
+
+
+def sample_text(model, text_encoder, prompt, n_vocab, seed, device):
+    """Return a sample of up to 40 tokens after prompt (top-k 40, seeded), from the model in eval mode."""
+    from generate import sample_ids
+    model.eval()
+    ids = text_encoder.encode([prompt], verbose=False)[0]
+    generator = torch.Generator(device='cpu').manual_seed(seed)
+    with torch.inference_mode():
+        new_ids, _ = sample_ids(model, ids, n_vocab, gen_len=40, top_k=40, generator=generator)
+    model.train()
+    return text_encoder.decode(ids + new_ids)
+
+
+def learning_rate(opt, n_updates):
+    """Return the learning rate OpenAIAdam applied at update n_updates (before bias correction)."""
+    group = opt.param_groups[0]
+    return group['lr'] * SCHEDULES[group['schedule']](n_updates / group['t_total'], group['warmup'])
+
+
+def run_paths(out):
+    """Return the files a run writes under its folder."""
+    return dict(log=os.path.join(out, 'log.jsonl'), state=os.path.join(out, 'train_state.safetensors'),
+                args=os.path.join(out, 'args.json'), shards=os.path.join(out, 'shards'))
+
+
+def new_progress():
+    """Return the counters of a run that has not started."""
+    return dict(n_updates=0, tokens=0, train_loss_sum=0.0, train_tokens=0, train_time=0.0, log=[], samples=[])
+
+
+def log_eval(run, corpus, sizes, text_encoder):
+    """Evaluate, append a record to the log (main rank) and print it; reset the training-loss window."""
+    args, progress = run.args, run.progress
+    with run.clock.phase('eval'):
+        val_loss = evaluate(run.model, corpus['val'], corpus['val_starts'], args.n_ctx, sizes['n_rows'],
+                            sizes['first_position'], run.device, args.precision, args.micro_batch or args.n_batch)
+    train_tokens = progress['train_tokens']
+    record = dict(n_updates=progress['n_updates'], tokens=progress['tokens'],
+                  train_loss=progress['train_loss_sum'] / train_tokens if train_tokens else None,
+                  val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700.0)),
+                  tokens_per_s=train_tokens / progress['train_time'] if progress['train_time'] else None,
+                  lr=learning_rate(run.opt, progress['n_updates']), time=time.time())
+    progress.update(train_loss_sum=0.0, train_tokens=0, train_time=0.0)
+    progress['log'].append(record)
+    if run.info.is_main:
+        with open(run.paths['log'], 'a', encoding='utf-8') as f:
+            f.write(json.dumps(record) + '\n')
+        train_text = 'n/a' if record['train_loss'] is None else f"{record['train_loss']:.4f}"
+        print(f"update {record['n_updates']}: train loss {train_text}, val loss {val_loss:.4f} "
+              f"(ppl {record['val_ppl']:.1f})", flush=True)
+
+
+def maybe_sample(run, text_encoder, sizes):
+    """Print and keep a text sample from the fixed prompt (main rank)."""
+    if not run.info.is_main:
+        return
+    with run.clock.phase('eval'):
+        text = sample_text(run.model, text_encoder, run.args.sample_prompt, sizes['n_vocab'],
+                           run.args.seed, run.device)
+    run.progress['samples'].append(dict(n_updates=run.progress['n_updates'], text=text))
+    print(f"sample at update {run.progress['n_updates']}: {text}", flush=True)
+
+
+def save_state(run):
+    """Save the training state (main rank): copied now, written in the background."""
+    if run.info.is_main:
+        with run.clock.phase('write'):
+            save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer)
+
+
+def pretrain(run, corpus, sizes, text_encoder, n_updates):
+    """Run the updates left in run.progress, evaluating, sampling and saving on schedule."""
+    args, progress = run.args, run.progress
+    if progress['n_updates'] == 0 and not progress['log']:
+        log_eval(run, corpus, sizes, text_encoder)  # where the run starts: a fresh model's loss, or the weights'
+    run.model.train()
+    bar = tqdm(total=n_updates, initial=progress['n_updates'], desc='pre-training', unit='update',
+               disable=args.quiet or not run.info.is_main, file=sys.stderr)
+    while progress['n_updates'] < n_updates:
+        update_no = progress['n_updates'] + 1
+        t0 = time.time()
+        try:
+            with run.clock.phase('train'):
+                loss_sum, n_tokens = pretrain_step(run, corpus['train'], update_no, sizes['n_rows'],
+                                                   sizes['first_position'])
+        except NonFiniteLoss as err:
+            raise ValueError(f"{err} at update {update_no}: stopped; the last good training state is "
+                             f"{run.paths['state']}") from None
+        elapsed = time.time() - t0
+        progress['n_updates'] = update_no
+        progress['tokens'] += args.n_batch * args.n_ctx
+        progress['train_loss_sum'] += loss_sum
+        progress['train_tokens'] += n_tokens
+        progress['train_time'] += elapsed
+        bar.update(1)
+        bar.set_postfix(loss=f'{loss_sum / max(n_tokens, 1):.3f}', tok_s=f'{n_tokens * run.info.world_size / elapsed:.0f}')
+        last = update_no == n_updates
+        if (args.eval_every and update_no % args.eval_every == 0) or last:
+            log_eval(run, corpus, sizes, text_encoder)
+        if args.sample_every and (update_no % args.sample_every == 0 or last):
+            maybe_sample(run, text_encoder, sizes)
+        if (args.save_every and update_no % args.save_every == 0) or last:
+            save_state(run)
+    bar.close()
+
+
+def vocabulary_paths(meta):
+    """Return (encoder_path, bpe_path) of the vocabulary a corpus was encoded with."""
+    return meta['vocabulary']['encoder_path'], meta['vocabulary']['bpe_path']
+
+
+def write_outputs(run, sizes, meta):
+    """Write OUT/model.safetensors + config.json (convert.py's format) and, on request, released shards in
+    OUT/shards/, each with the corpus's vocabulary files beside them, as train.py and generate.py read them."""
+    import shutil
+    from convert import VOCAB_FILES, checkpoint_from_model, write_released, write_safetensors
+    ckpt = checkpoint_from_model(run.model, sizes['n_vocab'], sizes['n_special'])
+    folders = [run.args.out] + ([run.paths['shards']] if run.args.save_shards else [])
+    with run.clock.phase('write'):
+        write_safetensors(ckpt, run.args.out)
+        if run.args.save_shards:
+            write_released(ckpt, run.paths['shards'], drop_special=True)  # the released format has no special rows
+        for folder in folders:
+            for src, name in zip(vocabulary_paths(meta), VOCAB_FILES):
+                shutil.copyfile(src, os.path.join(folder, name))
+
+
+def load_corpus_checked(args):
+    """Return (corpus dict with train/val streams and val window offsets, sizes dict) of --corpus."""
+    from prepare_corpus import load_corpus
+    train_stream, val_stream, meta = load_corpus(args.corpus)
+    n_vocab, n_special = meta['separator_id'], meta['n_special']
+    starts = val_starts(len(val_stream), args.n_ctx, args.eval_windows)
+    if len(starts) == 0:
+        raise ValueError(f'{args.corpus}: the validation stream holds {len(val_stream)} tokens, fewer than one '
+                         f'window of n_ctx + 1 = {args.n_ctx + 1}: raise --val_fraction in prepare_corpus.py '
+                         f'or lower --n_ctx')
+    window_starts(args.seed, 1, 1, len(train_stream), args.n_ctx)  # checks that one window fits
+    sizes = dict(n_vocab=n_vocab, n_special=n_special, n_rows=n_vocab + n_special,
+                 first_position=n_vocab + n_special)
+    return dict(train=train_stream, val=val_stream, val_starts=starts, meta=meta), sizes
+
+
+def run(args):
+    """Pre-train as the arguments say; return a summary dict."""
+    t0 = time.time()
+    info = dist_info()
+    device = resolve_device(args.device, info)
+    args.device = str(device)
+    check_args(args, info)
+    paths = run_paths(args.out)
+    if args.resume and not os.path.isfile(paths['state']):
+        raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume)")
+    if info.is_main:
+        check_writable(args.out)
+    init_distributed(info, device)
+    set_seed(args.seed)
+    clock = PhaseClock()
+    with clock.phase('encode'):
+        corpus, sizes = load_corpus_checked(args)
+    with clock.phase('load'):
+        from text_utils import TextEncoder
+        text_encoder = TextEncoder(*vocabulary_paths(corpus['meta']))
+        model = build_lm(args, sizes['n_vocab'], sizes['n_special'])
+        model.transformer.checkpoint_activations = args.checkpoint_activations
+        model.to(device)
+        n_updates = n_updates_of(args, len(corpus['train']))
+        opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule='warmup_cosine_decay',
+                         warmup=min(1.0, args.warmup_updates / n_updates), t_total=n_updates, b1=args.b1,
+                         b2=args.b2, e=args.e, l2=args.l2, max_grad_norm=args.max_grad_norm)
+        if args.resume:
+            progress = load_training_state(paths['state'], model, opt)
+            if info.is_main:
+                print(f"resuming at update {progress['n_updates']} of {n_updates}", flush=True)
+        else:
+            progress = new_progress()
+    if info.world_size > 1:
+        torch.manual_seed(args.seed + info.rank)  # different dropout masks on each rank's share
+    net = wrap_ddp(model.transformer, device, info)
+    if args.compile:
+        net = torch.compile(net)
+    run_ = Run(model, opt, args, device, paths, progress, net=net, scaler=configure_precision(device, args.precision),
+               info=info, clock=clock)
+    if info.is_main:
+        if not args.resume:
+            with open(paths['log'], 'w', encoding='utf-8'):
+                pass  # a fresh log; a resumed run rewrites it from the saved records
+        else:
+            with open(paths['log'], 'w', encoding='utf-8') as f:
+                f.writelines(json.dumps(r) + '\n' for r in progress['log'])
+        with open(paths['args'], 'w', encoding='utf-8') as f:
+            json.dump(dict(vars(args), n_updates_total=n_updates, corpus_meta=corpus['meta']), f, indent=1)
+    try:
+        pretrain(run_, corpus, sizes, text_encoder, n_updates)
+    finally:
+        with clock.phase('write'):
+            run_.writer.wait()
+    if info.is_main:
+        write_outputs(run_, sizes, corpus['meta'])
+    last = progress['log'][-1] if progress['log'] else {}
+    return dict(n_updates=progress['n_updates'], val_loss=last.get('val_loss'), wall_s=time.time() - t0,
+                phases=format_phases(clock, device))
+
+
+def main(argv=None):
+    """Run pretrain.py from the command line; return the exit code."""
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+        close_distributed(synchronize=True)
+    except (OSError, ValueError) as err:  # our errors are one line each
+        rank = dist_info().rank
+        print(f'pretrain.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr)
+        return 2
+    finally:
+        close_distributed()
+    if dist_info().is_main:
+        val = 'n/a' if summary['val_loss'] is None else f"{summary['val_loss']:.4f}"
+        print(f"done: {summary['n_updates']} updates, val loss {val}, wall {summary['wall_s']:.1f} s; "
+              f"model in {args.out}", flush=True)
+        print(summary['phases'], flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

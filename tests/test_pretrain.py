@@ -1,0 +1,212 @@
+"""Tests for pretrain.py: learning a corpus from scratch, continuing from saved weights, exact resume, data
+parallelism, and the hand-over to train.py and generate.py."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import pretrain
+import prepare_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBJECTS = {'the cat': 'sat on the mat', 'a dog': 'ran to the park', 'my bird': 'sang in the tree',
+            'the old man': 'read a long book', 'her sister': 'baked a sweet cake'}
+ENDINGS = ['in the morning', 'after lunch', 'at night', 'on sunday']
+
+
+def structured_text(n_docs, seed):
+    """Documents of sentences whose verb phrase follows from their subject: learnable beyond unigrams."""
+    rng = np.random.default_rng(seed)
+    subjects = sorted(SUBJECTS)
+    docs = []
+    for _ in range(n_docs):
+        sentences = []
+        for _ in range(rng.integers(3, 7)):
+            s = subjects[rng.integers(len(subjects))]
+            sentences.append(f'{s} {SUBJECTS[s]} {ENDINGS[rng.integers(len(ENDINGS))]}.')
+        docs.append(' '.join(sentences))
+    return '\n\n'.join(docs) + '\n'
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp('corpus')
+    (d / 'text.txt').write_text(structured_text(400, 0), encoding='utf-8')
+    assert prepare_corpus.main(['--input', str(d / 'text.txt'), '--out', str(d / 'corpus'), '--workers', '1',
+                                '--val_fraction', '0.1', '--quiet']) == 0
+    return d / 'corpus'
+
+
+def tiny_args(corpus, out, *extra):
+    """pretrain.py's arguments for a tiny model on corpus: 2 layers of 32, windows of 24 tokens, 8 an update."""
+    return ['--corpus', str(corpus), '--out', str(out), '--n_embd', '32', '--n_head', '4', '--n_layer', '2',
+            '--n_ctx', '24', '--n_batch', '8', '--lr', '3e-3', '--warmup_updates', '10', '--eval_every', '50',
+            '--eval_windows', '16', '--save_every', '0', '--device', 'cpu', '--quiet', *extra]
+
+
+def read_log(out):
+    with open(Path(out) / 'log.jsonl') as f:
+        return [json.loads(line) for line in f]
+
+
+def unigram_entropy(stream):
+    """Return the entropy in nats of the token distribution of a stream."""
+    counts = np.bincount(np.asarray(stream, dtype=np.int64))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+@pytest.fixture(scope='module')
+def scratch_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp('scratch')
+    assert pretrain.main(tiny_args(corpus, out, '--n_updates', '200', '--save_shards', '--sample_every', '200')) == 0
+    return out
+
+
+def test_from_scratch_learns_the_corpus_well_below_its_unigram_entropy(corpus, scratch_run):
+    train_stream, val_stream, meta = prepare_corpus.load_corpus(corpus)
+    entropy = unigram_entropy(train_stream)
+    log = read_log(scratch_run)
+    assert [r['n_updates'] for r in log] == [0, 50, 100, 150, 200]
+    assert log[0]['val_loss'] == pytest.approx(np.log(meta['separator_id'] + 1), abs=0.3)  # a fresh model: uniform
+    assert log[-1]['val_loss'] < 0.6 * entropy, (log[-1]['val_loss'], entropy)
+    assert all(set(r) >= {'n_updates', 'train_loss', 'val_loss', 'val_ppl', 'tokens_per_s', 'lr'} for r in log)
+    assert all(r['tokens_per_s'] > 0 and r['train_loss'] > 0 for r in log[1:])
+    assert log[-1]['val_ppl'] == pytest.approx(np.exp(log[-1]['val_loss']))
+    assert log[-1]['lr'] == pytest.approx(0.0, abs=1e-12)  # the cosine ends at 0
+    config = json.loads((scratch_run / 'config.json').read_text())
+    assert (config['n_vocab'], config['n_special'], config['n_ctx'], config['n_embd']) == (40478, 1, 24, 32)
+    assert (scratch_run / 'model.safetensors').is_file() and (scratch_run / 'shards' / 'params_9.npy').is_file()
+
+
+def val_loss_of(folder, corpus, **load_kw):
+    """The loss of a saved model on the fixed validation windows, computed here from the loaded weights."""
+    import convert
+    _, val_stream, meta = prepare_corpus.load_corpus(corpus)
+    model, _ = convert.load_model(str(folder), lm=True, n_ctx=24, **load_kw)
+    n_rows = meta['separator_id'] + 1
+    starts = pretrain.val_starts(len(val_stream), 24, 16)
+    x, targets = pretrain.lm_inputs(val_stream, starts, 24, model.transformer.embed.weight.shape[0] - 24)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))[..., :n_rows]  # [B, T, rows]: the tokens and the separator
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, n_rows), torch.from_numpy(targets).reshape(-1)).item()
+
+
+def test_saved_model_holds_the_trained_weights(corpus, scratch_run):
+    assert val_loss_of(scratch_run, corpus) == pytest.approx(read_log(scratch_run)[-1]['val_loss'], abs=1e-4)
+
+
+@pytest.mark.parametrize('source', ['safetensors', 'shards'])
+def test_continuing_starts_from_the_weights_loss(corpus, scratch_run, tmp_path, source):
+    """Continued pre-training starts where the weights are, not from a random model: exactly their loss from the
+    convert.py folder (separator row kept), close to it from released shards (a fresh separator row)."""
+    folder = scratch_run if source == 'safetensors' else scratch_run / 'shards'
+    assert pretrain.main(tiny_args(corpus, tmp_path, '--model_dir', str(folder), '--n_updates', '1')) == 0
+    first = read_log(tmp_path)[0]
+    trained = read_log(scratch_run)[-1]['val_loss']
+    assert first['n_updates'] == 0
+    if source == 'safetensors':
+        assert first['val_loss'] == pytest.approx(trained, abs=1e-4)
+    else:
+        np.random.seed(42)  # the fresh separator row, drawn as pretrain.py draws it after set_seed(42)
+        assert first['val_loss'] == pytest.approx(val_loss_of(folder, corpus, n_special=1, n_head=4), abs=1e-4)
+    assert first['val_loss'] < 0.5 * read_log(scratch_run)[0]['val_loss']
+
+
+def test_architecture_flags_must_match_the_weights(corpus, scratch_run, tmp_path, capsys):
+    assert pretrain.main(tiny_args(corpus, tmp_path, '--model_dir', str(scratch_run), '--n_updates', '1',
+                                   '--n_layer', '3')) == 2
+    err = capsys.readouterr().err
+    assert '--n_layer 3 contradicts n_layer=2' in err and err.count('\n') == 1
+
+
+def test_errors_are_one_line_before_any_work(corpus, tmp_path, capsys):
+    assert pretrain.main(tiny_args(corpus, tmp_path / 'a', '--n_ctx', '100000')) == 2
+    assert 'fewer than one window' in capsys.readouterr().err
+    assert pretrain.main(tiny_args(tmp_path / 'nowhere', tmp_path / 'b')) == 2
+    err = capsys.readouterr().err
+    assert 'nowhere' in err and err.count('\n') == 1 and 'Traceback' not in err
+    assert pretrain.main(tiny_args(corpus, tmp_path / 'c', '--resume')) == 2
+    assert 'nothing to resume' in capsys.readouterr().err
+
+
+def final_weights(out):
+    from safetensors.torch import load_file
+    return load_file(str(Path(out) / 'model.safetensors'))
+
+
+def test_killed_and_resumed_run_equals_the_uninterrupted_run(corpus, tmp_path):
+    """SIGKILL after some saved states, then --resume: the same weights and log as an uninterrupted run."""
+    import time
+    argv = tiny_args(corpus, tmp_path / 'full', '--n_updates', '40', '--eval_every', '10', '--save_every', '3')
+    assert pretrain.main(argv) == 0
+    out = tmp_path / 'killed'
+    cmd = [sys.executable, str(ROOT / 'pretrain.py'),
+           *tiny_args(corpus, out, '--n_updates', '40', '--eval_every', '10', '--save_every', '3')]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # kill after the evaluation at update 20: a few states are on disk
+        if line.startswith('update 20:'):
+            break
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    state = out / 'train_state.safetensors'
+    assert state.exists() and not (out / 'model.safetensors').exists()
+    assert pretrain.main([*cmd[2:], '--resume']) == 0
+    strip = [{k: v for k, v in r.items() if k not in ('time', 'tokens_per_s')} for r in read_log(out)]
+    assert strip == [{k: v for k, v in r.items() if k not in ('time', 'tokens_per_s')}
+                     for r in read_log(tmp_path / 'full')]
+    resumed, full = final_weights(out), final_weights(tmp_path / 'full')
+    assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def ddp_worker(rank, world, port, argv):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    assert pretrain.main(argv) == 0
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path):
+    """Under torchrun each rank takes its share of the same windows: without dropout, 2 gloo processes (each
+    in micro-batches of 2) end where 1 process does."""
+    no_dropout = ('--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0', '--n_updates', '6',
+                  '--eval_every', '3')
+    assert pretrain.main(tiny_args(corpus, tmp_path / 'one', *no_dropout)) == 0
+    argv = tiny_args(corpus, tmp_path / 'two', *no_dropout, '--micro_batch', '2')
+    mp.start_processes(ddp_worker, args=(2, free_port(), argv), nprocs=2, join=True, start_method='spawn')
+    one, two = final_weights(tmp_path / 'one'), final_weights(tmp_path / 'two')
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=0, msg=k)
+    assert [r['val_loss'] for r in read_log(tmp_path / 'two')] == pytest.approx(
+        [r['val_loss'] for r in read_log(tmp_path / 'one')], abs=1e-5)
+
+
+def test_the_pretrained_model_fine_tunes_and_generates(scratch_run, tmp_path, capsys):
+    """pretrain.py's folder goes to train.py --model_dir and generate.py --model_dir as the released weights do."""
+    import generate
+    import train
+    from tests.helpers import roc_cli_args, roc_workdir
+    d = roc_workdir(tmp_path)
+    argv = roc_cli_args(d, '--model_dir', str(scratch_run), '--n_ctx', '24', '--n_iter', '1', '--submit')
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'done: best valid acc' in out and (d / 'submission' / 'ROCStories.tsv').is_file()
+    assert generate.main(['--model_dir', str(scratch_run), '--prompt', 'the cat', '--greedy', '--gen_len', '5']) == 0
+    text = capsys.readouterr().out
+    assert text.startswith('the cat') and len(text.split()) > 2
