@@ -2,10 +2,13 @@
 
     python analysis.py --log log/rocstories.jsonl [--pred submission/ROCStories.tsv] [--data_dir data/]
                        [--plot curves.png] [--errors]
+    python analysis.py --task mnli --pred submission/mnli_dev_matched_predictions.tsv
+    python analysis.py --pretrain_log runs/name/log.jsonl [--plot losses.png]     # pretrain.py's loss curves
 """
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 
@@ -14,10 +17,11 @@ import numpy as np
 from datasets import TEST_FILE, _rocstories
 
 
-def read_log(log_path):
-    """Return the records of a ResultLogger JSON-lines log, without its first line (the run's arguments)."""
+def read_log(log_path, header=True):
+    """Return the records of a JSON-lines log, without its first line (a ResultLogger's arguments) when header."""
     if not os.path.isfile(log_path):
-        raise FileNotFoundError(f'{log_path}: log file not found; train.py writes it to <log_dir>/<desc>.jsonl')
+        raise FileNotFoundError(f'{log_path}: log file not found; train.py writes it to <log_dir>/<desc>.jsonl, '
+                                f'pretrain.py to <out>/log.jsonl')
     records = []
     with open(log_path, encoding='utf-8') as f:
         for lineno, line in enumerate(f, start=1):
@@ -30,7 +34,7 @@ def read_log(log_path):
                                  f'writes') from None
             if not isinstance(record, dict):
                 raise ValueError(f'{log_path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}')
-            if lineno > 1:
+            if lineno > 1 or not header:
                 records.append(record)
     return records
 
@@ -131,6 +135,39 @@ def plot_curves(log_path, out_path):
     return out_path
 
 
+def pretrain_report(log_path):
+    """Print and return the summary of a pretrain.py log: the last and the best validation loss (nats/token)."""
+    records = [r for r in read_log(log_path, header=False) if r.get('val_loss') is not None]
+    if not records:
+        raise ValueError(f'{log_path}: no val_loss entries; pass the log.jsonl that pretrain.py writes')
+    best = min(records, key=lambda r: r['val_loss'])
+    last = records[-1]
+    print(f"{len(records)} evaluations, last at update {last['n_updates']}: val loss {last['val_loss']:.4f} "
+          f"(perplexity {math.exp(min(last['val_loss'], 700.0)):.2f})")
+    print(f"best val loss {best['val_loss']:.4f} at update {best['n_updates']}")
+    return dict(last=last, best=best)
+
+
+def plot_pretrain_curves(log_path, out_path):
+    """Draw the training and validation losses (nats/token) of a pretrain.py log against n_updates; return out_path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    records = read_log(log_path, header=False)
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for key, label in (('train_loss', 'train'), ('val_loss', 'valid')):
+        points = [(r['n_updates'], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker='o', label=label)
+    ax.set_xlabel('n_updates')
+    ax.set_ylabel('loss (nats per token)')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path)
+    return out_path
+
+
 def misclassified(data_dir, pred_path):
     """Return the misclassified test stories as (index, story, ending1, ending2, predicted, true), 1-based endings."""
     preds = read_predictions(pred_path)
@@ -188,6 +225,7 @@ def parse_args(argv=None):
     parser.add_argument('--data_dir', default='data/', help='folder of the Story Cloze Test CSVs')
     parser.add_argument('--plot', help='write learning curves to this image file (e.g. curves.png)')
     parser.add_argument('--errors', action='store_true', help='list misclassified test stories (needs --pred)')
+    parser.add_argument('--pretrain_log', help='the log.jsonl of pretrain.py: its losses (and, with --plot, curves)')
     return parser.parse_args(argv)
 
 
@@ -195,6 +233,11 @@ def main(argv=None):
     """Print the results the command line asks for; exit non-zero with one line on stderr on bad input."""
     args = parse_args(argv)
     try:
+        if args.pretrain_log:
+            pretrain_report(args.pretrain_log)
+            if args.plot:
+                print(f'loss curves written to {plot_pretrain_curves(args.pretrain_log, args.plot)}')
+            return
         if args.task and args.task != 'rocstories':  # ROCStories is the report below, from --log
             if not args.pred:
                 raise ValueError('--task needs --pred: the <task>_<dev split>_predictions.tsv that train.py writes')
