@@ -452,9 +452,11 @@ class DoubleHeadModel(nn.Module):
         _, past = self.transformer.forward_cached(x[:, 0, :P])  # [B, P, 2] -> per block (k, v) [B, H, P, hd]
         past = [(k.repeat_interleave(C, 0), v.repeat_interleave(C, 0)) for k, v in past]  # -> [B*C, H, P, hd]
         valid = torch.arange(P, device=x.device) < prefix[:, None]  # [B, P]
-        # each choice's rest, shifted to start at 0; what lies past T repeats position T-1, after the
-        # classify token, so causal attention keeps it out of the pooled state
-        R = T - int(prefix.min())
+        # each choice's rest up to its classify token, shifted to start at 0 and as long as the longest rest;
+        # what lies past a sequence's classify token (padding, or position T-1 repeated) comes after the pooled
+        # position, so causal attention keeps it out of the pooled state
+        ends = pool_idx(x.reshape(B * C, T, 2), self.task_head.clf_token).view(B, C) + 1  # [B, C]
+        R = int((ends - prefix[:, None]).max())
         idx = (prefix[:, None] + torch.arange(R, device=x.device)).clamp(max=T - 1)  # [B, R]
         rest = x.gather(2, idx[:, None, :, None].expand(B, C, R, 2))  # [B, C, T, 2] -> [B, C, R, 2]
         h, _ = self.transformer.forward_cached(rest.reshape(B * C, R, 2), past, valid.repeat_interleave(C, 0))

@@ -1,8 +1,9 @@
 """Fine-tune GPT-1 on ROCStories and write the submission (TF: train.py's `__main__`, transform_roc,
 iter_apply, iter_predict, log, predict, and the multi-GPU update of mgpu_train).
 
-The only module that wires the others together: data (datasets, text_utils, utils), the model
-(model_pytorch), the losses (loss) and the optimizer (opt).
+Wires the data (datasets, task_datasets, tasks, text_utils, utils), the model (model_pytorch), the losses
+(loss) and the optimizer (opt) together; the update itself, the devices and precisions are trainer.py's,
+shared with pretrain.py.
 
 Run as the original: python train.py --dataset rocstories --desc rocstories --submit --analysis --data_dir data/
 """
@@ -236,6 +237,11 @@ def shared_prefix(xmb, mmb):
     return np.minimum(first_diff, mmb.sum(-1).min(1).astype(np.int64) - 1).clip(min=0)
 
 
+def uses_shared_prefix(model, xmb):
+    """Return whether evaluation scores xmb's choices from their shared prefix: a multiple-choice model and layout."""
+    return isinstance(getattr(model, 'task_head', None), MultipleChoiceHead) and xmb.ndim == 4
+
+
 def head_outputs(model, xmb, mmb, device, precision):
     """Return the task head's outputs [B, C] or [B] of one batch (a model in eval mode).
 
@@ -243,8 +249,7 @@ def head_outputs(model, xmb, mmb, device, precision):
     every choice from its key/value cache: the same outputs as the plain forward, with fewer FLOPs.
     """
     x, m = trim_batch(xmb, mmb)
-    head = getattr(model, 'task_head', None)
-    prefix = shared_prefix(x, m) if isinstance(head, MultipleChoiceHead) and x.ndim == 4 else None
+    prefix = shared_prefix(x, m) if uses_shared_prefix(model, x) else None
     x = to_tensors(device, x)[0]
     with autocast_context(device, precision):
         if prefix is not None and prefix.min() > 0:
@@ -258,7 +263,11 @@ def outputs_in_length_order(model, Xs, Ms, n_batch, device, precision, verbose=F
     Intentional difference (speed only): the split is sorted by length before it is cut into batches, so each
     batch is trimmed with little padding; the outputs are put back in the split's order.
     """
-    order = np.argsort(Ms.reshape(len(Ms), -1, Ms.shape[-1]).sum(-1).max(-1), kind='stable')
+    lengths = Ms.reshape(len(Ms), -1, Ms.shape[-1]).sum(-1).max(-1)
+    if uses_shared_prefix(model, Xs):  # batches of similar prefixes, then of similar whole lengths
+        order = np.lexsort((lengths, shared_prefix(Xs, Ms)))
+    else:
+        order = np.argsort(lengths, kind='stable')
     outputs = []
     with torch.inference_mode():
         for xmb, mmb in iter_data(Xs[order], Ms[order], n_batch=n_batch, truncate=False, verbose=verbose):
