@@ -113,10 +113,16 @@ def write_safetensors(path, tensors, metadata=None, writer=None):
     return path
 
 
+def host_weights(model):
+    """Return {name: host copy} of the model's weights, each tied storage once under its first name."""
+    return {name: host_copy(t) for name, t in unique_tensors(model.state_dict()).items()}
+
+
 def save_params(model, path, writer=None):
-    """Write the model's weights to path (safetensors, tied weights once) atomically; return path."""
-    tensors = {name: host_copy(t) for name, t in unique_tensors(model.state_dict()).items()}
-    return write_safetensors(path, tensors, writer=writer)
+    """Write the model's weights to path (safetensors, tied weights once) atomically; return their host copies."""
+    tensors = host_weights(model)
+    write_safetensors(path, tensors, writer=writer)
+    return tensors
 
 
 def tied_names(state):
@@ -125,6 +131,28 @@ def tied_names(state):
     for name, t in state.items():
         groups.setdefault(t.data_ptr(), []).append(name)
     return {name: group for group in groups.values() for name in group}
+
+
+def load_weights(model, saved, source):
+    """Copy the tensors {name: tensor} into model (strictly: every weight, each shape; source names them in
+    errors); return model."""
+    state = model.state_dict()
+    ties = tied_names(state)
+    # a tied weight may be stored under any of its names (save_params keeps the first, older files another)
+    found = {name: next((saved[n] for n in ties[name] if n in saved), None) for name in state}
+    missing = [name for name, t in found.items() if t is None]
+    unexpected = sorted(set(saved) - set(state))
+    if missing or unexpected:
+        raise ValueError(f'{source} does not fit this model: '
+                         + (f'no {missing[0]}' if missing else f'unexpected {unexpected[0]}'))
+    for name, t in state.items():  # every shape checked before anything is copied
+        if tuple(found[name].shape) != tuple(t.shape):
+            raise ValueError(f'{source} does not fit this model: {name} has shape {tuple(found[name].shape)}, '
+                             f'the model {tuple(t.shape)}')
+    with torch.no_grad():
+        for name, t in state.items():
+            t.copy_(found[name])
+    return model
 
 
 def load_params(model, path):
@@ -136,23 +164,7 @@ def load_params(model, path):
             saved = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as err:
         raise ValueError(f'{path} is not a safetensors file of weights ({err}); only safetensors are loaded') from None
-    state = model.state_dict()
-    ties = tied_names(state)
-    # a tied weight may be stored under any of its names (save_params keeps the first, older files another)
-    found = {name: next((saved[n] for n in ties[name] if n in saved), None) for name in state}
-    missing = [name for name, t in found.items() if t is None]
-    unexpected = sorted(set(saved) - set(state))
-    if missing or unexpected:
-        raise ValueError(f'{path} does not fit this model: '
-                         + (f'no {missing[0]}' if missing else f'unexpected {unexpected[0]}'))
-    for name, t in state.items():  # every shape checked before anything is copied
-        if tuple(found[name].shape) != tuple(t.shape):
-            raise ValueError(f'{path} does not fit this model: {name} has shape {tuple(found[name].shape)}, '
-                             f'the model {tuple(t.shape)}')
-    with torch.no_grad():
-        for name, t in state.items():
-            t.copy_(found[name])
-    return model
+    return load_weights(model, saved, path)
 
 
 def check_writable(folder):

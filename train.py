@@ -21,7 +21,8 @@ from tqdm import tqdm
 import datasets
 from distributed import (DistInfo, close_distributed, dist_info, gather_concat, init_distributed, shard,
                          sum_over_ranks, wrap_ddp)
-from checkpoint import atomic_write, check_writable, load_params, load_training_state, save_params, save_training_state
+from checkpoint import (atomic_write, check_writable, load_params, load_training_state, load_weights, save_params,
+                        save_training_state)
 import task_datasets
 from loss import clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_pytorch import (N_SHARDS, DoubleHeadModel, MultipleChoiceHead, is_released_folder,
@@ -449,7 +450,7 @@ def log_eval(run, data):
                                          scores['va_cost'], scores['tr' + key[2:]], scores[key]), flush=True)
     if improved and args.submit:
         with run.clock.phase('write'):
-            save_params(run.model, run.paths['best'], writer=run.writer)
+            run.best = save_params(run.model, run.paths['best'], writer=run.writer)
 
 
 def save_state(run):
@@ -594,25 +595,31 @@ def run(args):
         with open_log(paths['log'], args, progress, info) as run.logger:
             if args.submit and not args.resume and info.is_main:
                 with clock.phase('write'):
-                    save_params(model, paths['best'], writer=run.writer)
+                    run.best = save_params(model, paths['best'], writer=run.writer)
             train(run, data)
+        summary = dict(n_updates=progress['n_updates'], best_va=progress['best'], metric=selection_metric(data)[3:],
+                       examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
+        if args.submit and info.is_main:
+            # the best weights' host copy, while the last writes go on; a resumed run reads them back
+            with clock.phase('load'):
+                if run.best is None:
+                    run.writer.wait()
+                    load_params(model, paths['best'])
+                else:
+                    load_weights(model, run.best, paths['best'])
+                model.eval()
+            summary.update(write_predictions(model, data, args, device, clock))
     finally:
         with clock.phase('write'):
-            run.writer.wait()  # the last state and best weights are on disk before they are read or the run ends
-    summary = dict(n_updates=progress['n_updates'], best_va=progress['best'], metric=selection_metric(data)[3:],
-                   examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
-    if args.submit and info.is_main:
-        with clock.phase('load'):
-            load_params(model, paths['best']).eval()
-        summary.update(write_predictions(model, data, args, device, clock))
-        if args.analysis:
-            import analysis  # here, not at import time: it loads the plotting and data libraries it needs
-            with clock.phase('eval'):
-                if data['task'] is None:
-                    analysis.rocstories(args.data_dir, paths['submission'], paths['log'])
-                else:
-                    for path in summary['dev_files']:
-                        analysis.task_report(data['task'].name, path)
+            run.writer.wait()  # the last state and best weights are on disk before the run ends
+    if args.submit and info.is_main and args.analysis:
+        import analysis  # here, not at import time: it loads the plotting and data libraries it needs
+        with clock.phase('eval'):
+            if data['task'] is None:
+                analysis.rocstories(args.data_dir, paths['submission'], paths['log'])
+            else:
+                for path in summary['dev_files']:
+                    analysis.task_report(data['task'].name, path)
     summary['wall_s'] = time.time() - t0
     summary['phases'] = format_phases(clock, device)
     return summary

@@ -62,6 +62,7 @@ class Run:
     info: DistInfo = DistInfo()
     clock: PhaseClock = field(default_factory=PhaseClock)
     writer: StateWriter = field(default_factory=StateWriter)
+    best: dict = None                # host copies of the best weights saved so far by this process, if any
 
     def __post_init__(self):
         if self.net is None:

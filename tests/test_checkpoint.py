@@ -196,7 +196,7 @@ def test_killed_while_writing_in_the_background_leaves_a_complete_file(tmp_path,
         with safe_open(str(path), framework='pt') as f:
             k = float(f.metadata()['k'])
             x = f.get_tensor('x')
-        assert x.shape == (4_000_000,) and torch.all(x == k) and 1 <= k <= n_written
+        assert x.shape == (4_000_000,) and torch.all(x == k) and k >= 1  # one whole save, whichever
     # what else a kill leaves is a temporary (ours, or safetensors' own), never a file under the real name
     assert all(p.name.startswith(('state.safetensors.tmp', '.tmp')) for p in tmp_path.iterdir() if p != path)
 
