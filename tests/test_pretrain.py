@@ -210,3 +210,52 @@ def test_the_pretrained_model_fine_tunes_and_generates(scratch_run, tmp_path, ca
     assert generate.main(['--model_dir', str(scratch_run), '--prompt', 'the cat', '--greedy', '--gen_len', '5']) == 0
     text = capsys.readouterr().out
     assert text.startswith('the cat') and len(text.split()) > 2
+
+
+def run_and_load(corpus, out, *extra):
+    """Run pretrain.py on the tiny setup (6 updates) and return its final weights and log."""
+    assert pretrain.main(tiny_args(corpus, out, '--n_updates', '6', '--eval_every', '3', *extra)) == 0
+    return final_weights(out), read_log(out)
+
+
+def test_micro_batches_and_activation_checkpointing_make_the_same_updates(corpus, tmp_path):
+    """--micro_batch accumulates to the same update (no dropout); --checkpoint_activations replays the dropout
+    masks, so with dropout too the weights are those of the plain run."""
+    plain, _ = run_and_load(corpus, tmp_path / 'plain', '--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0')
+    micro, _ = run_and_load(corpus, tmp_path / 'micro', '--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0',
+                            '--micro_batch', '3')
+    for k in plain:
+        torch.testing.assert_close(micro[k], plain[k], atol=2e-5, rtol=0, msg=k)
+    dropped, _ = run_and_load(corpus, tmp_path / 'dropped')
+    checkpointed, _ = run_and_load(corpus, tmp_path / 'ckpt', '--checkpoint_activations')
+    for k in dropped:
+        torch.testing.assert_close(checkpointed[k], dropped[k], atol=1e-6, rtol=0, msg=k)
+    assert any(not torch.allclose(dropped[k], plain[k]) for k in plain)  # dropout was on
+
+
+@pytest.mark.parametrize('precision', ['bf16', 'fp16'])
+def test_low_precision_runs_follow_fp32(corpus, tmp_path, precision):
+    _, log32 = run_and_load(corpus, tmp_path / 'fp32')
+    _, log = run_and_load(corpus, tmp_path / precision, '--precision', precision)
+    assert [r['val_loss'] for r in log] == pytest.approx([r['val_loss'] for r in log32], rel=0.02)
+
+
+def test_epochs_set_the_number_of_updates_and_samples_are_logged(corpus, tmp_path, capsys):
+    train_stream, _, _ = prepare_corpus.load_corpus(corpus)
+    assert pretrain.main(tiny_args(corpus, tmp_path, '--n_epochs', '0.25', '--eval_every', '0',
+                                   '--sample_every', '4', '--sample_prompt', 'the cat')) == 0
+    expected = int(np.ceil(0.25 * len(train_stream) / (8 * 24)))
+    assert [r['n_updates'] for r in read_log(tmp_path)] == [0, expected]  # update 0, then the end
+    out = capsys.readouterr().out
+    samples = [line for line in out.splitlines() if line.startswith('sample at update')]
+    assert len(samples) == len(range(4, expected + 1, 4)) + (expected % 4 != 0)
+    assert all(': the cat' in line for line in samples)
+    assert json.loads((tmp_path / 'args.json').read_text())['n_updates_total'] == expected
+
+
+def test_compile_trains_like_eager(corpus, tmp_path):
+    eager, log = run_and_load(corpus, tmp_path / 'eager', '--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0')
+    compiled, clog = run_and_load(corpus, tmp_path / 'compiled', '--embd_pdrop', '0', '--attn_pdrop', '0',
+                                  '--resid_pdrop', '0', '--compile')
+    assert [r['n_updates'] for r in clog] == [r['n_updates'] for r in log]
+    assert max((compiled[k] - eager[k]).abs().max().item() for k in eager) < 1e-4

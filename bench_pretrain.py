@@ -1,0 +1,171 @@
+"""Pre-training throughput: pretrain.py's update against transformers' OpenAIGPTLMHeadModel, tokens/s and MFU.
+
+Both train the full-size GPT-1 (768 states, 12 layers, 12 heads) as a language model on windows of n_ctx
+tokens (default 512, the paper's), the same random token windows for both, in the same process, alternating:
+- ours: `pretrain.pretrain_step` (trainer.update: micro-batches, autocast, the fused LM loss over the token
+  rows and the separator, OpenAIAdam with global clipping);
+- peer: `OpenAIGPTLMHeadModel(input_ids, labels=input_ids)` (its own position table, LM softmax over its
+  token rows), backward, `clip_grad_norm_(1.0)`, `torch.optim.AdamW`, the same micro-batches accumulated.
+FLOPs are model FLOPs per token (bench.seq_flops with train=True); MFU is against --peak_tflops when given,
+else against the measured matmul roofline of the precision (bench.measure_roofline).
+
+    python bench_pretrain.py                          # CPU: fp32 and bf16, 4 windows of 512 an update
+    python bench_pretrain.py --device cuda --n_batch 64 --micro_batch 16 --peak_tflops 989.4
+    python bench_pretrain.py --quick                  # a tiny model, seconds (tests/test_bench_pretrain.py)
+"""
+import argparse
+import json
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import bench
+from model_pytorch import DEFAULT_CONFIG, N_VOCAB, LMModel, clone_config
+from opt import OpenAIAdam
+from trainer import PhaseClock, Run, autocast_context, configure_precision
+
+FULL = dict(n_embd=768, n_head=12, n_layer=12)
+QUICK = dict(n_embd=32, n_head=4, n_layer=2)
+
+
+def parse_args(argv=None):
+    """Return the parsed command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--precisions', default='fp32,bf16', help='comma-separated: fp32, bf16, fp16')
+    p.add_argument('--n_ctx', type=int, default=512)
+    p.add_argument('--n_batch', type=int, default=4, help='windows per update')
+    p.add_argument('--micro_batch', type=int, default=None, help='windows per forward pass (default n_batch)')
+    p.add_argument('--steps', type=int, default=3, help='timed updates per implementation (the median is reported)')
+    p.add_argument('--warmup_steps', type=int, default=1)
+    p.add_argument('--peak_tflops', type=float, default=None, help='the device\'s dense peak; default: the roofline')
+    p.add_argument('--quick', action='store_true', help='a tiny model and short windows: a smoke test')
+    p.add_argument('--json', default=None, help='also write the results as JSON to this path')
+    return p.parse_args(argv)
+
+
+def shape_of(args):
+    """Return the model shape bench.seq_flops expects."""
+    size = QUICK if args.quick else FULL
+    return SimpleNamespace(n_vocab=N_VOCAB, n_ctx=args.n_ctx, **size)
+
+
+def make_stream(n_tokens, seed=0):
+    """Return a random uint16 token stream with a separator (id N_VOCAB) about every 300 tokens."""
+    rng = np.random.default_rng(seed)
+    stream = rng.integers(0, N_VOCAB, n_tokens).astype(np.uint16)
+    stream[rng.integers(0, n_tokens, n_tokens // 300)] = N_VOCAB
+    return stream
+
+
+class Ours:
+    """pretrain.py's update on an LMModel with the table [tokens; separator; positions]."""
+
+    def __init__(self, args, shape, precision, device):
+        import pretrain
+        self.pretrain = pretrain
+        torch.manual_seed(0)
+        cfg = clone_config(DEFAULT_CONFIG, n_embd=shape.n_embd, n_head=shape.n_head, n_layer=shape.n_layer)
+        model = LMModel(cfg, vocab=N_VOCAB + 1 + args.n_ctx, n_ctx=args.n_ctx).to(device)
+        opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
+                         l2=0.01, max_grad_norm=1.0)
+        run_args = SimpleNamespace(seed=0, n_batch=args.n_batch, n_ctx=args.n_ctx, micro_batch=args.micro_batch,
+                                   precision=precision)
+        self.run = Run(model, opt, run_args, device, {}, {}, net=model.transformer,
+                       scaler=configure_precision(device, precision), clock=PhaseClock())
+        self.rows = N_VOCAB + 1
+
+    def step(self, stream, update_no):
+        """Make one update on the windows of update_no."""
+        self.pretrain.pretrain_step(self.run, stream, update_no, self.rows, self.rows)
+
+
+class Peer:
+    """transformers' OpenAIGPTLMHeadModel trained on the same windows, accumulated over the same micro-batches."""
+
+    def __init__(self, args, shape, precision, device):
+        from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+        torch.manual_seed(0)
+        cfg = OpenAIGPTConfig(vocab_size=N_VOCAB + 1, n_positions=args.n_ctx, n_embd=shape.n_embd,
+                              n_layer=shape.n_layer, n_head=shape.n_head, afn='gelu')
+        self.model = OpenAIGPTLMHeadModel(cfg).to(device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2.5e-4, weight_decay=0.01)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == 'fp16' else None
+        self.args, self.precision, self.device = args, precision, device
+
+    def step(self, stream, update_no):
+        """Make one update on the windows of update_no."""
+        import pretrain
+        args = self.args
+        starts = pretrain.window_starts(0, update_no, args.n_batch, len(stream), args.n_ctx)
+        micro = args.micro_batch or args.n_batch
+        for s in range(0, args.n_batch, micro):
+            ids = torch.from_numpy(np.stack([stream[t:t + args.n_ctx].astype(np.int64) for t in starts[s:s + micro]]))
+            ids = ids.to(self.device)
+            with autocast_context(self.device, self.precision):
+                loss = self.model(input_ids=ids, labels=ids).loss * (len(ids) / args.n_batch)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def measure(impl, stream, steps, warmup_steps, device):
+    """Return the wall seconds of each timed update of impl."""
+    for k in range(warmup_steps):
+        impl.step(stream, k + 1)
+    times = []
+    for k in range(steps):
+        times.append(bench.timed(lambda: impl.step(stream, warmup_steps + k + 1), device))
+    return times
+
+
+def main(argv=None):
+    """Run the benchmark; print a table (and write JSON); return the exit code."""
+    args = parse_args(argv)
+    if args.quick:
+        args.n_ctx, args.n_batch, args.steps, args.warmup_steps = 32, 2, 1, 1
+    device = torch.device(args.device)
+    shape = shape_of(args)
+    stream = make_stream(max(4 * args.n_batch * (args.n_ctx + 1) * 8, 100_000))
+    tokens = args.n_batch * args.n_ctx
+    flops = args.n_batch * bench.seq_flops(args.n_ctx, shape, N_VOCAB + 1, train=True)
+    results = []
+    for precision in args.precisions.split(','):
+        peak = args.peak_tflops * 1e12 if args.peak_tflops else bench.measure_roofline(
+            precision, device, 512 if args.quick else (8192 if device.type == 'cuda' else 3072))
+        for name, cls in (('ours', Ours), ('peer', Peer)):
+            impl = cls(args, shape, precision, device)
+            step_s = float(np.median(measure(impl, stream, args.steps, args.warmup_steps, device)))
+            results.append(dict(impl=name, precision=precision, step_s=step_s, tokens_per_s=tokens / step_s,
+                                tflops=flops / step_s / 1e12, mfu=flops / step_s / peak, peak_tflops=peak / 1e12))
+            del impl
+    info = bench.machine_info(device)
+    print(f"GPT-1 pre-training benchmark: {info.get('cpu', '')} {info.get('gpu', '')} torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"model {shape.n_embd}/{shape.n_layer}/{shape.n_head}, rows {N_VOCAB + 1}; {args.n_batch} windows of "
+          f"{args.n_ctx} an update (micro-batch {args.micro_batch or args.n_batch}); {args.steps} timed updates "
+          f"(median); device {device}")
+    print(f"{'impl':6} {'prec':5} {'step s':>8} {'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak':>8}  vs peer")
+    for r in results:
+        peer = next(p for p in results if p['impl'] == 'peer' and p['precision'] == r['precision'])
+        vs = f"{peer['step_s'] / r['step_s']:.2f}x" if r['impl'] == 'ours' else ''
+        print(f"{r['impl']:6} {r['precision']:5} {r['step_s']:8.2f} {r['tokens_per_s']:9.0f} {r['tflops']:8.3f} "
+              f"{r['mfu']:6.1%} {r['peak_tflops']:8.3f}  {vs}")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=info, args=vars(args), results=results), f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
