@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import check_writable, load_training_state, save_training_state
-from distributed import DistInfo, close_distributed, dist_info, init_distributed, shard, wrap_ddp
+from checkpoint import check_writable, save_training_state
+from distributed import DistInfo, close_distributed, dist_info, init_distributed, shard
 from loss import token_losses
 from model_pytorch import DEFAULT_CONFIG, LMModel, clone_config
 from opt import SCHEDULES, OpenAIAdam
-from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, Run, autocast_context, configure_precision,
-                     format_phases, resolve_device, set_seed, to_tensors, update)
+from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, autocast_context, configure_precision, format_phases,
+                     make_run, resolve_device, resume_or_start, set_seed, to_tensors, update)
 
 LM_CHUNK = 8192       # positions decoded at once by the LM loss
 SAMPLE_PROMPT = 'the'
@@ -380,19 +380,10 @@ def run(args):
         opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule='warmup_cosine_decay',
                          warmup=min(1.0, args.warmup_updates / n_updates), t_total=n_updates, b1=args.b1,
                          b2=args.b2, e=args.e, l2=args.l2, max_grad_norm=args.max_grad_norm)
-        if args.resume:
-            progress = load_training_state(paths['state'], model, opt)
-            if info.is_main:
-                print(f"resuming at update {progress['n_updates']} of {n_updates}", flush=True)
-        else:
-            progress = new_progress()
-    if info.world_size > 1:
-        torch.manual_seed(args.seed + info.rank)  # different dropout masks on each rank's share
-    net = wrap_ddp(model.transformer, device, info)
-    if args.compile:
-        net = torch.compile(net)
-    run_ = Run(model, opt, args, device, paths, progress, net=net, scaler=configure_precision(device, args.precision),
-               info=info, clock=clock)
+        progress = resume_or_start(args, paths['state'], model, opt, info, new_progress,
+                                   lambda p: f"update {p['n_updates']} of {n_updates}")
+    run_ = make_run(model, opt, args, device, paths, progress, model.transformer,
+                    configure_precision(device, args.precision), info, clock)
     if info.is_main:
         if not args.resume:
             with open(paths['log'], 'w', encoding='utf-8'):

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 import datasets
 from distributed import (DistInfo, close_distributed, dist_info, gather_concat, init_distributed, shard,
-                         sum_over_ranks, wrap_ddp)
-from checkpoint import (atomic_write, check_writable, load_params, load_training_state, load_weights, save_params,
+                         sum_over_ranks)
+from checkpoint import (atomic_write, check_writable, load_params, load_weights, save_params,
                         save_training_state)
 import task_datasets
 from loss import clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
@@ -30,8 +30,8 @@ from model_pytorch import (N_SHARDS, DoubleHeadModel, MultipleChoiceHead, is_rel
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
-from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, Run, autocast_context, configure_precision,
-                     format_phases, resolve_device, set_seed, to_tensors, update)
+from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, autocast_context, configure_precision, format_phases,
+                     make_run, resolve_device, resume_or_start, set_seed, to_tensors, update)
 from utils import ResultLogger, encode_dataset, iter_data
 
 DATASETS = ('rocstories',) + tuple(sorted(TASKS))
@@ -576,20 +576,11 @@ def run(args):
         opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule=args.lr_schedule, warmup=args.lr_warmup,
                          t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
                          vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
-        if args.resume:
-            progress = load_training_state(paths['state'], model, opt)
-            if info.is_main:
-                print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
-        else:
-            progress = new_progress()
-    if info.world_size > 1:
-        torch.manual_seed(args.seed + info.rank)  # different dropout masks on each rank's share
-    net = wrap_ddp(TrainForward(model), device, info)
-    if args.compile:
-        # dynamic: batches are trimmed to their longest sequence, so every length would otherwise recompile
-        net = torch.compile(net, dynamic=True)
-    run = Run(model, opt, args, device, paths, progress, net=net, scaler=configure_precision(device, args.precision),
-              info=info, clock=clock)
+        progress = resume_or_start(args, paths['state'], model, opt, info, new_progress,
+                                   lambda p: f"epoch {p['epoch']}, update {p['n_updates']}")
+    # dynamic shapes: batches are trimmed to their longest sequence, so every length would otherwise recompile
+    run = make_run(model, opt, args, device, paths, progress, TrainForward(model),
+                   configure_precision(device, args.precision), info, clock, dynamic=True)
 
     try:
         with open_log(paths['log'], args, progress, info) as run.logger:

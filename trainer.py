@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from checkpoint import StateWriter
-from distributed import DistInfo
+from distributed import DistInfo, wrap_ddp
 
 PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
 
@@ -67,6 +67,29 @@ class Run:
     def __post_init__(self):
         if self.net is None:
             self.net = self.model
+
+
+def resume_or_start(args, path, model, opt, info, fresh, describe):
+    """Return the run's progress: with --resume restored from the training state at path (model, optimizer and RNGs
+    too, and describe(progress) printed by the main rank), else fresh()."""
+    from checkpoint import load_training_state
+    if not args.resume:
+        return fresh()
+    progress = load_training_state(path, model, opt)
+    if info.is_main:
+        print(f'resuming at {describe(progress)}', flush=True)
+    return progress
+
+
+def make_run(model, opt, args, device, paths, progress, module, scaler, info, clock, dynamic=None):
+    """Return the Run whose training step calls module: wrapped by DDP under several processes (each rank then
+    drawing its own dropout masks) and by torch.compile with --compile (dynamic: its shapes argument)."""
+    if info.world_size > 1:
+        torch.manual_seed(args.seed + info.rank)  # different dropout masks on each rank's share
+    net = wrap_ddp(module, device, info)
+    if args.compile:
+        net = torch.compile(net, dynamic=dynamic)
+    return Run(model, opt, args, device, paths, progress, net=net, scaler=scaler, info=info, clock=clock)
 
 
 def set_seed(seed):
