@@ -327,8 +327,9 @@ def test_schedule_values(fn, x, warmup, expected):
 
 
 def test_schedules_default_warmup_and_table():
+    from opt import warmup_cosine_decay
     assert SCHEDULES == {'warmup_cosine': warmup_cosine, 'warmup_constant': warmup_constant,
-                         'warmup_linear': warmup_linear}
+                         'warmup_linear': warmup_linear, 'warmup_cosine_decay': warmup_cosine_decay}
     assert warmup_linear(0.001) == pytest.approx(0.5 * 0.999)
     assert warmup_cosine(0.1) == pytest.approx(0.5 * (1 + math.cos(0.1 * math.pi)))
 
