@@ -119,13 +119,16 @@ class Peer:
         self.opt.zero_grad(set_to_none=True)
 
 
-def measure(impl, stream, steps, warmup_steps, device):
-    """Return the wall seconds of each timed update of impl."""
+def measure(impls, stream, steps, warmup_steps, device):
+    """Return the wall seconds of each timed update of each impl, the impls taking turns update by update
+    (so a slow spell of a shared machine falls on both)."""
     for k in range(warmup_steps):
-        impl.step(stream, k + 1)
-    times = []
+        for impl in impls:
+            impl.step(stream, k + 1)
+    times = [[] for _ in impls]
     for k in range(steps):
-        times.append(bench.timed(lambda: impl.step(stream, warmup_steps + k + 1), device))
+        for impl, own in zip(impls, times):
+            own.append(bench.timed(lambda: impl.step(stream, warmup_steps + k + 1), device))
     return times
 
 
@@ -143,12 +146,12 @@ def main(argv=None):
     for precision in args.precisions.split(','):
         peak = args.peak_tflops * 1e12 if args.peak_tflops else bench.measure_roofline(
             precision, device, 512 if args.quick else (8192 if device.type == 'cuda' else 3072))
-        for name, cls in (('ours', Ours), ('peer', Peer)):
-            impl = cls(args, shape, precision, device)
-            step_s = float(np.median(measure(impl, stream, args.steps, args.warmup_steps, device)))
-            results.append(dict(impl=name, precision=precision, step_s=step_s, tokens_per_s=tokens / step_s,
+        impls = [Ours(args, shape, precision, device), Peer(args, shape, precision, device)]
+        for name, times in zip(('ours', 'peer'), measure(impls, stream, args.steps, args.warmup_steps, device)):
+            step_s = float(np.median(times))
+            results.append(dict(impl=name, precision=precision, step_s=step_s, times=times, tokens_per_s=tokens / step_s,
                                 tflops=flops / step_s / 1e12, mfu=flops / step_s / peak, peak_tflops=peak / 1e12))
-            del impl
+        del impls
     info = bench.machine_info(device)
     print(f"GPT-1 pre-training benchmark: {info.get('cpu', '')} {info.get('gpu', '')} torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

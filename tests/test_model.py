@@ -1,5 +1,6 @@
 """Tests for model_pytorch.py: TF parity, dropout structure, heads and the weight loader."""
 import argparse
+import contextlib
 import copy
 import json
 
@@ -210,6 +211,37 @@ def test_attention_dropout_is_off_in_evaluation(path):
             outs.append(attention_output(attn, x, path))
         torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
         torch.testing.assert_close(outs[0], attention_output(plain, x, path))
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_cpu_reduced_precision_training_attention_keeps_the_fp32_dropout_draws(dtype):
+    """CPU training under bf16/fp16 autocast with attention dropout: the default path runs without SDPA's math
+    kernel (the only one with dropout there, which upcasts to fp32), and its output and gradients are within the
+    dtype's rounding of the fp32 path's from the same seed: the same dropout masks, applied in the same places."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from model_pytorch import Attention
+    torch.manual_seed(0)
+    attn = Attention(64, 4, attn_pdrop=0.3, resid_pdrop=0.0).train()
+    x = torch.randn(2, 16, 64)
+    outs = {}
+    for precision in ('fp32', 'reduced', 'other seed'):
+        attn.zero_grad()
+        torch.manual_seed(2 if precision == 'other seed' else 1)
+        reduced = precision != 'fp32'
+        no_math = sdpa_kernel([SDPBackend.FLASH_ATTENTION]) if reduced else contextlib.nullcontext()
+        with torch.autocast('cpu', dtype=dtype, enabled=reduced), no_math:
+            a = attn(x)[0]
+        assert a.dtype == (torch.float32 if precision == 'fp32' else dtype)
+        a.float().square().sum().backward()
+        outs[precision] = (a.detach().float(), [p.grad.clone() for p in attn.parameters()])
+    def rel_err(a, ref):
+        """Return the largest error of a against ref, relative to ref's largest entry."""
+        return ((a - ref).abs().max() / ref.abs().max()).item()
+
+    bound = 0.02 if dtype == torch.bfloat16 else 3e-3  # a few roundings to 8 (bf16) or 11 (fp16) bits
+    assert rel_err(outs['reduced'][0], outs['fp32'][0]) < bound
+    assert all(rel_err(g, g32) < bound for g, g32 in zip(outs['reduced'][1], outs['fp32'][1]))
+    assert rel_err(outs['other seed'][0], outs['fp32'][0]) > 10 * bound  # another draw is far outside the bound
 
 
 @pytest.mark.parametrize('impl', ['sdpa', 'explicit'])
