@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import check_writable, save_training_state
-from distributed import DistInfo, close_distributed, dist_info, init_distributed, shard
+from checkpoint import save_training_state
+from distributed import DistInfo, close_distributed, dist_info, shard
 from loss import token_losses
 from model_pytorch import DEFAULT_CONFIG, LMModel, clone_config
 from opt import SCHEDULES, OpenAIAdam
-from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, autocast_context, configure_precision, format_phases,
-                     make_run, resolve_device, resume_or_start, set_seed, to_tensors, update)
+from trainer import (PRECISIONS, NonFiniteLoss, autocast_context, configure_precision, format_phases, make_run,
+                     resolve_device, resume_or_start, start_run, to_tensors, update)
 
 LM_CHUNK = 8192       # positions decoded at once by the LM loss
 SAMPLE_PROMPT = 'the'
@@ -361,13 +361,7 @@ def run(args):
     args.device = str(device)
     check_args(args, info)
     paths = run_paths(args.out)
-    if args.resume and not os.path.isfile(paths['state']):
-        raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume)")
-    if info.is_main:
-        check_writable(args.out)
-    init_distributed(info, device)
-    set_seed(args.seed)
-    clock = PhaseClock()
+    clock = start_run(args, paths['state'], [args.out], info, device)
     with clock.phase('encode'):
         corpus, sizes = load_corpus_checked(args)
     with clock.phase('load'):

@@ -19,9 +19,9 @@ import torch
 from tqdm import tqdm
 
 import datasets
-from distributed import (DistInfo, close_distributed, dist_info, gather_concat, init_distributed, shard,
+from distributed import (DistInfo, close_distributed, dist_info, gather_concat, shard,
                          sum_over_ranks)
-from checkpoint import (atomic_write, check_writable, load_params, load_weights, save_params,
+from checkpoint import (atomic_write, load_params, load_weights, save_params,
                         save_training_state)
 import task_datasets
 from loss import clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
@@ -31,7 +31,7 @@ from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
 from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, autocast_context, configure_precision, format_phases,
-                     make_run, resolve_device, resume_or_start, set_seed, to_tensors, update)
+                     make_run, resolve_device, resume_or_start, start_run, to_tensors, update)
 from utils import ResultLogger, encode_dataset, iter_data
 
 DATASETS = ('rocstories',) + tuple(sorted(TASKS))
@@ -552,14 +552,8 @@ def run(args):
     check_args(args, info)
     check_inputs(args)
     paths = run_paths(args)
-    if args.resume and not os.path.isfile(paths['state']):
-        raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume)")
-    if info.is_main:
-        for folder in {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}:
-            check_writable(folder)
-    init_distributed(info, device)
-    set_seed(args.seed)  # every rank: the same special rows and the same shuffles
-    clock = PhaseClock()
+    clock = start_run(args, paths['state'], {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')},
+                      info, device)
 
     with clock.phase('encode'):
         text_encoder = TextEncoder(args.encoder_path, args.bpe_path)

@@ -7,6 +7,7 @@ micro-batches accumulated with their weights under one autocast region, DDP's `n
 last, loss scaling for fp16, the non-finite stop before any weight moves, one optimizer step (OpenAIAdam
 clips by the global norm inside it).
 """
+import os
 import random
 import time
 from contextlib import contextmanager, nullcontext
@@ -16,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from checkpoint import StateWriter
-from distributed import DistInfo, wrap_ddp
+from checkpoint import StateWriter, check_writable
+from distributed import DistInfo, init_distributed, wrap_ddp
 
 PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
 
@@ -67,6 +68,19 @@ class Run:
     def __post_init__(self):
         if self.net is None:
             self.net = self.model
+
+
+def start_run(args, state_path, folders, info, device):
+    """Check that a run can start (a training state at state_path with --resume, the output folders writable on
+    the main rank), join the process group and seed every rank alike; return the run's PhaseClock."""
+    if args.resume and not os.path.isfile(state_path):
+        raise FileNotFoundError(f'{state_path} is missing: nothing to resume (run without --resume)')
+    if info.is_main:
+        for folder in folders:
+            check_writable(folder)
+    init_distributed(info, device)
+    set_seed(args.seed)  # every rank: the same initial weights, special rows and shuffles
+    return PhaseClock()
 
 
 def resume_or_start(args, path, model, opt, info, fresh, describe):

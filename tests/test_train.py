@@ -11,6 +11,7 @@ import torch
 
 import datasets
 import train
+import trainer
 from loss import clf_losses, lm_losses, lm_losses_from_hidden, train_loss
 from opt import OpenAIAdam
 from tests.helpers import load_tf_reference, roc_cli_args, roc_workdir, tf_model
@@ -62,7 +63,7 @@ def test_best_checkpoint_reproduces_the_submission(workdir):
     d = workdir
     args = train.parse_args(roc_cli_args(d, '--submit'))
     args.device = 'cpu'
-    train.set_seed(args.seed)
+    trainer.set_seed(args.seed)
     text_encoder = train.TextEncoder(args.encoder_path, args.bpe_path)
     data, sizes = train.load_data(args, text_encoder)
     model = train.build_model(args, sizes, torch.device('cpu'))
