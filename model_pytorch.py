@@ -167,16 +167,6 @@ class Attention(nn.Module):
         w = F.dropout(w, self.attn_pdrop, self.training)
         return torch.matmul(w, v)
 
-    def reduced_precision_dropout_attn(self, q, k, v):
-        """Return causal attention with dropout of bf16/fp16 q, k, v [B, H, T, hd] on the CPU, in their dtype."""
-        # Intentional difference (speed, bf16/fp16 only): SDPA's one CPU kernel with dropout (math) upcasts to
-        # fp32 throughout, 1.5x slower. Here the scores, the softmax's output (its reductions run in fp32) and
-        # P @ V stay in q's dtype, as in the flash kernels on a GPU; the dropout masks are the same draws.
-        w = torch.matmul(q, k.transpose(-1, -2)) * (1 / math.sqrt(v.size(-1)))  # [B, H, T, T]
-        w = w.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float('-inf'))
-        w = F.dropout(F.softmax(w, dim=-1), self.attn_pdrop, True)
-        return torch.matmul(w, v)
-
     def forward(self, x, layer_past=None, past_valid=None):
         """Return (a [B, T, nx], present (k, v)) for x [B, T, nx] and optional cached (k, v).
 
@@ -191,10 +181,13 @@ class Attention(nn.Module):
         present = (k, v)
         n_q, n_k = q.size(-2), k.size(-2)
         mask = None if past_valid is None else cached_mask(past_valid, n_q)  # [B, 1, n_q, n_k]
-        if self.impl == 'explicit' or self.keep_weights:
+        # Intentional difference (speed, bf16/fp16 on the CPU in training): SDPA's one CPU kernel with dropout
+        # (math) upcasts to fp32 throughout, 1.5x slower; the explicit path keeps the scores, the softmax's
+        # output (its reductions run in fp32) and P @ V in q's dtype, as the flash kernels on a GPU do, and
+        # draws the same dropout masks.
+        if self.impl == 'explicit' or self.keep_weights or (self.training and self.attn_pdrop > 0
+                                                             and uses_sdpa_math(q)):
             a = self.explicit_attn(q, k, v, mask)
-        elif mask is None and n_q == n_k and self.training and self.attn_pdrop > 0 and uses_sdpa_math(q):
-            a = self.reduced_precision_dropout_attn(q, k, v)
         else:
             dropout_p = self.attn_pdrop if self.training else 0.0
             if mask is None and n_q == n_k:
