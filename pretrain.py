@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import save_training_state
-from distributed import DistInfo, close_distributed, dist_info, shard
+from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
 from loss import token_losses
 from model_pytorch import DEFAULT_CONFIG, LMModel, clone_config
 from opt import SCHEDULES, OpenAIAdam
@@ -246,9 +246,11 @@ def log_eval(run, corpus, sizes, text_encoder):
     with run.clock.phase('eval'):
         val_loss = evaluate(run.model, corpus['val'], corpus['val_starts'], args.n_ctx, sizes['n_rows'],
                             sizes['first_position'], run.device, args.precision, args.micro_batch or args.n_batch)
-    train_tokens = progress['train_tokens']
+    # each rank counted its own share of the windows since the last record: the log reports the global batch
+    loss_sum = sum_over_ranks(progress['train_loss_sum'], run.info)
+    train_tokens = sum_over_ranks(progress['train_tokens'], run.info)
     record = dict(n_updates=progress['n_updates'], tokens=progress['tokens'],
-                  train_loss=progress['train_loss_sum'] / train_tokens if train_tokens else None,
+                  train_loss=loss_sum / train_tokens if train_tokens else None,
                   val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700.0)),
                   tokens_per_s=train_tokens / progress['train_time'] if progress['train_time'] else None,
                   lr=learning_rate(run.opt, progress['n_updates']), time=time.time())

@@ -195,6 +195,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_pat
         torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=0, msg=k)
     assert [r['val_loss'] for r in read_log(tmp_path / 'two')] == pytest.approx(
         [r['val_loss'] for r in read_log(tmp_path / 'one')], abs=1e-5)
+    # the training loss logged is the global batch's, not rank 0's share (none before the first update)
+    assert [r['train_loss'] for r in read_log(tmp_path / 'two')][1:] == pytest.approx(
+        [r['train_loss'] for r in read_log(tmp_path / 'one')][1:], abs=1e-5)
 
 
 def test_the_pretrained_model_fine_tunes_and_generates(scratch_run, tmp_path, capsys):
