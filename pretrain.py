@@ -211,16 +211,24 @@ def evaluate(model, stream, starts, n_ctx, n_rows, first_position, device, preci
     return total / max(count, 1)
 
 
+def check_sample_prompt(text_encoder, prompt, n_ctx):
+    """Raise ValueError unless --sample_prompt encodes to 1 to n_ctx tokens."""
+    n = len(text_encoder.encode([prompt], verbose=False)[0])
+    if not 0 < n <= n_ctx:
+        raise ValueError(f'--sample_prompt {prompt!r} encodes to {n} tokens: give 1 to n_ctx = {n_ctx}, or '
+                         f'--sample_every 0 for no samples')
+
+
 def sample_text(model, text_encoder, prompt, n_vocab, seed, device):
-    """Return a sample of up to 40 tokens after prompt (top-k 40, seeded), from the model in eval mode."""
-    from generate import sample_ids
+    """Return prompt and a sample of up to 40 tokens after it (top-k 40, seeded), from the model in eval mode."""
+    from generate import generate
     model.eval()
-    ids = text_encoder.encode([prompt], verbose=False)[0]
     generator = torch.Generator(device='cpu').manual_seed(seed)
     with torch.inference_mode():
-        new_ids, _ = sample_ids(model, ids, n_vocab, gen_len=40, top_k=40, generator=generator)
+        text = generate(model, text_encoder, prompt, gen_len=40, top_k=40, generator=generator,
+                        n_vocab=n_vocab).full_text
     model.train()
-    return text_encoder.decode(ids + new_ids)
+    return text
 
 
 def learning_rate(opt, n_updates):
@@ -369,6 +377,8 @@ def run(args):
     with clock.phase('load'):
         from text_utils import TextEncoder
         text_encoder = TextEncoder(*vocabulary_paths(corpus['meta']))
+        if args.sample_every:
+            check_sample_prompt(text_encoder, args.sample_prompt, args.n_ctx)
         model = build_lm(args, sizes['n_vocab'], sizes['n_special'])
         model.transformer.checkpoint_activations = args.checkpoint_activations
         model.to(device)

@@ -136,6 +136,10 @@ def test_errors_are_one_line_before_any_work(corpus, tmp_path, capsys):
     assert 'nowhere' in err and err.count('\n') == 1 and 'Traceback' not in err
     assert pretrain.main(tiny_args(corpus, tmp_path / 'c', '--resume')) == 2
     assert 'nothing to resume' in capsys.readouterr().err
+    assert pretrain.main(tiny_args(corpus, tmp_path / 'd', '--sample_every', '5', '--sample_prompt', ' ')) == 2
+    err = capsys.readouterr().err
+    assert "--sample_prompt ' ' encodes to 0 tokens" in err and err.count('\n') == 1
+    assert not (tmp_path / 'd' / 'log.jsonl').exists()  # refused before the first evaluation
 
 
 def final_weights(out):
