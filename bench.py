@@ -217,14 +217,15 @@ class Ours:
         import train
         from model_pytorch import DoubleHeadModel
         from opt import OpenAIAdam
+        from trainer import configure_precision, set_seed
         self.train, self.device = train, device
         self.args = train.parse_args(['--n_ctx', str(shape.n_ctx), '--n_embd', str(shape.n_embd),
                                       '--n_head', str(shape.n_head), '--n_layer', str(shape.n_layer),
                                       '--n_batch', str(shape.n_batch), '--n_gpu', str(shape.n_gpu),
                                       '--micro_batch', str(spec.micro_batch), '--precision', spec.precision,
                                       '--device', str(device), '--seed', str(seed)])
-        train.set_seed(seed)
-        self.scaler = train.configure_precision(device, spec.precision)
+        set_seed(seed)
+        self.scaler = configure_precision(device, spec.precision)
         self.rows = shape.rows
         self.model = DoubleHeadModel(self.args, shape.n_vocab + 2, 'multiple_choice', vocab=shape.rows,
                                      n_ctx=shape.n_ctx).to(device)

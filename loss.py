@@ -23,6 +23,7 @@ def lm_losses(lm_logits, X, M, criterion=per_element_ce):
     return (losses * m).sum(1) / m.sum(1)
 
 
+LM_CHUNK = 8192  # positions the LM loss decodes at once in train.py and pretrain.py: bounds [positions x rows]
 # logits log-softmaxed at once in the forward (16 MiB in fp32, ~100 rows at 40,558 words): blocks this size
 # stay in cache and their buffers are reused, where a [K, V] fp32 copy and log-softmax are fresh pages each
 # step; smaller blocks were faster on one thread but pay a parallel region each (~10 ms apiece on a loaded VM)

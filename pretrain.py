@@ -29,15 +29,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import save_training_state
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
-from loss import token_losses
+from loss import LM_CHUNK, token_losses
 from model_pytorch import DEFAULT_CONFIG, LMModel, clone_config
 from opt import SCHEDULES, OpenAIAdam
-from trainer import (PRECISIONS, NonFiniteLoss, autocast_context, configure_precision, format_phases, make_run,
-                     resolve_device, resume_or_start, start_run, to_tensors, update)
+from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run,
+                     resolve_device, resume_or_start, save_state, start_run, to_tensors, update,
+                     update_phase)
 
-LM_CHUNK = 8192       # positions decoded at once by the LM loss
 SAMPLE_PROMPT = 'the'
 
 
@@ -283,13 +282,6 @@ def maybe_sample(run, text_encoder, sizes):
     print(f"sample at update {run.progress['n_updates']}: {text}", flush=True)
 
 
-def save_state(run):
-    """Save the training state (main rank): copied now, written in the background."""
-    if run.info.is_main:
-        with run.clock.phase('write'):
-            save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer)
-
-
 def pretrain(run, corpus, sizes, text_encoder, n_updates):
     """Run the updates left in run.progress, evaluating, sampling and saving on schedule."""
     args, progress = run.args, run.progress
@@ -301,13 +293,9 @@ def pretrain(run, corpus, sizes, text_encoder, n_updates):
     while progress['n_updates'] < n_updates:
         update_no = progress['n_updates'] + 1
         t0 = time.time()
-        try:
-            with run.clock.phase('train'):
-                loss_sum, n_tokens = pretrain_step(run, corpus['train'], update_no, sizes['n_rows'],
-                                                   sizes['first_position'])
-        except NonFiniteLoss as err:
-            raise ValueError(f"{err} at update {update_no}: stopped; the last good training state is "
-                             f"{run.paths['state']}") from None
+        with update_phase(run, update_no):
+            loss_sum, n_tokens = pretrain_step(run, corpus['train'], update_no, sizes['n_rows'],
+                                               sizes['first_position'])
         elapsed = time.time() - t0
         progress['n_updates'] = update_no
         progress['tokens'] += args.n_batch * args.n_ctx

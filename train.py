@@ -21,23 +21,22 @@ from tqdm import tqdm
 import datasets
 from distributed import (DistInfo, close_distributed, dist_info, gather_concat, shard,
                          sum_over_ranks)
-from checkpoint import (atomic_write, load_params, load_weights, save_params,
-                        save_training_state)
+from checkpoint import (atomic_write, load_params, load_weights, save_params)
 import task_datasets
-from loss import clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
+from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_pytorch import (N_SHARDS, DoubleHeadModel, MultipleChoiceHead, is_released_folder,
                            load_openai_pretrained_model)
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
-from trainer import (PRECISIONS, NonFiniteLoss, PhaseClock, autocast_context, configure_precision, format_phases,
-                     make_run, resolve_device, resume_or_start, start_run, to_tensors, update)
+from trainer import (PRECISIONS, PhaseClock, autocast_context, configure_precision, format_phases,
+                     make_run, resolve_device, resume_or_start, save_state, start_run, to_tensors, update,
+                     update_phase)
 from utils import ResultLogger, encode_dataset, iter_data
 
 DATASETS = ('rocstories',) + tuple(sorted(TASKS))
 SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
 LOG_AT_UPDATES = (1000, 2000, 4000, 8000, 16000, 32000)  # extra evaluations in the first epoch
-LM_CHUNK = 8192  # positions decoded at once by the LM loss: bounds the [positions x rows] logits
 
 
 def parse_args(argv=None):
@@ -453,13 +452,6 @@ def log_eval(run, data):
             run.best = save_params(run.model, run.paths['best'], writer=run.writer)
 
 
-def save_state(run):
-    """Save the training state (main rank): copied now, written in the background."""
-    if run.info.is_main:
-        with run.clock.phase('write'):
-            save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer)
-
-
 def new_progress():
     """Return the counters of a run that has not started: where it is, what it logged, its best score."""
     # best starts at 0, as the original's best_score (a metric that stays <= 0 keeps the initial weights)
@@ -489,13 +481,9 @@ def run_epoch(run, data):
     while progress['batch'] < n_batches:
         idx = order[progress['batch'] * n_batch_train:(progress['batch'] + 1) * n_batch_train]
         t0 = time.time()
-        try:
-            with run.clock.phase('train'):
-                train_step(run.net, run.opt, data['trX'][idx], data['trM'][idx], data['trY'][idx], args, run.device,
-                           run.scaler, run.info)
-        except NonFiniteLoss as err:
-            raise ValueError(f"{err} at update {progress['n_updates'] + 1}: stopped; the last good training "
-                             f"state is {run.paths['state']}") from None
+        with update_phase(run, progress['n_updates'] + 1):
+            train_step(run.net, run.opt, data['trX'][idx], data['trM'][idx], data['trY'][idx], args, run.device,
+                       run.scaler, run.info)
         progress['train_time'] += time.time() - t0
         progress['n_updates'] += 1
         progress['batch'] += 1

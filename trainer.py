@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from checkpoint import StateWriter, check_writable
+from checkpoint import StateWriter, check_writable, save_training_state
 from distributed import DistInfo, init_distributed, wrap_ddp
 
 PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
@@ -81,6 +81,25 @@ def start_run(args, state_path, folders, info, device):
     init_distributed(info, device)
     set_seed(args.seed)  # every rank: the same initial weights, special rows and shuffles
     return PhaseClock()
+
+
+@contextmanager
+def update_phase(run, update_no):
+    """Count the with-block (update number update_no) as training time; a NonFiniteLoss in it stops the run with
+    the one-line error naming the update and the last good training state."""
+    try:
+        with run.clock.phase('train'):
+            yield
+    except NonFiniteLoss as err:
+        raise ValueError(f"{err} at update {update_no}: stopped; the last good training state is "
+                         f"{run.paths['state']}") from None
+
+
+def save_state(run):
+    """Save the training state (main rank): copied now, written in the background."""
+    if run.info.is_main:
+        with run.clock.phase('write'):
+            save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer)
 
 
 def resume_or_start(args, path, model, opt, info, fresh, describe):

@@ -240,7 +240,7 @@ def test_non_finite_loss_stops_with_the_update_and_changes_nothing():
     args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--quiet'])
     opt = make_opt(model, 5)
     X, M, Y = arrays['X'].astype(np.int64), arrays['M'], arrays['Y'].astype(np.int64)
-    with pytest.raises(train.NonFiniteLoss, match='non-finite loss'):
+    with pytest.raises(trainer.NonFiniteLoss, match='non-finite loss'):
         train.train_step(model, opt, X, M, Y, args, torch.device('cpu'))
     for a, b in zip(before, model.parameters()):
         assert torch.equal(a, b)

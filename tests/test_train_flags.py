@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train
+import trainer
 from model_pytorch import load_released_arrays
 from tests.helpers import roc_cli_args, roc_workdir, write_tiny_checkpoint
 
@@ -31,7 +32,7 @@ class Spy:
                                                                                                  [], [])
         spy = self
         adam, build, load, encoder = train.OpenAIAdam, train.build_model, train.load_data, train.TextEncoder
-        configure, forward, save = train.configure_precision, train.forward_losses, train.save_training_state
+        configure, forward, save = train.configure_precision, train.forward_losses, trainer.save_training_state
 
         class RecordingAdam(adam):
             def __init__(self, params, **kw):
@@ -68,8 +69,9 @@ class Spy:
 
         for name, value in dict(OpenAIAdam=RecordingAdam, build_model=build_model, load_data=load_data,
                                 TextEncoder=text_encoder, configure_precision=configure_precision,
-                                forward_losses=forward_losses, save_training_state=save_training_state).items():
+                                forward_losses=forward_losses).items():
             monkeypatch.setattr(train, name, value)
+        monkeypatch.setattr(trainer, 'save_training_state', save_training_state)  # trainer.save_state's writer
 
 
 def log_records(path):
