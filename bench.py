@@ -275,9 +275,8 @@ class Peer:
                               attn_pdrop=0.1, resid_pdrop=0.1, summary_first_dropout=0.1)
         self.model = OpenAIGPTDoubleHeadsModel(cfg).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=l2)
-        self.scaler = torch.amp.GradScaler(device.type) if spec.precision == 'fp16' else None
-        if device.type == 'cuda':
-            torch.backends.cuda.matmul.allow_tf32 = True
+        from trainer import configure_precision
+        self.scaler = configure_precision(device, spec.precision)  # TF32 for fp32 on CUDA, as ours
 
     def autocast(self):
         """Return the autocast context of the spec's precision."""

@@ -93,7 +93,7 @@ class Peer:
                               n_layer=shape.n_layer, n_head=shape.n_head, afn='gelu')
         self.model = OpenAIGPTLMHeadModel(cfg).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2.5e-4, weight_decay=0.01)
-        self.scaler = torch.amp.GradScaler(device.type) if precision == 'fp16' else None
+        self.scaler = configure_precision(device, precision)
         self.args, self.precision, self.device = args, precision, device
 
     def step(self, stream, update_no):

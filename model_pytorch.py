@@ -529,14 +529,6 @@ def read_shard_into(path, offset, out):
         raise ValueError(f'{path} changed while being read ({n_read} of {out.nbytes} bytes): read it again')
 
 
-def read_shard(path):
-    """Return the float32 1-D array in one params_N.npy shard, or raise naming what is wrong."""
-    n, offset = shard_layout(path)
-    out = np.empty(n, dtype='<f4')
-    read_shard_into(path, offset, out)
-    return out
-
-
 def is_released_file(path):
     """Return whether the file at path is byte for byte the released file of its name (git blob SHA-1)."""
     from download_model import RELEASED_FILES, git_blob_sha1

@@ -19,6 +19,7 @@ import torch
 
 from checkpoint import StateWriter, check_writable, save_training_state
 from distributed import DistInfo, init_distributed, wrap_ddp
+from loss import no_autocast
 
 PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
 
@@ -139,11 +140,6 @@ def autocast_context(device, precision):
     return nullcontext()
 
 
-def no_autocast(device, precision):
-    """Return a context that turns autocast off inside an autocast region (keeping its cast cache)."""
-    return torch.autocast(device.type, enabled=False) if precision in ('bf16', 'fp16') else nullcontext()
-
-
 def configure_precision(device, precision):
     """Set TF32 matmuls on CUDA for fp32 (not fp32-strict); return a GradScaler for fp16 (CUDA or CPU), else None."""
     if device.type == 'cuda':
@@ -197,7 +193,7 @@ def update(net, opt, micro_batches, loss_of, device, precision, scaler=None, inf
                 if not torch.isfinite(loss.detach()).item():
                     opt.zero_grad(set_to_none=True)
                     raise NonFiniteLoss(f'non-finite loss {loss.item()}')
-                with no_autocast(device, precision):  # backward outside autocast, as torch recommends
+                with no_autocast(device.type):  # backward outside autocast, as torch recommends
                     (scaler.scale(loss) if scaler is not None else loss).backward()
             total += stat
     if scaler is not None:
