@@ -41,7 +41,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-N_VOCAB = 40478          # BPE tokens in encoder_bpe_40000.json
+from model_pytorch import N_VOCAB
+
 N_SPECIAL = 3            # _start_, _delimiter_, _classify_
 N_CTX = 77               # the n_ctx train.roc_n_ctx computes for ROCStories
 STORY_LEN = (40, 60)     # story tokens, inclusive range

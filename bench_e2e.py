@@ -48,15 +48,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 import bench
+from bench import ENDING_LEN, N_SPECIAL, STORY_LEN
+from convert import VOCAB_FILES, copy_vocab
+from model_pytorch import N_CTX_RELEASED, N_VOCAB
+from text_utils import MODEL_DIR
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-VOCAB_DIR = os.path.join(REPO, 'model')
-VOCAB_FILES = ('encoder_bpe_40000.json', 'vocab_40000.bpe')
-N_VOCAB = 40478             # BPE tokens of the released vocabulary (model_pytorch.N_VOCAB)
-N_SPECIAL = 3               # _start_, _delimiter_, _classify_
-N_POSITIONS = 512           # positions stored in the released weights
-STORY_TOKENS = (40, 60)     # BPE tokens of a story's four sentences together, inclusive
-ENDING_TOKENS = (8, 15)     # BPE tokens of an ending, inclusive
 SENTENCE_TOKENS = (8, 17)   # BPE tokens of one story sentence, its full stop included
 OUTPUTS = ('log', 'save', 'submission')  # what a run writes in its folder, removed before each run
 # bf16 dense peaks (TFLOP/s, datasheet values without sparsity), matched in order against the GPU's name
@@ -69,7 +66,7 @@ class ModelSize:
     n_embd: int
     n_head: int
     n_layer: int
-    n_positions: int = N_POSITIONS
+    n_positions: int = N_CTX_RELEASED
 
 
 MODELS = {'full': ModelSize(768, 12, 12), 'tiny': ModelSize(32, 4, 2)}
@@ -174,9 +171,9 @@ def story_row(rnd):
     """Return one Story Cloze row: id, four sentences of 40-60 tokens together, two endings of 8-15, label 1 or 2."""
     name = rnd.choice(NAMES)
     subjects = [name] + [rnd.choice((name, rnd.choice(PRONOUNS))) for _ in range(3)]
-    lengths = split_lengths(rnd, rnd.randint(*STORY_TOKENS))
+    lengths = split_lengths(rnd, rnd.randint(*STORY_LEN))
     sentences = [sentence(rnd, n, s) for n, s in zip(lengths, subjects)]
-    endings = [sentence(rnd, rnd.randint(*ENDING_TOKENS), rnd.choice((name, rnd.choice(PRONOUNS))))
+    endings = [sentence(rnd, rnd.randint(*ENDING_LEN), rnd.choice((name, rnd.choice(PRONOUNS))))
                for _ in range(2)]
     return [str(uuid.UUID(int=rnd.getrandbits(128)))] + sentences + endings + [str(rnd.randint(1, 2))]
 
@@ -235,8 +232,7 @@ def make_weights(folder, size, seed=0):
         arrays[2 + 12 * i + 10][:] = 1
     write_released_shards(folder, arrays)
     del arrays
-    for name in VOCAB_FILES:
-        shutil.copyfile(os.path.join(VOCAB_DIR, name), os.path.join(folder, name))
+    copy_vocab(MODEL_DIR, folder, VOCAB_FILES)
     mark_made(folder, marker)
     return folder
 
@@ -245,7 +241,7 @@ def make_stories(folder, job, seed=0):
     """Write the job's valid CSV (n_train + n_valid stories) and test CSV (n_test) to folder (reused when made before)."""
     import datasets
     marker = dict(kind='stories', n_val_rows=job.n_train + job.n_valid, n_test=job.n_test, seed=seed,
-                  story_tokens=STORY_TOKENS, ending_tokens=ENDING_TOKENS)
+                  story_tokens=STORY_LEN, ending_tokens=ENDING_LEN)
     marker = json.loads(json.dumps(marker))  # tuples as the lists made.json gives back
     if is_made(folder, marker) and all(os.path.isfile(os.path.join(folder, f))
                                        for f in (datasets.VAL_FILE, datasets.TEST_FILE)):
@@ -259,7 +255,7 @@ def make_stories(folder, job, seed=0):
     return folder
 
 
-def split_lengths_of(data_dir, n_valid, vocab_dir=VOCAB_DIR):
+def split_lengths_of(data_dir, n_valid, vocab_dir=MODEL_DIR):
     """Return {'train'|'valid'|'test': [(story, ending 1, ending 2) BPE lengths]} of the splits train.py reads."""
     import datasets
     from text_utils import TextEncoder
@@ -272,13 +268,13 @@ def split_lengths_of(data_dir, n_valid, vocab_dir=VOCAB_DIR):
     return out
 
 
-def sequence_lengths(examples, n_ctx=N_POSITIONS):
+def sequence_lengths(examples, n_ctx=N_CTX_RELEASED):
     """Return [(len of _start_ story _delimiter_ ending1 _classify_, the same with ending 2)] as train.transform_roc."""
     max_len = n_ctx // 2 - 2
     return [(3 + min(s, max_len) + min(a, max_len), 3 + min(s, max_len) + min(b, max_len)) for s, a, b in examples]
 
 
-def job_n_ctx(lengths, n_ctx=N_POSITIONS):
+def job_n_ctx(lengths, n_ctx=N_CTX_RELEASED):
     """Return the n_ctx train.py computes (train.roc_n_ctx): the longest story + ending over all splits, + 3."""
     return min(max(n for split in lengths.values() for pair in sequence_lengths(split, n_ctx) for n in pair), n_ctx)
 
