@@ -253,7 +253,8 @@ def load_training_state(path, model, opt):
     if meta.get('format') != STATE_FORMAT:
         raise ValueError(f'{path} is not a training state of this port (format {meta.get("format")!r})')
     state = model.state_dict()
-    missing = [k for k in state if f'model/{k}' not in tensors and not is_tied_copy(model, k)]
+    first_of = {name: group[0] for name, group in tied_names(state).items()}  # a tied weight is saved once
+    missing = [k for k in state if f'model/{k}' not in tensors and first_of[k] == k]
     if missing:
         raise ValueError(f'{path} does not fit this model: no {missing[0]} (was it saved with other options?)')
     for name, t in state.items():  # every shape checked before anything is copied
@@ -268,10 +269,3 @@ def load_training_state(path, model, opt):
     set_optimizer_tensors(opt, meta['opt_steps'], tensors)
     set_rng_state(meta['rng'], tensors)
     return meta['progress']
-
-
-def is_tied_copy(model, name):
-    """Return whether state_dict entry `name` shares its storage with an earlier entry."""
-    state = model.state_dict()
-    ptr = state[name].data_ptr()
-    return any(state[k].data_ptr() == ptr for k in list(state)[:list(state).index(name)])
