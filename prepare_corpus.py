@@ -31,7 +31,6 @@ bytes. Files are written to temporaries and renamed, meta.json last (an old meta
 a folder with meta.json holds a complete corpus.
 """
 import argparse
-import functools
 import hashlib
 import json
 import multiprocessing
@@ -39,7 +38,7 @@ import os
 import re
 import sys
 import time
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 from tqdm import tqdm
@@ -278,7 +277,7 @@ def encode_chunk(text_encoder, docs, seed, val_fraction, separator_id):
 
 
 # Each pool process builds one TextEncoder, kept here between chunks (a pool worker has no other state).
-@functools.lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def worker_encoder(encoder_path, bpe_path):
     """Return this process's TextEncoder, built on its first chunk (an error then reaches the parent)."""
     return TextEncoder(encoder_path, bpe_path)

@@ -195,9 +195,11 @@ def pretrain_step(run, stream, update_no, n_rows, first_position):
     return total, (own.stop - own.start) * args.n_ctx
 
 
-def evaluate(model, stream, starts, n_ctx, n_rows, first_position, device, precision, n_batch):
-    """Return the mean token loss (nats) of the fixed validation windows, the model in eval mode."""
+def evaluate(model, stream, starts, n_ctx, n_rows, first_position, device, precision, n_batch, info=DistInfo()):
+    """Return the mean token loss (nats) of the fixed validation windows, the model in eval mode; under torchrun
+    each rank evaluates its share of the windows."""
     model.eval()
+    starts = starts[shard(len(starts), info)]
     total, count = 0.0, 0
     with torch.inference_mode():
         for s in range(0, len(starts), n_batch):
@@ -207,6 +209,7 @@ def evaluate(model, stream, starts, n_ctx, n_rows, first_position, device, preci
             total += losses.float().sum().item()
             count += losses.numel()
     model.train()
+    total, count = sum_over_ranks(total, info), sum_over_ranks(count, info)
     return total / max(count, 1)
 
 
@@ -252,7 +255,8 @@ def log_eval(run, corpus, sizes, text_encoder):
     args, progress = run.args, run.progress
     with run.clock.phase('eval'):
         val_loss = evaluate(run.model, corpus['val'], corpus['val_starts'], args.n_ctx, sizes['n_rows'],
-                            sizes['first_position'], run.device, args.precision, args.micro_batch or args.n_batch)
+                            sizes['first_position'], run.device, args.precision, args.micro_batch or args.n_batch,
+                            run.info)
     # each rank counted its own share of the windows since the last record: the log reports the global batch
     loss_sum = sum_over_ranks(progress['train_loss_sum'], run.info)
     train_tokens = sum_over_ranks(progress['train_tokens'], run.info)
@@ -379,12 +383,8 @@ def run(args):
     run_ = make_run(model, opt, args, device, paths, progress, model.transformer,
                     configure_precision(device, args.precision), info, clock)
     if info.is_main:
-        if not args.resume:
-            with open(paths['log'], 'w', encoding='utf-8'):
-                pass  # a fresh log; a resumed run rewrites it from the saved records
-        else:
-            with open(paths['log'], 'w', encoding='utf-8') as f:
-                f.writelines(json.dumps(r) + '\n' for r in progress['log'])
+        with open(paths['log'], 'w', encoding='utf-8') as f:  # empty, or a resumed run's saved records
+            f.writelines(json.dumps(r) + '\n' for r in progress['log'])
         with open(paths['args'], 'w', encoding='utf-8') as f:
             json.dump(dict(vars(args), n_updates_total=n_updates, corpus_meta=corpus['meta']), f, indent=1)
     try:
