@@ -110,29 +110,36 @@ def rocstories(data_dir, pred_path, log_path):
     return valid_accuracy, test_acc
 
 
-def plot_curves(log_path, out_path):
-    """Draw train/valid cost and accuracy against n_updates from the log into out_path; return out_path."""
+def draw_curves(records, panels, out_path, figsize):
+    """Draw, in one panel per (ylabel, [(key, label)]), each key of records against n_updates into out_path;
+    return out_path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    records = [r for r in read_log(log_path) if 'n_updates' in r]
-    if not records:
-        raise ValueError(f'{log_path}: no entries with n_updates to plot')
     # a Figure on the Agg canvas: no pyplot, so no global backend is chosen or changed
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
-    for ax, kind in zip(fig.subplots(1, 2), ('cost', 'acc')):
-        for split in ('tr', 'va'):
-            points = [(r['n_updates'], r[f'{split}_{kind}']) for r in records if f'{split}_{kind}' in r]
+    for ax, (ylabel, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for key, label in series:
+            points = [(r['n_updates'], r[key]) for r in records if r.get(key) is not None]
             if points:
-                x, y = zip(*points)
-                ax.plot(x, y, marker='o', label={'tr': 'train', 'va': 'valid'}[split])
+                ax.plot(*zip(*points), marker='o', label=label)
         ax.set_xlabel('n_updates')
-        ax.set_ylabel({'cost': 'cost', 'acc': 'accuracy (%)'}[kind])
+        ax.set_ylabel(ylabel)
         ax.legend()
     fig.tight_layout()
     fig.savefig(out_path)
     return out_path
+
+
+def plot_curves(log_path, out_path):
+    """Draw train/valid cost and accuracy against n_updates from the log into out_path; return out_path."""
+    records = [r for r in read_log(log_path) if 'n_updates' in r]
+    if not records:
+        raise ValueError(f'{log_path}: no entries with n_updates to plot')
+    panels = [(ylabel, [(f'tr_{kind}', 'train'), (f'va_{kind}', 'valid')])
+              for kind, ylabel in (('cost', 'cost'), ('acc', 'accuracy (%)'))]
+    return draw_curves(records, panels, out_path, figsize=(10, 4))
 
 
 def pretrain_report(log_path):
@@ -150,22 +157,8 @@ def pretrain_report(log_path):
 
 def plot_pretrain_curves(log_path, out_path):
     """Draw the training and validation losses (nats/token) of a pretrain.py log against n_updates; return out_path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    records = read_log(log_path, header=False)
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for key, label in (('train_loss', 'train'), ('val_loss', 'valid')):
-        points = [(r['n_updates'], r[key]) for r in records if r.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), marker='o', label=label)
-    ax.set_xlabel('n_updates')
-    ax.set_ylabel('loss (nats per token)')
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path)
-    return out_path
+    panels = [('loss (nats per token)', [('train_loss', 'train'), ('val_loss', 'valid')])]
+    return draw_curves(read_log(log_path, header=False), panels, out_path, figsize=(6, 4))
 
 
 def misclassified(data_dir, pred_path):
