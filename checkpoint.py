@@ -57,6 +57,14 @@ def atomic_write(path, write):
         raise
 
 
+def write_json(path, obj):
+    """Write obj as JSON to path atomically; return path."""
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(obj, f, indent=1)
+    return atomic_write(path, write)
+
+
 class StateWriter:
     """Writes files in a background thread, one at a time; the training thread only waits for a previous write."""
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from checkpoint import write_json
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
 from loss import LM_CHUNK, token_losses
 from model_pytorch import DEFAULT_CONFIG, LMModel, clone_config
@@ -385,8 +386,7 @@ def run(args):
     if info.is_main:
         with open(paths['log'], 'w', encoding='utf-8') as f:  # empty, or a resumed run's saved records
             f.writelines(json.dumps(r) + '\n' for r in progress['log'])
-        with open(paths['args'], 'w', encoding='utf-8') as f:
-            json.dump(dict(vars(args), n_updates_total=n_updates, corpus_meta=corpus['meta']), f, indent=1)
+        write_json(paths['args'], dict(vars(args), n_updates_total=n_updates, corpus_meta=corpus['meta']))
     try:
         pretrain(run_, corpus, sizes, text_encoder, n_updates)
     finally:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 import datasets
 from distributed import (DistInfo, close_distributed, dist_info, gather_concat, shard,
                          sum_over_ranks)
-from checkpoint import (atomic_write, load_params, load_weights, save_params)
+from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
 import task_datasets
 from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_pytorch import (N_SHARDS, DoubleHeadModel, MultipleChoiceHead, is_released_folder,
@@ -659,14 +659,6 @@ def run_seeds(args):
     stats = dict(metric=summaries[0]['metric'], n_runs=len(best), median=float(np.median(best)),
                  mean=float(best.mean()), std=float(best.std()), best=float(best.max()))
     return summaries, stats
-
-
-def write_json(path, obj):
-    """Write obj as JSON to path atomically; return path."""
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=1)
-    return atomic_write(path, write)
 
 
 def format_runs(summaries, stats):
