@@ -49,7 +49,7 @@ import numpy as np
 
 import bench
 from bench import ENDING_LEN, N_SPECIAL, STORY_LEN
-from convert import VOCAB_FILES, copy_vocab
+from weights import VOCAB_FILES, copy_vocab
 from model_pytorch import N_CTX_RELEASED, N_VOCAB
 from text_utils import MODEL_DIR
 
@@ -215,7 +215,7 @@ def mark_made(folder, marker):
 
 def make_weights(folder, size, seed=0):
     """Write random released-format weights of size and the vocabulary to folder (reused when made before); return it."""
-    from model_pytorch import N_SHARDS, write_released_shards
+    from weights import N_SHARDS, write_released_shards
     marker = dict(kind='weights', model=asdict(size), seed=seed)
     files = ['params_shapes.json', *VOCAB_FILES] + [f'params_{n}.npy' for n in range(N_SHARDS)]
     if is_made(folder, marker) and all(os.path.isfile(os.path.join(folder, f)) for f in files):

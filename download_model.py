@@ -12,39 +12,17 @@ once its hash verifies.
     python download_model.py --files params_0.npy --base_url https://example.org/mirror/model/
 """
 import argparse
-import hashlib
 import http.client
-import io
-import math
 import os
 import sys
 import time
-import tokenize
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 
-import numpy as np
 from tqdm import tqdm
 
-# Git blob SHA-1, sha1(b"blob %d\0" % len(data) + data), of each file of the released model/ folder
-# (the same value `git hash-object FILE` prints).
-RELEASED_FILES = {
-    'encoder_bpe_40000.json': '9dc3f0af5a80956e57dc8d9401e16dfadcade7c2',
-    'params_0.npy': '84d83ac1f1cc878f56f33b167482c184491875d2',
-    'params_1.npy': '0f19f4d4cda3d8f908e3faffd2cb2a8b9a4039da',
-    'params_2.npy': '25bc19c72fdff69505a828ec6d73b32063532148',
-    'params_3.npy': '5b2e6958d42a930966c9d602a012eb846ca67c83',
-    'params_4.npy': '87ad158987e307e6aa64952610f466d750b73bc7',
-    'params_5.npy': '74f3853316bba327229605dbedfe921996f11448',
-    'params_6.npy': '5ef44e40bc076d0c9686d1273d54cbc16c3f0980',
-    'params_7.npy': 'd8d5c8d3bee9b20a677605ac1fe6c7af4df57c94',
-    'params_8.npy': 'f980f4b393716f396ae5ae6401708dcf4f270dc9',
-    'params_9.npy': 'd389eb2074dd74754444b8062aba78b49f6a9053',
-    'params_shapes.json': '29fac299ae848d7e447be84a33345edcf1b5353c',
-    'vocab_40000.bpe': '0023a687b3d4d0b795a5e97cc914bdabb5a253df',
-}
+from weights import RELEASED_FILES, check_file, find_problem, resolve_names
 
 # The shards are ordinary git blobs in that repository (it has no .gitattributes routing them to
 # Git LFS, and the hashes above are of the full contents), so raw.githubusercontent.com serves them.
@@ -53,163 +31,12 @@ BASE_URL = 'https://raw.githubusercontent.com/openai/finetune-transformer-lm/mas
 LFS_BASE_URL = 'https://media.githubusercontent.com/media/openai/finetune-transformer-lm/master/model/'
 
 USER_AGENT = 'gpt1-pytorch-download_model/1.0 (+urllib)'
-SNIFF_BYTES = 1024
-LFS_PREFIX = b'version https://git-lfs'
-HTML_PREFIXES = (b'<!doctype', b'<html')
-
-# What to tell the user for each kind of problem found in a local file.
-FIXES = {
-    'missing': 'run download_model.py to fetch it',
-    'lfs': 'fetch the real file (`git lfs pull` in a clone, or run download_model.py)',
-}
-DEFAULT_FIX = 'delete it and run download_model.py again'
-
-
 class DownloadError(RuntimeError):
     """A download that failed; str() is one line naming the URL and what went wrong."""
 
     def __init__(self, message, kind=None):
         super().__init__(message)
         self.kind = kind
-
-
-def git_blob_sha1(path_or_bytes, chunk_size=1 << 20):
-    """Return the git blob SHA-1 hex digest of bytes-like data or of a file (str/PathLike), streamed."""
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data = memoryview(path_or_bytes).cast('B')
-        h = hashlib.sha1(b'blob %d\0' % len(data))
-        h.update(data)
-        return h.hexdigest()
-    with open(path_or_bytes, 'rb') as f:
-        size = os.fstat(f.fileno()).st_size
-        h = hashlib.sha1(b'blob %d\0' % size)
-        n_read = 0
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-            n_read += len(chunk)
-    if n_read != size:  # the file changed while we read it: the header would be wrong
-        raise OSError(f'{os.fspath(path_or_bytes)}: changed size while being hashed; try again')
-    return h.hexdigest()
-
-
-def sniff(head):
-    """Return 'lfs' or 'html' when the first bytes of a file are a Git-LFS pointer or an HTML page, else None."""
-    if head.startswith(LFS_PREFIX):
-        return 'lfs'
-    text = head.lstrip(b'\xef\xbb\xbf').lstrip().lower()  # a UTF-8 BOM and whitespace may precede the tag
-    if text.startswith(HTML_PREFIXES):
-        return 'html'
-    return None
-
-
-# What numpy's .npy header parser raises on a corrupt header: its fallback for headers written by
-# Python 2 goes through `tokenize`, hence TokenError. None of these may reach the user as a traceback.
-NPY_HEADER_ERRORS = (ValueError, SyntaxError, TypeError, EOFError, OverflowError, MemoryError, RecursionError,
-                     tokenize.TokenError)
-
-
-def canonical_npy_dict(shape, fortran_order, dtype):
-    """Return the header dictionary text numpy writes for these values, without its padding (bytes)."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {'descr': np.lib.format.dtype_to_descr(dtype),
-                                              'fortran_order': fortran_order, 'shape': shape})
-    return buf.getvalue()[10:].rstrip(b' \n')  # after the magic, the version and the 2-byte length
-
-
-def read_npy_header(f):
-    """Return (shape, fortran_order, dtype, canonical) of the .npy header at f's position, or None when numpy
-    cannot read one there.
-
-    canonical says whether the header is byte for byte the one numpy writes for those values (up to its
-    space padding): a header corrupted into another one that still parses is not. f is left just past the
-    header, at the first data byte.
-    """
-    start = f.tell()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # numpy warns when it falls back to its Python-2 header parser
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return None
-        end = f.tell()
-        f.seek(start + (10 if version == (1, 0) else 12))
-        text = f.read(end - f.tell())
-        canonical = (text.endswith(b'\n') and
-                     text[:-1].rstrip(b' ') == canonical_npy_dict(shape, fortran_order, dtype))
-    except NPY_HEADER_ERRORS:
-        return None
-    return shape, fortran_order, dtype, canonical
-
-
-def _npy_sizes(path):
-    """Return (size the .npy header promises, actual size), or None when the header cannot be read."""
-    with open(path, 'rb') as f:
-        header = read_npy_header(f)
-        if header is None:
-            return None
-        shape, _, dtype, _ = header
-        if dtype.hasobject:  # pickled payload: its size is not in the header
-            return None
-        return f.tell() + math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size
-
-
-def _find_problem(path, expected_sha1=None, is_npy=False):
-    """Return (kind, plain-words description) of what is wrong with the file at path, or (None, None)."""
-    if not os.path.exists(path):
-        return 'missing', 'missing'
-    if not os.path.isfile(path):
-        return 'not_file', 'not a regular file'
-    with open(path, 'rb') as f:
-        head = f.read(SNIFF_BYTES)
-    if not head:
-        return 'empty', 'empty file (0 bytes)'
-    kind = sniff(head)
-    if kind == 'lfs':
-        return 'lfs', 'a Git-LFS pointer, not the file itself'
-    if kind == 'html':
-        return 'html', 'an HTML page (an error or login page saved in place of the file)'
-    if is_npy:
-        sizes = _npy_sizes(path)
-        if sizes is None and expected_sha1 is None:
-            return 'bad_npy', 'not a .npy file (unreadable header)'
-        if sizes is not None and sizes[0] != sizes[1]:
-            what = 'truncated' if sizes[1] < sizes[0] else 'too long'
-            return 'size', f'{what}: its .npy header needs {sizes[0]} bytes, the file has {sizes[1]}'
-    if expected_sha1 is not None:
-        got = git_blob_sha1(path)
-        if got != expected_sha1.lower():
-            return 'sha1', f'corrupt or truncated: expected {expected_sha1.lower()}, got {got}'
-    return None, None
-
-
-def check_file(path, expected_sha1=None):
-    """Return None when the file at path is sound (and matches expected_sha1 if given), else a one-line problem."""
-    path = os.fspath(path)
-    kind, what = _find_problem(path, expected_sha1, is_npy=path.endswith('.npy'))
-    if kind is None:
-        return None
-    return f'{path}: {what}; {FIXES.get(kind, DEFAULT_FIX)}'
-
-
-def _resolve_names(names, expected):
-    """Return the list of file names to handle, checking each against the known ones."""
-    if names is None:
-        return sorted(expected)
-    unknown = [n for n in names if n not in expected]
-    if unknown:
-        raise ValueError(f'unknown file {unknown[0]!r}; the released model/ files are: {", ".join(sorted(expected))}')
-    return list(names)
-
-
-def verify_model_dir(model_dir, names=None, expected=None):
-    """Check released files in model_dir (all 13, or names); return one-line problems, empty when all verify."""
-    expected = RELEASED_FILES if expected is None else expected
-    return [p for p in (check_file(os.path.join(model_dir, n), expected[n]) for n in _resolve_names(names, expected))
-            if p is not None]
 
 
 def _check_url(url):
@@ -311,7 +138,7 @@ def download(url, dest, expected_sha1=None, *, retries=3, timeout=30.0, backoff=
     fresh_retry = os.path.exists(part) and os.path.getsize(part) > 0
     while True:
         _fetch_to_part(url, part, retries, timeout, backoff, chunk_size, progress, os.path.basename(dest))
-        kind, what = _find_problem(part, expected_sha1, is_npy=dest.endswith('.npy'))
+        kind, what = find_problem(part, expected_sha1, is_npy=dest.endswith('.npy'))
         if kind is None:
             break
         if os.path.exists(part):
@@ -359,7 +186,7 @@ def download_model(model_dir='model/', base_url=BASE_URL, names=None, *, lfs_bas
     expected = RELEASED_FILES if expected is None else expected
     os.makedirs(model_dir, exist_ok=True)
     return [fetch_file(n, model_dir, base_url, expected[n], lfs_base_url=lfs_base_url, **download_kw)[0]
-            for n in _resolve_names(names, expected)]
+            for n in resolve_names(names, expected)]
 
 
 def parse_args(argv=None):

@@ -19,7 +19,9 @@ import sys
 import numpy as np
 import torch
 
-from convert import add_model_args, load_model, vocab_paths
+from flags import add_weights_args
+from models import load_model
+from weights import vocab_paths
 from trainer import check_device
 
 
@@ -126,7 +128,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Save GPT-1 hidden states of each line of a text file to .npz.')
     parser.add_argument('--input', required=True, help='UTF-8 text file, one example per line')
     parser.add_argument('--output', required=True, help='the .npz file to write')
-    add_model_args(parser)
+    add_weights_args(parser)
     parser.add_argument('--layers', default='-1', help='comma-separated layers: 0 embeddings, k block k, -1 the '
                                                        'last (default -1)')
     parser.add_argument('--batch_size', type=int, default=8, help='examples per forward pass (default 8)')
@@ -145,7 +147,7 @@ def run(args):
         raise ValueError(f'--batch_size {args.batch_size}: give 1 or more')
     device = check_device(args.device)
     texts = read_lines(args.input)
-    model, _ = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx)
+    model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx)
     model.to(device)
     layers = parse_layers(args.layers, len(model.h))
     text_encoder = TextEncoder(*vocab_paths(args.model_dir, args.encoder_path, args.bpe_path))

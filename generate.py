@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from convert import add_model_args, load_model, vocab_paths
+from flags import add_weights_args
+from models import load_model
+from weights import vocab_paths
 from trainer import check_device
 
 
@@ -158,7 +160,7 @@ def parse_args(argv=None):
     """Return the parsed command line."""
     parser = argparse.ArgumentParser(description='Sample text from GPT-1 (released shards, a convert.py folder '
                                                  'or a transformers openai-gpt folder).')
-    add_model_args(parser)
+    add_weights_args(parser)
     parser.add_argument('--prompt', help='the text to continue')
     parser.add_argument('--interactive', action='store_true', help='read one prompt per line of stdin until EOF')
     parser.add_argument('--gen_len', type=int, default=40, help='tokens to generate (default 40)')
@@ -179,7 +181,8 @@ def run(args, stdin, stdout, stderr):
     from text_utils import TextEncoder
     check_sampling_args(args.gen_len, args.top_k, args.top_p, args.temperature, args.greedy)
     device = check_device(args.device)
-    model, n_vocab = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=True)
+    model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=True)
+    n_vocab = model.cfg.n_vocab
     model.to(device)
     text_encoder = TextEncoder(*vocab_paths(args.model_dir, args.encoder_path, args.bpe_path))
     generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)

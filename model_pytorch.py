@@ -9,10 +9,8 @@ Input contract, stated once: `x [..., T, 2] int64` holds (token id, position id)
 are rows `n_vocab + n_special + i` of the same embedding table; `m [..., T] float` masks the tokens.
 """
 import copy
-import json
+import dataclasses
 import math
-import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,33 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-
-@dataclass(slots=True)
-class GPTConfig:
-    """Model hyperparameters; `slots` makes a misspelt attribute (`cfg.n_heads = 4`) an error."""
-    n_embd: int = 768
-    n_head: int = 12
-    n_layer: int = 12
-    embd_pdrop: float = 0.1
-    attn_pdrop: float = 0.1
-    resid_pdrop: float = 0.1
-    clf_pdrop: float = 0.1
-    afn: str = 'gelu'
-
-
-# Shared default, as in the earlier port's README (`args = DEFAULT_CONFIG`); copy.deepcopy it before
-# changing fields you do not want every later user of DEFAULT_CONFIG to see.
-DEFAULT_CONFIG = GPTConfig()
-
-N_VOCAB = 40478          # BPE tokens in encoder_bpe_40000.json
-N_CTX_RELEASED = 512     # positions stored in the released weights
-N_SHARDS = 10            # params_0.npy ... params_9.npy
-
-# TF variable names inside one block, in the order the released shards store them.
-TF_BLOCK = ['attn/c_attn/w', 'attn/c_attn/b', 'attn/c_proj/w', 'attn/c_proj/b', 'ln_1/g', 'ln_1/b',
-            'mlp/c_fc/w', 'mlp/c_fc/b', 'mlp/c_proj/w', 'mlp/c_proj/b', 'ln_2/g', 'ln_2/b']
-
-TASK_HEAD_TYPES = ('multiple_choice', 'similarity', 'inference', 'classification')
+from weights import SIZE_KEYS, block_keys, detect_format, read_checkpoint, read_released
 
 
 def gelu(x):
@@ -63,6 +35,72 @@ def swish(x):
 ACT_FNS = {'relu': F.relu, 'swish': swish, 'gelu': gelu}
 
 
+@dataclass(slots=True)
+class GPTConfig:
+    """GPT-1's hyperparameters, the one thing a model is built from and the config.json it is saved with; `slots`
+    makes a misspelt attribute (`cfg.n_heads = 4`) an error."""
+    n_embd: int = 768
+    n_head: int = 12
+    n_layer: int = 12
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    resid_pdrop: float = 0.1
+    clf_pdrop: float = 0.1
+    afn: str = 'gelu'
+    n_vocab: int = 40478          # BPE token rows of the table (encoder_bpe_40000.json)
+    n_special: int = 0            # special-token rows after them (_start_, _delimiter_, _classify_, ...)
+    n_ctx: int = 512              # position rows after those: the longest sequence
+    checkpoint_activations: bool = False  # recompute each block's activations in backward (same gradients)
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Raise a ValueError naming the first field the model cannot be built with."""
+        if self.n_head < 1 or self.n_embd % self.n_head:
+            raise ValueError(f'n_head={self.n_head} does not divide n_embd={self.n_embd} (n_embd must be divisible '
+                             f'by n_head): give the n_head the weights were trained with (the released GPT-1 has 12)')
+        if self.afn not in ACT_FNS:
+            raise ValueError(f'unknown afn {self.afn!r}: choose one of {sorted(ACT_FNS)}')
+        for name in ('n_vocab', 'n_ctx', 'n_layer', 'n_embd'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'{name}={getattr(self, name)} must not be negative')
+        if self.n_special < 0:
+            raise ValueError(f'n_special={self.n_special} must not be negative')
+
+    @property
+    def n_rows(self):
+        """Return the rows of the embedding table: tokens, special tokens and positions."""
+        return self.n_vocab + self.n_special + self.n_ctx
+
+    @classmethod
+    def from_args(cls, args, **fields):
+        """Return the config of an object holding the fields as attributes (an argparse Namespace), `fields`
+        overriding them; the architecture fields must all be there, the sizes and switches default."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in fields:
+                values[f.name] = fields[f.name]
+            elif hasattr(args, f.name) or f.name not in OPTIONAL_FIELDS:
+                values[f.name] = config_value(args, f.name)
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f'GPTConfig has no field {sorted(unknown)[0]!r}')
+        return cls(**values)
+
+
+OPTIONAL_FIELDS = ('n_vocab', 'n_special', 'n_ctx', 'checkpoint_activations')  # may be missing from a Namespace
+
+# Shared default, as in the earlier port's README (`args = DEFAULT_CONFIG`); copy.deepcopy it before
+# changing fields you do not want every later user of DEFAULT_CONFIG to see.
+DEFAULT_CONFIG = GPTConfig()
+
+N_VOCAB = DEFAULT_CONFIG.n_vocab    # BPE tokens in encoder_bpe_40000.json
+N_CTX_RELEASED = DEFAULT_CONFIG.n_ctx  # positions stored in the released weights
+
+TASK_HEAD_TYPES = ('multiple_choice', 'similarity', 'inference', 'classification')
+
+
 def config_value(cfg, name):
     """Return `cfg.name`, with an error naming the missing field (any attribute object is a config)."""
     try:
@@ -70,18 +108,6 @@ def config_value(cfg, name):
     except AttributeError:
         raise ValueError(f'config {type(cfg).__name__} has no field {name!r}: start from '
                          f'copy.deepcopy(DEFAULT_CONFIG) and set the fields you need') from None
-
-
-def tf_param_names(n_layer):
-    """Return the TF names of the released arrays in shard order: positions, tokens, then each block."""
-    return ['model/we:positions', 'model/we:tokens'] + [f'model/h{i}/{n}' for i in range(n_layer)
-                                                        for n in TF_BLOCK]
-
-
-def torch_name(tf_name):
-    """Return the state_dict key of a TF block variable: 'model/h3/attn/c_attn/w' -> 'h.3.attn.c_attn.w'."""
-    name = tf_name[len('model/'):] if tf_name.startswith('model/') else tf_name
-    return re.sub(r'^h(\d+)/', r'h.\1.', name).replace('/', '.')
 
 
 class Conv1D(nn.Module):
@@ -237,29 +263,52 @@ class Block(nn.Module):
         return h, present
 
 
+def model_config(cfg, vocab=None, n_ctx=None):
+    """Return a GPTConfig of a model's own: a copy of cfg (a GPTConfig, or any object with its fields such as an
+    argparse Namespace), with the earlier port's `vocab` (rows of the table) and `n_ctx` arguments when given.
+
+    The earlier port's vocab does not say which rows are tokens: cfg's n_vocab when they fit, the rest special
+    rows; else all of them tokens. Loading weights sets the split the weights give.
+    """
+    cfg = copy.deepcopy(cfg) if isinstance(cfg, GPTConfig) else GPTConfig.from_args(cfg)
+    if n_ctx is not None:
+        cfg.n_ctx = n_ctx
+    if vocab is not None:
+        rows = vocab - cfg.n_ctx  # token and special rows
+        if rows < 0:
+            raise ValueError(f'vocab={vocab} rows cannot hold n_ctx={cfg.n_ctx} positions')
+        cfg.n_vocab, cfg.n_special = (cfg.n_vocab, rows - cfg.n_vocab) if cfg.n_vocab <= rows else (rows, 0)
+    cfg.check()
+    return cfg
+
+
 class TransformerModel(nn.Module):
     """The GPT-1 transformer: x [..., T, 2] -> hidden states [-1, T, n_embd] (TF: model, embed)."""
 
-    def __init__(self, cfg, vocab=40990, n_ctx=512):
+    def __init__(self, cfg=DEFAULT_CONFIG, vocab=None, n_ctx=None):
         super().__init__()
-        self.vocab = vocab
-        self.n_ctx = n_ctx
-        self.n_embd = config_value(cfg, 'n_embd')
-        self.embd_pdrop = config_value(cfg, 'embd_pdrop')
+        self.cfg = model_config(cfg, vocab, n_ctx)
         # Rows are [tokens; special tokens; positions], the original's single `we` table.
-        self.embed = nn.Embedding(vocab, self.n_embd)
+        self.embed = nn.Embedding(self.cfg.n_rows, self.cfg.n_embd)
         nn.init.normal_(self.embed.weight, std=0.02)
         # Each block built afresh: independent initial weights (the earlier port deep-copied one).
-        self.h = nn.ModuleList([Block(cfg) for _ in range(config_value(cfg, 'n_layer'))])
-        # Recompute each block's activations in the backward pass instead of keeping them (the batch
-        # of 32 on small GPUs); dropout masks are replayed, so the gradients are unchanged.
-        self.checkpoint_activations = False
+        self.h = nn.ModuleList([Block(self.cfg) for _ in range(self.cfg.n_layer)])
+
+    @property
+    def n_ctx(self):
+        """Return the number of positions: the longest sequence."""
+        return self.cfg.n_ctx
+
+    @property
+    def n_embd(self):
+        """Return the width of the hidden states."""
+        return self.cfg.n_embd
 
     def embedding_table(self):
         """Return the embedding table as this forward pass sees it (dropped out when training)."""
         # TF drops entries of the table itself (`we = dropout(we)`); the lookup and the tied LM
         # decoder then share that one dropped table, so a token seen twice sees the same row.
-        return F.dropout(self.embed.weight, self.embd_pdrop, self.training)
+        return F.dropout(self.embed.weight, self.cfg.embd_pdrop, self.training)
 
     def run(self, x, past=None, collect_hidden=False, past_valid=None):
         """Return (h, we, presents, hidden_states) for x [..., T, 2]; the core of every forward."""
@@ -270,7 +319,9 @@ class TransformerModel(nn.Module):
         h = F.embedding(x, we).sum(dim=2)  # [B, T, 2, n_embd] -> [B, T, n_embd]
         hidden_states = [h] if collect_hidden else None
         presents = []
-        checkpointing = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+        # checkpoint_activations: recompute each block in the backward pass instead of keeping its activations
+        # (the batch of 32 on small GPUs); dropout masks are replayed, so the gradients are unchanged.
+        checkpointing = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
             layer_past = None if past is None else past[i]
             if checkpointing:
@@ -419,10 +470,11 @@ def make_task_head(clf_token, cfg, task_head_type):
 class LMModel(nn.Module):
     """Transformer with the tied language-model head."""
 
-    def __init__(self, cfg=DEFAULT_CONFIG, vocab=40990, n_ctx=512, return_probs=False):
+    def __init__(self, cfg=DEFAULT_CONFIG, vocab=None, n_ctx=None, return_probs=False):
         super().__init__()
         self.transformer = TransformerModel(cfg, vocab=vocab, n_ctx=n_ctx)
-        self.lm_head = LMHead(self.transformer, cfg, trunc_and_reshape=False)
+        self.cfg = self.transformer.cfg
+        self.lm_head = LMHead(self.transformer, self.cfg, trunc_and_reshape=False)
         self.return_probs = return_probs
 
     def forward(self, x):
@@ -435,11 +487,12 @@ class LMModel(nn.Module):
 class DoubleHeadModel(nn.Module):
     """Transformer with the LM head and a task head: x -> (lm_logits, task_logits) (TF: model)."""
 
-    def __init__(self, cfg, clf_token, task_head_type, vocab=40990, n_ctx=512):
+    def __init__(self, cfg, clf_token, task_head_type, vocab=None, n_ctx=None):
         super().__init__()
         self.transformer = TransformerModel(cfg, vocab=vocab, n_ctx=n_ctx)
-        self.lm_head = LMHead(self.transformer, cfg)
-        self.task_head = make_task_head(clf_token, cfg, task_head_type)
+        self.cfg = self.transformer.cfg
+        self.lm_head = LMHead(self.transformer, self.cfg)
+        self.task_head = make_task_head(clf_token, self.cfg, task_head_type)
 
     def forward(self, x):
         """Return (lm_logits [N*(T-1), rows], task_logits) exactly as the original computes them."""
@@ -474,106 +527,6 @@ class DoubleHeadModel(nn.Module):
         return self.task_head(h, rest)
 
 
-def sniff_weights_file(path):
-    """Return a description of what path holds when it is plainly not an .npy array, else None."""
-    from download_model import sniff  # the owner of what release downloads look like
-    with open(path, 'rb') as f:
-        head = f.read(512)
-    kind = sniff(head)
-    if kind == 'lfs':
-        return 'a Git-LFS pointer, not the weights (run `git lfs pull` in the clone, or download_model.py)'
-    if kind == 'html':
-        return 'an HTML page, not the weights (the download fetched a web page; run download_model.py)'
-    if not head.startswith(b'\x93NUMPY'):
-        return 'not a .npy file (download it again with download_model.py)'
-    return None
-
-
-def shard_layout(path):
-    """Return (number of float32 values, offset of the first one) of a params_N.npy shard, or raise naming what is
-    wrong with it; the values themselves are not read."""
-    from download_model import read_npy_header  # the owner of what release downloads look like
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: the weights are the model/ folder of '
-                                f'github.com/openai/finetune-transformer-lm (run download_model.py)')
-    problem = sniff_weights_file(path)
-    if problem:
-        raise ValueError(f'{path} is {problem}')
-    with open(path, 'rb') as f:
-        header = read_npy_header(f)
-        if header is None:
-            raise ValueError(f'{path} is corrupt: its .npy header cannot be read; download it again')
-        shape, _, dtype, canonical = header
-        offset, size = f.tell(), os.fstat(f.fileno()).st_size
-    if dtype.hasobject:
-        raise ValueError(f'{path} holds pickled Python objects, which are never loaded: it is not a released shard')
-    if dtype != np.dtype('<f4'):
-        raise ValueError(f'{path} holds {dtype} values, expected float32: it is not a released shard')
-    if len(shape) != 1:
-        raise ValueError(f'{path} holds an array of shape {shape}, expected a flat 1-D shard')
-    if offset + 4 * shape[0] != size:
-        raise ValueError(f'{path} is truncated or corrupt: its .npy header needs {offset + 4 * shape[0]} bytes, '
-                         f'the file has {size}; download it again')
-    if not canonical and not is_released_file(path):
-        raise ValueError(f'{path} is corrupt: its .npy header is not the one numpy writes for {shape[0]} '
-                         f'float32 values; download it again')
-    return shape[0], offset
-
-
-def read_shard_into(path, offset, out):
-    """Fill out (a float32 array) with the values of the shard at path that start at byte offset."""
-    with open(path, 'rb') as f:
-        f.seek(offset)
-        n_read = f.readinto(memoryview(out).cast('B'))
-    if n_read != out.nbytes:
-        raise ValueError(f'{path} changed while being read ({n_read} of {out.nbytes} bytes): read it again')
-
-
-def is_released_file(path):
-    """Return whether the file at path is byte for byte the released file of its name (git blob SHA-1)."""
-    from download_model import RELEASED_FILES, git_blob_sha1
-    expected = RELEASED_FILES.get(os.path.basename(path))
-    return expected is not None and git_blob_sha1(path) == expected
-
-
-def read_shapes(path):
-    """Return the list of array shapes in params_shapes.json, or raise naming the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: the weights are the model/ folder of '
-                                f'github.com/openai/finetune-transformer-lm (run download_model.py)')
-    try:
-        with open(path) as f:
-            shapes = json.load(f)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f'{path} is not valid JSON ({err}): download it again') from None
-    if not (isinstance(shapes, list) and all(isinstance(s, list) and all(isinstance(d, int) for d in s)
-                                             for s in shapes)):
-        raise ValueError(f'{path} must be a JSON list of shapes (lists of ints)')
-    if len(shapes) < 2 or (len(shapes) - 2) % len(TF_BLOCK) != 0:
-        raise ValueError(f'{path} lists {len(shapes)} arrays; expected 2 embeddings plus '
-                         f'{len(TF_BLOCK)} per block')
-    return shapes
-
-
-def load_released_arrays(path):
-    """Return the released arrays, each reshaped, in TF order: [positions, tokens, block arrays...]."""
-    shapes = read_shapes(os.path.join(path, 'params_shapes.json'))
-    files = [os.path.join(path, f'params_{n}.npy') for n in range(N_SHARDS)]
-    layouts = [shard_layout(f) for f in files]  # every file checked before any value is read
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    total = sum(n for n, _ in layouts)
-    if total != sum(sizes):
-        raise ValueError(f'the shards in {path} hold {total} floats but params_shapes.json describes '
-                         f'{sum(sizes)}: a shard is truncated or from another checkpoint')
-    # each shard is read straight into its place of one buffer: no concatenation copy
-    flat = np.empty(total, dtype='<f4')
-    bounds = np.cumsum([0] + [n for n, _ in layouts])
-    for f, (_, offset), start, stop in zip(files, layouts, bounds[:-1], bounds[1:]):
-        read_shard_into(f, offset, flat[start:stop])
-    offsets = np.cumsum(sizes)[:-1]
-    return [a.reshape(shape) for a, shape in zip(np.split(flat, offsets), shapes)]
-
-
 def check_shape(name, param, array):
     """Raise a ValueError naming the parameter when array's shape does not fit param."""
     if tuple(param.shape) != tuple(array.shape):
@@ -581,103 +534,128 @@ def check_shape(name, param, array):
                          f'give {tuple(array.shape)} (check n_embd/n_layer/n_ctx/n_special)')
 
 
+def check_architecture(ckpt, cfg, path):
+    """Raise a ValueError when the heads or activation a checkpoint states differ from the model's config."""
+    if ckpt.config.get('n_head', cfg.n_head) != cfg.n_head:
+        raise ValueError(f"{path} holds a model with n_head={ckpt.config['n_head']}, this model has {cfg.n_head}: "
+                         f"pass --n_head {ckpt.config['n_head']}")
+    if ckpt.config.get('afn', cfg.afn) != cfg.afn:
+        raise ValueError(f"{path} holds a model with afn={ckpt.config['afn']!r}: pass --afn {ckpt.config['afn']}")
+
+
 def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n_embd=768, path='./model/',
-                                 path_names=None, verify=False):
+                                 verify=False):
     """Load the released weights into a TransformerModel (or a model with `.transformer`); return it.
 
-    path may also be a convert.py folder (model.safetensors + config.json) or a transformers openai-gpt folder
-    or weights file, e.g. the output of pretrain.py: loaded the same way (their special rows are not used).
+    path may also be this project's safetensors folder (model.safetensors + config.json) or a transformers
+    openai-gpt folder or weights file, e.g. the output of pretrain.py: loaded the same way (their special rows
+    are not used). The files are read by weights.py.
 
     As the original train.py: positions cropped to n_ctx, then `we = [tokens; special; positions]`
     with the special rows drawn as `np.random.randn(n_special, n_embd) * 0.02` from numpy's global
     generator, and the table plus the first n_transfer blocks copied (n_transfer -1: nothing).
-    n_ctx and n_special of -1 are read off the model. `path_names` is accepted for compatibility with
-    the earlier port and ignored. With verify=True every file's git blob SHA-1 is checked first against
-    the released values (a dict {file name: SHA-1} checks against those instead).
+    n_ctx and n_special of -1 are read off the model. With verify=True every file's git blob SHA-1 is checked
+    first against the released values (a dict {file name: SHA-1} checks against those instead).
     """
     transformer = getattr(model, 'transformer', model)
-    if is_released_folder(path):
-        if verify:
-            verify_weights(path, expected=verify if isinstance(verify, dict) else None)
-        arrays = load_released_arrays(path)
+    if detect_format(path) == 'released':
+        ckpt = read_released(path, verify=verify)
     elif verify:
         raise ValueError(f'{path} is not a released model/ folder: verification checks the released shards only')
     else:
-        arrays = converted_arrays(path, transformer)
-    n_layer_stored = (len(arrays) - 2) // len(TF_BLOCK)
-    positions, tokens = arrays[0], arrays[1]
-    if n_embd != tokens.shape[1]:
+        ckpt = read_checkpoint(path)
+        if len(transformer.h):
+            check_architecture(ckpt, transformer.cfg, path)
+    if n_embd != ckpt.n_embd:
         if n_embd != 768:  # the default is the released size; smaller checkpoints need not pass it
-            raise ValueError(f'n_embd={n_embd} but the weights in {path} have n_embd={tokens.shape[1]}')
-        n_embd = tokens.shape[1]
+            raise ValueError(f'n_embd={n_embd} but the weights in {path} have n_embd={ckpt.n_embd}')
+        n_embd = ckpt.n_embd
     if n_ctx == -1:
         n_ctx = transformer.n_ctx
-    if n_ctx > positions.shape[0]:
-        raise ValueError(f'n_ctx={n_ctx} exceeds the {positions.shape[0]} positions stored in {path}')
+    if n_ctx > ckpt.n_pos:
+        raise ValueError(f'n_ctx={n_ctx} exceeds the {ckpt.n_pos} positions stored in {path}')
     if n_special == -1:
-        n_special = transformer.embed.weight.shape[0] - tokens.shape[0] - n_ctx
+        n_special = transformer.embed.weight.shape[0] - ckpt.n_vocab - n_ctx
         if n_special < 0:
             raise ValueError(f'the model table has {transformer.embed.weight.shape[0]} rows, fewer than the '
-                             f'{tokens.shape[0]} tokens + {n_ctx} positions of the weights')
+                             f'{ckpt.n_vocab} tokens + {n_ctx} positions of the weights')
+    # the original draws every special row; stored ones (e.g. pre-training's separator) are not copied
     special = (np.random.randn(n_special, n_embd) * 0.02).astype(np.float32)
-    we = np.concatenate([tokens, special, positions[:n_ctx]], 0)
+    we = np.concatenate([ckpt.tokens, special, ckpt.positions[:n_ctx]], 0)
 
     state = transformer.state_dict()
     updates = {}
     if n_transfer != -1:  # the original: -1 copies nothing, k copies the table and k blocks
-        n_transfer = min(n_transfer, n_layer_stored)
+        n_transfer = min(n_transfer, ckpt.n_layer)
         if n_transfer > len(transformer.h):
             raise ValueError(f'n_transfer={n_transfer} but the model has only {len(transformer.h)} blocks')
         check_shape('embed.weight', state['embed.weight'], we)
         updates['embed.weight'] = we
-        names = tf_param_names(n_layer_stored)[2:2 + n_transfer * len(TF_BLOCK)]
-        for tf_name, array in zip(names, arrays[2:]):
-            key = torch_name(tf_name)
-            if array.ndim == 3:  # TF conv1d weights [1, nx, nf] -> [nx, nf]
-                array = array.reshape(array.shape[1:])
-            check_shape(key, state[key], array)
-            updates[key] = array
+        for key in block_keys(n_transfer):
+            check_shape(key, state[key], ckpt.blocks[key])
+            updates[key] = ckpt.blocks[key]
     with torch.no_grad():
         for key, array in updates.items():
             state[key].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    if updates:  # the table's rows are now the weights' tokens and the drawn special rows
+        transformer.cfg.n_vocab, transformer.cfg.n_special = ckpt.n_vocab, n_special
     return model
 
 
-def is_released_folder(path):
-    """Return whether path is (or, missing its files, is meant to be) a released model/ folder: not a weights file
-    and not a folder with a config.json of convert.py or transformers."""
-    if os.path.isfile(path):
-        return False
-    return (os.path.isfile(os.path.join(path, 'params_shapes.json'))
-            or not os.path.isfile(os.path.join(path, 'config.json')))
+def checkpoint_config(ckpt, n_ctx=None, n_special=None):
+    """Return the GPTConfig of a Checkpoint: the architecture its files state, the config's defaults for what they
+    do not (the released 12 heads and gelu), its sizes (n_ctx and n_special when given); a bad field raises."""
+    fields = dict(ckpt.config, n_embd=ckpt.n_embd, n_layer=ckpt.n_layer, n_vocab=ckpt.n_vocab,
+                  n_special=ckpt.n_special if n_special is None else n_special,
+                  n_ctx=ckpt.n_pos if n_ctx is None else n_ctx)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(GPTConfig)})
+    if unknown:
+        raise ValueError(f'{ckpt.source or "the checkpoint"} states {unknown[0]!r}, which is no field of GPTConfig')
+    return GPTConfig(**fields)
 
 
-def converted_arrays(path, transformer):
-    """Return the weights of a convert.py or transformers folder in the released order and shapes
-    ([positions, tokens, blocks]), after checking the architecture they state against the model's."""
-    from convert import read_checkpoint, released_arrays  # convert builds on this module
-    ckpt = read_checkpoint(path)
-    if len(transformer.h):
-        block = transformer.h[0]
-        if block.attn.n_head != ckpt.cfg.n_head:
-            raise ValueError(f'{path} holds a model with n_head={ckpt.cfg.n_head}, this model has '
-                             f'{block.attn.n_head}: pass --n_head {ckpt.cfg.n_head}')
-        if block.mlp.act is not ACT_FNS[ckpt.cfg.afn]:
-            raise ValueError(f'{path} holds a model with afn={ckpt.cfg.afn!r}: pass --afn {ckpt.cfg.afn}')
-    # stored special rows (e.g. pre-training's separator) are not copied: the original draws every special row
-    return released_arrays(ckpt)
+def complete_checkpoint(ckpt):
+    """Return ckpt with its config completed to every architecture field (the config's defaults for what its files
+    do not state) and checked, as a writer of another format needs it."""
+    cfg = dataclasses.asdict(checkpoint_config(ckpt))
+    ckpt.config = {k: v for k, v in cfg.items() if k not in SIZE_KEYS}
+    return ckpt
 
 
-def verify_weights(path, expected=None):
-    """Raise ValueError naming the first weights file in path whose git blob SHA-1 does not match.
+def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None):
+    """Return a TransformerModel (an LMModel with lm) holding ckpt, or load ckpt into the given model.
 
-    expected maps file names to SHA-1s; None means the values of the released files.
+    As the original train.py: positions cropped to n_ctx (default: all stored), special rows beyond the stored
+    ones drawn as np.random.randn(k, n_embd) * 0.02 from numpy's global generator. A model built here is in
+    eval mode; a given model keeps its mode, and its n_ctx and n_special (from its table) are used.
     """
-    from download_model import verify_model_dir  # the owner of the released hashes
-    names = ['params_shapes.json'] + [f'params_{n}.npy' for n in range(N_SHARDS)]
-    problems = verify_model_dir(path, names=names, expected=expected)
-    if problems:
-        raise ValueError(problems[0])
+    if model is not None:
+        transformer = getattr(model, 'transformer', model)
+        n_ctx = transformer.n_ctx
+        n_special = transformer.embed.weight.shape[0] - n_ctx - ckpt.n_vocab
+    n_ctx = ckpt.n_pos if n_ctx is None else n_ctx
+    n_special = ckpt.n_special if n_special is None else n_special
+    if not 0 < n_ctx <= ckpt.n_pos:
+        raise ValueError(f'n_ctx={n_ctx} but the checkpoint stores {ckpt.n_pos} positions: use 1..{ckpt.n_pos}')
+    if n_special < ckpt.n_special:
+        raise ValueError(f'n_special={n_special} but the checkpoint stores {ckpt.n_special} special rows: '
+                         f'the model needs at least as many')
+    if model is None:
+        cfg = checkpoint_config(ckpt, n_ctx=n_ctx, n_special=n_special)
+        model = (LMModel(cfg) if lm else TransformerModel(cfg)).eval()
+        transformer = getattr(model, 'transformer', model)
+    extra = (np.random.randn(n_special - ckpt.n_special, ckpt.n_embd) * 0.02).astype(np.float32)
+    table = np.concatenate([ckpt.tokens, ckpt.special, extra, ckpt.positions[:n_ctx]], 0)
+    state = transformer.state_dict()
+    arrays = dict(ckpt.blocks, **{'embed.weight': table})
+    if set(arrays) != set(state):
+        raise ValueError(f'the checkpoint has {ckpt.n_layer} blocks, the model {len(transformer.h)}')
+    with torch.no_grad():
+        for key, array in arrays.items():
+            check_shape(key, state[key], array)
+            state[key].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    transformer.cfg.n_vocab, transformer.cfg.n_special = ckpt.n_vocab, n_special
+    return model
 
 
 def clone_config(cfg, **changes):
@@ -687,14 +665,3 @@ def clone_config(cfg, **changes):
         config_value(cfg, name)
         setattr(cfg, name, value)
     return cfg
-
-
-def write_released_shards(path, arrays, n_shards=N_SHARDS):
-    """Write arrays in the released format (params_shapes.json + n_shards flat float32 .npy); return path."""
-    os.makedirs(path, exist_ok=True)
-    flat = np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1) for a in arrays])
-    with open(os.path.join(path, 'params_shapes.json'), 'w') as f:
-        json.dump([list(np.shape(a)) for a in arrays], f)
-    for n, shard in enumerate(np.array_split(flat, n_shards)):
-        np.save(os.path.join(path, f'params_{n}.npy'), shard)
-    return path

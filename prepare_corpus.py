@@ -43,8 +43,8 @@ from functools import lru_cache, partial
 import numpy as np
 from tqdm import tqdm
 
-from download_model import git_blob_sha1
 from text_utils import BPE_PATH, ENCODER_PATH, TextEncoder, load_bpe_ranks, load_encoder
+from weights import git_blob_sha1
 
 CORPUS_FORMAT = 'gpt1-corpus-v1'
 SPLITS = ('train', 'val')

@@ -32,8 +32,9 @@ from tqdm import tqdm
 from checkpoint import write_json
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
 from loss import LM_CHUNK, token_losses
-from model_pytorch import DEFAULT_CONFIG, LMModel, clone_config
+from model_pytorch import DEFAULT_CONFIG, LMModel, checkpoint_config, clone_config, model_from_checkpoint
 from opt import SCHEDULES, OpenAIAdam
+from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
 from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run,
                      resolve_device, resume_or_start, save_state, start_run, to_tensors, update,
                      update_phase)
@@ -154,7 +155,6 @@ def build_lm(args, n_vocab, n_special):
     if args.model_dir is None:
         cfg = model_config(args)
         return LMModel(cfg, vocab=n_vocab + n_special + args.n_ctx, n_ctx=args.n_ctx)
-    from convert import build_model, read_checkpoint
     ckpt = read_checkpoint(args.model_dir, n_head=args.n_head, afn=args.afn)
     if ckpt.n_vocab != n_vocab:
         raise ValueError(f'{args.model_dir} has {ckpt.n_vocab} token rows but the corpus was encoded with '
@@ -164,8 +164,8 @@ def build_lm(args, n_vocab, n_special):
                          f'use at most {ckpt.n_pos}')
     if ckpt.n_special > n_special:
         ckpt.special = ckpt.special[:n_special]  # rows the corpus does not use (e.g. fine-tuning's) are left out
-    model = LMModel(model_config(args, ckpt.cfg), vocab=n_vocab + n_special + args.n_ctx, n_ctx=args.n_ctx)
-    return build_model(ckpt, model=model)  # extra special rows drawn as the original draws them
+    model = LMModel(model_config(args, checkpoint_config(ckpt)), vocab=n_vocab + n_special + args.n_ctx, n_ctx=args.n_ctx)
+    return model_from_checkpoint(ckpt, model=model)  # extra special rows drawn as the original draws them
 
 
 def n_updates_of(args, n_train_tokens):
@@ -328,7 +328,6 @@ def write_outputs(run, sizes, meta):
     """Write OUT/model.safetensors + config.json (convert.py's format) and, on request, released shards in
     OUT/shards/, each with the corpus's vocabulary files beside them, as train.py and generate.py read them."""
     import shutil
-    from convert import VOCAB_FILES, checkpoint_from_model, write_released, write_safetensors
     ckpt = checkpoint_from_model(run.model, sizes['n_vocab'], sizes['n_special'])
     folders = [run.args.out] + ([run.paths['shards']] if run.args.save_shards else [])
     with run.clock.phase('write'):
@@ -373,7 +372,7 @@ def run(args):
         if args.sample_every:
             check_sample_prompt(text_encoder, args.sample_prompt, args.n_ctx)
         model = build_lm(args, sizes['n_vocab'], sizes['n_special'])
-        model.transformer.checkpoint_activations = args.checkpoint_activations
+        model.cfg.checkpoint_activations = args.checkpoint_activations
         model.to(device)
         n_updates = n_updates_of(args, len(corpus['train']))
         opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule='warmup_cosine_decay',

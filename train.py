@@ -24,8 +24,7 @@ from distributed import (DistInfo, close_distributed, dist_info, gather_concat, 
 from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
 import task_datasets
 from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
-from model_pytorch import (N_SHARDS, DoubleHeadModel, MultipleChoiceHead, is_released_folder,
-                           load_openai_pretrained_model)
+from model_pytorch import DoubleHeadModel, MultipleChoiceHead, load_openai_pretrained_model
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
@@ -33,6 +32,7 @@ from trainer import (PRECISIONS, PhaseClock, autocast_context, configure_precisi
                      make_run, resolve_device, resume_or_start, save_state, start_run, to_tensors, update,
                      update_phase)
 from utils import ResultLogger, encode_dataset, iter_data
+from weights import WEIGHTS_SOURCE, detect_format, released_names
 
 DATASETS = ('rocstories',) + tuple(sorted(TASKS))
 SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
@@ -119,17 +119,15 @@ def check_args(args, info=DistInfo()):
 
 def required_files(args):
     """Return [(path, where it comes from)] of every input file the run reads."""
-    weights = 'the model/ folder of github.com/openai/finetune-transformer-lm (python download_model.py)'
     rocs = ('the Story Cloze Test 2016 val/test CSVs from https://cs.rochester.edu/nlp/rocstories/ '
             '(put them in --data_dir)')
     files = []
     if args.dataset == 'rocstories':  # the other tasks' readers list their own files when one is missing
         files += [(os.path.join(args.data_dir, datasets.VAL_FILE), rocs),
                   (os.path.join(args.data_dir, datasets.TEST_FILE), rocs)]
-    files += [(args.encoder_path, weights), (args.bpe_path, weights)]
-    if is_released_folder(args.model_dir):  # a convert.py or transformers folder is checked as it is read
-        files += [(os.path.join(args.model_dir, 'params_shapes.json'), weights)]
-        files += [(os.path.join(args.model_dir, f'params_{n}.npy'), weights) for n in range(N_SHARDS)]
+    files += [(args.encoder_path, WEIGHTS_SOURCE), (args.bpe_path, WEIGHTS_SOURCE)]
+    if detect_format(args.model_dir) == 'released':  # a convert.py or transformers folder is checked as it is read
+        files += [(os.path.join(args.model_dir, name), WEIGHTS_SOURCE) for name in released_names()]
     return files
 
 
@@ -426,7 +424,7 @@ def build_model(args, sizes, device):
     load_openai_pretrained_model(model.transformer, n_ctx=sizes['n_ctx'], n_special=sizes['n_special'],
                                  n_transfer=args.n_transfer, n_embd=args.n_embd, path=args.model_dir,
                                  verify=args.verify_weights)
-    model.transformer.checkpoint_activations = args.checkpoint_activations
+    model.cfg.checkpoint_activations = args.checkpoint_activations
     return model.to(device)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 import datasets
-from model_pytorch import (N_VOCAB, DEFAULT_CONFIG, DoubleHeadModel, clone_config, load_openai_pretrained_model,
-                           write_released_shards)
+from model_pytorch import N_VOCAB, DEFAULT_CONFIG, DoubleHeadModel, clone_config, load_openai_pretrained_model
+from weights import write_released_shards
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 TF_REF = FIXTURES / 'tf_reference'

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import convert
-from convert import (build_model, checkpoint_from_model, load_model, load_safetensors_model,
-                     load_transformers_model, read_released, read_transformers, save_safetensors_model)
+import weights
 from model_pytorch import (ACT_FNS, DoubleHeadModel, LMModel, TransformerModel, gelu, load_openai_pretrained_model,
-                           load_released_arrays, write_released_shards)
+                           model_from_checkpoint)
+from models import load_model
+from weights import (checkpoint_from_model, load_released_arrays, read_released, read_safetensors, read_transformers,
+                     save_model, write_released_shards)
 from tests.helpers import SMALL_MODEL, load_tf_reference, small_cfg
 
 N_VOCAB = 100  # tokens of the synthetic fixture checkpoint (n_embd 32, n_head 4, n_layer 2, 24 positions)
@@ -82,8 +84,8 @@ def test_round_trip_keeps_old_numpy_headers_and_uneven_splits(tmp_path):
     assert (odd / 'params_0.npy').read_bytes()[:128] != (SMALL_MODEL / 'params_0.npy').read_bytes()[:128]
     np.testing.assert_array_equal(np.concatenate(load_released_arrays(str(odd))[1:2]),
                                   load_released_arrays(str(SMALL_MODEL))[1])
-    convert.write_safetensors(read_released(str(odd), n_head=4), tmp_path / 'st')
-    convert.write_released(convert.read_safetensors(tmp_path / 'st'), tmp_path / 'back')
+    weights.write_safetensors(read_released(str(odd), n_head=4), tmp_path / 'st')
+    weights.write_released(weights.read_safetensors(tmp_path / 'st'), tmp_path / 'back')
     assert shard_bytes(tmp_path / 'back') == shard_bytes(odd)
 
 
@@ -91,7 +93,7 @@ def test_safetensors_load_matches_the_original_loader_and_tf_table():
     ref, config = load_tf_reference()
     ckpt = read_released(str(SMALL_MODEL), n_head=4)
     np.random.seed(config['seed'])  # the original draws the special rows right after seeding
-    ours = build_model(ckpt, n_ctx=config['n_ctx'], n_special=config['n_special'])
+    ours = model_from_checkpoint(ckpt, n_ctx=config['n_ctx'], n_special=config['n_special'])
     np.testing.assert_array_equal(ours.embed.weight.detach().numpy(), ref['we'])
     theirs = TransformerModel(small_cfg(), vocab=ours.embed.weight.shape[0], n_ctx=config['n_ctx'])
     np.random.seed(config['seed'])
@@ -102,32 +104,32 @@ def test_safetensors_load_matches_the_original_loader_and_tf_table():
 
 
 def test_load_model_gives_the_same_model_from_shards_and_from_safetensors(tmp_path):
-    convert.write_safetensors(read_released(str(SMALL_MODEL), n_head=4), tmp_path / 'st')
-    from_shards, n_vocab = load_model(str(SMALL_MODEL), n_head=4, n_ctx=16, lm=True)
-    from_st, n_vocab_st = load_model(str(tmp_path / 'st'), n_ctx=16, lm=True)
-    assert n_vocab == n_vocab_st == N_VOCAB and isinstance(from_st, LMModel) and not from_st.training
+    weights.write_safetensors(read_released(str(SMALL_MODEL), n_head=4), tmp_path / 'st')
+    from_shards = load_model(str(SMALL_MODEL), n_head=4, n_ctx=16, lm=True)
+    from_st = load_model(str(tmp_path / 'st'), n_ctx=16, lm=True)
+    assert from_shards.cfg.n_vocab == from_st.cfg.n_vocab == N_VOCAB and isinstance(from_st, LMModel) and not from_st.training
     x = make_x(N_VOCAB, N_VOCAB, 2, 16)
     torch.testing.assert_close(from_st(x), from_shards(x), rtol=0, atol=0)
 
 
 def test_model_saved_and_loaded_with_special_rows(tmp_path):
     model = tiny_model(n_special=3)
-    save_safetensors_model(model, tmp_path / 'st', n_vocab=N_VOCAB)
+    save_model(model, tmp_path / 'st', n_vocab=N_VOCAB)
     config = json.loads((tmp_path / 'st' / 'config.json').read_text())
     assert (config['n_vocab'], config['n_special'], config['n_ctx']) == (100, 3, 16)
-    loaded = load_safetensors_model(tmp_path / 'st')
+    loaded = model_from_checkpoint(read_safetensors(tmp_path / 'st'))
     x = make_x(N_VOCAB, N_VOCAB + 3, 2, 16)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     # into a given model: a DoubleHeadModel with the same table keeps its head and gets the transformer
     dh = DoubleHeadModel(small_cfg(), clf_token=102, task_head_type='multiple_choice', vocab=119, n_ctx=16)
     clf_w = dh.task_head.clf.w.detach().clone()
-    load_safetensors_model(tmp_path / 'st', model=dh)
+    model_from_checkpoint(read_safetensors(tmp_path / 'st'), model=dh)
     torch.testing.assert_close(dh.transformer.embed.weight, model.embed.weight, rtol=0, atol=0)
     torch.testing.assert_close(dh.task_head.clf.w, clf_w, rtol=0, atol=0)
     # the released format has no special rows: dropping them must be asked for
     with pytest.raises(ValueError, match='--drop_special'):
-        convert.write_released(convert.read_safetensors(tmp_path / 'st'), tmp_path / 'shards')
-    convert.write_released(convert.read_safetensors(tmp_path / 'st'), tmp_path / 'shards', drop_special=True)
+        weights.write_released(weights.read_safetensors(tmp_path / 'st'), tmp_path / 'shards')
+    weights.write_released(weights.read_safetensors(tmp_path / 'st'), tmp_path / 'shards', drop_special=True)
     arrays = load_released_arrays(str(tmp_path / 'shards'))
     table = model.embed.weight.detach().numpy()
     np.testing.assert_array_equal(arrays[1], table[:100])
@@ -137,9 +139,9 @@ def test_model_saved_and_loaded_with_special_rows(tmp_path):
 
 def test_model_without_released_metadata_writes_shards_like_write_released_shards(tmp_path):
     model = tiny_model(n_special=0)
-    save_safetensors_model(model, tmp_path / 'st', n_vocab=N_VOCAB)
-    convert.write_released(convert.read_safetensors(tmp_path / 'st'), tmp_path / 'a')
-    write_released_shards(tmp_path / 'b', convert.released_arrays(checkpoint_from_model(model, N_VOCAB)))
+    save_model(model, tmp_path / 'st', n_vocab=N_VOCAB)
+    weights.write_released(weights.read_safetensors(tmp_path / 'st'), tmp_path / 'a')
+    write_released_shards(tmp_path / 'b', weights.released_arrays(checkpoint_from_model(model, N_VOCAB)))
     assert shard_bytes(tmp_path / 'a') == shard_bytes(tmp_path / 'b')
     reloaded = TransformerModel(small_cfg(), vocab=116, n_ctx=16)
     load_openai_pretrained_model(reloaded, n_special=0, n_embd=32, path=str(tmp_path / 'a'))
@@ -148,16 +150,16 @@ def test_model_without_released_metadata_writes_shards_like_write_released_shard
 
 
 def test_n_ctx_crops_and_extra_special_rows_are_drawn(tmp_path):
-    convert.write_safetensors(read_released(str(SMALL_MODEL), n_head=4), tmp_path / 'st')
+    weights.write_safetensors(read_released(str(SMALL_MODEL), n_head=4), tmp_path / 'st')
     np.random.seed(5)
-    model = load_safetensors_model(tmp_path / 'st', n_ctx=10, n_special=2)
+    model = model_from_checkpoint(read_safetensors(tmp_path / 'st'), n_ctx=10, n_special=2)
     table = model.embed.weight.detach().numpy()
     arrays = load_released_arrays(str(SMALL_MODEL))
     np.random.seed(5)
     np.testing.assert_array_equal(table[100:102], (np.random.randn(2, 32) * 0.02).astype(np.float32))
     np.testing.assert_array_equal(table[102:], arrays[0][:10])
     with pytest.raises(ValueError, match='n_ctx=30'):
-        load_safetensors_model(tmp_path / 'st', n_ctx=30)
+        model_from_checkpoint(read_safetensors(tmp_path / 'st'), n_ctx=30)
 
 
 # --- transformers ----------------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_our_model_exported_to_transformers_gives_the_same_states_and_logits(tmp
     from transformers import OpenAIGPTLMHeadModel, OpenAIGPTModel
     n_special = 2
     ours = tiny_model(n_special=n_special, afn=afn, lm=True)
-    assert convert.main(['to-transformers', '--model_dir', str(save_safetensors_model(ours, tmp_path / 'st', 100)),
+    assert convert.main(['to-transformers', '--model_dir', str(save_model(ours, tmp_path / 'st', 100)),
                          '--out', str(tmp_path / 'hf')]) == 0
     base, info = OpenAIGPTModel.from_pretrained(tmp_path / 'hf', output_loading_info=True)
     lm, lm_info = OpenAIGPTLMHeadModel.from_pretrained(tmp_path / 'hf', output_loading_info=True)
@@ -222,10 +224,10 @@ def test_random_transformers_model_imported_from_save_pretrained(tmp_path, hf_lm
                          '--n_vocab', '100']) == 0
     config = json.loads((tmp_path / 'st' / 'config.json').read_text())
     assert (config['n_vocab'], config['n_special'], config['n_ctx'], config['n_head']) == (100, 3, 16, 4)
-    ours, n_vocab = load_model(str(tmp_path / 'st'), lm=True)
-    assert n_vocab == 100
+    ours = load_model(str(tmp_path / 'st'), lm=True)
+    assert ours.cfg.n_vocab == 100
     check_imported(ours, hf_lm)
-    check_imported(load_transformers_model(tmp_path / 'hf', lm=True), hf_lm)
+    check_imported(load_model(str(tmp_path / 'hf'), lm=True), hf_lm)
 
 
 @pytest.mark.parametrize('layout', ['lm_state_dict', 'base_state_dict'])
@@ -239,10 +241,10 @@ def test_transformers_torch_state_dicts_import(tmp_path, hf_lm, layout):
     ckpt = read_transformers(str(tmp_path / 'pytorch_model.bin'), n_vocab=100, n_head=4)
     assert (ckpt.n_vocab, ckpt.n_special, ckpt.n_pos) == (100, 3, 16)
     assert f'{prefix}h.0.attn.bias' in ckpt.ignored
-    check_imported(build_model(ckpt, lm=True), hf_lm)
+    check_imported(model_from_checkpoint(ckpt, lm=True), hf_lm)
     # into a model with one more special row than stored: it is drawn, the rest is copied
     model = TransformerModel(small_cfg(), vocab=100 + 4 + 12, n_ctx=12)
-    build_model(ckpt, model=model)
+    model_from_checkpoint(ckpt, model=model)
     table = model.embed.weight.detach()
     torch.testing.assert_close(table[:103], hf_lm.transformer.tokens_embed.weight.detach(), rtol=0, atol=0)
     torch.testing.assert_close(table[104:], hf_lm.transformer.positions_embed.weight.detach()[:12], rtol=0, atol=0)
@@ -250,12 +252,12 @@ def test_transformers_torch_state_dicts_import(tmp_path, hf_lm, layout):
 
 def test_transformers_round_trip_keeps_the_special_split(tmp_path):
     ours = tiny_model(n_special=2)
-    save_safetensors_model(ours, tmp_path / 'st', n_vocab=N_VOCAB)
-    convert.write_transformers(convert.read_safetensors(tmp_path / 'st'), tmp_path / 'hf')
+    save_model(ours, tmp_path / 'st', n_vocab=N_VOCAB)
+    weights.write_transformers(weights.read_safetensors(tmp_path / 'st'), tmp_path / 'hf')
     ckpt = read_transformers(str(tmp_path / 'hf'))  # n_vocab from config.json's n_special
     assert (ckpt.n_vocab, ckpt.n_special) == (100, 2)
     x = make_x(N_VOCAB, N_VOCAB + 2, 2, 16)
-    torch.testing.assert_close(build_model(ckpt)(x), ours(x), rtol=0, atol=0)
+    torch.testing.assert_close(model_from_checkpoint(ckpt)(x), ours(x), rtol=0, atol=0)
 
 
 def test_transformers_errors_are_one_line_and_name_the_problem(tmp_path, hf_lm, capsys):
@@ -293,7 +295,7 @@ def test_cli_errors_for_missing_and_unknown_folders(tmp_path, capsys):
     (tmp_path / 'empty').mkdir()
     assert convert.main(['to-transformers', '--model_dir', str(tmp_path / 'empty'), '--out', str(tmp_path / 'o')]) == 1
     err = capsys.readouterr().err
-    assert 'neither params_shapes.json' in err and err.count('\n') == 1
+    assert 'empty/params_shapes.json is missing' in err and err.count('\n') == 1  # read as a released folder
     assert convert.main(['safetensors-to-shards', '--model_dir', str(SMALL_MODEL), '--out', str(tmp_path / 'o')]) == 1
     assert 'config.json is missing' in capsys.readouterr().err
 
@@ -309,7 +311,7 @@ def test_vocabulary_files_follow_the_conversions(tmp_path):
     assert (tmp_path / 'hf' / 'merges.txt').read_text() == '#version: 0.2\na b\n'
     assert convert.main(['from-transformers', '--model_dir', str(tmp_path / 'hf'), '--out', str(tmp_path / 'st')]) == 0
     assert (tmp_path / 'st' / 'encoder_bpe_40000.json').read_text() == '{"a</w>": 0}'
-    assert convert.vocab_paths(str(tmp_path / 'hf')) == (str(tmp_path / 'hf' / 'vocab.json'),
+    assert weights.vocab_paths(str(tmp_path / 'hf')) == (str(tmp_path / 'hf' / 'vocab.json'),
                                                           str(tmp_path / 'hf' / 'merges.txt'))
 
 
@@ -320,9 +322,9 @@ def test_shards_to_safetensors_n_head_and_afn_make_that_model(tmp_path, capsys):
                          '--n_head', '2', '--afn', 'relu']) == 0
     config = json.loads((tmp_path / 'st' / 'config.json').read_text())
     assert (config['n_head'], config['afn']) == (2, 'relu')
-    ours, _ = load_model(str(tmp_path / 'st'))
-    want, _ = load_model(str(SMALL_MODEL), n_head=2, afn='relu')
-    default, _ = load_model(str(SMALL_MODEL), n_head=4)
+    ours = load_model(str(tmp_path / 'st'))
+    want = load_model(str(SMALL_MODEL), n_head=2, afn='relu')
+    default = load_model(str(SMALL_MODEL), n_head=4)
     x = make_x(N_VOCAB, N_VOCAB, 2, 16)
     torch.testing.assert_close(ours(x), want(x), rtol=0, atol=0)
     assert not torch.allclose(ours(x), default(x))
@@ -338,17 +340,16 @@ def test_shards_to_safetensors_n_head_and_afn_make_that_model(tmp_path, capsys):
 
 
 def test_shards_to_safetensors_verify_refuses_a_corrupt_shard(tmp_path, monkeypatch, capsys):
-    import download_model
     shards = tmp_path / 'model'
     shards.mkdir()
     for name in shard_bytes(SMALL_MODEL):
         (shards / name).write_bytes((SMALL_MODEL / name).read_bytes())
     # the fixture's hashes stand in for the released ones, which only the real 445 MB files have
-    monkeypatch.setitem(download_model.RELEASED_FILES, 'params_shapes.json',
-                        download_model.git_blob_sha1(shards / 'params_shapes.json'))
+    monkeypatch.setitem(weights.RELEASED_FILES, 'params_shapes.json',
+                        weights.git_blob_sha1(shards / 'params_shapes.json'))
     for n in range(10):
-        monkeypatch.setitem(download_model.RELEASED_FILES, f'params_{n}.npy',
-                            download_model.git_blob_sha1(shards / f'params_{n}.npy'))
+        monkeypatch.setitem(weights.RELEASED_FILES, f'params_{n}.npy',
+                            weights.git_blob_sha1(shards / f'params_{n}.npy'))
     argv = ['shards-to-safetensors', '--model_dir', str(shards), '--n_head', '4']
     assert convert.main(argv + ['--out', str(tmp_path / 'ok'), '--verify']) == 0
     data = bytearray((shards / 'params_3.npy').read_bytes())
@@ -365,7 +366,7 @@ def test_shards_to_safetensors_verify_refuses_a_corrupt_shard(tmp_path, monkeypa
 def write_special_folder(folder):
     """Write this port's folder of tiny_model with 3 special rows; return (folder, the model's table)."""
     model = tiny_model(n_special=3)
-    save_safetensors_model(model, folder, n_vocab=N_VOCAB)
+    save_model(model, folder, n_vocab=N_VOCAB)
     return folder, model.embed.weight.detach().numpy()
 
 
@@ -389,7 +390,7 @@ def test_to_transformers_drop_special_n_head_and_afn(tmp_path):
         assert convert.main(['to-transformers', '--model_dir', str(st), '--out', str(out), *flags]) == 0
         config = json.loads((out / 'config.json').read_text())
         assert (config['vocab_size'], config['n_special']) == (n_rows, n_rows - N_VOCAB)
-        tensors, _ = convert.load_safetensors_file(str(out / 'model.safetensors'))
+        tensors, _ = weights.load_safetensors_file(str(out / 'model.safetensors'))
         np.testing.assert_array_equal(tensors['transformer.tokens_embed.weight'], table[:n_rows])
         np.testing.assert_array_equal(tensors['transformer.positions_embed.weight'], table[N_VOCAB + 3:])
     # from released shards, which store neither: the heads and the activation given
@@ -397,9 +398,9 @@ def test_to_transformers_drop_special_n_head_and_afn(tmp_path):
                          '--n_head', '2', '--afn', 'swish']) == 0
     config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
     assert (config['n_head'], config['afn']) == (2, 'silu')  # transformers' name of swish
-    want, _ = load_model(str(SMALL_MODEL), n_head=2, afn='swish')
+    want = load_model(str(SMALL_MODEL), n_head=2, afn='swish')
     x = make_x(N_VOCAB, N_VOCAB, 2, 16)
-    torch.testing.assert_close(load_model(str(tmp_path / 'hf'))[0](x), want(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(load_model(str(tmp_path / 'hf'))(x), want(x), rtol=1e-6, atol=1e-6)
 
 
 def test_from_transformers_n_head_and_afn_for_a_bare_weights_file(tmp_path, hf_lm, capsys):
@@ -408,12 +409,12 @@ def test_from_transformers_n_head_and_afn_for_a_bare_weights_file(tmp_path, hf_l
     assert convert.main(argv + ['--out', str(tmp_path / 'st')]) == 1  # n_head is stored nowhere
     assert 'pass --n_head' in capsys.readouterr().err
     assert convert.main(argv + ['--out', str(tmp_path / 'st'), '--n_head', '4']) == 0
-    gelu, _ = load_model(str(tmp_path / 'st'), lm=True)
+    gelu = load_model(str(tmp_path / 'st'), lm=True)
     check_imported(gelu, hf_lm)  # transformers' default activation, gelu
     assert convert.main(argv + ['--out', str(tmp_path / 'relu'), '--n_head', '4', '--afn', 'relu']) == 0
     config = json.loads((tmp_path / 'relu' / 'config.json').read_text())
     assert (config['n_vocab'], config['n_special'], config['n_head'], config['afn']) == (100, 3, 4, 'relu')
-    relu, _ = load_model(str(tmp_path / 'relu'), lm=True)
+    relu = load_model(str(tmp_path / 'relu'), lm=True)
     assert relu.transformer.h[0].mlp.act is ACT_FNS['relu'] and gelu.transformer.h[0].mlp.act is ACT_FNS['gelu']
     x = make_x(103, 103, 2, 16)
     torch.testing.assert_close(relu.transformer.embed.weight, gelu.transformer.embed.weight, rtol=0, atol=0)

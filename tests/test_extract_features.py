@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-import convert
 import extract_features
 from extract_features import features_from_ids, hidden_states_batch, parse_layers
 from model_pytorch import N_VOCAB, TransformerModel
 from tests.helpers import small_cfg
 from tests.test_generate import write_tiny_real_vocab_model
+import weights
+import models
 
 TEXTS = ['The quick brown fox jumps over the lazy dog.', 'Hi!', '', 'A third, somewhat longer line of text here.']
 
@@ -43,9 +44,9 @@ def test_cli_saves_the_models_states_for_every_line(model_dir, tmp_path, capsys)
                                   str(model_dir), '--n_head', '2', '--layers', '-1,0,1', '--batch_size', '3',
                                   '--device', 'cpu']) == 0
     assert 'wrote the features of 4 examples' in capsys.readouterr().out
-    text_encoder = TextEncoder(*convert.vocab_paths(str(model_dir)))
+    text_encoder = TextEncoder(*weights.vocab_paths(str(model_dir)))
     ids = text_encoder.encode(TEXTS, verbose=False)
-    model, _ = convert.load_model(str(model_dir), n_head=2)
+    model = models.load_model(str(model_dir), n_head=2)
     with np.load(out, allow_pickle=False) as feats:
         assert sorted(feats.files) == ['ids', 'layer_-1', 'layer_0', 'layer_1', 'layers', 'lengths', 'texts',
                                        'truncated']
@@ -144,7 +145,7 @@ def test_script_command_line_layers_pick_exactly_those_layers(two_layer_dir, tmp
     feats = load_npz(tmp_path / 'f.npz')
     assert sorted(k for k in feats if k.startswith('layer_')) == ['layer_-1', 'layer_-3', 'layer_1']
     assert feats['layers'].tolist() == [-1, -3, 1]
-    model, _ = convert.load_model(str(two_layer_dir), n_head=2)
+    model = models.load_model(str(two_layer_dir), n_head=2)
     for i, n in enumerate(feats['lengths']):
         if n == 0:
             continue
@@ -194,13 +195,13 @@ def test_truncate_keeps_the_first_n_ctx_tokens_and_n_ctx_crops_positions(model_d
     assert extract_features.main(argv + ['--output', str(tmp_path / 'full.npz')]) == 0
     assert extract_features.main(argv + ['--output', str(tmp_path / 'cut.npz'), '--n_ctx', '8', '--truncate']) == 0
     full, cut = load_npz(tmp_path / 'full.npz'), load_npz(tmp_path / 'cut.npz')
-    ids = TextEncoder(*convert.vocab_paths(str(model_dir))).encode(lines, verbose=False)
+    ids = TextEncoder(*weights.vocab_paths(str(model_dir))).encode(lines, verbose=False)
     assert len(ids[1]) == 11 and full['lengths'].tolist() == [2, 11, 1] and cut['lengths'].tolist() == [2, 8, 1]
     assert cut['ids'][1].tolist() == ids[1][:8] and cut['truncated'].tolist() == [False, True, False]
     # the first 8 positions are the stored ones, so the kept tokens have the states they have uncut
     for layer in ('layer_-1', 'layer_0'):
         np.testing.assert_allclose(cut[layer], full[layer][:, :8], rtol=1e-5, atol=1e-6)
-    cropped, _ = convert.load_model(str(model_dir), n_head=2, n_ctx=8)
+    cropped = models.load_model(str(model_dir), n_head=2, n_ctx=8)
     assert cropped.embed.weight.shape[0] == N_VOCAB + 8
     np.testing.assert_allclose(cut['layer_-1'][1], forward_states(cropped, ids[1][:8])[-1], rtol=1e-5, atol=1e-5)
 
@@ -210,8 +211,8 @@ def test_model_flags_afn_and_n_head(model_dir, tmp_path):
             '--device', 'cpu']
     assert extract_features.main(argv + ['--n_head', '4', '--afn', 'relu']) == 0
     feats = load_npz(tmp_path / 'f.npz')
-    relu4, _ = convert.load_model(str(model_dir), n_head=4, afn='relu')
-    gelu2, _ = convert.load_model(str(model_dir), n_head=2)
+    relu4 = models.load_model(str(model_dir), n_head=4, afn='relu')
+    gelu2 = models.load_model(str(model_dir), n_head=2)
     seq = feats['ids'][0, :feats['lengths'][0]].tolist()
     np.testing.assert_allclose(feats['layer_-1'][0, :len(seq)], forward_states(relu4, seq)[-1], rtol=1e-5, atol=1e-5)
     assert not np.allclose(feats['layer_-1'][0, :len(seq)], forward_states(gelu2, seq)[-1], atol=1e-3)

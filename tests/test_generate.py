@@ -14,9 +14,12 @@ from hypothesis import strategies as st
 import convert
 import generate
 from generate import NextTokenLogits, generate as generate_text, next_token, sample_ids, top_k_filter, top_p_filter
-from model_pytorch import N_VOCAB, TF_BLOCK, LMModel, write_released_shards
+from model_pytorch import N_VOCAB, LMModel
+from weights import TF_BLOCK, write_released_shards
 from tests.helpers import VOCAB_DIR, small_cfg
 from text_utils import TextEncoder
+import weights
+import models
 
 ROOT = Path(__file__).resolve().parents[1]
 V, N_SPECIAL, N_CTX = 100, 2, 16  # the tiny model: 100 token rows, 2 special rows, 16 positions
@@ -168,7 +171,7 @@ def write_tiny_real_vocab_model(folder, seed=0, n_layer=1):
     arrays += [rng.normal(size=shapes[name]) * 0.5 + (1.0 if name.endswith('/g') else 0.0)
                for _ in range(n_layer) for name in TF_BLOCK]
     write_released_shards(folder, [a.astype(np.float32) for a in arrays])
-    for name in convert.VOCAB_FILES:
+    for name in weights.VOCAB_FILES:
         shutil.copyfile(VOCAB_DIR / name, folder / name)
     return folder
 
@@ -180,12 +183,12 @@ def real_vocab_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def text_encoder():
-    return TextEncoder(*convert.vocab_paths(VOCAB_DIR))
+    return TextEncoder(*weights.vocab_paths(VOCAB_DIR))
 
 
 def test_generate_returns_readable_text_and_ids(real_vocab_dir, text_encoder):
-    model, n_vocab = convert.load_model(str(real_vocab_dir), n_head=2, lm=True)
-    assert n_vocab == N_VOCAB == len(text_encoder.decoder)
+    model = models.load_model(str(real_vocab_dir), n_head=2, lm=True)
+    assert model.cfg.n_vocab == N_VOCAB == len(text_encoder.decoder)
     result = generate_text(model, text_encoder, 'The cat sat on the mat.', gen_len=5, greedy=True)
     assert result.prompt_ids == text_encoder.encode(['The cat sat on the mat.'], verbose=False)[0]
     assert len(result.ids) == 5 and max(result.ids) < N_VOCAB and result.message is None
@@ -248,11 +251,11 @@ def step_logits(model, n_vocab, ids):
 
 def argmax_decoding(model_dir, text_encoder, gen_len, **load_kw):
     """Return the ids greedy decoding of PROMPT_TEXT gives, computed here from a freshly loaded model."""
-    model, n_vocab = convert.load_model(str(model_dir), lm=True, **load_kw)
+    model = models.load_model(str(model_dir), lm=True, **load_kw)
     prompt_ids = text_encoder.encode([PROMPT_TEXT], verbose=False)[0]
     new = []
     for _ in range(min(gen_len, model.transformer.n_ctx - len(prompt_ids))):
-        new.append(int(step_logits(model, n_vocab, prompt_ids + new).argmax()))
+        new.append(int(step_logits(model, model.cfg.n_vocab, prompt_ids + new).argmax()))
     return new
 
 
@@ -280,9 +283,9 @@ def cli(real_vocab_dir, monkeypatch, capsys):
         return made[-1]
 
     def spy_load_model(*args, **kwargs):
-        model, n_vocab = real_load_model(*args, **kwargs)
+        model = real_load_model(*args, **kwargs)
         run.models.append(model)
-        return model, n_vocab
+        return model
 
     monkeypatch.setattr(generate, 'generate', spy_generate)
     monkeypatch.setattr(generate, 'load_model', spy_load_model)
@@ -333,26 +336,26 @@ def test_cli_temperature_top_k_and_top_p_shape_the_sampling(cli, real_vocab_dir,
     assert ids('--top_k', '1', '--temperature', '5') == greedy  # top-k 1 is greedy whatever the temperature
     assert ids('--top_k', '0', '--top_p', '1e-6', '--temperature', '5') == greedy  # so is a tiny nucleus
     # top-k 3 at a high temperature: every token is among the 3 most likely after its prefix, not always the first
-    model, n_vocab = convert.load_model(str(real_vocab_dir), n_head=2, lm=True)
+    model = models.load_model(str(real_vocab_dir), n_head=2, lm=True)
     prompt_ids = text_encoder.encode([PROMPT_TEXT], verbose=False)[0]
     sampled = ids('--top_k', '3', '--temperature', '100')
     ranks = []
     for k, token in enumerate(sampled):
-        logits = step_logits(model, n_vocab, prompt_ids + sampled[:k])
+        logits = step_logits(model, N_VOCAB, prompt_ids + sampled[:k])
         ranks.append(int((logits > logits[token]).sum()))
     assert max(ranks) <= 2 and max(ranks) > 0, ranks
 
 
 def test_cli_model_flags_build_the_model_they_name(cli, real_vocab_dir, text_encoder, tmp_path):
     prompt_ids = text_encoder.encode([PROMPT_TEXT], verbose=False)[0]
-    default, n_vocab = convert.load_model(str(real_vocab_dir), n_head=2, lm=True)
+    default = models.load_model(str(real_vocab_dir), n_head=2, lm=True)
     for flags, load_kw in ((['--afn', 'relu'], dict(n_head=2, afn='relu')), (['--n_head', '4'], dict(n_head=4))):
         assert cli('--greedy', '--gen_len', '8', *flags)[0] == 0
         [used] = cli.models
-        want, _ = convert.load_model(str(real_vocab_dir), lm=True, **load_kw)
-        torch.testing.assert_close(step_logits(used, n_vocab, prompt_ids), step_logits(want, n_vocab, prompt_ids),
+        want = models.load_model(str(real_vocab_dir), lm=True, **load_kw)
+        torch.testing.assert_close(step_logits(used, N_VOCAB, prompt_ids), step_logits(want, N_VOCAB, prompt_ids),
                                    rtol=0, atol=0)
-        assert not torch.allclose(step_logits(used, n_vocab, prompt_ids), step_logits(default, n_vocab, prompt_ids))
+        assert not torch.allclose(step_logits(used, N_VOCAB, prompt_ids), step_logits(default, N_VOCAB, prompt_ids))
     # --model_dir: a converted folder stores n_head, so a contradicting --n_head is refused
     assert convert.main(['shards-to-safetensors', '--model_dir', str(real_vocab_dir), '--out', str(tmp_path / 'st'),
                          '--n_head', '2']) == 0
@@ -374,11 +377,11 @@ def test_cli_n_ctx_crops_the_positions(cli, real_vocab_dir, text_encoder):
 
 def test_cli_vocabulary_paths(cli, real_vocab_dir, tmp_path):
     bare = tmp_path / 'bare'
-    shutil.copytree(real_vocab_dir, bare, ignore=shutil.ignore_patterns(*convert.VOCAB_FILES))
+    shutil.copytree(real_vocab_dir, bare, ignore=shutil.ignore_patterns(*weights.VOCAB_FILES))
     rc, out, err, _ = cli('--greedy', '--model_dir', str(bare))
     assert rc == 1 and out == '' and '--encoder_path and --bpe_path' in err and err.count('\n') == 1
-    rc, out, err, _ = cli('--greedy', '--model_dir', str(bare), '--encoder_path', str(VOCAB_DIR / convert.VOCAB_FILES[0]),
-                          '--bpe_path', str(VOCAB_DIR / convert.VOCAB_FILES[1]))
+    rc, out, err, _ = cli('--greedy', '--model_dir', str(bare), '--encoder_path', str(VOCAB_DIR / weights.VOCAB_FILES[0]),
+                          '--bpe_path', str(VOCAB_DIR / weights.VOCAB_FILES[1]))
     assert rc == 0 and out == cli('--greedy')[1]
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import loss
 from loss import (ClassificationLossCompute, MaskedLMLoss, MultipleChoiceLossCompute, SimilarityLossCompute, clf_losses,
                   lm_losses, lm_losses_from_hidden, similarity_losses, train_loss)
-from model_pytorch import torch_name
+from weights import torch_name
 from tests.helpers import load_tf_reference, tf_model
 
 

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from model_pytorch import (DEFAULT_CONFIG, ClfHead, DoubleHeadModel, LMHead, LMModel, MultipleChoiceHead,
-                           TransformerModel, load_openai_pretrained_model, tf_param_names,
-                           torch_name, write_released_shards)
+                           TransformerModel, load_openai_pretrained_model)
+from weights import tf_param_names, torch_name, write_released_shards
 from tests.helpers import FIXTURES, SMALL_MODEL, load_tf_reference, small_cfg, tf_model
+import weights
 
 
 @pytest.fixture(scope='module')
@@ -536,7 +537,7 @@ def test_activation_checkpointing_gives_the_same_gradients_with_dropout():
     x = make_x(50, 10, 3)
     grads = []
     for flag in (False, True):
-        model.transformer.checkpoint_activations = flag
+        model.cfg.checkpoint_activations = flag
         model.zero_grad()
         torch.manual_seed(7)
         model(x).square().mean().backward()
@@ -549,7 +550,7 @@ def test_activation_checkpointing_gives_the_same_gradients_with_dropout():
 def pristine_shards(tmp_path_factory):
     d = tmp_path_factory.mktemp('pristine')
     write_released_shards(d, fixture_arrays())
-    from download_model import git_blob_sha1
+    from weights import git_blob_sha1
     hashes = {p.name: git_blob_sha1(str(p)) for p in d.iterdir()}
     return d, hashes
 
@@ -599,7 +600,6 @@ HEADER_FLIPS = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xFF)
 def test_every_header_corruption_is_the_loaders_error_naming_the_file(pristine_shards, tmp_path):
     """Each byte of a shard's .npy header, XORed with each of 9 masks: always a ValueError naming the shard,
     with or without verification, from the loader and from convert.py; the model is never touched."""
-    import convert
     src, hashes = pristine_shards
     d = tmp_path / 'model'
     d.mkdir()
@@ -620,7 +620,7 @@ def test_every_header_corruption_is_the_loaders_error_naming_the_file(pristine_s
                 with pytest.raises(ValueError, match=r'params_4\.npy'):
                     load_openai_pretrained_model(model, path=str(d), n_embd=32, verify=verify)
             with pytest.raises(ValueError, match=r'params_4\.npy'):
-                convert.read_released(str(d), n_head=4)
+                weights.read_released(str(d), n_head=4)
             n_cases += 1
     assert n_cases == 128 * 9
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -631,12 +631,12 @@ def test_every_header_corruption_is_the_loaders_error_naming_the_file(pristine_s
 def test_header_that_parses_but_is_not_numpys_is_refused_unless_it_is_the_released_file(shard_dir, monkeypatch):
     """'<f4' flipped to '=f4' (one bit) still means float32 here: refused as corrupt, unless the file's
     SHA-1 is the released one of its name (a guard for shards written by another numpy)."""
-    import download_model
+    import weights
     p = shard_dir / 'params_6.npy'
     p.write_bytes(p.read_bytes().replace(b"'<f4'", b"'=f4'", 1))
     with pytest.raises(ValueError, match=r"params_6\.npy is corrupt: its \.npy header is not the one numpy writes"):
         load_from(shard_dir)
-    monkeypatch.setitem(download_model.RELEASED_FILES, 'params_6.npy', download_model.git_blob_sha1(p))
+    monkeypatch.setitem(weights.RELEASED_FILES, 'params_6.npy', weights.git_blob_sha1(p))
     load_from(shard_dir)
 
 

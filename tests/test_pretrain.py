@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 import pretrain
 import prepare_corpus
+import models
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {'the cat': 'sat on the mat', 'a dog': 'ran to the park', 'my bird': 'sang in the tree',
@@ -89,9 +90,8 @@ def test_from_scratch_learns_the_corpus_well_below_its_unigram_entropy(corpus, s
 
 def val_loss_of(folder, corpus, **load_kw):
     """The loss of a saved model on the fixed validation windows, computed here from the loaded weights."""
-    import convert
     _, val_stream, meta = prepare_corpus.load_corpus(corpus)
-    model, _ = convert.load_model(str(folder), lm=True, n_ctx=24, **load_kw)
+    model = models.load_model(str(folder), lm=True, n_ctx=24, **load_kw)
     n_rows = meta['separator_id'] + 1
     starts = pretrain.val_starts(len(val_stream), 24, 16)
     x, targets = pretrain.lm_inputs(val_stream, starts, 24, model.transformer.embed.weight.shape[0] - 24)

@@ -12,7 +12,7 @@ import torch
 
 import train
 import trainer
-from model_pytorch import load_released_arrays
+from weights import load_released_arrays
 from tests.helpers import roc_cli_args, roc_workdir, write_tiny_checkpoint
 
 
@@ -111,10 +111,10 @@ def test_optimizer_model_and_data_flags(workdir, capsys):
     t = model.transformer
     assert (t.n_embd, len(t.h), t.h[0].attn.n_head) == (16, 3, 2)  # --n_embd --n_layer --n_head
     assert t.embed.weight.shape == (sizes['n_vocab'] + 3 + sizes['n_ctx'], 16)
-    assert t.embd_pdrop == 0.05 and model.task_head.clf_pdrop == 0.25
+    assert t.cfg.embd_pdrop == 0.05 and model.task_head.clf_pdrop == 0.25
     assert all(b.attn.attn_pdrop == 0.15 and b.attn.resid_pdrop == 0.2 and b.mlp.resid_pdrop == 0.2 for b in t.h)
     assert all(b.mlp.act is torch.nn.functional.relu for b in t.h)  # --afn
-    assert t.checkpoint_activations and next(model.parameters()).device.type == 'cpu'
+    assert t.cfg.checkpoint_activations and next(model.parameters()).device.type == 'cpu'
     # --model_dir and --n_transfer 1: the table's token rows and block 0 from model16/, blocks 1 and 2 not
     arrays = load_released_arrays(str(d / 'model16'))
     np.testing.assert_array_equal(loaded['transformer.embed.weight'][:sizes['n_vocab']].numpy(), arrays[1])

@@ -1,0 +1,866 @@
+"""Every weight format of the project in one place: which format a folder holds, reading and writing each one,
+and checking released files against their published hashes.
+
+TF counterpart: the weight-loading lines of the original train.py's `__main__` (`params_shapes.json`, the ten
+`params_{n}.npy` shards, `np.split` by the shapes). Formats of GPT-1's weights:
+- released: `params_shapes.json` + `params_0.npy` ... `params_9.npy` (openai/finetune-transformer-lm's model/
+  folder): positions [n_pos, n_embd], tokens [n_vocab, n_embd], then 12 arrays per block in TF_BLOCK order with
+  conv weights [1, nx, nf]; the whole flat concatenation split in ten.
+- safetensors (this project's): `model.safetensors` holding the TransformerModel state_dict (`embed.weight` is
+  the original's `we` = [tokens; special; positions], `h.3.attn.c_attn.w` [nx, nf], ...) + `config.json` (its
+  format tag and the model's config). Converted shards keep their .npy headers and params_shapes.json text in
+  the safetensors metadata, so writing them back as shards gives byte-identical files.
+- transformers: `OpenAIGPTModel` / `OpenAIGPTLMHeadModel` (`tokens_embed.weight` [vocab_size, n_embd] =
+  [tokens; special], `positions_embed.weight` [n_positions, n_embd], `h.3.attn.c_attn.weight` [nx, nf], ...)
+  in `model.safetensors` or a `pytorch_model.bin` state dict, with its `config.json`.
+
+Every reader returns a `Checkpoint` (numpy arrays named as the models name their parameters, and the
+architecture the files state); every writer takes one. This module imports no model code: the model modules
+build models from a Checkpoint (model_pytorch.model_from_checkpoint) and read through it. Only safetensors and
+`torch.load(weights_only=True)` are read: nothing is unpickled.
+"""
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import tokenize
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+N_SHARDS = 10  # params_0.npy ... params_9.npy
+
+# TF variable names inside one block, in the order the released shards store them.
+TF_BLOCK = ['attn/c_attn/w', 'attn/c_attn/b', 'attn/c_proj/w', 'attn/c_proj/b', 'ln_1/g', 'ln_1/b',
+            'mlp/c_fc/w', 'mlp/c_fc/b', 'mlp/c_proj/w', 'mlp/c_proj/b', 'ln_2/g', 'ln_2/b']
+
+FORMAT = 'finetune-transformer-lm-pytorch'  # config.json "format" of this project's safetensors folders
+FORMAT_VERSION = 1
+WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+HF_BIN_NAME = 'pytorch_model.bin'
+HF_INDEX_NAME = 'model.safetensors.index.json'
+VOCAB_FILES = ('encoder_bpe_40000.json', 'vocab_40000.bpe')
+HF_VOCAB_FILES = ('vocab.json', 'merges.txt')  # the same two files under transformers' names
+LAYER_NORM_EPSILON = 1e-5  # model_pytorch.LayerNorm's e
+WEIGHTS_SOURCE = 'the model/ folder of github.com/openai/finetune-transformer-lm (run download_model.py)'
+
+# transformers' openai-gpt "gelu" is gelu_new, the tanh approximation: the original's gelu and ours.
+HF_TO_OUR_AFN = {'gelu': 'gelu', 'gelu_new': 'gelu', 'relu': 'relu', 'silu': 'swish', 'swish': 'swish'}
+OUR_TO_HF_AFN = {'gelu': 'gelu', 'relu': 'relu', 'swish': 'silu'}
+HF_PREFIX = 'transformer.'
+HF_BUFFER = re.compile(r'^h\.\d+\.attn\.(bias|masked_bias)$|^position_ids$')  # masks, not parameters
+CONFIG_KEYS = ('format', 'format_version')  # config.json keys of a safetensors folder that are not the model's
+SIZE_KEYS = ('n_vocab', 'n_special', 'n_ctx', 'n_embd', 'n_layer')  # config fields the arrays' shapes give
+
+
+# --- names --------------------------------------------------------------------------------------------------
+
+def tf_param_names(n_layer):
+    """Return the TF names of the released arrays in shard order: positions, tokens, then each block."""
+    return ['model/we:positions', 'model/we:tokens'] + [f'model/h{i}/{n}' for i in range(n_layer)
+                                                        for n in TF_BLOCK]
+
+
+def torch_name(tf_name):
+    """Return the state_dict key of a TF block variable: 'model/h3/attn/c_attn/w' -> 'h.3.attn.c_attn.w'."""
+    name = tf_name[len('model/'):] if tf_name.startswith('model/') else tf_name
+    return re.sub(r'^h(\d+)/', r'h.\1.', name).replace('/', '.')
+
+
+def block_keys(n_layer):
+    """Return the state_dict keys of the block parameters in shard order ('h.0.attn.c_attn.w', ...)."""
+    return [torch_name(name) for name in tf_param_names(n_layer)[2:]]
+
+
+def hf_key(key):
+    """Return transformers' name of a block parameter: 'h.0.attn.c_attn.w' -> 'h.0.attn.c_attn.weight'."""
+    stem, leaf = key.rsplit('.', 1)
+    return f"{stem}.{'bias' if leaf == 'b' else 'weight'}"
+
+
+def block_shapes(n_embd, n_layer):
+    """Return {key: shape} for every block parameter of a GPT-1 of that width and depth (conv weights [nx, nf])."""
+    nx = n_embd
+    one = {'attn.c_attn.w': (nx, 3 * nx), 'attn.c_attn.b': (3 * nx,), 'attn.c_proj.w': (nx, nx),
+           'attn.c_proj.b': (nx,), 'ln_1.g': (nx,), 'ln_1.b': (nx,), 'mlp.c_fc.w': (nx, 4 * nx),
+           'mlp.c_fc.b': (4 * nx,), 'mlp.c_proj.w': (4 * nx, nx), 'mlp.c_proj.b': (nx,), 'ln_2.g': (nx,),
+           'ln_2.b': (nx,)}
+    return {f'h.{i}.{name}': one[name] for i in range(n_layer) for name in one}
+
+
+def check_blocks(blocks, n_embd, n_layer, source):
+    """Raise a ValueError naming source when blocks lack, add or misshape a parameter of a GPT-1 of that size."""
+    shapes = block_shapes(n_embd, n_layer)
+    missing = [k for k in shapes if k not in blocks]
+    extra = [k for k in blocks if k not in shapes]
+    if missing or extra:
+        raise ValueError(f'{source} does not hold a GPT-1 with n_layer={n_layer}: missing {missing[:3]}, '
+                         f'unexpected {extra[:3]}')
+    for key, shape in shapes.items():
+        if tuple(blocks[key].shape) != shape:
+            raise ValueError(f'{source}: {key} has shape {tuple(blocks[key].shape)}, expected {shape} '
+                             f'for n_embd={n_embd}')
+
+
+# --- what a download of the released files looks like ---------------------------------------------------------
+
+# Git blob SHA-1, sha1(b"blob %d\0" % len(data) + data), of each file of the released model/ folder
+# (the same value `git hash-object FILE` prints).
+RELEASED_FILES = {
+    'encoder_bpe_40000.json': '9dc3f0af5a80956e57dc8d9401e16dfadcade7c2',
+    'params_0.npy': '84d83ac1f1cc878f56f33b167482c184491875d2',
+    'params_1.npy': '0f19f4d4cda3d8f908e3faffd2cb2a8b9a4039da',
+    'params_2.npy': '25bc19c72fdff69505a828ec6d73b32063532148',
+    'params_3.npy': '5b2e6958d42a930966c9d602a012eb846ca67c83',
+    'params_4.npy': '87ad158987e307e6aa64952610f466d750b73bc7',
+    'params_5.npy': '74f3853316bba327229605dbedfe921996f11448',
+    'params_6.npy': '5ef44e40bc076d0c9686d1273d54cbc16c3f0980',
+    'params_7.npy': 'd8d5c8d3bee9b20a677605ac1fe6c7af4df57c94',
+    'params_8.npy': 'f980f4b393716f396ae5ae6401708dcf4f270dc9',
+    'params_9.npy': 'd389eb2074dd74754444b8062aba78b49f6a9053',
+    'params_shapes.json': '29fac299ae848d7e447be84a33345edcf1b5353c',
+    'vocab_40000.bpe': '0023a687b3d4d0b795a5e97cc914bdabb5a253df',
+}
+
+SNIFF_BYTES = 1024
+LFS_PREFIX = b'version https://git-lfs'
+HTML_PREFIXES = (b'<!doctype', b'<html')
+
+# What to tell the user for each kind of problem found in a local file.
+FIXES = {
+    'missing': 'run download_model.py to fetch it',
+    'lfs': 'fetch the real file (`git lfs pull` in a clone, or run download_model.py)',
+}
+DEFAULT_FIX = 'delete it and run download_model.py again'
+
+
+def git_blob_sha1(path_or_bytes, chunk_size=1 << 20):
+    """Return the git blob SHA-1 hex digest of bytes-like data or of a file (str/PathLike), streamed."""
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        data = memoryview(path_or_bytes).cast('B')
+        h = hashlib.sha1(b'blob %d\0' % len(data))
+        h.update(data)
+        return h.hexdigest()
+    with open(path_or_bytes, 'rb') as f:
+        size = os.fstat(f.fileno()).st_size
+        h = hashlib.sha1(b'blob %d\0' % size)
+        n_read = 0
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+            n_read += len(chunk)
+    if n_read != size:  # the file changed while we read it: the header would be wrong
+        raise OSError(f'{os.fspath(path_or_bytes)}: changed size while being hashed; try again')
+    return h.hexdigest()
+
+
+def sniff(head):
+    """Return 'lfs' or 'html' when the first bytes of a file are a Git-LFS pointer or an HTML page, else None."""
+    if head.startswith(LFS_PREFIX):
+        return 'lfs'
+    text = head.lstrip(b'\xef\xbb\xbf').lstrip().lower()  # a UTF-8 BOM and whitespace may precede the tag
+    if text.startswith(HTML_PREFIXES):
+        return 'html'
+    return None
+
+
+# What numpy's .npy header parser raises on a corrupt header: its fallback for headers written by
+# Python 2 goes through `tokenize`, hence TokenError. None of these may reach the user as a traceback.
+NPY_HEADER_ERRORS = (ValueError, SyntaxError, TypeError, EOFError, OverflowError, MemoryError, RecursionError,
+                     tokenize.TokenError)
+
+
+def canonical_npy_dict(shape, fortran_order, dtype):
+    """Return the header dictionary text numpy writes for these values, without its padding (bytes)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {'descr': np.lib.format.dtype_to_descr(dtype),
+                                              'fortran_order': fortran_order, 'shape': shape})
+    return buf.getvalue()[10:].rstrip(b' \n')  # after the magic, the version and the 2-byte length
+
+
+def read_npy_header(f):
+    """Return (shape, fortran_order, dtype, canonical) of the .npy header at f's position, or None when numpy
+    cannot read one there.
+
+    canonical says whether the header is byte for byte the one numpy writes for those values (up to its
+    space padding): a header corrupted into another one that still parses is not. f is left just past the
+    header, at the first data byte.
+    """
+    start = f.tell()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # numpy warns when it falls back to its Python-2 header parser
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return None
+        end = f.tell()
+        f.seek(start + (10 if version == (1, 0) else 12))
+        text = f.read(end - f.tell())
+        canonical = (text.endswith(b'\n') and
+                     text[:-1].rstrip(b' ') == canonical_npy_dict(shape, fortran_order, dtype))
+    except NPY_HEADER_ERRORS:
+        return None
+    return shape, fortran_order, dtype, canonical
+
+
+def npy_sizes(path):
+    """Return (size the .npy header promises, actual size), or None when the header cannot be read."""
+    with open(path, 'rb') as f:
+        header = read_npy_header(f)
+        if header is None:
+            return None
+        shape, _, dtype, _ = header
+        if dtype.hasobject:  # pickled payload: its size is not in the header
+            return None
+        return f.tell() + math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size
+
+
+def find_problem(path, expected_sha1=None, is_npy=False):
+    """Return (kind, plain-words description) of what is wrong with the file at path, or (None, None)."""
+    if not os.path.exists(path):
+        return 'missing', 'missing'
+    if not os.path.isfile(path):
+        return 'not_file', 'not a regular file'
+    with open(path, 'rb') as f:
+        head = f.read(SNIFF_BYTES)
+    if not head:
+        return 'empty', 'empty file (0 bytes)'
+    kind = sniff(head)
+    if kind == 'lfs':
+        return 'lfs', 'a Git-LFS pointer, not the file itself'
+    if kind == 'html':
+        return 'html', 'an HTML page (an error or login page saved in place of the file)'
+    if is_npy:
+        sizes = npy_sizes(path)
+        if sizes is None and expected_sha1 is None:
+            return 'bad_npy', 'not a .npy file (unreadable header)'
+        if sizes is not None and sizes[0] != sizes[1]:
+            what = 'truncated' if sizes[1] < sizes[0] else 'too long'
+            return 'size', f'{what}: its .npy header needs {sizes[0]} bytes, the file has {sizes[1]}'
+    if expected_sha1 is not None:
+        got = git_blob_sha1(path)
+        if got != expected_sha1.lower():
+            return 'sha1', f'corrupt or truncated: expected {expected_sha1.lower()}, got {got}'
+    return None, None
+
+
+def check_file(path, expected_sha1=None):
+    """Return None when the file at path is sound (and matches expected_sha1 if given), else a one-line problem."""
+    path = os.fspath(path)
+    kind, what = find_problem(path, expected_sha1, is_npy=path.endswith('.npy'))
+    if kind is None:
+        return None
+    return f'{path}: {what}; {FIXES.get(kind, DEFAULT_FIX)}'
+
+
+def resolve_names(names, expected):
+    """Return the list of file names to handle, checking each against the known ones."""
+    if names is None:
+        return sorted(expected)
+    unknown = [n for n in names if n not in expected]
+    if unknown:
+        raise ValueError(f'unknown file {unknown[0]!r}; the released model/ files are: {", ".join(sorted(expected))}')
+    return list(names)
+
+
+def verify_model_dir(model_dir, names=None, expected=None):
+    """Check released files in model_dir (all 13, or names); return one-line problems, empty when all verify."""
+    expected = RELEASED_FILES if expected is None else expected
+    return [p for p in (check_file(os.path.join(model_dir, n), expected[n]) for n in resolve_names(names, expected))
+            if p is not None]
+
+
+def released_names():
+    """Return the names of the weights files of a released folder: params_shapes.json and the shards."""
+    return ['params_shapes.json'] + [f'params_{n}.npy' for n in range(N_SHARDS)]
+
+
+def released_problems(path, expected=None):
+    """Return the one-line problems of the released files in path (its params_shapes.json and shards), checked
+    against their git blob SHA-1s (expected: {file name: SHA-1}, default the released values); [] when all verify."""
+    return verify_model_dir(path, names=released_names(), expected=expected)
+
+
+# --- the released shards ----------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    """GPT-1 weights as the model names them: the three parts of the table, the blocks, and the architecture the
+    files state (a dict of config fields; fields they do not state are left out and take the config's defaults)."""
+    tokens: np.ndarray     # [n_vocab, n_embd]
+    special: np.ndarray    # [n_special, n_embd]
+    positions: np.ndarray  # [n_pos, n_embd]
+    blocks: dict           # state_dict key ('h.0.attn.c_attn.w') -> array, conv weights [nx, nf]
+    config: dict           # e.g. {'n_head': 12, 'afn': 'gelu', 'embd_pdrop': 0.1}; sizes come from the arrays
+    released: dict = None  # params_shapes.json text and .npy headers of the shards it was read from
+    ignored: list = field(default_factory=list)  # keys of the source that hold no transformer weights
+    source: str = None     # the file the config was read from, for error messages
+
+    @property
+    def n_vocab(self):
+        """Return the number of BPE token rows."""
+        return self.tokens.shape[0]
+
+    @property
+    def n_special(self):
+        """Return the number of special-token rows."""
+        return self.special.shape[0]
+
+    @property
+    def n_pos(self):
+        """Return the number of stored positions."""
+        return self.positions.shape[0]
+
+    @property
+    def n_embd(self):
+        """Return the width of the model."""
+        return self.tokens.shape[1]
+
+    @property
+    def n_layer(self):
+        """Return the number of blocks."""
+        return len(self.blocks) // len(TF_BLOCK)
+
+    def table(self, n_ctx=None):
+        """Return the original's `we` = [tokens; special; positions[:n_ctx]]: [n_vocab+n_special+n_ctx, n_embd]."""
+        return np.concatenate([self.tokens, self.special, self.positions[:n_ctx]], 0)
+
+
+def sniff_weights_file(path):
+    """Return a description of what path holds when it is plainly not an .npy array, else None."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    kind = sniff(head)
+    if kind == 'lfs':
+        return 'a Git-LFS pointer, not the weights (run `git lfs pull` in the clone, or download_model.py)'
+    if kind == 'html':
+        return 'an HTML page, not the weights (the download fetched a web page; run download_model.py)'
+    if not head.startswith(b'\x93NUMPY'):
+        return 'not a .npy file (download it again with download_model.py)'
+    return None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Where the values of one params_N.npy shard lie: the file, its number of float32 values, the byte offset of
+    the first one, and its .npy header bytes (kept so that converted weights write back byte-identical shards)."""
+    path: str
+    size: int
+    offset: int
+    header: bytes
+
+
+def shard_layout(path):
+    """Return the Shard of a params_N.npy file, or raise naming what is wrong with it; the values are not read."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing: the weights are {WEIGHTS_SOURCE}')
+    problem = sniff_weights_file(path)
+    if problem:
+        raise ValueError(f'{path} is {problem}')
+    with open(path, 'rb') as f:
+        parsed = read_npy_header(f)
+        if parsed is None:
+            raise ValueError(f'{path} is corrupt: its .npy header cannot be read; download it again')
+        shape, _, dtype, canonical = parsed
+        offset, size = f.tell(), os.fstat(f.fileno()).st_size
+        f.seek(0)
+        header = f.read(offset)
+    if dtype.hasobject:
+        raise ValueError(f'{path} holds pickled Python objects, which are never loaded: it is not a released shard')
+    if dtype != np.dtype('<f4'):
+        raise ValueError(f'{path} holds {dtype} values, expected float32: it is not a released shard')
+    if len(shape) != 1:
+        raise ValueError(f'{path} holds an array of shape {shape}, expected a flat 1-D shard')
+    if offset + 4 * shape[0] != size:
+        raise ValueError(f'{path} is truncated or corrupt: its .npy header needs {offset + 4 * shape[0]} bytes, '
+                         f'the file has {size}; download it again')
+    if not canonical and not is_released_file(path):
+        raise ValueError(f'{path} is corrupt: its .npy header is not the one numpy writes for {shape[0]} '
+                         f'float32 values; download it again')
+    return Shard(path, shape[0], offset, header)
+
+
+def read_shard_into(shard, out):
+    """Fill out (a float32 array of shard.size values) with the values of the shard."""
+    with open(shard.path, 'rb') as f:
+        f.seek(shard.offset)
+        n_read = f.readinto(memoryview(out).cast('B'))
+    if n_read != out.nbytes:
+        raise ValueError(f'{shard.path} changed while being read ({n_read} of {out.nbytes} bytes): read it again')
+
+
+def is_released_file(path):
+    """Return whether the file at path is byte for byte the released file of its name (git blob SHA-1)."""
+    expected = RELEASED_FILES.get(os.path.basename(path))
+    return expected is not None and git_blob_sha1(path) == expected
+
+
+def read_shapes(path):
+    """Return the list of array shapes in params_shapes.json, or raise naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing: the weights are {WEIGHTS_SOURCE}')
+    try:
+        with open(path) as f:
+            shapes = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path} is not valid JSON ({err}): download it again') from None
+    if not (isinstance(shapes, list) and all(isinstance(s, list) and all(isinstance(d, int) for d in s)
+                                             for s in shapes)):
+        raise ValueError(f'{path} must be a JSON list of shapes (lists of ints)')
+    if len(shapes) < 2 or (len(shapes) - 2) % len(TF_BLOCK) != 0:
+        raise ValueError(f'{path} lists {len(shapes)} arrays; expected 2 embeddings plus '
+                         f'{len(TF_BLOCK)} per block')
+    return shapes
+
+
+def read_shards(path):
+    """Return (the released arrays, each reshaped, in TF order: [positions, tokens, block arrays...], the Shards)."""
+    shapes = read_shapes(os.path.join(path, 'params_shapes.json'))
+    shards = [shard_layout(os.path.join(path, name)) for name in released_names()[1:]]  # all checked first
+    sizes = [math.prod(shape) for shape in shapes]
+    total = sum(s.size for s in shards)
+    if total != sum(sizes):
+        raise ValueError(f'the shards in {path} hold {total} floats but params_shapes.json describes '
+                         f'{sum(sizes)}: a shard is truncated or from another checkpoint')
+    # each shard is read straight into its place of one buffer: no concatenation copy
+    flat = np.empty(total, dtype='<f4')
+    bounds = np.cumsum([0] + [s.size for s in shards])
+    for shard, start, stop in zip(shards, bounds[:-1], bounds[1:]):
+        read_shard_into(shard, flat[start:stop])
+    offsets = np.cumsum(sizes)[:-1]
+    return [a.reshape(shape) for a, shape in zip(np.split(flat, offsets), shapes)], shards
+
+
+def load_released_arrays(path):
+    """Return the released arrays of the folder at path, each reshaped, in TF order: [positions, tokens, blocks...]."""
+    return read_shards(path)[0]
+
+
+def read_released(model_dir, n_head=None, afn=None, verify=False):
+    """Return the Checkpoint in a released model/ folder; n_head and afn are not stored there (left out: the
+    config's defaults, the released 12 heads and gelu). With verify, every file's SHA-1 is checked first
+    (a dict {file name: SHA-1} checks against those instead of the released values)."""
+    if verify:
+        problems = released_problems(model_dir, expected=verify if isinstance(verify, dict) else None)
+        if problems:
+            raise ValueError(problems[0])
+    arrays, shards = read_shards(model_dir)  # checks every file and the total size
+    positions, tokens = arrays[0], arrays[1]
+    n_layer = (len(arrays) - 2) // len(TF_BLOCK)
+    blocks = {}
+    for key, array in zip(block_keys(n_layer), arrays[2:]):
+        blocks[key] = array.reshape(array.shape[1:]) if array.ndim == 3 else array  # [1, nx, nf] -> [nx, nf]
+    check_blocks(blocks, tokens.shape[1], n_layer, model_dir)
+    with open(os.path.join(model_dir, 'params_shapes.json'), encoding='utf-8') as f:
+        shapes_text = f.read()
+    released = {'params_shapes.json': shapes_text,
+                'headers': [base64.b64encode(s.header).decode('ascii') for s in shards],
+                'sizes': [s.size for s in shards]}
+    config = {name: value for name, value in (('n_head', n_head), ('afn', afn)) if value is not None}
+    special = np.zeros((0, tokens.shape[1]), np.float32)
+    return Checkpoint(tokens, special, positions, blocks, config, released)
+
+
+def released_arrays(ckpt):
+    """Return the arrays of ckpt in the released order and shapes: positions, tokens, blocks ([1, nx, nf])."""
+    arrays = [ckpt.positions, ckpt.tokens]
+    for key in block_keys(ckpt.n_layer):
+        array = ckpt.blocks[key]
+        arrays.append(array.reshape((1,) + array.shape) if array.ndim == 2 else array)  # [nx, nf] -> [1, nx, nf]
+    return [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+
+
+def write_released(ckpt, out_dir, drop_special=False):
+    """Write ckpt as a released model/ folder (params_shapes.json + 10 shards); return out_dir."""
+    if ckpt.n_special and not drop_special:
+        raise ValueError(f'the checkpoint has {ckpt.n_special} special-token rows, which the released format cannot '
+                         f'hold: pass --drop_special (drop_special=True) to write it without them')
+    arrays = released_arrays(ckpt)
+    shapes = [list(a.shape) for a in arrays]
+    released = ckpt.released
+    flat_size = sum(a.size for a in arrays)
+    if (released is None or sum(released['sizes']) != flat_size
+            or json.loads(released['params_shapes.json']) != shapes):
+        return write_released_shards(out_dir, arrays)
+    # The folder it was read from: write its own params_shapes.json text, .npy headers and split points.
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, 'params_shapes.json'), 'w', encoding='utf-8') as f:
+        f.write(released['params_shapes.json'])
+    flat = np.concatenate([a.reshape(-1) for a in arrays]).astype('<f4')
+    start = 0
+    for n, (header, size) in enumerate(zip(released['headers'], released['sizes'])):
+        with open(os.path.join(out_dir, f'params_{n}.npy'), 'wb') as f:
+            f.write(base64.b64decode(header))
+            f.write(flat[start:start + size].tobytes())
+        start += size
+    return out_dir
+
+
+def write_released_shards(path, arrays, n_shards=N_SHARDS):
+    """Write arrays in the released format (params_shapes.json + n_shards flat float32 .npy); return path."""
+    os.makedirs(path, exist_ok=True)
+    flat = np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1) for a in arrays])
+    with open(os.path.join(path, 'params_shapes.json'), 'w') as f:
+        json.dump([list(np.shape(a)) for a in arrays], f)
+    for n, shard in enumerate(np.array_split(flat, n_shards)):
+        np.save(os.path.join(path, f'params_{n}.npy'), shard)
+    return path
+
+
+def random_released_arrays(rng, n_embd, n_layer, n_pos, n_vocab):
+    """Return the arrays of a released folder for a GPT-1 of that size drawn from rng (a numpy Generator): N(0, 0.02)
+    everywhere, layer-norm gains 1; for tests and benchmarks that need weights in the released format."""
+    one = block_shapes(n_embd, 1)  # {'h.0.attn.c_attn.w': (nx, 3 * nx), ...}
+    block = [(1, *one[torch_name(f'h0/{name}')]) if name.endswith('/w') else one[torch_name(f'h0/{name}')]
+             for name in TF_BLOCK]  # conv weights stored [1, nx, nf]
+    shapes = [(n_pos, n_embd), (n_vocab, n_embd)] + block * n_layer
+    gains = {TF_BLOCK.index('ln_1/g'), TF_BLOCK.index('ln_2/g')}
+    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in shapes]
+    for i in range(n_layer):
+        for k in gains:
+            arrays[2 + len(TF_BLOCK) * i + k][:] = 1
+    return arrays
+
+
+# --- this project's safetensors folder ----------------------------------------------------------------------
+
+def read_config_json(path):
+    """Return the dict in a config.json, or raise naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing: a converted folder holds {WEIGHTS_NAME} and {CONFIG_NAME} '
+                                f'(write one with `python convert.py shards-to-safetensors`)')
+    try:
+        with open(path, encoding='utf-8') as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path} is not valid JSON ({err})') from None
+    if not isinstance(config, dict):
+        raise ValueError(f'{path} must hold a JSON object')
+    return config
+
+
+def load_safetensors_file(path):
+    """Return ({name: float32 numpy array}, metadata dict) of a .safetensors file, without pickle."""
+    from safetensors import SafetensorError, safe_open
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing')
+    try:
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+            # float32 through torch so that bf16/fp16 files (numpy has no bf16) load too
+            tensors = {k: f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()}
+    except SafetensorError as err:
+        raise ValueError(f'{path} is not a readable safetensors file ({err})') from None
+    return tensors, metadata
+
+
+def read_safetensors(model_dir):
+    """Return the Checkpoint in this project's folder (model.safetensors + config.json)."""
+    config_path = os.path.join(model_dir, CONFIG_NAME)
+    config = read_config_json(config_path)
+    if config.get('format') != FORMAT:
+        raise ValueError(f'{config_path} is not a {FORMAT} config (its "format" is {config.get("format")!r}); '
+                         f'for a transformers folder use from-transformers / load_transformers_model')
+    try:
+        n_vocab, n_special, n_ctx, n_embd, n_layer = (int(config[k]) for k in SIZE_KEYS)
+        int(config['n_head'])
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f'{config_path} lacks or has a bad field ({err}): write it with convert.py') from None
+    path = os.path.join(model_dir, WEIGHTS_NAME)
+    tensors, metadata = load_safetensors_file(path)
+    if 'embed.weight' not in tensors:
+        raise ValueError(f'{path} has no embed.weight: it is not a {FORMAT} file')
+    table = tensors.pop('embed.weight')
+    expected = (n_vocab + n_special + n_ctx, n_embd)
+    if table.shape != expected:
+        raise ValueError(f'{path}: embed.weight has shape {table.shape}, but {config_path} gives {expected} '
+                         f'(n_vocab + n_special + n_ctx, n_embd)')
+    check_blocks(tensors, n_embd, n_layer, path)
+    released = json.loads(metadata['released']) if 'released' in metadata else None
+    tokens, special, positions = np.split(table, [n_vocab, n_vocab + n_special])
+    architecture = {k: v for k, v in config.items() if k not in CONFIG_KEYS + SIZE_KEYS}
+    return Checkpoint(tokens, special, positions, tensors, architecture, released, source=config_path)
+
+
+def write_safetensors(ckpt, out_dir):
+    """Write ckpt as this project's folder (model.safetensors + config.json, the format tag, the sizes and
+    ckpt.config); return out_dir."""
+    from safetensors.numpy import save_file
+    if 'n_head' not in ckpt.config:
+        raise ValueError('the checkpoint states no n_head: give it (convert.py --n_head) before writing it')
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {'embed.weight': ckpt.table()}
+    tensors.update(ckpt.blocks)
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    metadata = {'format': 'pt'}
+    if ckpt.released is not None:
+        metadata['released'] = json.dumps(ckpt.released)
+    save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata=metadata)
+    config = {'format': FORMAT, 'format_version': FORMAT_VERSION, 'n_vocab': ckpt.n_vocab,
+              'n_special': ckpt.n_special, 'n_ctx': ckpt.n_pos, 'n_embd': ckpt.n_embd, 'n_layer': ckpt.n_layer}
+    config.update({k: v for k, v in ckpt.config.items() if k not in SIZE_KEYS})
+    with open(os.path.join(out_dir, CONFIG_NAME), 'w', encoding='utf-8') as f:
+        json.dump(config, f, indent=2)
+        f.write('\n')
+    return out_dir
+
+
+# --- transformers' OpenAI GPT -----------------------------------------------------------------------------
+
+def hf_weights_file(path):
+    """Return the weights file of a transformers folder (or path itself when it is a file)."""
+    if os.path.isfile(path):
+        return path
+    for name in (WEIGHTS_NAME, HF_INDEX_NAME, HF_BIN_NAME):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise FileNotFoundError(f'{path} holds none of {WEIGHTS_NAME}, {HF_INDEX_NAME}, {HF_BIN_NAME}: '
+                            f'save the transformers model with save_pretrained() into it')
+
+
+def load_hf_state(weights_path):
+    """Return {key: float32 array} of a transformers weights file (safetensors, index or torch state dict)."""
+    if weights_path.endswith('.index.json'):
+        index = read_config_json(weights_path)
+        state = {}
+        for name in sorted(set(index.get('weight_map', {}).values())):
+            state.update(load_safetensors_file(os.path.join(os.path.dirname(weights_path), name))[0])
+        return state
+    if weights_path.endswith('.safetensors'):
+        return load_safetensors_file(weights_path)[0]
+    try:
+        state = torch.load(weights_path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(f'{weights_path} does not load with torch.load(weights_only=True) ({type(err).__name__}): '
+                         f'it is not a state dict of tensors; save one, or model.safetensors') from None
+    if not isinstance(state, dict):
+        raise ValueError(f'{weights_path} holds a {type(state).__name__}, not a state dict')
+    return {k: v.detach().to(torch.float32).numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def split_hf_state(state, source):
+    """Return (transformer arrays without the prefix, ignored keys); check a stored lm_head is the tied copy."""
+    prefixed = any(k.startswith(HF_PREFIX) for k in state)
+    body, ignored = {}, []
+    for key, value in state.items():
+        name = key[len(HF_PREFIX):] if prefixed and key.startswith(HF_PREFIX) else key
+        if (prefixed and not key.startswith(HF_PREFIX)) or HF_BUFFER.match(name):
+            ignored.append(key)  # heads (lm_head, multiple_choice_head, score) and attention-mask buffers
+        else:
+            body[name] = value
+    if 'lm_head.weight' in state and 'tokens_embed.weight' in body:
+        if not np.array_equal(state['lm_head.weight'], body['tokens_embed.weight']):
+            raise ValueError(f'{source}: lm_head.weight differs from tokens_embed.weight; GPT-1 ties its decoder '
+                             f'to the embeddings, so this untied head cannot be converted')
+    return body, ignored
+
+
+def hf_config(path, weights_path):
+    """Return the config.json dict beside a transformers checkpoint, or {} when there is none."""
+    folder = path if os.path.isdir(path) else os.path.dirname(weights_path)
+    config_path = os.path.join(folder, CONFIG_NAME)
+    return read_config_json(config_path) if os.path.isfile(config_path) else {}
+
+
+def default_n_vocab(config, n_rows, path):
+    """Return how many of tokens_embed's n_rows rows are BPE tokens according to a transformers config dict."""
+    n_special = int(config.get('n_special') or 0)  # written by write_transformers and pytorch-pretrained-bert
+    vocab_size = config.get('vocab_size', n_rows)
+    if vocab_size == n_rows:  # transformers: vocab_size counts every row, added special tokens included
+        return n_rows - n_special
+    if vocab_size + n_special == n_rows:  # pytorch-pretrained-bert: vocab_size + n_special rows
+        return vocab_size
+    raise ValueError(f'{path}: config.json gives vocab_size={vocab_size} (n_special={n_special}) but tokens_embed '
+                     f'has {n_rows} rows')
+
+
+def read_transformers(path, n_vocab=None, n_head=None, afn=None):
+    """Return the Checkpoint in a transformers OpenAI GPT folder or weights file.
+
+    tokens_embed's rows are [tokens; special]: n_vocab (default: from config.json's n_special, else every row)
+    says how many are BPE tokens; the rest become special rows. n_head and afn come from config.json; pass
+    them for a bare weights file.
+    """
+    weights_path = hf_weights_file(path)
+    config = hf_config(path, weights_path)
+    body, ignored = split_hf_state(load_hf_state(weights_path), weights_path)
+    for name in ('tokens_embed.weight', 'positions_embed.weight'):
+        if name not in body:
+            raise ValueError(f'{weights_path} has no {name}: it is not an OpenAI GPT checkpoint '
+                             f'(keys start {sorted(body)[:3]})')
+    tokens_embed = body.pop('tokens_embed.weight')
+    positions = body.pop('positions_embed.weight')
+    n_rows, n_embd = tokens_embed.shape
+    n_layer = 1 + max((int(m.group(1)) for m in (re.match(r'^h\.(\d+)\.', k) for k in body) if m), default=-1)
+    if config.get('model_type', 'openai-gpt') != 'openai-gpt':
+        raise ValueError(f'{path}: config.json has model_type {config["model_type"]!r}, expected "openai-gpt"')
+    eps = config.get('layer_norm_epsilon', LAYER_NORM_EPSILON)
+    if eps != LAYER_NORM_EPSILON:
+        raise ValueError(f'{path}: layer_norm_epsilon is {eps}; this port implements {LAYER_NORM_EPSILON} only')
+    if n_head is None:
+        n_head = config.get('n_head')
+        if n_head is None:
+            raise ValueError(f'{path}: no config.json gives n_head; put the config.json beside it or pass --n_head')
+    hf_afn = afn or config.get('afn', 'gelu')
+    if hf_afn not in HF_TO_OUR_AFN:
+        raise ValueError(f'{path}: afn {hf_afn!r} has no counterpart here; use one of {sorted(HF_TO_OUR_AFN)}')
+    pdrops = {name: config[name] for name in ('embd_pdrop', 'attn_pdrop', 'resid_pdrop') if name in config}
+    if 'summary_first_dropout' in config:
+        pdrops['clf_pdrop'] = config['summary_first_dropout']
+    architecture = dict(n_head=int(n_head), afn=HF_TO_OUR_AFN[hf_afn], **pdrops)
+    if 'n_layer' in config and config['n_layer'] != n_layer:
+        raise ValueError(f'{path}: config.json says n_layer={config["n_layer"]} but the weights hold {n_layer} blocks')
+    if n_vocab is None:
+        n_vocab = default_n_vocab(config, n_rows, path)
+    if not 0 < n_vocab <= n_rows:
+        raise ValueError(f'n_vocab={n_vocab} but tokens_embed in {weights_path} has {n_rows} rows')
+    blocks = {}
+    for key in block_keys(n_layer):
+        if hf_key(key) in body:
+            blocks[key] = body.pop(hf_key(key))
+    if body:
+        raise ValueError(f'{weights_path} holds unexpected keys {sorted(body)[:3]}: not an OpenAI GPT checkpoint')
+    check_blocks(blocks, n_embd, n_layer, weights_path)
+    return Checkpoint(tokens_embed[:n_vocab], tokens_embed[n_vocab:], positions, blocks, architecture, ignored=ignored,
+                      source=weights_path)
+
+
+def transformers_config(ckpt):
+    """Return the config.json dict that transformers' OpenAIGPTConfig reads for ckpt (whose config must state
+    n_head, afn and the four dropouts: model_pytorch.complete_checkpoint fills them in)."""
+    cfg = ckpt.config
+    missing = [k for k in ('n_head', 'afn', 'embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop') if k not in cfg]
+    if missing:
+        raise ValueError(f'the checkpoint states no {missing[0]}: complete its config before writing it')
+    if cfg['afn'] not in OUR_TO_HF_AFN:
+        raise ValueError(f"afn {cfg['afn']!r} has no transformers counterpart")
+    return {'architectures': ['OpenAIGPTLMHeadModel'], 'model_type': 'openai-gpt',
+            'vocab_size': ckpt.n_vocab + ckpt.n_special, 'n_special': ckpt.n_special, 'n_positions': ckpt.n_pos,
+            'n_embd': ckpt.n_embd, 'n_layer': ckpt.n_layer, 'n_head': cfg['n_head'], 'afn': OUR_TO_HF_AFN[cfg['afn']],
+            'resid_pdrop': cfg['resid_pdrop'], 'embd_pdrop': cfg['embd_pdrop'], 'attn_pdrop': cfg['attn_pdrop'],
+            'summary_first_dropout': cfg['clf_pdrop'], 'layer_norm_epsilon': LAYER_NORM_EPSILON,
+            'initializer_range': 0.02, 'tie_word_embeddings': True}
+
+
+def write_transformers(ckpt, out_dir):
+    """Write ckpt as a transformers OpenAIGPTLMHeadModel folder (model.safetensors + config.json); return out_dir.
+
+    Special-token rows go after the tokens in tokens_embed (vocab_size = n_vocab + n_special, as transformers'
+    resize_token_embeddings lays them out); config.json's extra "n_special" lets read_transformers split them.
+    """
+    from safetensors.numpy import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {HF_PREFIX + 'tokens_embed.weight': np.concatenate([ckpt.tokens, ckpt.special], 0),
+               HF_PREFIX + 'positions_embed.weight': ckpt.positions}
+    tensors.update({HF_PREFIX + hf_key(k): v for k, v in ckpt.blocks.items()})
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={'format': 'pt'})
+    with open(os.path.join(out_dir, CONFIG_NAME), 'w', encoding='utf-8') as f:
+        json.dump(transformers_config(ckpt), f, indent=2)
+        f.write('\n')
+    return out_dir
+# --- any folder ---------------------------------------------------------------------------------------------
+
+def detect_format(path):
+    """Return 'released', 'safetensors' or 'transformers' for a model folder or weights file, or raise.
+
+    A weights file is transformers'; a folder with a config.json is this project's or transformers' as it says;
+    anything else (params_shapes.json, or missing files) is a released folder, whose reader names each file
+    that is missing with where it comes from.
+    """
+    if os.path.isfile(path):
+        return 'transformers'
+    config_path = os.path.join(path, CONFIG_NAME)
+    if os.path.isfile(config_path) and not os.path.isfile(os.path.join(path, 'params_shapes.json')):
+        config = read_config_json(config_path)
+        if config.get('format') == FORMAT:
+            return 'safetensors'
+        if config.get('model_type') == 'openai-gpt':
+            return 'transformers'
+        raise ValueError(f'{config_path} is neither a {FORMAT} config nor a transformers openai-gpt one '
+                         f'(its model_type is {config.get("model_type")!r})')
+    for name in (WEIGHTS_NAME, HF_BIN_NAME):
+        if os.path.isfile(os.path.join(path, name)) and not os.path.isfile(os.path.join(path, 'params_shapes.json')):
+            raise FileNotFoundError(f'{path} holds {name} but no {CONFIG_NAME}: put the config.json that came with '
+                                    f'the weights beside them')
+    return 'released'
+
+
+def read_checkpoint(path, n_head=None, afn=None, n_vocab=None):
+    """Return the Checkpoint in any supported folder (released, this project's safetensors, transformers)."""
+    kind = detect_format(path)
+    if kind == 'released':
+        return read_released(path, n_head=n_head, afn=afn)
+    ckpt = read_safetensors(path) if kind == 'safetensors' else read_transformers(path, n_vocab, n_head, afn)
+    stored = ckpt.config.get('n_head')
+    if n_head is not None and n_head != stored:
+        raise ValueError(f'--n_head {n_head} contradicts n_head={stored} in {path}: leave it out')
+    stored = ckpt.config.get('afn', 'gelu')
+    if kind == 'safetensors' and afn is not None and afn != stored:
+        raise ValueError(f'--afn {afn} contradicts afn={stored} in {path}: leave it out')
+    return ckpt
+
+
+def checkpoint_from_model(model, n_vocab=None, n_special=None):
+    """Return the Checkpoint of a TransformerModel (or a model with `.transformer`) and its config; n_vocab and
+    n_special default to the model's config."""
+    transformer = getattr(model, 'transformer', model)
+    cfg = asdict(transformer.cfg)
+    table = transformer.embed.weight.detach().to(torch.float32).cpu().numpy()
+    n_ctx = transformer.n_ctx
+    n_vocab = cfg['n_vocab'] if n_vocab is None else n_vocab
+    if n_special is None:
+        n_special = table.shape[0] - n_ctx - n_vocab
+    if n_special < 0 or n_vocab + n_special + n_ctx != table.shape[0]:
+        raise ValueError(f'the table has {table.shape[0]} rows, not n_vocab={n_vocab} + n_special={n_special} + '
+                         f'n_ctx={n_ctx}: pass the model\'s n_vocab')
+    blocks = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in transformer.state_dict().items()
+              if k != 'embed.weight'}
+    tokens, special, positions = np.split(table, [n_vocab, n_vocab + n_special])
+    config = {k: v for k, v in cfg.items() if k not in SIZE_KEYS}
+    return Checkpoint(tokens, special, positions, blocks, config)
+
+
+def save_model(model, out_dir, n_vocab=None, n_special=None):
+    """Write a model as this project's folder (model.safetensors + config.json = its config); return out_dir.
+    n_vocab and n_special default to the model's config."""
+    return write_safetensors(checkpoint_from_model(model, n_vocab, n_special), out_dir)
+
+
+# --- vocabulary files beside the weights ----------------------------------------------------------------------
+
+def vocab_paths(model_dir, encoder_path=None, bpe_path=None):
+    """Return (encoder_path, bpe_path): the given ones, else the vocabulary files found in model_dir."""
+    for names in (VOCAB_FILES, HF_VOCAB_FILES):
+        found = [os.path.join(model_dir, n) for n in names]
+        if all(os.path.isfile(p) for p in found):
+            return encoder_path or found[0], bpe_path or found[1]
+    if encoder_path and bpe_path:
+        return encoder_path, bpe_path
+    raise FileNotFoundError(f'{model_dir} holds no {" + ".join(VOCAB_FILES)}: copy them there from the released '
+                            f'model/ folder or pass --encoder_path and --bpe_path')
+
+
+def copy_vocab(src_dir, out_dir, names):
+    """Copy the two vocabulary files of src_dir (either naming) into out_dir under `names`; return True if found."""
+    if os.path.isfile(src_dir):  # a transformers weights file: look beside it
+        src_dir = os.path.dirname(src_dir) or '.'
+    for candidates in (VOCAB_FILES, HF_VOCAB_FILES):
+        found = [os.path.join(src_dir, n) for n in candidates]
+        if all(os.path.isfile(p) for p in found):
+            os.makedirs(out_dir, exist_ok=True)
+            for src, name in zip(found, names):
+                shutil.copyfile(src, os.path.join(out_dir, name))
+            return True
+    return False
