@@ -32,7 +32,7 @@ from tqdm import tqdm
 from checkpoint import write_json
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
 from loss import LM_CHUNK, token_losses
-from model_pytorch import DEFAULT_CONFIG, LMModel, checkpoint_config, clone_config, model_from_checkpoint
+from model_pytorch import DEFAULT_CONFIG, GPTConfig, LMModel, checkpoint_config, model_from_checkpoint
 from opt import SCHEDULES, OpenAIAdam
 from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
 from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run,
@@ -136,25 +136,26 @@ def window_loss(net, x, targets, n_rows):
     return token_losses(rows, we[:n_rows], targets.reshape(-1), LM_CHUNK)
 
 
-def model_config(args, ckpt_cfg=None):
-    """Return the GPTConfig: architecture flags, else the weights' (ckpt_cfg), else the paper's; the dropouts."""
-    base = ckpt_cfg or DEFAULT_CONFIG
+def model_config(args, n_vocab, n_special, ckpt=None):
+    """Return the GPTConfig of the model: architecture flags, else the weights' (a Checkpoint), else the paper's;
+    the dropouts and activation checkpointing from the flags; the table [n_vocab; n_special; n_ctx positions]."""
+    stored = DEFAULT_CONFIG if ckpt is None else checkpoint_config(ckpt)
     fields = {}
     for name in ('n_embd', 'n_head', 'n_layer', 'afn'):
-        given, stored = getattr(args, name), getattr(base, name)
-        if given is not None and ckpt_cfg is not None and given != stored:
-            raise ValueError(f'--{name} {given} contradicts {name}={stored} in {args.model_dir}: leave it out')
-        fields[name] = stored if given is None else given
-    return clone_config(DEFAULT_CONFIG, embd_pdrop=args.embd_pdrop, attn_pdrop=args.attn_pdrop,
-                        resid_pdrop=args.resid_pdrop, **fields)
+        given = getattr(args, name)
+        if given is not None and ckpt is not None and given != getattr(stored, name):
+            raise ValueError(f'--{name} {given} contradicts {name}={getattr(stored, name)} in {args.model_dir}: '
+                             f'leave it out')
+        fields[name] = getattr(stored, name) if given is None else given
+    return GPTConfig.from_args(args, clf_pdrop=stored.clf_pdrop, n_vocab=n_vocab, n_special=n_special,
+                               n_ctx=args.n_ctx, **fields)
 
 
 def build_lm(args, n_vocab, n_special):
     """Return an LMModel with the table [n_vocab tokens; n_special special rows; n_ctx positions]: fresh
     (N(0, 0.02) init) or holding --model_dir's weights (positions cropped to n_ctx, missing special rows drawn)."""
     if args.model_dir is None:
-        cfg = model_config(args)
-        return LMModel(cfg, vocab=n_vocab + n_special + args.n_ctx, n_ctx=args.n_ctx)
+        return LMModel(model_config(args, n_vocab, n_special))
     ckpt = read_checkpoint(args.model_dir, n_head=args.n_head, afn=args.afn)
     if ckpt.n_vocab != n_vocab:
         raise ValueError(f'{args.model_dir} has {ckpt.n_vocab} token rows but the corpus was encoded with '
@@ -164,7 +165,7 @@ def build_lm(args, n_vocab, n_special):
                          f'use at most {ckpt.n_pos}')
     if ckpt.n_special > n_special:
         ckpt.special = ckpt.special[:n_special]  # rows the corpus does not use (e.g. fine-tuning's) are left out
-    model = LMModel(model_config(args, checkpoint_config(ckpt)), vocab=n_vocab + n_special + args.n_ctx, n_ctx=args.n_ctx)
+    model = LMModel(model_config(args, n_vocab, n_special, ckpt))
     return model_from_checkpoint(ckpt, model=model)  # extra special rows drawn as the original draws them
 
 
@@ -372,7 +373,6 @@ def run(args):
         if args.sample_every:
             check_sample_prompt(text_encoder, args.sample_prompt, args.n_ctx)
         model = build_lm(args, sizes['n_vocab'], sizes['n_special'])
-        model.cfg.checkpoint_activations = args.checkpoint_activations
         model.to(device)
         n_updates = n_updates_of(args, len(corpus['train']))
         opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule='warmup_cosine_decay',

@@ -24,7 +24,7 @@ from distributed import (DistInfo, close_distributed, dist_info, gather_concat, 
 from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
 import task_datasets
 from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
-from model_pytorch import DoubleHeadModel, MultipleChoiceHead, load_openai_pretrained_model
+from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
@@ -417,14 +417,13 @@ def load_task_data(args, text_encoder, task):
                       head_type=task.head_type)
 
 
-def build_model(args, sizes, device):
-    """Return the DoubleHeadModel with the released weights loaded as the original does."""
-    vocab = sizes['n_vocab'] + sizes['n_special'] + sizes['n_ctx']
-    model = DoubleHeadModel(args, sizes['clf_token'], sizes['head_type'], vocab=vocab, n_ctx=sizes['n_ctx'])
-    load_openai_pretrained_model(model.transformer, n_ctx=sizes['n_ctx'], n_special=sizes['n_special'],
+def pretrained_model(args, sizes, device):
+    """Return the DoubleHeadModel the arguments describe, with the released weights loaded as the original does."""
+    cfg = GPTConfig.from_args(args, n_vocab=sizes['n_vocab'], n_special=sizes['n_special'], n_ctx=sizes['n_ctx'])
+    model = DoubleHeadModel(cfg, sizes['clf_token'], sizes['head_type'])
+    load_openai_pretrained_model(model.transformer, n_ctx=cfg.n_ctx, n_special=cfg.n_special,
                                  n_transfer=args.n_transfer, n_embd=args.n_embd, path=args.model_dir,
                                  verify=args.verify_weights)
-    model.cfg.checkpoint_activations = args.checkpoint_activations
     return model.to(device)
 
 
@@ -548,7 +547,7 @@ def run(args):
         else:
             data, sizes = load_task_data(args, text_encoder, get_task(args.dataset))
     with clock.phase('load'):
-        model = build_model(args, sizes, device)
+        model = pretrained_model(args, sizes, device)
         n_train, n_batch_train = len(data['trY']), args.n_batch * args.n_gpu
         n_updates_total = (n_train // n_batch_train) * args.n_iter
         if n_updates_total < 1:

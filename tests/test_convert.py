@@ -1,4 +1,5 @@
 """Tests for convert.py: byte-identical shard round trips, our safetensors folder, transformers' layout."""
+import dataclasses
 import json
 import struct
 
@@ -135,6 +136,20 @@ def test_model_saved_and_loaded_with_special_rows(tmp_path):
     np.testing.assert_array_equal(arrays[1], table[:100])
     np.testing.assert_array_equal(arrays[0], table[103:])
     np.testing.assert_array_equal(arrays[2][0], model.h[0].attn.c_attn.w.detach().numpy())
+
+
+def test_saved_config_is_the_models_and_loading_restores_it(tmp_path):
+    cfg = small_cfg(n_vocab=N_VOCAB, n_special=3, n_ctx=16, afn='relu', embd_pdrop=0.2)
+    model = TransformerModel(cfg)
+    save_model(model, tmp_path / 'st')
+    config = json.loads((tmp_path / 'st' / 'config.json').read_text())
+    assert {k: v for k, v in config.items() if k not in ('format', 'format_version')} == dataclasses.asdict(model.cfg)
+    assert load_model(str(tmp_path / 'st')).cfg == model.cfg
+    # weights loaded the original's way set the split of the table the weights give
+    legacy = TransformerModel(small_cfg(), vocab=N_VOCAB + 3 + 24, n_ctx=24)
+    assert (legacy.cfg.n_vocab, legacy.cfg.n_special) == (N_VOCAB + 3, 0)
+    load_openai_pretrained_model(legacy, n_special=3, n_embd=32, path=str(SMALL_MODEL))
+    assert (legacy.cfg.n_vocab, legacy.cfg.n_special) == (N_VOCAB, 3)
 
 
 def test_model_without_released_metadata_writes_shards_like_write_released_shards(tmp_path):

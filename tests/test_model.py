@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from model_pytorch import (DEFAULT_CONFIG, ClfHead, DoubleHeadModel, LMHead, LMModel, MultipleChoiceHead,
+from model_pytorch import (DEFAULT_CONFIG, ClfHead, GPTConfig, DoubleHeadModel, LMHead, LMModel, MultipleChoiceHead,
                            TransformerModel, load_openai_pretrained_model)
 from weights import tf_param_names, torch_name, write_released_shards
 from tests.helpers import FIXTURES, SMALL_MODEL, load_tf_reference, small_cfg, tf_model
@@ -62,6 +62,23 @@ def test_config_missing_field_is_named():
     with pytest.raises(ValueError, match="no field 'afn'"):
         TransformerModel(argparse.Namespace(n_embd=16, n_head=2, n_layer=1, embd_pdrop=0.0, attn_pdrop=0.0,
                                             resid_pdrop=0.0, clf_pdrop=0.0), vocab=50, n_ctx=8)
+
+
+def test_model_keeps_its_own_config_built_from_a_config_or_a_namespace():
+    cfg = small_cfg(n_vocab=50, n_special=3, n_ctx=8)
+    model = DoubleHeadModel(cfg, clf_token=52, task_head_type='multiple_choice')
+    assert model.cfg == cfg and model.cfg is not cfg and model.transformer.cfg is model.cfg  # a copy of its own
+    assert model.transformer.embed.weight.shape == (61, 32) and model.transformer.n_ctx == 8
+    cfg.n_layer = 5
+    assert len(model.transformer.h) == 2 and model.cfg.n_layer == 2
+    ns = argparse.Namespace(**{k: getattr(cfg, k) for k in ('n_embd', 'n_head', 'n_layer', 'embd_pdrop', 'attn_pdrop',
+                                                            'resid_pdrop', 'clf_pdrop', 'afn')})
+    from_ns = TransformerModel(ns, vocab=61, n_ctx=8)
+    assert isinstance(from_ns.cfg, GPTConfig) and (from_ns.cfg.n_vocab, from_ns.cfg.n_special) == (53, 0)
+    # the earlier port's vocab argument keeps the config's n_vocab when the rows hold it
+    assert (TransformerModel(small_cfg(n_vocab=50), vocab=61, n_ctx=8).cfg.n_special) == 3
+    with pytest.raises(ValueError, match="no field 'n_heads'"):
+        GPTConfig.from_args(ns, n_heads=4)
 
 
 def test_unknown_afn_and_bad_heads_rejected():

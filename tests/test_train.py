@@ -66,7 +66,7 @@ def test_best_checkpoint_reproduces_the_submission(workdir):
     trainer.set_seed(args.seed)
     text_encoder = train.TextEncoder(args.encoder_path, args.bpe_path)
     data, sizes = train.load_data(args, text_encoder)
-    model = train.build_model(args, sizes, torch.device('cpu'))
+    model = train.pretrained_model(args, sizes, torch.device('cpu'))
     train.load_params(model, str(d / 'save' / 'tiny' / 'best_params.safetensors')).eval()
     _, _, teX, teM, _, _ = data['tests'][0]
     logits = train.iter_predict(model, teX, teM, 8, torch.device('cpu'), 'fp32')

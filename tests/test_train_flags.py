@@ -31,7 +31,7 @@ class Spy:
         self.adam, self.models, self.data, self.vocab, self.scalers, self.forwards, self.saves = ({}, [], [], [], [],
                                                                                                  [], [])
         spy = self
-        adam, build, load, encoder = train.OpenAIAdam, train.build_model, train.load_data, train.TextEncoder
+        adam, build, load, encoder = train.OpenAIAdam, train.pretrained_model, train.load_data, train.TextEncoder
         configure, forward, save = train.configure_precision, train.forward_losses, trainer.save_training_state
 
         class RecordingAdam(adam):
@@ -39,7 +39,7 @@ class Spy:
                 spy.adam.update(kw)
                 super().__init__(params, **kw)
 
-        def build_model(args, sizes, device):
+        def pretrained_model(args, sizes, device):
             model = build(args, sizes, device)
             spy.models.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
             return model
@@ -67,7 +67,7 @@ class Spy:
             spy.saves.append(progress['n_updates'])
             return save(path, model, opt, progress, **kw)
 
-        for name, value in dict(OpenAIAdam=RecordingAdam, build_model=build_model, load_data=load_data,
+        for name, value in dict(OpenAIAdam=RecordingAdam, pretrained_model=pretrained_model, load_data=load_data,
                                 TextEncoder=text_encoder, configure_precision=configure_precision,
                                 forward_losses=forward_losses).items():
             monkeypatch.setattr(train, name, value)
@@ -227,8 +227,10 @@ def test_compile_trains_like_eager(workdir, tmp_path):
     (progress, weights), (ref_progress, ref_weights) = finals['compiled'], finals['eager']
     assert progress['n_updates'] == ref_progress['n_updates'] == 5
     assert weights.keys() == ref_weights.keys()
-    moved = max((ref_weights[k] - weights[k]).abs().max().item() for k in weights)
-    assert moved < 1e-4, moved
+    # Adam normalises each gradient element: where one is ~0, kernel rounding can flip its sign and move that
+    # element by up to lr per update. All but a handful of the 1.3M elements agree to 1e-5; a wrong graph moves many.
+    diffs = torch.cat([(ref_weights[k] - weights[k]).abs().reshape(-1) for k in weights])
+    assert (diffs > 1e-5).sum() <= 10 and diffs.max() < 5e-3, (diffs > 1e-5).sum()
     records = [log_records(tmp_path / 'log' / f'{n}.jsonl')[0] for n in ('compiled', 'eager')]
     assert records[0]['tr_cost'] == pytest.approx(records[1]['tr_cost'], abs=1e-5)
 
