@@ -49,9 +49,9 @@ import numpy as np
 
 import bench
 from bench import ENDING_LEN, N_SPECIAL, STORY_LEN
-from weights import VOCAB_FILES, copy_vocab
 from model_pytorch import N_CTX_RELEASED, N_VOCAB
 from text_utils import MODEL_DIR
+from weights import VOCAB_FILES, copy_vocab
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SENTENCE_TOKENS = (8, 17)   # BPE tokens of one story sentence, its full stop included
@@ -363,7 +363,7 @@ def default_peak(device, gpu):
 
 def resolve_device(requested):
     """Return the device the job runs on (a str): the requested one, else CUDA when torch sees a GPU, else the CPU."""
-    from trainer import resolve_device as train_device
+    from distributed import resolve_device as train_device
     return str(train_device(requested or None))
 
 

@@ -1,5 +1,5 @@
-"""Data parallelism over processes with torch.distributed (launched by torchrun), replacing the
-original's towers on several GPUs (TF: mgpu_train, mgpu_predict, average_grads).
+"""Where a process runs: its device, and data parallelism over processes with torch.distributed (launched by
+torchrun), replacing the original's towers on several GPUs (TF: mgpu_train, mgpu_predict, average_grads).
 
 One update still averages n_batch * n_gpu examples whatever the number of processes: each rank takes
 its contiguous share of every shuffled batch and DistributedDataParallel averages the gradients.
@@ -83,3 +83,25 @@ def wrap_ddp(module, device, info):
         return module
     device_ids = [device.index] if device.type == 'cuda' else None
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+
+def check_device(name):
+    """Return torch.device(name), or raise a ValueError naming --device when it is malformed or absent here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f'--device {name!r} is not a torch device: give cpu, cuda or cuda:N') from None
+    n_gpus = torch.cuda.device_count()
+    if device.type == 'cuda' and (device.index or 0) >= n_gpus:
+        raise ValueError(f'--device {name}: this machine has {n_gpus} CUDA device(s); use --device cpu')
+    return device
+
+
+
+def resolve_device(name, info=DistInfo()):
+    """Return the torch device: the named one (checked to exist), else CUDA when present (this rank's GPU), else the CPU."""
+    device = check_device(name) if name is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', info.local_rank)
+    return device
+

@@ -19,10 +19,10 @@ import sys
 import numpy as np
 import torch
 
+from distributed import check_device
 from flags import add_weights_args
 from models import load_model
 from weights import vocab_paths
-from trainer import check_device
 
 
 def parse_layers(spec, n_layer):

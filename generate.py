@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distributed import check_device
 from flags import add_weights_args
 from models import load_model
 from weights import vocab_paths
-from trainer import check_device
 
 
 @dataclass

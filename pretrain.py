@@ -30,14 +30,13 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import write_json
-from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
+from distributed import DistInfo, close_distributed, dist_info, resolve_device, shard, sum_over_ranks
 from loss import LM_CHUNK, token_losses
 from model_pytorch import DEFAULT_CONFIG, GPTConfig, LMModel, checkpoint_config, model_from_checkpoint
 from opt import SCHEDULES, OpenAIAdam
+from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run, resume_or_start,
+                     save_state, start_run, to_tensors, update, update_phase)
 from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
-from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run,
-                     resolve_device, resume_or_start, save_state, start_run, to_tensors, update,
-                     update_phase)
 
 SAMPLE_PROMPT = 'the'
 

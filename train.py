@@ -19,18 +19,16 @@ import torch
 from tqdm import tqdm
 
 import datasets
-from distributed import (DistInfo, close_distributed, dist_info, gather_concat, shard,
-                         sum_over_ranks)
-from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
 import task_datasets
+from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
+from distributed import DistInfo, close_distributed, dist_info, gather_concat, resolve_device, shard, sum_over_ranks
 from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
-from trainer import (PRECISIONS, PhaseClock, autocast_context, configure_precision, format_phases,
-                     make_run, resolve_device, resume_or_start, save_state, start_run, to_tensors, update,
-                     update_phase)
+from trainer import (PRECISIONS, PhaseClock, autocast_context, configure_precision, format_phases, make_run,
+                     resume_or_start, save_state, start_run, to_tensors, update, update_phase)
 from utils import ResultLogger, encode_dataset, iter_data
 from weights import WEIGHTS_SOURCE, detect_format, released_names
 
