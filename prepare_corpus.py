@@ -16,7 +16,7 @@ Each document is encoded exactly as `TextEncoder().encode([doc])[0]` (the origin
 spaCy, lower-casing and BPE). Documents without tokens are skipped and counted.
 
 Output (--out): `train.bin` and `val.bin` hold little-endian uint16 ids, readable with
-`np.memmap(path, dtype=np.uint16, mode='r')` or `load_corpus(folder)`, as `doc1 SEP doc2 SEP ...`;
+`np.memmap(path, dtype=np.uint16, mode='r')` or `corpus.load_corpus(folder)`, as `doc1 SEP doc2 SEP ...`;
 `meta.json` records the format, the vocabulary (paths and git blob SHA-1), the separator, the counts and
 the settings. Document boundaries: the released vocabulary has no end-of-text token, so the separator is
 one extra id, the number of BPE tokens (40478 for the released vocabulary): the first "special" row of
@@ -43,12 +43,10 @@ from functools import lru_cache, partial
 import numpy as np
 from tqdm import tqdm
 
+from corpus import CORPUS_FORMAT, DTYPE, SPLITS
 from text_utils import BPE_PATH, ENCODER_PATH, TextEncoder, load_bpe_ranks, load_encoder
 from weights import git_blob_sha1
 
-CORPUS_FORMAT = 'gpt1-corpus-v1'
-SPLITS = ('train', 'val')
-DTYPE = np.dtype('<u2')  # little-endian uint16 on every machine
 MAX_ID = np.iinfo(np.uint16).max
 CHUNK_DOCS = 256  # documents handed to a worker at once
 CHUNK_CHARS = 1 << 22  # ... or fewer, once they hold this many characters (bounds memory with large documents)
@@ -418,68 +416,6 @@ def main(argv=None):
         print(line, file=sys.stderr)
     print('\n'.join(lines))
     return 0
-
-
-def read_meta(folder):
-    """Return the meta dict of a corpus folder, checked to be this format."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f'{folder}: no such corpus folder; make it with '
-                                f'python prepare_corpus.py --input TEXT --out {folder}')
-    path = os.path.join(folder, 'meta.json')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: {folder} holds no finished corpus (an interrupted run?); '
-                                f'run prepare_corpus.py --out {folder} again')
-    try:
-        with open(path, encoding='utf-8') as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f'{path}: not valid JSON ({err}); run prepare_corpus.py again') from None
-    fmt = meta.get('format') if isinstance(meta, dict) else None
-    if fmt != CORPUS_FORMAT:
-        raise ValueError(f'{path}: format {fmt!r}, expected {CORPUS_FORMAT!r}; prepare the corpus again with '
-                         f'this prepare_corpus.py')
-    if meta.get('dtype') != 'uint16' or meta.get('byteorder') != 'little':
-        raise ValueError(f'{path}: dtype {meta.get("dtype")!r} ({meta.get("byteorder")}), expected uint16 (little); '
-                         f'prepare the corpus again')
-    missing = [key for key in ('separator_id', 'n_special', 'splits') if key not in meta]
-    if missing:
-        raise ValueError(f'{path}: no {missing[0]!r}; prepare the corpus again with this prepare_corpus.py')
-    return meta
-
-
-def open_split(folder, split, meta):
-    """Return the ids of one split as a read-only uint16 array (a memmap unless empty), checked against meta."""
-    path = os.path.join(folder, f'{split}.bin')
-    try:
-        n_tokens = int(meta['splits'][split]['n_tokens'])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f'{os.path.join(folder, "meta.json")}: no token count for {split}; prepare the corpus '
-                         f'again') from None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing though meta.json lists it; run prepare_corpus.py again')
-    size = os.path.getsize(path)
-    if size % DTYPE.itemsize:
-        raise ValueError(f'{path}: {size} bytes is not a whole number of 2-byte uint16 ids; the file is damaged, '
-                         f'run prepare_corpus.py again')
-    if size // DTYPE.itemsize != n_tokens:
-        raise ValueError(f'{path}: {size // DTYPE.itemsize} ids, but meta.json says {n_tokens}; the files are from '
-                         f'different runs, run prepare_corpus.py again')
-    if n_tokens == 0:  # np.memmap cannot map an empty file
-        ids = np.zeros(0, dtype=DTYPE)
-        ids.flags.writeable = False
-        return ids
-    ids = np.memmap(path, dtype=DTYPE, mode='r')
-    if ids[-1] != meta['separator_id']:
-        raise ValueError(f'{path}: the last id is {ids[-1]}, not the separator {meta["separator_id"]}; the file is '
-                         f'damaged, run prepare_corpus.py again')
-    return ids
-
-
-def load_corpus(folder):
-    """Return (train ids, val ids, meta dict) of a folder written by prepare_corpus.py; ids are read-only uint16."""
-    meta = read_meta(folder)
-    train, val = (open_split(folder, split, meta) for split in SPLITS)
-    return train, val, meta
 
 
 if __name__ == '__main__':

@@ -30,10 +30,12 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import write_json
+from corpus import load_corpus
 from distributed import DistInfo, close_distributed, dist_info, resolve_device, shard, sum_over_ranks
 from loss import LM_CHUNK, token_losses
 from model_pytorch import DEFAULT_CONFIG, GPTConfig, LMModel, checkpoint_config, model_from_checkpoint
 from opt import SCHEDULES, OpenAIAdam
+from sample import generate
 from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run, resume_or_start,
                      save_state, start_run, to_tensors, update, update_phase)
 from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
@@ -224,7 +226,6 @@ def check_sample_prompt(text_encoder, prompt, n_ctx):
 
 def sample_text(model, text_encoder, prompt, n_vocab, seed, device):
     """Return prompt and a sample of up to 40 tokens after it (top-k 40, seeded), from the model in eval mode."""
-    from generate import generate
     model.eval()
     generator = torch.Generator(device='cpu').manual_seed(seed)
     with torch.inference_mode():
@@ -341,7 +342,6 @@ def write_outputs(run, sizes, meta):
 
 def load_corpus_checked(args):
     """Return (corpus dict with train/val streams and val window offsets, sizes dict) of --corpus."""
-    from prepare_corpus import load_corpus
     train_stream, val_stream, meta = load_corpus(args.corpus)
     n_vocab, n_special = meta['separator_id'], meta['n_special']
     starts = val_starts(len(val_stream), args.n_ctx, args.eval_windows)

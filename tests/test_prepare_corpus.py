@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 import checkpoint
 import prepare_corpus
-from prepare_corpus import SPLITS, encode_chunk, in_val, load_corpus, main
+from corpus import SPLITS, load_corpus
+from prepare_corpus import encode_chunk, in_val, main
 from text_utils import TextEncoder
 
 SEP = 40478  # the number of tokens of the released vocabulary: the separator id

@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 import pretrain
+import corpus as corpus_module
 import prepare_corpus
 import models
 
@@ -73,7 +74,7 @@ def scratch_run(corpus, tmp_path_factory):
 
 
 def test_from_scratch_learns_the_corpus_well_below_its_unigram_entropy(corpus, scratch_run):
-    train_stream, val_stream, meta = prepare_corpus.load_corpus(corpus)
+    train_stream, val_stream, meta = corpus_module.load_corpus(corpus)
     entropy = unigram_entropy(train_stream)
     log = read_log(scratch_run)
     assert [r['n_updates'] for r in log] == [0, 50, 100, 150, 200]
@@ -90,7 +91,7 @@ def test_from_scratch_learns_the_corpus_well_below_its_unigram_entropy(corpus, s
 
 def val_loss_of(folder, corpus, **load_kw):
     """The loss of a saved model on the fixed validation windows, computed here from the loaded weights."""
-    _, val_stream, meta = prepare_corpus.load_corpus(corpus)
+    _, val_stream, meta = corpus_module.load_corpus(corpus)
     model = models.load_model(str(folder), lm=True, n_ctx=24, **load_kw)
     n_rows = meta['separator_id'] + 1
     starts = pretrain.val_starts(len(val_stream), 24, 16)
@@ -248,7 +249,7 @@ def test_low_precision_runs_follow_fp32(corpus, tmp_path, precision):
 
 
 def test_epochs_set_the_number_of_updates_and_samples_are_logged(corpus, tmp_path, capsys):
-    train_stream, _, _ = prepare_corpus.load_corpus(corpus)
+    train_stream, _, _ = corpus_module.load_corpus(corpus)
     assert pretrain.main(tiny_args(corpus, tmp_path, '--n_epochs', '0.25', '--eval_every', '0',
                                    '--sample_every', '4', '--sample_prompt', 'the cat')) == 0
     expected = int(np.ceil(0.25 * len(train_stream) / (8 * 24)))
