@@ -17,8 +17,9 @@ import numpy as np
 from datasets import TEST_FILE, _rocstories
 
 
-def read_log(log_path, header=True):
-    """Return the records of a JSON-lines log, without its first line (a ResultLogger's arguments) when header."""
+def read_log(log_path):
+    """Return the records of a JSON-lines log of train.py or pretrain.py, without its first line (a ResultLogger's
+    header: the run's arguments)."""
     if not os.path.isfile(log_path):
         raise FileNotFoundError(f'{log_path}: log file not found; train.py writes it to <log_dir>/<desc>.jsonl, '
                                 f'pretrain.py to <out>/log.jsonl')
@@ -34,7 +35,7 @@ def read_log(log_path, header=True):
                                  f'writes') from None
             if not isinstance(record, dict):
                 raise ValueError(f'{log_path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}')
-            if lineno > 1 or not header:
+            if lineno > 1:
                 records.append(record)
     return records
 
@@ -144,7 +145,7 @@ def plot_curves(log_path, out_path):
 
 def pretrain_report(log_path):
     """Print and return the summary of a pretrain.py log: the last and the best validation loss (nats/token)."""
-    records = [r for r in read_log(log_path, header=False) if r.get('val_loss') is not None]
+    records = [r for r in read_log(log_path) if r.get('val_loss') is not None]
     if not records:
         raise ValueError(f'{log_path}: no val_loss entries; pass the log.jsonl that pretrain.py writes')
     best = min(records, key=lambda r: r['val_loss'])
@@ -158,7 +159,7 @@ def pretrain_report(log_path):
 def plot_pretrain_curves(log_path, out_path):
     """Draw the training and validation losses (nats/token) of a pretrain.py log against n_updates; return out_path."""
     panels = [('loss (nats per token)', [('train_loss', 'train'), ('val_loss', 'valid')])]
-    return draw_curves(read_log(log_path, header=False), panels, out_path, figsize=(6, 4))
+    return draw_curves(read_log(log_path), panels, out_path, figsize=(6, 4))
 
 
 def misclassified(data_dir, pred_path):

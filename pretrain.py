@@ -19,7 +19,6 @@ memory-mapped stream at offsets that depend only on --seed and the update's numb
 run under torchrun (each rank takes its share of the same global batch) see the same windows.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -36,7 +35,7 @@ from loss import LM_CHUNK, token_losses
 from model_pytorch import DEFAULT_CONFIG, GPTConfig, LMModel, checkpoint_config, model_from_checkpoint
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
-from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run, resume_or_start,
+from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run, open_log, resume_or_start,
                      save_state, start_run, to_tensors, update, update_phase)
 from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
 
@@ -270,8 +269,7 @@ def log_eval(run, corpus, sizes, text_encoder):
     progress.update(train_loss_sum=0.0, train_tokens=0, train_time=0.0)
     progress['log'].append(record)
     if run.info.is_main:
-        with open(run.paths['log'], 'a', encoding='utf-8') as f:
-            f.write(json.dumps(record) + '\n')
+        run.logger.log(**record)
         train_text = 'n/a' if record['train_loss'] is None else f"{record['train_loss']:.4f}"
         print(f"update {record['n_updates']}: train loss {train_text}, val loss {val_loss:.4f} "
               f"(ppl {record['val_ppl']:.1f})", flush=True)
@@ -291,7 +289,7 @@ def maybe_sample(run, text_encoder, sizes):
 def pretrain(run, corpus, sizes, text_encoder, n_updates):
     """Run the updates left in run.progress, evaluating, sampling and saving on schedule."""
     args, progress = run.args, run.progress
-    if progress['n_updates'] == 0 and not progress['log']:
+    if progress['n_updates'] == 0 and len(progress['log']) == 1:  # only the header: nothing evaluated yet
         log_eval(run, corpus, sizes, text_encoder)  # where the run starts: a fresh model's loss, or the weights'
     run.model.train()
     bar = tqdm(total=n_updates, initial=progress['n_updates'], desc='pre-training', unit='update',
@@ -382,11 +380,10 @@ def run(args):
     run_ = make_run(model, opt, args, device, paths, progress, model.transformer,
                     configure_precision(device, args.precision), info, clock)
     if info.is_main:
-        with open(paths['log'], 'w', encoding='utf-8') as f:  # empty, or a resumed run's saved records
-            f.writelines(json.dumps(r) + '\n' for r in progress['log'])
         write_json(paths['args'], dict(vars(args), n_updates_total=n_updates, corpus_meta=corpus['meta']))
     try:
-        pretrain(run_, corpus, sizes, text_encoder, n_updates)
+        with open_log(paths['log'], args, progress, info) as run_.logger:  # the header, or a resumed run's records
+            pretrain(run_, corpus, sizes, text_encoder, n_updates)
     finally:
         with clock.phase('write'):
             run_.writer.wait()

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -28,8 +27,8 @@ from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
 from trainer import (PRECISIONS, PhaseClock, autocast_context, configure_precision, format_phases, make_run,
-                     resume_or_start, save_state, start_run, to_tensors, update, update_phase)
-from utils import ResultLogger, encode_dataset, iter_data
+                     open_log, resume_or_start, save_state, start_run, to_tensors, update, update_phase)
+from utils import encode_dataset, iter_data
 from weights import WEIGHTS_SOURCE, detect_format, released_names
 
 DATASETS = ('rocstories',) + tuple(sorted(TASKS))
@@ -500,22 +499,6 @@ def train(run, data):
         run.progress.update(epoch=run.progress['epoch'] + 1, batch=0, order=None)
         log_eval(run, data)
         save_state(run)
-
-
-def open_log(path, args, progress, info=DistInfo()):
-    """Return a ResultLogger at path (main rank; nullcontext elsewhere): new, or on resume the saved one rewritten."""
-    if not info.is_main:
-        if not progress['log']:
-            progress['log'].append(dict(vars(args)))
-        return nullcontext()
-    if not progress['log']:
-        header = dict(vars(args), time=time.time())
-        progress['log'].append(header)
-        return ResultLogger(path, **header)
-    logger = ResultLogger(path, **progress['log'][0])
-    for record in progress['log'][1:]:
-        logger.log(**record)
-    return logger
 
 
 def run_paths(args):

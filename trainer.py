@@ -20,6 +20,7 @@ import torch
 from checkpoint import StateWriter, check_writable, save_training_state
 from distributed import DistInfo, init_distributed, wrap_ddp
 from loss import no_autocast
+from utils import ResultLogger
 
 PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
 
@@ -124,6 +125,22 @@ def make_run(model, opt, args, device, paths, progress, module, scaler, info, cl
     if args.compile:
         net = torch.compile(net, dynamic=dynamic)
     return Run(model, opt, args, device, paths, progress, net=net, scaler=scaler, info=info, clock=clock)
+
+
+def open_log(path, args, progress, info=DistInfo()):
+    """Return a ResultLogger at path (main rank; nullcontext elsewhere): new, or on resume the saved one rewritten."""
+    if not info.is_main:
+        if not progress['log']:
+            progress['log'].append(dict(vars(args)))
+        return nullcontext()
+    if not progress['log']:
+        header = dict(vars(args), time=time.time())
+        progress['log'].append(header)
+        return ResultLogger(path, **header)
+    logger = ResultLogger(path, **progress['log'][0])
+    for record in progress['log'][1:]:
+        logger.log(**record)
+    return logger
 
 
 def set_seed(seed):

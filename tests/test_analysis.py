@@ -223,9 +223,10 @@ def test_main_task_reports_a_dev_predictions_file(tmp_path, capsys):
 
 
 def test_pretrain_log_report_and_loss_curves(tmp_path, capsys):
-    """--pretrain_log reads pretrain.py's log (no header line): last and best val loss, and the loss curves."""
-    records = [dict(n_updates=0, train_loss=None, val_loss=10.5), dict(n_updates=50, train_loss=6.0, val_loss=4.0),
-               dict(n_updates=100, train_loss=3.5, val_loss=4.2)]
+    """--pretrain_log reads pretrain.py's log (the arguments, then one record per evaluation): last and best val
+    loss, and the loss curves."""
+    records = [dict(corpus='corpus/', out='runs/x'), dict(n_updates=0, train_loss=None, val_loss=10.5),
+               dict(n_updates=50, train_loss=6.0, val_loss=4.0), dict(n_updates=100, train_loss=3.5, val_loss=4.2)]
     log = tmp_path / 'log.jsonl'
     log.write_text(''.join(json.dumps(r) + '\n' for r in records))
     analysis.main(['--pretrain_log', str(log), '--plot', str(tmp_path / 'losses.png')])
@@ -233,7 +234,7 @@ def test_pretrain_log_report_and_loss_curves(tmp_path, capsys):
     assert '3 evaluations, last at update 100: val loss 4.2000 (perplexity 66.69)' in out
     assert 'best val loss 4.0000 at update 50' in out
     assert (tmp_path / 'losses.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    log.write_text(json.dumps(dict(n_updates=1, train_loss=2.0)) + '\n')
+    log.write_text(json.dumps(dict(corpus='corpus/')) + '\n' + json.dumps(dict(n_updates=1, train_loss=2.0)) + '\n')
     with pytest.raises(SystemExit):
         analysis.main(['--pretrain_log', str(log)])
     assert 'no val_loss entries' in capsys.readouterr().err

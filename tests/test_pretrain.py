@@ -55,8 +55,11 @@ def tiny_args(corpus, out, *extra):
 
 
 def read_log(out):
+    """Return the evaluation records of a run's log.jsonl, checking that its first line is the run's arguments."""
     with open(Path(out) / 'log.jsonl') as f:
-        return [json.loads(line) for line in f]
+        header, *records = [json.loads(line) for line in f]
+    assert header['corpus'] and header['out'] == str(out) and 'val_loss' not in header  # as train.py's log
+    return records
 
 
 def unigram_entropy(stream):
