@@ -260,20 +260,8 @@ def load_training_state(path, model, opt):
         raise ValueError(f'{path} is not a safetensors training state ({err}); delete it to start afresh') from None
     if meta.get('format') != STATE_FORMAT:
         raise ValueError(f'{path} is not a training state of this port (format {meta.get("format")!r})')
-    state = model.state_dict()
-    first_of = {name: group[0] for name, group in tied_names(state).items()}  # a tied weight is saved once
-    missing = [k for k in state if f'model/{k}' not in tensors and first_of[k] == k]
-    if missing:
-        raise ValueError(f'{path} does not fit this model: no {missing[0]} (was it saved with other options?)')
-    for name, t in state.items():  # every shape checked before anything is copied
-        saved = tensors.get(f'model/{name}')
-        if saved is not None and tuple(saved.shape) != tuple(t.shape):
-            raise ValueError(f'{path} does not fit this model: {name} has shape {tuple(saved.shape)}, '
-                             f'the model {tuple(t.shape)}')
-    with torch.no_grad():
-        for name, t in state.items():
-            if f'model/{name}' in tensors:
-                t.copy_(tensors[f'model/{name}'])
+    # the model's tensors, checked as strictly as loading weights: every one, each shape, no unexpected name
+    load_weights(model, {k[len('model/'):]: t for k, t in tensors.items() if k.startswith('model/')}, path)
     set_optimizer_tensors(opt, meta['opt_steps'], tensors)
     set_rng_state(meta['rng'], tensors)
     return meta['progress']

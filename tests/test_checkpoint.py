@@ -237,6 +237,23 @@ def test_a_state_of_another_model_is_refused(tmp_path):
         checkpoint.load_training_state(str(tmp_path / 'w.safetensors'), model, opt)
 
 
+def test_a_state_with_an_unexpected_tensor_is_refused_like_weights(tmp_path):
+    """Resume checks a model's tensors as loading weights does: a name the model lacks is refused, nothing copied."""
+    model, opt = make_run()
+    path = str(tmp_path / 's.safetensors')
+    checkpoint.save_training_state(path, model, opt, {})
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(path, framework='pt') as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors['model/transformer.h.9.ln_1.g'] = torch.ones(32)  # a block this model does not have
+    save_file(tensors, path, metadata=metadata)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r'does not fit this model: unexpected transformer\.h\.9\.ln_1\.g'):
+        checkpoint.load_training_state(path, model, opt)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_check_writable_names_the_folder(tmp_path):
     checkpoint.check_writable(str(tmp_path / 'new' / 'dir'))
     assert (tmp_path / 'new' / 'dir').is_dir()
