@@ -51,7 +51,7 @@ import bench
 from bench import ENDING_LEN, N_SPECIAL, STORY_LEN
 from model_pytorch import N_CTX_RELEASED, N_VOCAB
 from text_utils import MODEL_DIR
-from weights import VOCAB_FILES, copy_vocab
+from weights import VOCAB_FILES, copy_vocab, random_released_arrays, released_names, write_released_shards
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SENTENCE_TOKENS = (8, 17)   # BPE tokens of one story sentence, its full stop included
@@ -188,16 +188,6 @@ def write_stories_csv(path, n, rnd):
             w.writerow(story_row(rnd))
 
 
-def released_shapes(size):
-    """Return the shapes of the released arrays in TF order for a model size: positions, tokens, each block."""
-    d = size.n_embd
-    shapes = [[size.n_positions, d], [N_VOCAB, d]]
-    for _ in range(size.n_layer):
-        shapes += [[1, d, 3 * d], [3 * d], [1, d, d], [d], [d], [d], [1, d, 4 * d], [4 * d], [1, 4 * d, d], [d], [d],
-                   [d]]
-    return shapes
-
-
 def is_made(folder, marker):
     """Return whether folder holds what marker describes (made.json equal to marker)."""
     try:
@@ -215,21 +205,12 @@ def mark_made(folder, marker):
 
 def make_weights(folder, size, seed=0):
     """Write random released-format weights of size and the vocabulary to folder (reused when made before); return it."""
-    from weights import N_SHARDS, write_released_shards
     marker = dict(kind='weights', model=asdict(size), seed=seed)
-    files = ['params_shapes.json', *VOCAB_FILES] + [f'params_{n}.npy' for n in range(N_SHARDS)]
+    files = [*released_names(), *VOCAB_FILES]
     if is_made(folder, marker) and all(os.path.isfile(os.path.join(folder, f)) for f in files):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for shape in released_shapes(size):
-        a = rng.standard_normal(shape, dtype=np.float32)
-        a *= 0.02
-        arrays.append(a)
-    for i in range(size.n_layer):  # layer-norm gains (ln_1/g and ln_2/g of each block) 1
-        arrays[2 + 12 * i + 4][:] = 1
-        arrays[2 + 12 * i + 10][:] = 1
+    arrays = random_released_arrays(np.random.default_rng(seed), size.n_embd, size.n_layer, size.n_positions, N_VOCAB)
     write_released_shards(folder, arrays)
     del arrays
     copy_vocab(MODEL_DIR, folder, VOCAB_FILES)

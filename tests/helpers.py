@@ -8,7 +8,7 @@ import numpy as np
 
 import datasets
 from model_pytorch import N_VOCAB, DEFAULT_CONFIG, DoubleHeadModel, clone_config, load_openai_pretrained_model
-from weights import write_released_shards
+from weights import VOCAB_FILES, random_released_arrays, write_released_shards
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 TF_REF = FIXTURES / 'tf_reference'
@@ -64,16 +64,8 @@ def write_roc_csv(path, n, rng, labels=True):
 
 def write_tiny_checkpoint(model_dir, rng, n_embd=32, n_layer=2, n_pos=64):
     """Write random released-format shards (n_embd, n_layer, n_pos positions) and the real vocabulary to model_dir."""
-    shapes = [[n_pos, n_embd], [N_VOCAB, n_embd]]
-    for _ in range(n_layer):
-        shapes += [[1, n_embd, 3 * n_embd], [3 * n_embd], [1, n_embd, n_embd], [n_embd], [n_embd], [n_embd],
-                   [1, n_embd, 4 * n_embd], [4 * n_embd], [1, 4 * n_embd, n_embd], [n_embd], [n_embd], [n_embd]]
-    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in shapes]
-    for i in range(n_layer):  # layer-norm gains 1
-        arrays[2 + 12 * i + 4][:] = 1
-        arrays[2 + 12 * i + 10][:] = 1
-    write_released_shards(model_dir, arrays)
-    for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe'):
+    write_released_shards(model_dir, random_released_arrays(rng, n_embd, n_layer, n_pos, N_VOCAB))
+    for name in VOCAB_FILES:
         shutil.copy(VOCAB_DIR / name, Path(model_dir) / name)
 
 
