@@ -111,14 +111,6 @@ FEELINGS = ('happy', 'sad', 'tired', 'proud', 'excited', 'angry', 'glad', 'upset
 ADVERBS = ('today', 'again', 'yesterday', 'later', 'finally', 'early')
 
 
-def all_words():
-    """Return every word the story generator can use, lower-cased (each must be one BPE token)."""
-    words = {w.lower() for group in (NAMES, PRONOUNS, VERBS, DETS, ADJS, NOUNS, PLACES, PLACE_PREPS, PEOPLE,
-                                     FEELINGS, ADVERBS) for w in group}
-    words |= {w for pair in TIMES for w in pair}
-    return words | {'and', 'so', 'because', 'was', 'were', 'felt', 'with'}
-
-
 def phrase(rnd, n_words, subject):
     """Return a list of n_words (2 to 5) words that continue a sentence: a time, a place, a person or a clause."""
     pron = rnd.choice(PRONOUNS)
