@@ -15,8 +15,8 @@ target), `rocstories` (the real dataset's sizes, 1,497 / 374 / 1,871 stories, 3 
 batch 8 x 4, any --device / --precision) and `tiny` (a few stories on the tiny model, seconds, for CI).
 
 Each run reports the wall time measured outside (time.perf_counter around the child), the phases train.py
-prints on its `phases:` line (load, encode, train, eval, write, peak memory), the start-up (wall minus the
-phases: process start, imports, argument parsing), the child's max RSS, and the training FLOP/s: model FLOPs
+records in its summary (log/<desc>_summary.json: load, encode, train, eval, write, peak memory), the start-up
+(wall minus the phases: process start, imports, argument parsing), the child's max RSS, and the training FLOP/s: model FLOPs
 (bench.seq_flops) of the sequences the job trains on, counted by encoding the made stories with
 text_utils.TextEncoder as train.py does, over the train phase (and over the whole wall), as a fraction of
 --peak_tflops (default: the bf16 dense peak of a detected H100/H200 when the job runs on CUDA).
@@ -34,7 +34,6 @@ import csv
 import json
 import os
 import random
-import re
 import shlex
 import shutil
 import statistics
@@ -277,27 +276,14 @@ def job_flops(lengths, job, size):
                 eval_tokens=job.n_iter * sum(t for _, t in logged) + test[1])
 
 
-PHASE_PART = re.compile(r'([a-z][a-z_ ]*?) (\d+(?:\.\d*)?(?:[eE][-+]?\d+)?) (s|MiB|GiB)')
-
-
-def parse_phases(text):
-    """Return {'load_s': ..., 'peak_memory_mib': ...} from the last `phases:` line of train.py's output, or None."""
-    # `phases: load 1.23 s, encode 2.34 s, train 3.45 s, eval 1.11 s, write 0.50 s, peak memory 812 MiB`: each
-    # `<name> <number> s` becomes `<name>_s`, the memory `peak_memory_mib`; a part that reads otherwise raises.
-    lines = [line.strip() for line in text.splitlines() if line.strip().startswith('phases:')]
-    if not lines:
+def read_phases(cwd):
+    """Return the phases record ({'load_s': ..., 'peak_memory_mib': ...}) of the summary train.py wrote in the run
+    folder cwd (log/rocstories_summary.json), or None when there is none (the earlier port writes none)."""
+    path = os.path.join(cwd, 'log', 'rocstories_summary.json')
+    if not os.path.isfile(path):
         return None
-    out = {}
-    for part in lines[-1][len('phases:'):].split(','):
-        m = PHASE_PART.fullmatch(part.strip())
-        if not m:
-            raise ValueError(f'cannot read {part.strip()!r} in train.py\'s line {lines[-1]!r}')
-        name, value, unit = m.group(1).replace(' ', '_'), float(m.group(2)), m.group(3)
-        if unit == 's':
-            out[f'{name}_s'] = value
-        else:
-            out[f'{name}_mib'] = value * (1024 if unit == 'GiB' else 1)
-    return out
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)['phases']
 
 
 def startup_seconds(wall_s, phases):
@@ -412,10 +398,7 @@ def run_timed(cmd, cwd, log_prefix, env=None):
     result = dict(returncode=proc.returncode, wall_s=wall, max_rss_mib=max_rss, loadavg=[load_before, loadavg()],
                   done=done_line(stdout), phases=None, startup_s=None, stdout=out_path, stderr=err_path,
                   command=shlex.join(cmd))
-    try:
-        result['phases'] = parse_phases(stdout)
-    except ValueError as err:
-        result['phases_error'] = str(err)
+    result['phases'] = read_phases(cwd)
     result['startup_s'] = startup_seconds(wall, result['phases'])
     if proc.returncode != 0:
         result['error_tail'] = stderr_tail
@@ -507,11 +490,11 @@ def format_report(report):
     if 'earlier_over_ours' in summary:
         lines.append(f"earlier / ours wall time: {summary['earlier_over_ours']:.2f}x (by round: "
                      + ', '.join(f'{x:.2f}x' for x in summary['earlier_over_ours_by_round']) + ')')
-    lines.append('start-up: wall minus the phases train.py prints; peak MiB: train.py\'s (CUDA max allocated on a GPU, '
+    lines.append('start-up: wall minus the phases train.py records; peak MiB: train.py\'s (CUDA max allocated on a GPU, '
                  'else max RSS); maxRSS: the child\'s, measured outside; train TF/s: training model FLOPs over the '
                  'train phase; wall MFU: the same over the whole wall; load avg: 1-minute, after the run')
     if not any(r['phases'] for r in report['runs'] if r['impl'] == 'ours'):
-        lines.append('(train.py printed no `phases:` line: wall times only)')
+        lines.append('(train.py wrote no summary with its phases: wall times only)')
     return '\n'.join(lines)
 
 

@@ -35,7 +35,8 @@ from loss import LM_CHUNK, token_losses
 from model_pytorch import DEFAULT_CONFIG, GPTConfig, LMModel, checkpoint_config, model_from_checkpoint
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
-from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run, open_log, resume_or_start,
+from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run, open_log,
+                     phase_record, resume_or_start,
                      save_state, start_run, to_tensors, update, update_phase)
 from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
 
@@ -391,7 +392,7 @@ def run(args):
         write_outputs(run_, sizes, corpus['meta'])
     last = progress['log'][-1] if progress['log'] else {}
     return dict(n_updates=progress['n_updates'], val_loss=last.get('val_loss'), wall_s=time.time() - t0,
-                phases=format_phases(clock, device))
+                phases=phase_record(clock, device))
 
 
 def main(argv=None):
@@ -410,7 +411,7 @@ def main(argv=None):
         val = 'n/a' if summary['val_loss'] is None else f"{summary['val_loss']:.4f}"
         print(f"done: {summary['n_updates']} updates, val loss {val}, wall {summary['wall_s']:.1f} s; "
               f"model in {args.out}", flush=True)
-        print(summary['phases'], flush=True)
+        print(format_phases(summary['phases']), flush=True)
     return 0
 
 

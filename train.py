@@ -27,6 +27,7 @@ from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
 from trainer import (PRECISIONS, PhaseClock, autocast_context, configure_precision, format_phases, make_run,
+                     phase_record,
                      open_log, resume_or_start, save_state, start_run, to_tensors, update, update_phase)
 from utils import encode_dataset, iter_data
 from weights import WEIGHTS_SOURCE, detect_format, released_names
@@ -502,11 +503,12 @@ def train(run, data):
 
 
 def run_paths(args):
-    """Return the files a run writes: log, best weights, training state, submission."""
+    """Return the files a run writes: log, best weights, training state, submission, summary."""
     return dict(log=os.path.join(args.log_dir, f'{args.desc}.jsonl'),
                 best=os.path.join(args.save_dir, args.desc, 'best_params.safetensors'),
                 state=os.path.join(args.save_dir, args.desc, 'train_state.safetensors'),
-                submission=os.path.join(args.submission_dir, SUBMISSION_FILES.get(args.dataset, '')))
+                submission=os.path.join(args.submission_dir, SUBMISSION_FILES.get(args.dataset, '')),
+                summary=os.path.join(args.log_dir, f'{args.desc}_summary.json'))
 
 
 def run(args):
@@ -572,7 +574,9 @@ def run(args):
                 for path in summary['dev_files']:
                     analysis.task_report(data['task'].name, path)
     summary['wall_s'] = time.time() - t0
-    summary['phases'] = format_phases(clock, device)
+    summary['phases'] = phase_record(clock, device)
+    if info.is_main:  # the run's summary as a record, for scripts that drive train.py (benchmarks/bench_e2e.py)
+        write_json(paths['summary'], summary)
     return summary
 
 
@@ -672,7 +676,7 @@ def main(argv=None):
         close_distributed()
     if dist_info().is_main:
         print(format_summary(summary), flush=True)
-        print(summary['phases'], flush=True)
+        print(format_phases(summary['phases']), flush=True)
     return 0
 
 

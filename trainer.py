@@ -230,8 +230,17 @@ def peak_memory_mib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def format_phases(clock, device):
-    """Return the one-line account of where a run's wall time went, and its peak memory."""
-    names = ('load', 'encode', 'train', 'eval', 'write')
-    parts = ', '.join(f'{n} {clock.seconds.get(n, 0.0):.2f} s' for n in names)
-    return f'phases: {parts}, peak memory {peak_memory_mib(device):.0f} MiB'
+PHASES = ('load', 'encode', 'train', 'eval', 'write')
+
+
+def phase_record(clock, device):
+    """Return where a run's wall time went as a record: {'load_s': ..., 'write_s': ..., 'peak_memory_mib': ...}."""
+    record = {f'{name}_s': clock.seconds.get(name, 0.0) for name in PHASES}
+    record['peak_memory_mib'] = peak_memory_mib(device)
+    return record
+
+
+def format_phases(record):
+    """Return the one-line account of a phase_record: seconds by phase, then the peak memory."""
+    parts = ', '.join(f"{name} {record[f'{name}_s']:.2f} s" for name in PHASES)
+    return f"phases: {parts}, peak memory {record['peak_memory_mib']:.0f} MiB"

@@ -1,4 +1,4 @@
-"""Tests of bench_e2e.py (made weights and stories, the phases line, the FLOP count) and of gpu_check.sh --dry-run."""
+"""Tests of bench_e2e.py (made weights and stories, the phases record, the FLOP count) and of gpu_check.sh --dry-run."""
 import csv
 import json
 import os
@@ -15,21 +15,17 @@ from tests.helpers import VOCAB_DIR, small_cfg
 from text_utils import TextEncoder
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = 'phases: load 1.23 s, encode 2.34 s, train 3.45 s, eval 1.11 s, write 0.50 s, peak memory 812 MiB'
-
-
-def test_parse_phases_line():
-    text = f'0 6 0.693 0.693 50.00 50.00\ndone: best valid acc 50.00, 6 updates, wall 9.9 s\n{PHASES}\n'
-    phases = bench_e2e.parse_phases(text)
-    assert phases == dict(load_s=1.23, encode_s=2.34, train_s=3.45, eval_s=1.11, write_s=0.5, peak_memory_mib=812)
+def test_phases_come_from_train_py_summary(tmp_path):
+    """bench_e2e reads the structured phases record of train.py's summary file, never its printed text."""
+    assert bench_e2e.read_phases(str(tmp_path)) is None  # the earlier port writes no summary
+    phases = dict(load_s=1.23, encode_s=2.34, train_s=3.45, eval_s=1.11, write_s=0.5, peak_memory_mib=812.0)
+    (tmp_path / 'log').mkdir()
+    (tmp_path / 'log' / 'rocstories_summary.json').write_text(json.dumps(dict(n_updates=6, phases=phases)))
+    assert bench_e2e.read_phases(str(tmp_path)) == phases
     assert bench_e2e.startup_seconds(10.0, phases) == pytest.approx(10.0 - 8.63)
-    assert bench_e2e.done_line(text) == 'done: best valid acc 50.00, 6 updates, wall 9.9 s'
-    # the last line counts; GiB are converted
-    assert bench_e2e.parse_phases(f'{PHASES}\nphases: train 2 s, peak memory 1.5 GiB')['peak_memory_mib'] == 1536
-    assert bench_e2e.parse_phases('done: no phases line here\n') is None  # train.py before the line existed
     assert bench_e2e.startup_seconds(10.0, None) is None
-    with pytest.raises(ValueError, match='fast'):
-        bench_e2e.parse_phases('phases: load fast, train 1 s')
+    text = '0 6 0.693 0.693 50.00 50.00\ndone: best valid acc 50.00, 6 updates, wall 9.9 s\n'
+    assert bench_e2e.done_line(text) == 'done: best valid acc 50.00, 6 updates, wall 9.9 s'
 
 
 def test_default_peak_and_commands():
@@ -167,10 +163,10 @@ def test_dry_run_tiny_job_report(dry_run):
     assert 'done:' in run['done']
     submission = results / 'e2e_work' / 'run_tiny_ours' / 'submission' / 'ROCStories.tsv'
     assert len(submission.read_text().splitlines()) == 1 + 4  # header and the 4 test stories
-    if run['phases'] is not None:  # train.py prints its phases line
-        assert run['startup_s'] == pytest.approx(run['wall_s'] - sum(v for k, v in run['phases'].items()
-                                                                     if k.endswith('_s')))
-        assert run['train_tflops'] == pytest.approx(d['train_flops'] / run['phases']['train_s'] / 1e12)
+    # the phases come from train.py's summary record
+    assert set(run['phases']) == {'load_s', 'encode_s', 'train_s', 'eval_s', 'write_s', 'peak_memory_mib'}
+    assert run['startup_s'] == pytest.approx(run['wall_s'] - sum(v for k, v in run['phases'].items() if k.endswith('_s')))
+    assert run['train_tflops'] == pytest.approx(d['train_flops'] / run['phases']['train_s'] / 1e12)
     assert run['train_mfu'] is None and s['peak_tflops'] is None  # no peak is known for a CPU
 
 

@@ -57,6 +57,13 @@ def test_end_to_end_submit_and_analysis(workdir):
     assert f'ROCStories Test Accuracy:  {test_acc:.2f}' in out
     summary = [line for line in out if line.startswith('done:')]
     assert summary and f'test acc {test_acc:.2f}' in summary[0] and '10 updates' in summary[0]
+    # the same summary as a record, where the wall time went included, for scripts that drive train.py
+    record = json.loads((d / 'log' / 'tiny_summary.json').read_text())
+    assert record['n_updates'] == 10 and record['te_acc'] == pytest.approx(test_acc) and record['best_va'] == best_va
+    phases = record['phases']
+    assert set(phases) == {'load_s', 'encode_s', 'train_s', 'eval_s', 'write_s', 'peak_memory_mib'}
+    assert all(v >= 0 for v in phases.values()) and sum(phases[k] for k in phases if k.endswith('_s')) <= record['wall_s']
+    assert [line for line in out if line.startswith('phases:')] == [trainer.format_phases(phases)]
 
 
 def test_best_checkpoint_reproduces_the_submission(workdir):
