@@ -1,5 +1,9 @@
 """Tests of bench.py: the synthetic ROCStories batches, the FLOP formula, the config names and a --quick run."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +125,14 @@ def test_quick_isolated_worker(tmp_path):
     assert r['micro_batch'] == 32
     check_result(r, bench.make_batches(1, bench.QUICK_SHAPE, seed=0), bench.QUICK_SHAPE)
     assert r['memory']['isolated']  # measured in its own process
+
+
+@pytest.mark.parametrize('script', ['bench.py', 'bench_e2e.py', 'bench_opt.py', 'bench_pretrain.py', 'bench_text.py'])
+def test_each_benchmark_runs_from_the_repository_root(script):
+    """`python benchmarks/<script> --help` from the root: each finds the library at the root and prints its usage."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, f'benchmarks/{script}', '--help'], cwd=root, capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith('usage:') and script in proc.stdout
+    assert not (root / script).exists()  # the benchmarks live in their own folder only

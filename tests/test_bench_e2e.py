@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +130,11 @@ def test_made_stories_parse_with_real_lengths(tmp_path):
 
 @pytest.fixture(scope='module')
 def dry_run(tmp_path_factory):
-    """Run `bash gpu_check.sh --dry-run` once; return (completed process, results folder)."""
+    """Run `bash benchmarks/gpu_check.sh --dry-run` once; return (completed process, results folder)."""
     results = tmp_path_factory.mktemp('gpu_check') / 'results'
-    proc = subprocess.run(['bash', str(REPO / 'gpu_check.sh'), '--dry-run', '--results', str(results)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    # the script runs the interpreter that runs the tests (a virtual environment need not be activated)
+    proc = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--dry-run', '--results', str(results)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHON=sys.executable))
     return proc, results
 
 
@@ -171,8 +173,8 @@ def test_dry_run_tiny_job_report(dry_run):
 
 
 def test_gpu_check_without_nvidia_smi_fails_in_one_line(tmp_path):
-    env = dict(os.environ, NVIDIA_SMI=str(tmp_path / 'no-nvidia-smi'))
-    proc = subprocess.run(['bash', str(REPO / 'gpu_check.sh'), '--results', str(tmp_path / 'r')], cwd=REPO, env=env,
+    env = dict(os.environ, NVIDIA_SMI=str(tmp_path / 'no-nvidia-smi'), PYTHON=sys.executable)
+    proc = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--results', str(tmp_path / 'r')], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stdout == ''
     assert proc.stderr.count('\n') == 1 and 'needs a machine with an NVIDIA GPU' in proc.stderr

@@ -3,21 +3,26 @@
 The benchmark of opt.py (TF: opt.adam as called by train.py, with its defaults: lr 6.25e-5, warmup_linear,
 warmup 0.002, l2 0.01, max_grad_norm 1). Usage:
 
-    python3 bench_opt.py [--device cpu|cuda] [--steps N] [--warmup-steps K] [--json PATH]
+    python benchmarks/bench_opt.py [--device cpu|cuda] [--steps N] [--warmup-steps K] [--json PATH]
 """
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the library at the repository root
 
 import torch
 
+from model_pytorch import DEFAULT_CONFIG
 from opt import OpenAIAdam
 
 N_EMBD = 768
 N_LAYER = 12
-N_EMBED_ROWS = 40990  # the released 40478 tokens + special tokens + positions, as one table
+N_EMBED_ROWS = DEFAULT_CONFIG.n_rows  # the released 40478 tokens and 512 positions, as one table
 # one block, in TF variable order: attn/c_attn w b, attn/c_proj w b, ln_1 g b, mlp/c_fc w b, mlp/c_proj w b, ln_2 g b
 BLOCK_SHAPES = [(N_EMBD, 3 * N_EMBD), (3 * N_EMBD,), (N_EMBD, N_EMBD), (N_EMBD,), (N_EMBD,), (N_EMBD,),
                 (N_EMBD, 4 * N_EMBD), (4 * N_EMBD,), (4 * N_EMBD, N_EMBD), (N_EMBD,), (N_EMBD,), (N_EMBD,)]

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One-command GPU check: the CUDA tests, bench.py on CUDA (ours vs transformers' OpenAIGPTDoubleHeadsModel) and
 # bench_e2e.py's 3-epoch ROCStories job in bf16 and fp32; everything is printed and saved under a results folder.
-#   bash gpu_check.sh [--results DIR]             on a machine with an NVIDIA GPU (default DIR bench_results/gpu_check_<UTC time>)
-#   bash gpu_check.sh --dry-run [--results DIR]   the same steps, tiny, on the CPU: CI checks that the script does not rot
+#   bash benchmarks/gpu_check.sh [--results DIR]             on a machine with an NVIDIA GPU (default DIR bench_results/gpu_check_<UTC time>)
+#   bash benchmarks/gpu_check.sh --dry-run [--results DIR]   the same steps, tiny, on the CPU: CI checks that the script does not rot
 set -euo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")"
-PYTHON=${PYTHON:-$(command -v python || command -v python3)}
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repository root: pytest and the relative paths below
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}  # tests pass the interpreter that runs them
 NVIDIA_SMI=${NVIDIA_SMI:-nvidia-smi}
 
 dry_run=0
@@ -47,9 +47,9 @@ if [ "$dry_run" = 1 ]; then
   # no GPU here: pytest -m cuda only collects the CUDA tests and skips them; bench.py and bench_e2e.py run tiny
   # (bench.py on our config only: importing transformers alone takes ~10 s, and tests/test_bench.py runs the peer)
   step pytest_cuda "$PYTHON" -m pytest -m cuda -q
-  step bench "$PYTHON" bench.py --quick --in-process --configs ours-fp32 --warmup-steps 0 \
+  step bench "$PYTHON" benchmarks/bench.py --quick --in-process --configs ours-fp32 --warmup-steps 0 \
     --json "$results/bench_quick.json"
-  step e2e_tiny "$PYTHON" bench_e2e.py --job tiny --workdir "$results/e2e_work" --json "$results/e2e_tiny.json"
+  step e2e_tiny "$PYTHON" benchmarks/bench_e2e.py --job tiny --workdir "$results/e2e_work" --json "$results/e2e_tiny.json"
 else
   step nvidia_smi "$NVIDIA_SMI"
   step torch_cuda "$PYTHON" -c "import sys, torch
@@ -57,9 +57,9 @@ if not torch.cuda.is_available():
     sys.exit(f'gpu_check.sh: torch {torch.__version__} sees no CUDA device (a CPU-only build of torch?)')
 print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'device', torch.cuda.get_device_name(0))"
   step pytest_cuda "$PYTHON" -m pytest -m cuda -q
-  step bench "$PYTHON" bench.py --device cuda --json "$results/bench_cuda.json"
+  step bench "$PYTHON" benchmarks/bench.py --device cuda --json "$results/bench_cuda.json"
   for precision in bf16 fp32; do
-    step "e2e_rocstories_$precision" "$PYTHON" bench_e2e.py --job rocstories --device cuda --precision "$precision" \
+    step "e2e_rocstories_$precision" "$PYTHON" benchmarks/bench_e2e.py --job rocstories --device cuda --precision "$precision" \
       --workdir "$results/e2e_work" --json "$results/e2e_rocstories_$precision.json"
   done
   rm -rf "$results/e2e_work/model_full"  # 465 MB of random weights; the run logs stay

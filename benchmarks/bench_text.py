@@ -6,7 +6,7 @@ generated deterministically: n_stories stories of four sentences plus two ending
 n_stories texts, with words drawn from a Zipf-weighted word list (common English words plus pseudo-words),
 so that the number of distinct tokens is of the order of real ROCStories. No data is downloaded.
 
-    python bench_text.py [--encoder_path model/encoder_bpe_40000.json] [--bpe_path model/vocab_40000.bpe]
+    python benchmarks/bench_text.py [--encoder_path model/encoder_bpe_40000.json] [--bpe_path model/vocab_40000.bpe]
                          [--n_stories 3742] [--repeats 3] [--json bench_results/text.json]
 """
 import argparse
@@ -15,6 +15,10 @@ import json
 import platform
 import random
 import time
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the library at the repository root
 
 from text_utils import UNKNOWN_ID, TextEncoder
 from utils import make_path
@@ -142,7 +146,7 @@ def main(argv=None):
     for row in rows:
         print(f'{row["method"]:34s} {row["seconds"]:8.2f} {row["texts_per_s"]:9.0f} {row["tokens_per_s"]:10.0f} '
               f'{row["seconds"] / base:9.2f}x')
-    results = {'command': 'python bench_text.py', 'args': vars(args), 'python': platform.python_version(),
+    results = {'command': 'python benchmarks/bench_text.py', 'args': vars(args), 'python': platform.python_version(),
                'machine': platform.machine(), 'processor': platform.processor(), 'results': rows}
     if args.json:
         with open(make_path(args.json), 'w', encoding='utf-8') as f:

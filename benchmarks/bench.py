@@ -21,7 +21,7 @@ The CUDA path (--device cuda: fp16 with a GradScaler, CUDA max allocated memory,
 train.configure_precision sets it) has not been run yet: no GPU was available when it was written
 (BENCHMARKS.md records which numbers were measured).
 
-    python3 bench.py [--device cpu|cuda] [--configs ours-fp32,peer-fp32,...] [--steps 3] [--warmup-steps 1]
+    python benchmarks/bench.py [--device cpu|cuda] [--configs ours-fp32,peer-fp32,...] [--steps 3] [--warmup-steps 1]
                      [--quick] [--json PATH] [--in-process]
 """
 import argparse
@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the library at the repository root
 
 import numpy as np
 import torch

@@ -9,15 +9,18 @@ tokens (default 512, the paper's), the same random token windows for both, in th
 FLOPs are model FLOPs per token (bench.seq_flops with train=True); MFU is against --peak_tflops when given,
 else against the measured matmul roofline of the precision (bench.measure_roofline).
 
-    python bench_pretrain.py                          # CPU: fp32 and bf16, 4 windows of 512 an update
-    python bench_pretrain.py --device cuda --n_batch 64 --micro_batch 16 --peak_tflops 989.4
-    python bench_pretrain.py --quick                  # a tiny model, seconds (tests/test_bench_pretrain.py)
+    python benchmarks/bench_pretrain.py                          # CPU: fp32 and bf16, 4 windows of 512 an update
+    python benchmarks/bench_pretrain.py --device cuda --n_batch 64 --micro_batch 16 --peak_tflops 989.4
+    python benchmarks/bench_pretrain.py --quick                  # a tiny model, seconds (tests/test_bench_pretrain.py)
 """
 import argparse
 import json
+import os
 import sys
 import time
 from types import SimpleNamespace
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the library at the repository root
 
 import numpy as np
 import torch

@@ -44,6 +44,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the library at the repository root
+
 import numpy as np
 
 import bench
@@ -52,7 +54,7 @@ from model_pytorch import N_CTX_RELEASED, N_VOCAB
 from text_utils import MODEL_DIR
 from weights import VOCAB_FILES, copy_vocab, random_released_arrays, released_names, write_released_shards
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 SENTENCE_TOKENS = (8, 17)   # BPE tokens of one story sentence, its full stop included
 OUTPUTS = ('log', 'save', 'submission')  # what a run writes in its folder, removed before each run
 # bf16 dense peaks (TFLOP/s, datasheet values without sparsity), matched in order against the GPU's name
