@@ -518,18 +518,22 @@ def write_released_shards(path, arrays, n_shards=N_SHARDS):
     return path
 
 
+def released_shapes(n_embd, n_layer, n_pos, n_vocab):
+    """Return the shapes of the arrays of a released folder for a GPT-1 of that size, in TF order (as
+    params_shapes.json lists them): positions, tokens, then each block's TF_BLOCK arrays, conv weights [1, nx, nf]."""
+    one = block_shapes(n_embd, 1)  # {'h.0.attn.c_attn.w': (nx, 3 * nx), ...}
+    block = [[1, *one[torch_name(f'h0/{name}')]] if name.endswith('/w') else list(one[torch_name(f'h0/{name}')])
+             for name in TF_BLOCK]
+    return [[n_pos, n_embd], [n_vocab, n_embd]] + block * n_layer
+
+
 def random_released_arrays(rng, n_embd, n_layer, n_pos, n_vocab):
     """Return the arrays of a released folder for a GPT-1 of that size drawn from rng (a numpy Generator): N(0, 0.02)
     everywhere, layer-norm gains 1; for tests and benchmarks that need weights in the released format."""
-    one = block_shapes(n_embd, 1)  # {'h.0.attn.c_attn.w': (nx, 3 * nx), ...}
-    block = [(1, *one[torch_name(f'h0/{name}')]) if name.endswith('/w') else one[torch_name(f'h0/{name}')]
-             for name in TF_BLOCK]  # conv weights stored [1, nx, nf]
-    shapes = [(n_pos, n_embd), (n_vocab, n_embd)] + block * n_layer
-    gains = {TF_BLOCK.index('ln_1/g'), TF_BLOCK.index('ln_2/g')}
-    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in shapes]
+    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in released_shapes(n_embd, n_layer, n_pos, n_vocab)]
     for i in range(n_layer):
-        for k in gains:
-            arrays[2 + len(TF_BLOCK) * i + k][:] = 1
+        for name in ('ln_1/g', 'ln_2/g'):
+            arrays[2 + len(TF_BLOCK) * i + TF_BLOCK.index(name)][:] = 1
     return arrays
 
 

@@ -21,3 +21,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'cuda' in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def shard_dir(tmp_path):
+    """A released folder written from the fixture's arrays, to damage in a test."""
+    from tests.helpers import fixture_arrays
+    from weights import write_released_shards
+    d = tmp_path / 'model'
+    write_released_shards(d, fixture_arrays())
+    return d

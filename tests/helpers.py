@@ -88,3 +88,11 @@ def roc_cli_args(d, *extra):
             '--save_dir', str(d / 'save'), '--submission_dir', str(d / 'submission'),
             '--n_embd', '32', '--n_head', '4', '--n_layer', '2', '--n_valid', '16', '--n_batch', '2',
             '--n_iter', '2', '--lr', '1e-3', '--quiet', *extra]
+
+
+def fixture_arrays():
+    """Return the arrays of the fixture's released folder (small_model), each reshaped, in TF order."""
+    with open(SMALL_MODEL / 'params_shapes.json') as f:
+        shapes = json.load(f)
+    flat = np.concatenate([np.load(SMALL_MODEL / f'params_{n}.npy') for n in range(10)])
+    return [a.reshape(s) for a, s in zip(np.split(flat, np.cumsum([np.prod(s) for s in shapes])[:-1]), shapes)]
