@@ -109,7 +109,7 @@ def unique_tensors(state, prefix=''):
     return out
 
 
-def write_safetensors(path, tensors, metadata=None, writer=None):
+def write_tensors(path, tensors, metadata=None, writer=None):
     """Write tensors (already host copies) to path atomically, now or through writer in the background; return path."""
     def write():
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -129,7 +129,7 @@ def host_weights(model):
 def save_params(model, path, writer=None):
     """Write the model's weights to path (safetensors, tied weights once) atomically; return their host copies."""
     tensors = host_weights(model)
-    write_safetensors(path, tensors, writer=writer)
+    write_tensors(path, tensors, writer=writer)
     return tensors
 
 
@@ -245,7 +245,7 @@ def save_training_state(path, model, opt, progress, writer=None):
     tensors.update(unique_tensors(model.state_dict(), prefix='model/'))
     meta = dict(format=STATE_FORMAT, progress=progress, rng=rng_meta, opt_steps=steps)
     tensors = {k: host_copy(v) for k, v in tensors.items()}
-    return write_safetensors(path, tensors, metadata={'state': json.dumps(meta)}, writer=writer)
+    return write_tensors(path, tensors, metadata={'state': json.dumps(meta)}, writer=writer)
 
 
 def load_training_state(path, model, opt):

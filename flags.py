@@ -1,10 +1,13 @@
 """The command-line flags that several scripts share, each group declared once.
 
-No TF counterpart (the original's train.py declares its flags inline; train.py keeps those names and defaults).
+No TF counterpart (the original's train.py declares its flags inline; train.py keeps their names and defaults,
+declared here in groups that pretrain.py, generate.py and extract_features.py share).
 """
 import torch
 
 from model_pytorch import ACT_FNS
+
+PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
 
 
 def add_weights_args(parser):
@@ -20,4 +23,54 @@ def add_weights_args(parser):
     parser.add_argument('--bpe_path', help='BPE merges (default: vocab_40000.bpe or merges.txt in --model_dir)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='torch device (default: cuda when available)')
+    return parser
+
+
+def add_architecture_args(parser, defaults=None):
+    """Add --n_embd, --n_head, --n_layer and --afn to parser; return it. defaults: a config holding their defaults
+    (train.py: the released GPT-1's), or None: left out, they come from the weights, else the paper's."""
+    default_help = None if defaults is not None else "default: the weights', else the paper's (768, 12, 12, gelu)"
+    for name in ('n_embd', 'n_head', 'n_layer'):
+        parser.add_argument(f'--{name}', type=int, default=getattr(defaults, name, None), help=default_help)
+    parser.add_argument('--afn', type=str, default=getattr(defaults, 'afn', None), choices=sorted(ACT_FNS),
+                        help=default_help)
+    return parser
+
+
+def add_dropout_args(parser, clf=True):
+    """Add the dropout rates (0.1 each, the paper's) to parser, the classifier's with clf; return it."""
+    for name in ('embd_pdrop', 'attn_pdrop', 'resid_pdrop') + (('clf_pdrop',) if clf else ()):
+        parser.add_argument(f'--{name}', type=float, default=0.1)
+    return parser
+
+
+def add_optimizer_args(parser, lr):
+    """Add OpenAIAdam's flags to parser with lr as the default learning rate (the others: the original's); return it."""
+    parser.add_argument('--lr', type=float, default=lr)
+    parser.add_argument('--l2', type=float, default=0.01)
+    # the original declares max_grad_norm with type=int; a float flag accepts both 1 and 0.5
+    parser.add_argument('--max_grad_norm', type=float, default=1)
+    parser.add_argument('--b1', type=float, default=0.9)
+    parser.add_argument('--b2', type=float, default=0.999)
+    parser.add_argument('--e', type=float, default=1e-8)
+    return parser
+
+
+def add_run_args(parser, unit, save_every, save_help, state_path):
+    """Add the flags of how a training run runs (seed, device, precision, micro-batches, compile, activation
+    checkpointing, saving and resuming, progress bars) to parser; return it. unit names what a batch holds
+    ('examples', 'windows'); save_every and save_help give --save_every; state_path where --resume reads."""
+    parser.add_argument('--seed', type=int, default=42)
+    parser.add_argument('--device', type=str, default=None, help='default: cuda when available, else cpu')
+    parser.add_argument('--precision', type=str, default='fp32', choices=PRECISIONS,
+                        help='fp32 (TF32 matmuls on CUDA), fp32-strict, bf16 or fp16 (with loss scaling)')
+    parser.add_argument('--micro_batch', type=int, default=None,
+                        help=f'{unit} per forward pass (default: all of this process\'s share of the batch); the '
+                             f'gradients accumulate to the whole batch')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the model')
+    parser.add_argument('--checkpoint_activations', action='store_true',
+                        help='recompute block activations in backward: less memory, same gradients')
+    parser.add_argument('--save_every', type=int, default=save_every, help=save_help)
+    parser.add_argument('--resume', action='store_true', help=f'continue from {state_path}')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
     return parser

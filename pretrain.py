@@ -31,11 +31,12 @@ from tqdm import tqdm
 from checkpoint import write_json
 from corpus import load_corpus
 from distributed import DistInfo, close_distributed, dist_info, resolve_device, shard, sum_over_ranks
+from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
 from loss import LM_CHUNK, token_losses
 from model_pytorch import DEFAULT_CONFIG, GPTConfig, LMModel, checkpoint_config, model_from_checkpoint
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
-from trainer import (PRECISIONS, autocast_context, configure_precision, format_phases, make_run, open_log,
+from trainer import (autocast_context, configure_precision, format_phases, make_run, open_log,
                      phase_record, resume_or_start,
                      save_state, start_run, to_tensors, update, update_phase)
 from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
@@ -52,42 +53,24 @@ def parse_args(argv=None):
     p.add_argument('--model_dir', default=None,
                    help='continue from these weights: released shards, a convert.py or a transformers folder '
                         '(default: train from scratch)')
-    p.add_argument('--n_embd', type=int, default=None, help='default: the weights\', else 768')
-    p.add_argument('--n_head', type=int, default=None, help='default: the weights\', else 12')
-    p.add_argument('--n_layer', type=int, default=None, help='default: the weights\', else 12')
     p.add_argument('--n_ctx', type=int, default=512, help='tokens per window (positions kept from the weights)')
-    p.add_argument('--afn', default=None, choices=['gelu', 'swish', 'relu'], help='default: the weights\', else gelu')
-    p.add_argument('--embd_pdrop', type=float, default=0.1)
-    p.add_argument('--attn_pdrop', type=float, default=0.1)
-    p.add_argument('--resid_pdrop', type=float, default=0.1)
+    add_architecture_args(p)
+    add_dropout_args(p, clf=False)
     p.add_argument('--n_epochs', type=float, default=100,
                    help='passes over the training tokens, setting --n_updates when it is not given')
     p.add_argument('--n_updates', type=int, default=None, help='total updates; the schedule runs over them')
     p.add_argument('--n_batch', type=int, default=64, help='windows per update, over all processes')
-    p.add_argument('--micro_batch', type=int, default=None,
-                   help='windows per forward pass (default: this process\'s share of --n_batch)')
-    p.add_argument('--lr', type=float, default=2.5e-4)
+    add_optimizer_args(p, lr=2.5e-4)
     p.add_argument('--warmup_updates', type=int, default=2000)
-    p.add_argument('--l2', type=float, default=0.01)
-    p.add_argument('--max_grad_norm', type=float, default=1.0)
-    p.add_argument('--b1', type=float, default=0.9)
-    p.add_argument('--b2', type=float, default=0.999)
-    p.add_argument('--e', type=float, default=1e-8)
-    p.add_argument('--seed', type=int, default=42)
     p.add_argument('--eval_every', type=int, default=1000, help='validation loss every N updates (and at the end)')
     p.add_argument('--eval_windows', type=int, default=64, help='fixed validation windows evaluated each time')
     p.add_argument('--sample_every', type=int, default=0, help='a text sample every N updates (0: never)')
     p.add_argument('--sample_prompt', default=SAMPLE_PROMPT)
-    p.add_argument('--save_every', type=int, default=1000,
-                   help='save the training state every N updates (and at the end)')
-    p.add_argument('--resume', action='store_true', help='continue from OUT/train_state.safetensors')
+    add_run_args(p, unit='windows', save_every=1000,
+                 save_help='save the training state every N updates (and at the end)',
+                 state_path='OUT/train_state.safetensors')
     p.add_argument('--save_shards', action='store_true',
                    help='also write the weights as released-format shards in OUT/shards/')
-    p.add_argument('--device', default=None, help='default: cuda when available, else cpu')
-    p.add_argument('--precision', default='fp32', choices=PRECISIONS)
-    p.add_argument('--checkpoint_activations', action='store_true')
-    p.add_argument('--compile', action='store_true', help='torch.compile the model')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p.parse_args(argv)
 
 
@@ -198,7 +181,8 @@ def pretrain_step(run, stream, update_no, n_rows, first_position):
     return total, (own.stop - own.start) * args.n_ctx
 
 
-def evaluate(model, stream, starts, n_ctx, n_rows, first_position, device, precision, n_batch, info=DistInfo()):
+def validation_loss(model, stream, starts, n_ctx, n_rows, first_position, device, precision, n_batch,
+                    info=DistInfo()):
     """Return the mean token loss (nats) of the fixed validation windows, the model in eval mode; under torchrun
     each rank evaluates its share of the windows."""
     model.eval()
@@ -256,7 +240,7 @@ def log_eval(run, corpus, sizes, text_encoder):
     """Evaluate, append a record to the log (main rank) and print it; reset the training-loss window."""
     args, progress = run.args, run.progress
     with run.clock.phase('eval'):
-        val_loss = evaluate(run.model, corpus['val'], corpus['val_starts'], args.n_ctx, sizes['n_rows'],
+        val_loss = validation_loss(run.model, corpus['val'], corpus['val_starts'], args.n_ctx, sizes['n_rows'],
                             sizes['first_position'], run.device, args.precision, args.micro_batch or args.n_batch,
                             run.info)
     # each rank counted its own share of the windows since the last record: the log reports the global batch

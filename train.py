@@ -22,11 +22,12 @@ import task_datasets
 from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
 from distributed import DistInfo, close_distributed, dist_info, gather_concat, resolve_device, shard, sum_over_ranks
 from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
-from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
+from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
+from model_pytorch import DEFAULT_CONFIG, DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
-from trainer import (PRECISIONS, PhaseClock, autocast_context, configure_precision, format_phases, make_run,
+from trainer import (PhaseClock, autocast_context, configure_precision, format_phases, make_run,
                      phase_record,
                      open_log, resume_or_start, save_state, start_run, to_tensors, update, update_phase)
 from utils import encode_dataset, iter_data
@@ -38,7 +39,7 @@ LOG_AT_UPDATES = (1000, 2000, 4000, 8000, 16000, 32000)  # extra evaluations in 
 
 
 def parse_args(argv=None):
-    """Return the parsed command line: every flag of the original, plus model_dir, device, precision."""
+    """Return the parsed command line: every flag of the original (names and defaults), plus this port's."""
     p = argparse.ArgumentParser(description='Fine-tune GPT-1 (faithful to openai/finetune-transformer-lm); '
                                             'under torchrun, data-parallel over the processes.')
     p.add_argument('--desc', type=str, default='rocstories')
@@ -49,54 +50,32 @@ def parse_args(argv=None):
     p.add_argument('--submission_dir', type=str, default='submission/')
     p.add_argument('--submit', action='store_true')
     p.add_argument('--analysis', action='store_true')
-    p.add_argument('--seed', type=int, default=42)
     p.add_argument('--n_iter', type=int, default=3)
     p.add_argument('--n_batch', type=int, default=8)
-    # the original declares max_grad_norm with type=int; a float flag accepts both 1 and 0.5
-    p.add_argument('--max_grad_norm', type=float, default=1)
-    p.add_argument('--lr', type=float, default=6.25e-5)
     p.add_argument('--lr_warmup', type=float, default=0.002)
     p.add_argument('--n_ctx', type=int, default=512)
-    p.add_argument('--n_embd', type=int, default=768)
-    p.add_argument('--n_head', type=int, default=12)
-    p.add_argument('--n_layer', type=int, default=12)
-    p.add_argument('--embd_pdrop', type=float, default=0.1)
-    p.add_argument('--attn_pdrop', type=float, default=0.1)
-    p.add_argument('--resid_pdrop', type=float, default=0.1)
-    p.add_argument('--clf_pdrop', type=float, default=0.1)
-    p.add_argument('--l2', type=float, default=0.01)
+    add_architecture_args(p, DEFAULT_CONFIG)
+    add_dropout_args(p)
+    add_optimizer_args(p, lr=6.25e-5)
     p.add_argument('--vector_l2', action='store_true')
     p.add_argument('--n_gpu', type=int, default=4,
                    help='towers of the original; one update averages n_batch * n_gpu examples on any device count')
     p.add_argument('--opt', type=str, default='adam', choices=['adam'])
-    p.add_argument('--afn', type=str, default='gelu', choices=['gelu', 'swish', 'relu'])
     p.add_argument('--lr_schedule', type=str, default='warmup_linear', choices=sorted(SCHEDULES))
     p.add_argument('--encoder_path', type=str, default='model/encoder_bpe_40000.json')
     p.add_argument('--bpe_path', type=str, default='model/vocab_40000.bpe')
     p.add_argument('--n_transfer', type=int, default=12)
     p.add_argument('--lm_coef', type=float, default=0.5)
-    p.add_argument('--b1', type=float, default=0.9)
-    p.add_argument('--b2', type=float, default=0.999)
-    p.add_argument('--e', type=float, default=1e-8)
     p.add_argument('--n_valid', type=int, default=374)
     # additions of this port
     p.add_argument('--model_dir', type=str, default='model/',
                    help='the weights: a released model/ folder, a convert.py folder or a transformers openai-gpt folder')
-    p.add_argument('--device', type=str, default=None, help='default: cuda when available, else cpu')
-    p.add_argument('--precision', type=str, default='fp32', choices=PRECISIONS,
-                   help='fp32 (TF32 matmuls on CUDA), fp32-strict, bf16 or fp16 (with loss scaling)')
-    p.add_argument('--micro_batch', type=int, default=None,
-                   help='examples per forward pass (default n_batch); gradients accumulate to n_batch * n_gpu')
-    p.add_argument('--compile', action='store_true', help='torch.compile the model')
-    p.add_argument('--checkpoint_activations', action='store_true',
-                   help='recompute block activations in backward: less memory, same gradients')
+    add_run_args(p, unit='examples', save_every=0,
+                 save_help='also save the training state every N updates (it is always saved at epoch ends)',
+                 state_path='save_dir/desc/train_state.safetensors')
     p.add_argument('--verify_weights', action='store_true', help='check the shards against the released SHA-1s')
-    p.add_argument('--save_every', type=int, default=0,
-                   help='also save the training state every N updates (it is always saved at epoch ends)')
-    p.add_argument('--resume', action='store_true', help='continue from save_dir/desc/train_state.safetensors')
     p.add_argument('--n_runs', type=int, default=1,
                    help='run seeds seed, seed+1, ... one after another and report median/mean/std/best of valid')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
     return p.parse_args(argv)
 
 

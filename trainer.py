@@ -22,7 +22,6 @@ from distributed import DistInfo, init_distributed, wrap_ddp
 from loss import no_autocast
 from utils import ResultLogger
 
-PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
 
 
 class NonFiniteLoss(ValueError):

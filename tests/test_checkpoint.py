@@ -166,7 +166,7 @@ sys.path.insert(0, sys.argv[2])
 import checkpoint
 writer = checkpoint.StateWriter()
 for k in range(1, 1000):
-    checkpoint.write_safetensors(sys.argv[1], {'x': torch.full((4_000_000,), float(k))}, {'k': str(k)}, writer)
+    checkpoint.write_tensors(sys.argv[1], {'x': torch.full((4_000_000,), float(k))}, {'k': str(k)}, writer)
     print(k, flush=True)
 '''
 
