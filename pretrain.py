@@ -30,15 +30,13 @@ from tqdm import tqdm
 
 from checkpoint import write_json
 from corpus import load_corpus
-from distributed import DistInfo, close_distributed, dist_info, resolve_device, shard, sum_over_ranks
+from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
 from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
 from loss import LM_CHUNK, token_losses
 from model_pytorch import DEFAULT_CONFIG, GPTConfig, LMModel, checkpoint_config, model_from_checkpoint
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
-from trainer import (autocast_context, configure_precision, format_phases, make_run, open_log,
-                     phase_record, resume_or_start,
-                     save_state, start_run, to_tensors, update, update_phase)
+from trainer import Run, autocast_context, format_phases, open_log, phase_record, save_state, to_tensors, update_phase
 from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
 
 SAMPLE_PROMPT = 'the'
@@ -163,22 +161,21 @@ def n_updates_of(args, n_train_tokens):
 def pretrain_step(run, stream, update_no, n_rows, first_position):
     """Make update number update_no (from 1) on this rank's share of its windows; return the share's summed
     token loss and token count."""
-    args, info = run.args, run.info
+    args = run.args
     starts = window_starts(args.seed, update_no, args.n_batch, len(stream), args.n_ctx)
-    own = shard(args.n_batch, info)
+    own = shard(args.n_batch, run.info)
     micro = args.micro_batch or (own.stop - own.start)
-    bounds = [(s, min(s + micro, own.stop)) for s in range(own.start, own.stop, micro)]
     # windows all have n_ctx tokens: weighting each micro-batch by its windows gives the batch's token mean
-    micro_batches = [((e - s) / args.n_batch, starts[s:e]) for s, e in bounds]
-
-    def loss_of(net, batch_starts):
-        """Return (the micro-batch's mean token loss, its summed token loss)."""
+    bounds = [(s, min(s + micro, own.stop)) for s in range(own.start, own.stop, micro)]
+    parts = [((e - s) / args.n_batch, starts[s:e]) for s, e in bounds]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    for batch_starts, weight in run.accumulate(parts):  # one autocast region; DDP syncs on the last micro-batch only
         x, targets = to_tensors(run.device, *lm_inputs(stream, batch_starts, args.n_ctx, first_position))
-        losses = window_loss(net, x, targets, n_rows)
-        return losses.mean(), losses.detach().sum().item()
-
-    total = update(run.net, run.opt, micro_batches, loss_of, run.device, args.precision, run.scaler, info)
-    return total, (own.stop - own.start) * args.n_ctx
+        losses = window_loss(run.net, x, targets, n_rows)  # forward: every next token's loss
+        run.backward(losses.mean() * weight)                # fp16 loss scaling
+        loss_sum += losses.detach().sum().double()
+    run.step()  # stops on a non-finite loss; OpenAIAdam clips by the global norm
+    return float(loss_sum), (own.stop - own.start) * args.n_ctx
 
 
 def validation_loss(model, stream, starts, n_ctx, n_rows, first_position, device, precision, n_batch,
@@ -342,11 +339,10 @@ def run(args):
     """Pre-train as the arguments say; return a summary dict."""
     t0 = time.time()
     info = dist_info()
-    device = resolve_device(args.device, info)
-    args.device = str(device)
     check_args(args, info)
     paths = run_paths(args.out)
-    clock = start_run(args, paths['state'], [args.out], info, device)
+    run = Run.begin(args, paths, [args.out], info)
+    device, clock = run.device, run.clock
     with clock.phase('encode'):
         corpus, sizes = load_corpus_checked(args)
     with clock.phase('load'):
@@ -360,20 +356,21 @@ def run(args):
         opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule='warmup_cosine_decay',
                          warmup=min(1.0, args.warmup_updates / n_updates), t_total=n_updates, b1=args.b1,
                          b2=args.b2, e=args.e, l2=args.l2, max_grad_norm=args.max_grad_norm)
-        progress = resume_or_start(args, paths['state'], model, opt, info, new_progress,
-                                   lambda p: f"update {p['n_updates']} of {n_updates}")
-    run_ = make_run(model, opt, args, device, paths, progress, model.transformer,
-                    configure_precision(device, args.precision), info, clock)
+        run.attach(model, opt)
+        run.progress = progress = run.restore() or new_progress()
+        if args.resume and info.is_main:
+            print(f"resuming at update {progress['n_updates']} of {n_updates}", flush=True)
+    run.wrap(model.transformer)
     if info.is_main:
         write_json(paths['args'], dict(vars(args), n_updates_total=n_updates, corpus_meta=corpus['meta']))
     try:
-        with open_log(paths['log'], args, progress, info) as run_.logger:  # the header, or a resumed run's records
-            pretrain(run_, corpus, sizes, text_encoder, n_updates)
+        with open_log(paths['log'], args, progress, info) as run.logger:  # the header, or a resumed run's records
+            pretrain(run, corpus, sizes, text_encoder, n_updates)
     finally:
         with clock.phase('write'):
-            run_.writer.wait()
+            run.writer.wait()
     if info.is_main:
-        write_outputs(run_, sizes, corpus['meta'])
+        write_outputs(run, sizes, corpus['meta'])
     last = progress['log'][-1] if progress['log'] else {}
     return dict(n_updates=progress['n_updates'], val_loss=last.get('val_loss'), wall_s=time.time() - t0,
                 phases=phase_record(clock, device))

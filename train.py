@@ -20,16 +20,15 @@ from tqdm import tqdm
 import datasets
 import task_datasets
 from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
-from distributed import DistInfo, close_distributed, dist_info, gather_concat, resolve_device, shard, sum_over_ranks
+from distributed import DistInfo, close_distributed, dist_info, gather_concat, shard, sum_over_ranks
 from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
 from model_pytorch import DEFAULT_CONFIG, DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from text_utils import TextEncoder
-from trainer import (PhaseClock, autocast_context, configure_precision, format_phases, make_run,
-                     phase_record,
-                     open_log, resume_or_start, save_state, start_run, to_tensors, update, update_phase)
+from trainer import (PhaseClock, Run, autocast_context, format_phases, open_log, phase_record, save_state, to_tensors,
+                     update_phase)
 from utils import encode_dataset, iter_data
 from weights import WEIGHTS_SOURCE, detect_format, released_names
 
@@ -174,12 +173,9 @@ class TrainForward(torch.nn.Module):
         return self.model.hidden_and_task(x)
 
 
-def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None, info=DistInfo()):
-    """Do one update on the batch (this rank's share of it, in micro-batches); return the share's mean clf loss.
-
-    model is a DoubleHeadModel or a TrainForward around one, possibly wrapped by DDP or torch.compile.
-    """
-    net = TrainForward(model) if isinstance(model, DoubleHeadModel) else model
+def micro_batches(xmb, mmb, ymb, micro, info=DistInfo()):
+    """Return [(weight, (xmb, mmb, ymb))]: this rank's share of the batch cut into micro-batches of micro examples,
+    each weighted by its share of the whole batch, so that the weighted losses sum to the whole batch's mean."""
     n = len(xmb)
     own = shard(n, info)
     # Intentional difference (speed only): this rank's examples are ordered by length before they are
@@ -188,20 +184,23 @@ def train_step(model, opt, xmb, mmb, ymb, args, device, scaler=None, info=DistIn
     order = np.arange(n)
     order[own] = own.start + np.argsort(mmb[own].sum(-1).max(-1), kind='stable')
     xmb, mmb, ymb = xmb[order], mmb[order], ymb[order]
-    micro = args.micro_batch or args.n_batch
     bounds = [(s, min(s + micro, own.stop)) for s in range(own.start, own.stop, micro)]
-    # each micro-batch weighted by its share of the whole batch: the gradient of the whole batch's mean
-    micro_batches = [((e - s) / n, (xmb[s:e], mmb[s:e], ymb[s:e])) for s, e in bounds]
+    return [((e - s) / n, (xmb[s:e], mmb[s:e], ymb[s:e])) for s, e in bounds]
 
-    def loss_of(net, batch):
-        """Return (the micro-batch's training loss, its summed clf loss)."""
-        x, m = trim_batch(*batch[:2])
-        x, m, y = to_tensors(device, x, m, batch[2])
-        _, clf, lm = forward_losses(net, x, m, y, args.lm_coef)
-        return train_loss(clf, lm, args.lm_coef), clf.detach().sum().item()
 
-    total = update(net, opt, micro_batches, loss_of, device, args.precision, scaler, info)
-    return total / max(own.stop - own.start, 1)
+def train_step(run, xmb, mmb, ymb):
+    """Make one update on the batch, this rank's share of it in micro-batches (TF: mgpu_train); return the share's
+    mean classifier loss. run.net is a TrainForward (possibly wrapped by DDP or torch.compile)."""
+    args = run.args
+    parts = micro_batches(xmb, mmb, ymb, args.micro_batch or args.n_batch, run.info)
+    clf_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    for (x, m, y), weight in run.accumulate(parts):  # one autocast region; DDP syncs on the last micro-batch only
+        x, m, y = to_tensors(run.device, *trim_batch(x, m), y)
+        _, clf, lm = forward_losses(run.net, x, m, y, args.lm_coef)  # forward: the task and LM losses
+        run.backward(train_loss(clf, lm, args.lm_coef) * weight)     # fp16 loss scaling
+        clf_sum += clf.detach().sum().double()
+    run.step()  # stops on a non-finite loss; OpenAIAdam clips by the global norm
+    return float(clf_sum) / max(sum(len(x) for _, (x, _, _) in parts), 1)
 
 
 def shared_prefix(xmb, mmb):
@@ -456,8 +455,7 @@ def run_epoch(run, data):
         idx = order[progress['batch'] * n_batch_train:(progress['batch'] + 1) * n_batch_train]
         t0 = time.time()
         with update_phase(run, progress['n_updates'] + 1):
-            train_step(run.net, run.opt, data['trX'][idx], data['trM'][idx], data['trY'][idx], args, run.device,
-                       run.scaler, run.info)
+            train_step(run, data['trX'][idx], data['trM'][idx], data['trY'][idx])
         progress['train_time'] += time.time() - t0
         progress['n_updates'] += 1
         progress['batch'] += 1
@@ -494,13 +492,11 @@ def run(args):
     """Train, evaluate, and with --submit predict the test set; return a summary dict (main rank)."""
     t0 = time.time()
     info = dist_info()
-    device = resolve_device(args.device, info)
-    args.device = str(device)
     check_args(args, info)
     check_inputs(args)
     paths = run_paths(args)
-    clock = start_run(args, paths['state'], {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')},
-                      info, device)
+    run = Run.begin(args, paths, {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}, info)
+    device, clock = run.device, run.clock
 
     with clock.phase('encode'):
         text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
@@ -517,11 +513,12 @@ def run(args):
         opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule=args.lr_schedule, warmup=args.lr_warmup,
                          t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
                          vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
-        progress = resume_or_start(args, paths['state'], model, opt, info, new_progress,
-                                   lambda p: f"epoch {p['epoch']}, update {p['n_updates']}")
+        run.attach(model, opt)
+        run.progress = progress = run.restore() or new_progress()
+        if args.resume and info.is_main:
+            print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
     # dynamic shapes: batches are trimmed to their longest sequence, so every length would otherwise recompile
-    run = make_run(model, opt, args, device, paths, progress, TrainForward(model),
-                   configure_precision(device, args.precision), info, clock, dynamic=True)
+    run.wrap(TrainForward(model), dynamic=True)
 
     try:
         with open_log(paths['log'], args, progress, info) as run.logger:

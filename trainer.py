@@ -1,11 +1,11 @@
-"""The training machinery shared by fine-tuning (train.py) and pre-training (pretrain.py).
+"""The training machinery shared by fine-tuning (train.py) and pre-training (pretrain.py): the Run.
 
 TF counterpart: the update of train.py's `mgpu_train` (towers' gradients averaged, then one `adam` step) and
 the run-level plumbing of its `__main__` (seeding, the devices, the timing of a run). What is specific to a
-task (its inputs, its loss, its evaluation) stays in the scripts; the update itself is here, once:
-micro-batches accumulated with their weights under one autocast region, DDP's `no_sync` on all but the
-last, loss scaling for fp16, the non-finite stop before any weight moves, one optimizer step (OpenAIAdam
-clips by the global norm inside it).
+task (its inputs, its loss, its evaluation) stays in the scripts, whose training step reads forward, loss,
+backward, step; the plumbing of an update is here, once: micro-batches accumulated under one autocast region,
+DDP's `no_sync` on all but the last, loss scaling for fp16, the non-finite stop before any weight moves (checked
+once per update, on the device), one optimizer step (OpenAIAdam clips by the global norm inside it).
 """
 import os
 import random
@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from checkpoint import StateWriter, check_writable, save_training_state
-from distributed import DistInfo, init_distributed, wrap_ddp
+from checkpoint import StateWriter, check_writable, load_training_state, save_training_state
+from distributed import DistInfo, init_distributed, resolve_device, wrap_ddp
 from loss import no_autocast
 from utils import ResultLogger
-
 
 
 class NonFiniteLoss(ValueError):
@@ -51,37 +50,94 @@ class PhaseClock:
 
 @dataclass
 class Run:
-    """One training run's parts, handed to each piece of the loop instead of a dozen positional arguments."""
-    model: torch.nn.Module           # the model that is evaluated and saved
-    opt: torch.optim.Optimizer
+    """One training run: its arguments, device and files, the model and optimizer it trains, where it stands, and
+    the plumbing of an update (accumulate, backward, step), handed to each piece of the loop as one object."""
     args: Any                        # the parsed command line
-    device: torch.device
-    paths: dict                      # the files the run writes (log, best weights, training state, ...)
-    progress: dict                   # where the run stands; JSON-able, saved with the training state
+    device: torch.device = torch.device('cpu')
+    paths: dict = field(default_factory=dict)  # the files the run writes (log, best weights, training state, ...)
+    info: DistInfo = DistInfo()
+    model: torch.nn.Module = None    # the model that is evaluated and saved
+    opt: torch.optim.Optimizer = None
     net: torch.nn.Module = None      # what a training step calls: the model, or it wrapped by DDP/compile
     scaler: Any = None               # a GradScaler for fp16, else None
+    progress: dict = None            # where the run stands; JSON-able, saved with the training state
     logger: Any = None               # the ResultLogger (main rank), else a no-op context
-    info: DistInfo = DistInfo()
     clock: PhaseClock = field(default_factory=PhaseClock)
     writer: StateWriter = field(default_factory=StateWriter)
     best: dict = None                # host copies of the best weights saved so far by this process, if any
+    loss_sum: torch.Tensor = None    # the update's weighted losses so far, on the device (the non-finite check)
 
     def __post_init__(self):
         if self.net is None:
             self.net = self.model
 
+    @classmethod
+    def begin(cls, args, paths, folders, info=DistInfo()):
+        """Return a Run that can start: its device (args.device becomes its name), a training state at
+        paths['state'] with --resume, the output folders writable (main rank), the process group joined, every rank
+        seeded alike."""
+        device = resolve_device(args.device, info)
+        args.device = str(device)
+        if args.resume and not os.path.isfile(paths['state']):
+            raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume)")
+        if info.is_main:
+            for folder in folders:
+                check_writable(folder)
+        init_distributed(info, device)
+        set_seed(args.seed)  # every rank: the same initial weights, special rows and shuffles
+        return cls(args, device, paths, info)
 
-def start_run(args, state_path, folders, info, device):
-    """Check that a run can start (a training state at state_path with --resume, the output folders writable on
-    the main rank), join the process group and seed every rank alike; return the run's PhaseClock."""
-    if args.resume and not os.path.isfile(state_path):
-        raise FileNotFoundError(f'{state_path} is missing: nothing to resume (run without --resume)')
-    if info.is_main:
-        for folder in folders:
-            check_writable(folder)
-    init_distributed(info, device)
-    set_seed(args.seed)  # every rank: the same initial weights, special rows and shuffles
-    return PhaseClock()
+    def attach(self, model, opt):
+        """Make model (on the run's device) and opt what the run trains, evaluates and saves."""
+        self.model, self.opt, self.net = model, opt, model
+
+    def restore(self):
+        """Return the progress saved in the training state, model, optimizer and RNG states restored from it, with
+        --resume; None without."""
+        if not self.args.resume:
+            return None
+        return load_training_state(self.paths['state'], self.model, self.opt)
+
+    def wrap(self, module, dynamic=None):
+        """Make module what a training step calls: wrapped by DDP under several processes (each rank then drawing its
+        own dropout masks) and by torch.compile with --compile (dynamic: its shapes argument); set the precision."""
+        if self.info.world_size > 1:
+            torch.manual_seed(self.args.seed + self.info.rank)  # different dropout masks on each rank's share
+        net = wrap_ddp(module, self.device, self.info)
+        self.net = torch.compile(net, dynamic=dynamic) if self.args.compile else net
+        self.scaler = configure_precision(self.device, self.args.precision)
+
+    def accumulate(self, micro_batches):
+        """Yield (micro-batch, weight) of [(weight, micro-batch)] inside one autocast region (its cast cache converts
+        each weight to the low precision once), DDP's gradient all-reduce on the last one only; the weights of all
+        ranks sum to 1, so the gradient is the whole batch's weighted mean, as one device would compute it."""
+        self.loss_sum = torch.zeros((), device=self.device)
+        with autocast_context(self.device, self.args.precision):
+            for k, (weight, batch) in enumerate(micro_batches):
+                sync = self.info.world_size == 1 or k == len(micro_batches) - 1
+                with nullcontext() if sync else self.net.no_sync():
+                    yield batch, weight
+
+    def backward(self, loss):
+        """Back-propagate a micro-batch's weighted loss (scaled for fp16, outside autocast as torch recommends)."""
+        loss = loss * self.info.world_size  # DDP averages the ranks' gradients
+        self.loss_sum = self.loss_sum + loss.detach().float()
+        with no_autocast(self.device.type):
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self):
+        """Make the optimizer step of the update, or raise NonFiniteLoss before any weight moves when its loss is not
+        finite (one check an update, so a GPU is not held back by the host)."""
+        total = self.loss_sum
+        if not torch.isfinite(total):
+            self.opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f'non-finite loss {total.item()}')
+        if self.scaler is not None:
+            self.scaler.step(self.opt)  # unscales first, so OpenAIAdam clips the true gradients; skipped on overflow
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
 
 @contextmanager
@@ -101,29 +157,6 @@ def save_state(run):
     if run.info.is_main:
         with run.clock.phase('write'):
             save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer)
-
-
-def resume_or_start(args, path, model, opt, info, fresh, describe):
-    """Return the run's progress: with --resume restored from the training state at path (model, optimizer and RNGs
-    too, and describe(progress) printed by the main rank), else fresh()."""
-    from checkpoint import load_training_state
-    if not args.resume:
-        return fresh()
-    progress = load_training_state(path, model, opt)
-    if info.is_main:
-        print(f'resuming at {describe(progress)}', flush=True)
-    return progress
-
-
-def make_run(model, opt, args, device, paths, progress, module, scaler, info, clock, dynamic=None):
-    """Return the Run whose training step calls module: wrapped by DDP under several processes (each rank then
-    drawing its own dropout masks) and by torch.compile with --compile (dynamic: its shapes argument)."""
-    if info.world_size > 1:
-        torch.manual_seed(args.seed + info.rank)  # different dropout masks on each rank's share
-    net = wrap_ddp(module, device, info)
-    if args.compile:
-        net = torch.compile(net, dynamic=dynamic)
-    return Run(model, opt, args, device, paths, progress, net=net, scaler=scaler, info=info, clock=clock)
 
 
 def open_log(path, args, progress, info=DistInfo()):
@@ -164,61 +197,9 @@ def configure_precision(device, precision):
     return torch.amp.GradScaler(device.type) if precision == 'fp16' else None
 
 
-def check_device(name):
-    """Return torch.device(name), or raise a ValueError naming --device when it is malformed or absent here."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f'--device {name!r} is not a torch device: give cpu, cuda or cuda:N') from None
-    n_gpus = torch.cuda.device_count()
-    if device.type == 'cuda' and (device.index or 0) >= n_gpus:
-        raise ValueError(f'--device {name}: this machine has {n_gpus} CUDA device(s); use --device cpu')
-    return device
-
-
-def resolve_device(name, info=DistInfo()):
-    """Return the torch device: the named one (checked to exist), else CUDA when present (this rank's GPU), else the CPU."""
-    device = check_device(name) if name is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.type == 'cuda' and device.index is None:
-        device = torch.device('cuda', info.local_rank)
-    return device
-
-
 def to_tensors(device, *arrays):
     """Return the numpy arrays as torch tensors on device."""
     return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
-
-
-def update(net, opt, micro_batches, loss_of, device, precision, scaler=None, info=DistInfo()):
-    """Make one optimizer update from micro-batches; return the sum of the statistics loss_of reports.
-
-    micro_batches: [(weight, batch)], weight the micro-batch's share of the whole (global) batch, so the
-    weights of all ranks sum to 1. loss_of(net, batch) -> (mean loss tensor, statistic float). The gradient
-    is that of the whole batch's weighted mean loss, as one device computing the batch at once would get it.
-    """
-    total = 0.0
-    # one autocast region per update: its cast cache converts each weight to the low precision once
-    with autocast_context(device, precision):
-        for k, (weight, batch) in enumerate(micro_batches):
-            # gradients are all-reduced once per update, on the last micro-batch only
-            sync = info.world_size == 1 or k == len(micro_batches) - 1
-            with nullcontext() if sync else net.no_sync():
-                loss, stat = loss_of(net, batch)
-                # DDP averages the ranks' gradients, hence * world_size
-                loss = loss * (weight * info.world_size)
-                if not torch.isfinite(loss.detach()).item():
-                    opt.zero_grad(set_to_none=True)
-                    raise NonFiniteLoss(f'non-finite loss {loss.item()}')
-                with no_autocast(device.type):  # backward outside autocast, as torch recommends
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-            total += stat
-    if scaler is not None:
-        scaler.step(opt)  # unscales first, so OpenAIAdam clips the true gradients; skipped on overflow
-        scaler.update()
-    else:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return total
 
 
 def peak_memory_mib(device):

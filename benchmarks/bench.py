@@ -18,7 +18,7 @@ on a GPU) is its own. The achieved FLOP/s are model FLOPs (see `seq_flops`) over
 fraction of a large square matmul measured at the same dtype in the same run.
 
 The CUDA path (--device cuda: fp16 with a GradScaler, CUDA max allocated memory, TF32 for fp32 as
-train.configure_precision sets it) has not been run yet: no GPU was available when it was written
+trainer.configure_precision sets it) has not been run yet: no GPU was available when it was written
 (BENCHMARKS.md records which numbers were measured).
 
     python benchmarks/bench.py [--device cpu|cuda] [--configs ours-fp32,peer-fp32,...] [--steps 3] [--warmup-steps 1]
@@ -173,7 +173,7 @@ def measure_roofline(precision, device, n, repeats=5):
     """Return the best FLOP/s of an [n, n] @ [n, n] matmul at the precision's dtype (TF32 allowed for fp32 on CUDA)."""
     dtype = PRECISION_DTYPES[precision]
     if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True  # as train.configure_precision does for fp32
+        torch.backends.cuda.matmul.allow_tf32 = True  # as trainer.configure_precision does for fp32
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
@@ -218,9 +218,9 @@ class Ours:
 
     def __init__(self, spec, shape, device, seed):
         import train
-        from model_pytorch import DoubleHeadModel
+        from model_pytorch import DoubleHeadModel, GPTConfig
         from opt import OpenAIAdam
-        from trainer import configure_precision, set_seed
+        from trainer import Run, set_seed
         self.train, self.device = train, device
         self.args = train.parse_args(['--n_ctx', str(shape.n_ctx), '--n_embd', str(shape.n_embd),
                                       '--n_head', str(shape.n_head), '--n_layer', str(shape.n_layer),
@@ -228,20 +228,22 @@ class Ours:
                                       '--micro_batch', str(spec.micro_batch), '--precision', spec.precision,
                                       '--device', str(device), '--seed', str(seed)])
         set_seed(seed)
-        self.scaler = configure_precision(device, spec.precision)
         self.rows = shape.rows
-        self.model = DoubleHeadModel(self.args, shape.n_vocab + 2, 'multiple_choice', vocab=shape.rows,
-                                     n_ctx=shape.n_ctx).to(device)
+        cfg = GPTConfig.from_args(self.args, n_vocab=shape.n_vocab, n_special=N_SPECIAL, n_ctx=shape.n_ctx)
+        self.model = DoubleHeadModel(cfg, shape.n_vocab + 2, 'multiple_choice').to(device)
         a = self.args
         # as train.run builds it; t_total is the 3-epoch ROCStories run's
         self.opt = OpenAIAdam(self.model.parameters(), lr=a.lr, schedule=a.lr_schedule, warmup=a.lr_warmup,
                               t_total=(N_TRAIN_ROC // shape.batch) * a.n_iter, b1=a.b1, b2=a.b2, e=a.e, l2=a.l2,
                               vector_l2=a.vector_l2, max_grad_norm=a.max_grad_norm)
+        self.run = Run(self.args, device)  # as train.run sets it up: the training forward, the precision's scaler
+        self.run.attach(self.model, self.opt)
+        self.run.wrap(train.TrainForward(self.model))
 
     def train_step(self, batch):
         """Do one update on batch = (xmb, mmb, ymb)."""
         self.model.train()
-        self.train.train_step(self.model, self.opt, *batch, self.args, self.device, self.scaler)
+        self.train.train_step(self.run, *batch)
 
     def evaluate(self, batch):
         """Return the classification logits [B, 2] of batch, as train.evaluate computes them."""

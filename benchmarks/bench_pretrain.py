@@ -28,7 +28,7 @@ import torch
 import bench
 from model_pytorch import DEFAULT_CONFIG, N_VOCAB, LMModel, clone_config
 from opt import OpenAIAdam
-from trainer import PhaseClock, Run, autocast_context, configure_precision
+from trainer import Run, autocast_context, configure_precision
 
 FULL = dict(n_embd=768, n_head=12, n_layer=12)
 QUICK = dict(n_embd=32, n_head=4, n_layer=2)
@@ -76,9 +76,10 @@ class Ours:
         opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
                          l2=0.01, max_grad_norm=1.0)
         run_args = SimpleNamespace(seed=0, n_batch=args.n_batch, n_ctx=args.n_ctx, micro_batch=args.micro_batch,
-                                   precision=precision)
-        self.run = Run(model, opt, run_args, device, {}, {}, net=model.transformer,
-                       scaler=configure_precision(device, precision), clock=PhaseClock())
+                                   precision=precision, compile=False)
+        self.run = Run(run_args, device)
+        self.run.attach(model, opt)
+        self.run.wrap(model.transformer)
         self.rows = N_VOCAB + 1
 
     def step(self, stream, update_no):

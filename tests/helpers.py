@@ -96,3 +96,17 @@ def fixture_arrays():
         shapes = json.load(f)
     flat = np.concatenate([np.load(SMALL_MODEL / f'params_{n}.npy') for n in range(10)])
     return [a.reshape(s) for a, s in zip(np.split(flat, np.cumsum([np.prod(s) for s in shapes])[:-1]), shapes)]
+
+
+def step_run(model, opt, args, device=None, info=None):
+    """Return the trainer.Run through which a test makes train.py's training steps: model and opt attached, the
+    training forward wrapped as train.py wraps it (DDP under several processes), args.precision's loss scaler."""
+    import torch
+
+    import train
+    from distributed import DistInfo
+    from trainer import Run
+    run = Run(args, torch.device('cpu') if device is None else device, info=DistInfo() if info is None else info)
+    run.attach(model, opt)
+    run.wrap(train.TrainForward(model))
+    return run

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import train
 from distributed import DistInfo, dist_info, shard
 from opt import OpenAIAdam
-from tests.helpers import load_tf_reference, tf_model
+from tests.helpers import load_tf_reference, step_run, tf_model
 
 CONFIGS = {'accumulate': 1, 'whole_share': 4}  # micro-batch sizes: shares of 4 in micro-batches of 1, or whole
 
@@ -46,10 +46,9 @@ def run_updates(model, info, micro_batch, n_steps=3):
     args = train.parse_args(['--n_gpu', '4', '--n_batch', '2', '--micro_batch', str(micro_batch), '--quiet'])
     opt = OpenAIAdam(model.parameters(), lr=1e-2, schedule='warmup_linear', warmup=0.1, t_total=n_steps, l2=0.01,
                      max_grad_norm=1)
-    from distributed import wrap_ddp
-    net = wrap_ddp(train.TrainForward(model), torch.device('cpu'), info)
+    run = step_run(model, opt, args, info=info)
     for xmb, mmb, ymb in fixture_batches(arrays, n_steps):
-        train.train_step(net, opt, xmb, mmb, ymb, args, torch.device('cpu'), info=info)
+        train.train_step(run, xmb, mmb, ymb)
     return model
 
 
@@ -70,11 +69,9 @@ def first_update_grads(model, info, micro_batch):
     """The gradients of one update, as the optimizer sees them (all-reduced under DDP)."""
     arrays, _ = load_tf_reference()
     args = train.parse_args(['--n_gpu', '4', '--n_batch', '2', '--micro_batch', str(micro_batch), '--quiet'])
-    from distributed import wrap_ddp
     recorder = GradRecorder(model)
     xmb, mmb, ymb = fixture_batches(arrays, 1)[0]
-    train.train_step(wrap_ddp(train.TrainForward(model), torch.device('cpu'), info), recorder, xmb, mmb, ymb, args,
-                     torch.device('cpu'), info=info)
+    train.train_step(step_run(model, recorder, args, info=info), xmb, mmb, ymb)
     return recorder.grads
 
 

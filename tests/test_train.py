@@ -14,7 +14,7 @@ import train
 import trainer
 from loss import clf_losses, lm_losses, lm_losses_from_hidden, train_loss
 from opt import OpenAIAdam
-from tests.helpers import load_tf_reference, roc_cli_args, roc_workdir, tf_model
+from tests.helpers import load_tf_reference, roc_cli_args, roc_workdir, step_run, tf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
@@ -130,10 +130,10 @@ def test_accumulation_equivalence():
     for n_gpu, n_batch in [(4, 2), (1, 8)]:
         model = copy.deepcopy(base).train()
         args = train.parse_args(['--n_gpu', str(n_gpu), '--n_batch', str(n_batch), '--quiet'])
-        opt = make_opt(model, 3)
+        run = step_run(model, make_opt(model, 3), args)
         for k in range(3):
             xmb, mmb, ymb = fixture_batches(arrays, 8, k)
-            train.train_step(model, opt, xmb, mmb, ymb, args, torch.device('cpu'))
+            train.train_step(run, xmb, mmb, ymb)
         results.append([p.detach().clone() for p in model.parameters()])
     assert not torch.equal(results[0][0], base.transformer.embed.weight)
     names = [n for n, _ in base.named_parameters()]
@@ -183,7 +183,7 @@ def test_training_on_the_tf_fixture_lowers_the_loss():
     start = eval_loss()
     assert start == pytest.approx(float(arrays['train_loss']), abs=1e-4)
     for _ in range(20):
-        train.train_step(model, opt, X, M, Y, args, torch.device('cpu'))
+        train.train_step(step_run(model, opt, args), X, M, Y)
     assert eval_loss() < 0.7 * start
 
 
@@ -248,7 +248,7 @@ def test_non_finite_loss_stops_with_the_update_and_changes_nothing():
     opt = make_opt(model, 5)
     X, M, Y = arrays['X'].astype(np.int64), arrays['M'], arrays['Y'].astype(np.int64)
     with pytest.raises(trainer.NonFiniteLoss, match='non-finite loss'):
-        train.train_step(model, opt, X, M, Y, args, torch.device('cpu'))
+        train.train_step(step_run(model, opt, args), X, M, Y)
     for a, b in zip(before, model.parameters()):
         assert torch.equal(a, b)
     assert all(p.grad is None for p in model.parameters())
@@ -285,7 +285,7 @@ def test_bf16_training_step_follows_fp32():
         before = model.transformer.h[0].mlp.c_fc.w.detach().clone()
         args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--precision', precision, '--quiet'])
         opt = OpenAIAdam(model.parameters(), lr=1e-3, schedule='warmup_constant', warmup=0.0, t_total=10)
-        cost = train.train_step(model, opt, X, M, Y, args, torch.device('cpu'))
+        cost = train.train_step(step_run(model, opt, args), X, M, Y)
         moved[precision] = (model.transformer.h[0].mlp.c_fc.w.detach() - before, cost)
         assert model.transformer.h[0].mlp.c_fc.w.dtype == torch.float32  # fp32 master weights
     assert moved['bf16'][1] == pytest.approx(moved['fp32'][1], rel=0.05)

@@ -32,7 +32,7 @@ class Spy:
                                                                                                  [], [])
         spy = self
         adam, build, load, encoder = train.OpenAIAdam, train.pretrained_model, train.load_data, train.TextEncoder
-        configure, forward, save = train.configure_precision, train.forward_losses, trainer.save_training_state
+        configure, forward, save = trainer.configure_precision, train.forward_losses, trainer.save_training_state
 
         class RecordingAdam(adam):
             def __init__(self, params, **kw):
@@ -68,9 +68,9 @@ class Spy:
             return save(path, model, opt, progress, **kw)
 
         for name, value in dict(OpenAIAdam=RecordingAdam, pretrained_model=pretrained_model, load_data=load_data,
-                                TextEncoder=text_encoder, configure_precision=configure_precision,
-                                forward_losses=forward_losses).items():
+                                TextEncoder=text_encoder, forward_losses=forward_losses).items():
             monkeypatch.setattr(train, name, value)
+        monkeypatch.setattr(trainer, 'configure_precision', configure_precision)  # Run.wrap's
         monkeypatch.setattr(trainer, 'save_training_state', save_training_state)  # trainer.save_state's writer
 
 

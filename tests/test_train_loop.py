@@ -11,7 +11,7 @@ import train
 from loss import clf_losses, lm_losses
 from model_pytorch import DoubleHeadModel
 from opt import OpenAIAdam
-from tests.helpers import load_tf_reference, roc_cli_args, roc_workdir, small_cfg, tf_model
+from tests.helpers import load_tf_reference, roc_cli_args, roc_workdir, small_cfg, step_run, tf_model
 
 N_VOCAB, N_SPECIAL, N_CTX = 40, 3, 14
 CLF_TOKEN = N_VOCAB + N_SPECIAL - 1
@@ -85,7 +85,7 @@ def test_train_step_is_one_adam_step_on_the_whole_batch_mean_gradient(n_batch, n
     opt = make_adam(model, RecordingAdam)
     argv = ['--n_batch', str(n_batch), '--n_gpu', str(n_gpu), '--lm_coef', str(lm_coef), '--quiet']
     args = train.parse_args(argv + (['--micro_batch', str(micro_batch)] if micro_batch else []))
-    got = train.train_step(model, opt, xmb, mmb, ymb, args, torch.device('cpu'))
+    got = train.train_step(step_run(model, opt, args), xmb, mmb, ymb)
 
     assert got == pytest.approx(clf_mean, rel=1e-5)
     names = [n for n, _ in base.named_parameters()]
@@ -140,7 +140,7 @@ def test_each_epoch_draws_a_new_order_from_numpys_global_generator(tmp_path, mon
         loaded['data'], sizes = load_data(args, text_encoder)
         return loaded['data'], sizes
 
-    def spy_train_step(model, opt, xmb, mmb, ymb, *rest, **kw):
+    def spy_train_step(run, xmb, mmb, ymb):
         seen.append(xmb.copy())
 
     monkeypatch.setattr(train, 'load_data', spy_load_data)
@@ -200,14 +200,15 @@ def test_fp16_overflowing_step_is_skipped_without_touching_weights_or_optimizer_
     model = tf_model(arrays, config).train()
     opt = OpenAIAdam(model.parameters(), lr=1e-3, schedule='warmup_linear', warmup=0.1, t_total=10,
                      max_grad_norm=1)
-    scaler = train.configure_precision(torch.device('cpu'), 'fp16')
+    run = step_run(model, opt, fp16_args())
+    scaler = run.scaler
     assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
-    train.train_step(model, opt, X, M, Y, fp16_args(), torch.device('cpu'), scaler)  # a first, normal step
+    train.train_step(run, X, M, Y)  # a first, normal step
     weights = copy.deepcopy(model.state_dict())
     state = copy.deepcopy(opt.state_dict())
     steps = {id(p): s['step'] for p, s in opt.state.items()}
     scaler.update(2.0 ** 120)  # a loss scale whose gradients overflow float16
-    train.train_step(model, opt, X, M, Y, fp16_args(), torch.device('cpu'), scaler)
+    train.train_step(run, X, M, Y)
     assert scaler.get_scale() == 2.0 ** 119  # backed off once
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k
@@ -229,8 +230,8 @@ def test_fp16_training_follows_fp32():
         opt = OpenAIAdam(model.parameters(), lr=1e-3, schedule='warmup_constant', warmup=0.0, t_total=10,
                          max_grad_norm=1)
         args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--precision', precision, '--quiet'])
-        scaler = train.configure_precision(torch.device('cpu'), precision)
-        costs = [train.train_step(model, opt, X, M, Y, args, torch.device('cpu'), scaler) for _ in range(3)]
+        run = step_run(model, opt, args)
+        costs = [train.train_step(run, X, M, Y) for _ in range(3)]
         runs[precision] = costs, [p.detach() - b for p, b in zip(model.parameters(), before)]
         assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
     assert runs['fp16'][0] == pytest.approx(runs['fp32'][0], rel=0.02)
@@ -255,8 +256,8 @@ def test_mixed_precision_training_steps_on_cuda_follow_fp32(precision):
         opt = OpenAIAdam(model.parameters(), lr=1e-3, schedule='warmup_constant', warmup=0.0, t_total=10,
                          max_grad_norm=1)
         args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--precision', p, '--quiet'])
-        scaler = train.configure_precision(device, p)
-        costs = [train.train_step(model, opt, X, M, Y, args, device, scaler) for _ in range(3)]
+        run = step_run(model, opt, args, device)
+        costs = [train.train_step(run, X, M, Y) for _ in range(3)]
         runs[p] = costs, torch.cat([(q.detach() - b).flatten() for q, b in zip(model.parameters(), before)])
     assert runs[precision][0] == pytest.approx(runs['fp32-strict'][0], rel=0.02)
     moved, ref = runs[precision][1], runs['fp32-strict'][1]
