@@ -575,7 +575,7 @@ def read_safetensors(model_dir):
     config = read_config_json(config_path)
     if config.get('format') != FORMAT:
         raise ValueError(f'{config_path} is not a {FORMAT} config (its "format" is {config.get("format")!r}); '
-                         f'for a transformers folder use from-transformers / load_transformers_model')
+                         f'for a transformers folder use convert.py from-transformers or models.load_model')
     try:
         n_vocab, n_special, n_ctx, n_embd, n_layer = (int(config[k]) for k in SIZE_KEYS)
         int(config['n_head'])
