@@ -34,6 +34,7 @@ from pathlib import Path
 
 import regex
 import tiktoken
+from tqdm import tqdm
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'model' / 'gpt2'
 ENCODER_FILE = 'encoder.json'
@@ -290,3 +291,42 @@ def get_encoder(model_dir=None):
         return Encoder(encoder, merges)
     except ValueError as e:
         raise ValueError(f'{model_dir}: {e}: {fix_hint(ENCODER_FILE, MERGES_FILE)}') from None
+
+
+def encoder_from_files(encoder_path, bpe_path):
+    """Return the Encoder of an encoder.json and a vocab.bpe given by path (transformers' vocab.json and merges.txt
+    are the same two files under other names)."""
+    try:
+        return Encoder(read_encoder_json(encoder_path), read_merges(bpe_path))
+    except ValueError as e:
+        raise ValueError(f'{encoder_path} and {bpe_path}: {e}') from None
+
+
+class BatchEncoder:
+    """GPT-2's Encoder through text_utils.TextEncoder's interface, so that the tools feed GPT-2 as they feed GPT-1:
+    encode(a list of texts) -> a list of id lists, the `encoder` and `decoder` dicts to which callers add special
+    tokens (train.py's _start_, _delimiter_, _classify_), and decode() showing those by name."""
+
+    def __init__(self, encoder):
+        self.base = encoder  # the Encoder: exactly the original's ids
+        self.encoder = dict(encoder.encoder)
+        self.decoder = dict(encoder.decoder)
+
+    def encode(self, texts, verbose=True):
+        """Return a list of token id lists, one per text (the original's ids; no text standardisation)."""
+        if isinstance(texts, str):
+            raise TypeError('encode() takes a list of texts, not one str; wrap it: encode([text])')
+        return [self.base.encode(text) for text in tqdm(texts, ncols=80, leave=False, disable=not verbose)]
+
+    def decode(self, ids):
+        """Return the text of ids: GPT-2 tokens as the original decodes them, special tokens added to `encoder` by
+        name as words of their own, other ids (position ids) skipped."""
+        names = {i: t for t, i in self.encoder.items() if i >= self.base.n_vocab}
+        parts, run = [], []
+        for i in map(int, ids):
+            if 0 <= i < self.base.n_vocab:
+                run.append(i)
+            elif i in names:
+                parts += [self.base.decode(run), f' {names[i]} ']
+                run = []
+        return ''.join(parts + [self.base.decode(run)])

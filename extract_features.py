@@ -54,9 +54,9 @@ def hidden_states_batch(model, ids, layers):
     The attention is causal, so padding after a sequence cannot change its states; padded rows are zeroed.
     """
     transformer = getattr(model, 'transformer', model)
-    pos_offset = transformer.embed.weight.shape[0] - transformer.n_ctx  # n_vocab + n_special
+    pos_offset = transformer.pos_offset  # n_vocab + n_special
     max_len = max(max(len(seq) for seq in ids), 1)
-    device = transformer.embed.weight.device
+    device = transformer.lm_weight.device
     x = torch.zeros(len(ids), max_len, 2, dtype=torch.long)  # [B, T, 2]
     x[..., 1] = pos_offset + torch.arange(max_len)
     valid = torch.zeros(len(ids), max_len, dtype=torch.bool)

@@ -77,16 +77,23 @@ class GPTConfig:
     def from_args(cls, args, **fields):
         """Return the config of an object holding the fields as attributes (an argparse Namespace), `fields`
         overriding them; the architecture fields must all be there, the sizes and switches default."""
-        values = {}
-        for f in dataclasses.fields(cls):
-            if f.name in fields:
-                values[f.name] = fields[f.name]
-            elif hasattr(args, f.name) or f.name not in OPTIONAL_FIELDS:
-                values[f.name] = config_value(args, f.name)
-        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f'GPTConfig has no field {sorted(unknown)[0]!r}')
-        return cls(**values)
+        return config_from_args(cls, args, OPTIONAL_FIELDS, fields)
+
+
+def config_from_args(cls, args, optional, fields):
+    """Return the config dataclass cls built from the attributes of args named as its fields, `fields` overriding
+    them; a field args lacks raises naming it, unless it is optional (then its default)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise ValueError(f'{cls.__name__} has no field {unknown[0]!r}')
+    values = {}
+    for name in names:
+        if name in fields:
+            values[name] = fields[name]
+        elif hasattr(args, name) or name not in optional:
+            values[name] = config_value(args, name)
+    return cls(**values)
 
 
 OPTIONAL_FIELDS = ('n_vocab', 'n_special', 'n_ctx', 'checkpoint_activations')  # may be missing from a Namespace
@@ -162,7 +169,7 @@ def uses_sdpa_math(q):
 class Attention(nn.Module):
     """Masked multi-head self-attention (TF: attn, _attn, mask_attn_weights)."""
 
-    def __init__(self, nx, n_head, attn_pdrop, resid_pdrop):
+    def __init__(self, nx, n_head, attn_pdrop, resid_pdrop, mask_value=1e9):
         super().__init__()
         if nx % n_head != 0:
             raise ValueError(f'n_embd ({nx}) must be divisible by n_head ({n_head})')
@@ -171,6 +178,7 @@ class Attention(nn.Module):
         self.c_proj = Conv1D(nx, nx)
         self.attn_pdrop = attn_pdrop
         self.resid_pdrop = resid_pdrop
+        self.mask_value = mask_value  # what masked scores lose: GPT-1's 1e9, GPT-2's 1e10
         # 'sdpa' uses torch's fused kernels; 'explicit' computes the original's w*b - 1e9*(1-b) and
         # keeps the attention weights in `last_weights` for inspection.
         self.impl = 'sdpa'
@@ -186,7 +194,7 @@ class Attention(nn.Module):
         """Return the original's attention output, computing the weights in full (TF: _attn)."""
         w = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(v.size(-1))  # [B, H, Tq, Tk]
         b = (causal_mask(q.size(-2), k.size(-2), q.device) if mask is None else mask).to(w.dtype)
-        w = w * b - 1e9 * (1 - b)
+        w = w * b - self.mask_value * (1 - b)
         w = F.softmax(w, dim=-1)
         if self.keep_weights:
             self.last_weights = w.detach()
@@ -304,6 +312,16 @@ class TransformerModel(nn.Module):
         """Return the width of the hidden states."""
         return self.cfg.n_embd
 
+    @property
+    def pos_offset(self):
+        """Return the id of position 0 in x: the rows before the positions (tokens and special tokens)."""
+        return self.cfg.n_vocab + self.cfg.n_special
+
+    @property
+    def lm_weight(self):
+        """Return the table the tied LM decoder multiplies by: every row, as the original's softmax."""
+        return self.embed.weight
+
     def embedding_table(self):
         """Return the embedding table as this forward pass sees it (dropped out when training)."""
         # TF drops entries of the table itself (`we = dropout(we)`); the lookup and the tied LM
@@ -357,9 +375,9 @@ class LMHead(nn.Module):
     def __init__(self, model, cfg, trunc_and_reshape=True):
         super().__init__()
         self.n_embd = config_value(cfg, 'n_embd')
-        embed_shape = model.embed.weight.shape
+        embed_shape = model.lm_weight.shape
         self.decoder = nn.Linear(embed_shape[1], embed_shape[0], bias=False)
-        self.decoder.weight = model.embed.weight  # tied weights
+        self.decoder.weight = model.lm_weight  # tied weights
         self.trunc_and_reshape = trunc_and_reshape
 
     def forward(self, h, we=None):
@@ -487,9 +505,10 @@ class LMModel(nn.Module):
 class DoubleHeadModel(nn.Module):
     """Transformer with the LM head and a task head: x -> (lm_logits, task_logits) (TF: model)."""
 
-    def __init__(self, cfg, clf_token, task_head_type, vocab=None, n_ctx=None):
+    def __init__(self, cfg, clf_token, task_head_type, vocab=None, n_ctx=None, transformer=None):
         super().__init__()
-        self.transformer = TransformerModel(cfg, vocab=vocab, n_ctx=n_ctx)
+        # transformer: another family's transformer with the same interface (model_gpt2.GPT2DoubleHeadModel)
+        self.transformer = TransformerModel(cfg, vocab=vocab, n_ctx=n_ctx) if transformer is None else transformer
         self.cfg = self.transformer.cfg
         self.lm_head = LMHead(self.transformer, self.cfg)
         self.task_head = make_task_head(clf_token, self.cfg, task_head_type)

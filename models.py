@@ -1,27 +1,48 @@
-"""Every model family behind one call: `load_model(path)` returns the model a weights folder holds.
+"""Every model family behind one call: `load_model(path)` returns the model a weights folder holds, GPT-1 or GPT-2,
+and `load_tokenizer(path)` its tokenizer.
 
 No TF counterpart. weights.py reads each format into a Checkpoint; the family's model module builds the model
-from it (model_pytorch.model_from_checkpoint for GPT-1). This module sits above both, so that neither the
-formats nor the models import each other in a circle.
+from it (model_pytorch.model_from_checkpoint for GPT-1, model_gpt2.model_from_checkpoint for GPT-2). This module
+sits above both, so that neither the formats nor the models import each other in a circle.
 """
-from model_pytorch import model_from_checkpoint
-from weights import detect_format, read_checkpoint, read_released
+import model_gpt2
+import model_pytorch
+from weights import detect_family, detect_format, read_checkpoint, read_released, vocab_paths
+
+FAMILY_MODULES = {'gpt1': model_pytorch, 'gpt2': model_gpt2}
 
 
 def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None, n_vocab=None, verify=False):
-    """Return the model in eval mode that a folder (or transformers weights file) holds: an LMModel with lm, else a
-    TransformerModel; its config (`model.cfg`) gives n_vocab, n_special and n_ctx.
+    """Return the model in eval mode that a folder (or transformers weights file) holds, of its family: with lm an
+    LMModel or GPT2LMHeadModel, else a TransformerModel or GPT2Model; its config (`model.cfg`) gives n_vocab,
+    n_special and n_ctx.
 
-    Released shards state neither n_head nor afn (default: the released 12 heads and gelu); n_ctx (default: every
-    stored position) crops the positions; n_special sets the special rows (default: as stored, none for released
-    shards; new rows are drawn as the original does); n_vocab splits a transformers table into tokens and special
-    rows (default: its config.json's n_special, else every row a token). verify checks released shards against
-    their SHA-1s.
+    GPT-1's released shards state neither n_head nor afn (default: the released 12 heads and gelu); n_ctx (default:
+    every stored position) crops the positions; n_special sets the special rows (default: as stored, none for
+    released weights; new rows are drawn as the original does); n_vocab splits a transformers table into tokens and
+    special rows (default: its config.json's n_special, else every row a token). verify checks GPT-1's released
+    shards against their SHA-1s.
     """
     if detect_format(path) == 'released':
         ckpt = read_released(path, n_head=n_head, afn=afn, verify=verify)
     elif verify:
-        raise ValueError(f'{path} is not a released model/ folder: verification checks the released shards only')
+        raise ValueError(f'{path} is not a released GPT-1 model/ folder: verification checks the released shards only '
+                         f'(a GPT-2 checkpoint checks its CRC32Cs whenever it is read)')
     else:
         ckpt = read_checkpoint(path, n_head=n_head, afn=afn, n_vocab=n_vocab)
-    return model_from_checkpoint(ckpt, n_ctx=n_ctx, n_special=n_special, lm=lm)
+    return FAMILY_MODULES[ckpt.family].model_from_checkpoint(ckpt, n_ctx=n_ctx, n_special=n_special, lm=lm)
+
+
+def load_tokenizer(path, encoder_path=None, bpe_path=None, family=None):
+    """Return the tokenizer of the model a folder holds, with text_utils.TextEncoder's interface: GPT-1's BPE from the
+    folder's vocabulary files (or the paths given), GPT-2's from them or else the vocabulary this repository ships
+    (the same for every GPT-2)."""
+    family = detect_family(path) if family is None else family
+    encoder_path, bpe_path = vocab_paths(path, encoder_path, bpe_path, family)
+    if family == 'gpt1':
+        from text_utils import TextEncoder  # here, not at import time: spaCy loads slowly
+        return TextEncoder(encoder_path, bpe_path)
+    import encoder_gpt2
+    base = encoder_gpt2.get_encoder() if encoder_path is None else encoder_gpt2.encoder_from_files(encoder_path,
+                                                                                                   bpe_path)
+    return encoder_gpt2.BatchEncoder(base)

@@ -23,9 +23,7 @@ class Generation:
 def table_rows(model):
     """Return (transformer, decoder weight [rows, n_embd]) of an LMModel, DoubleHeadModel or TransformerModel."""
     transformer = getattr(model, 'transformer', model)
-    lm_head = getattr(model, 'lm_head', None)
-    weight = lm_head.decoder.weight if lm_head is not None else transformer.embed.weight  # tied to the table
-    return transformer, weight
+    return transformer, transformer.lm_weight  # the LM decoder is tied to the table
 
 
 class NextTokenLogits:
@@ -38,7 +36,7 @@ class NextTokenLogits:
     def __init__(self, model, n_vocab, use_cache=True):
         self.transformer, self.decoder = table_rows(model)
         self.n_ctx = self.transformer.n_ctx
-        self.pos_offset = self.decoder.shape[0] - self.n_ctx  # position i has id n_vocab + n_special + i
+        self.pos_offset = self.transformer.pos_offset  # position i has id n_vocab + n_special + i
         if not 0 < n_vocab <= self.pos_offset:
             raise ValueError(f'n_vocab={n_vocab} but the table holds {self.pos_offset} token and special rows')
         self.n_vocab = n_vocab

@@ -14,7 +14,16 @@ TF counterpart: the weight-loading lines of the original train.py's `__main__` (
   [tokens; special], `positions_embed.weight` [n_positions, n_embd], `h.3.attn.c_attn.weight` [nx, nf], ...)
   in `model.safetensors` or a `pytorch_model.bin` state dict, with its `config.json`.
 
-Every reader returns a `Checkpoint` (numpy arrays named as the models name their parameters, and the
+Formats of GPT-2's weights (openai/gpt-2):
+- tf-checkpoint (released): `hparams.json` + a TensorFlow checkpoint (`checkpoint`, `model.ckpt.index`,
+  `model.ckpt.data-00000-of-00001`, `model.ckpt.meta`) holding `model/wte`, `model/wpe`, `model/h{i}/...` (conv
+  weights [1, nx, nf]) and `model/ln_f/{g,b}`, read without TensorFlow (tf_bundle.py, every CRC32C checked);
+- safetensors (this project's): `model.safetensors` holding the GPT2Model state_dict (`wte.weight`, `wpe.weight`,
+  `h.3.attn.c_attn.w` [nx, nf], `ln_f.g`, ...) + `config.json` (its format tag, family "gpt2" and GPT2Config);
+- transformers: `GPT2Model` / `GPT2LMHeadModel` folders (`transformer.wte.weight`, `h.3.attn.c_attn.weight`
+  [nx, nf], `ln_f.weight`, ...) with their `config.json` (model_type "gpt2").
+
+Every reader returns a `Checkpoint` (numpy arrays named as the models name their parameters, the family, and the
 architecture the files state); every writer takes one. This module imports no model code: the model modules
 build models from a Checkpoint (model_pytorch.model_from_checkpoint) and read through it. Only safetensors and
 `torch.load(weights_only=True)` are read: nothing is unpickled.
@@ -34,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+
+import tf_bundle
 
 N_SHARDS = 10  # params_0.npy ... params_9.npy
 
@@ -56,8 +67,18 @@ WEIGHTS_SOURCE = 'the model/ folder of github.com/openai/finetune-transformer-lm
 HF_TO_OUR_AFN = {'gelu': 'gelu', 'gelu_new': 'gelu', 'relu': 'relu', 'silu': 'swish', 'swish': 'swish'}
 OUR_TO_HF_AFN = {'gelu': 'gelu', 'relu': 'relu', 'swish': 'silu'}
 HF_PREFIX = 'transformer.'
+HF_TABLES = {'gpt1': ('tokens_embed.weight', 'positions_embed.weight'), 'gpt2': ('wte.weight', 'wpe.weight')}
+HF_MODEL_TYPES = {'openai-gpt': 'gpt1', 'gpt2': 'gpt2'}
+GPT2_EOT = 50256  # <|endoftext|>
 HF_BUFFER = re.compile(r'^h\.\d+\.attn\.(bias|masked_bias)$|^position_ids$')  # masks, not parameters
-CONFIG_KEYS = ('format', 'format_version')  # config.json keys of a safetensors folder that are not the model's
+CONFIG_KEYS = ('format', 'format_version', 'family')  # config.json keys of a safetensors folder, not the model's
+FAMILIES = ('gpt1', 'gpt2')
+GPT2_VOCAB_FILES = ('encoder.json', 'vocab.bpe')  # openai/gpt-2's names; transformers' are HF_VOCAB_FILES
+HPARAMS_NAME = 'hparams.json'
+TF_PREFIX = 'model.ckpt'  # the released checkpoint's prefix
+TF_FILES = ('checkpoint', 'model.ckpt.index', 'model.ckpt.data-00000-of-00001', 'model.ckpt.meta')
+GPT2_SOURCE = 'a GPT-2 model folder of openaipublic.blob.core.windows.net/gpt-2/models/ (run download_model.py --model gpt2-124M)'
+GPT2_HPARAMS = ('n_vocab', 'n_ctx', 'n_embd', 'n_head', 'n_layer')
 SIZE_KEYS = ('n_vocab', 'n_special', 'n_ctx', 'n_embd', 'n_layer')  # config fields the arrays' shapes give
 
 
@@ -80,6 +101,16 @@ def block_keys(n_layer):
     return [torch_name(name) for name in tf_param_names(n_layer)[2:]]
 
 
+def family_name(family):
+    """Return the name to show for a family: 'GPT-1' or 'GPT-2'."""
+    return {'gpt1': 'GPT-1', 'gpt2': 'GPT-2'}[family]
+
+
+def n_layer_of(keys):
+    """Return the number of blocks among state_dict keys: one more than the highest i of 'h.{i}.'."""
+    return 1 + max((int(m.group(1)) for m in (re.match(r'^h\.(\d+)\.', k) for k in keys) if m), default=-1)
+
+
 def hf_key(key):
     """Return transformers' name of a block parameter: 'h.0.attn.c_attn.w' -> 'h.0.attn.c_attn.weight'."""
     stem, leaf = key.rsplit('.', 1)
@@ -96,14 +127,17 @@ def block_shapes(n_embd, n_layer):
     return {f'h.{i}.{name}': one[name] for i in range(n_layer) for name in one}
 
 
-def check_blocks(blocks, n_embd, n_layer, source):
-    """Raise a ValueError naming source when blocks lack, add or misshape a parameter of a GPT-1 of that size."""
+def check_blocks(blocks, n_embd, n_layer, source, family='gpt1'):
+    """Raise a ValueError naming source when blocks lack, add or misshape a parameter of a model of that family and
+    size (GPT-2's blocks come with the final ln_f)."""
     shapes = block_shapes(n_embd, n_layer)
+    if family == 'gpt2':
+        shapes.update({'ln_f.g': (n_embd,), 'ln_f.b': (n_embd,)})
     missing = [k for k in shapes if k not in blocks]
     extra = [k for k in blocks if k not in shapes]
     if missing or extra:
-        raise ValueError(f'{source} does not hold a GPT-1 with n_layer={n_layer}: missing {missing[:3]}, '
-                         f'unexpected {extra[:3]}')
+        raise ValueError(f'{source} does not hold a {family_name(family)} with n_layer={n_layer}: missing '
+                         f'{missing[:3]}, unexpected {extra[:3]}')
     for key, shape in shapes.items():
         if tuple(blocks[key].shape) != shape:
             raise ValueError(f'{source}: {key} has shape {tuple(blocks[key].shape)}, expected {shape} '
@@ -296,16 +330,18 @@ def released_problems(path, expected=None):
 
 @dataclass
 class Checkpoint:
-    """GPT-1 weights as the model names them: the three parts of the table, the blocks, and the architecture the
-    files state (a dict of config fields; fields they do not state are left out and take the config's defaults)."""
+    """A model's weights as the model names them: its tokens, special and position rows, the rest (the blocks, and
+    GPT-2's ln_f), its family and the architecture the files state (a dict of config fields; fields they do not state
+    are left out and take the config's defaults). GPT-1 keeps the three in one table, GPT-2 in wte and wpe."""
     tokens: np.ndarray     # [n_vocab, n_embd]
     special: np.ndarray    # [n_special, n_embd]
     positions: np.ndarray  # [n_pos, n_embd]
-    blocks: dict           # state_dict key ('h.0.attn.c_attn.w') -> array, conv weights [nx, nf]
+    blocks: dict           # state_dict key ('h.0.attn.c_attn.w', GPT-2's 'ln_f.g') -> array, conv weights [nx, nf]
     config: dict           # e.g. {'n_head': 12, 'afn': 'gelu', 'embd_pdrop': 0.1}; sizes come from the arrays
     released: dict = None  # params_shapes.json text and .npy headers of the shards it was read from
     ignored: list = field(default_factory=list)  # keys of the source that hold no transformer weights
     source: str = None     # the file the config was read from, for error messages
+    family: str = 'gpt1'   # 'gpt1' (model_pytorch) or 'gpt2' (model_gpt2)
 
     @property
     def n_vocab(self):
@@ -330,7 +366,7 @@ class Checkpoint:
     @property
     def n_layer(self):
         """Return the number of blocks."""
-        return len(self.blocks) // len(TF_BLOCK)
+        return n_layer_of(self.blocks)
 
     def table(self, n_ctx=None):
         """Return the original's `we` = [tokens; special; positions[:n_ctx]]: [n_vocab+n_special+n_ctx, n_embd]."""
@@ -537,6 +573,78 @@ def random_released_arrays(rng, n_embd, n_layer, n_pos, n_vocab):
     return arrays
 
 
+# --- GPT-2's released TensorFlow checkpoints ------------------------------------------------------------------
+
+def read_hparams(path):
+    """Return the hparams.json dict of a released GPT-2 folder (n_vocab, n_ctx, n_embd, n_head, n_layer), or raise
+    naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing: a released GPT-2 folder holds it beside the checkpoint; it comes '
+                                f'from {GPT2_SOURCE}')
+    hparams = read_config_json(path)
+    bad = [k for k in GPT2_HPARAMS if not (isinstance(hparams.get(k), int) and hparams[k] > 0)]
+    if bad:
+        raise ValueError(f'{path} lacks or has a bad {bad[0]!r} (it needs the positive integers '
+                         f'{", ".join(GPT2_HPARAMS)}): download it again')
+    return hparams
+
+
+def tf_prefix(folder):
+    """Return the checkpoint prefix of a folder: the one its `checkpoint` file names, else model.ckpt beside it."""
+    if os.path.isfile(os.path.join(folder, 'checkpoint')):
+        return tf_bundle.latest_checkpoint(folder)
+    return os.path.join(folder, TF_PREFIX)
+
+
+def read_tf_gpt2(folder):
+    """Return the Checkpoint of a released GPT-2 folder (hparams.json + a TensorFlow checkpoint), read without
+    TensorFlow: every tensor's CRC32C checked, every name and shape against hparams.json."""
+    hparams_path = os.path.join(folder, HPARAMS_NAME)
+    hparams = read_hparams(hparams_path)
+    prefix = tf_prefix(folder)
+    arrays = tf_bundle.read_tf_checkpoint(prefix)  # a damaged index or data file is an error naming it
+    index_path = f'{prefix}.index'
+    ignored = sorted(k for k in arrays if not k.startswith('model/'))  # e.g. an optimizer's slots
+    for name in ('model/wte', 'model/wpe'):
+        if name not in arrays:
+            raise ValueError(f'{index_path} has no {name}: it is not a GPT-2 checkpoint')
+    n_vocab, n_ctx, n_embd, n_layer = (hparams[k] for k in ('n_vocab', 'n_ctx', 'n_embd', 'n_layer'))
+    wte, wpe = arrays.pop('model/wte'), arrays.pop('model/wpe')
+    for name, array, shape in (('model/wte', wte, (n_vocab, n_embd)), ('model/wpe', wpe, (n_ctx, n_embd))):
+        if tuple(array.shape) != shape:
+            raise ValueError(f'{index_path}: {name} has shape {tuple(array.shape)}, but {hparams_path} gives {shape}')
+    blocks = {}
+    for name, array in arrays.items():
+        if name.startswith('model/'):  # conv weights [1, nx, nf] -> [nx, nf]
+            blocks[torch_name(name)] = array.reshape(array.shape[1:]) if array.ndim == 3 else array
+    check_blocks(blocks, n_embd, n_layer, index_path, family='gpt2')
+    blocks = {k: np.asarray(v, dtype=np.float32) for k, v in blocks.items()}
+    special = np.zeros((0, n_embd), np.float32)
+    return Checkpoint(np.asarray(wte, np.float32), special, np.asarray(wpe, np.float32), blocks,
+                      {'n_head': hparams['n_head']}, ignored=ignored, source=hparams_path, family='gpt2')
+
+
+def write_tf_gpt2(ckpt, out_dir, drop_special=False):
+    """Write a GPT-2 ckpt as a released folder: hparams.json and the TensorFlow checkpoint (checkpoint, model.ckpt.index,
+    model.ckpt.data-00000-of-00001; not model.ckpt.meta, a TensorFlow graph that no reader of the weights needs), as
+    tf.train.Saver lays them out; return out_dir."""
+    if ckpt.n_special and not drop_special:
+        raise ValueError(f'the checkpoint has {ckpt.n_special} special-token rows, which the released format cannot '
+                         f'hold: pass --drop_special (drop_special=True) to write it without them')
+    os.makedirs(out_dir, exist_ok=True)
+    arrays = {'model/wte': ckpt.tokens, 'model/wpe': ckpt.positions}
+    for key, array in ckpt.blocks.items():
+        name = 'model/' + re.sub(r'^h\.(\d+)\.', r'h\1/', key).replace('.', '/')  # 'h.3.attn.c_attn.w' -> TF's
+        arrays[name] = array.reshape((1,) + array.shape) if array.ndim == 2 else array  # [nx, nf] -> [1, nx, nf]
+    tf_bundle.write_tf_checkpoint(os.path.join(out_dir, TF_PREFIX),
+                                  {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
+    hparams = dict(n_vocab=ckpt.n_vocab, n_ctx=ckpt.n_pos, n_embd=ckpt.n_embd, n_head=ckpt.config['n_head'],
+                   n_layer=ckpt.n_layer)
+    with open(os.path.join(out_dir, HPARAMS_NAME), 'w', encoding='utf-8') as f:
+        json.dump(hparams, f, indent=2)  # as the released hparams.json, byte for byte
+    return out_dir
+
+
 # --- this project's safetensors folder ----------------------------------------------------------------------
 
 def read_config_json(path):
@@ -570,12 +678,15 @@ def load_safetensors_file(path):
 
 
 def read_safetensors(model_dir):
-    """Return the Checkpoint in this project's folder (model.safetensors + config.json)."""
+    """Return the Checkpoint in this project's folder (model.safetensors + config.json), of either family."""
     config_path = os.path.join(model_dir, CONFIG_NAME)
     config = read_config_json(config_path)
     if config.get('format') != FORMAT:
         raise ValueError(f'{config_path} is not a {FORMAT} config (its "format" is {config.get("format")!r}); '
                          f'for a transformers folder use convert.py from-transformers or models.load_model')
+    family = config.get('family', 'gpt1')  # folders written before GPT-2 arrived state none
+    if family not in FAMILIES:
+        raise ValueError(f'{config_path}: unknown family {family!r}, expected one of {", ".join(FAMILIES)}')
     try:
         n_vocab, n_special, n_ctx, n_embd, n_layer = (int(config[k]) for k in SIZE_KEYS)
         int(config['n_head'])
@@ -583,35 +694,40 @@ def read_safetensors(model_dir):
         raise ValueError(f'{config_path} lacks or has a bad field ({err}): write it with convert.py') from None
     path = os.path.join(model_dir, WEIGHTS_NAME)
     tensors, metadata = load_safetensors_file(path)
-    if 'embed.weight' not in tensors:
-        raise ValueError(f'{path} has no embed.weight: it is not a {FORMAT} file')
-    table = tensors.pop('embed.weight')
-    expected = (n_vocab + n_special + n_ctx, n_embd)
-    if table.shape != expected:
-        raise ValueError(f'{path}: embed.weight has shape {table.shape}, but {config_path} gives {expected} '
-                         f'(n_vocab + n_special + n_ctx, n_embd)')
-    check_blocks(tensors, n_embd, n_layer, path)
+    tables = {'gpt1': [('embed.weight', (n_vocab + n_special + n_ctx, n_embd))],
+              'gpt2': [('wte.weight', (n_vocab + n_special, n_embd)), ('wpe.weight', (n_ctx, n_embd))]}[family]
+    for name, shape in tables:
+        if name not in tensors:
+            raise ValueError(f'{path} has no {name}: it is not a {family_name(family)} {FORMAT} file')
+        if tensors[name].shape != shape:
+            raise ValueError(f'{path}: {name} has shape {tensors[name].shape}, but {config_path} gives {shape} '
+                             f'(from n_vocab, n_special, n_ctx and n_embd)')
+    table = np.concatenate([tensors.pop(name) for name, _ in tables], 0)  # [tokens; special; positions]
+    check_blocks(tensors, n_embd, n_layer, path, family)
     released = json.loads(metadata['released']) if 'released' in metadata else None
     tokens, special, positions = np.split(table, [n_vocab, n_vocab + n_special])
     architecture = {k: v for k, v in config.items() if k not in CONFIG_KEYS + SIZE_KEYS}
-    return Checkpoint(tokens, special, positions, tensors, architecture, released, source=config_path)
+    return Checkpoint(tokens, special, positions, tensors, architecture, released, source=config_path, family=family)
 
 
 def write_safetensors(ckpt, out_dir):
-    """Write ckpt as this project's folder (model.safetensors + config.json, the format tag, the sizes and
+    """Write ckpt as this project's folder (model.safetensors + config.json, the format tag, the family, the sizes and
     ckpt.config); return out_dir."""
     from safetensors.numpy import save_file
     if 'n_head' not in ckpt.config:
         raise ValueError('the checkpoint states no n_head: give it (convert.py --n_head) before writing it')
     os.makedirs(out_dir, exist_ok=True)
-    tensors = {'embed.weight': ckpt.table()}
+    if ckpt.family == 'gpt2':
+        tensors = {'wte.weight': np.concatenate([ckpt.tokens, ckpt.special], 0), 'wpe.weight': ckpt.positions}
+    else:
+        tensors = {'embed.weight': ckpt.table()}
     tensors.update(ckpt.blocks)
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     metadata = {'format': 'pt'}
     if ckpt.released is not None:
         metadata['released'] = json.dumps(ckpt.released)
     save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata=metadata)
-    config = {'format': FORMAT, 'format_version': FORMAT_VERSION, 'n_vocab': ckpt.n_vocab,
+    config = {'format': FORMAT, 'format_version': FORMAT_VERSION, 'family': ckpt.family, 'n_vocab': ckpt.n_vocab,
               'n_special': ckpt.n_special, 'n_ctx': ckpt.n_pos, 'n_embd': ckpt.n_embd, 'n_layer': ckpt.n_layer}
     config.update({k: v for k, v in ckpt.config.items() if k not in SIZE_KEYS})
     with open(os.path.join(out_dir, CONFIG_NAME), 'w', encoding='utf-8') as f:
@@ -653,8 +769,23 @@ def load_hf_state(weights_path):
     return {k: v.detach().to(torch.float32).numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def split_hf_state(state, source):
+def hf_family(config, state, path):
+    """Return the family of a transformers checkpoint: its config.json's model_type, else what its keys hold."""
+    model_type = config.get('model_type')
+    if model_type is not None:
+        if model_type not in HF_MODEL_TYPES:
+            raise ValueError(f'{path}: config.json has model_type {model_type!r}, expected one of '
+                             f'{", ".join(map(repr, HF_MODEL_TYPES))}')
+        return HF_MODEL_TYPES[model_type]
+    for family, (token_key, _) in HF_TABLES.items():
+        if token_key in state or HF_PREFIX + token_key in state:
+            return family
+    raise ValueError(f'{path} holds neither an OpenAI GPT nor a GPT-2 checkpoint (keys start {sorted(state)[:3]})')
+
+
+def split_hf_state(state, source, family='gpt1'):
     """Return (transformer arrays without the prefix, ignored keys); check a stored lm_head is the tied copy."""
+    token_key = HF_TABLES[family][0]
     prefixed = any(k.startswith(HF_PREFIX) for k in state)
     body, ignored = {}, []
     for key, value in state.items():
@@ -663,10 +794,10 @@ def split_hf_state(state, source):
             ignored.append(key)  # heads (lm_head, multiple_choice_head, score) and attention-mask buffers
         else:
             body[name] = value
-    if 'lm_head.weight' in state and 'tokens_embed.weight' in body:
-        if not np.array_equal(state['lm_head.weight'], body['tokens_embed.weight']):
-            raise ValueError(f'{source}: lm_head.weight differs from tokens_embed.weight; GPT-1 ties its decoder '
-                             f'to the embeddings, so this untied head cannot be converted')
+    if 'lm_head.weight' in state and token_key in body:
+        if not np.array_equal(state['lm_head.weight'], body[token_key]):
+            raise ValueError(f'{source}: lm_head.weight differs from {token_key}; {family_name(family)} ties its '
+                             f'decoder to the embeddings, so this untied head cannot be converted')
     return body, ignored
 
 
@@ -690,25 +821,26 @@ def default_n_vocab(config, n_rows, path):
 
 
 def read_transformers(path, n_vocab=None, n_head=None, afn=None):
-    """Return the Checkpoint in a transformers OpenAI GPT folder or weights file.
+    """Return the Checkpoint in a transformers OpenAI GPT or GPT-2 folder or weights file.
 
-    tokens_embed's rows are [tokens; special]: n_vocab (default: from config.json's n_special, else every row)
-    says how many are BPE tokens; the rest become special rows. n_head and afn come from config.json; pass
-    them for a bare weights file.
+    The token table's rows are [tokens; special]: n_vocab (default: from config.json's n_special, else every row)
+    says how many are BPE tokens; the rest become special rows. n_head (and GPT-1's afn) come from config.json;
+    pass them for a bare weights file.
     """
     weights_path = hf_weights_file(path)
     config = hf_config(path, weights_path)
-    body, ignored = split_hf_state(load_hf_state(weights_path), weights_path)
-    for name in ('tokens_embed.weight', 'positions_embed.weight'):
+    state = load_hf_state(weights_path)
+    family = hf_family(config, state, path)
+    body, ignored = split_hf_state(state, weights_path, family)
+    token_key, position_key = HF_TABLES[family]
+    for name in (token_key, position_key):
         if name not in body:
-            raise ValueError(f'{weights_path} has no {name}: it is not an OpenAI GPT checkpoint '
+            raise ValueError(f'{weights_path} has no {name}: it is not a {family_name(family)} checkpoint '
                              f'(keys start {sorted(body)[:3]})')
-    tokens_embed = body.pop('tokens_embed.weight')
-    positions = body.pop('positions_embed.weight')
+    tokens_embed = body.pop(token_key)
+    positions = body.pop(position_key)
     n_rows, n_embd = tokens_embed.shape
-    n_layer = 1 + max((int(m.group(1)) for m in (re.match(r'^h\.(\d+)\.', k) for k in body) if m), default=-1)
-    if config.get('model_type', 'openai-gpt') != 'openai-gpt':
-        raise ValueError(f'{path}: config.json has model_type {config["model_type"]!r}, expected "openai-gpt"')
+    n_layer = n_layer_of(body)
     eps = config.get('layer_norm_epsilon', LAYER_NORM_EPSILON)
     if eps != LAYER_NORM_EPSILON:
         raise ValueError(f'{path}: layer_norm_epsilon is {eps}; this port implements {LAYER_NORM_EPSILON} only')
@@ -716,57 +848,79 @@ def read_transformers(path, n_vocab=None, n_head=None, afn=None):
         n_head = config.get('n_head')
         if n_head is None:
             raise ValueError(f'{path}: no config.json gives n_head; put the config.json beside it or pass --n_head')
-    hf_afn = afn or config.get('afn', 'gelu')
-    if hf_afn not in HF_TO_OUR_AFN:
-        raise ValueError(f'{path}: afn {hf_afn!r} has no counterpart here; use one of {sorted(HF_TO_OUR_AFN)}')
-    pdrops = {name: config[name] for name in ('embd_pdrop', 'attn_pdrop', 'resid_pdrop') if name in config}
-    if 'summary_first_dropout' in config:
-        pdrops['clf_pdrop'] = config['summary_first_dropout']
-    architecture = dict(n_head=int(n_head), afn=HF_TO_OUR_AFN[hf_afn], **pdrops)
+    architecture = dict(n_head=int(n_head), **hf_architecture(config, family, afn, path))
     if 'n_layer' in config and config['n_layer'] != n_layer:
         raise ValueError(f'{path}: config.json says n_layer={config["n_layer"]} but the weights hold {n_layer} blocks')
     if n_vocab is None:
         n_vocab = default_n_vocab(config, n_rows, path)
     if not 0 < n_vocab <= n_rows:
-        raise ValueError(f'n_vocab={n_vocab} but tokens_embed in {weights_path} has {n_rows} rows')
-    blocks = {}
-    for key in block_keys(n_layer):
-        if hf_key(key) in body:
-            blocks[key] = body.pop(hf_key(key))
+        raise ValueError(f'n_vocab={n_vocab} but {token_key} in {weights_path} has {n_rows} rows')
+    keys = block_keys(n_layer) + (['ln_f.g', 'ln_f.b'] if family == 'gpt2' else [])
+    blocks = {key: body.pop(hf_key(key)) for key in keys if hf_key(key) in body}
     if body:
-        raise ValueError(f'{weights_path} holds unexpected keys {sorted(body)[:3]}: not an OpenAI GPT checkpoint')
-    check_blocks(blocks, n_embd, n_layer, weights_path)
+        raise ValueError(f'{weights_path} holds unexpected keys {sorted(body)[:3]}: not a {family_name(family)} '
+                         f'checkpoint')
+    check_blocks(blocks, n_embd, n_layer, weights_path, family)
     return Checkpoint(tokens_embed[:n_vocab], tokens_embed[n_vocab:], positions, blocks, architecture, ignored=ignored,
-                      source=weights_path)
+                      source=weights_path, family=family)
+
+
+def hf_architecture(config, family, afn, path):
+    """Return the config fields a transformers config.json gives beside n_head (dropouts; GPT-1's activation), after
+    checking that it describes the model this port computes."""
+    pdrops = {name: config[name] for name in ('embd_pdrop', 'attn_pdrop', 'resid_pdrop') if name in config}
+    if 'summary_first_dropout' in config:
+        pdrops['clf_pdrop'] = config['summary_first_dropout']
+    if family == 'gpt2':
+        activation = config.get('activation_function', 'gelu_new')
+        if activation not in ('gelu_new', 'gelu_pytorch_tanh'):  # the original's tanh GELU, by either name
+            raise ValueError(f'{path}: activation_function is {activation!r}; GPT-2 computes the tanh GELU (gelu_new)')
+        for name, want in (('scale_attn_weights', True), ('scale_attn_by_inverse_layer_idx', False)):
+            if config.get(name, want) != want:
+                raise ValueError(f'{path}: {name} is {config[name]}; GPT-2 as released has {want}')
+        return pdrops
+    hf_afn = afn or config.get('afn', 'gelu')
+    if hf_afn not in HF_TO_OUR_AFN:
+        raise ValueError(f'{path}: afn {hf_afn!r} has no counterpart here; use one of {sorted(HF_TO_OUR_AFN)}')
+    return dict(afn=HF_TO_OUR_AFN[hf_afn], **pdrops)
 
 
 def transformers_config(ckpt):
-    """Return the config.json dict that transformers' OpenAIGPTConfig reads for ckpt (whose config must state
-    n_head, afn and the four dropouts: model_pytorch.complete_checkpoint fills them in)."""
+    """Return the config.json dict that transformers' OpenAIGPTConfig or GPT2Config reads for ckpt (whose config must
+    state n_head, the dropouts and GPT-1's afn: the model modules' complete_checkpoint fills them in)."""
     cfg = ckpt.config
-    missing = [k for k in ('n_head', 'afn', 'embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop') if k not in cfg]
+    needed = ('n_head', 'embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop') + (('afn',) if ckpt.family == 'gpt1'
+                                                                                     else ())
+    missing = [k for k in needed if k not in cfg]
     if missing:
         raise ValueError(f'the checkpoint states no {missing[0]}: complete its config before writing it')
+    common = {'vocab_size': ckpt.n_vocab + ckpt.n_special, 'n_special': ckpt.n_special, 'n_positions': ckpt.n_pos,
+              'n_embd': ckpt.n_embd, 'n_layer': ckpt.n_layer, 'n_head': cfg['n_head'],
+              'resid_pdrop': cfg['resid_pdrop'], 'embd_pdrop': cfg['embd_pdrop'], 'attn_pdrop': cfg['attn_pdrop'],
+              'summary_first_dropout': cfg['clf_pdrop'], 'layer_norm_epsilon': LAYER_NORM_EPSILON,
+              'initializer_range': 0.02, 'tie_word_embeddings': True}
+    if ckpt.family == 'gpt2':
+        return {'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2', **common, 'n_ctx': ckpt.n_pos,
+                'activation_function': 'gelu_new', 'scale_attn_weights': True, 'bos_token_id': GPT2_EOT,
+                'eos_token_id': GPT2_EOT}
     if cfg['afn'] not in OUR_TO_HF_AFN:
         raise ValueError(f"afn {cfg['afn']!r} has no transformers counterpart")
-    return {'architectures': ['OpenAIGPTLMHeadModel'], 'model_type': 'openai-gpt',
-            'vocab_size': ckpt.n_vocab + ckpt.n_special, 'n_special': ckpt.n_special, 'n_positions': ckpt.n_pos,
-            'n_embd': ckpt.n_embd, 'n_layer': ckpt.n_layer, 'n_head': cfg['n_head'], 'afn': OUR_TO_HF_AFN[cfg['afn']],
-            'resid_pdrop': cfg['resid_pdrop'], 'embd_pdrop': cfg['embd_pdrop'], 'attn_pdrop': cfg['attn_pdrop'],
-            'summary_first_dropout': cfg['clf_pdrop'], 'layer_norm_epsilon': LAYER_NORM_EPSILON,
-            'initializer_range': 0.02, 'tie_word_embeddings': True}
+    return {'architectures': ['OpenAIGPTLMHeadModel'], 'model_type': 'openai-gpt', **common,
+            'afn': OUR_TO_HF_AFN[cfg['afn']]}
 
 
 def write_transformers(ckpt, out_dir):
-    """Write ckpt as a transformers OpenAIGPTLMHeadModel folder (model.safetensors + config.json); return out_dir.
+    """Write ckpt as a transformers OpenAIGPTLMHeadModel or GPT2LMHeadModel folder (model.safetensors + config.json);
+    return out_dir.
 
-    Special-token rows go after the tokens in tokens_embed (vocab_size = n_vocab + n_special, as transformers'
+    Special-token rows go after the tokens in the token table (vocab_size = n_vocab + n_special, as transformers'
     resize_token_embeddings lays them out); config.json's extra "n_special" lets read_transformers split them.
     """
     from safetensors.numpy import save_file
     os.makedirs(out_dir, exist_ok=True)
-    tensors = {HF_PREFIX + 'tokens_embed.weight': np.concatenate([ckpt.tokens, ckpt.special], 0),
-               HF_PREFIX + 'positions_embed.weight': ckpt.positions}
+    token_key, position_key = HF_TABLES[ckpt.family]
+    tensors = {HF_PREFIX + token_key: np.concatenate([ckpt.tokens, ckpt.special], 0),
+               HF_PREFIX + position_key: ckpt.positions}
     tensors.update({HF_PREFIX + hf_key(k): v for k, v in ckpt.blocks.items()})
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={'format': 'pt'})
@@ -774,42 +928,67 @@ def write_transformers(ckpt, out_dir):
         json.dump(transformers_config(ckpt), f, indent=2)
         f.write('\n')
     return out_dir
+
+
 # --- any folder ---------------------------------------------------------------------------------------------
 
 def detect_format(path):
-    """Return 'released', 'safetensors' or 'transformers' for a model folder or weights file, or raise.
+    """Return 'released', 'tf-checkpoint', 'safetensors' or 'transformers' for a model folder or weights file, or raise.
 
-    A weights file is transformers'; a folder with a config.json is this project's or transformers' as it says;
-    anything else (params_shapes.json, or missing files) is a released folder, whose reader names each file
-    that is missing with where it comes from.
+    A weights file is transformers'; a folder with a config.json is this project's or transformers' as it says; a
+    folder with GPT-2's hparams.json or a TensorFlow checkpoint is GPT-2's released format; anything else
+    (params_shapes.json, or missing files) is a released GPT-1 folder, whose reader names each missing file.
     """
     if os.path.isfile(path):
         return 'transformers'
-    config_path = os.path.join(path, CONFIG_NAME)
-    if os.path.isfile(config_path) and not os.path.isfile(os.path.join(path, 'params_shapes.json')):
+    has = {name for name in (CONFIG_NAME, 'params_shapes.json', HPARAMS_NAME, *TF_FILES, WEIGHTS_NAME, HF_BIN_NAME)
+           if os.path.isfile(os.path.join(path, name))}
+    if CONFIG_NAME in has and 'params_shapes.json' not in has:
+        config_path = os.path.join(path, CONFIG_NAME)
         config = read_config_json(config_path)
         if config.get('format') == FORMAT:
             return 'safetensors'
-        if config.get('model_type') == 'openai-gpt':
+        if config.get('model_type') in HF_MODEL_TYPES:
             return 'transformers'
-        raise ValueError(f'{config_path} is neither a {FORMAT} config nor a transformers openai-gpt one '
+        raise ValueError(f'{config_path} is neither a {FORMAT} config nor a transformers openai-gpt or gpt2 one '
                          f'(its model_type is {config.get("model_type")!r})')
+    if 'params_shapes.json' not in has and has & {HPARAMS_NAME, *TF_FILES}:
+        return 'tf-checkpoint'
     for name in (WEIGHTS_NAME, HF_BIN_NAME):
-        if os.path.isfile(os.path.join(path, name)) and not os.path.isfile(os.path.join(path, 'params_shapes.json')):
+        if name in has and 'params_shapes.json' not in has:
             raise FileNotFoundError(f'{path} holds {name} but no {CONFIG_NAME}: put the config.json that came with '
                                     f'the weights beside them')
     return 'released'
 
 
+def detect_family(path):
+    """Return the family of the model a folder or transformers weights file holds: 'gpt1' or 'gpt2'."""
+    kind = detect_format(path)
+    if kind in ('released', 'tf-checkpoint'):
+        return 'gpt1' if kind == 'released' else 'gpt2'
+    if os.path.isdir(path):
+        config = read_config_json(os.path.join(path, CONFIG_NAME))
+        return config.get('family', 'gpt1') if kind == 'safetensors' else HF_MODEL_TYPES[config['model_type']]
+    return hf_family(hf_config(path, path), load_hf_state(path), path)  # a bare weights file: by its keys
+
+
 def read_checkpoint(path, n_head=None, afn=None, n_vocab=None):
-    """Return the Checkpoint in any supported folder (released, this project's safetensors, transformers)."""
+    """Return the Checkpoint in any supported folder (GPT-1's released shards, GPT-2's released checkpoint, this
+    project's safetensors, transformers); n_head and afn are given to formats that do not store them."""
     kind = detect_format(path)
     if kind == 'released':
         return read_released(path, n_head=n_head, afn=afn)
-    ckpt = read_safetensors(path) if kind == 'safetensors' else read_transformers(path, n_vocab, n_head, afn)
+    if kind == 'tf-checkpoint':
+        ckpt = read_tf_gpt2(path)
+    elif kind == 'safetensors':
+        ckpt = read_safetensors(path)
+    else:
+        ckpt = read_transformers(path, n_vocab, n_head, afn)
     stored = ckpt.config.get('n_head')
     if n_head is not None and n_head != stored:
         raise ValueError(f'--n_head {n_head} contradicts n_head={stored} in {path}: leave it out')
+    if afn is not None and ckpt.family == 'gpt2' and afn != 'gelu':
+        raise ValueError(f'--afn {afn}: GPT-2 ({path}) computes gelu only: leave it out')
     stored = ckpt.config.get('afn', 'gelu')
     if kind == 'safetensors' and afn is not None and afn != stored:
         raise ValueError(f'--afn {afn} contradicts afn={stored} in {path}: leave it out')
@@ -817,23 +996,27 @@ def read_checkpoint(path, n_head=None, afn=None, n_vocab=None):
 
 
 def checkpoint_from_model(model, n_vocab=None, n_special=None):
-    """Return the Checkpoint of a TransformerModel (or a model with `.transformer`) and its config; n_vocab and
-    n_special default to the model's config."""
+    """Return the Checkpoint of a GPT-1 or GPT-2 transformer (or a model with `.transformer`) and its config;
+    n_vocab and n_special default to the model's config."""
     transformer = getattr(model, 'transformer', model)
     cfg = asdict(transformer.cfg)
-    table = transformer.embed.weight.detach().to(torch.float32).cpu().numpy()
-    n_ctx = transformer.n_ctx
+    state = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in transformer.state_dict().items()}
+    family = 'gpt2' if 'wte.weight' in state else 'gpt1'
     n_vocab = cfg['n_vocab'] if n_vocab is None else n_vocab
-    if n_special is None:
-        n_special = table.shape[0] - n_ctx - n_vocab
-    if n_special < 0 or n_vocab + n_special + n_ctx != table.shape[0]:
-        raise ValueError(f'the table has {table.shape[0]} rows, not n_vocab={n_vocab} + n_special={n_special} + '
-                         f'n_ctx={n_ctx}: pass the model\'s n_vocab')
-    blocks = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in transformer.state_dict().items()
-              if k != 'embed.weight'}
-    tokens, special, positions = np.split(table, [n_vocab, n_vocab + n_special])
+    if family == 'gpt2':  # [tokens; special] in wte, positions in wpe
+        table, positions = state.pop('wte.weight'), state.pop('wpe.weight')
+        n_special = table.shape[0] - n_vocab if n_special is None else n_special
+    else:  # [tokens; special; positions] in one table
+        table = state.pop('embed.weight')
+        n_special = table.shape[0] - transformer.n_ctx - n_vocab if n_special is None else n_special
+        table, positions = table[:n_vocab + n_special], table[n_vocab + n_special:]
+        if len(positions) != transformer.n_ctx:
+            n_special = -1  # the rows do not add up: refused below
+    if n_special < 0 or n_vocab + n_special != table.shape[0]:
+        raise ValueError(f'the table has {table.shape[0]} token and special rows, not n_vocab={n_vocab} + '
+                         f'n_special={n_special}: pass the model\'s n_vocab')
     config = {k: v for k, v in cfg.items() if k not in SIZE_KEYS}
-    return Checkpoint(tokens, special, positions, blocks, config)
+    return Checkpoint(table[:n_vocab], table[n_vocab:], positions, state, config, family=family)
 
 
 def save_model(model, out_dir, n_vocab=None, n_special=None):
@@ -844,23 +1027,29 @@ def save_model(model, out_dir, n_vocab=None, n_special=None):
 
 # --- vocabulary files beside the weights ----------------------------------------------------------------------
 
-def vocab_paths(model_dir, encoder_path=None, bpe_path=None):
-    """Return (encoder_path, bpe_path): the given ones, else the vocabulary files found in model_dir."""
-    for names in (VOCAB_FILES, HF_VOCAB_FILES):
+def vocab_names(family):
+    """Return the names the vocabulary files of a family's folders go by: the released ones, then transformers'."""
+    return (VOCAB_FILES if family == 'gpt1' else GPT2_VOCAB_FILES), HF_VOCAB_FILES
+
+
+def vocab_paths(model_dir, encoder_path=None, bpe_path=None, family='gpt1'):
+    """Return (encoder_path, bpe_path): the given ones, else the vocabulary files found in model_dir; (None, None)
+    for a GPT-2 folder without them (every GPT-2 shares the vocabulary the repository ships)."""
+    for names in vocab_names(family):
         found = [os.path.join(model_dir, n) for n in names]
         if all(os.path.isfile(p) for p in found):
             return encoder_path or found[0], bpe_path or found[1]
-    if encoder_path and bpe_path:
+    if (encoder_path and bpe_path) or family == 'gpt2':
         return encoder_path, bpe_path
     raise FileNotFoundError(f'{model_dir} holds no {" + ".join(VOCAB_FILES)}: copy them there from the released '
                             f'model/ folder or pass --encoder_path and --bpe_path')
 
 
-def copy_vocab(src_dir, out_dir, names):
+def copy_vocab(src_dir, out_dir, names, family='gpt1'):
     """Copy the two vocabulary files of src_dir (either naming) into out_dir under `names`; return True if found."""
     if os.path.isfile(src_dir):  # a transformers weights file: look beside it
         src_dir = os.path.dirname(src_dir) or '.'
-    for candidates in (VOCAB_FILES, HF_VOCAB_FILES):
+    for candidates in vocab_names(family):
         found = [os.path.join(src_dir, n) for n in candidates]
         if all(os.path.isfile(p) for p in found):
             os.makedirs(out_dir, exist_ok=True)

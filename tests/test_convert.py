@@ -143,7 +143,9 @@ def test_saved_config_is_the_models_and_loading_restores_it(tmp_path):
     model = TransformerModel(cfg)
     save_model(model, tmp_path / 'st')
     config = json.loads((tmp_path / 'st' / 'config.json').read_text())
-    assert {k: v for k, v in config.items() if k not in ('format', 'format_version')} == dataclasses.asdict(model.cfg)
+    assert config['family'] == 'gpt1'
+    assert {k: v for k, v in config.items() if k not in ('format', 'format_version', 'family')} == \
+        dataclasses.asdict(model.cfg)
     assert load_model(str(tmp_path / 'st')).cfg == model.cfg
     # weights loaded the original's way set the split of the table the weights give
     legacy = TransformerModel(small_cfg(), vocab=N_VOCAB + 3 + 24, n_ctx=24)
