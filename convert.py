@@ -1,81 +1,100 @@
-"""Convert GPT-1 weights between the released shards, one safetensors file and transformers' layout: the
-command line over weights.py, which reads and writes each format.
-
-Three formats hold the same numbers (weights.py describes each):
-- released: `params_shapes.json` + `params_0.npy` ... `params_9.npy` (openai/finetune-transformer-lm's model/
-  folder): positions [n_pos, n_embd], tokens [n_vocab, n_embd], then 12 arrays per block in TF_BLOCK order with
-  conv weights [1, nx, nf]; the whole flat concatenation split in ten.
-- ours: `model.safetensors` holding this port's `TransformerModel` state_dict (`embed.weight` is the original's
-  `we` = [tokens; special; positions], `h.3.attn.c_attn.w` [nx, nf], ...) + `config.json` (n_vocab, n_special,
-  n_ctx and the GPTConfig fields). Converted shards keep their .npy headers and params_shapes.json text in the
-  safetensors metadata, so safetensors -> shards writes byte-identical files.
-- transformers: `OpenAIGPTModel` / `OpenAIGPTLMHeadModel` (`tokens_embed.weight` [vocab_size, n_embd] =
-  [tokens; special], `positions_embed.weight` [n_positions, n_embd], `h.3.attn.c_attn.weight` [nx, nf], ...)
-  in `model.safetensors` or a `pytorch_model.bin` state dict, with its `config.json`.
-
-Every format is read into a `Checkpoint` (numpy arrays named as the model names them) and written from one. Only
-safetensors and `torch.load(weights_only=True)` are read: no pickle.
+"""Convert GPT-1 and GPT-2 weights between their released formats, this project's safetensors folder and
+transformers' layouts: the command line over weights.py, which reads and writes each format (its docstring
+describes them). Only safetensors and `torch.load(weights_only=True)` are read: no pickle. Converted GPT-1 shards
+keep their .npy headers, and GPT-2 checkpoints are written as tf.train.Saver writes them, so converting back gives
+byte-identical files.
 
     python convert.py shards-to-safetensors --model_dir model/ --out gpt1/
     python convert.py safetensors-to-shards --model_dir gpt1/ --out model_again/
     python convert.py to-transformers --model_dir model/ --out gpt1-hf/
     python convert.py from-transformers --model_dir gpt1-hf/ --out gpt1/
+    python convert.py to-safetensors --model_dir gpt2-124M/ --out gpt2/       # GPT-2's released checkpoint
+    python convert.py to-tf-checkpoint --model_dir gpt2/ --out gpt2-tf/       # and back to its layout
 """
 import argparse
 import sys
 
-from model_pytorch import complete_checkpoint
-from weights import (HF_VOCAB_FILES, VOCAB_FILES, copy_vocab, read_checkpoint, read_released, read_safetensors,
-                     read_transformers, write_released, write_safetensors, write_transformers)
+from encoder_gpt2 import DEFAULT_MODEL_DIR
+from models import complete_checkpoint
+from weights import (HF_VOCAB_FILES, copy_vocab, family_name, read_checkpoint, read_released, read_safetensors,
+                     read_transformers, vocab_names, write_released, write_safetensors, write_tf_gpt2,
+                     write_transformers)
 
 
 def parse_args(argv=None):
     """Return the parsed command line."""
-    parser = argparse.ArgumentParser(description='Convert GPT-1 weights between the released shards, a '
-                                                 'safetensors folder and transformers\' OpenAI GPT layout.')
+    parser = argparse.ArgumentParser(description='Convert GPT-1 and GPT-2 weights between the released formats, a '
+                                                 'safetensors folder and transformers\' layouts.')
     sub = parser.add_subparsers(dest='command', required=True)
-    specs = {'shards-to-safetensors': 'released model/ folder -> model.safetensors + config.json',
-             'safetensors-to-shards': 'convert.py folder -> released params_shapes.json + params_0..9.npy',
-             'to-transformers': 'any model folder -> transformers OpenAIGPTLMHeadModel folder',
-             'from-transformers': 'transformers openai-gpt folder or weights file -> convert.py folder'}
+    specs = {'shards-to-safetensors': 'released GPT-1 model/ folder -> model.safetensors + config.json',
+             'safetensors-to-shards': 'GPT-1 convert.py folder -> released params_shapes.json + params_0..9.npy',
+             'to-safetensors': 'any model folder (GPT-1 or GPT-2) -> model.safetensors + config.json',
+             'to-transformers': 'any model folder -> transformers OpenAIGPTLMHeadModel or GPT2LMHeadModel folder',
+             'from-transformers': 'transformers openai-gpt or gpt2 folder or weights file -> convert.py folder',
+             'to-tf-checkpoint': 'any GPT-2 folder -> the released layout: hparams.json + a TensorFlow checkpoint'}
     for name, help_text in specs.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument('--model_dir', required=True, help='the folder (or transformers weights file) to read')
         p.add_argument('--out', required=True, help='the folder to write (created if missing)')
-        if name in ('shards-to-safetensors', 'to-transformers', 'from-transformers'):
-            p.add_argument('--n_head', type=int, help='attention heads (released shards: default 12)')
-            p.add_argument('--afn', help='activation (released shards: default gelu)')
+        if name not in ('safetensors-to-shards', 'to-tf-checkpoint'):
+            p.add_argument('--n_head', type=int, help='attention heads (GPT-1 released shards: default 12)')
+            p.add_argument('--afn', help='activation (GPT-1 released shards: default gelu)')
         if name == 'shards-to-safetensors':
             p.add_argument('--verify', action='store_true', help='check the released files\' SHA-1 first')
-        if name in ('safetensors-to-shards', 'to-transformers'):
+        if name in ('safetensors-to-shards', 'to-transformers', 'to-tf-checkpoint'):
             p.add_argument('--drop_special', action='store_true',
-                           help='write without the special-token rows (the released format has none)')
+                           help='write without the special-token rows (the released formats have none)')
         if name == 'from-transformers':
-            p.add_argument('--n_vocab', type=int, help='BPE tokens among tokens_embed\'s rows; the rest are special '
+            p.add_argument('--n_vocab', type=int, help='BPE tokens among the token table\'s rows; the rest are special '
                                                        'tokens (default: config.json\'s n_special, else all rows)')
     return parser.parse_args(argv)
 
 
-def convert(args):
-    """Run one conversion of the parsed command line; return the written folder."""
+def read_for(args):
+    """Return the Checkpoint the command reads (with the command line's n_head, afn, n_vocab)."""
     if args.command == 'shards-to-safetensors':
         ckpt = read_released(args.model_dir, n_head=args.n_head, afn=args.afn, verify=args.verify)
-        out, vocab_names = write_safetensors(complete_checkpoint(ckpt), args.out), VOCAB_FILES
     elif args.command == 'safetensors-to-shards':
-        out, vocab_names = write_released(read_safetensors(args.model_dir), args.out, args.drop_special), VOCAB_FILES
-    elif args.command == 'to-transformers':
-        ckpt = complete_checkpoint(read_checkpoint(args.model_dir, n_head=args.n_head, afn=args.afn))
-        if args.drop_special:
-            ckpt.special = ckpt.special[:0]
-        out, vocab_names = write_transformers(ckpt, args.out), HF_VOCAB_FILES
-    else:
+        ckpt = read_safetensors(args.model_dir)
+    elif args.command == 'from-transformers':
         ckpt = read_transformers(args.model_dir, n_vocab=args.n_vocab, n_head=args.n_head, afn=args.afn)
         if ckpt.ignored:
             print(f'convert.py: ignored {len(ckpt.ignored)} non-transformer keys ({", ".join(ckpt.ignored[:4])})',
                   file=sys.stderr)
-        out, vocab_names = write_safetensors(complete_checkpoint(ckpt), args.out), VOCAB_FILES
-    copy_vocab(args.model_dir, out, vocab_names)
+    else:
+        ckpt = read_checkpoint(args.model_dir, n_head=getattr(args, 'n_head', None), afn=getattr(args, 'afn', None))
+    return ckpt
+
+
+def convert(args):
+    """Run one conversion of the parsed command line; return the written folder."""
+    ckpt = read_for(args)
+    wanted = {'safetensors-to-shards': 'gpt1', 'shards-to-safetensors': 'gpt1', 'to-tf-checkpoint': 'gpt2'}
+    if wanted.get(args.command, ckpt.family) != ckpt.family:
+        raise ValueError(f'{args.model_dir} holds a {family_name(ckpt.family)}: {args.command} writes '
+                         f'{family_name(wanted[args.command])} weights only')
+    ckpt = complete_checkpoint(ckpt)  # the config's defaults for what the files do not state, checked
+    if args.command == 'safetensors-to-shards':
+        out = write_released(ckpt, args.out, args.drop_special)
+    elif args.command == 'to-tf-checkpoint':
+        out = write_tf_gpt2(ckpt, args.out, args.drop_special)
+    elif args.command == 'to-transformers':
+        if args.drop_special:
+            ckpt.special = ckpt.special[:0]
+        out = write_transformers(ckpt, args.out)
+    else:
+        out = write_safetensors(ckpt, args.out)
+    copy_vocabulary(args.model_dir, out, ckpt.family, transformers=args.command == 'to-transformers')
     return out
+
+
+def copy_vocabulary(src, out, family, transformers=False):
+    """Copy the vocabulary files beside the weights read into the folder written, under the names of its format:
+    transformers' (vocab.json, merges.txt) or the family's released ones; a GPT-2 folder without them gets the
+    vocabulary this repository ships (every GPT-2 shares it)."""
+    names = HF_VOCAB_FILES if transformers else vocab_names(family)[0]
+    if not copy_vocab(src, out, names, family) and family == 'gpt2':
+        copy_vocab(DEFAULT_MODEL_DIR, out, names, family)
 
 
 def main(argv=None):

@@ -1,10 +1,11 @@
-"""Save GPT-1's hidden states for each line of a text file (the representations the paper transfers).
+"""Save GPT-1's or GPT-2's hidden states for each line of a text file (the representations the paper transfers).
 
-One line of the input is one example. Each is encoded with the original's BPE (TextEncoder), given the
-position ids n_vocab + n_special + i, and run through `TransformerModel.all_hidden_states`. The .npz holds:
+One line of the input is one example. Each is encoded with the model's own BPE (GPT-1's TextEncoder or GPT-2's
+encoder), given the position ids n_vocab + n_special + i, and run through the transformer's `all_hidden_states`.
+The .npz holds:
 - `layer_<n>` float32 [n_examples, max_len, n_embd] for each requested layer n: 0 is the embeddings (token +
-  position), k the output of block k, negative counts from the end (-1 is the last block); rows past an
-  example's length are 0.
+  position), k the output of block k, negative counts from the end (-1 is the last block, for GPT-2 after its
+  final ln_f); rows past an example's length are 0.
 - `lengths` int64 [n_examples]: tokens per example (after --truncate);
 - `ids` int64 [n_examples, max_len]: the BPE ids, -1 past the length;
 - `truncated` bool [n_examples]: which examples --truncate cut to n_ctx tokens;
@@ -21,8 +22,7 @@ import torch
 
 from distributed import check_device
 from flags import add_weights_args
-from models import load_model
-from weights import vocab_paths
+from models import check_tokenizer, load_model, load_tokenizer
 
 
 def parse_layers(spec, n_layer):
@@ -76,6 +76,10 @@ def features_from_ids(model, ids, layers=(-1,), batch_size=8):
     for layer in layers:
         if not -(n_layer + 1) <= layer <= n_layer:
             raise ValueError(f'layer {layer} does not exist: use 0..{n_layer} or -{n_layer + 1}..-1')
+    beyond = [i for i, seq in enumerate(ids) if seq and max(seq) >= transformer.pos_offset]
+    if beyond:
+        raise ValueError(f'sequence {beyond[0]} holds token id {max(ids[beyond[0]])}, beyond the model\'s '
+                         f'{transformer.pos_offset} token rows: its tokenizer is not the model\'s')
     too_long = [i for i, seq in enumerate(ids) if len(seq) > transformer.n_ctx]
     if too_long:
         raise ValueError(f'sequence {too_long[0]} has {len(ids[too_long[0]])} ids, more than n_ctx={transformer.n_ctx}')
@@ -125,7 +129,7 @@ def read_lines(path):
 
 def parse_args(argv=None):
     """Return the parsed command line."""
-    parser = argparse.ArgumentParser(description='Save GPT-1 hidden states of each line of a text file to .npz.')
+    parser = argparse.ArgumentParser(description='Save GPT-1 or GPT-2 hidden states of each line of a text file to .npz.')
     parser.add_argument('--input', required=True, help='UTF-8 text file, one example per line')
     parser.add_argument('--output', required=True, help='the .npz file to write')
     add_weights_args(parser)
@@ -142,7 +146,6 @@ def parse_args(argv=None):
 
 def run(args):
     """Extract the features the parsed command line asks for and write them; return (n_examples, n truncated)."""
-    from text_utils import TextEncoder
     if args.batch_size < 1:
         raise ValueError(f'--batch_size {args.batch_size}: give 1 or more')
     device = check_device(args.device)
@@ -150,7 +153,8 @@ def run(args):
     model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx)
     model.to(device)
     layers = parse_layers(args.layers, len(model.h))
-    text_encoder = TextEncoder(*vocab_paths(args.model_dir, args.encoder_path, args.bpe_path))
+    text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
+    check_tokenizer(text_encoder, model, args.model_dir)
     out = extract_features(model, text_encoder, texts, layers, args.batch_size, args.truncate, source=args.input)
     with open(args.output, 'wb') as f:
         np.savez(f, **out)

@@ -1,5 +1,6 @@
-"""Sample text from GPT-1's language model: the command line over sample.py (which never samples a special-token
-or position row and decodes with a key/value cache).
+"""Sample text from GPT-1's or GPT-2's language model: the command line over sample.py (which never samples a
+special-token or position row and decodes with a key/value cache). The model's family, and so its tokenizer, come
+from --model_dir's files.
 
     python generate.py --model_dir model/ --prompt "the weather today is" --gen_len 40 --top_k 40 --seed 0
     python generate.py --model_dir model/ --interactive --greedy      # one prompt per line of stdin
@@ -11,15 +12,14 @@ import torch
 
 from distributed import check_device
 from flags import add_weights_args
-from models import load_model
+from models import check_tokenizer, load_model, load_tokenizer
 from sample import check_sampling_args, generate
-from weights import vocab_paths
 
 
 def parse_args(argv=None):
     """Return the parsed command line."""
-    parser = argparse.ArgumentParser(description='Sample text from GPT-1 (released shards, a convert.py folder '
-                                                 'or a transformers openai-gpt folder).')
+    parser = argparse.ArgumentParser(description='Sample text from GPT-1 or GPT-2 (any weights folder: released, '
+                                                 'converted or transformers).')
     add_weights_args(parser)
     parser.add_argument('--prompt', help='the text to continue')
     parser.add_argument('--interactive', action='store_true', help='read one prompt per line of stdin until EOF')
@@ -38,13 +38,13 @@ def parse_args(argv=None):
 
 def run(args, stdin, stdout, stderr):
     """Generate for --prompt and/or each stdin line, writing to stdout; raise on bad arguments or files."""
-    from text_utils import TextEncoder
     check_sampling_args(args.gen_len, args.top_k, args.top_p, args.temperature, args.greedy)
     device = check_device(args.device)
     model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=True)
     n_vocab = model.cfg.n_vocab
     model.to(device)
-    text_encoder = TextEncoder(*vocab_paths(args.model_dir, args.encoder_path, args.bpe_path))
+    text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
+    check_tokenizer(text_encoder, model, args.model_dir)
     generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     sampling = dict(gen_len=args.gen_len, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                     greedy=args.greedy, generator=generator, n_vocab=n_vocab)

@@ -12,6 +12,12 @@ from weights import detect_family, detect_format, read_checkpoint, read_released
 FAMILY_MODULES = {'gpt1': model_pytorch, 'gpt2': model_gpt2}
 
 
+def complete_checkpoint(ckpt):
+    """Return ckpt with its config completed to every field of its family's config (the defaults for what its files
+    do not state) and checked, as a writer of another format needs it."""
+    return FAMILY_MODULES[ckpt.family].complete_checkpoint(ckpt)
+
+
 def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None, n_vocab=None, verify=False):
     """Return the model in eval mode that a folder (or transformers weights file) holds, of its family: with lm an
     LMModel or GPT2LMHeadModel, else a TransformerModel or GPT2Model; its config (`model.cfg`) gives n_vocab,
@@ -31,6 +37,14 @@ def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None
     else:
         ckpt = read_checkpoint(path, n_head=n_head, afn=afn, n_vocab=n_vocab)
     return FAMILY_MODULES[ckpt.family].model_from_checkpoint(ckpt, n_ctx=n_ctx, n_special=n_special, lm=lm)
+
+
+def check_tokenizer(text_encoder, model, path):
+    """Raise a ValueError when a tokenizer's vocabulary is not the token rows of the model read from path."""
+    n_vocab = getattr(model, 'transformer', model).cfg.n_vocab
+    if len(text_encoder.decoder) != n_vocab:
+        raise ValueError(f'the tokenizer has {len(text_encoder.decoder)} tokens but {path} holds {n_vocab} token rows: '
+                         f'give the vocabulary the weights were trained with (--encoder_path, --bpe_path)')
 
 
 def load_tokenizer(path, encoder_path=None, bpe_path=None, family=None):

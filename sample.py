@@ -115,6 +115,9 @@ def sample_ids(model, prompt_ids, n_vocab, gen_len=40, top_k=0, top_p=1.0, tempe
     step = NextTokenLogits(model, n_vocab, use_cache=use_cache)
     if not prompt_ids:
         raise ValueError('the prompt is empty: give at least one word to continue')
+    if max(prompt_ids) >= step.pos_offset or min(prompt_ids) < 0:
+        raise ValueError(f'the prompt holds token id {max(prompt_ids)}, beyond the model\'s {step.pos_offset} token '
+                         f'rows: its tokenizer is not the model\'s')
     if len(prompt_ids) > step.n_ctx:
         raise ValueError(f'the prompt is {len(prompt_ids)} tokens, longer than n_ctx={step.n_ctx}: shorten it')
     room = step.n_ctx - len(prompt_ids)

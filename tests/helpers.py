@@ -110,3 +110,15 @@ def step_run(model, opt, args, device=None, info=None):
     run.attach(model, opt)
     run.wrap(train.TrainForward(model))
     return run
+
+
+def write_tiny_gpt2(folder, seed=0, n_ctx=64, n_embd=32, n_head=4, n_layer=2):
+    """Write a random GPT-2 with the real vocabulary's 50257 rows and tiny sizes as a released folder (hparams.json and
+    a TensorFlow checkpoint, as tf.train.Saver writes them, without vocabulary files); return the folder."""
+    import torch
+
+    from model_gpt2 import GPT2Config, GPT2LMHeadModel
+    from weights import checkpoint_from_model, write_tf_gpt2
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer))
+    return write_tf_gpt2(checkpoint_from_model(model), folder)

@@ -16,6 +16,8 @@ from weights import (checkpoint_from_model, load_released_arrays, read_released,
                      save_model, write_released_shards)
 from tests.helpers import SMALL_MODEL, load_tf_reference, small_cfg
 
+ROOT = __import__('pathlib').Path(__file__).resolve().parents[1]
+
 N_VOCAB = 100  # tokens of the synthetic fixture checkpoint (n_embd 32, n_head 4, n_layer 2, 24 positions)
 
 
@@ -436,3 +438,33 @@ def test_from_transformers_n_head_and_afn_for_a_bare_weights_file(tmp_path, hf_l
     x = make_x(103, 103, 2, 16)
     torch.testing.assert_close(relu.transformer.embed.weight, gelu.transformer.embed.weight, rtol=0, atol=0)
     assert not torch.allclose(relu(x), gelu(x))
+
+
+# --- GPT-2 ----------------------------------------------------------------------------------------------------
+
+def test_gpt2_folders_convert_both_ways_and_back_byte_for_byte(tmp_path, capsys):
+    from tests.helpers import write_tiny_gpt2
+    released = write_tiny_gpt2(tmp_path / 'gpt2-tiny', n_ctx=24)
+    steps = [('to-safetensors', released, 'st'), ('to-transformers', 'st', 'hf'), ('from-transformers', 'hf', 'st2'),
+             ('to-tf-checkpoint', 'st2', 'back')]
+    for command, src, out in steps:
+        assert convert.main([command, '--model_dir', str(tmp_path / src), '--out', str(tmp_path / out)]) == 0, \
+            capsys.readouterr().err
+    for name in ('hparams.json', 'model.ckpt.index', 'model.ckpt.data-00000-of-00001', 'checkpoint'):
+        assert (tmp_path / 'back' / name).read_bytes() == (released / name).read_bytes(), name
+    assert json.loads((tmp_path / 'st' / 'config.json').read_text())['family'] == 'gpt2'
+    for folder, names in (('st', ('encoder.json', 'vocab.bpe')), ('hf', ('vocab.json', 'merges.txt'))):
+        for name, shipped in zip(names, ('encoder.json', 'vocab.bpe')):  # the shared GPT-2 vocabulary goes along
+            assert (tmp_path / folder / name).read_bytes() == (ROOT / 'model' / 'gpt2' / shipped).read_bytes()
+    ids = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = load_model(str(released), lm=True)(ids)[0]
+        for folder in ('st', 'hf', 'st2', 'back'):
+            torch.testing.assert_close(load_model(str(tmp_path / folder), lm=True)(ids)[0], want, rtol=0, atol=0)
+
+
+def test_a_command_for_the_other_family_is_refused_in_one_line(tmp_path, capsys):
+    assert convert.main(['to-tf-checkpoint', '--model_dir', str(SMALL_MODEL), '--out', str(tmp_path / 'x')]) == 1
+    err = capsys.readouterr().err
+    assert 'holds a GPT-1: to-tf-checkpoint writes GPT-2 weights only' in err and err.count('\n') == 1
+    assert not (tmp_path / 'x').exists()

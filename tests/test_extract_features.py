@@ -243,3 +243,23 @@ def test_device_is_checked_before_any_work(model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith('extract_features.py: error: --device cuda:99: this machine has') and err.count('\n') == 1
     assert not (tmp_path / 'f.npz').exists()
+
+
+def test_gpt2_features_are_its_hidden_states(tmp_path):
+    from encoder_gpt2 import get_encoder
+    from tests.helpers import write_tiny_gpt2
+    folder = write_tiny_gpt2(tmp_path / 'gpt2', seed=4)
+    (tmp_path / 'in.txt').write_text('Hello world.\nA longer line of text here.\n')
+    assert extract_features.main(['--input', str(tmp_path / 'in.txt'), '--output', str(tmp_path / 'f.npz'),
+                                  '--model_dir', str(folder), '--layers=0,-1']) == 0
+    with np.load(tmp_path / 'f.npz') as f:
+        out = {k: f[k] for k in f.files}
+    ids = get_encoder().encode('A longer line of text here.')
+    model = models.load_model(str(folder))
+    n = len(ids)
+    x = torch.stack([torch.tensor(ids), model.pos_offset + torch.arange(n)], dim=-1)[None]
+    with torch.no_grad():
+        states = model.all_hidden_states(x)
+    assert out['lengths'].tolist() == [len(get_encoder().encode('Hello world.')), n]
+    np.testing.assert_allclose(out['layer_-1'][1, :n], states[-1][0].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out['layer_0'][1, :n], states[0][0].numpy(), rtol=1e-5, atol=1e-5)

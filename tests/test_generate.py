@@ -274,3 +274,26 @@ def test_script_exit_code_and_one_line_error(tmp_path):
                            '--prompt', 'x'], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout == ''
     assert proc.stderr.startswith('generate.py: error: ') and proc.stderr.count('\n') == 1
+
+
+def test_gpt2_folder_generates_with_its_own_tokenizer(tmp_path, capsys):
+    """A released GPT-2 folder (no vocabulary files beside it) generates through GPT-2's encoder: the greedy ids are
+    the argmax of the uncached forward at every step, decoded by the original's decode."""
+    from encoder_gpt2 import get_encoder
+    from tests.helpers import write_tiny_gpt2
+    folder = write_tiny_gpt2(tmp_path / 'gpt2', seed=3)
+    assert generate.main(['--model_dir', str(folder), '--prompt', 'Hello, world', '--gen_len', '6', '--greedy']) == 0
+    out = capsys.readouterr().out.rstrip('\n')
+    enc = get_encoder()
+    prompt = enc.encode('Hello, world')
+    model = models.load_model(str(folder), lm=True)
+    ids = list(prompt)
+    for _ in range(6):
+        with torch.no_grad():
+            ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert out == enc.decode(ids)
+    # a GPT-1 vocabulary is no GPT-2 vocabulary: one line naming it, no traceback
+    assert generate.main(['--model_dir', str(folder), '--prompt', 'hi', '--encoder_path',
+                          str(VOCAB_DIR / 'encoder_bpe_40000.json'), '--bpe_path', str(VOCAB_DIR / 'vocab_40000.bpe')]) == 1
+    err = capsys.readouterr().err
+    assert 'encoder_bpe_40000.json' in err and 'not a GPT-2 encoder.json' in err and err.count('\n') == 1
