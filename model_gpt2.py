@@ -269,12 +269,13 @@ def complete_checkpoint(ckpt):
     return ckpt
 
 
-def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None):
+def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None, n_transfer=None):
     """Return a GPT2Model (a GPT2LMHeadModel with lm) holding a GPT-2 Checkpoint, or load it into the given model.
 
     Positions cropped to n_ctx (default: all stored); special rows beyond the stored ones are drawn as GPT-1's loader
     draws them, np.random.randn(k, n_embd) * 0.02 from numpy's global generator. A model built here is in eval mode;
-    a given model keeps its mode, and its n_ctx and n_special are used.
+    a given model keeps its mode, and its n_ctx and n_special are used. n_transfer, as GPT-1's loader: the tables,
+    ln_f and the first n_transfer blocks are copied (None: every block; -1: nothing, the special rows still drawn).
     """
     if model is not None:
         n_ctx, n_special = model.cfg.n_ctx, model.cfg.n_special
@@ -293,25 +294,32 @@ def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None
     arrays = dict(ckpt.blocks, **{'wte.weight': np.concatenate([ckpt.tokens, ckpt.special, extra], 0),
                                   'wpe.weight': ckpt.positions[:n_ctx]})
     state = transformer.state_dict()
-    if set(arrays) != set(state):
+    if n_transfer is None and set(arrays) != set(state):
         raise ValueError(f'the checkpoint has {ckpt.n_layer} blocks, the model {len(transformer.h)}')
+    if n_transfer is not None:
+        if n_transfer > min(len(transformer.h), ckpt.n_layer):
+            raise ValueError(f'n_transfer={n_transfer} but the model has {len(transformer.h)} blocks and the weights '
+                             f'{ckpt.n_layer}')
+        kept = [k for k in arrays if not k.startswith('h.') or int(k.split('.')[1]) < n_transfer]
+        arrays = {} if n_transfer == -1 else {k: arrays[k] for k in kept}
     for key, array in arrays.items():  # every shape checked before anything is copied
         check_shape(key, state[key], array)
     with torch.no_grad():
         for key, array in arrays.items():
             state[key].copy_(torch.from_numpy(np.ascontiguousarray(array)))
-    transformer.cfg.n_vocab = ckpt.n_vocab
+    if arrays:
+        transformer.cfg.n_vocab = ckpt.n_vocab
     return model
 
 
-def make_task_model(ckpt, n_ctx, n_special, clf_token, task_head_type, cfg_fields):
+def make_task_model(ckpt, n_ctx, n_special, clf_token, task_head_type, cfg_fields, n_transfer=None):
     """Return the GPT2DoubleHeadModel of GPT-1's fine-tuning recipe on GPT-2 weights: the checkpoint's transformer
-    with positions cropped to n_ctx and n_special rows appended to wte, drawn as GPT-1's loader draws special rows;
-    cfg_fields set the dropouts and switches."""
+    with positions cropped to n_ctx and n_special rows appended to wte, drawn as GPT-1's loader draws special rows
+    (n_transfer as model_from_checkpoint's); cfg_fields set the dropouts and switches."""
     cfg = checkpoint_config(ckpt, n_ctx=n_ctx, n_special=n_special)
     for name, value in cfg_fields.items():
         setattr(cfg, name, value)
     cfg.check()
     model = GPT2DoubleHeadModel(cfg, clf_token, task_head_type)
-    model_from_checkpoint(ckpt, model=model.transformer)
+    model_from_checkpoint(ckpt, model=model.transformer, n_transfer=n_transfer)
     return model

@@ -21,20 +21,22 @@ import datasets
 import task_datasets
 from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
 from distributed import DistInfo, close_distributed, dist_info, gather_concat, shard, sum_over_ranks
-from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
+from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
+from model_gpt2 import make_task_model
 from model_pytorch import DEFAULT_CONFIG, DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
+from models import load_tokenizer
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
-from text_utils import TextEncoder
 from trainer import (PhaseClock, Run, autocast_context, format_phases, open_log, phase_record, save_state, to_tensors,
                      update_phase)
 from utils import encode_dataset, iter_data
-from weights import WEIGHTS_SOURCE, detect_format, released_names
+from weights import WEIGHTS_SOURCE, detect_family, detect_format, read_checkpoint, released_names
 
 DATASETS = ('rocstories',) + tuple(sorted(TASKS))
 SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
 LOG_AT_UPDATES = (1000, 2000, 4000, 8000, 16000, 32000)  # extra evaluations in the first epoch
+GPT1_VOCABULARY = ('model/encoder_bpe_40000.json', 'model/vocab_40000.bpe')  # the original's --encoder_path, --bpe_path
 
 
 def parse_args(argv=None):
@@ -61,8 +63,8 @@ def parse_args(argv=None):
                    help='towers of the original; one update averages n_batch * n_gpu examples on any device count')
     p.add_argument('--opt', type=str, default='adam', choices=['adam'])
     p.add_argument('--lr_schedule', type=str, default='warmup_linear', choices=sorted(SCHEDULES))
-    p.add_argument('--encoder_path', type=str, default='model/encoder_bpe_40000.json')
-    p.add_argument('--bpe_path', type=str, default='model/vocab_40000.bpe')
+    p.add_argument('--encoder_path', type=str, default=GPT1_VOCABULARY[0])
+    p.add_argument('--bpe_path', type=str, default=GPT1_VOCABULARY[1])
     p.add_argument('--n_transfer', type=int, default=12)
     p.add_argument('--lm_coef', type=float, default=0.5)
     p.add_argument('--n_valid', type=int, default=374)
@@ -93,6 +95,14 @@ def check_args(args, info=DistInfo()):
                          f'use at most that many processes')
 
 
+def tokenizer_paths(args, family):
+    """Return the (encoder_path, bpe_path) of the run's tokenizer: the flags'; with GPT-2 weights, the flags left at
+    their GPT-1 defaults mean the weights' own vocabulary (None, None: their folder's, else the shipped one)."""
+    if family == 'gpt2' and (args.encoder_path, args.bpe_path) == GPT1_VOCABULARY:
+        return None, None
+    return args.encoder_path, args.bpe_path
+
+
 def required_files(args):
     """Return [(path, where it comes from)] of every input file the run reads."""
     rocs = ('the Story Cloze Test 2016 val/test CSVs from https://cs.rochester.edu/nlp/rocstories/ '
@@ -101,7 +111,8 @@ def required_files(args):
     if args.dataset == 'rocstories':  # the other tasks' readers list their own files when one is missing
         files += [(os.path.join(args.data_dir, datasets.VAL_FILE), rocs),
                   (os.path.join(args.data_dir, datasets.TEST_FILE), rocs)]
-    files += [(args.encoder_path, WEIGHTS_SOURCE), (args.bpe_path, WEIGHTS_SOURCE)]
+    family = detect_family(args.model_dir)
+    files += [(path, WEIGHTS_SOURCE) for path in tokenizer_paths(args, family) if path is not None]
     if detect_format(args.model_dir) == 'released':  # a convert.py or transformers folder is checked as it is read
         files += [(os.path.join(args.model_dir, name), WEIGHTS_SOURCE) for name in released_names()]
     return files
@@ -394,13 +405,37 @@ def load_task_data(args, text_encoder, task):
 
 
 def pretrained_model(args, sizes, device):
-    """Return the DoubleHeadModel the arguments describe, with the released weights loaded as the original does."""
+    """Return the DoubleHeadModel the arguments describe with the weights of --model_dir loaded as the original
+    loads the released ones (GPT-1), or GPT-2's weights under GPT-1's recipe (model_gpt2.GPT2DoubleHeadModel)."""
+    if detect_family(args.model_dir) == 'gpt2':
+        return gpt2_task_model(args, sizes).to(device)
     cfg = GPTConfig.from_args(args, n_vocab=sizes['n_vocab'], n_special=sizes['n_special'], n_ctx=sizes['n_ctx'])
     model = DoubleHeadModel(cfg, sizes['clf_token'], sizes['head_type'])
     load_openai_pretrained_model(model.transformer, n_ctx=cfg.n_ctx, n_special=cfg.n_special,
                                  n_transfer=args.n_transfer, n_embd=args.n_embd, path=args.model_dir,
                                  verify=args.verify_weights)
     return model.to(device)
+
+
+def gpt2_task_model(args, sizes):
+    """Return GPT-1's task model on the GPT-2 weights of --model_dir: their architecture (an architecture flag other
+    than GPT-1's default must agree with it), GPT-1's input transforms with _start_, _delimiter_ and _classify_ as
+    new rows of wte drawn as GPT-1's loader draws special rows, the flags' dropouts."""
+    ckpt = read_checkpoint(args.model_dir)
+    stored = dict(n_embd=ckpt.n_embd, n_head=ckpt.config['n_head'], n_layer=ckpt.n_layer, afn='gelu')
+    for name, value in stored.items():
+        given = getattr(args, name)
+        if given not in (value, getattr(DEFAULT_CONFIG, name)):
+            raise ValueError(f'--{name} {given} contradicts {name}={value} of the GPT-2 in {args.model_dir}: leave it '
+                             f'out (the architecture is the checkpoint\'s)')
+    if ckpt.n_vocab != sizes['n_vocab']:
+        raise ValueError(f'{args.model_dir} has {ckpt.n_vocab} token rows but the data was encoded with '
+                         f'{sizes["n_vocab"]} tokens: use the vocabulary of the weights')
+    fields = {name: getattr(args, name) for name in ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop',
+                                                     'checkpoint_activations')}
+    n_transfer = None if args.n_transfer >= ckpt.n_layer else args.n_transfer
+    return make_task_model(ckpt, sizes['n_ctx'], sizes['n_special'], sizes['clf_token'], sizes['head_type'], fields,
+                           n_transfer)
 
 
 def log_eval(run, data):
@@ -499,7 +534,8 @@ def run(args):
     device, clock = run.device, run.clock
 
     with clock.phase('encode'):
-        text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
+        family = detect_family(args.model_dir)
+        text_encoder = load_tokenizer(args.model_dir, *tokenizer_paths(args, family), family=family)
         if args.dataset == 'rocstories':
             data, sizes = load_data(args, text_encoder)
         else:

@@ -15,6 +15,7 @@ import trainer
 from loss import clf_losses, lm_losses, lm_losses_from_hidden, train_loss
 from opt import OpenAIAdam
 from tests.helpers import load_tf_reference, roc_cli_args, roc_workdir, step_run, tf_model
+from text_utils import TextEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
@@ -71,7 +72,7 @@ def test_best_checkpoint_reproduces_the_submission(workdir):
     args = train.parse_args(roc_cli_args(d, '--submit'))
     args.device = 'cpu'
     trainer.set_seed(args.seed)
-    text_encoder = train.TextEncoder(args.encoder_path, args.bpe_path)
+    text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
     data, sizes = train.load_data(args, text_encoder)
     model = train.pretrained_model(args, sizes, torch.device('cpu'))
     train.load_params(model, str(d / 'save' / 'tiny' / 'best_params.safetensors')).eval()
@@ -292,3 +293,41 @@ def test_bf16_training_step_follows_fp32():
     # Adam's first step is lr * sign(g) wherever g is not tiny: the signs agree almost everywhere
     agree = (torch.sign(moved['bf16'][0]) == torch.sign(moved['fp32'][0])).float().mean().item()
     assert agree > 0.95
+
+
+def test_gpt2_weights_fine_tune_with_gpt1s_recipe(workdir, tmp_path, capsys):
+    """A transformers GPT-2 folder fine-tunes on ROCStories: GPT-2's tokenizer, _start_, _delimiter_ and _classify_ as
+    new rows 50257..50259 of wte drawn as GPT-1's loader draws special rows, the same recipe, log and submission."""
+    import convert
+    from model_gpt2 import GPT2DoubleHeadModel
+    from tests.helpers import write_tiny_gpt2
+    write_tiny_gpt2(tmp_path / 'released', n_ctx=128)
+    assert convert.main(['to-transformers', '--model_dir', str(tmp_path / 'released'), '--out', str(tmp_path / 'hf')]) == 0
+    built = []
+    real = train.pretrained_model
+
+    def spy(args, sizes, device):
+        built.append((real(args, sizes, device), sizes))
+        return built[-1][0]
+
+    argv = roc_cli_args(workdir, '--model_dir', str(tmp_path / 'hf'), '--desc', 'gpt2', '--submit',
+                        '--log_dir', str(tmp_path / 'log'), '--save_dir', str(tmp_path / 'save'),
+                        '--submission_dir', str(tmp_path / 'sub'))
+    for flag in ('--encoder_path', '--bpe_path'):  # GPT-1's vocabulary: left out, the weights' own is used
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    train.pretrained_model = spy
+    try:
+        assert train.main(argv) == 0, capsys.readouterr().err
+    finally:
+        train.pretrained_model = real
+    (model, sizes), = built
+    assert isinstance(model, GPT2DoubleHeadModel) and sizes['n_vocab'] == 50257 and sizes['clf_token'] == 50259
+    assert model.transformer.wte.weight.shape == (50260, 32) and model.cfg.embd_pdrop == 0.1
+    records = [json.loads(line) for line in (tmp_path / 'log' / 'gpt2.jsonl').read_text().splitlines()]
+    assert [(r['n_epochs'], r['n_updates']) for r in records[1:]] == [(1, 5), (2, 10)]
+    sub = (tmp_path / 'sub' / 'ROCStories.tsv').read_text().splitlines()
+    assert sub[0] == 'index\tprediction' and len(sub) == 14
+    # the architecture is the checkpoint's: a flag that contradicts it is refused
+    assert train.main(argv + ['--n_layer', '3']) == 2
+    assert '--n_layer 3 contradicts n_layer=2 of the GPT-2' in capsys.readouterr().err

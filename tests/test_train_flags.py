@@ -31,7 +31,7 @@ class Spy:
         self.adam, self.models, self.data, self.vocab, self.scalers, self.forwards, self.saves = ({}, [], [], [], [],
                                                                                                  [], [])
         spy = self
-        adam, build, load, encoder = train.OpenAIAdam, train.pretrained_model, train.load_data, train.TextEncoder
+        adam, build, load, tokenizer = train.OpenAIAdam, train.pretrained_model, train.load_data, train.load_tokenizer
         configure, forward, save = trainer.configure_precision, train.forward_losses, trainer.save_training_state
 
         class RecordingAdam(adam):
@@ -49,9 +49,9 @@ class Spy:
             spy.data.append((data, sizes))
             return data, sizes
 
-        def text_encoder(encoder_path, bpe_path):
+        def load_tokenizer(model_dir, encoder_path, bpe_path, family):
             spy.vocab.append((encoder_path, bpe_path))
-            return encoder(encoder_path, bpe_path)
+            return tokenizer(model_dir, encoder_path, bpe_path, family)
 
         def configure_precision(device, precision):
             scaler = configure(device, precision)
@@ -68,7 +68,7 @@ class Spy:
             return save(path, model, opt, progress, **kw)
 
         for name, value in dict(OpenAIAdam=RecordingAdam, pretrained_model=pretrained_model, load_data=load_data,
-                                TextEncoder=text_encoder, forward_losses=forward_losses).items():
+                                load_tokenizer=load_tokenizer, forward_losses=forward_losses).items():
             monkeypatch.setattr(train, name, value)
         monkeypatch.setattr(trainer, 'configure_precision', configure_precision)  # Run.wrap's
         monkeypatch.setattr(trainer, 'save_training_state', save_training_state)  # trainer.save_state's writer
