@@ -1,5 +1,6 @@
 """A pre-training corpus as prepare_corpus.py writes it: train.bin and val.bin (little-endian uint16 token ids,
-`doc1 SEP doc2 SEP ...`) and meta.json; reading one back for pretrain.py.
+`doc1 SEP doc2 SEP ...`, SEP GPT-1's extra separator id or GPT-2's <|endoftext|>) and meta.json; reading one back for
+pretrain.py.
 
 No TF counterpart (OpenAI released no pre-training code).
 """
@@ -8,7 +9,7 @@ import os
 
 import numpy as np
 
-CORPUS_FORMAT = 'gpt1-corpus-v1'
+CORPUS_FORMATS = {'gpt1': 'gpt1-corpus-v1', 'gpt2': 'gpt2-corpus-v1'}  # meta.json's format, by the tokenizer's family
 SPLITS = ('train', 'val')
 DTYPE = np.dtype('<u2')  # little-endian uint16 on every machine
 
@@ -28,9 +29,9 @@ def read_meta(folder):
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f'{path}: not valid JSON ({err}); run prepare_corpus.py again') from None
     fmt = meta.get('format') if isinstance(meta, dict) else None
-    if fmt != CORPUS_FORMAT:
-        raise ValueError(f'{path}: format {fmt!r}, expected {CORPUS_FORMAT!r}; prepare the corpus again with '
-                         f'this prepare_corpus.py')
+    if fmt not in CORPUS_FORMATS.values():
+        raise ValueError(f'{path}: format {fmt!r}, expected one of {sorted(CORPUS_FORMATS.values())}; prepare the '
+                         f'corpus again with this prepare_corpus.py')
     if meta.get('dtype') != 'uint16' or meta.get('byteorder') != 'little':
         raise ValueError(f'{path}: dtype {meta.get("dtype")!r} ({meta.get("byteorder")}), expected uint16 (little); '
                          f'prepare the corpus again')
@@ -73,3 +74,8 @@ def load_corpus(folder):
     meta = read_meta(folder)
     train, val = (open_split(folder, split, meta) for split in SPLITS)
     return train, val, meta
+
+
+def corpus_family(meta):
+    """Return the model family a corpus was encoded for: 'gpt1' or 'gpt2' (its tokenizer's)."""
+    return {fmt: family for family, fmt in CORPUS_FORMATS.items()}[meta['format']]

@@ -52,7 +52,12 @@ def load_tokenizer(path, encoder_path=None, bpe_path=None, family=None):
     folder's vocabulary files (or the paths given), GPT-2's from them or else the vocabulary this repository ships
     (the same for every GPT-2)."""
     family = detect_family(path) if family is None else family
-    encoder_path, bpe_path = vocab_paths(path, encoder_path, bpe_path, family)
+    return tokenizer_from_files(family, *vocab_paths(path, encoder_path, bpe_path, family))
+
+
+def tokenizer_from_files(family, encoder_path=None, bpe_path=None):
+    """Return a family's tokenizer from its two vocabulary files (GPT-2: None, the ones this repository ships), with
+    text_utils.TextEncoder's interface: encode(a list of texts) -> a list of id lists, decode, `encoder`."""
     if family == 'gpt1':
         from text_utils import TextEncoder  # here, not at import time: spaCy loads slowly
         return TextEncoder(encoder_path, bpe_path)

@@ -1,4 +1,5 @@
-"""Encode your own text into GPT-1 token ids for pre-training: train.bin, val.bin and meta.json.
+"""Encode your own text into GPT-1 (or, with --arch gpt2, GPT-2) token ids for pre-training: train.bin, val.bin and
+meta.json.
 
     python prepare_corpus.py --input books/ --out corpus/                        # a folder of .txt files
     python prepare_corpus.py --input notes.txt --out corpus/                     # one file, blank-line paragraphs
@@ -13,7 +14,8 @@ Input (--input), read as UTF-8 (--errors strict|replace|ignore, default strict):
   are skipped. A leading UTF-8 byte-order mark is dropped.
 
 Each document is encoded exactly as `TextEncoder().encode([doc])[0]` (the original's ftfy, text_standardize,
-spaCy, lower-casing and BPE). Documents without tokens are skipped and counted.
+spaCy, lower-casing and BPE), or with --arch gpt2 exactly as openai/gpt-2's encoder.py (encoder_gpt2.py) encodes
+it. Documents without tokens are skipped and counted.
 
 Output (--out): `train.bin` and `val.bin` hold little-endian uint16 ids, readable with
 `np.memmap(path, dtype=np.uint16, mode='r')` or `corpus.load_corpus(folder)`, as `doc1 SEP doc2 SEP ...`;
@@ -21,7 +23,8 @@ Output (--out): `train.bin` and `val.bin` hold little-endian uint16 ids, readabl
 the settings. Document boundaries: the released vocabulary has no end-of-text token, so the separator is
 one extra id, the number of BPE tokens (40478 for the released vocabulary): the first "special" row of
 GPT-1's embedding table [tokens; special; positions], which pre-training gives an embedding of its own
-(n_special 1), as GPT-2 does with <|endoftext|>; training windows may cross it.
+(n_special 1), as GPT-2 does with <|endoftext|>, which --arch gpt2 writes after every document (a token of GPT-2's
+vocabulary: n_special 0); training windows may cross it.
 
 A document goes to val when a seeded blake2b hash of its text falls below --val_fraction, so the split
 depends on nothing but the text and --seed: not on the order or the other documents, and duplicates share a
@@ -43,16 +46,24 @@ from functools import lru_cache, partial
 import numpy as np
 from tqdm import tqdm
 
-from corpus import CORPUS_FORMAT, DTYPE, SPLITS
-from text_utils import BPE_PATH, ENCODER_PATH, TextEncoder, load_bpe_ranks, load_encoder
+from corpus import CORPUS_FORMATS, DTYPE, SPLITS
+from encoder_gpt2 import DEFAULT_MODEL_DIR as GPT2_DIR
+from encoder_gpt2 import encoder_from_files
+from models import tokenizer_from_files
+from text_utils import BPE_PATH, ENCODER_PATH, load_bpe_ranks, load_encoder
 from weights import git_blob_sha1
 
 MAX_ID = np.iinfo(np.uint16).max
 CHUNK_DOCS = 256  # documents handed to a worker at once
 CHUNK_CHARS = 1 << 22  # ... or fewer, once they hold this many characters (bounds memory with large documents)
 ERRORS = ('strict', 'replace', 'ignore')
-SEPARATOR_NOTE = ('written after every document (doc1 SEP doc2 SEP ...); the released vocabulary has no '
-                  'end-of-text token, so it is id n_vocab, the first special row of the embedding table')
+ARCHES = ('gpt1', 'gpt2')
+SEPARATOR_NOTES = {
+    'gpt1': ('written after every document (doc1 SEP doc2 SEP ...); the released vocabulary has no end-of-text token, '
+             'so it is id n_vocab, the first special row of the embedding table'),
+    'gpt2': 'written after every document (doc1 SEP doc2 SEP ...): GPT-2\'s <|endoftext|>, a token of its vocabulary'}
+DEFAULT_VOCABULARY = {'gpt1': (ENCODER_PATH, BPE_PATH),
+                      'gpt2': (str(GPT2_DIR / 'encoder.json'), str(GPT2_DIR / 'vocab.bpe'))}
 N_TOKENS_NOTE = 'n_tokens counts every id in the split file, the separator after each document included'
 _STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json)\.tmp\d+$')
 
@@ -60,8 +71,8 @@ _STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json)\.tmp\d+$')
 def parse_args(argv=None):
     """Return the parsed command line."""
     parser = argparse.ArgumentParser(
-        description='Encode text into GPT-1 token ids for pre-training: train.bin, val.bin (little-endian uint16) '
-                    'and meta.json in --out.')
+        description='Encode text into GPT-1 or GPT-2 token ids for pre-training: train.bin, val.bin (little-endian '
+                    'uint16) and meta.json in --out.')
     parser.add_argument('--input', required=True,
                         help='a folder of .txt files (searched recursively; each file is one document), a .txt file '
                              '(documents separated by one or more blank lines, i.e. lines empty or only whitespace) '
@@ -77,12 +88,18 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0, help='seed of the train/val hash (default 0)')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                         help='encoding processes (default: all cores); 1 encodes in this process')
-    parser.add_argument('--encoder_path', default=ENCODER_PATH,
-                        help='BPE vocabulary (default: the released encoder_bpe_40000.json in model/)')
-    parser.add_argument('--bpe_path', default=BPE_PATH,
-                        help='BPE merges (default: the released vocab_40000.bpe in model/)')
+    parser.add_argument('--arch', choices=ARCHES, default='gpt1',
+                        help="whose tokenizer: gpt1 (the original's TextEncoder, documents separated by an extra id) "
+                             "or gpt2 (byte-level BPE, documents joined by <|endoftext|>); default gpt1")
+    parser.add_argument('--encoder_path', default=None,
+                        help="BPE vocabulary (default: the released file shipped in model/, the --arch's)")
+    parser.add_argument('--bpe_path', default=None, help="BPE merges (default: the released file shipped in model/)")
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    default_encoder, default_bpe = DEFAULT_VOCABULARY[args.arch]
+    args.encoder_path = args.encoder_path or default_encoder
+    args.bpe_path = args.bpe_path or default_bpe
+    return args
 
 
 def input_layout(path, text_field):
@@ -126,11 +143,18 @@ def separator_id_for(encoder, encoder_path):
     return n_vocab
 
 
-def check_vocabulary(encoder_path, bpe_path):
-    """Return the separator id of the vocabulary files, raising a one-line error when either is unusable."""
+def check_vocabulary(arch, encoder_path, bpe_path):
+    """Return (n_vocab, separator id, n_special) of the --arch's vocabulary files, raising a one-line error when
+    either is unusable: GPT-1 separates documents by one extra id (a special row), GPT-2 by <|endoftext|>."""
+    if arch == 'gpt2':
+        encoder = encoder_from_files(encoder_path, bpe_path)
+        if encoder.n_vocab - 1 > MAX_ID:
+            raise ValueError(f'{encoder_path}: {encoder.n_vocab} tokens do not fit uint16 ids; use a smaller vocabulary')
+        return encoder.n_vocab, encoder.eot_token, 0
     encoder = load_encoder(encoder_path)
     load_bpe_ranks(bpe_path)
-    return separator_id_for(encoder, encoder_path)
+    separator_id = separator_id_for(encoder, encoder_path)
+    return separator_id, separator_id, 1
 
 
 def decode_error(path, offset, byte, lineno=None):
@@ -274,16 +298,16 @@ def encode_chunk(text_encoder, docs, seed, val_fraction, separator_id):
     return {split: np.asarray(ids[split], dtype=DTYPE).tobytes() for split in SPLITS}, counts
 
 
-# Each pool process builds one TextEncoder, kept here between chunks (a pool worker has no other state).
+# Each pool process builds one tokenizer, kept here between chunks (a pool worker has no other state).
 @lru_cache(maxsize=1)
-def worker_encoder(encoder_path, bpe_path):
-    """Return this process's TextEncoder, built on its first chunk (an error then reaches the parent)."""
-    return TextEncoder(encoder_path, bpe_path)
+def worker_encoder(arch, encoder_path, bpe_path):
+    """Return this process's tokenizer, built on its first chunk (an error then reaches the parent)."""
+    return tokenizer_from_files(arch, encoder_path, bpe_path)
 
 
-def encode_in_worker(docs, encoder_path, bpe_path, seed, val_fraction, separator_id):
-    """Return encode_chunk(docs) with this worker process's TextEncoder."""
-    return encode_chunk(worker_encoder(encoder_path, bpe_path), docs, seed, val_fraction, separator_id)
+def encode_in_worker(docs, arch, encoder_path, bpe_path, seed, val_fraction, separator_id):
+    """Return encode_chunk(docs) with this worker process's tokenizer."""
+    return encode_chunk(worker_encoder(arch, encoder_path, bpe_path), docs, seed, val_fraction, separator_id)
 
 
 def write_chunks(results, files, progress):
@@ -308,12 +332,13 @@ def encode_corpus(args, layout, separator_id, files):
     options = dict(seed=args.seed, val_fraction=args.val_fraction, separator_id=separator_id)
     progress = partial(tqdm, unit='doc', desc='encoding', file=sys.stderr, disable=args.quiet, leave=False)
     if args.workers == 1:
-        encode = partial(encode_chunk, TextEncoder(args.encoder_path, args.bpe_path), **options)
+        encode = partial(encode_chunk, tokenizer_from_files(args.arch, args.encoder_path, args.bpe_path), **options)
         with progress() as bar:
             return write_chunks(map(encode, work), files, bar)
     # imap returns chunks in order, so the files equal the serial ones; its feeder thread reads the input only
     # as fast as the task pipe drains, which keeps the documents in memory to a few chunks.
-    encode = partial(encode_in_worker, encoder_path=args.encoder_path, bpe_path=args.bpe_path, **options)
+    encode = partial(encode_in_worker, arch=args.arch, encoder_path=args.encoder_path, bpe_path=args.bpe_path,
+                     **options)
     with multiprocessing.Pool(args.workers) as pool:
         with progress() as bar:
             counts = write_chunks(pool.imap(encode, work), files, bar)
@@ -322,11 +347,13 @@ def encode_corpus(args, layout, separator_id, files):
     return counts
 
 
-def build_meta(args, separator_id, counts):
-    """Return the meta.json dict: format, vocabulary, separator, per-split counts and settings (no timestamps)."""
+def build_meta(args, vocabulary, counts):
+    """Return the meta.json dict: format, vocabulary, separator, per-split counts and settings (no timestamps);
+    vocabulary is check_vocabulary's (n_vocab, separator id, n_special)."""
+    n_vocab, separator_id, n_special = vocabulary
     splits = {split: dict(file=f'{split}.bin', **counts[split]) for split in SPLITS}
-    return dict(format=CORPUS_FORMAT, dtype='uint16', byteorder='little', n_vocab=separator_id,
-                separator_id=separator_id, n_special=1, separator=SEPARATOR_NOTE,
+    return dict(format=CORPUS_FORMATS[args.arch], dtype='uint16', byteorder='little', n_vocab=n_vocab,
+                separator_id=separator_id, n_special=n_special, separator=SEPARATOR_NOTES[args.arch],
                 vocabulary=dict(encoder_path=args.encoder_path, encoder_sha1=git_blob_sha1(args.encoder_path),
                                 bpe_path=args.bpe_path, bpe_sha1=git_blob_sha1(args.bpe_path)),
                 splits=splits, n_tokens_note=N_TOKENS_NOTE,
@@ -366,16 +393,16 @@ def prepare_corpus(args):
     """Encode args.input into args.out (train.bin, val.bin, then meta.json); return the meta dict."""
     layout = input_layout(args.input, args.text_field)
     check_settings(args)
-    separator_id = check_vocabulary(args.encoder_path, args.bpe_path)
+    vocabulary = check_vocabulary(args.arch, args.encoder_path, args.bpe_path)
     make_out_folder(args.out)
     tmp = {split: os.path.join(args.out, f'{split}.bin.tmp{os.getpid()}') for split in SPLITS}
     try:
         with open(tmp['train'], 'wb') as train_file, open(tmp['val'], 'wb') as val_file:
-            counts = encode_corpus(args, layout, separator_id, {'train': train_file, 'val': val_file})
+            counts = encode_corpus(args, layout, vocabulary[1], {'train': train_file, 'val': val_file})
         if not any(counts[split]['n_documents'] for split in SPLITS):
             n_empty = sum(counts[split]['n_empty_skipped'] for split in SPLITS)
             raise ValueError(f'--input {args.input}: no document with text ({n_empty} empty); nothing to write')
-        meta = build_meta(args, separator_id, counts)
+        meta = build_meta(args, vocabulary, counts)
         publish(args.out, tmp, meta)
     finally:
         for path in tmp.values():

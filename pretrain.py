@@ -1,9 +1,11 @@
-"""Pre-train GPT-1 on your own text, from scratch or continuing from released or converted weights.
+"""Pre-train GPT-1 (or GPT-2) on your own text, from scratch or continuing from released or converted weights.
 
 No TF counterpart: OpenAI released the fine-tuning code only. This is the paper's first stage (Section 4.1) on
 the same model (model_pytorch), BPE (text_utils, through prepare_corpus.py), optimizer (opt.OpenAIAdam) and
-update (trainer.update: micro-batches, autocast, DDP's no_sync, global clipping, the non-finite stop) as
-train.py. The defaults are the paper's recipe: 12 layers, 768 states, 12 heads, GELU, N(0, 0.02) init,
+update (trainer.Run: micro-batches, autocast, DDP's no_sync, global clipping, the non-finite stop) as
+train.py. A corpus prepared with `prepare_corpus.py --arch gpt2` trains a GPT-2 (model_gpt2) with the same update:
+from scratch with a released size (--preset) or the architecture flags, or continuing from any GPT-2 folder; its LM
+loss is the tied decoder over the 50,257 token rows, <|endoftext|> the document separator. The defaults are the paper's recipe: 12 layers, 768 states, 12 heads, GELU, N(0, 0.02) init,
 contiguous windows of 512 tokens, 64 windows an update, Adam with the learning rate raised linearly from 0
 over 2,000 updates to 2.5e-4 then annealed to 0 with a cosine (opt.warmup_cosine_decay), L2 0.01 on every
 matrix (not biases or gains), dropout 0.1 on residuals, embeddings and attention, 100 epochs.
@@ -29,17 +31,22 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import write_json
-from corpus import load_corpus
+from corpus import corpus_family, load_corpus, read_meta
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
 from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
 from loss import LM_CHUNK, token_losses
-from model_pytorch import DEFAULT_CONFIG, GPTConfig, LMModel, checkpoint_config, model_from_checkpoint
+from model_gpt2 import PRESETS, GPT2Config, GPT2LMHeadModel
+from model_pytorch import DEFAULT_CONFIG, LMModel
+from models import FAMILY_MODULES, tokenizer_from_files
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
 from trainer import Run, autocast_context, format_phases, open_log, phase_record, save_state, to_tensors, update_phase
-from weights import VOCAB_FILES, checkpoint_from_model, read_checkpoint, write_released, write_safetensors
+from weights import (FAMILIES, checkpoint_from_model, family_name, read_checkpoint, vocab_names, write_released,
+                     write_safetensors, write_tf_gpt2)
 
 SAMPLE_PROMPT = 'the'
+ARCHES = FAMILIES
+DEFAULT_N_CTX = {'gpt1': 512, 'gpt2': 1024}  # the papers' context lengths
 
 
 def parse_args(argv=None):
@@ -51,7 +58,12 @@ def parse_args(argv=None):
     p.add_argument('--model_dir', default=None,
                    help='continue from these weights: released shards, a convert.py or a transformers folder '
                         '(default: train from scratch)')
-    p.add_argument('--n_ctx', type=int, default=512, help='tokens per window (positions kept from the weights)')
+    p.add_argument('--arch', choices=ARCHES, default=None,
+                   help="the model family: gpt1 or gpt2 (default: the corpus's, whose tokenizer it was encoded with)")
+    p.add_argument('--preset', choices=sorted(PRESETS, key=lambda n: float(n[:-1])), default=None,
+                   help='GPT-2 from scratch: a released size (default 124M; --n_embd, --n_head, --n_layer override)')
+    p.add_argument('--n_ctx', type=int, default=None,
+                   help='tokens per window (default: 512 for GPT-1, 1024 for GPT-2; positions kept from the weights)')
     add_architecture_args(p)
     add_dropout_args(p, clf=False)
     p.add_argument('--n_epochs', type=float, default=100,
@@ -68,7 +80,8 @@ def parse_args(argv=None):
                  save_help='save the training state every N updates (and at the end)',
                  state_path='OUT/train_state.safetensors')
     p.add_argument('--save_shards', action='store_true',
-                   help='also write the weights as released-format shards in OUT/shards/')
+                   help='also write the weights in the released format in OUT/shards/ (GPT-1: the ten shards; GPT-2: '
+                        'hparams.json and a TensorFlow checkpoint)')
     return p.parse_args(argv)
 
 
@@ -118,27 +131,54 @@ def window_loss(net, x, targets, n_rows):
     return token_losses(rows, we[:n_rows], targets.reshape(-1), LM_CHUNK)
 
 
+def resolve_arch(args, meta):
+    """Set args.arch (the corpus's family, which --arch and the weights' must match) and the family's default n_ctx;
+    return args."""
+    family = corpus_family(meta)
+    if args.arch not in (None, family):
+        raise ValueError(f'--arch {args.arch} but {args.corpus} was encoded with {family_name(family)}\'s tokenizer: '
+                         f'prepare it with prepare_corpus.py --arch {args.arch}, or leave --arch out')
+    args.arch = family
+    if args.n_ctx is None:
+        args.n_ctx = DEFAULT_N_CTX[family]
+    if args.preset is not None and (family != 'gpt2' or args.model_dir is not None):
+        raise ValueError('--preset sizes a GPT-2 trained from scratch: leave it out with a GPT-1 corpus or --model_dir')
+    if family == 'gpt2' and args.afn not in (None, 'gelu'):
+        raise ValueError(f'--afn {args.afn}: GPT-2 computes gelu only')
+    return args
+
+
 def model_config(args, n_vocab, n_special, ckpt=None):
-    """Return the GPTConfig of the model: architecture flags, else the weights' (a Checkpoint), else the paper's;
-    the dropouts and activation checkpointing from the flags; the table [n_vocab; n_special; n_ctx positions]."""
-    stored = DEFAULT_CONFIG if ckpt is None else checkpoint_config(ckpt)
+    """Return the model's config (GPTConfig, or GPT2Config for --arch gpt2): architecture flags, else the weights' (a
+    Checkpoint), else the paper's (GPT-1) or the --preset's (GPT-2, default 124M); the dropouts and activation
+    checkpointing from the flags; the table [n_vocab; n_special; n_ctx positions]."""
+    module = FAMILY_MODULES[args.arch]
+    if ckpt is not None:
+        stored = module.checkpoint_config(ckpt)
+    else:
+        stored = GPT2Config.preset(args.preset or '124M') if args.arch == 'gpt2' else DEFAULT_CONFIG
     fields = {}
-    for name in ('n_embd', 'n_head', 'n_layer', 'afn'):
+    for name in ('n_embd', 'n_head', 'n_layer') + (('afn',) if args.arch == 'gpt1' else ()):
         given = getattr(args, name)
         if given is not None and ckpt is not None and given != getattr(stored, name):
             raise ValueError(f'--{name} {given} contradicts {name}={getattr(stored, name)} in {args.model_dir}: '
                              f'leave it out')
         fields[name] = getattr(stored, name) if given is None else given
-    return GPTConfig.from_args(args, clf_pdrop=stored.clf_pdrop, n_vocab=n_vocab, n_special=n_special,
-                               n_ctx=args.n_ctx, **fields)
+    return type(stored).from_args(args, clf_pdrop=stored.clf_pdrop, n_vocab=n_vocab, n_special=n_special,
+                                  n_ctx=args.n_ctx, **fields)
 
 
 def build_lm(args, n_vocab, n_special):
-    """Return an LMModel with the table [n_vocab tokens; n_special special rows; n_ctx positions]: fresh
-    (N(0, 0.02) init) or holding --model_dir's weights (positions cropped to n_ctx, missing special rows drawn)."""
+    """Return an LMModel (GPT2LMHeadModel for --arch gpt2) with [n_vocab tokens; n_special special rows] and n_ctx
+    positions: fresh (GPT-1: N(0, 0.02); GPT-2: model_gpt2.init_weights) or holding --model_dir's weights (positions
+    cropped to n_ctx, missing special rows drawn as the original draws them)."""
+    lm_class = GPT2LMHeadModel if args.arch == 'gpt2' else LMModel
     if args.model_dir is None:
-        return LMModel(model_config(args, n_vocab, n_special))
+        return lm_class(model_config(args, n_vocab, n_special))
     ckpt = read_checkpoint(args.model_dir, n_head=args.n_head, afn=args.afn)
+    if ckpt.family != args.arch:
+        raise ValueError(f'{args.model_dir} holds a {family_name(ckpt.family)} but {args.corpus} was encoded for '
+                         f'{family_name(args.arch)}: use weights of the corpus\'s family')
     if ckpt.n_vocab != n_vocab:
         raise ValueError(f'{args.model_dir} has {ckpt.n_vocab} token rows but the corpus was encoded with '
                          f'{n_vocab} tokens: use the vocabulary of the weights')
@@ -147,8 +187,8 @@ def build_lm(args, n_vocab, n_special):
                          f'use at most {ckpt.n_pos}')
     if ckpt.n_special > n_special:
         ckpt.special = ckpt.special[:n_special]  # rows the corpus does not use (e.g. fine-tuning's) are left out
-    model = LMModel(model_config(args, n_vocab, n_special, ckpt))
-    return model_from_checkpoint(ckpt, model=model)  # extra special rows drawn as the original draws them
+    model = lm_class(model_config(args, n_vocab, n_special, ckpt))
+    return FAMILY_MODULES[args.arch].model_from_checkpoint(ckpt, model=model)  # extra special rows drawn
 
 
 def n_updates_of(args, n_train_tokens):
@@ -306,24 +346,26 @@ def vocabulary_paths(meta):
 
 
 def write_outputs(run, sizes, meta):
-    """Write OUT/model.safetensors + config.json (convert.py's format) and, on request, released shards in
-    OUT/shards/, each with the corpus's vocabulary files beside them, as train.py and generate.py read them."""
+    """Write OUT/model.safetensors + config.json (this project's format) and, on request, the released format in
+    OUT/shards/ (GPT-1's shards, GPT-2's TensorFlow checkpoint), each with the corpus's vocabulary files beside them
+    under the family's names, as train.py and generate.py read them."""
     import shutil
     ckpt = checkpoint_from_model(run.model, sizes['n_vocab'], sizes['n_special'])
     folders = [run.args.out] + ([run.paths['shards']] if run.args.save_shards else [])
     with run.clock.phase('write'):
         write_safetensors(ckpt, run.args.out)
-        if run.args.save_shards:
-            write_released(ckpt, run.paths['shards'], drop_special=True)  # the released format has no special rows
+        if run.args.save_shards:  # the released formats have no special rows
+            write_released_format = write_tf_gpt2 if ckpt.family == 'gpt2' else write_released
+            write_released_format(ckpt, run.paths['shards'], drop_special=True)
         for folder in folders:
-            for src, name in zip(vocabulary_paths(meta), VOCAB_FILES):
+            for src, name in zip(vocabulary_paths(meta), vocab_names(ckpt.family)[0]):
                 shutil.copyfile(src, os.path.join(folder, name))
 
 
 def load_corpus_checked(args):
     """Return (corpus dict with train/val streams and val window offsets, sizes dict) of --corpus."""
     train_stream, val_stream, meta = load_corpus(args.corpus)
-    n_vocab, n_special = meta['separator_id'], meta['n_special']
+    n_vocab, n_special = meta['n_vocab'], meta['n_special']
     starts = val_starts(len(val_stream), args.n_ctx, args.eval_windows)
     if len(starts) == 0:
         raise ValueError(f'{args.corpus}: the validation stream holds {len(val_stream)} tokens, fewer than one '
@@ -339,6 +381,7 @@ def run(args):
     """Pre-train as the arguments say; return a summary dict."""
     t0 = time.time()
     info = dist_info()
+    resolve_arch(args, read_meta(args.corpus))
     check_args(args, info)
     paths = run_paths(args.out)
     run = Run.begin(args, paths, [args.out], info)
@@ -346,8 +389,7 @@ def run(args):
     with clock.phase('encode'):
         corpus, sizes = load_corpus_checked(args)
     with clock.phase('load'):
-        from text_utils import TextEncoder
-        text_encoder = TextEncoder(*vocabulary_paths(corpus['meta']))
+        text_encoder = tokenizer_from_files(args.arch, *vocabulary_paths(corpus['meta']))
         if args.sample_every:
             check_sample_prompt(text_encoder, args.sample_prompt, args.n_ctx)
         model = build_lm(args, sizes['n_vocab'], sizes['n_special'])

@@ -134,7 +134,7 @@ def test_meta_records_format_vocabulary_separator_and_counts(tmp_path, capsys):
     src = write_jsonl(tmp_path / 'c.jsonl', random_docs(30) + [''])
     out = prepare(capsys, src, tmp_path / 'out', '--text_field', 'text', '--val_fraction', '0.3', '--seed', '7')
     meta = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
-    assert meta['format'] == prepare_corpus.CORPUS_FORMAT == 'gpt1-corpus-v1'
+    assert meta['format'] == prepare_corpus.CORPUS_FORMATS['gpt1'] == 'gpt1-corpus-v1'
     assert (meta['separator_id'], meta['n_special'], meta['n_vocab'], meta['dtype']) == (SEP, 1, SEP, 'uint16')
     assert 'separator' in meta and 'separators included' not in meta['separator']
     # the released vocabulary's git blob SHA-1 (download_model.RELEASED_FILES)
@@ -443,3 +443,26 @@ def test_interrupted_run_never_leaves_a_complete_looking_folder(tmp_path, capsys
     assert sorted(os.listdir(out)) == ['train.bin', 'val.bin']
     with pytest.raises(FileNotFoundError, match='meta.json is missing'):
         load_corpus(out)
+
+
+def test_gpt2_corpus_is_the_original_encoders_ids_joined_by_endoftext(tmp_path, capsys):
+    """--arch gpt2: each document is exactly GPT-2's encoder's ids (no standardisation), followed by <|endoftext|>
+    (50256, a token of the vocabulary, so no special row); serial and parallel runs write the same bytes."""
+    from encoder_gpt2 import get_encoder
+    texts = DOCS + ['', '   ', 'Café — naïve 東京 🙂 <|endoftext|> literal']  # '   ' is three tokens to GPT-2
+    src = write_jsonl(tmp_path / 'c.jsonl', texts)
+    out = prepare(capsys, src, tmp_path / 'out', '--text_field', 'text', '--val_fraction', '0', '--arch', 'gpt2')
+    enc = get_encoder()
+    ids = read_ids(out / 'train.bin')
+    want = [i for t in texts if enc.encode(t) for i in enc.encode(t) + [50256]]
+    assert ids == want
+    meta = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
+    assert (meta['format'], meta['n_vocab'], meta['separator_id'], meta['n_special']) == ('gpt2-corpus-v1', 50257,
+                                                                                          50256, 0)
+    assert meta['splits']['train']['n_empty_skipped'] == 1 and meta['vocabulary']['encoder_path'].endswith('encoder.json')
+    parallel = prepare(capsys, src, tmp_path / 'par', '--text_field', 'text', '--val_fraction', '0', '--arch', 'gpt2',
+                       '--workers', '2')
+    assert (parallel / 'train.bin').read_bytes() == (out / 'train.bin').read_bytes()
+    from corpus import corpus_family, load_corpus
+    train, _, meta = load_corpus(out)
+    assert corpus_family(meta) == 'gpt2' and train.tolist() == want
