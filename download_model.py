@@ -1,4 +1,5 @@
-"""Fetch and verify the released GPT-1 `model/` folder of openai/finetune-transformer-lm.
+"""Fetch and verify the released GPT-1 `model/` folder of openai/finetune-transformer-lm, or a released GPT-2 model
+folder of openai/gpt-2 (`--model gpt2-124M`, ...).
 
 The original code reads `model/params_{0..9}.npy`, `model/params_shapes.json` (TF: train.py, main) and
 the BPE files `model/encoder_bpe_40000.json`, `model/vocab_40000.bpe` (TF: text_utils.TextEncoder).
@@ -10,6 +11,12 @@ once its hash verifies.
     python download_model.py                     # fetch what is missing into model/, verify all
     python download_model.py --verify-only       # only check model/
     python download_model.py --files params_0.npy --base_url https://example.org/mirror/model/
+    python download_model.py --model gpt2-124M       # into models/124M/, as openai/gpt-2's download_model.py
+
+A GPT-2 folder (checkpoint, hparams.json, model.ckpt.index, model.ckpt.data-00000-of-00001, model.ckpt.meta,
+encoder.json, vocab.bpe) is verified without TensorFlow: the vocabulary by its SHA-256, hparams.json by the size's
+values, the index by its block CRC32Cs and every tensor's name and shape, the data by every tensor's CRC32C and the
+file's size (model.ckpt.meta, a TensorFlow graph no reader of the weights needs, only for being a plain file).
 """
 import argparse
 import http.client
@@ -22,7 +29,8 @@ import urllib.request
 
 from tqdm import tqdm
 
-from weights import RELEASED_FILES, check_file, find_problem, resolve_names
+from weights import (DEFAULT_FIX, FIXES, GPT2_BASE_URL, GPT2_FILES, GPT2_SIZES, RELEASED_FILES, check_file, find_problem,
+                     gpt2_file_problem, resolve_names)
 
 # The shards are ordinary git blobs in that repository (it has no .gitattributes routing them to
 # Git LFS, and the hashes above are of the full contents), so raw.githubusercontent.com serves them.
@@ -31,6 +39,7 @@ BASE_URL = 'https://raw.githubusercontent.com/openai/finetune-transformer-lm/mas
 LFS_BASE_URL = 'https://media.githubusercontent.com/media/openai/finetune-transformer-lm/master/model/'
 
 USER_AGENT = 'gpt1-pytorch-download_model/1.0 (+urllib)'
+MODELS = ('gpt1',) + tuple(f'gpt2-{size}' for size in GPT2_SIZES)
 class DownloadError(RuntimeError):
     """A download that failed; str() is one line naming the URL and what went wrong."""
 
@@ -126,9 +135,12 @@ def _fetch_to_part(url, part, retries, timeout, backoff, chunk_size, progress, d
                         f'run again to resume from {part}', kind='network')
 
 
-def download(url, dest, expected_sha1=None, *, retries=3, timeout=30.0, backoff=1.0, chunk_size=1 << 20,
+def download(url, dest, expected_sha1=None, *, check=None, retries=3, timeout=30.0, backoff=1.0, chunk_size=1 << 20,
              progress=True):
-    """Download url to dest through dest + '.part' (resumed, fsynced, verified, renamed into place); return dest."""
+    """Download url to dest through dest + '.part' (resumed, fsynced, verified, renamed into place); return dest.
+
+    The part file is verified by its git blob SHA-1 (expected_sha1), or by check(part) -> (kind, description) of
+    what is wrong, (None, None) when it verifies."""
     _check_url(url)
     dest = os.fspath(dest)
     part = dest + '.part'
@@ -138,7 +150,7 @@ def download(url, dest, expected_sha1=None, *, retries=3, timeout=30.0, backoff=
     fresh_retry = os.path.exists(part) and os.path.getsize(part) > 0
     while True:
         _fetch_to_part(url, part, retries, timeout, backoff, chunk_size, progress, os.path.basename(dest))
-        kind, what = find_problem(part, expected_sha1, is_npy=dest.endswith('.npy'))
+        kind, what = check(part) if check else find_problem(part, expected_sha1, is_npy=dest.endswith('.npy'))
         if kind is None:
             break
         if os.path.exists(part):
@@ -189,21 +201,65 @@ def download_model(model_dir='model/', base_url=BASE_URL, names=None, *, lfs_bas
             for n in resolve_names(names, expected)]
 
 
+def fetch_gpt2_file(name, size, model_dir, base_url=GPT2_BASE_URL, **download_kw):
+    """Make model_dir/name a verified copy of the released GPT-2 file of that size; return (path, 'ok' or
+    'downloaded'). Verified as weights.gpt2_file_problem says: the vocabulary by SHA-256, the checkpoint by its
+    CRC32Cs, names, shapes and sizes."""
+    path = os.path.join(model_dir, name)
+    if gpt2_file_problem(model_dir, name, size)[0] is None:
+        return path, 'ok'
+    url = f"{base_url.rstrip('/')}/{size}/{urllib.parse.quote(name)}"
+    download(url, path, check=lambda part: gpt2_file_problem(model_dir, name, size, part), **download_kw)
+    return path, 'downloaded'
+
+
+def gpt2_size(model):
+    """Return the released size a --model names ('gpt2-124M' -> '124M')."""
+    return model[len('gpt2-'):]
+
+
 def parse_args(argv=None):
     """Parse the command line of download_model.py."""
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--model_dir', default='model/', help='folder holding the released files (default: model/)')
-    p.add_argument('--base_url', default=BASE_URL, help=f'URL of the folder to fetch from (default: {BASE_URL})')
+    p.add_argument('--model', choices=MODELS, default='gpt1',
+                   help='gpt1 (the released model/ folder of openai/finetune-transformer-lm, the default) or a released '
+                        'GPT-2 size (openai/gpt-2)')
+    p.add_argument('--model_dir', default=None,
+                   help='folder holding the released files (default: model/ for gpt1, models/<size>/ for GPT-2, as '
+                        "openai/gpt-2's download_model.py)")
+    p.add_argument('--base_url', default=None,
+                   help=f'URL of the folder to fetch from (default: {BASE_URL}, for GPT-2 {GPT2_BASE_URL}<size>/)')
     p.add_argument('--lfs_base_url', default=LFS_BASE_URL,
                    help='fallback URL when --base_url answers with a Git-LFS pointer; "" to disable '
                         f'(default: {LFS_BASE_URL})')
     p.add_argument('--verify-only', dest='verify_only', action='store_true', help='check the files, download nothing')
-    p.add_argument('--files', nargs='+', metavar='NAME', choices=sorted(RELEASED_FILES),
-                   help='only these released files (default: all 13)')
+    p.add_argument('--files', nargs='+', metavar='NAME', choices=sorted(set(RELEASED_FILES) | set(GPT2_FILES)),
+                   help='only these released files (default: all 13 of GPT-1, all 7 of a GPT-2)')
     p.add_argument('--retries', type=int, default=3, help='retries per file after a cut connection (default: 3)')
     p.add_argument('--timeout', type=float, default=30.0, help='connect/read timeout in seconds (default: 30)')
     p.add_argument('--no_progress', action='store_true', help='no progress bars on stderr')
     return p.parse_args(argv)
+
+
+def check_one(args, name):
+    """Return (path, status) of one released file after --verify-only's check or a fetch; raise on a problem."""
+    if args.model == 'gpt1':
+        path = os.path.join(args.model_dir, name)
+        if args.verify_only:
+            problem = check_file(path, RELEASED_FILES[name])
+            if problem:
+                raise ValueError(problem)
+            return path, 'ok'
+        return fetch_file(name, args.model_dir, args.base_url, lfs_base_url=args.lfs_base_url, retries=args.retries,
+                          timeout=args.timeout, progress=not args.no_progress)
+    size = gpt2_size(args.model)
+    if args.verify_only:
+        kind, what = gpt2_file_problem(args.model_dir, name, size)
+        if kind is not None:
+            raise ValueError(f'{os.path.join(args.model_dir, name)}: {what}; {FIXES.get(kind, DEFAULT_FIX)}')
+        return os.path.join(args.model_dir, name), 'ok'
+    return fetch_gpt2_file(name, size, args.model_dir, args.base_url, retries=args.retries, timeout=args.timeout,
+                           progress=not args.no_progress)
 
 
 def main(argv=None):
@@ -212,25 +268,26 @@ def main(argv=None):
     if args.retries < 0 or args.timeout <= 0:
         print('error: --retries must be >= 0 and --timeout > 0', file=sys.stderr)
         return 2
+    names = RELEASED_FILES if args.model == 'gpt1' else GPT2_FILES
+    unknown = [name for name in args.files or () if name not in names]
+    if unknown:
+        print(f'error: --files {unknown[0]} is not a file of {args.model}: choose among {", ".join(names)}',
+              file=sys.stderr)
+        return 2
+    if args.model_dir is None:
+        args.model_dir = 'model/' if args.model == 'gpt1' else os.path.join('models', gpt2_size(args.model))
+    if args.base_url is None:
+        args.base_url = BASE_URL if args.model == 'gpt1' else GPT2_BASE_URL
     n_bad = 0
-    for name in args.files or sorted(RELEASED_FILES):
-        path = os.path.join(args.model_dir, name)
-        if args.verify_only:
-            problem = check_file(path, RELEASED_FILES[name])
-            status = 'ok'
-        else:
-            try:
-                path, status = fetch_file(name, args.model_dir, args.base_url, lfs_base_url=args.lfs_base_url,
-                                          retries=args.retries, timeout=args.timeout,
-                                          progress=not args.no_progress)
-                problem = None
-            except (DownloadError, ValueError, OSError) as e:
-                problem = f'{name}: {e}'
-        if problem is None:
+    wanted = args.files or (sorted(RELEASED_FILES) if args.model == 'gpt1' else GPT2_FILES)
+    for name in [n for n in names if n in wanted]:  # GPT-2's index before the data it describes
+        try:
+            path, status = check_one(args, name)
             print(f'{status:<10} {path}', flush=True)
-        else:
+        except (DownloadError, ValueError, OSError) as e:
             n_bad += 1
-            print(f'problem    {problem}', file=sys.stderr, flush=True)
+            message = str(e) if args.verify_only else f'{name}: {e}'
+            print(f'problem    {message}', file=sys.stderr, flush=True)
     if n_bad:
         print(f'error: {n_bad} file(s) did not verify in {args.model_dir}', file=sys.stderr)
     return 1 if n_bad else 0

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from model_pytorch import MLP, Attention, DoubleHeadModel, LayerNorm, check_shape, config_from_args
-from weights import SIZE_KEYS
+from weights import GPT2_SIZES, SIZE_KEYS
 
 # The released sizes (openai/gpt-2's download_model.py names them by their parameter count).
-PRESETS = {'124M': dict(n_embd=768, n_head=12, n_layer=12), '355M': dict(n_embd=1024, n_head=16, n_layer=24),
-           '774M': dict(n_embd=1280, n_head=20, n_layer=36), '1558M': dict(n_embd=1600, n_head=25, n_layer=48)}
+PRESETS = {size: dict(n_embd=n_embd, n_head=n_head, n_layer=n_layer) for size, (n_embd, n_head, n_layer)
+           in GPT2_SIZES.items()}
 
 
 @dataclass(slots=True)

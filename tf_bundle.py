@@ -501,9 +501,9 @@ def _missing_index_hint(prefix):
     return 'download the checkpoint (its .index and .data-*-of-* files) or fix the path'
 
 
-def _load_index(prefix):
-    """Read and decode `<prefix>.index`; return (path, header, entries)."""
-    path = f'{prefix}.index'
+def _load_index(prefix, path=None):
+    """Read and decode `<prefix>.index` (or the index file at path); return (path, header, entries)."""
+    path = f'{prefix}.index' if path is None else path
     buf = _read_whole(path, _missing_index_hint(prefix))
     try:
         header, entries = _parse_index(memoryview(buf))
@@ -521,9 +521,10 @@ def _data_path(prefix, shard, num_shards):
 # ------------------------------------------------------------------- public reader
 
 
-def tf_checkpoint_entries(prefix):
-    """Return {name: TensorEntry} from `<prefix>.index` without reading any tensor data."""
-    _, _, entries = _load_index(os.fspath(prefix))
+def tf_checkpoint_entries(prefix, index_path=None):
+    """Return {name: TensorEntry} from `<prefix>.index` (or the index file at index_path, e.g. a download's .part)
+    without reading any tensor data."""
+    _, _, entries = _load_index(os.fspath(prefix), index_path)
     return {entry.name: entry for entry in entries}
 
 
@@ -544,6 +545,36 @@ def read_tf_checkpoint(prefix):
     finally:
         for handle in files.values():
             handle.close()
+
+
+def verify_tf_checkpoint(prefix, data_paths=None, chunk_size=1 << 24):
+    """Check every tensor of the checkpoint `prefix` against its stored CRC32C and every data file's size against the
+    index, reading the data in chunks (no tensor is built: a 6 GB checkpoint needs no 6 GB of memory); raise the
+    reader's one-line errors. data_paths maps a shard number to its file (default: the index's names)."""
+    prefix = os.fspath(prefix)
+    index_path, header, entries = _load_index(prefix)
+    for shard in sorted({entry.shard for entry in entries}):
+        path = (data_paths or {}).get(shard, _data_path(prefix, shard, header.num_shards))
+        own = [entry for entry in entries if entry.shard == shard]
+        with _open_data(path, index_path, entries, shard) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            for entry in own:
+                _check_bounds(path, handle, entry)
+                handle.seek(entry.offset)
+                crc, left = 0, entry.size
+                while left:
+                    chunk = handle.read(min(chunk_size, left))
+                    if not chunk:
+                        break
+                    crc = crc32c_lib.crc32c(chunk, crc)
+                    left -= len(chunk)
+                if mask_crc(crc) != entry.crc32c:
+                    raise ValueError(f'{path}: tensor {entry.name!r} (bytes {entry.offset}..{entry.offset + entry.size})'
+                                     f' fails its CRC32C check; {_FIX_DATA}')
+        end = max((entry.offset + entry.size for entry in own), default=0)
+        if size != end:
+            raise ValueError(f'{path} has {size} bytes but {index_path} places its tensors in {end}: a different or '
+                             f'damaged file; download it again')
 
 
 def _open_data(path, index_path, entries, shard):

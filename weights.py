@@ -79,6 +79,16 @@ TF_PREFIX = 'model.ckpt'  # the released checkpoint's prefix
 TF_FILES = ('checkpoint', 'model.ckpt.index', 'model.ckpt.data-00000-of-00001', 'model.ckpt.meta')
 GPT2_SOURCE = 'a GPT-2 model folder of openaipublic.blob.core.windows.net/gpt-2/models/ (run download_model.py --model gpt2-124M)'
 GPT2_HPARAMS = ('n_vocab', 'n_ctx', 'n_embd', 'n_head', 'n_layer')
+# The released GPT-2 sizes, as openai/gpt-2's download_model.py names them: (n_embd, n_head, n_layer); each has
+# n_vocab 50257 and n_ctx 1024.
+GPT2_SIZES = {'124M': (768, 12, 12), '355M': (1024, 16, 24), '774M': (1280, 20, 36), '1558M': (1600, 25, 48)}
+GPT2_BASE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/models/'
+# The files of a released GPT-2 folder, in the order they can be checked (the index before the data it describes).
+GPT2_FILES = ('hparams.json', 'checkpoint', 'model.ckpt.index', 'model.ckpt.data-00000-of-00001', 'model.ckpt.meta',
+              'encoder.json', 'vocab.bpe')
+# SHA-256 of the released vocabulary (the same for every size; the values tiktoken checks).
+GPT2_VOCAB_SHA256 = {'encoder.json': '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783',
+                     'vocab.bpe': '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5'}
 SIZE_KEYS = ('n_vocab', 'n_special', 'n_ctx', 'n_embd', 'n_layer')  # config fields the arrays' shapes give
 
 
@@ -622,6 +632,60 @@ def read_tf_gpt2(folder):
     special = np.zeros((0, n_embd), np.float32)
     return Checkpoint(np.asarray(wte, np.float32), special, np.asarray(wpe, np.float32), blocks,
                       {'n_head': hparams['n_head']}, ignored=ignored, source=hparams_path, family='gpt2')
+
+
+def gpt2_hparams(size):
+    """Return the hparams.json dict of a released GPT-2 size ('124M', ...)."""
+    n_embd, n_head, n_layer = GPT2_SIZES[size]
+    return dict(n_vocab=50257, n_ctx=1024, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+
+
+def gpt2_tensor_shapes(hparams):
+    """Return {TF name: shape} of every variable of a GPT-2 checkpoint with these hparams."""
+    nx = hparams['n_embd']
+    shapes = {'model/wte': [hparams['n_vocab'], nx], 'model/wpe': [hparams['n_ctx'], nx], 'model/ln_f/g': [nx],
+              'model/ln_f/b': [nx]}
+    for key, shape in block_shapes(nx, hparams['n_layer']).items():  # 'h.3.attn.c_attn.w' -> 'model/h3/attn/c_attn/w'
+        name = 'model/' + re.sub(r'^h\.(\d+)\.', r'h\1/', key).replace('.', '/')
+        shapes[name] = [1, *shape] if name.endswith('/w') else list(shape)
+    return shapes
+
+
+def gpt2_file_problem(folder, name, size, path=None):
+    """Return (kind, plain-words description) of what is wrong with the released GPT-2 file `name` of the size
+    `size` in folder (read from path when given: a download's .part), or (None, None) when it verifies: the
+    vocabulary by SHA-256, hparams.json and `checkpoint` by their content, the index by its block CRC32Cs and every
+    tensor's name, dtype and shape, the data by every tensor's CRC32C and its size; model.ckpt.meta, a TensorFlow
+    graph no reader of the weights needs, only for being a plain non-empty file."""
+    path = os.path.join(folder, name) if path is None else path
+    kind, what = find_problem(path)  # missing, empty, a Git-LFS pointer, an HTML page
+    if kind is not None:
+        return kind, what
+    try:
+        if name in GPT2_VOCAB_SHA256:
+            with open(path, 'rb') as f:
+                got = hashlib.sha256(f.read()).hexdigest()
+            if got != GPT2_VOCAB_SHA256[name]:
+                return 'sha256', f'corrupt or truncated: expected SHA-256 {GPT2_VOCAB_SHA256[name]}, got {got}'
+        elif name == HPARAMS_NAME:
+            if read_config_json(path) != gpt2_hparams(size):
+                return 'content', f'not the hparams of GPT-2 {size}: expected {json.dumps(gpt2_hparams(size))}'
+        elif name == 'checkpoint':
+            with open(path, encoding='utf-8', errors='replace') as f:
+                if f'model_checkpoint_path: "{TF_PREFIX}"' not in f.read():
+                    return 'content', f'does not name {TF_PREFIX} as the checkpoint'
+        elif name == 'model.ckpt.index':
+            entries = tf_bundle.tf_checkpoint_entries(os.path.join(folder, TF_PREFIX), index_path=path)
+            want = gpt2_tensor_shapes(gpt2_hparams(size))
+            got = {e.name: list(e.shape) for e in entries.values() if e.dtype == 'float32'}
+            if got != want:
+                wrong = sorted(set(got) ^ set(want)) or [n for n in want if got[n] != want[n]]
+                return 'content', f'not the index of GPT-2 {size}: {wrong[0]} differs'
+        elif name.startswith('model.ckpt.data-'):
+            tf_bundle.verify_tf_checkpoint(os.path.join(folder, TF_PREFIX), data_paths={0: path})
+    except (ValueError, OSError) as err:
+        return 'corrupt', str(err)
+    return None, None
 
 
 def write_tf_gpt2(ckpt, out_dir, drop_special=False):

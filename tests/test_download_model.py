@@ -143,7 +143,10 @@ def test_shipped_vocabulary_is_byte_identical_to_the_release():
         blobs = {line.split()[-1]: line.split()[1] for line in tracked.splitlines()}
         assert blobs == {'model/README.md': blobs['model/README.md'],
                          'model/encoder_bpe_40000.json': dm.RELEASED_FILES['encoder_bpe_40000.json'],
-                         'model/vocab_40000.bpe': dm.RELEASED_FILES['vocab_40000.bpe']}
+                         'model/vocab_40000.bpe': dm.RELEASED_FILES['vocab_40000.bpe'],
+                         # GPT-2's vocabulary (its SHA-256 are checked in tests/test_encoder_gpt2.py)
+                         'model/gpt2/encoder.json': '1f1d9aaca301414e7f6c9396df506798ff4eb9a6',
+                         'model/gpt2/vocab.bpe': '226b0752cac7789c48f0cb3ec53eda48b7be36cc'}
 
 
 def test_released_small_files_verify(tmp_path):
@@ -471,3 +474,92 @@ def test_cli_lfs_base_url_is_the_fallback_for_a_pointer(server, tmp_path, capsys
     assert capsys.readouterr().out.startswith('downloaded')
     assert [p for p, _ in server.requests[1:]] == ['/raw/params_shapes.json', '/media/params_shapes.json']
     assert (tmp_path / 'params_shapes.json').read_bytes() == released_bytes('params_shapes.json')
+
+
+# --- GPT-2 ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def gpt2_release(tmp_path_factory):
+    """{file name: bytes} of a released GPT-2 folder with tiny blocks (32 states, 4 heads, 2 layers) and the released
+    vocabulary and context (50257 tokens, 1024 positions), as tf.train.Saver writes it."""
+    from tests.helpers import write_tiny_gpt2
+    folder = write_tiny_gpt2(tmp_path_factory.mktemp('release') / '124M', n_ctx=1024)
+    files = {name: (folder / name).read_bytes() for name in ('checkpoint', 'hparams.json', 'model.ckpt.index',
+                                                             'model.ckpt.data-00000-of-00001')}
+    files['model.ckpt.meta'] = random_bytes(5000, seed=9)  # a TensorFlow graph: only its plain presence is checked
+    for name in ('encoder.json', 'vocab.bpe'):
+        files[name] = (ROOT / 'model' / 'gpt2' / name).read_bytes()
+    return files
+
+
+@pytest.fixture
+def tiny_124m(monkeypatch):
+    """Make the size '124M' the tiny one of gpt2_release (its blocks), for this test."""
+    monkeypatch.setitem(weights.GPT2_SIZES, '124M', (32, 4, 2))
+
+
+def serve_gpt2(server, files, **routes):
+    for name, body in files.items():
+        server.routes[f'/gpt2/124M/{name}'] = dict(body=body, **routes.get(name, {}))
+
+
+def test_gpt2_download_fetches_verifies_resumes_and_skips_what_verifies(server, tmp_path, gpt2_release, tiny_124m,
+                                                                         capsys):
+    data = 'model.ckpt.data-00000-of-00001'
+    serve_gpt2(server, gpt2_release, **{data: dict(mode='cut', cut=1_000_000)})  # the first transfer is cut
+    argv = ['--model', 'gpt2-124M', '--model_dir', str(tmp_path / 'models' / '124M'), '--base_url',
+            server.url('/gpt2/'), '--retries', '2', '--timeout', '5', '--no_progress']
+    assert dm.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ['downloaded'] * 7
+    for name, body in gpt2_release.items():
+        assert (tmp_path / 'models' / '124M' / name).read_bytes() == body, name
+    ranges = [r for p, r in server.requests if p.endswith(data)]
+    assert ranges == [None, 'bytes=1000000-']  # resumed where the cut left it
+    n_requests = len(server.requests)
+    assert dm.main(argv) == 0 and len(server.requests) == n_requests  # every file verifies: nothing fetched
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ['ok'] * 7
+    assert dm.main(argv[:4] + ['--verify-only']) == 0
+    import models  # the folder loads: the tiny GPT-2 with the released vocabulary and context
+    model = models.load_model(str(tmp_path / 'models' / '124M'), lm=True)
+    assert (model.cfg.n_vocab, model.cfg.n_ctx, model.cfg.n_layer) == (50257, 1024, 2)
+
+
+def flipped(body, offset):
+    raw = bytearray(body)
+    raw[offset] ^= 0x10
+    return bytes(raw)
+
+
+def test_gpt2_download_refuses_a_corrupt_tensor_and_keeps_nothing(server, tmp_path, gpt2_release, tiny_124m, capsys):
+    data = 'model.ckpt.data-00000-of-00001'
+    files = dict(gpt2_release, **{data: flipped(gpt2_release[data], 3_000_000)})
+    serve_gpt2(server, files)
+    folder = tmp_path / '124M'
+    argv = ['--model', 'gpt2-124M', '--model_dir', str(folder), '--base_url', server.url('/gpt2/'), '--retries', '0',
+            '--no_progress']
+    assert dm.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f'{data}:' in err and 'fails its CRC32C check' in err and "tensor 'model/wte'" in err
+    assert not (folder / data).exists() and not (folder / (data + '.part')).exists()
+    assert (folder / 'model.ckpt.index').is_file()  # the files that verified stay
+
+
+@pytest.mark.parametrize('name, damage, message', [
+    ('model.ckpt.data-00000-of-00001', lambda b: flipped(b, 123_456), 'fails its CRC32C check'),
+    ('model.ckpt.data-00000-of-00001', lambda b: b[:-10], 'is truncated'),
+    ('model.ckpt.index', lambda b: b[:-7], 'not a usable TensorFlow checkpoint index'),
+    ('hparams.json', lambda b: b.replace(b'1024', b'512'), 'not the hparams of GPT-2 124M'),
+    ('encoder.json', lambda b: b[:-1], 'expected SHA-256 196139668be6'),
+    ('model.ckpt.meta', lambda b: b'<html><body>Not Found</body></html>', 'an HTML page'),
+])
+def test_gpt2_verify_only_names_each_damaged_file(tmp_path, gpt2_release, tiny_124m, capsys, name, damage, message):
+    folder = tmp_path / '124M'
+    folder.mkdir()
+    for file, body in gpt2_release.items():
+        (folder / file).write_bytes(damage(body) if file == name else body)
+    assert dm.main(['--model', 'gpt2-124M', '--model_dir', str(folder), '--verify-only']) == 1
+    problems = [line for line in capsys.readouterr().err.splitlines() if line.startswith('problem')]
+    assert str(folder / name) in problems[0] and message in problems[0], problems
+    # one problem, the damaged file's; a damaged index also leaves the data it describes unverifiable
+    assert len(problems) == 1 or (name == 'model.ckpt.index' and all(str(folder / name) in p for p in problems))
