@@ -389,22 +389,26 @@ class LMHead(nn.Module):
         return F.linear(h, self.decoder.weight if we is None else we)
 
 
-def pool_idx(x, clf_token):
-    """Return the index of the first clf_token in each sequence of x [N, T, 2] (TF: argmax of equal)."""
+def pool_idx(x, clf_token, check=True):
+    """Return the index of the first clf_token in each sequence of x [N, T, 2] (TF: argmax of equal); with check, a
+    sequence without one is an error (a read of the device: train.py's updates, whose sequences end with clf_token by
+    construction, leave it out)."""
     is_clf = x[..., 0] == clf_token  # [N, T]
-    missing = ~is_clf.any(dim=1)
     # Under torch.compile the check is left out: its data-dependent branch would split the graph in two.
     # The eager evaluation of the same data still runs it.
-    if not torch.compiler.is_compiling() and missing.any():
+    if not check or torch.compiler.is_compiling():
+        return is_clf.int().argmax(dim=1)
+    missing = ~is_clf.any(dim=1)
+    if missing.any():
         raise ValueError(f'{int(missing.sum())} of {x.size(0)} sequences hold no classify token '
                          f'(id {clf_token}); end every sequence with it (see transform_roc)')
     return is_clf.int().argmax(dim=1)
 
 
-def pool(h, x, clf_token):
-    """Return the hidden state at the first clf_token: h [N, T, n_embd] -> [N, n_embd]."""
+def pool(h, x, clf_token, check=True):
+    """Return the hidden state at the first clf_token: h [N, T, n_embd] -> [N, n_embd] (check: as pool_idx)."""
     x = x.reshape(-1, x.size(-2), 2)
-    return h[torch.arange(h.size(0), device=h.device), pool_idx(x, clf_token)]
+    return h[torch.arange(h.size(0), device=h.device), pool_idx(x, clf_token, check)]
 
 
 def shared_dropout(clf_h, pdrop, training):
@@ -426,10 +430,10 @@ class MultipleChoiceHead(nn.Module):
         self.clf_pdrop = config_value(cfg, 'clf_pdrop')
         self.clf = Conv1D(1, self.n_embd)  # TF: model/clf/w [n_embd, 1], model/clf/b [1]
 
-    def forward(self, h, x):
-        """Return logits [B, C] for h [B*C, T, n_embd] and x [B, C, T, 2]."""
+    def forward(self, h, x, check=True):
+        """Return logits [B, C] for h [B*C, T, n_embd] and x [B, C, T, 2] (check: as pool_idx)."""
         n_choices = x.size(1)
-        clf_h = pool(h, x, self.clf_token).view(-1, n_choices, self.n_embd)  # [B*C, n] -> [B, C, n]
+        clf_h = pool(h, x, self.clf_token, check).view(-1, n_choices, self.n_embd)  # [B*C, n] -> [B, C, n]
         clf_h = shared_dropout(clf_h, self.clf_pdrop, self.training)
         return self.clf(clf_h).view(-1, n_choices)  # [B, C, 1] -> [B, C]
 
@@ -444,9 +448,9 @@ class ClfHead(nn.Module):
         self.clf_pdrop = config_value(cfg, 'clf_pdrop')
         self.clf = Conv1D(n_class, self.n_embd)
 
-    def forward(self, h, x):
-        """Return logits [B, n_class] for h [B, T, n_embd] and x [B, T, 2] (or [B, 1, T, 2])."""
-        clf_h = pool(h, x, self.clf_token).unsqueeze(1)  # [B, n_embd] -> [B, 1, n_embd]
+    def forward(self, h, x, check=True):
+        """Return logits [B, n_class] for h [B, T, n_embd] and x [B, T, 2] (or [B, 1, T, 2]) (check: as pool_idx)."""
+        clf_h = pool(h, x, self.clf_token, check).unsqueeze(1)  # [B, n_embd] -> [B, 1, n_embd]
         clf_h = shared_dropout(clf_h, self.clf_pdrop, self.training)
         return self.clf(clf_h).squeeze(1)
 
@@ -462,9 +466,10 @@ class SimilarityHead(nn.Module):
         self.clf_pdrop = config_value(cfg, 'clf_pdrop')
         self.clf = Conv1D(n_class, self.n_embd)
 
-    def forward(self, h, x):
-        """Return scores [B] (n_class 1, regression) or logits [B, n_class] for x [B, 2, T, 2]."""
-        clf_h = pool(h, x, self.clf_token).view(-1, 2, self.n_embd).sum(dim=1, keepdim=True)  # -> [B, 1, n]
+    def forward(self, h, x, check=True):
+        """Return scores [B] (n_class 1, regression) or logits [B, n_class] for x [B, 2, T, 2] (check: as
+        pool_idx)."""
+        clf_h = pool(h, x, self.clf_token, check).view(-1, 2, self.n_embd).sum(dim=1, keepdim=True)  # -> [B, 1, n]
         clf_h = shared_dropout(clf_h, self.clf_pdrop, self.training)
         logits = self.clf(clf_h).squeeze(1)  # [B, 1, n_class] -> [B, n_class]
         return logits.squeeze(-1) if self.n_class == 1 else logits
@@ -518,10 +523,11 @@ class DoubleHeadModel(nn.Module):
         h, we = self.transformer(x, return_we=True)
         return self.lm_head(h, we), self.task_head(h, x)
 
-    def hidden_and_task(self, x):
-        """Return (h, we, task_logits) without LM logits, for losses that decode only masked positions."""
+    def hidden_and_task(self, x, check=True):
+        """Return (h, we, task_logits) without LM logits, for losses that decode only masked positions (check: a
+        sequence without clf_token is an error, as pool_idx)."""
         h, we = self.transformer(x, return_we=True)
-        return h, we, self.task_head(h, x)
+        return h, we, self.task_head(h, x, check)
 
     def choice_logits_from_shared_prefix(self, x, prefix):
         """Return the task logits [B, C] of multiple-choice x [B, C, T, 2] whose C sequences share their first

@@ -214,8 +214,8 @@ def pretrain_step(run, stream, update_no, n_rows, first_position):
         losses = window_loss(run.net, x, targets, n_rows)  # forward: every next token's loss
         run.backward(losses.mean() * weight)                # fp16 loss scaling
         loss_sum += losses.detach().sum().double()
-    run.step()  # stops on a non-finite loss; OpenAIAdam clips by the global norm
-    return float(loss_sum), (own.stop - own.start) * args.n_ctx
+    loss_sum = run.step(report=loss_sum)  # stops on a non-finite loss; OpenAIAdam clips by the global norm
+    return loss_sum, (own.stop - own.start) * args.n_ctx
 
 
 def validation_loss(model, stream, starts, n_ctx, n_rows, first_position, device, precision, n_batch,

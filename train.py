@@ -181,7 +181,9 @@ class TrainForward(torch.nn.Module):
 
     def forward(self, x):
         """Return (h, we, task_logits) of the wrapped model."""
-        return self.model.hidden_and_task(x)
+        # transform_* end every sequence with clf_token, so the update skips the per-micro-batch check that a
+        # sequence holds one (a read of the device each micro-batch); evaluation keeps it
+        return self.model.hidden_and_task(x, check=False)
 
 
 def micro_batches(xmb, mmb, ymb, micro, info=DistInfo()):
@@ -210,8 +212,8 @@ def train_step(run, xmb, mmb, ymb):
         _, clf, lm = forward_losses(run.net, x, m, y, args.lm_coef)  # forward: the task and LM losses
         run.backward(train_loss(clf, lm, args.lm_coef) * weight)     # fp16 loss scaling
         clf_sum += clf.detach().sum().double()
-    run.step()  # stops on a non-finite loss; OpenAIAdam clips by the global norm
-    return float(clf_sum) / max(sum(len(x) for _, (x, _, _) in parts), 1)
+    clf_sum = run.step(report=clf_sum)  # stops on a non-finite loss; OpenAIAdam clips by the global norm
+    return clf_sum / max(sum(len(x) for _, (x, _, _) in parts), 1)
 
 
 def shared_prefix(xmb, mmb):

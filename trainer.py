@@ -7,6 +7,7 @@ backward, step; the plumbing of an update is here, once: micro-batches accumulat
 DDP's `no_sync` on all but the last, loss scaling for fp16, the non-finite stop before any weight moves (checked
 once per update, on the device), one optimizer step (OpenAIAdam clips by the global norm inside it).
 """
+import math
 import os
 import random
 import time
@@ -125,19 +126,23 @@ class Run:
         with no_autocast(self.device.type):
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self):
-        """Make the optimizer step of the update, or raise NonFiniteLoss before any weight moves when its loss is not
-        finite (one check an update, so a GPU is not held back by the host)."""
-        total = self.loss_sum
-        if not torch.isfinite(total):
+    def step(self, report=None):
+        """Make the optimizer step of the update; return report (a 0-dim tensor on the device, such as the update's
+        summed loss) as a float, read to the host with the non-finite check in one transfer: the update's one host
+        read, so a GPU is not held back by the host. Raise NonFiniteLoss before any weight moves when the update's loss
+        is not finite."""
+        report = self.loss_sum if report is None else report
+        total, reported = torch.stack([self.loss_sum.double(), report.detach().double()]).tolist()  # one host read
+        if not math.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f'non-finite loss {total.item()}')
+            raise NonFiniteLoss(f'non-finite loss {total}')
         if self.scaler is not None:
             self.scaler.step(self.opt)  # unscales first, so OpenAIAdam clips the true gradients; skipped on overflow
             self.scaler.update()
         else:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        return reported
 
 
 @contextmanager
