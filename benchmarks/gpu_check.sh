@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One-command GPU check: the CUDA tests, bench.py on CUDA (ours vs transformers' OpenAIGPTDoubleHeadsModel) and
-# bench_e2e.py's 3-epoch ROCStories job in bf16 and fp32; everything is printed and saved under a results folder.
+# One-command GPU check: the CUDA tests, bench.py on CUDA (ours vs transformers' OpenAIGPTDoubleHeadsModel),
+# bench_e2e.py's 3-epoch ROCStories job in bf16 and fp32, and bench_gpt2.py (GPT-2 124M pre-training at n_ctx 1024 in
+# bf16 against transformers and, where $NANOGPT names nanoGPT's folder, nanoGPT; llm.c's figure is ~468K tok/s per
+# H100); everything is printed and saved under a results folder.
 #   bash benchmarks/gpu_check.sh [--results DIR]             on a machine with an NVIDIA GPU (default DIR bench_results/gpu_check_<UTC time>)
 #   bash benchmarks/gpu_check.sh --dry-run [--results DIR]   the same steps, tiny, on the CPU: CI checks that the script does not rot
 set -euo pipefail
@@ -8,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repository root: pytest and the relative paths below
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}  # tests pass the interpreter that runs them
 NVIDIA_SMI=${NVIDIA_SMI:-nvidia-smi}
+NANOGPT=${NANOGPT:-../shared/reference/nanogpt}  # nanoGPT's train.py, model.py, configurator.py (skipped if absent)
+ORIGINAL_ENCODER=${ORIGINAL_ENCODER:-../shared/reference/original-gpt2/encoder.py}
 
 dry_run=0
 results=
@@ -50,6 +54,7 @@ if [ "$dry_run" = 1 ]; then
   step bench "$PYTHON" benchmarks/bench.py --quick --in-process --configs ours-fp32 --warmup-steps 0 \
     --json "$results/bench_quick.json"
   step e2e_tiny "$PYTHON" benchmarks/bench_e2e.py --job tiny --workdir "$results/e2e_work" --json "$results/e2e_tiny.json"
+  step gpt2_quick "$PYTHON" benchmarks/bench_gpt2.py --quick --precisions fp32 --json "$results/gpt2_quick.json"
 else
   step nvidia_smi "$NVIDIA_SMI"
   step torch_cuda "$PYTHON" -c "import sys, torch
@@ -63,6 +68,11 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'device', torch.cu
       --workdir "$results/e2e_work" --json "$results/e2e_rocstories_$precision.json"
   done
   rm -rf "$results/e2e_work/model_full"  # 465 MB of random weights; the run logs stay
+  peers=()
+  [ -f "$NANOGPT/train.py" ] && peers+=(--nanogpt "$NANOGPT")
+  [ -f "$ORIGINAL_ENCODER" ] && peers+=(--original_encoder "$ORIGINAL_ENCODER")
+  step gpt2_cuda "$PYTHON" benchmarks/bench_gpt2.py --device cuda --precisions bf16 --n_ctx 1024 --n_batch 16 \
+    --steps 10 --warmup_steps 3 --rounds 2 "${peers[@]}" --json "$results/gpt2_cuda.json"
 fi
 
 echo

@@ -1,0 +1,322 @@
+"""GPT-2 speed: pre-training against nanoGPT and transformers, generation with the cache, encoding.
+
+1. Pre-training tokens/s of GPT-2 (default the 124M size) on the same random token windows, same model size,
+   context, batch (micro-batches accumulated to the same update) and precision:
+   - ours: `pretrain.pretrain_step` on a `GPT2LMHeadModel` (trainer.Run: autocast, the fused LM loss over the 50,257
+     token rows, OpenAIAdam with global clipping), in this process;
+   - transformers: `GPT2LMHeadModel(input_ids, labels=input_ids)`, backward, `clip_grad_norm_(1.0)`, AdamW, in this
+     process;
+   - nanoGPT: its `train.py`, run unchanged from a scratch copy of the folder given by --nanogpt, as a subprocess on
+     train.bin/val.bin written here (its own per-iteration times, from its log; its first iterations dropped). On a
+     CPU nanoGPT applies autocast on CUDA only, so its --dtype=bfloat16 computes in fp32 there.
+   The three take turns (a round of each, --rounds times), so a slow spell of a shared machine falls on all.
+2. Generation: greedy tokens/s of `sample.sample_ids` (one position at a time with the key/value cache) against
+   transformers' `generate(do_sample=False)`, the same model and prompt.
+3. Encoding: characters/s of `encoder_gpt2.Encoder.encode` against the original encoder.py (given by
+   --original_encoder, run unchanged on the same vocabulary) and transformers' GPT2TokenizerFast, ids checked equal.
+
+    python benchmarks/bench_gpt2.py --nanogpt ../shared/reference/nanogpt --original_encoder ../shared/reference/original-gpt2/encoder.py
+    python benchmarks/bench_gpt2.py --device cuda --precisions bf16 --n_ctx 1024 --n_batch 16 --nanogpt PATH
+    python benchmarks/bench_gpt2.py --quick       # a tiny model, seconds (tests/test_bench_gpt2.py)
+"""
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the library at the repository root
+
+import numpy as np
+import torch
+
+import bench
+from model_gpt2 import GPT2Config, GPT2LMHeadModel
+from opt import OpenAIAdam
+from trainer import Run, autocast_context, configure_precision
+
+N_VOCAB = 50257
+NANOGPT_FILES = ('train.py', 'model.py', 'configurator.py')
+NANOGPT_ITER = re.compile(r'^iter (\d+): loss [-\d.naninf]+, time ([\d.]+)ms')
+NANOGPT_DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
+
+
+def parse_args(argv=None):
+    """Return the parsed command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--precisions', default='fp32,bf16', help='comma-separated: fp32, bf16, fp16')
+    p.add_argument('--size', default='124M', help='the GPT-2 size (a preset name)')
+    p.add_argument('--n_ctx', type=int, default=256, help='tokens per window')
+    p.add_argument('--n_batch', type=int, default=4, help='windows per update')
+    p.add_argument('--micro_batch', type=int, default=None, help='windows per forward pass (default n_batch)')
+    p.add_argument('--steps', type=int, default=2, help='timed updates per implementation and round')
+    p.add_argument('--warmup_steps', type=int, default=1, help='untimed updates at the start of each run')
+    p.add_argument('--rounds', type=int, default=2, help='rounds of the implementations taking turns')
+    p.add_argument('--nanogpt', default=None, help="a nanoGPT folder (its train.py, model.py, configurator.py)")
+    p.add_argument('--original_encoder', default=None, help="openai/gpt-2's encoder.py, for the encoding peer")
+    p.add_argument('--gen_len', type=int, default=64, help='tokens generated per prompt')
+    p.add_argument('--text_mb', type=float, default=2.0, help='megabytes of text encoded')
+    p.add_argument('--peak_tflops', type=float, default=None, help='the device\'s dense peak; default: the roofline')
+    p.add_argument('--quick', action='store_true', help='a tiny model, short windows and text: a smoke test')
+    p.add_argument('--json', default=None, help='also write the results as JSON to this path')
+    args = p.parse_args(argv)
+    args.micro_batch = args.micro_batch or args.n_batch
+    if args.n_batch % args.micro_batch:
+        p.error(f'--micro_batch {args.micro_batch} must divide --n_batch {args.n_batch} (nanoGPT accumulates whole '
+                f'micro-batches)')
+    return args
+
+
+def model_config(args):
+    """Return the GPT2Config benchmarked: the size (tiny with --quick), n_ctx positions, no dropout."""
+    base = dict(n_embd=32, n_head=4, n_layer=2) if args.quick else {}
+    cfg = GPT2Config.preset(args.size, n_ctx=args.n_ctx, **base)
+    return cfg
+
+
+def make_stream(n_tokens, seed=0):
+    """Return a random uint16 token stream of GPT-2 ids with <|endoftext|> about every 300 tokens."""
+    rng = np.random.default_rng(seed)
+    stream = rng.integers(0, N_VOCAB - 1, n_tokens).astype(np.uint16)
+    stream[rng.integers(0, n_tokens, n_tokens // 300)] = N_VOCAB - 1
+    return stream
+
+
+class Ours:
+    """pretrain.py's update on a GPT2LMHeadModel."""
+
+    def __init__(self, args, cfg, precision, device):
+        import pretrain
+        self.pretrain = pretrain
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(cfg).to(device).train()
+        opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
+                         l2=0.01, max_grad_norm=1.0)
+        run_args = SimpleNamespace(seed=0, n_batch=args.n_batch, n_ctx=args.n_ctx, micro_batch=args.micro_batch,
+                                   precision=precision, compile=False)
+        self.run = Run(run_args, device)
+        self.run.attach(model, opt)
+        self.run.wrap(model.transformer)
+
+    def step(self, stream, update_no):
+        """Make one update on the windows of update_no."""
+        self.pretrain.pretrain_step(self.run, stream, update_no, N_VOCAB, N_VOCAB)
+
+
+class Transformers:
+    """transformers' GPT2LMHeadModel trained on the same windows, accumulated over the same micro-batches."""
+
+    def __init__(self, args, cfg, precision, device):
+        from transformers import GPT2Config as HFConfig
+        from transformers import GPT2LMHeadModel as HFModel
+        torch.manual_seed(0)
+        hf = HFConfig(vocab_size=N_VOCAB, n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                      n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        self.model = HFModel(hf).to(device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2.5e-4, weight_decay=0.01)
+        self.scaler = configure_precision(device, precision)
+        self.args, self.precision, self.device = args, precision, device
+
+    def step(self, stream, update_no):
+        """Make one update on the windows of update_no."""
+        import pretrain
+        args = self.args
+        starts = pretrain.window_starts(0, update_no, args.n_batch, len(stream), args.n_ctx)
+        for s in range(0, args.n_batch, args.micro_batch):
+            ids = torch.from_numpy(np.stack([stream[t:t + args.n_ctx].astype(np.int64)
+                                             for t in starts[s:s + args.micro_batch]])).to(self.device)
+            with autocast_context(self.device, self.precision):
+                loss = self.model(input_ids=ids, labels=ids).loss * (len(ids) / args.n_batch)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def nanogpt_folder(source, workdir, stream):
+    """Copy nanoGPT's three files to a scratch folder with data/bench/{train,val}.bin; return the folder."""
+    folder = os.path.join(workdir, 'nanogpt')
+    os.makedirs(os.path.join(folder, 'data', 'bench'), exist_ok=True)
+    for name in NANOGPT_FILES:
+        path = os.path.join(source, name)
+        if not os.path.isfile(path):
+            raise SystemExit(f'bench_gpt2.py: --nanogpt {source} has no {name}: give the folder of nanoGPT\'s train.py')
+        shutil.copyfile(path, os.path.join(folder, name))
+    for split in ('train', 'val'):
+        stream.tofile(os.path.join(folder, 'data', 'bench', f'{split}.bin'))
+    return folder
+
+
+def run_nanogpt(folder, args, cfg, precision, device):
+    """Run nanoGPT's train.py unchanged for warmup + steps iterations; return the seconds of the timed ones."""
+    n_iters = args.warmup_steps + args.steps
+    cmd = [sys.executable, 'train.py', '--dataset=bench', f'--device={device}', '--compile=False',
+           f'--dtype={NANOGPT_DTYPES[precision]}', f'--batch_size={args.micro_batch}',
+           f'--gradient_accumulation_steps={args.n_batch // args.micro_batch}', f'--block_size={cfg.n_ctx}',
+           f'--n_layer={cfg.n_layer}', f'--n_head={cfg.n_head}', f'--n_embd={cfg.n_embd}', '--bias=True',
+           '--dropout=0.0', f'--max_iters={n_iters - 1}', '--eval_interval=1000000000', '--eval_iters=1',
+           '--log_interval=1', '--always_save_checkpoint=False', '--out_dir=out']
+    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f'bench_gpt2.py: nanoGPT failed: {proc.stderr[-2000:]}')
+    times = {int(m.group(1)): float(m.group(2)) / 1000 for m in map(NANOGPT_ITER.match, proc.stdout.splitlines())
+             if m}
+    return [times[k] for k in range(args.warmup_steps, n_iters)]
+
+
+def timed_steps(impl, stream, first, n, device):
+    """Return the seconds of n updates of impl, numbered from first."""
+    return [bench.timed(lambda k=k: impl.step(stream, first + k), device) for k in range(n)]
+
+
+def pretraining(args, cfg, device, stream, workdir):
+    """Return the pre-training results: per precision and implementation, the timed updates' seconds."""
+    folder = nanogpt_folder(args.nanogpt, workdir, stream) if args.nanogpt else None
+    results = []
+    for precision in args.precisions.split(','):
+        impls = {'ours': Ours(args, cfg, precision, device), 'transformers': Transformers(args, cfg, precision, device)}
+        times = {name: [] for name in ['ours', 'transformers'] + (['nanogpt'] if folder else [])}
+        update_no = 1
+        for _ in range(args.rounds):  # a round of each, in turn
+            for name, impl in impls.items():
+                timed_steps(impl, stream, update_no, args.warmup_steps, device)
+                times[name] += timed_steps(impl, stream, update_no + args.warmup_steps, args.steps, device)
+            update_no += args.warmup_steps + args.steps
+            if folder:
+                times['nanogpt'] += run_nanogpt(folder, args, cfg, precision, device)
+        for name, own in times.items():
+            results.append(dict(impl=name, precision=precision, times=own, step_s=statistics.median(own)))
+        del impls
+    return results
+
+
+def generation(args, cfg, device):
+    """Return greedy generation tokens/s of ours and transformers' generate on the same model and prompt."""
+    from transformers import GPT2LMHeadModel as HFModel
+
+    from sample import sample_ids
+    from weights import checkpoint_from_model, write_transformers
+    from models import complete_checkpoint
+    torch.manual_seed(0)
+    ours = GPT2LMHeadModel(cfg).eval().to(device)
+    with tempfile.TemporaryDirectory() as d:
+        write_transformers(complete_checkpoint(checkpoint_from_model(ours)), d)
+        theirs = HFModel.from_pretrained(d).eval().to(device)
+    prompt = make_stream(min(32, cfg.n_ctx // 2), seed=1).astype(np.int64).tolist()
+    gen_len = min(args.gen_len, cfg.n_ctx - len(prompt))
+    times = {'ours': [], 'transformers': []}
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        ids, _ = sample_ids(ours, prompt, N_VOCAB, gen_len=gen_len, greedy=True)
+        times['ours'].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = theirs.generate(torch.tensor([prompt], device=device), max_new_tokens=gen_len, do_sample=False,
+                                  pad_token_id=N_VOCAB - 1, attention_mask=torch.ones(1, len(prompt), dtype=torch.long,
+                                                                                     device=device))
+        times['transformers'].append(time.perf_counter() - start)
+        same = ids == out[0, len(prompt):].tolist()
+    return [dict(impl=name, gen_len=gen_len, tokens_per_s=gen_len / statistics.median(own), times=own,
+                 same_tokens=same) for name, own in times.items()]
+
+
+def english_text(n_chars, seed=0):
+    """Return about n_chars of varied English-like text (synthetic stories, numbers, punctuation, some accents)."""
+    import bench_text
+    stories = bench_text.synthetic_rocstories(n_stories=max(50, n_chars // 500), seed=seed)
+    text = '\n'.join(' '.join(row) for row in zip(*stories[:5])) + '\n'
+    while len(text) < n_chars:
+        text += text
+    return text[:n_chars] + ' Café naïve résumé — 3.14 x 10^9, “quotes” and emoji 🙂.\n'
+
+
+def encoding(args):
+    """Return encoding characters/s of ours, the original encoder.py and transformers' fast tokenizer."""
+    import inspect
+
+    import encoder_gpt2
+    from transformers import GPT2TokenizerFast
+    text = english_text(int(args.text_mb * 1e6) if not args.quick else 20_000)
+    vocab = encoder_gpt2.DEFAULT_MODEL_DIR
+    encoders = {'ours': encoder_gpt2.get_encoder().encode}
+    if args.original_encoder:
+        spec = importlib.util.spec_from_file_location('original_encoder', args.original_encoder)
+        original = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(original)
+        with open(vocab / 'encoder.json', encoding='utf-8') as f:
+            table = json.load(f)
+        with open(vocab / 'vocab.bpe', encoding='utf-8') as f:
+            merges = [tuple(line.split()) for line in f.read().split('\n')[1:-1]]
+        encoders['original'] = original.Encoder(encoder=table, bpe_merges=merges).encode
+    if 'vocab_file' in inspect.signature(GPT2TokenizerFast.__init__).parameters:  # transformers 4
+        files = dict(vocab_file=str(vocab / 'encoder.json'), merges_file=str(vocab / 'vocab.bpe'))
+    else:  # transformers 5 ignores vocab_file= and merges_file= (an empty vocabulary)
+        files = dict(vocab=str(vocab / 'encoder.json'), merges=str(vocab / 'vocab.bpe'))
+    fast = GPT2TokenizerFast(**files, split_special_tokens=True)
+    encoders['transformers'] = lambda t: fast(t, add_special_tokens=False)['input_ids']
+    results, reference = [], None
+    for name, encode in encoders.items():
+        start = time.perf_counter()
+        ids = encode(text)
+        seconds = time.perf_counter() - start
+        reference = ids if reference is None else reference
+        results.append(dict(impl=name, chars=len(text), seconds=seconds, chars_per_s=len(text) / seconds,
+                            same_ids=ids == reference))
+    return results
+
+
+def main(argv=None):
+    """Run the three benchmarks; print their tables (and write JSON); return the exit code."""
+    args = parse_args(argv)
+    if args.quick:
+        args.n_ctx, args.n_batch, args.micro_batch, args.steps, args.warmup_steps, args.rounds = 32, 2, 1, 1, 1, 1
+        args.gen_len = 8
+    device = torch.device(args.device)
+    cfg = model_config(args)
+    stream = make_stream(max(8 * args.n_batch * (args.n_ctx + 1) * 8, 100_000))
+    shape = SimpleNamespace(n_vocab=N_VOCAB, n_ctx=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer)
+    flops = args.n_batch * bench.seq_flops(args.n_ctx, shape, N_VOCAB, train=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        pre = pretraining(args, cfg, device, stream, workdir)
+    gen, enc = generation(args, cfg, device), encoding(args)
+    info = bench.machine_info(device)
+    print(f"GPT-2 benchmark: {info.get('cpu', '')} {info.get('gpu', '')} torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"model {cfg.n_embd}/{cfg.n_layer}/{cfg.n_head} ({args.size if not args.quick else 'tiny'}), {args.n_batch} "
+          f"windows of {args.n_ctx} an update (micro-batch {args.micro_batch}), {args.rounds} rounds of "
+          f"{args.steps} timed updates (median); device {device}")
+    tokens = args.n_batch * args.n_ctx
+    print(f"{'pre-training':14} {'prec':5} {'step s':>8} {'tok/s':>9} {'TFLOP/s':>8}  ours vs it")
+    for r in pre:
+        ours = next(o for o in pre if o['impl'] == 'ours' and o['precision'] == r['precision'])
+        r.update(tokens_per_s=tokens / r['step_s'], tflops=flops / r['step_s'] / 1e12)
+        vs = '' if r['impl'] == 'ours' else f"{r['step_s'] / ours['step_s']:.2f}x"
+        print(f"{r['impl']:14} {r['precision']:5} {r['step_s']:8.2f} {r['tokens_per_s']:9.0f} {r['tflops']:8.3f}  {vs}")
+    print(f"{'generation':14} {'tok/s':>9}  same greedy tokens")
+    for r in gen:
+        print(f"{r['impl']:14} {r['tokens_per_s']:9.1f}  {r['same_tokens']}")
+    print(f"{'encoding':14} {'Mchar/s':>9}  same ids")
+    for r in enc:
+        print(f"{r['impl']:14} {r['chars_per_s'] / 1e6:9.2f}  {r['same_ids']}")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=info, args=vars(args), pretraining=pre, generation=gen, encoding=enc), f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

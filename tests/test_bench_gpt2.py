@@ -1,0 +1,36 @@
+"""Tests of benchmarks/bench_gpt2.py: a --quick run's results, and nanoGPT's log read by its iteration times."""
+import json
+from types import SimpleNamespace
+
+import bench_gpt2
+
+
+def test_quick_run_reports_every_implementation_and_checks_equal_outputs(tmp_path, capsys):
+    assert bench_gpt2.main(['--quick', '--precisions', 'fp32', '--json', str(tmp_path / 'r.json')]) == 0
+    report = json.loads((tmp_path / 'r.json').read_text())
+    assert {(r['impl'], r['precision']) for r in report['pretraining']} == {('ours', 'fp32'), ('transformers', 'fp32')}
+    assert all(r['step_s'] > 0 and r['tokens_per_s'] > 0 for r in report['pretraining'])
+    assert [r['impl'] for r in report['generation']] == ['ours', 'transformers']
+    assert all(r['same_tokens'] for r in report['generation'])  # greedy decoding agrees token for token
+    assert [r['impl'] for r in report['encoding']] == ['ours', 'transformers']
+    assert all(r['same_ids'] for r in report['encoding'])
+    assert 'pre-training' in capsys.readouterr().out
+
+
+def test_nanogpt_runs_unchanged_and_its_iteration_times_are_read(tmp_path):
+    """A stand-in for nanoGPT's train.py: the benchmark copies the folder, writes data/bench/*.bin, passes
+    nanoGPT's --key=value flags and keeps the times of the iterations after the warm-up ones."""
+    source = tmp_path / 'nanogpt'
+    source.mkdir()
+    (source / 'train.py').write_text(
+        "import sys, os\n"
+        "args = dict(a[2:].split('=') for a in sys.argv[1:])\n"
+        "assert os.path.getsize('data/bench/train.bin') > 0 and args['dtype'] == 'float32'\n"
+        "for i in range(int(args['max_iters']) + 1):\n"
+        "    print(f'iter {i}: loss 10.8, time {100 * (i + 1):.2f}ms, mfu -100.00%')\n")
+    for name in ('model.py', 'configurator.py'):
+        (source / name).write_text('')
+    args = SimpleNamespace(warmup_steps=1, steps=2, micro_batch=2, n_batch=4)
+    cfg = SimpleNamespace(n_ctx=16, n_layer=2, n_head=4, n_embd=32)
+    folder = bench_gpt2.nanogpt_folder(str(source), str(tmp_path / 'work'), bench_gpt2.make_stream(1000))
+    assert bench_gpt2.run_nanogpt(folder, args, cfg, 'fp32', 'cpu') == [0.2, 0.3]
