@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import model_pytorch
-from tests.helpers import VOCAB_DIR, write_roc_csv
+from tests.helpers import VOCAB_DIR, write_roc_csv, write_tiny_gpt2
 from tests.test_train_tasks import write_task_data
 from weights import VOCAB_FILES, random_released_arrays, write_released_shards
 
@@ -45,18 +45,23 @@ NOT_RUN = {
     'python -m ruff check .': "CI's lint step (.ci/run) runs it",
     'python download_model.py': 'downloads from the network; tests/test_download_model.py runs it against a local '
                                 'HTTP server',
+    'python download_model.py --model gpt2-124M': 'downloads from the network; tests/test_download_model.py runs it '
+                                                  'against a local HTTP server',
     'torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py --dataset '
     'rocstories --desc rocstories --submit --data_dir data/': 'needs two machines; one machine with several '
                                                               'processes runs in this test and tests/test_distributed.py',
     'python benchmarks/bench.py --quick --in-process --configs ours-fp32 --warmup-steps 0':
         'tests/test_bench.py and benchmarks/gpu_check.sh --dry-run run it',
     'python benchmarks/bench_pretrain.py --quick': 'tests/test_bench_pretrain.py runs it',
+    'python benchmarks/bench_gpt2.py --quick --precisions fp32':
+        'tests/test_bench_gpt2.py and benchmarks/gpu_check.sh --dry-run run it',
     'bash benchmarks/gpu_check.sh': 'needs an NVIDIA GPU; its --dry-run runs in tests/test_bench_e2e.py',
     'bash benchmarks/gpu_check.sh --dry-run': 'tests/test_bench_e2e.py runs it (test_gpu_check_dry_run_passes)',
 }
 # documented commands that end with a non-zero status on the tiny setup, and why that is right
 EXPECTED_STATUS = {
     'python download_model.py --verify-only': (1, 'the tiny weights are not the released files'),
+    'python download_model.py --model gpt2-124M --verify-only': (1, 'the tiny GPT-2 is not the released 124M'),
 }
 
 
@@ -99,9 +104,10 @@ def all_commands():
 
 def make_workspace(d):
     """Fill folder d with what the documented commands read: model/ (a tiny released checkpoint and the real
-    vocabulary), data/ (ROCStories), glue/, race/, snli/, scitail/ (the other tasks' layouts), texts for
+    vocabulary), models/124M/ (a tiny released GPT-2 with the real vocabulary's rows), data/ (ROCStories), glue/, race/, snli/, scitail/ (the other tasks' layouts), texts for
     prepare_corpus.py (my_texts/, books/, books.txt, docs.jsonl) and sentences.txt; return d."""
     rng = np.random.default_rng(0)
+    write_tiny_gpt2(d / 'models' / '124M', n_ctx=N_POS, n_embd=N_EMBD, n_head=12, n_layer=N_LAYER)
     write_released_shards(d / 'model', random_released_arrays(rng, N_EMBD, N_LAYER, N_POS, model_pytorch.N_VOCAB))
     for name in VOCAB_FILES:
         (d / 'model' / name).write_bytes((VOCAB_DIR / name).read_bytes())
