@@ -7,11 +7,15 @@ counters, RNG states and log, so a crash mid-write never leaves a torn pair of f
 Intentional difference (speed only): a save copies the tensors to host memory at once and, given a
 StateWriter, writes the file in a background thread while training goes on; the next save waits for it.
 Each write stays atomic (temporary file, fsync, rename), so a crash at any moment leaves the last
-complete file.
+complete file, and a write that fails (a full disk) is one OSError naming the file, its temporary removed.
+
+A training state holds every process's random states (each rank of a torchrun job draws its own dropout masks) and
+what identifies its run (the task, the model's sizes, the recipe), checked before anything is restored.
 """
 import json
 import os
 import random
+import re
 import threading
 
 import numpy as np
@@ -19,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-STATE_FORMAT = 'gpt1-train-state-v1'
+STATE_FORMAT = 'gpt-train-state-v2'
 
 
 def make_parent(path):
@@ -44,17 +48,43 @@ def fsync_replace(tmp, path):
     return path
 
 
+def write_failure(path, err):
+    """Return the one-line OSError of a failed write of path (a full disk, a file too large, an I/O error), its errno
+    kept."""
+    code = getattr(err, 'errno', None)
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else None
+    if reason is None:  # safetensors reports the OS error inside its message: "I/O error: ... (os error 27)"
+        found = re.search(r'os error (\d+)', str(err))
+        code = int(found.group(1)) if found else code
+        reason = os.strerror(code) if found else str(err).splitlines()[0]
+    failure = OSError(f'cannot write {path} ({reason}): free space or choose another folder; the files written before '
+                      f'stay as they were')
+    failure.errno = code
+    return failure
+
+
 def atomic_write(path, write):
-    """Call write(tmp_path), then move tmp onto path atomically; the temporary is removed on failure."""
+    """Call write(tmp_path), then move tmp onto path atomically; return path. The temporary is removed on failure, and
+    a failed write (OSError or safetensors' error) is one OSError naming path."""
     make_parent(path)
     tmp = f'{path}.tmp{os.getpid()}'
     try:
         write(tmp)
         return fsync_replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        remove_quietly(tmp)
+        raise write_failure(path, err) from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        remove_quietly(tmp)
         raise
+
+
+def remove_quietly(path):
+    """Remove path if it exists; a failure to remove is ignored (the caller reports the first error)."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def write_json(path, obj):
@@ -83,6 +113,11 @@ class StateWriter:
             write(*args)
         except BaseException as err:  # handed over to the training thread by wait()
             self._error = err
+
+    def check(self):
+        """Raise the error of a background write that has failed, without waiting for one under way."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
 
     def wait(self):
         """Return once the write under way is on disk; raise its error if it failed."""
@@ -187,28 +222,33 @@ def check_writable(folder):
         raise OSError(f'cannot write to {folder} ({err.strerror or err}): choose a writable folder') from None
 
 
-def rng_state():
-    """Return the python, numpy (global) and torch RNG states: (JSON-able dict, {name: tensor})."""
+def rng_state(device=None):
+    """Return this process's python, numpy (global) and torch RNG states, and its CUDA device's: (JSON-able dict,
+    {name: tensor})."""
     np_state = np.random.get_state()
     meta = dict(python=[list(x) if isinstance(x, tuple) else x for x in random.getstate()],
                 numpy=[np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])])
-    tensors = {'rng/torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f'rng/cuda{i}'] = s
+    tensors = {'torch': torch.get_rng_state()}
+    if device is not None and torch.device(device).type == 'cuda':
+        tensors['cuda'] = torch.cuda.get_rng_state(device)
     return meta, tensors
 
 
-def set_rng_state(meta, tensors):
-    """Restore the RNG states returned by rng_state."""
+def set_rng_state(meta, tensors, device=None):
+    """Restore the RNG states returned by rng_state (the CUDA one onto device)."""
     version, internal, gauss = meta['python']
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = meta['numpy']
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors['rng/torch'])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith('rng/cuda')]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    torch.set_rng_state(tensors['torch'])
+    if 'cuda' in tensors and device is not None and torch.device(device).type == 'cuda':
+        torch.cuda.set_rng_state(tensors['cuda'], device)
+
+
+def rank_record(progress, rank_keys=(), device=None):
+    """Return what one process adds to a training state: its RNG states and its own counters (progress[rank_keys])."""
+    meta, tensors = rng_state(device)
+    return dict(rng=meta, progress={k: progress[k] for k in rank_keys}, tensors=tensors)
 
 
 def optimizer_tensors(opt):
@@ -233,35 +273,97 @@ def set_optimizer_tensors(opt, steps, tensors):
                         'v': tensors[f'opt/{key}/v'].to(p.device)}
 
 
-def save_training_state(path, model, opt, progress, writer=None):
-    """Write model, optimizer, RNG states and the JSON-able `progress` dict to one file atomically; return path.
+def save_training_state(path, model, opt, progress, writer=None, ranks=None, identity=None):
+    """Write model, optimizer, every rank's RNG states and counters (ranks: rank_record of each rank in rank order;
+    default this process's) and the JSON-able progress and identity dicts to one file atomically; return path.
 
     Everything is copied at once; with a StateWriter the file is written in the background.
     """
-    rng_meta, tensors = rng_state()
-    steps, opt_tensors = optimizer_tensors(opt)
-    tensors.update(opt_tensors)
+    ranks = [rank_record(progress)] if ranks is None else ranks
+    steps, tensors = optimizer_tensors(opt)
+    for r, record in enumerate(ranks):
+        tensors.update({f'rng/{r}/{name}': t for name, t in record['tensors'].items()})
     # the tied LM decoder shares embed.weight: each storage is written once, under its first name
     tensors.update(unique_tensors(model.state_dict(), prefix='model/'))
-    meta = dict(format=STATE_FORMAT, progress=progress, rng=rng_meta, opt_steps=steps)
+    meta = dict(format=STATE_FORMAT, identity=identity or {}, progress=progress, opt_steps=steps,
+                ranks=[dict(rng=record['rng'], progress=record['progress']) for record in ranks])
     tensors = {k: host_copy(v) for k, v in tensors.items()}
     return write_tensors(path, tensors, metadata={'state': json.dumps(meta)}, writer=writer)
 
 
-def load_training_state(path, model, opt):
-    """Restore model, optimizer and RNG states from path; return the saved progress dict."""
+def read_training_state(path):
+    """Return (metadata dict, {name: tensor}) of a training state file, or raise a one-line error saying why it is
+    not one this version can resume."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is missing: nothing to resume (run without --resume to start afresh)')
     try:
         with safe_open(path, framework='pt') as f:
             meta = json.loads((f.metadata() or {}).get('state', '{}'))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as err:
-        raise ValueError(f'{path} is not a safetensors training state ({err}); delete it to start afresh') from None
-    if meta.get('format') != STATE_FORMAT:
-        raise ValueError(f'{path} is not a training state of this port (format {meta.get("format")!r})')
+    except (SafetensorError, json.JSONDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f'{path} is not a safetensors training state ({reason}): truncated or damaged; delete it '
+                         f'to start afresh') from None
+    found = meta.get('format')
+    if found != STATE_FORMAT:
+        if isinstance(found, str) and found.startswith(('gpt1-train-state-', 'gpt-train-state-')):
+            raise ValueError(f'{path} is a training state of another version of this port ({found}; this version '
+                             f'resumes {STATE_FORMAT}): finish that run with its version, or start afresh')
+        raise ValueError(f'{path} is not a training state of this port (format {found!r})')
+    return meta, tensors
+
+
+def identity_mismatch(saved, identity):
+    """Return the first 'key: saved value vs this value' where two run identities differ, or None."""
+    for key in sorted(set(saved) | set(identity)):
+        if saved.get(key) != identity.get(key):
+            return key, saved.get(key), identity.get(key)
+    return None
+
+
+def check_optimizer_tensors(opt, steps, tensors, source):
+    """Raise a one-line ValueError when the saved optimizer state does not fit opt's parameters."""
+    params = [p for g in opt.param_groups for p in g['params']]
+    for key in steps:
+        i = int(key)
+        if i >= len(params):
+            raise ValueError(f'{source} does not fit this model: its optimizer has state for parameter {i}, the '
+                             f'model has {len(params)}')
+        for moment in ('m', 'v'):
+            t = tensors.get(f'opt/{key}/{moment}')
+            if t is None or tuple(t.shape) != tuple(params[i].shape):
+                raise ValueError(f'{source} does not fit this model: optimizer moment {moment} of parameter {i} has '
+                                 f'shape {None if t is None else tuple(t.shape)}, the parameter '
+                                 f'{tuple(params[i].shape)}')
+
+
+def load_training_state(path, model, opt, identity=None, rank=0, world_size=1, device=None):
+    """Restore model, optimizer, and this rank's RNG states and counters from path; return (progress, the number of
+    processes that saved it). Everything is checked first (format, identity, every shape): a state that does not
+    fit is a one-line ValueError and nothing is restored. Resumed by another number of processes, each rank takes
+    the first rank's RNG states seeded afresh by the caller, and the first rank the sum of the saved counters."""
+    meta, tensors = read_training_state(path)
+    if identity is not None:
+        differs = identity_mismatch(meta['identity'], identity)
+        if differs:
+            key, saved, now = differs
+            raise ValueError(f'{path} was saved by another run ({key} {saved!r}; this run has {now!r}): resume it '
+                             f'with its own arguments, or give this run other output folders')
+    model_tensors = {k[len('model/'):]: t for k, t in tensors.items() if k.startswith('model/')}
+    check_optimizer_tensors(opt, meta['opt_steps'], tensors, path)
+    ranks = meta['ranks']
+    own = rank if len(ranks) == world_size else 0
+    rng = {k.split('/')[2]: t for k, t in tensors.items() if k.startswith(f'rng/{own}/')}
+    if 'torch' not in rng:
+        raise ValueError(f'{path} holds no random state of rank {own}: truncated or damaged; delete it to start afresh')
     # the model's tensors, checked as strictly as loading weights: every one, each shape, no unexpected name
-    load_weights(model, {k[len('model/'):]: t for k, t in tensors.items() if k.startswith('model/')}, path)
+    load_weights(model, model_tensors, path)
     set_optimizer_tensors(opt, meta['opt_steps'], tensors)
-    set_rng_state(meta['rng'], tensors)
-    return meta['progress']
+    set_rng_state(ranks[own]['rng'], rng, device)
+    progress = meta['progress']
+    if len(ranks) == world_size:
+        progress.update(ranks[rank]['progress'])
+    else:  # the counters' sums are kept: all on the first rank
+        for key in ranks[0]['progress']:
+            progress[key] = sum(r['progress'][key] for r in ranks) if rank == 0 else 0 * ranks[0]['progress'][key]
+    return progress, len(ranks)

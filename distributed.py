@@ -37,8 +37,12 @@ def init_distributed(info, device, timeout_s=600):
     if info.world_size > 1 and not dist.is_initialized():
         backend = 'nccl' if device.type == 'cuda' else 'gloo'
         # the timeout turns a rank that died or hangs into an error on the others instead of a hang
-        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size,
-                                timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        store, _, _ = next(dist.rendezvous('env://', timeout=timeout))
+        # torchrun --max-restarts: its agent's store outlives a failed attempt, whose keys (the dead ranks'
+        # addresses) the next attempt would read and fail on; each attempt keeps its keys under its own prefix
+        store = dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world_size, timeout=timeout)
 
 
 def close_distributed(synchronize=False):
@@ -59,22 +63,30 @@ def shard(n, info):
     return slice(int(bounds[info.rank]), int(bounds[info.rank + 1]))
 
 
+def gather_objects(obj, info):
+    """Return [every rank's obj] in rank order (every rank calls it; [obj] when alone)."""
+    if info.world_size == 1:
+        return [obj]
+    parts = [None] * info.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
 def gather_concat(array, info):
     """Return the rank-ordered concatenation of every rank's array (this rank's own when alone)."""
-    if info.world_size == 1:
-        return array
-    parts = [None] * info.world_size
-    dist.all_gather_object(parts, array)
-    return np.concatenate(parts, 0)
+    return array if info.world_size == 1 else np.concatenate(gather_objects(array, info), 0)
 
 
 def sum_over_ranks(value, info):
     """Return the sum of a float over all ranks."""
-    if info.world_size == 1:
-        return value
-    parts = [None] * info.world_size
-    dist.all_gather_object(parts, value)
-    return float(sum(parts))
+    return value if info.world_size == 1 else float(sum(gather_objects(value, info)))
+
+
+def all_reduce_sum(tensor, info):
+    """Sum tensor over all ranks in place, on its device and without reading it on the host; return it."""
+    if info.world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def wrap_ddp(module, device, info):

@@ -3,6 +3,8 @@
 No TF counterpart (the original's train.py declares its flags inline; train.py keeps their names and defaults,
 declared here in groups that pretrain.py, generate.py and extract_features.py share).
 """
+import argparse
+
 import torch
 
 from model_pytorch import ACT_FNS
@@ -58,6 +60,13 @@ def add_optimizer_args(parser, lr):
     return parser
 
 
+def resume_mode(value):
+    """Return 'auto' for --resume auto; anything else is an argparse error."""
+    if value != 'auto':
+        raise argparse.ArgumentTypeError(f"give no value or 'auto', not {value!r}")
+    return value
+
+
 def add_run_args(parser, unit, save_every, save_help, state_path):
     """Add the flags of how a training run runs (seed, device, precision, micro-batches, compile, activation
     checkpointing, saving and resuming, progress bars) to parser; return it. unit names what a batch holds
@@ -73,6 +82,8 @@ def add_run_args(parser, unit, save_every, save_help, state_path):
     parser.add_argument('--checkpoint_activations', action='store_true',
                         help='recompute block activations in backward: less memory, same gradients')
     parser.add_argument('--save_every', type=int, default=save_every, help=save_help)
-    parser.add_argument('--resume', action='store_true', help=f'continue from {state_path}')
+    parser.add_argument('--resume', nargs='?', const=True, default=False, type=resume_mode, metavar='auto',
+                        help=f'continue from {state_path} (it must exist); --resume auto: continue when it exists, '
+                             f'else start afresh (for restarts by torchrun --max-restarts or a requeued job)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     return parser

@@ -40,7 +40,8 @@ from model_pytorch import DEFAULT_CONFIG, LMModel
 from models import FAMILY_MODULES, tokenizer_from_files
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
-from trainer import Run, autocast_context, format_phases, open_log, phase_record, save_state, to_tensors, update_phase
+from trainer import (Preempted, Run, autocast_context, format_phases, open_log, phase_record, resume_command,
+                     run_identity, save_state, stop_if_requested, to_tensors, update_phase)
 from weights import (FAMILIES, checkpoint_from_model, family_name, read_checkpoint, vocab_names, write_released,
                      write_safetensors, write_tf_gpt2)
 
@@ -265,7 +266,12 @@ def learning_rate(opt, n_updates):
 def run_paths(out):
     """Return the files a run writes under its folder."""
     return dict(log=os.path.join(out, 'log.jsonl'), state=os.path.join(out, 'train_state.safetensors'),
-                args=os.path.join(out, 'args.json'), shards=os.path.join(out, 'shards'))
+                args=os.path.join(out, 'args.json'), shards=os.path.join(out, 'shards'), lock=os.path.join(out, 'run.lock'))
+
+
+# the flags that decide a run's result: a training state resumes only a run with the same ones
+RESUME_IDENTITY = ('arch', 'seed', 'n_ctx', 'n_batch', 'lr', 'warmup_updates', 'l2', 'b1', 'b2', 'e', 'max_grad_norm',
+                   'embd_pdrop', 'attn_pdrop', 'resid_pdrop')
 
 
 def new_progress():
@@ -335,8 +341,11 @@ def pretrain(run, corpus, sizes, text_encoder, n_updates):
             log_eval(run, corpus, sizes, text_encoder)
         if args.sample_every and (update_no % args.sample_every == 0 or last):
             maybe_sample(run, text_encoder, sizes)
-        if (args.save_every and update_no % args.save_every == 0) or last:
+        saved = (args.save_every and update_no % args.save_every == 0) or last
+        if saved:
             save_state(run)
+        if not last:  # after the last update the run ends anyway
+            stop_if_requested(run, saved)
     bar.close()
 
 
@@ -384,8 +393,16 @@ def run(args):
     resolve_arch(args, read_meta(args.corpus))
     check_args(args, info)
     paths = run_paths(args.out)
-    run = Run.begin(args, paths, [args.out], info)
-    device, clock = run.device, run.clock
+    run = Run.begin(args, paths, [args.out], [paths['lock']], info)
+    try:
+        return run_locked(run, t0)
+    finally:
+        run.end()
+
+
+def run_locked(run, t0):
+    """Pre-train in a Run that has begun; return a summary dict."""
+    args, paths, info, device, clock = run.args, run.paths, run.info, run.device, run.clock
     with clock.phase('encode'):
         corpus, sizes = load_corpus_checked(args)
     with clock.phase('load'):
@@ -399,15 +416,19 @@ def run(args):
                          warmup=min(1.0, args.warmup_updates / n_updates), t_total=n_updates, b1=args.b1,
                          b2=args.b2, e=args.e, l2=args.l2, max_grad_norm=args.max_grad_norm)
         run.attach(model, opt)
-        run.progress = progress = run.restore() or new_progress()
+        run.wrap(model.transformer)
+        run.identity = run_identity(args, RESUME_IDENTITY, model, n_updates=n_updates,
+                                    corpus_tokens=[len(corpus['train']), len(corpus['val'])])
+        run.rank_keys = ('train_loss_sum', 'train_tokens', 'train_time')  # each rank's share since the last record
+        run.progress = progress = run.restore() or new_progress()  # after wrap: this rank's random states
         if args.resume and info.is_main:
             print(f"resuming at update {progress['n_updates']} of {n_updates}", flush=True)
-    run.wrap(model.transformer)
     if info.is_main:
         write_json(paths['args'], dict(vars(args), n_updates_total=n_updates, corpus_meta=corpus['meta']))
     try:
         with open_log(paths['log'], args, progress, info) as run.logger:  # the header, or a resumed run's records
-            pretrain(run, corpus, sizes, text_encoder, n_updates)
+            with run.stop_signals():
+                pretrain(run, corpus, sizes, text_encoder, n_updates)
     finally:
         with clock.phase('write'):
             run.writer.wait()
@@ -424,6 +445,12 @@ def main(argv=None):
     try:
         summary = run(args)
         close_distributed(synchronize=True)
+    except Preempted as stop:  # every rank stopped at the same update, its state saved
+        close_distributed(synchronize=True)
+        if dist_info().is_main:
+            print(f'pretrain.py: {stop}; resume with: {resume_command("pretrain.py", argv, dist_info())}',
+                  file=sys.stderr, flush=True)
+        return 128 + stop.signum
     except (OSError, ValueError) as err:  # our errors are one line each
         rank = dist_info().rank
         print(f'pretrain.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr)

@@ -28,8 +28,8 @@ from model_pytorch import DEFAULT_CONFIG, DoubleHeadModel, GPTConfig, MultipleCh
 from models import load_tokenizer
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
-from trainer import (PhaseClock, Run, autocast_context, format_phases, open_log, phase_record, save_state, to_tensors,
-                     update_phase)
+from trainer import (PhaseClock, Preempted, Run, autocast_context, format_phases, open_log, phase_record,
+                     resume_command, run_identity, save_state, stop_if_requested, to_tensors, update_phase)
 from utils import encode_dataset, iter_data
 from weights import WEIGHTS_SOURCE, detect_family, detect_format, read_checkpoint, released_names
 
@@ -500,8 +500,11 @@ def run_epoch(run, data):
         bar.update(1)
         if progress['n_updates'] in LOG_AT_UPDATES and progress['epoch'] == 0:
             log_eval(run, data)
-        if args.save_every > 0 and progress['n_updates'] % args.save_every == 0 and progress['batch'] < n_batches:
+        saved = args.save_every > 0 and progress['n_updates'] % args.save_every == 0 and progress['batch'] < n_batches
+        if saved:
             save_state(run)
+        if progress['batch'] < n_batches:  # the epoch's last update stops after the epoch's evaluation and save
+            stop_if_requested(run, saved)
     bar.close()
 
 
@@ -514,6 +517,8 @@ def train(run, data):
         run.progress.update(epoch=run.progress['epoch'] + 1, batch=0, order=None)
         log_eval(run, data)
         save_state(run)
+        if run.progress['epoch'] < run.args.n_iter:  # after the last epoch the run ends anyway
+            stop_if_requested(run, saved=True)
 
 
 def run_paths(args):
@@ -525,6 +530,21 @@ def run_paths(args):
                 summary=os.path.join(args.log_dir, f'{args.desc}_summary.json'))
 
 
+def lock_paths(args, paths):
+    """Return the lock files of what a run writes and no other run may write meanwhile: its save folder, its log
+    and, with --submit, the submission folder's files for the dataset."""
+    locks = [os.path.join(args.save_dir, args.desc, 'run.lock'), paths['log'] + '.lock']
+    if args.submit:
+        locks.append(os.path.join(args.submission_dir, f'{args.dataset}.submission.lock'))
+    return locks
+
+
+# the flags that decide a run's result: a training state resumes only a run with the same ones
+RESUME_IDENTITY = ('dataset', 'n_valid', 'seed', 'n_iter', 'lr', 'lr_schedule', 'lr_warmup', 'l2', 'vector_l2', 'b1',
+                   'b2', 'e', 'max_grad_norm', 'lm_coef', 'n_transfer', 'embd_pdrop', 'attn_pdrop', 'resid_pdrop',
+                   'clf_pdrop')
+
+
 def run(args):
     """Train, evaluate, and with --submit predict the test set; return a summary dict (main rank)."""
     t0 = time.time()
@@ -532,8 +552,17 @@ def run(args):
     check_args(args, info)
     check_inputs(args)
     paths = run_paths(args)
-    run = Run.begin(args, paths, {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}, info)
-    device, clock = run.device, run.clock
+    run = Run.begin(args, paths, {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')},
+                    lock_paths(args, paths), info)
+    try:
+        return run_locked(run, t0)
+    finally:
+        run.end()
+
+
+def run_locked(run, t0):
+    """Train, evaluate, and with --submit predict the test set, in a Run that has begun; return a summary dict."""
+    args, paths, info, device, clock = run.args, run.paths, run.info, run.device, run.clock
 
     with clock.phase('encode'):
         family = detect_family(args.model_dir)
@@ -552,18 +581,21 @@ def run(args):
                          t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
                          vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
         run.attach(model, opt)
-        run.progress = progress = run.restore() or new_progress()
+        # dynamic shapes: batches are trimmed to their longest sequence, so every length would otherwise recompile
+        run.wrap(TrainForward(model), dynamic=True)
+        run.identity = run_identity(args, RESUME_IDENTITY, model, n_batch_train=n_batch_train)
+        run.rank_keys = ('train_time',)
+        run.progress = progress = run.restore() or new_progress()  # after wrap: this rank's random states
         if args.resume and info.is_main:
             print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
-    # dynamic shapes: batches are trimmed to their longest sequence, so every length would otherwise recompile
-    run.wrap(TrainForward(model), dynamic=True)
 
     try:
         with open_log(paths['log'], args, progress, info) as run.logger:
             if args.submit and not args.resume and info.is_main:
                 with clock.phase('write'):
                     run.best = save_params(model, paths['best'], writer=run.writer)
-            train(run, data)
+            with run.stop_signals():
+                train(run, data)
         summary = dict(n_updates=progress['n_updates'], best_va=progress['best'], metric=selection_metric(data)[3:],
                        examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
         if args.submit and info.is_main:
@@ -682,6 +714,12 @@ def main(argv=None):
             return 0
         summary = run(args)
         close_distributed(synchronize=True)
+    except Preempted as stop:  # every rank stopped at the same update, its state saved
+        close_distributed(synchronize=True)
+        if dist_info().is_main:
+            print(f'train.py: {stop}; resume with: {resume_command("train.py", argv, dist_info())}', file=sys.stderr,
+                  flush=True)
+        return 128 + stop.signum
     except (OSError, ValueError) as err:  # our errors are one line each; OSError covers a full disk
         rank = dist_info().rank
         print(f'train.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr)

@@ -6,10 +6,18 @@ task (its inputs, its loss, its evaluation) stays in the scripts, whose training
 backward, step; the plumbing of an update is here, once: micro-batches accumulated under one autocast region,
 DDP's `no_sync` on all but the last, loss scaling for fp16, the non-finite stop before any weight moves (checked
 once per update, on the device), one optimizer step (OpenAIAdam clips by the global norm inside it).
+
+The faults of a cluster job are handled here too: a stop signal (SIGTERM, SIGUSR1) ends the run after the update in
+progress with its training state saved, every rank at the same update; the training state holds every rank's random
+states; `--resume auto` resumes when the run's state exists; the run's output folders are locked (runlock.py).
 """
 import math
 import os
 import random
+import shlex
+import signal
+import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -18,14 +26,53 @@ from typing import Any
 import numpy as np
 import torch
 
-from checkpoint import StateWriter, check_writable, load_training_state, save_training_state
-from distributed import DistInfo, init_distributed, resolve_device, wrap_ddp
+from checkpoint import StateWriter, check_writable, load_training_state, rank_record, save_training_state
+from distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed, resolve_device, wrap_ddp
 from loss import no_autocast
+from runlock import RunLock
 from utils import ResultLogger
 
 
 class NonFiniteLoss(ValueError):
     """The loss of a batch is NaN or infinite; no update was made."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # schedulers' notice: SLURM, Kubernetes, spot instances
+
+
+class Preempted(Exception):
+    """A stop signal arrived: the run saved its training state after the update in progress and stops."""
+
+    def __init__(self, signum, n_updates, state_path):
+        super().__init__(f'stopped by {signal.Signals(signum).name} after update {n_updates}; the training state is '
+                         f'in {state_path}')
+        self.signum, self.n_updates, self.state_path = signum, n_updates, state_path
+
+
+class StopSignals:
+    """Records the first stop signal while installed (the run acts on it between updates); later ones are ignored,
+    so a second signal during the save changes nothing."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def install(self):
+        """Catch STOP_SIGNALS (from the main thread only, where Python runs signal handlers); return self."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def restore(self):
+        """Put back the handlers that were there before install()."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 class PhaseClock:
@@ -67,37 +114,81 @@ class Run:
     writer: StateWriter = field(default_factory=StateWriter)
     best: dict = None                # host copies of the best weights saved so far by this process, if any
     loss_sum: torch.Tensor = None    # the update's weighted losses so far, on the device (the non-finite check)
+    identity: dict = None            # what a training state must match to be resumed by this run
+    rank_keys: tuple = ()            # the progress counters that differ between ranks (each saved per rank)
+    stop: StopSignals = field(default_factory=StopSignals)
+    stop_requested: bool = False     # a stop signal reached some rank by the last update's step
+    lock: RunLock = None
 
     def __post_init__(self):
         if self.net is None:
             self.net = self.model
 
     @classmethod
-    def begin(cls, args, paths, folders, info=DistInfo()):
-        """Return a Run that can start: its device (args.device becomes its name), a training state at
-        paths['state'] with --resume, the output folders writable (main rank), the process group joined, every rank
-        seeded alike."""
+    def begin(cls, args, paths, folders, locks, info=DistInfo()):
+        """Return a Run that can start: its device (args.device becomes its name), --resume auto resolved (True when
+        paths['state'] exists), a training state there with --resume, the output folders writable and the lock files
+        locks taken (main rank), the process group joined, every rank seeded alike. end() releases the locks."""
         device = resolve_device(args.device, info)
         args.device = str(device)
-        if args.resume and not os.path.isfile(paths['state']):
-            raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume)")
+        if args.resume == 'auto':
+            args.resume = os.path.isfile(paths['state'])
+            if info.is_main:
+                print(f"--resume auto: {'resuming from' if args.resume else 'starting afresh, no'} {paths['state']}",
+                      flush=True)
+        elif args.resume and not os.path.isfile(paths['state']):
+            raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume, or with "
+                                    f"--resume auto)")
+        run = cls(args, device, paths, info)
         if info.is_main:
             for folder in folders:
                 check_writable(folder)
-        init_distributed(info, device)
+            run.lock = RunLock(locks).acquire()
+        try:
+            init_distributed(info, device)
+        except BaseException:
+            run.end()
+            raise
         set_seed(args.seed)  # every rank: the same initial weights, special rows and shuffles
-        return cls(args, device, paths, info)
+        return run
+
+    @contextmanager
+    def stop_signals(self):
+        """Within the block (the training loop), a stop signal is recorded, and the run stops after the update in
+        progress (stop_if_requested); outside it a signal acts as it would without this port: nothing unsaved is
+        lost there (before training nothing is trained, after it the last state is written)."""
+        self.stop.install()
+        try:
+            yield
+        finally:
+            self.stop.restore()
+
+    def end(self):
+        """Release what begin() took: the output folders' locks (and the signal handlers, if still caught)."""
+        self.stop.restore()
+        if self.lock is not None:
+            self.lock.release()
 
     def attach(self, model, opt):
         """Make model (on the run's device) and opt what the run trains, evaluates and saves."""
         self.model, self.opt, self.net = model, opt, model
 
     def restore(self):
-        """Return the progress saved in the training state, model, optimizer and RNG states restored from it, with
-        --resume; None without."""
+        """Return the progress saved in the training state, model, optimizer and this rank's RNG states restored from
+        it, with --resume (after wrap(), whose per-rank seeding it replaces); None without."""
         if not self.args.resume:
             return None
-        return load_training_state(self.paths['state'], self.model, self.opt)
+        info = self.info
+        progress, n_saved = load_training_state(self.paths['state'], self.model, self.opt, self.identity, info.rank,
+                                                info.world_size, self.device)
+        if n_saved != info.world_size:
+            # rank 0's numpy and python states (the shuffles, alike on every rank) are kept; dropout is reseeded
+            torch.manual_seed(self.args.seed + info.rank + 7919 * (progress['n_updates'] + 1))
+            if info.is_main:
+                print(f"note: resuming with {info.world_size} process(es) a state saved by {n_saved}: the weights, "
+                      f"optimizer, schedule and data order continue exactly, but each process's dropout masks are "
+                      f"drawn afresh, so the run no longer equals an uninterrupted run of {n_saved}", flush=True)
+        return progress
 
     def wrap(self, module, dynamic=None):
         """Make module what a training step calls: wrapped by DDP under several processes (each rank then drawing its
@@ -128,11 +219,15 @@ class Run:
 
     def step(self, report=None):
         """Make the optimizer step of the update; return report (a 0-dim tensor on the device, such as the update's
-        summed loss) as a float, read to the host with the non-finite check in one transfer: the update's one host
-        read, so a GPU is not held back by the host. Raise NonFiniteLoss before any weight moves when the update's loss
-        is not finite."""
+        summed loss) as a float, read to the host with the non-finite check and the stop flag in one transfer: the
+        update's one host read, so a GPU is not held back by the host. Under several processes the loss and the stop
+        flag are summed over the ranks first, so every rank sees a non-finite loss or a stop signal of any rank at the
+        same update. Raise NonFiniteLoss before any weight moves when the update's loss is not finite."""
         report = self.loss_sum if report is None else report
-        total, reported = torch.stack([self.loss_sum.double(), report.detach().double()]).tolist()  # one host read
+        stop = torch.full((), float(self.stop.signum is not None), dtype=torch.float64, device=self.device)
+        shared = all_reduce_sum(torch.stack([self.loss_sum.double(), stop]), self.info)
+        total, stopping, reported = torch.cat([shared, report.detach().double().view(1)]).tolist()  # one host read
+        self.stop_requested = self.stop_requested or stopping > 0
         if not math.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f'non-finite loss {total}')
@@ -145,23 +240,66 @@ class Run:
         return reported
 
 
+def model_identity(model):
+    """Return what a training state's model must match, in words: its config's class and sizes, its task head."""
+    cfg = model.cfg
+    sizes = ', '.join(f'{k}={getattr(cfg, k)}' for k in ('n_vocab', 'n_special', 'n_ctx', 'n_embd', 'n_head', 'n_layer'))
+    head = getattr(model, 'task_head', None)
+    return f"{type(cfg).__name__}({sizes})" + ('' if head is None else f', {type(head).__name__}'
+                                               f"({getattr(getattr(head, 'clf', None), 'nf', '')})")
+
+
+def run_identity(args, names, model, **more):
+    """Return a run's identity: the flags names (as '--name': value), the model's identity and more."""
+    return dict({f'--{name}': getattr(args, name) for name in names}, model=model_identity(model), **more)
+
+
 @contextmanager
 def update_phase(run, update_no):
     """Count the with-block (update number update_no) as training time; a NonFiniteLoss in it stops the run with
-    the one-line error naming the update and the last good training state."""
+    the one-line error naming the update and the last good training state; a background write that failed since
+    stops it too."""
     try:
         with run.clock.phase('train'):
             yield
     except NonFiniteLoss as err:
         raise ValueError(f"{err} at update {update_no}: stopped; the last good training state is "
                          f"{run.paths['state']}") from None
+    run.writer.check()
 
 
 def save_state(run):
-    """Save the training state (main rank): copied now, written in the background."""
+    """Save the training state: every rank's RNG states and own counters gathered (every rank calls it), the file
+    written by the main rank, copied now and written in the background."""
+    ranks = gather_objects(rank_record(run.progress, run.rank_keys, run.device), run.info)
     if run.info.is_main:
         with run.clock.phase('write'):
-            save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer)
+            save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer, ranks=ranks,
+                                identity=run.identity)
+
+
+def resume_command(script, argv=None, info=DistInfo()):
+    """Return the command line that resumes a stopped run: the script with its arguments and --resume auto."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    kept = []
+    for k, arg in enumerate(argv):
+        if arg == '--resume' or arg.startswith('--resume=') or (arg == 'auto' and k and argv[k - 1] == '--resume'):
+            continue
+        kept.append(arg)
+    launcher = 'python' if info.world_size == 1 else 'torchrun <the same torchrun flags>'
+    return ' '.join([launcher, script] + [shlex.quote(a) for a in kept] + ['--resume', 'auto'])
+
+
+def stop_if_requested(run, saved):
+    """After an update's evaluation and saves: when a stop signal reached some rank, save the training state (unless
+    saved is True: the update just saved it), wait until it is on disk and raise Preempted (every rank alike)."""
+    if not run.stop_requested:
+        return
+    if not saved:
+        save_state(run)
+    with run.clock.phase('write'):
+        run.writer.wait()
+    raise Preempted(run.stop.signum or STOP_SIGNALS[0], run.progress['n_updates'], run.paths['state'])
 
 
 def open_log(path, args, progress, info=DistInfo()):

@@ -12,6 +12,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from checkpoint import write_failure
+
 
 def encode_dataset(*splits, encoder, verbose=True):
     """Return the splits with every field of strings replaced by encoder.encode(field) (TF: encode_dataset).
@@ -123,13 +125,26 @@ class ResultLogger:
         if 'time' not in kwargs:
             kwargs['time'] = time.time()
         self.path = path
-        self.f_log = open(make_path(path), 'w', encoding='utf-8')  # closed by close() / __exit__
+        try:
+            self.f_log = open(make_path(path), 'wb', buffering=0)  # unbuffered: closed by close() / __exit__
+        except OSError as err:
+            raise write_failure(path, err) from None
         self._write(kwargs)
 
     def _write(self, record):
-        """Write one JSON line and flush it so that a crashed run keeps its log."""
-        self.f_log.write(json.dumps(record, default=_to_json) + '\n')
-        self.f_log.flush()
+        """Write one JSON line straight to the file so that a crashed run keeps its log; a write that fails (a full
+        disk) is one OSError naming the log, which keeps its whole lines only."""
+        data = memoryview((json.dumps(record, default=_to_json) + '\n').encode('utf-8'))
+        start = self.f_log.tell()
+        try:
+            while data:
+                data = data[self.f_log.write(data):]
+        except OSError as err:
+            try:
+                self.f_log.truncate(start)  # no torn last line
+            except OSError:
+                pass
+            raise write_failure(self.path, err) from None
 
     def log(self, **kwargs):
         """Append one line with kwargs plus the time (unless given) and flush; return None."""

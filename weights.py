@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 import tf_bundle
+from checkpoint import atomic_write
 
 N_SHARDS = 10  # params_0.npy ... params_9.npy
 
@@ -790,14 +791,21 @@ def write_safetensors(ckpt, out_dir):
     metadata = {'format': 'pt'}
     if ckpt.released is not None:
         metadata['released'] = json.dumps(ckpt.released)
-    save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata=metadata)
+    atomic_write(os.path.join(out_dir, WEIGHTS_NAME), lambda tmp: save_file(tensors, tmp, metadata=metadata))
     config = {'format': FORMAT, 'format_version': FORMAT_VERSION, 'family': ckpt.family, 'n_vocab': ckpt.n_vocab,
               'n_special': ckpt.n_special, 'n_ctx': ckpt.n_pos, 'n_embd': ckpt.n_embd, 'n_layer': ckpt.n_layer}
     config.update({k: v for k, v in ckpt.config.items() if k not in SIZE_KEYS})
-    with open(os.path.join(out_dir, CONFIG_NAME), 'w', encoding='utf-8') as f:
-        json.dump(config, f, indent=2)
-        f.write('\n')
+    write_config_json(os.path.join(out_dir, CONFIG_NAME), config)
     return out_dir
+
+
+def write_config_json(path, config):
+    """Write config as an indented JSON file atomically; return path."""
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(config, f, indent=2)
+            f.write('\n')
+    return atomic_write(path, write)
 
 
 # --- transformers' OpenAI GPT -----------------------------------------------------------------------------
@@ -987,10 +995,8 @@ def write_transformers(ckpt, out_dir):
                HF_PREFIX + position_key: ckpt.positions}
     tensors.update({HF_PREFIX + hf_key(k): v for k, v in ckpt.blocks.items()})
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={'format': 'pt'})
-    with open(os.path.join(out_dir, CONFIG_NAME), 'w', encoding='utf-8') as f:
-        json.dump(transformers_config(ckpt), f, indent=2)
-        f.write('\n')
+    atomic_write(os.path.join(out_dir, WEIGHTS_NAME), lambda tmp: save_file(tensors, tmp, metadata={'format': 'pt'}))
+    write_config_json(os.path.join(out_dir, CONFIG_NAME), transformers_config(ckpt))
     return out_dir
 
 

@@ -62,8 +62,8 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     seed_all(99)  # whatever happened since is undone by the restore
 
     model_c, opt_c = make_run(seed=5)
-    progress = checkpoint.load_training_state(str(path), model_c, opt_c)
-    assert progress == {'n_updates': 3, 'log': [{'a': 1}]}
+    progress, n_saved = checkpoint.load_training_state(str(path), model_c, opt_c)
+    assert progress == {'n_updates': 3, 'log': [{'a': 1}]} and n_saved == 1
     for _ in range(3):
         step(model_c, opt_c)
     for (name, a), c in zip(model_a.named_parameters(), model_c.parameters()):
@@ -261,3 +261,162 @@ def test_check_writable_names_the_folder(tmp_path):
     blocker.write_text('x')
     with pytest.raises(OSError, match=f'cannot write to {blocker}/sub'):
         checkpoint.check_writable(str(blocker / 'sub'))
+
+
+def test_a_failed_write_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    model, _ = make_run()
+    path = tmp_path / 'best.safetensors'
+
+    def full_disk(tensors, filename, **kwargs):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(checkpoint, 'save_file', full_disk)
+    with pytest.raises(OSError) as err:
+        checkpoint.save_params(model, str(path))
+    assert str(err.value).startswith(f'cannot write {path} (No space left on device): free space')
+    assert '\n' not in str(err.value) and err.value.errno == 28
+
+
+LIMITED_WRITE = """
+import resource, sys
+sys.path.insert(0, {root!r})
+import torch, checkpoint
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # a quota: no file over 100 kB
+try:
+    checkpoint.write_tensors({path!r}, {{'w': torch.zeros(100_000)}})
+except OSError as err:
+    print(err)
+"""
+
+
+def test_a_file_over_the_size_limit_is_refused_by_the_kernel_and_reported(tmp_path):
+    """A real write past RLIMIT_FSIZE (EFBIG, reported by safetensors inside its own error): one line naming the
+    file, the previous file kept, no temporary left."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = tmp_path / 'state.safetensors'
+    checkpoint.write_tensors(str(path), {'w': torch.ones(3)})
+    before = path.read_bytes()
+    out = subprocess.run([sys.executable, '-c', LIMITED_WRITE.format(root=root, path=str(path))], capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout == f'cannot write {path} (File too large): free space or choose another folder; the files ' \
+                         f'written before stay as they were\n', out.stderr
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['state.safetensors']
+
+
+def test_a_failed_background_write_is_reported_by_check_without_waiting_for_one_under_way(tmp_path, monkeypatch):
+    import threading
+    writer = checkpoint.StateWriter()
+    writer.check()  # nothing written yet
+    release = threading.Event()
+    writer.submit(release.wait)
+    writer.check()  # under way: returns at once
+    release.set()
+    writer.wait()
+
+    def fails():
+        raise OSError(28, 'No space left on device')
+    writer.submit(fails)
+    writer._thread.join()
+    with pytest.raises(OSError, match='No space left'):
+        writer.check()
+    writer.check()  # reported once
+
+
+def rank_records(progress_values):
+    """Return rank_record of two ranks whose torch generators stand at different points."""
+    records = []
+    for r, value in enumerate(progress_values):
+        torch.manual_seed(100 + r)
+        records.append(checkpoint.rank_record({'loss_sum': value}, ('loss_sum',)))
+    return records
+
+
+def test_every_rank_gets_back_its_own_random_states_and_counters(tmp_path):
+    model, opt = make_run()
+    path = str(tmp_path / 's.safetensors')
+    records = rank_records([1.5, 2.5])
+    checkpoint.save_training_state(path, model, opt, {'n_updates': 4, 'loss_sum': 1.5}, ranks=records)
+    for rank in (0, 1):
+        torch.manual_seed(7)
+        progress, n_saved = checkpoint.load_training_state(path, model, opt, rank=rank, world_size=2)
+        assert n_saved == 2 and progress == {'n_updates': 4, 'loss_sum': [1.5, 2.5][rank]}
+        assert torch.equal(torch.get_rng_state(), records[rank]['tensors']['torch'])
+
+
+def test_resumed_by_another_number_of_processes_the_counters_keep_their_sum(tmp_path):
+    model, opt = make_run()
+    path = str(tmp_path / 's.safetensors')
+    checkpoint.save_training_state(path, model, opt, {'n_updates': 4, 'loss_sum': 1.5}, ranks=rank_records([1.5, 2.5]))
+    sums = [checkpoint.load_training_state(path, model, opt, rank=r, world_size=3)[0]['loss_sum'] for r in range(3)]
+    assert sums == [4.0, 0.0, 0.0]
+    assert checkpoint.load_training_state(path, model, opt, rank=0, world_size=1)[1] == 2
+
+
+def snapshot(model, opt):
+    """Return what a restore could change: the weights, the optimizer's state, the torch and numpy generators."""
+    return ({k: v.clone() for k, v in model.state_dict().items()}, {id(p): dict(s) for p, s in opt.state.items()},
+            torch.get_rng_state(), np.random.get_state()[1].copy())
+
+
+def assert_unchanged(before, model, opt):
+    weights, opt_state, torch_rng, numpy_rng = before
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert {id(p): dict(s) for p, s in opt.state.items()} == opt_state
+    assert torch.equal(torch.get_rng_state(), torch_rng)
+    assert np.array_equal(np.random.get_state()[1], numpy_rng)
+
+
+def damaged_states(tmp_path, model, opt):
+    """Yield (name, path, expected message) of training states this run must refuse."""
+    identity = {'--dataset': 'rocstories', 'model': 'GPTConfig(n_embd=32)'}
+    good = str(tmp_path / 'good.safetensors')
+    checkpoint.save_training_state(good, model, opt, {'n_updates': 1}, identity=identity)
+    data = open(good, 'rb').read()
+    truncated = tmp_path / 'truncated.safetensors'
+    truncated.write_bytes(data[:len(data) // 2])
+    yield 'truncated', str(truncated), identity, f'{truncated} is not a safetensors training state (.*): truncated'
+    other_task = dict(identity, **{'--dataset': 'sst2'})
+    yield 'another task', good, other_task, (rf"{good} was saved by another run \(--dataset 'rocstories'; this run "
+                                             rf"has 'sst2'\): resume it with its own arguments")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(good, framework='pt') as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    older = str(tmp_path / 'older.safetensors')
+    save_file(tensors, older, metadata={'state': meta['state'].replace(checkpoint.STATE_FORMAT, 'gpt1-train-state-v1')})
+    yield 'another version', older, identity, (rf'{older} is a training state of another version of this port '
+                                               rf'\(gpt1-train-state-v1; this version resumes gpt-train-state-v2\)')
+    bigger_opt = str(tmp_path / 'opt.safetensors')
+    tensors['opt/0/m'] = torch.zeros(3, 3)
+    save_file(tensors, bigger_opt, metadata=meta)
+    yield 'optimizer of another model', bigger_opt, identity, (rf'{bigger_opt} does not fit this model: optimizer '
+                                                               rf'moment m of parameter 0 has shape \(3, 3\)')
+
+
+def test_a_damaged_or_foreign_state_is_refused_in_one_line_and_nothing_is_restored(tmp_path):
+    model, opt = make_run()
+    step(model, opt)  # a state to lose: moments, counters
+    cases = list(damaged_states(tmp_path, model, opt))
+    assert [c[0] for c in cases] == ['truncated', 'another task', 'another version', 'optimizer of another model']
+    for name, path, identity, expected in cases:
+        other, other_opt = make_run(seed=9)
+        step(other, other_opt)
+        before = snapshot(other, other_opt)
+        with pytest.raises(ValueError, match=expected) as err:
+            checkpoint.load_training_state(path, other, other_opt, identity=identity)
+        assert '\n' not in str(err.value), name
+        assert_unchanged(before, other, other_opt)
+
+
+def test_a_state_of_another_size_restores_nothing(tmp_path):
+    model, opt = make_run()
+    path = str(tmp_path / 's.safetensors')
+    checkpoint.save_training_state(path, model, opt, {})
+    wider = DoubleHeadModel(small_cfg(n_embd=16), clf_token=49, task_head_type='multiple_choice', vocab=70, n_ctx=10)
+    wider_opt = OpenAIAdam(wider.parameters(), 1e-3, 'warmup_linear', 0.1, 10)
+    before = snapshot(wider, wider_opt)
+    with pytest.raises(ValueError, match='does not fit this model'):
+        checkpoint.load_training_state(path, wider, wider_opt)
+    assert_unchanged(before, wider, wider_opt)

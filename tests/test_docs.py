@@ -50,6 +50,9 @@ NOT_RUN = {
     'torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py --dataset '
     'rocstories --desc rocstories --submit --data_dir data/': 'needs two machines; one machine with several '
                                                               'processes runs in this test and tests/test_distributed.py',
+    'torchrun --nproc_per_node=4 --max-restarts=3 train.py --dataset rocstories --desc rocstories --submit --data_dir '
+    'data/ --save_every 50 --resume auto': 'tests/test_faults.py runs torchrun --max-restarts with --resume auto and a '
+                                          'worker killed',
     'python benchmarks/bench.py --quick --in-process --configs ours-fp32 --warmup-steps 0':
         'tests/test_bench.py and benchmarks/gpu_check.sh --dry-run run it',
     'python benchmarks/bench_pretrain.py --quick': 'tests/test_bench_pretrain.py runs it',

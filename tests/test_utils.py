@@ -1,5 +1,6 @@
 """Tests for utils (TF: utils.py): encode_dataset, iter_data, ResultLogger and the numpy helpers."""
 import json
+import os
 import time
 
 import numpy as np
@@ -145,3 +146,32 @@ def test_stsb_label_encoding_out_of_range():
     for bad in ([5.5], [-0.1], [float('nan')]):
         with pytest.raises(ValueError, match=r'\[0, 5\]'):
             stsb_label_encoding(bad)
+
+
+LIMITED_LOG = """
+import resource, sys
+sys.path.insert(0, {root!r})
+from utils import ResultLogger
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))  # a full disk after 1000 bytes
+logger = ResultLogger({path!r}, desc='x')
+try:
+    for i in range(100):
+        logger.log(n_updates=i, text='y' * 50)
+except OSError as err:
+    print(err)
+"""
+
+
+def test_a_log_on_a_full_disk_keeps_its_whole_lines_and_names_itself(tmp_path):
+    """Real writes past RLIMIT_FSIZE: the line the kernel cuts short is removed again, the error is one line."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = tmp_path / 'log' / 'run.jsonl'
+    out = subprocess.run([sys.executable, '-c', LIMITED_LOG.format(root=root, path=str(path))], capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.startswith(f'cannot write {path} (File too large): free space'), out.stderr
+    lines = path.read_bytes().split(b'\n')
+    assert lines[-1] == b'' and len(lines) > 5
+    records = [json.loads(line) for line in lines[:-1]]  # every line whole
+    assert [r['n_updates'] for r in records[1:]] == list(range(len(records) - 1))
