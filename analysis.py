@@ -153,13 +153,72 @@ def pretrain_report(log_path):
     print(f"{len(records)} evaluations, last at update {last['n_updates']}: val loss {last['val_loss']:.4f} "
           f"(perplexity {math.exp(min(last['val_loss'], 700.0)):.2f})")
     print(f"best val loss {best['val_loss']:.4f} at update {best['n_updates']}")
+    for key in zero_shot_keys(records):
+        print(f"zero-shot {key[3:]}: {last[key]:.2f} at update {last['n_updates']} (first {records[0][key]:.2f})")
     return dict(last=last, best=best)
 
 
+def zero_shot_keys(records):
+    """Return the zero-shot scores a pretrain.py log holds ('zs_sst2', ...), in the order they first appear."""
+    return list(dict.fromkeys(k for r in records for k in r if k.startswith('zs_')))
+
+
 def plot_pretrain_curves(log_path, out_path):
-    """Draw the training and validation losses (nats/token) of a pretrain.py log against n_updates; return out_path."""
+    """Draw the training and validation losses (nats/token) of a pretrain.py log against n_updates, and beside them
+    its zero-shot scores (pretrain.py --zero_shot: the paper's Figure 2, right); return out_path."""
+    from heuristics import METRICS
+    records = read_log(log_path)
     panels = [('loss (nats per token)', [('train_loss', 'train'), ('val_loss', 'valid')])]
-    return draw_curves(read_log(log_path), panels, out_path, figsize=(6, 4))
+    keys = zero_shot_keys(records)
+    if keys:
+        panels.append(('zero-shot score (%)', [(k, f'{k[3:]} ({METRICS.get(k[3:], "?")})') for k in keys]))
+    return draw_curves(records, panels, out_path, figsize=(6 * len(panels), 4))
+
+
+def read_transfer(path):
+    """Return the record train.py --n_transfer K1,K2,... writes (<desc>_transfer.json), checked."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            record = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f'{path}: not JSON ({err.msg} at line {err.lineno}); pass the <desc>_transfer.json that '
+                         f'train.py --n_transfer K1,K2,... writes') from None
+    if not isinstance(record, dict) or not record.get('points'):
+        raise ValueError(f'{path}: no "points"; pass the <desc>_transfer.json that train.py --n_transfer K1,K2,... '
+                         f'writes')
+    return record
+
+
+def transfer_report(path):
+    """Print and return the table of a transfer sweep: the validation metric per number of layers transferred."""
+    record = read_transfer(path)
+    print(f"layers transferred  valid {record['metric']} (median of runs, each run)")
+    for point in record['points']:
+        runs = ', '.join(f"{r['best_va']:.2f}" for r in point['runs'])
+        print(f"{point['n_transfer']:>18}  {point['median']:.2f} ({runs})")
+    return record
+
+
+def plot_transfer(path, out_path):
+    """Draw the validation metric against the number of layers transferred (the paper's Figure 2, left): each run
+    a dot, the median a line; return out_path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    record = read_transfer(path)
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ks = [p['n_transfer'] for p in record['points']]
+    ax.plot(ks, [p['median'] for p in record['points']], marker='o', label='median')
+    for p in record['points']:
+        ax.scatter([p['n_transfer']] * len(p['runs']), [r['best_va'] for r in p['runs']], s=12, color='gray')
+    ax.set_xlabel('layers transferred')
+    ax.set_ylabel(f"valid {record['metric']}")
+    ax.set_xticks(ks)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path)
+    return out_path
 
 
 def misclassified(data_dir, pred_path):
@@ -219,7 +278,10 @@ def parse_args(argv=None):
     parser.add_argument('--data_dir', default='data/', help='folder of the Story Cloze Test CSVs')
     parser.add_argument('--plot', help='write learning curves to this image file (e.g. curves.png)')
     parser.add_argument('--errors', action='store_true', help='list misclassified test stories (needs --pred)')
-    parser.add_argument('--pretrain_log', help='the log.jsonl of pretrain.py: its losses (and, with --plot, curves)')
+    parser.add_argument('--pretrain_log', help='the log.jsonl of pretrain.py: its losses and zero-shot scores (and, '
+                                               'with --plot, their curves)')
+    parser.add_argument('--transfer', help='the <desc>_transfer.json of train.py --n_transfer K1,K2,...: the metric '
+                                           'per layers transferred (and, with --plot, the figure)')
     return parser.parse_args(argv)
 
 
@@ -231,6 +293,11 @@ def main(argv=None):
             pretrain_report(args.pretrain_log)
             if args.plot:
                 print(f'loss curves written to {plot_pretrain_curves(args.pretrain_log, args.plot)}')
+            return
+        if args.transfer:
+            transfer_report(args.transfer)
+            if args.plot:
+                print(f'transfer curve written to {plot_transfer(args.transfer, args.plot)}')
             return
         if args.task and args.task != 'rocstories':  # ROCStories is the report below, from --log
             if not args.pred:

@@ -93,3 +93,17 @@ def rocstories(data_dir, n_train=1497, n_valid=374, return_test_labels=False):
         teY = None if teY is None else np.asarray(teY, dtype=np.int32)
         return (trX1, trX2, trX3, trY), (vaX1, vaX2, vaX3, vaY), (teX1, teX2, teX3, teY)
     return (trX1, trX2, trX3, trY), (vaX1, vaX2, vaX3, vaY), (teX1, teX2, teX3)
+
+
+STORY_CLOZE_SPLITS = {'val': VAL_FILE, 'test': TEST_FILE}
+
+
+def story_cloze(data_dir, split):
+    """Return (stories, endings1, endings2, labels) of a whole Story Cloze CSV: split 'val' (the file the original
+    splits into train and valid) or 'test'; labels (the right ending's index, np.int32) are None for a test file
+    without them."""
+    if split not in STORY_CLOZE_SPLITS:
+        raise ValueError(f'ROCStories has no split {split!r}: use {" or ".join(STORY_CLOZE_SPLITS)}')
+    stories, endings1, endings2, labels = _rocstories(os.path.join(data_dir, STORY_CLOZE_SPLITS[split]),
+                                                      require_labels=split == 'val')
+    return stories, endings1, endings2, None if labels is None else np.asarray(labels, dtype=np.int32)

@@ -34,6 +34,8 @@ from checkpoint import write_json
 from corpus import corpus_family, load_corpus, read_meta
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
 from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
+from heuristics import DEFAULT_SPLITS, METRICS, SENTIMENT_WORDS, read_split, scoring_lm, single_token, zero_shot
+from heuristics import TASKS as HEURISTIC_TASKS
 from loss import LM_CHUNK, token_losses
 from model_gpt2 import PRESETS, GPT2Config, GPT2LMHeadModel
 from model_pytorch import DEFAULT_CONFIG, LMModel
@@ -77,6 +79,10 @@ def parse_args(argv=None):
     p.add_argument('--eval_windows', type=int, default=64, help='fixed validation windows evaluated each time')
     p.add_argument('--sample_every', type=int, default=0, help='a text sample every N updates (0: never)')
     p.add_argument('--sample_prompt', default=SAMPLE_PROMPT)
+    p.add_argument('--zero_shot', action='append', default=[], metavar='TASK=DATA_DIR',
+                   help=f'at each evaluation, also score a zero-shot heuristic of the paper (heuristics.py: '
+                        f'{", ".join(HEURISTIC_TASKS)}) on its default split in DATA_DIR, logged as zs_TASK '
+                        f'(repeatable)')
     add_run_args(p, unit='windows', save_every=1000,
                  save_help='save the training state every N updates (and at the end)',
                  state_path='OUT/train_state.safetensors')
@@ -100,6 +106,40 @@ def check_args(args, info=DistInfo()):
         raise ValueError(f'--micro_batch must be at least 1, got {args.micro_batch}')
     if info.world_size > args.n_batch:
         raise ValueError(f'{info.world_size} processes for --n_batch {args.n_batch}: use at most that many processes')
+    zero_shot_tasks(args.zero_shot)
+
+
+def zero_shot_tasks(specs):
+    """Return [(task, data_dir)] of --zero_shot TASK=DATA_DIR flags, each checked."""
+    tasks = []
+    for spec in specs:
+        task, sep, data_dir = spec.partition('=')
+        if not sep or task not in HEURISTIC_TASKS or not data_dir:
+            raise ValueError(f'--zero_shot {spec!r}: give TASK=DATA_DIR with TASK one of {", ".join(HEURISTIC_TASKS)}')
+        if task in dict(tasks):
+            raise ValueError(f'--zero_shot {task} is given twice')
+        tasks.append((task, data_dir))
+    return tasks
+
+
+def check_zero_shot(args, lm):
+    """Read every --zero_shot task's data (CoLA's training split too) and check the SST-2 words against the
+    vocabulary of lm (a heuristics.ScoringLM) now, before training."""
+    for task, data_dir in zero_shot_tasks(args.zero_shot):
+        for split in {DEFAULT_SPLITS[task], 'train' if task == 'cola' else DEFAULT_SPLITS[task]}:
+            read_split(task, data_dir, split)
+        if task == 'sst2':
+            for word in SENTIMENT_WORDS:
+                single_token(lm, word)
+
+
+def zero_shot_record(run, text_encoder, sizes):
+    """Return {'zs_TASK': metric} of every --zero_shot task on the model now (main rank; {} elsewhere)."""
+    if not run.info.is_main:
+        return {}
+    lm = scoring_lm(run.model, text_encoder, n_vocab=sizes['n_vocab'], precision=run.args.precision,
+                    batch_size=run.args.micro_batch or run.args.n_batch)
+    return {f'zs_{task}': zero_shot(lm, task, data_dir).value for task, data_dir in zero_shot_tasks(run.args.zero_shot)}
 
 
 def window_starts(seed, update, n_windows, n_tokens, n_ctx):
@@ -293,14 +333,20 @@ def log_eval(run, corpus, sizes, text_encoder):
                   train_loss=loss_sum / train_tokens if train_tokens else None,
                   val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700.0)),
                   tokens_per_s=train_tokens / progress['train_time'] if progress['train_time'] else None,
-                  lr=learning_rate(run.opt, progress['n_updates']), time=time.time())
+                  lr=learning_rate(run.opt, progress['n_updates']))
+    if run.args.zero_shot:
+        with run.clock.phase('eval'):
+            record.update(zero_shot_record(run, text_encoder, sizes))
+    record['time'] = time.time()
     progress.update(train_loss_sum=0.0, train_tokens=0, train_time=0.0)
     progress['log'].append(record)
     if run.info.is_main:
         run.logger.log(**record)
         train_text = 'n/a' if record['train_loss'] is None else f"{record['train_loss']:.4f}"
+        zero_shot_text = ''.join(f", zero-shot {k[3:]} {METRICS[k[3:]]} {v:.2f}" for k, v in record.items()
+                                 if k.startswith('zs_') and v is not None)
         print(f"update {record['n_updates']}: train loss {train_text}, val loss {val_loss:.4f} "
-              f"(ppl {record['val_ppl']:.1f})", flush=True)
+              f"(ppl {record['val_ppl']:.1f}){zero_shot_text}", flush=True)
 
 
 def maybe_sample(run, text_encoder, sizes):
@@ -393,11 +439,8 @@ def run(args):
     resolve_arch(args, read_meta(args.corpus))
     check_args(args, info)
     paths = run_paths(args.out)
-    run = Run.begin(args, paths, [args.out], [paths['lock']], info)
-    try:
-        return run_locked(run, t0)
-    finally:
-        run.end()
+    with Run.begin(args, paths, [args.out], [paths['lock']], info) as begun:
+        return run_locked(begun, t0)
 
 
 def run_locked(run, t0):
@@ -411,6 +454,7 @@ def run_locked(run, t0):
             check_sample_prompt(text_encoder, args.sample_prompt, args.n_ctx)
         model = build_lm(args, sizes['n_vocab'], sizes['n_special'])
         model.to(device)
+        check_zero_shot(args, scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab']))
         n_updates = n_updates_of(args, len(corpus['train']))
         opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule='warmup_cosine_decay',
                          warmup=min(1.0, args.warmup_updates / n_updates), t_total=n_updates, b1=args.b1,

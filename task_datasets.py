@@ -356,3 +356,61 @@ def read_task(name, data_dir):
     if name == 'scitail':
         return {split: _read_scitail(path) for split, path in paths.items()}
     return {split: _read_glue(name, path, split) for split, path in paths.items()}
+
+
+# The Definite Pronoun Resolution data (Rahman & Ng 2012, the GPT-1 paper's Winograd set for its zero-shot
+# heuristics): train.c.txt and test.c.txt, records of four lines (sentence, pronoun, 'candidate 1,candidate 2', the
+# right candidate) each followed by a blank line
+DPRD_SOURCE = 'the Definite Pronoun Resolution data from http://www.hlt.utdallas.edu/~vince/data/emnlp12/'
+DPRD_FILES = {'train': 'train.c.txt', 'test': 'test.c.txt'}
+
+
+def read_dprd_file(path):
+    """Return (sentences, pronouns, [(candidate 1, candidate 2)], labels as an int64 array: 0 or 1) of one DPRD file;
+    a malformed record is a ValueError naming the file and line."""
+    sentences, pronouns, candidates, labels = [], [], [], []
+    record, first = [], None
+    with open(path, 'rb') as f:
+        raw_lines = f.read().split(b'\n')
+    for line_num, raw in enumerate(raw_lines + [b''], 1):
+        try:
+            line = raw.decode('utf-8').removesuffix('\r').strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(f'{path}: line {line_num}: not UTF-8 text ({e}); save the file as UTF-8') from None
+        if line:
+            first = line_num if not record else first
+            record.append(line)
+            continue
+        if not record:
+            continue
+        where = f'{path}: line {first}'
+        if len(record) != 4:
+            raise ValueError(f'{where}: a record of {len(record)} lines, expected 4 (sentence, pronoun, '
+                             f'"candidate 1,candidate 2", answer) then a blank line')
+        sentence, pronoun, pair, answer = record
+        cands = tuple(c.strip() for c in pair.split(','))
+        if len(cands) != 2 or not all(cands):
+            raise ValueError(f'{path}: line {first + 2}: candidates {pair!r}, expected two separated by one comma')
+        if answer not in cands:
+            raise ValueError(f'{path}: line {first + 3}: the answer {answer!r} is neither candidate {cands[0]!r} nor '
+                             f'{cands[1]!r}')
+        sentences.append(sentence)
+        pronouns.append(pronoun)
+        candidates.append(cands)
+        labels.append(cands.index(answer))
+        record = []
+    if not sentences:
+        raise ValueError(f'{path}: no records; expected DPRD records (sentence, pronoun, candidates, answer, blank '
+                         f'line)')
+    return sentences, pronouns, candidates, np.asarray(labels, dtype=np.int64)
+
+
+def read_dprd(data_dir, split):
+    """Return read_dprd_file of split ('train' or 'test') under data_dir (or its DPRD/ folder)."""
+    if split not in DPRD_FILES:
+        raise ValueError(f'DPRD has no split {split!r}: use {" or ".join(DPRD_FILES)}')
+    for folder in (data_dir, os.path.join(data_dir, 'DPRD')):
+        path = os.path.join(folder, DPRD_FILES[split])
+        if os.path.isfile(path):
+            return read_dprd_file(path)
+    raise FileNotFoundError(f'no {DPRD_FILES[split]} in {os.fspath(data_dir)!r} or its DPRD/ folder ({DPRD_SOURCE})')

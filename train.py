@@ -65,7 +65,10 @@ def parse_args(argv=None):
     p.add_argument('--lr_schedule', type=str, default='warmup_linear', choices=sorted(SCHEDULES))
     p.add_argument('--encoder_path', type=str, default=GPT1_VOCABULARY[0])
     p.add_argument('--bpe_path', type=str, default=GPT1_VOCABULARY[1])
-    p.add_argument('--n_transfer', type=int, default=12)
+    p.add_argument('--n_transfer', type=transfer_values, default=[12],
+                   help='blocks whose pre-trained weights are copied, with the table (-1: nothing); a list K1,K2,... '
+                        'runs one training per value and writes log/<desc>_transfer.json (the paper\'s Figure 2, '
+                        'left: analysis.py --transfer)')
     p.add_argument('--lm_coef', type=float, default=0.5)
     p.add_argument('--n_valid', type=int, default=374)
     # additions of this port
@@ -77,7 +80,29 @@ def parse_args(argv=None):
     p.add_argument('--verify_weights', action='store_true', help='check the shards against the released SHA-1s')
     p.add_argument('--n_runs', type=int, default=1,
                    help='run seeds seed, seed+1, ... one after another and report median/mean/std/best of valid')
-    return p.parse_args(argv)
+    p.add_argument('--from_scratch', action='store_true',
+                   help='no pre-trained weights: every weight drawn as the paper initialises it (N(0, 0.02)), the '
+                        'same as --n_transfer -1; --model_dir still gives the architecture and vocabulary')
+    args = p.parse_args(argv)
+    if args.from_scratch:
+        if args.n_transfer != [12]:
+            p.error(f'--from_scratch transfers nothing: leave out --n_transfer {",".join(map(str, args.n_transfer))}')
+        args.n_transfer = [-1]
+    # one value: an int as the original's; several: a sweep, run by main() one value at a time
+    args.transfer_sweep = args.n_transfer if len(args.n_transfer) > 1 else None
+    args.n_transfer = args.n_transfer[0]
+    return args
+
+
+def transfer_values(text):
+    """Return the --n_transfer values of '12' or '0,3,6,9,12' (each -1 or more, each once)."""
+    try:
+        values = [int(v) for v in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: give an integer or a comma-separated list (0,3,6,9,12)') from None
+    if min(values) < -1 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f'{text!r}: each value -1 or more, each once')
+    return values
 
 
 def check_args(args, info=DistInfo()):
@@ -552,12 +577,9 @@ def run(args):
     check_args(args, info)
     check_inputs(args)
     paths = run_paths(args)
-    run = Run.begin(args, paths, {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')},
-                    lock_paths(args, paths), info)
-    try:
-        return run_locked(run, t0)
-    finally:
-        run.end()
+    folders = {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}
+    with Run.begin(args, paths, folders, lock_paths(args, paths), info) as begun:
+        return run_locked(begun, t0)
 
 
 def run_locked(run, t0):
@@ -689,6 +711,18 @@ def run_seeds(args):
     return summaries, stats
 
 
+def run_transfer_sweep(args):
+    """Run args.n_runs seeds for each value of the --n_transfer list (desc <desc>_transfer<K>_seed<k>); return the
+    sweep's record: the metric and, per value, the runs' statistics and summaries."""
+    points = []
+    for k in args.transfer_sweep:
+        sub = argparse.Namespace(**vars(args))
+        sub.n_transfer, sub.transfer_sweep, sub.desc = k, None, f'{args.desc}_transfer{k}'
+        summaries, stats = run_seeds(sub)
+        points.append(dict(stats, n_transfer=k, runs=summaries))
+    return dict(metric=points[0]['metric'], dataset=args.dataset, desc=args.desc, n_runs=args.n_runs, points=points)
+
+
 def format_runs(summaries, stats):
     """Return the table of a multi-seed sweep: one row per run, then median, mean, std and best."""
     lines = [f"{'seed':>6}  {'valid ' + stats['metric']:>12}  desc"]
@@ -704,6 +738,16 @@ def main(argv=None):
     if dist_info().is_main:
         print(json.dumps(vars(args)), flush=True)
     try:
+        if args.transfer_sweep:
+            record = run_transfer_sweep(args)
+            if dist_info().is_main:
+                import analysis  # here, not at import time: it loads the plotting and data libraries it needs
+                path = write_json(os.path.join(args.log_dir, f'{args.desc}_transfer.json'), record)
+                analysis.transfer_report(path)
+                print(f'transfer sweep written to {path} (its figure: analysis.py --transfer {path} --plot FILE)',
+                      flush=True)
+            close_distributed(synchronize=True)
+            return 0
         if args.n_runs > 1:
             summaries, stats = run_seeds(args)
             if dist_info().is_main:

@@ -128,7 +128,8 @@ class Run:
     def begin(cls, args, paths, folders, locks, info=DistInfo()):
         """Return a Run that can start: its device (args.device becomes its name), --resume auto resolved (True when
         paths['state'] exists), a training state there with --resume, the output folders writable and the lock files
-        locks taken (main rank), the process group joined, every rank seeded alike. end() releases the locks."""
+        locks taken (main rank), the process group joined, every rank seeded alike. end() (or leaving a with-block on
+        the Run) releases the locks."""
         device = resolve_device(args.device, info)
         args.device = str(device)
         if args.resume == 'auto':
@@ -168,6 +169,13 @@ class Run:
         self.stop.restore()
         if self.lock is not None:
             self.lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.end()
+        return False
 
     def attach(self, model, opt):
         """Make model (on the run's device) and opt what the run trains, evaluates and saves."""

@@ -122,3 +122,32 @@ def write_tiny_gpt2(folder, seed=0, n_ctx=64, n_embd=32, n_head=4, n_layer=2):
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer))
     return write_tf_gpt2(checkpoint_from_model(model), folder)
+
+
+SUBJECTS = {'the cat': 'sat on the mat', 'a dog': 'ran to the park', 'my bird': 'sang in the tree',
+            'the old man': 'read a long book', 'her sister': 'baked a sweet cake'}
+ENDINGS = ['in the morning', 'after lunch', 'at night', 'on sunday']
+
+
+def structured_text(n_docs, seed):
+    """Documents of sentences whose verb phrase follows from their subject: learnable beyond unigrams."""
+    rng = np.random.default_rng(seed)
+    subjects = sorted(SUBJECTS)
+    docs = []
+    for _ in range(n_docs):
+        sentences = []
+        for _ in range(rng.integers(3, 7)):
+            s = subjects[rng.integers(len(subjects))]
+            sentences.append(f'{s} {SUBJECTS[s]} {ENDINGS[rng.integers(len(ENDINGS))]}.')
+        docs.append(' '.join(sentences))
+    return '\n\n'.join(docs) + '\n'
+
+
+def write_structured_corpus(d, n_docs=400):
+    """Write structured_text(n_docs, 0) under folder d and prepare it as a GPT-1 corpus (10% validation); return the
+    corpus folder."""
+    import prepare_corpus
+    (d / 'text.txt').write_text(structured_text(n_docs, 0), encoding='utf-8')
+    assert prepare_corpus.main(['--input', str(d / 'text.txt'), '--out', str(d / 'corpus'), '--workers', '1',
+                                '--val_fraction', '0.1', '--quiet']) == 0
+    return d / 'corpus'

@@ -53,6 +53,8 @@ NOT_RUN = {
     'torchrun --nproc_per_node=4 --max-restarts=3 train.py --dataset rocstories --desc rocstories --submit --data_dir '
     'data/ --save_every 50 --resume auto': 'tests/test_faults.py runs torchrun --max-restarts with --resume auto and a '
                                           'worker killed',
+    'python ablations.py --tasks cola=glue/ sst2=glue/ mrpc=glue/ stsb=glue/ qqp=glue/ mnli=glue/ qnli=glue/ rte=glue/ '
+    '--out ablations/': 'tests/test_ablations.py runs it on a tiny job (the GLUE tasks here lack qqp, qnli and rte)',
     'python benchmarks/bench.py --quick --in-process --configs ours-fp32 --warmup-steps 0':
         'tests/test_bench.py and benchmarks/gpu_check.sh --dry-run run it',
     'python benchmarks/bench_pretrain.py --quick': 'tests/test_bench_pretrain.py runs it',
@@ -107,8 +109,9 @@ def all_commands():
 
 def make_workspace(d):
     """Fill folder d with what the documented commands read: model/ (a tiny released checkpoint and the real
-    vocabulary), models/124M/ (a tiny released GPT-2 with the real vocabulary's rows), data/ (ROCStories), glue/, race/, snli/, scitail/ (the other tasks' layouts), texts for
-    prepare_corpus.py (my_texts/, books/, books.txt, docs.jsonl) and sentences.txt; return d."""
+    vocabulary), models/124M/ (a tiny released GPT-2 with the real vocabulary's rows), data/ (ROCStories), glue/,
+    race/, snli/, scitail/ (the other tasks' layouts), dprd/, texts for prepare_corpus.py (my_texts/, books/,
+    books.txt, docs.jsonl) and sentences.txt; return d."""
     rng = np.random.default_rng(0)
     write_tiny_gpt2(d / 'models' / '124M', n_ctx=N_POS, n_embd=N_EMBD, n_head=12, n_layer=N_LAYER)
     write_released_shards(d / 'model', random_released_arrays(rng, N_EMBD, N_LAYER, N_POS, model_pytorch.N_VOCAB))
@@ -117,8 +120,11 @@ def make_workspace(d):
     (d / 'data').mkdir()
     write_roc_csv(d / 'data' / 'cloze_test_val__spring2016 - cloze_test_ALL_val.csv', 56, rng)
     write_roc_csv(d / 'data' / 'cloze_test_test__spring2016 - cloze_test_ALL_test.csv', 13, rng)
-    for name, folder in TASK_RUNS[1:]:
+    for name, folder in TASK_RUNS[1:] + [('sst2', 'glue/')]:
         write_task_data(name, d / folder, random.Random(name))
+    (d / 'dprd').mkdir()
+    for name in ('train.c.txt', 'test.c.txt'):  # docs/analysis.md's Winograd set
+        (d / 'dprd' / name).write_bytes((ROOT / 'tests' / 'fixtures' / 'dprd' / name).read_bytes())
     words = 'the patient was seen by a doctor who said that her heart and lungs were well so she went home'.split()
     texts = [' '.join(random.Random(i).choice(words) for _ in range(120)) for i in range(40)]
     for folder in ('my_texts', 'books'):

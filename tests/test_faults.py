@@ -23,7 +23,7 @@ import checkpoint
 import pretrain
 import train
 import trainer
-from tests.helpers import roc_cli_args, roc_workdir
+from tests.helpers import roc_cli_args, roc_workdir, write_structured_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS='1')  # two processes share this machine's cores
@@ -211,13 +211,7 @@ def test_a_second_signal_during_the_save_changes_nothing(workdir, reference_one,
 
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
-    import prepare_corpus
-    from tests.test_pretrain import structured_text
-    d = tmp_path_factory.mktemp('faults_corpus')
-    (d / 'text.txt').write_text(structured_text(400, 0), encoding='utf-8')
-    assert prepare_corpus.main(['--input', str(d / 'text.txt'), '--out', str(d / 'corpus'), '--workers', '1',
-                                '--val_fraction', '0.1', '--quiet']) == 0
-    return d / 'corpus'
+    return write_structured_corpus(tmp_path_factory.mktemp('faults_corpus'))
 
 
 def pretrain_args(corpus, out, *extra):

@@ -13,38 +13,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import pretrain
 import corpus as corpus_module
-import prepare_corpus
 import models
+import pretrain
+from tests.helpers import write_structured_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBJECTS = {'the cat': 'sat on the mat', 'a dog': 'ran to the park', 'my bird': 'sang in the tree',
-            'the old man': 'read a long book', 'her sister': 'baked a sweet cake'}
-ENDINGS = ['in the morning', 'after lunch', 'at night', 'on sunday']
-
-
-def structured_text(n_docs, seed):
-    """Documents of sentences whose verb phrase follows from their subject: learnable beyond unigrams."""
-    rng = np.random.default_rng(seed)
-    subjects = sorted(SUBJECTS)
-    docs = []
-    for _ in range(n_docs):
-        sentences = []
-        for _ in range(rng.integers(3, 7)):
-            s = subjects[rng.integers(len(subjects))]
-            sentences.append(f'{s} {SUBJECTS[s]} {ENDINGS[rng.integers(len(ENDINGS))]}.')
-        docs.append(' '.join(sentences))
-    return '\n\n'.join(docs) + '\n'
 
 
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp('corpus')
-    (d / 'text.txt').write_text(structured_text(400, 0), encoding='utf-8')
-    assert prepare_corpus.main(['--input', str(d / 'text.txt'), '--out', str(d / 'corpus'), '--workers', '1',
-                                '--val_fraction', '0.1', '--quiet']) == 0
-    return d / 'corpus'
+    return write_structured_corpus(tmp_path_factory.mktemp('corpus'))
 
 
 def tiny_args(corpus, out, *extra):
@@ -270,3 +249,37 @@ def test_compile_trains_like_eager(corpus, tmp_path):
                                   '--resid_pdrop', '0', '--compile')
     assert [r['n_updates'] for r in clog] == [r['n_updates'] for r in log]
     assert max((compiled[k] - eager[k]).abs().max().item() for k in eager) < 1e-4
+
+
+def test_zero_shot_scores_are_logged_at_each_evaluation_and_drawn(corpus, tmp_path, capsys):
+    """--zero_shot TASK=DATA_DIR (the paper's Figure 2, right): each evaluation's record holds the heuristic's score
+    of the model at that update; the last equals zero_shot.py's on the saved model; analysis.py draws the curves."""
+    import analysis
+    import heuristics
+    import models
+    from tests.helpers import roc_workdir
+    (tmp_path / 'roc').mkdir()
+    d = roc_workdir(tmp_path / 'roc')
+    out = tmp_path / 'run'
+    argv = tiny_args(corpus, out, '--n_updates', '20', '--eval_every', '10', '--zero_shot',
+                     f'rocstories={d / "data"}')
+    assert pretrain.main(argv) == 0
+    records = read_log(out)
+    assert [r['n_updates'] for r in records] == [0, 10, 20]
+    assert all(0 <= r['zs_rocstories'] <= 100 for r in records)
+    assert 'zero-shot rocstories acc' in capsys.readouterr().out
+    model = models.load_model(str(out), lm=True)
+    lm = heuristics.scoring_lm(model, models.load_tokenizer(str(out)))
+    assert records[-1]['zs_rocstories'] == pytest.approx(heuristics.zero_shot(lm, 'rocstories', str(d / 'data')).value)
+    assert analysis.main(['--pretrain_log', str(out / 'log.jsonl'), '--plot', str(tmp_path / 'curves.png')]) is None
+    printed = capsys.readouterr().out
+    assert f"zero-shot rocstories: {records[-1]['zs_rocstories']:.2f} at update 20" in printed
+    assert (tmp_path / 'curves.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_zero_shot_flags_are_checked_before_training(corpus, tmp_path, capsys):
+    assert pretrain.main(tiny_args(corpus, tmp_path / 'a', '--zero_shot', 'squad=data/')) == 2
+    assert "--zero_shot 'squad=data/': give TASK=DATA_DIR with TASK one of sst2, cola" in capsys.readouterr().err
+    assert pretrain.main(tiny_args(corpus, tmp_path / 'b', '--zero_shot', f'dprd={tmp_path}')) == 2
+    assert f'no test.c.txt in {str(tmp_path)!r}' in capsys.readouterr().err
+    assert not (tmp_path / 'b' / 'train_state.safetensors').exists()

@@ -18,7 +18,8 @@ import pretrain
 import train
 from model_gpt2 import GPT2LMHeadModel
 from tests.helpers import roc_cli_args, roc_workdir
-from tests.test_pretrain import ROOT, read_log, structured_text, unigram_entropy
+from tests.helpers import structured_text
+from tests.test_pretrain import ROOT, read_log, unigram_entropy
 
 
 @pytest.fixture(scope='module')

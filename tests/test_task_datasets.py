@@ -491,3 +491,41 @@ def test_race_bad_file_named(tmp_path, obj, message):
     path = tmp_path / 'RACE' / 'dev' / 'high' / 'bad.txt'
     with pytest.raises(ValueError, match=rf'^{esc(path)}: .*{message}'):
         read_task('race', tmp_path)
+
+
+DPRD_FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'dprd')
+
+
+def test_dprd_reads_the_distribution_format():
+    from task_datasets import read_dprd
+    sentences, pronouns, candidates, labels = read_dprd(DPRD_FIXTURES, 'train')
+    assert sentences[0] == 'The bee landed on the flower because it had pollen.'
+    assert pronouns == ['it', 'it', 'he']
+    assert candidates == [('bee', 'flower'), ('bee', 'flower'), ('John', 'Bill')]  # spaces around the comma stripped
+    assert labels.tolist() == [1, 0, 0] and labels.dtype == np.int64
+    assert len(read_dprd(DPRD_FIXTURES, 'test')[0]) == 3
+
+
+@pytest.mark.parametrize('text, line, problem', [
+    ('A b.\nb\nA,b\nb\n\nC d.\nd\nC,d\n\n', 6, r'a record of 3 lines, expected 4'),
+    ('A b.\nb\nA;b\nb\n\n', 3, r"candidates 'A;b', expected two separated by one comma"),
+    ('A b.\nb\nA,b\nc\n\n', 4, r"the answer 'c' is neither candidate 'A' nor 'b'"),
+    ('A b.\nb\nA,b\n\xff\n\n', 4, r'not UTF-8 text'),
+])
+def test_dprd_errors_name_the_file_and_line(tmp_path, text, line, problem):
+    from task_datasets import read_dprd
+    path = tmp_path / 'train.c.txt'
+    path.write_bytes(text.encode('latin-1'))
+    with pytest.raises(ValueError, match=rf'{re.escape(str(path))}: line {line}: {problem}'):
+        read_dprd(str(tmp_path), 'train')
+
+
+def test_dprd_missing_file_and_unknown_split_are_named(tmp_path):
+    from task_datasets import read_dprd
+    (tmp_path / 'DPRD').mkdir()
+    (tmp_path / 'DPRD' / 'test.c.txt').write_text('A b.\nb\nA,b\nb\n')  # no blank line at the end: read anyway
+    assert read_dprd(str(tmp_path), 'test')[3].tolist() == [1]
+    with pytest.raises(FileNotFoundError, match=r"no train.c.txt in '.*' or its DPRD/ folder \(the Definite Pronoun"):
+        read_dprd(str(tmp_path), 'train')
+    with pytest.raises(ValueError, match="DPRD has no split 'dev': use train or test"):
+        read_dprd(str(tmp_path), 'dev')

@@ -331,3 +331,42 @@ def test_gpt2_weights_fine_tune_with_gpt1s_recipe(workdir, tmp_path, capsys):
     # the architecture is the checkpoint's: a flag that contradicts it is refused
     assert train.main(argv + ['--n_layer', '3']) == 2
     assert '--n_layer 3 contradicts n_layer=2 of the GPT-2' in capsys.readouterr().err
+
+
+def test_a_transfer_sweep_runs_each_value_and_collects_the_metric(workdir, tmp_path, capsys):
+    """--n_transfer 0,1,2: one run per value (the paper's Figure 2, left), the table printed and saved, and
+    analysis.py draws it."""
+    import analysis
+    out = ['--log_dir', str(tmp_path / 'log'), '--save_dir', str(tmp_path / 'save'), '--n_iter', '1']
+    assert train.main(roc_cli_args(workdir, '--n_transfer', '0,1,2', *out)) == 0
+    record = json.loads((tmp_path / 'log' / 'tiny_transfer.json').read_text())
+    assert record['metric'] == 'acc' and [p['n_transfer'] for p in record['points']] == [0, 1, 2]
+    for point in record['points']:
+        run, = point['runs']
+        summary = json.loads((tmp_path / 'log' / f"{run['desc']}_summary.json").read_text())
+        assert run['desc'] == f"tiny_transfer{point['n_transfer']}_seed42"
+        assert point['median'] == run['best_va'] == summary['best_va']
+        header = json.loads((tmp_path / 'log' / f"{run['desc']}.jsonl").read_text().splitlines()[0])
+        assert header['n_transfer'] == point['n_transfer']
+    printed = capsys.readouterr().out
+    assert 'layers transferred  valid acc' in printed and f'transfer sweep written to {tmp_path / "log"}' in printed
+    assert analysis.main(['--transfer', str(tmp_path / 'log' / 'tiny_transfer.json'), '--plot',
+                          str(tmp_path / 'fig.png')]) is None
+    assert (tmp_path / 'fig.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_from_scratch_transfers_nothing(workdir):
+    args = train.parse_args(roc_cli_args(workdir, '--from_scratch'))
+    assert args.n_transfer == -1 and args.transfer_sweep is None
+    sizes = dict(n_vocab=40478, n_special=3, n_ctx=20, clf_token=40480, head_type='multiple_choice')
+    pretrained = train.pretrained_model(train.parse_args(roc_cli_args(workdir)), sizes, torch.device('cpu'))
+    torch.manual_seed(0)
+    scratch = train.pretrained_model(args, sizes, torch.device('cpu'))
+    for (name, a), b in zip(pretrained.transformer.named_parameters(), scratch.transformer.parameters()):
+        assert a.dim() == 1 or not torch.equal(a, b), name  # no matrix of the checkpoint (its norms are 1 and 0)
+    weights = scratch.transformer.h[0].attn.c_attn.w
+    assert abs(weights.std().item() - 0.02) < 0.002  # the paper's N(0, 0.02)
+    with pytest.raises(SystemExit):
+        train.parse_args(roc_cli_args(workdir, '--from_scratch', '--n_transfer', '3'))
+    with pytest.raises(SystemExit):
+        train.parse_args(roc_cli_args(workdir, '--n_transfer', '0,0'))

@@ -1,0 +1,132 @@
+"""The ablations of the GPT-1 paper (Table 5, its transformer rows): the full method, the model trained without
+pre-training, and without the auxiliary LM objective, over a list of tasks; the table printed in the paper's layout
+(rows the variants, columns the average and each task's validation metric) and saved as JSON.
+
+TF counterpart: none (the paper reports the table; the release has no code for it). The table's LSTM row is out of
+scope (it is another architecture). Each run is a train.py run (a subprocess, or under --launcher such as torchrun),
+started with --resume auto: a second invocation picks up runs that were stopped and only re-reads finished ones.
+
+    python ablations.py --tasks rocstories=data/ sst2=glue/ cola=glue/ --out ablations/
+    python ablations.py --tasks mnli=glue/ --out ablations/ --launcher "torchrun --nproc_per_node=4" -- --n_iter 3
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from checkpoint import write_json
+
+VARIANTS = (  # (name, the paper's row, train.py's flags)
+    ('full', 'Transformer w/ aux LM (full)', ()),
+    ('no_pretraining', 'Transformer w/o pre-training', ('--from_scratch',)),
+    ('no_aux_lm', 'Transformer w/o aux LM', ('--lm_coef', '0')),
+)
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+
+
+def parse_args(argv=None):
+    """Return the parsed command line (train.py's own flags after --)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--tasks', nargs='+', required=True, metavar='TASK=DATA_DIR',
+                   help="each task (train.py's --dataset) with its data folder")
+    p.add_argument('--out', required=True, help='the folder of the runs (log/, save/, submission/) and the table')
+    p.add_argument('--n_runs', type=int, default=1, help='seeds per run; the table shows their median')
+    p.add_argument('--variants', default=','.join(name for name, _, _ in VARIANTS),
+                   help=f'which rows (default all: {", ".join(name for name, _, _ in VARIANTS)})')
+    p.add_argument('--launcher', default=None, help='the command that runs train.py (default this Python; e.g. '
+                                                    '"torchrun --nproc_per_node=4")')
+    p.add_argument('train_args', nargs='*', help="train.py's flags for every run, after --")
+    args = p.parse_args(argv)
+    args.tasks = task_folders(p, args.tasks)
+    names = [name for name, _, _ in VARIANTS]
+    args.variants = args.variants.split(',')
+    for name in args.variants:
+        if name not in names:
+            p.error(f'--variants {name!r}: choose among {", ".join(names)}')
+    if args.n_runs < 1:
+        p.error(f'--n_runs {args.n_runs}: give at least 1')
+    return args
+
+
+def task_folders(parser, specs):
+    """Return [(task, data_dir)] of TASK=DATA_DIR specs, each task once."""
+    tasks = []
+    for spec in specs:
+        task, sep, data_dir = spec.partition('=')
+        if not sep or not task or not data_dir or task in dict(tasks):
+            parser.error(f'--tasks {spec!r}: give TASK=DATA_DIR, each task once')
+        tasks.append((task, data_dir))
+    return tasks
+
+
+def run_command(args, task, data_dir, variant):
+    """Return (train.py's command line, the JSON file its result goes to) of one task and variant."""
+    flags = dict((name, flags) for name, _, flags in VARIANTS)[variant]
+    desc = f'{task}_{variant}'
+    log_dir = os.path.join(args.out, 'log')
+    launcher = [sys.executable] if args.launcher is None else shlex.split(args.launcher)
+    cmd = launcher + [SCRIPT, '--dataset', task, '--data_dir', data_dir, '--desc', desc, '--log_dir', log_dir,
+                      '--save_dir', os.path.join(args.out, 'save'), '--submission_dir',
+                      os.path.join(args.out, 'submission'), '--n_runs', str(args.n_runs), *flags,
+                      *args.train_args, '--resume', 'auto']
+    result = os.path.join(log_dir, f'{desc}_runs.json' if args.n_runs > 1 else f'{desc}_summary.json')
+    return cmd, result
+
+
+def read_result(path):
+    """Return (metric name, value) of a train.py result file: a run's summary or a multi-seed sweep's median."""
+    with open(path, encoding='utf-8') as f:
+        record = json.load(f)
+    return record['metric'], record['median'] if 'median' in record else record['best_va']
+
+
+def run_all(args):
+    """Run every task and variant in turn; return the table's record."""
+    rows = {variant: {} for variant in args.variants}
+    metrics = {}
+    for task, data_dir in args.tasks:
+        for variant in args.variants:
+            cmd, result = run_command(args, task, data_dir, variant)
+            print(f'ablations.py: {task}, {variant}: {shlex.join(cmd)}', flush=True)
+            done = subprocess.run(cmd)
+            if done.returncode != 0:
+                raise RuntimeError(f'train.py for {task} ({variant}) ended with status {done.returncode}; its own '
+                                   f'error is above; run ablations.py again to pick up where it stopped')
+            metrics[task], rows[variant][task] = read_result(result)
+    for scores in rows.values():
+        scores['avg'] = sum(scores[task] for task, _ in args.tasks) / len(args.tasks)
+    return dict(tasks=[task for task, _ in args.tasks], metrics=metrics, n_runs=args.n_runs,
+                rows=[dict(variant=v, method=dict((n, m) for n, m, _ in VARIANTS)[v], **rows[v]) for v in rows])
+
+
+def format_table(record):
+    """Return the table in the paper's layout: a row per variant, the average then each task's metric."""
+    tasks = record['tasks']
+    heads = ['Avg. Score'] + [f"{task} ({record['metrics'][task]})" for task in tasks]
+    width = max(len(r['method']) for r in record['rows'])
+    lines = [f"{'Method':<{width}}  " + '  '.join(f'{h:>{max(len(h), 6)}}' for h in heads)]
+    for row in record['rows']:
+        cells = [row['avg']] + [row[task] for task in tasks]
+        lines.append(f"{row['method']:<{width}}  " + '  '.join(f'{v:>{max(len(h), 6)}.1f}'
+                                                                for h, v in zip(heads, cells)))
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    """Run ablations.py from the command line; return the exit code."""
+    args = parse_args(argv)
+    try:
+        record = run_all(args)
+        path = write_json(os.path.join(args.out, 'ablations.json'), record)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        print(f'ablations.py: error: {err}', file=sys.stderr)
+        return 2
+    print(format_table(record))
+    print(f'ablations.py: table written to {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

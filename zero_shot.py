@@ -1,0 +1,97 @@
+"""Zero-shot heuristics of the GPT-1 paper (Section 5, Figure 2 right): tasks solved by a pre-trained language model
+without fine-tuning (heuristics.py defines each exactly), for GPT-1 and GPT-2 weights in any format.
+
+TF counterpart: none (the paper describes the heuristics; the release has no code for them).
+
+    python zero_shot.py --task sst2 --model_dir model/ --data_dir glue/
+    python zero_shot.py --task rocstories --model_dir models/124M/ --data_dir data/ --split val --out roc.tsv
+"""
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from distributed import check_device
+from flags import PRECISIONS, add_weights_args
+from heuristics import DEFAULT_SPLITS, TASKS, n_scored, read_split, scoring_lm, zero_shot
+from models import check_tokenizer, load_model, load_tokenizer
+
+SPLIT_HELP = ('sst2, cola: dev (default) or train (cola: the threshold is always fitted on train); rocstories: test '
+              '(default, the Story Cloze test CSV) or val (the whole val CSV); race: dev or test (default); dprd: train '
+              'or test (default)')
+
+
+def parse_args(argv=None):
+    """Return the parsed command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--task', required=True, choices=TASKS)
+    p.add_argument('--data_dir', required=True, help="the task's data (as train.py reads it; DPRD: train.c.txt, "
+                                                     "test.c.txt)")
+    p.add_argument('--split', default=None, help=SPLIT_HELP)
+    p.add_argument('--out', default=None, help='write index, prediction and each choice\'s score per example (TSV)')
+    p.add_argument('--batch_size', type=int, default=16, help='sequences per forward pass')
+    p.add_argument('--precision', default='fp32', choices=PRECISIONS)
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_weights_args(p)
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f'--batch_size {args.batch_size}: give at least 1')
+    return args
+
+
+def write_tsv(path, result):
+    """Write index, prediction and the scores of each example (in the split's order) to path; return path."""
+    from checkpoint import atomic_write
+    n_scores = result.scores.shape[1]
+    names = ['score'] if result.task == 'cola' else [f'score_{k}' for k in range(n_scores)]
+
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write('\t'.join(['index', 'prediction'] + names) + '\n')
+            for i, (prediction, scores) in enumerate(zip(result.predictions, result.scores)):
+                f.write('\t'.join([str(i), str(int(prediction))] + [repr(float(v)) for v in scores]) + '\n')
+    return atomic_write(path, write)
+
+
+def summary(result):
+    """Return the JSON-able record of a result: task, split, metric and value, examples, extras."""
+    return dict(task=result.task, split=result.split, metric=result.metric, value=result.value,
+                n=int(len(result.predictions)), **result.extra)
+
+
+def run(args):
+    """Score the split, print the metric line and the JSON record, write --out; return the record."""
+    device = check_device(args.device)
+    split = DEFAULT_SPLITS[args.task] if args.split is None else args.split
+    texts, _, _ = read_split(args.task, args.data_dir, split)  # bad data fails before the model loads
+    model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=True).to(device)
+    text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
+    check_tokenizer(text_encoder, model, args.model_dir)
+    lm = scoring_lm(model, text_encoder, precision=args.precision, batch_size=args.batch_size)
+    total = None if args.task == 'cola' and split != 'train' else n_scored(args.task, texts)  # cola: + train
+    with tqdm(total=total, desc=f'{args.task} {split}', disable=args.quiet, file=sys.stderr) as bar:
+        result = zero_shot(lm, args.task, args.data_dir, split, progress=bar)
+    record = summary(result)
+    shown = 'n/a (no labels)' if result.value is None else f'{result.value:.2f}'
+    extra = ''.join(f', {k} {v:.4g}' for k, v in result.extra.items())
+    print(f'{args.task} {split}: {result.metric} {shown} on {record["n"]} examples{extra}', flush=True)
+    print(json.dumps(record), flush=True)
+    if args.out:
+        write_tsv(args.out, result)
+    return record
+
+
+def main(argv=None):
+    """Run zero_shot.py from the command line; return the exit code."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (OSError, ValueError) as err:
+        print(f'zero_shot.py: error: {err}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
