@@ -129,28 +129,28 @@ def piece_scores(lm, examples, progress=None):
         context, piece = fit_context(context, piece, lm.n_ctx, where)
         seqs.append(context + piece)
         starts.append(len(context))
-    scores = np.zeros(len(seqs))
+    scores = [None] * len(seqs)
     with evaluating(lm.transformer):
         for i, h in hidden_states(lm, seqs):
             rows = h[starts[i] - 1:len(seqs[i]) - 1]  # the states that predict the piece's tokens
-            scores[i] = token_log_probs(lm, rows, seqs[i][starts[i]:]).mean().item()
+            scores[i] = token_log_probs(lm, rows, seqs[i][starts[i]:]).mean()  # on the device: read once at the end
             if progress is not None:
                 progress.update(1)
-    return scores
+    return torch.stack(scores).double().cpu().numpy() if scores else np.zeros(0)
 
 
 def next_token_logits(lm, seqs, token_ids, progress=None):
     """Return the logits [len(seqs), len(token_ids)] of token_ids as the next token after each id list (each cut to
     its last n_ctx tokens)."""
     seqs = [list(s[-lm.n_ctx:]) for s in seqs]
-    out = np.zeros((len(seqs), len(token_ids)))
+    out = [None] * len(seqs)
     rows = lm.transformer.lm_weight[list(token_ids)].float()  # [K, n_embd]
     with evaluating(lm.transformer):
         for i, h in hidden_states(lm, seqs):
-            out[i] = (h[-1] @ rows.T).cpu().numpy()
+            out[i] = h[-1] @ rows.T  # [K], on the device: read once at the end
             if progress is not None:
                 progress.update(1)
-    return out
+    return torch.stack(out).double().cpu().numpy() if out else np.zeros((0, len(token_ids)))
 
 
 def single_token(lm, word):

@@ -134,9 +134,8 @@ def check_zero_shot(args, lm):
 
 
 def zero_shot_record(run, text_encoder, sizes):
-    """Return {'zs_TASK': metric} of every --zero_shot task on the model now (main rank; {} elsewhere)."""
-    if not run.info.is_main:
-        return {}
+    """Return {'zs_TASK': metric} of every --zero_shot task on the model now. Every rank scores them (the same work),
+    so that no rank waits in a collective meanwhile, where the process group's timeout could end the job."""
     lm = scoring_lm(run.model, text_encoder, n_vocab=sizes['n_vocab'], precision=run.args.precision,
                     batch_size=run.args.micro_batch or run.args.n_batch)
     return {f'zs_{task}': zero_shot(lm, task, data_dir).value for task, data_dir in zero_shot_tasks(run.args.zero_shot)}
