@@ -226,7 +226,8 @@ def mcc_threshold(scores, labels):
     fn, tn = y.sum() - tp, (~y).sum() - fp
     denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     mcc = np.divide(tp * tn - fp * fn, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    best = np.flatnonzero(mcc == mcc.max())[-1]  # the smallest threshold among the best
+    # ties within rounding (1e-12) are ties: 8/sqrt(384) and 6/sqrt(216) are both 1/sqrt(6) but differ in the last bit
+    best = np.flatnonzero(mcc >= mcc.max() - 1e-12)[-1]  # the smallest threshold among the best
     return float(s[cut[best]]), float(mcc[best])
 
 
