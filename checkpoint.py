@@ -87,11 +87,12 @@ def remove_quietly(path):
         pass
 
 
-def write_json(path, obj):
-    """Write obj as JSON to path atomically; return path."""
+def write_json(path, obj, indent=1, end=''):
+    """Write obj as JSON (then end) to path atomically; return path."""
     def write(tmp):
         with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(obj, f, indent=1)
+            json.dump(obj, f, indent=indent)
+            f.write(end)
     return atomic_write(path, write)
 
 

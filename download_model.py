@@ -29,8 +29,8 @@ import urllib.request
 
 from tqdm import tqdm
 
-from weights import (DEFAULT_FIX, FIXES, GPT2_BASE_URL, GPT2_FILES, GPT2_SIZES, RELEASED_FILES, check_file, find_problem,
-                     gpt2_file_problem, resolve_names)
+from weights import (GPT2_BASE_URL, GPT2_FILES, GPT2_SIZES, RELEASED_FILES, check_file, find_problem, gpt2_file_problem,
+                     problem_line, resolve_names)
 
 # The shards are ordinary git blobs in that repository (it has no .gitattributes routing them to
 # Git LFS, and the hashes above are of the full contents), so raw.githubusercontent.com serves them.
@@ -256,7 +256,7 @@ def check_one(args, name):
     if args.verify_only:
         kind, what = gpt2_file_problem(args.model_dir, name, size)
         if kind is not None:
-            raise ValueError(f'{os.path.join(args.model_dir, name)}: {what}; {FIXES.get(kind, DEFAULT_FIX)}')
+            raise ValueError(problem_line(os.path.join(args.model_dir, name), kind, what))
         return os.path.join(args.model_dir, name), 'ok'
     return fetch_gpt2_file(name, size, args.model_dir, args.base_url, retries=args.retries, timeout=args.timeout,
                            progress=not args.no_progress)
@@ -279,7 +279,7 @@ def main(argv=None):
     if args.base_url is None:
         args.base_url = BASE_URL if args.model == 'gpt1' else GPT2_BASE_URL
     n_bad = 0
-    wanted = args.files or (sorted(RELEASED_FILES) if args.model == 'gpt1' else GPT2_FILES)
+    wanted = args.files or names
     for name in [n for n in names if n in wanted]:  # GPT-2's index before the data it describes
         try:
             path, status = check_one(args, name)

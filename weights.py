@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 import tf_bundle
-from checkpoint import atomic_write
+from checkpoint import atomic_write, write_json
 
 N_SHARDS = 10  # params_0.npy ... params_9.npy
 
@@ -105,6 +105,21 @@ def torch_name(tf_name):
     """Return the state_dict key of a TF block variable: 'model/h3/attn/c_attn/w' -> 'h.3.attn.c_attn.w'."""
     name = tf_name[len('model/'):] if tf_name.startswith('model/') else tf_name
     return re.sub(r'^h(\d+)/', r'h.\1.', name).replace('/', '.')
+
+
+def tf_name(key):
+    """Return the TF variable name of a state_dict key of a block: 'h.3.attn.c_attn.w' -> 'model/h3/attn/c_attn/w'."""
+    return 'model/' + re.sub(r'^h\.(\d+)\.', r'h\1/', key).replace('.', '/')
+
+
+def from_tf_conv(array):
+    """Return a TF array as the state_dict holds it: a conv weight [1, nx, nf] -> [nx, nf], anything else as is."""
+    return array.reshape(array.shape[1:]) if array.ndim == 3 else array
+
+
+def to_tf_conv(array):
+    """Return a state_dict array as TF holds it: a conv weight [nx, nf] -> [1, nx, nf], anything else as is."""
+    return array.reshape((1,) + array.shape) if array.ndim == 2 else array
 
 
 def block_keys(n_layer):
@@ -304,8 +319,11 @@ def check_file(path, expected_sha1=None):
     """Return None when the file at path is sound (and matches expected_sha1 if given), else a one-line problem."""
     path = os.fspath(path)
     kind, what = find_problem(path, expected_sha1, is_npy=path.endswith('.npy'))
-    if kind is None:
-        return None
+    return None if kind is None else problem_line(path, kind, what)
+
+
+def problem_line(path, kind, what):
+    """Return the one-line problem of a file: the path, what is wrong, and the fix for that kind of problem."""
     return f'{path}: {what}; {FIXES.get(kind, DEFAULT_FIX)}'
 
 
@@ -454,12 +472,13 @@ def is_released_file(path):
 
 
 def read_shapes(path):
-    """Return the list of array shapes in params_shapes.json, or raise naming the file."""
+    """Return (the list of array shapes in params_shapes.json, the file's text), or raise naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is missing: the weights are {WEIGHTS_SOURCE}')
     try:
-        with open(path) as f:
-            shapes = json.load(f)
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+        shapes = json.loads(text)
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f'{path} is not valid JSON ({err}): download it again') from None
     if not (isinstance(shapes, list) and all(isinstance(s, list) and all(isinstance(d, int) for d in s)
@@ -468,12 +487,13 @@ def read_shapes(path):
     if len(shapes) < 2 or (len(shapes) - 2) % len(TF_BLOCK) != 0:
         raise ValueError(f'{path} lists {len(shapes)} arrays; expected 2 embeddings plus '
                          f'{len(TF_BLOCK)} per block')
-    return shapes
+    return shapes, text
 
 
 def read_shards(path):
-    """Return (the released arrays, each reshaped, in TF order: [positions, tokens, block arrays...], the Shards)."""
-    shapes = read_shapes(os.path.join(path, 'params_shapes.json'))
+    """Return (the released arrays, each reshaped, in TF order: [positions, tokens, block arrays...], the Shards,
+    the text of params_shapes.json)."""
+    shapes, shapes_text = read_shapes(os.path.join(path, 'params_shapes.json'))
     shards = [shard_layout(os.path.join(path, name)) for name in released_names()[1:]]  # all checked first
     sizes = [math.prod(shape) for shape in shapes]
     total = sum(s.size for s in shards)
@@ -486,7 +506,7 @@ def read_shards(path):
     for shard, start, stop in zip(shards, bounds[:-1], bounds[1:]):
         read_shard_into(shard, flat[start:stop])
     offsets = np.cumsum(sizes)[:-1]
-    return [a.reshape(shape) for a, shape in zip(np.split(flat, offsets), shapes)], shards
+    return [a.reshape(shape) for a, shape in zip(np.split(flat, offsets), shapes)], shards, shapes_text
 
 
 def load_released_arrays(path):
@@ -502,15 +522,13 @@ def read_released(model_dir, n_head=None, afn=None, verify=False):
         problems = released_problems(model_dir, expected=verify if isinstance(verify, dict) else None)
         if problems:
             raise ValueError(problems[0])
-    arrays, shards = read_shards(model_dir)  # checks every file and the total size
+    arrays, shards, shapes_text = read_shards(model_dir)  # checks every file and the total size
     positions, tokens = arrays[0], arrays[1]
     n_layer = (len(arrays) - 2) // len(TF_BLOCK)
     blocks = {}
     for key, array in zip(block_keys(n_layer), arrays[2:]):
-        blocks[key] = array.reshape(array.shape[1:]) if array.ndim == 3 else array  # [1, nx, nf] -> [nx, nf]
+        blocks[key] = from_tf_conv(array)
     check_blocks(blocks, tokens.shape[1], n_layer, model_dir)
-    with open(os.path.join(model_dir, 'params_shapes.json'), encoding='utf-8') as f:
-        shapes_text = f.read()
     released = {'params_shapes.json': shapes_text,
                 'headers': [base64.b64encode(s.header).decode('ascii') for s in shards],
                 'sizes': [s.size for s in shards]}
@@ -519,20 +537,25 @@ def read_released(model_dir, n_head=None, afn=None, verify=False):
     return Checkpoint(tokens, special, positions, blocks, config, released)
 
 
+def check_no_special(ckpt, drop_special):
+    """Raise unless ckpt has no special-token rows or drop_special allows writing it without them."""
+    if ckpt.n_special and not drop_special:
+        raise ValueError(f'the checkpoint has {ckpt.n_special} special-token rows, which the released format cannot '
+                         f'hold: pass --drop_special (drop_special=True) to write it without them')
+
+
 def released_arrays(ckpt):
     """Return the arrays of ckpt in the released order and shapes: positions, tokens, blocks ([1, nx, nf])."""
     arrays = [ckpt.positions, ckpt.tokens]
     for key in block_keys(ckpt.n_layer):
         array = ckpt.blocks[key]
-        arrays.append(array.reshape((1,) + array.shape) if array.ndim == 2 else array)  # [nx, nf] -> [1, nx, nf]
+        arrays.append(to_tf_conv(array))
     return [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
 
 
 def write_released(ckpt, out_dir, drop_special=False):
     """Write ckpt as a released model/ folder (params_shapes.json + 10 shards); return out_dir."""
-    if ckpt.n_special and not drop_special:
-        raise ValueError(f'the checkpoint has {ckpt.n_special} special-token rows, which the released format cannot '
-                         f'hold: pass --drop_special (drop_special=True) to write it without them')
+    check_no_special(ckpt, drop_special)
     arrays = released_arrays(ckpt)
     shapes = [list(a.shape) for a in arrays]
     released = ckpt.released
@@ -626,8 +649,8 @@ def read_tf_gpt2(folder):
             raise ValueError(f'{index_path}: {name} has shape {tuple(array.shape)}, but {hparams_path} gives {shape}')
     blocks = {}
     for name, array in arrays.items():
-        if name.startswith('model/'):  # conv weights [1, nx, nf] -> [nx, nf]
-            blocks[torch_name(name)] = array.reshape(array.shape[1:]) if array.ndim == 3 else array
+        if name.startswith('model/'):
+            blocks[torch_name(name)] = from_tf_conv(array)
     check_blocks(blocks, n_embd, n_layer, index_path, family='gpt2')
     blocks = {k: np.asarray(v, dtype=np.float32) for k, v in blocks.items()}
     special = np.zeros((0, n_embd), np.float32)
@@ -647,7 +670,7 @@ def gpt2_tensor_shapes(hparams):
     shapes = {'model/wte': [hparams['n_vocab'], nx], 'model/wpe': [hparams['n_ctx'], nx], 'model/ln_f/g': [nx],
               'model/ln_f/b': [nx]}
     for key, shape in block_shapes(nx, hparams['n_layer']).items():  # 'h.3.attn.c_attn.w' -> 'model/h3/attn/c_attn/w'
-        name = 'model/' + re.sub(r'^h\.(\d+)\.', r'h\1/', key).replace('.', '/')
+        name = tf_name(key)
         shapes[name] = [1, *shape] if name.endswith('/w') else list(shape)
     return shapes
 
@@ -693,14 +716,11 @@ def write_tf_gpt2(ckpt, out_dir, drop_special=False):
     """Write a GPT-2 ckpt as a released folder: hparams.json and the TensorFlow checkpoint (checkpoint, model.ckpt.index,
     model.ckpt.data-00000-of-00001; not model.ckpt.meta, a TensorFlow graph that no reader of the weights needs), as
     tf.train.Saver lays them out; return out_dir."""
-    if ckpt.n_special and not drop_special:
-        raise ValueError(f'the checkpoint has {ckpt.n_special} special-token rows, which the released format cannot '
-                         f'hold: pass --drop_special (drop_special=True) to write it without them')
+    check_no_special(ckpt, drop_special)
     os.makedirs(out_dir, exist_ok=True)
     arrays = {'model/wte': ckpt.tokens, 'model/wpe': ckpt.positions}
     for key, array in ckpt.blocks.items():
-        name = 'model/' + re.sub(r'^h\.(\d+)\.', r'h\1/', key).replace('.', '/')  # 'h.3.attn.c_attn.w' -> TF's
-        arrays[name] = array.reshape((1,) + array.shape) if array.ndim == 2 else array  # [nx, nf] -> [1, nx, nf]
+        arrays[tf_name(key)] = to_tf_conv(array)
     tf_bundle.write_tf_checkpoint(os.path.join(out_dir, TF_PREFIX),
                                   {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
     hparams = dict(n_vocab=ckpt.n_vocab, n_ctx=ckpt.n_pos, n_embd=ckpt.n_embd, n_head=ckpt.config['n_head'],
@@ -800,12 +820,8 @@ def write_safetensors(ckpt, out_dir):
 
 
 def write_config_json(path, config):
-    """Write config as an indented JSON file atomically; return path."""
-    def write(tmp):
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(config, f, indent=2)
-            f.write('\n')
-    return atomic_write(path, write)
+    """Write config as an indented JSON file ending in a newline, atomically; return path."""
+    return write_json(path, config, indent=2, end='\n')
 
 
 # --- transformers' OpenAI GPT -----------------------------------------------------------------------------
@@ -1102,13 +1118,22 @@ def vocab_names(family):
     return (VOCAB_FILES if family == 'gpt1' else GPT2_VOCAB_FILES), HF_VOCAB_FILES
 
 
+def find_vocab(folder, family):
+    """Return the paths of the two vocabulary files in folder (the released names first, then transformers'), or
+    None."""
+    for names in vocab_names(family):
+        found = [os.path.join(folder, n) for n in names]
+        if all(os.path.isfile(p) for p in found):
+            return found
+    return None
+
+
 def vocab_paths(model_dir, encoder_path=None, bpe_path=None, family='gpt1'):
     """Return (encoder_path, bpe_path): the given ones, else the vocabulary files found in model_dir; (None, None)
     for a GPT-2 folder without them (every GPT-2 shares the vocabulary the repository ships)."""
-    for names in vocab_names(family):
-        found = [os.path.join(model_dir, n) for n in names]
-        if all(os.path.isfile(p) for p in found):
-            return encoder_path or found[0], bpe_path or found[1]
+    found = find_vocab(model_dir, family)
+    if found:
+        return encoder_path or found[0], bpe_path or found[1]
     if (encoder_path and bpe_path) or family == 'gpt2':
         return encoder_path, bpe_path
     raise FileNotFoundError(f'{model_dir} holds no {" + ".join(VOCAB_FILES)}: copy them there from the released '
@@ -1119,11 +1144,9 @@ def copy_vocab(src_dir, out_dir, names, family='gpt1'):
     """Copy the two vocabulary files of src_dir (either naming) into out_dir under `names`; return True if found."""
     if os.path.isfile(src_dir):  # a transformers weights file: look beside it
         src_dir = os.path.dirname(src_dir) or '.'
-    for candidates in vocab_names(family):
-        found = [os.path.join(src_dir, n) for n in candidates]
-        if all(os.path.isfile(p) for p in found):
-            os.makedirs(out_dir, exist_ok=True)
-            for src, name in zip(found, names):
-                shutil.copyfile(src, os.path.join(out_dir, name))
-            return True
-    return False
+    found = find_vocab(src_dir, family)
+    if found:
+        os.makedirs(out_dir, exist_ok=True)
+        for src, name in zip(found, names):
+            shutil.copyfile(src, os.path.join(out_dir, name))
+    return found is not None
