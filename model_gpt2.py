@@ -32,8 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from model_pytorch import MLP, Attention, DoubleHeadModel, LayerNorm, check_shape, config_from_args
-from weights import GPT2_SIZES, SIZE_KEYS
+import model_pytorch
+from model_pytorch import (MLP, Attention, DoubleHeadModel, LayerNorm, checkpoint_sizes, clone_config, config_from_args,
+                           copy_arrays, special_rows)
+from weights import GPT2_SIZES
 
 # The released sizes (openai/gpt-2's download_model.py names them by their parameter count).
 PRESETS = {size: dict(n_embd=n_embd, n_head=n_head, n_layer=n_layer) for size, (n_embd, n_head, n_layer)
@@ -253,20 +255,7 @@ class GPT2DoubleHeadModel(DoubleHeadModel):
 def checkpoint_config(ckpt, n_ctx=None, n_special=None):
     """Return the GPT2Config of a GPT-2 Checkpoint: the architecture its files state, its sizes (n_ctx and n_special
     when given); an unknown field raises naming the file."""
-    fields = dict(ckpt.config, n_embd=ckpt.n_embd, n_layer=ckpt.n_layer, n_vocab=ckpt.n_vocab,
-                  n_special=ckpt.n_special if n_special is None else n_special,
-                  n_ctx=ckpt.n_pos if n_ctx is None else n_ctx)
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(GPT2Config)})
-    if unknown:
-        raise ValueError(f'{ckpt.source or "the checkpoint"} states {unknown[0]!r}, which is no field of GPT2Config')
-    return GPT2Config(**fields)
-
-
-def complete_checkpoint(ckpt):
-    """Return a GPT-2 ckpt with its config completed to every field (the defaults for what its files do not state)."""
-    cfg = dataclasses.asdict(checkpoint_config(ckpt))
-    ckpt.config = {k: v for k, v in cfg.items() if k not in SIZE_KEYS}
-    return ckpt
+    return model_pytorch.checkpoint_config(ckpt, n_ctx, n_special, config_class=GPT2Config)
 
 
 def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None, n_transfer=None):
@@ -279,19 +268,12 @@ def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None
     """
     if model is not None:
         n_ctx, n_special = model.cfg.n_ctx, model.cfg.n_special
-    n_ctx = ckpt.n_pos if n_ctx is None else n_ctx
-    n_special = ckpt.n_special if n_special is None else n_special
-    if not 0 < n_ctx <= ckpt.n_pos:
-        raise ValueError(f'n_ctx={n_ctx} but the checkpoint stores {ckpt.n_pos} positions: use 1..{ckpt.n_pos}')
-    if n_special < ckpt.n_special:
-        raise ValueError(f'n_special={n_special} but the checkpoint stores {ckpt.n_special} special rows: '
-                         f'the model needs at least as many')
+    n_ctx, n_special = checkpoint_sizes(ckpt, n_ctx, n_special)
     if model is None:
         cfg = checkpoint_config(ckpt, n_ctx=n_ctx, n_special=n_special)
         model = (GPT2LMHeadModel(cfg) if lm else GPT2Model(cfg)).eval()
     transformer = getattr(model, 'transformer', model)
-    extra = (np.random.randn(n_special - ckpt.n_special, ckpt.n_embd) * 0.02).astype(np.float32)
-    arrays = dict(ckpt.blocks, **{'wte.weight': np.concatenate([ckpt.tokens, ckpt.special, extra], 0),
+    arrays = dict(ckpt.blocks, **{'wte.weight': np.concatenate([ckpt.tokens, special_rows(ckpt, n_special)], 0),
                                   'wpe.weight': ckpt.positions[:n_ctx]})
     state = transformer.state_dict()
     if n_transfer is None and set(arrays) != set(state):
@@ -302,11 +284,7 @@ def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None
                              f'{ckpt.n_layer}')
         kept = [k for k in arrays if not k.startswith('h.') or int(k.split('.')[1]) < n_transfer]
         arrays = {} if n_transfer == -1 else {k: arrays[k] for k in kept}
-    for key, array in arrays.items():  # every shape checked before anything is copied
-        check_shape(key, state[key], array)
-    with torch.no_grad():
-        for key, array in arrays.items():
-            state[key].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    copy_arrays(state, arrays)
     if arrays:
         transformer.cfg.n_vocab = ckpt.n_vocab
     return model
@@ -316,10 +294,7 @@ def make_task_model(ckpt, n_ctx, n_special, clf_token, task_head_type, cfg_field
     """Return the GPT2DoubleHeadModel of GPT-1's fine-tuning recipe on GPT-2 weights: the checkpoint's transformer
     with positions cropped to n_ctx and n_special rows appended to wte, drawn as GPT-1's loader draws special rows
     (n_transfer as model_from_checkpoint's); cfg_fields set the dropouts and switches."""
-    cfg = checkpoint_config(ckpt, n_ctx=n_ctx, n_special=n_special)
-    for name, value in cfg_fields.items():
-        setattr(cfg, name, value)
-    cfg.check()
+    cfg = clone_config(checkpoint_config(ckpt, n_ctx=n_ctx, n_special=n_special), **cfg_fields)
     model = GPT2DoubleHeadModel(cfg, clf_token, task_head_type)
     model_from_checkpoint(ckpt, model=model.transformer, n_transfer=n_transfer)
     return model

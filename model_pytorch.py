@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from weights import SIZE_KEYS, block_keys, detect_format, read_checkpoint, read_released
+from weights import block_keys, detect_format, read_checkpoint, read_released
 
 
 def gelu(x):
@@ -559,6 +559,15 @@ def check_shape(name, param, array):
                          f'give {tuple(array.shape)} (check n_embd/n_layer/n_ctx/n_special)')
 
 
+def copy_arrays(state, arrays):
+    """Copy each array into the state_dict tensor of its key, every shape checked before anything is copied."""
+    for key, array in arrays.items():
+        check_shape(key, state[key], array)
+    with torch.no_grad():
+        for key, array in arrays.items():
+            state[key].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+
+
 def check_architecture(ckpt, cfg, path):
     """Raise a ValueError when the heads or activation a checkpoint states differ from the model's config."""
     if ckpt.config.get('n_head', cfg.n_head) != cfg.n_head:
@@ -614,37 +623,46 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
         n_transfer = min(n_transfer, ckpt.n_layer)
         if n_transfer > len(transformer.h):
             raise ValueError(f'n_transfer={n_transfer} but the model has only {len(transformer.h)} blocks')
-        check_shape('embed.weight', state['embed.weight'], we)
         updates['embed.weight'] = we
         for key in block_keys(n_transfer):
-            check_shape(key, state[key], ckpt.blocks[key])
             updates[key] = ckpt.blocks[key]
-    with torch.no_grad():
-        for key, array in updates.items():
-            state[key].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    copy_arrays(state, updates)
     if updates:  # the table's rows are now the weights' tokens and the drawn special rows
         transformer.cfg.n_vocab, transformer.cfg.n_special = ckpt.n_vocab, n_special
     return model
 
 
-def checkpoint_config(ckpt, n_ctx=None, n_special=None):
-    """Return the GPTConfig of a Checkpoint: the architecture its files state, the config's defaults for what they
-    do not (the released 12 heads and gelu), its sizes (n_ctx and n_special when given); a bad field raises."""
+def checkpoint_config(ckpt, n_ctx=None, n_special=None, config_class=GPTConfig):
+    """Return the config (a GPTConfig, or config_class) of a Checkpoint: the architecture its files state, the config's
+    defaults for what they do not (GPT-1: the released 12 heads and gelu), its sizes (n_ctx and n_special when
+    given); a bad field raises naming the file."""
     fields = dict(ckpt.config, n_embd=ckpt.n_embd, n_layer=ckpt.n_layer, n_vocab=ckpt.n_vocab,
                   n_special=ckpt.n_special if n_special is None else n_special,
                   n_ctx=ckpt.n_pos if n_ctx is None else n_ctx)
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(GPTConfig)})
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(config_class)})
     if unknown:
-        raise ValueError(f'{ckpt.source or "the checkpoint"} states {unknown[0]!r}, which is no field of GPTConfig')
-    return GPTConfig(**fields)
+        raise ValueError(f'{ckpt.source or "the checkpoint"} states {unknown[0]!r}, which is no field of '
+                         f'{config_class.__name__}')
+    return config_class(**fields)
 
 
-def complete_checkpoint(ckpt):
-    """Return ckpt with its config completed to every architecture field (the config's defaults for what its files
-    do not state) and checked, as a writer of another format needs it."""
-    cfg = dataclasses.asdict(checkpoint_config(ckpt))
-    ckpt.config = {k: v for k, v in cfg.items() if k not in SIZE_KEYS}
-    return ckpt
+def checkpoint_sizes(ckpt, n_ctx=None, n_special=None):
+    """Return (n_ctx, n_special) of a model holding ckpt (default: as stored), checked against what it stores."""
+    n_ctx = ckpt.n_pos if n_ctx is None else n_ctx
+    n_special = ckpt.n_special if n_special is None else n_special
+    if not 0 < n_ctx <= ckpt.n_pos:
+        raise ValueError(f'n_ctx={n_ctx} but the checkpoint stores {ckpt.n_pos} positions: use 1..{ckpt.n_pos}')
+    if n_special < ckpt.n_special:
+        raise ValueError(f'n_special={n_special} but the checkpoint stores {ckpt.n_special} special rows: '
+                         f'the model needs at least as many')
+    return n_ctx, n_special
+
+
+def special_rows(ckpt, n_special):
+    """Return ckpt's special rows and the ones beyond them up to n_special, drawn as the original train.py draws
+    special rows: np.random.randn(k, n_embd) * 0.02 from numpy's global generator."""
+    extra = (np.random.randn(n_special - ckpt.n_special, ckpt.n_embd) * 0.02).astype(np.float32)
+    return np.concatenate([ckpt.special, extra], 0)
 
 
 def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None):
@@ -658,27 +676,17 @@ def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None
         transformer = getattr(model, 'transformer', model)
         n_ctx = transformer.n_ctx
         n_special = transformer.embed.weight.shape[0] - n_ctx - ckpt.n_vocab
-    n_ctx = ckpt.n_pos if n_ctx is None else n_ctx
-    n_special = ckpt.n_special if n_special is None else n_special
-    if not 0 < n_ctx <= ckpt.n_pos:
-        raise ValueError(f'n_ctx={n_ctx} but the checkpoint stores {ckpt.n_pos} positions: use 1..{ckpt.n_pos}')
-    if n_special < ckpt.n_special:
-        raise ValueError(f'n_special={n_special} but the checkpoint stores {ckpt.n_special} special rows: '
-                         f'the model needs at least as many')
+    n_ctx, n_special = checkpoint_sizes(ckpt, n_ctx, n_special)
     if model is None:
         cfg = checkpoint_config(ckpt, n_ctx=n_ctx, n_special=n_special)
         model = (LMModel(cfg) if lm else TransformerModel(cfg)).eval()
         transformer = getattr(model, 'transformer', model)
-    extra = (np.random.randn(n_special - ckpt.n_special, ckpt.n_embd) * 0.02).astype(np.float32)
-    table = np.concatenate([ckpt.tokens, ckpt.special, extra, ckpt.positions[:n_ctx]], 0)
+    table = np.concatenate([ckpt.tokens, special_rows(ckpt, n_special), ckpt.positions[:n_ctx]], 0)
     state = transformer.state_dict()
     arrays = dict(ckpt.blocks, **{'embed.weight': table})
     if set(arrays) != set(state):
         raise ValueError(f'the checkpoint has {ckpt.n_layer} blocks, the model {len(transformer.h)}')
-    with torch.no_grad():
-        for key, array in arrays.items():
-            check_shape(key, state[key], array)
-            state[key].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    copy_arrays(state, arrays)
     transformer.cfg.n_vocab, transformer.cfg.n_special = ckpt.n_vocab, n_special
     return model
 

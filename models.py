@@ -5,9 +5,11 @@ No TF counterpart. weights.py reads each format into a Checkpoint; the family's 
 from it (model_pytorch.model_from_checkpoint for GPT-1, model_gpt2.model_from_checkpoint for GPT-2). This module
 sits above both, so that neither the formats nor the models import each other in a circle.
 """
+from dataclasses import asdict
+
 import model_gpt2
 import model_pytorch
-from weights import detect_family, detect_format, read_checkpoint, read_released, vocab_paths
+from weights import SIZE_KEYS, detect_family, read_checkpoint, vocab_paths
 
 FAMILY_MODULES = {'gpt1': model_pytorch, 'gpt2': model_gpt2}
 
@@ -15,7 +17,9 @@ FAMILY_MODULES = {'gpt1': model_pytorch, 'gpt2': model_gpt2}
 def complete_checkpoint(ckpt):
     """Return ckpt with its config completed to every field of its family's config (the defaults for what its files
     do not state) and checked, as a writer of another format needs it."""
-    return FAMILY_MODULES[ckpt.family].complete_checkpoint(ckpt)
+    cfg = asdict(FAMILY_MODULES[ckpt.family].checkpoint_config(ckpt))
+    ckpt.config = {k: v for k, v in cfg.items() if k not in SIZE_KEYS}
+    return ckpt
 
 
 def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None, n_vocab=None, verify=False):
@@ -29,13 +33,7 @@ def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None
     special rows (default: its config.json's n_special, else every row a token). verify checks GPT-1's released
     shards against their SHA-1s.
     """
-    if detect_format(path) == 'released':
-        ckpt = read_released(path, n_head=n_head, afn=afn, verify=verify)
-    elif verify:
-        raise ValueError(f'{path} is not a released GPT-1 model/ folder: verification checks the released shards only '
-                         f'(a GPT-2 checkpoint checks its CRC32Cs whenever it is read)')
-    else:
-        ckpt = read_checkpoint(path, n_head=n_head, afn=afn, n_vocab=n_vocab)
+    ckpt = read_checkpoint(path, n_head=n_head, afn=afn, n_vocab=n_vocab, verify=verify)
     return FAMILY_MODULES[ckpt.family].model_from_checkpoint(ckpt, n_ctx=n_ctx, n_special=n_special, lm=lm)
 
 

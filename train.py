@@ -431,10 +431,10 @@ def load_task_data(args, text_encoder, task):
                       head_type=task.head_type)
 
 
-def pretrained_model(args, sizes, device):
-    """Return the DoubleHeadModel the arguments describe with the weights of --model_dir loaded as the original
-    loads the released ones (GPT-1), or GPT-2's weights under GPT-1's recipe (model_gpt2.GPT2DoubleHeadModel)."""
-    if detect_family(args.model_dir) == 'gpt2':
+def pretrained_model(args, sizes, device, family):
+    """Return the DoubleHeadModel the arguments describe with the weights of --model_dir (of family) loaded as the
+    original loads the released ones (GPT-1), or GPT-2's weights under GPT-1's recipe (model_gpt2.GPT2DoubleHeadModel)."""
+    if family == 'gpt2':
         return gpt2_task_model(args, sizes).to(device)
     cfg = GPTConfig.from_args(args, n_vocab=sizes['n_vocab'], n_special=sizes['n_special'], n_ctx=sizes['n_ctx'])
     model = DoubleHeadModel(cfg, sizes['clf_token'], sizes['head_type'])
@@ -594,7 +594,7 @@ def run_locked(run, t0):
         else:
             data, sizes = load_task_data(args, text_encoder, get_task(args.dataset))
     with clock.phase('load'):
-        model = pretrained_model(args, sizes, device)
+        model = pretrained_model(args, sizes, device, family)
         n_train, n_batch_train = len(data['trY']), args.n_batch * args.n_gpu
         n_updates_total = (n_train // n_batch_train) * args.n_iter
         if n_updates_total < 1:

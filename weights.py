@@ -747,19 +747,24 @@ def read_config_json(path):
     return config
 
 
-def load_safetensors_file(path):
-    """Return ({name: float32 numpy array}, metadata dict) of a .safetensors file, without pickle."""
+def read_safetensors_with(path, read):
+    """Return read(f) of the open .safetensors file f at path (no pickle); a missing or unreadable file raises
+    naming it."""
     from safetensors import SafetensorError, safe_open
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is missing')
     try:
         with safe_open(path, framework='pt') as f:
-            metadata = f.metadata() or {}
-            # float32 through torch so that bf16/fp16 files (numpy has no bf16) load too
-            tensors = {k: f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()}
+            return read(f)
     except SafetensorError as err:
         raise ValueError(f'{path} is not a readable safetensors file ({err})') from None
-    return tensors, metadata
+
+
+def load_safetensors_file(path):
+    """Return ({name: float32 numpy array}, metadata dict) of a .safetensors file, without pickle."""
+    # float32 through torch so that bf16/fp16 files (numpy has no bf16) load too
+    return read_safetensors_with(path, lambda f: ({k: f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()},
+                                                  f.metadata() or {}))
 
 
 def read_safetensors(model_dir):
@@ -857,8 +862,19 @@ def load_hf_state(weights_path):
     return {k: v.detach().to(torch.float32).numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def hf_family(config, state, path):
-    """Return the family of a transformers checkpoint: its config.json's model_type, else what its keys hold."""
+def hf_keys(weights_path):
+    """Return the tensor names of a transformers weights file, from the headers of safetensors (a torch file is
+    loaded)."""
+    if weights_path.endswith('.index.json'):
+        return list(read_config_json(weights_path).get('weight_map', {}))
+    if weights_path.endswith('.safetensors'):
+        return read_safetensors_with(weights_path, lambda f: list(f.keys()))
+    return list(load_hf_state(weights_path))
+
+
+def hf_family(config, keys, path):
+    """Return the family of a transformers checkpoint: its config.json's model_type, else what its keys (tensor
+    names) hold."""
     model_type = config.get('model_type')
     if model_type is not None:
         if model_type not in HF_MODEL_TYPES:
@@ -866,9 +882,9 @@ def hf_family(config, state, path):
                              f'{", ".join(map(repr, HF_MODEL_TYPES))}')
         return HF_MODEL_TYPES[model_type]
     for family, (token_key, _) in HF_TABLES.items():
-        if token_key in state or HF_PREFIX + token_key in state:
+        if token_key in keys or HF_PREFIX + token_key in keys:
             return family
-    raise ValueError(f'{path} holds neither an OpenAI GPT nor a GPT-2 checkpoint (keys start {sorted(state)[:3]})')
+    raise ValueError(f'{path} holds neither an OpenAI GPT nor a GPT-2 checkpoint (keys start {sorted(keys)[:3]})')
 
 
 def split_hf_state(state, source, family='gpt1'):
@@ -1055,15 +1071,19 @@ def detect_family(path):
     if os.path.isdir(path):
         config = read_config_json(os.path.join(path, CONFIG_NAME))
         return config.get('family', 'gpt1') if kind == 'safetensors' else HF_MODEL_TYPES[config['model_type']]
-    return hf_family(hf_config(path, path), load_hf_state(path), path)  # a bare weights file: by its keys
+    return hf_family(hf_config(path, path), hf_keys(path), path)  # a bare weights file: by its keys
 
 
-def read_checkpoint(path, n_head=None, afn=None, n_vocab=None):
+def read_checkpoint(path, n_head=None, afn=None, n_vocab=None, verify=False):
     """Return the Checkpoint in any supported folder (GPT-1's released shards, GPT-2's released checkpoint, this
-    project's safetensors, transformers); n_head and afn are given to formats that do not store them."""
+    project's safetensors, transformers); n_head and afn are given to formats that do not store them; verify (GPT-1's
+    released shards only) as read_released's."""
     kind = detect_format(path)
     if kind == 'released':
-        return read_released(path, n_head=n_head, afn=afn)
+        return read_released(path, n_head=n_head, afn=afn, verify=verify)
+    if verify:
+        raise ValueError(f'{path} is not a released GPT-1 model/ folder: verification checks the released shards only '
+                         f'(a GPT-2 checkpoint checks its CRC32Cs whenever it is read)')
     if kind == 'tf-checkpoint':
         ckpt = read_tf_gpt2(path)
     elif kind == 'safetensors':

@@ -74,7 +74,7 @@ def test_best_checkpoint_reproduces_the_submission(workdir):
     trainer.set_seed(args.seed)
     text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
     data, sizes = train.load_data(args, text_encoder)
-    model = train.pretrained_model(args, sizes, torch.device('cpu'))
+    model = train.pretrained_model(args, sizes, torch.device('cpu'), 'gpt1')
     train.load_params(model, str(d / 'save' / 'tiny' / 'best_params.safetensors')).eval()
     _, _, teX, teM, _, _ = data['tests'][0]
     logits = train.iter_predict(model, teX, teM, 8, torch.device('cpu'), 'fp32')
@@ -306,8 +306,8 @@ def test_gpt2_weights_fine_tune_with_gpt1s_recipe(workdir, tmp_path, capsys):
     built = []
     real = train.pretrained_model
 
-    def spy(args, sizes, device):
-        built.append((real(args, sizes, device), sizes))
+    def spy(args, sizes, device, family):
+        built.append((real(args, sizes, device, family), sizes))
         return built[-1][0]
 
     argv = roc_cli_args(workdir, '--model_dir', str(tmp_path / 'hf'), '--desc', 'gpt2', '--submit',
@@ -359,9 +359,9 @@ def test_from_scratch_transfers_nothing(workdir):
     args = train.parse_args(roc_cli_args(workdir, '--from_scratch'))
     assert args.n_transfer == -1 and args.transfer_sweep is None
     sizes = dict(n_vocab=40478, n_special=3, n_ctx=20, clf_token=40480, head_type='multiple_choice')
-    pretrained = train.pretrained_model(train.parse_args(roc_cli_args(workdir)), sizes, torch.device('cpu'))
+    pretrained = train.pretrained_model(train.parse_args(roc_cli_args(workdir)), sizes, torch.device('cpu'), 'gpt1')
     torch.manual_seed(0)
-    scratch = train.pretrained_model(args, sizes, torch.device('cpu'))
+    scratch = train.pretrained_model(args, sizes, torch.device('cpu'), 'gpt1')
     for (name, a), b in zip(pretrained.transformer.named_parameters(), scratch.transformer.parameters()):
         assert a.dim() == 1 or not torch.equal(a, b), name  # no matrix of the checkpoint (its norms are 1 and 0)
     weights = scratch.transformer.h[0].attn.c_attn.w

@@ -39,8 +39,8 @@ class Spy:
                 spy.adam.update(kw)
                 super().__init__(params, **kw)
 
-        def pretrained_model(args, sizes, device):
-            model = build(args, sizes, device)
+        def pretrained_model(args, sizes, device, family):
+            model = build(args, sizes, device, family)
             spy.models.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
             return model
 

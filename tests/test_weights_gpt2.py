@@ -10,7 +10,8 @@ import torch
 
 import models
 import weights
-from model_gpt2 import GPT2Config, GPT2LMHeadModel, complete_checkpoint
+from model_gpt2 import GPT2Config, GPT2LMHeadModel
+from models import complete_checkpoint
 from tests.helpers import FIXTURES
 
 GPT2 = FIXTURES / 'gpt2'
@@ -173,6 +174,20 @@ def test_our_loader_reads_a_transformers_gpt2_folder_with_the_same_logits(tmp_pa
     bare = weights.read_transformers(str(tmp_path / 'weights.bin'), n_head=4)
     assert bare.family == 'gpt2' and bare.n_layer == 2
     assert weights.detect_family(str(tmp_path / 'weights.bin')) == 'gpt2'
+
+
+def test_the_family_of_a_bare_safetensors_file_comes_from_its_header_alone(tmp_path, monkeypatch):
+    random_hf_gpt2().save_pretrained(tmp_path / 'hf')
+    (tmp_path / 'bare').mkdir()
+    shutil.copyfile(tmp_path / 'hf' / 'model.safetensors', tmp_path / 'bare' / 'w.safetensors')
+    index = tmp_path / 'bare' / 'w.safetensors.index.json'
+    index.write_text(json.dumps({'weight_map': {'h.0.ln_1.weight': 'w.safetensors', 'wte.weight': 'w.safetensors'}}))
+
+    def no_tensors(path):
+        raise AssertionError(f'{path}: tensors read to tell a family')
+    monkeypatch.setattr(weights, 'load_safetensors_file', no_tensors)
+    assert weights.detect_family(str(tmp_path / 'bare' / 'w.safetensors')) == 'gpt2'
+    assert weights.detect_family(str(index)) == 'gpt2'
 
 
 def test_greedy_decoding_equals_transformers_generate(tmp_path):
