@@ -215,3 +215,8 @@ def test_transformers_configs_this_port_does_not_compute_are_refused(tmp_path):
     (tmp_path / 'hf' / 'config.json').write_text(json.dumps(dict(config, model_type='bert')))
     with pytest.raises(ValueError, match="its model_type is 'bert'"):
         weights.detect_format(str(tmp_path / 'hf'))
+
+
+def test_verification_is_refused_for_a_folder_that_is_not_gpt1s_released_shards():
+    with pytest.raises(ValueError, match=r'is not a released GPT-1 model/ folder: verification checks the released'):
+        models.load_model(str(CKPT), verify=True)
