@@ -577,3 +577,23 @@ def test_padded_cache_positions_are_masked_out():
             v[1, :, 4:] -= 5.0
         torch.testing.assert_close(model.forward_cached(x[:, 6:], noisy, valid)[0], h)
         assert not torch.allclose(model.forward_cached(x[:, 6:], noisy)[0][1], h[1])  # unmasked, they would count
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+def test_a_checkpoint_that_does_not_fit_leaves_the_model_as_it_was(family):
+    import model_gpt2
+    import model_pytorch
+    from weights import checkpoint_from_model
+    module = model_pytorch if family == 'gpt1' else model_gpt2
+    build = (lambda: TransformerModel(small_cfg(n_layer=2))) if family == 'gpt1' else (
+        lambda: model_gpt2.GPT2Model(model_gpt2.GPT2Config(n_vocab=50, n_ctx=16, n_embd=32, n_head=4, n_layer=2)))
+    torch.manual_seed(0)
+    ckpt = checkpoint_from_model(build())
+    last = list(ckpt.blocks)[-1]  # every other block array comes before it
+    ckpt.blocks[last] = ckpt.blocks[last][..., :-1]
+    torch.manual_seed(1)
+    into = build()
+    before = {k: v.clone() for k, v in into.state_dict().items()}
+    with pytest.raises(ValueError, match='shape mismatch'):
+        module.model_from_checkpoint(ckpt, model=into)
+    assert all(torch.equal(before[k], v) for k, v in into.state_dict().items())
