@@ -15,13 +15,14 @@ what identifies its run (the task, the model's sizes, the recipe), checked befor
 import json
 import os
 import random
-import re
 import threading
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from utils import write_failure
 
 STATE_FORMAT = 'gpt-train-state-v2'
 
@@ -46,21 +47,6 @@ def fsync_replace(tmp, path):
     finally:
         os.close(fd)
     return path
-
-
-def write_failure(path, err):
-    """Return the one-line OSError of a failed write of path (a full disk, a file too large, an I/O error), its errno
-    kept."""
-    code = getattr(err, 'errno', None)
-    reason = err.strerror if isinstance(err, OSError) and err.strerror else None
-    if reason is None:  # safetensors reports the OS error inside its message: "I/O error: ... (os error 27)"
-        found = re.search(r'os error (\d+)', str(err))
-        code = int(found.group(1)) if found else code
-        reason = os.strerror(code) if found else str(err).splitlines()[0]
-    failure = OSError(f'cannot write {path} ({reason}): free space or choose another folder; the files written before '
-                      f'stay as they were')
-    failure.errno = code
-    return failure
 
 
 def atomic_write(path, write):

@@ -6,13 +6,27 @@ assign_to_gpu, average_grads, the initialisers) have no counterpart here.
 import json
 import math
 import os
+import re
 import sys
 import time
 
 import numpy as np
 from tqdm import tqdm
 
-from checkpoint import write_failure
+
+def write_failure(path, err):
+    """Return the one-line OSError of a failed write of path (a full disk, a file too large, an I/O error), its errno
+    kept."""
+    code = getattr(err, 'errno', None)
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else None
+    if reason is None:  # safetensors reports the OS error inside its message: "I/O error: ... (os error 27)"
+        found = re.search(r'os error (\d+)', str(err))
+        code = int(found.group(1)) if found else code
+        reason = os.strerror(code) if found else str(err).splitlines()[0]
+    failure = OSError(f'cannot write {path} ({reason}): free space or choose another folder; the files written before '
+                      f'stay as they were')
+    failure.errno = code
+    return failure
 
 
 def encode_dataset(*splits, encoder, verbose=True):

@@ -99,3 +99,16 @@ def test_importing_a_library_module_prints_and_writes_nothing(name, tmp_path):
                           timeout=120, env={'PYTHONPATH': str(ROOT), 'PATH': '/usr/bin:/bin'})
     assert proc.returncode == 0 and proc.stdout == '' and proc.stderr == '', proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+TORCH_FREE = ('analysis', 'corpus', 'datasets', 'encoder_gpt2', 'runlock', 'task_datasets', 'tasks', 'text_utils',
+              'tf_bundle', 'utils')
+
+
+def test_the_data_text_and_analysis_modules_import_without_torch():
+    """They are imported by tools that never touch a model (analysis.py, the text benchmark): torch costs a second."""
+    code = ('import sys\nfor name in sys.argv[1:]:\n    __import__(name)\n'
+            '    assert "torch" not in sys.modules, f"importing {name} loads torch"')
+    proc = subprocess.run([sys.executable, '-c', code, *TORCH_FREE], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
