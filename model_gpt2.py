@@ -150,10 +150,6 @@ class GPT2Model(nn.Module):
         """Return the table the tied LM decoder multiplies by: wte (TF: logits = h @ wte^T)."""
         return self.wte.weight
 
-    def embedding_table(self):
-        """Return the table the LM decoder uses in this forward pass: wte (GPT-2 drops the embeddings, not the table)."""
-        return self.wte.weight
-
     def run(self, x, past=None, collect_hidden=False, past_valid=None):
         """Return (h, wte, presents, hidden_states) for x [..., T, 2]; the core of every forward.
 

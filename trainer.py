@@ -120,10 +120,6 @@ class Run:
     stop_requested: bool = False     # a stop signal reached some rank by the last update's step
     lock: RunLock = None
 
-    def __post_init__(self):
-        if self.net is None:
-            self.net = self.model
-
     @classmethod
     def begin(cls, args, paths, folders, locks, info=DistInfo()):
         """Return a Run that can start: its device (args.device becomes its name), --resume auto resolved (True when
@@ -165,8 +161,7 @@ class Run:
             self.stop.restore()
 
     def end(self):
-        """Release what begin() took: the output folders' locks (and the signal handlers, if still caught)."""
-        self.stop.restore()
+        """Release what begin() took: the output folders' locks."""
         if self.lock is not None:
             self.lock.release()
 
