@@ -244,6 +244,18 @@ class ZeroShotResult:
     extra: dict
 
 
+@dataclass
+class ZeroShotData:
+    """A task's split as read_split reads it (texts, labels, groups), and for CoLA off its training split, that split's
+    texts and labels too (for the threshold): what a heuristic scores, read once however often it is scored."""
+    task: str
+    split: str
+    texts: dict
+    labels: object
+    groups: object
+    train: tuple = None
+
+
 DEFAULT_SPLITS = {'sst2': 'dev', 'cola': 'dev', 'rocstories': 'test', 'race': 'test', 'dprd': 'test'}
 METRICS = {'sst2': 'acc', 'cola': 'mcc', 'rocstories': 'acc', 'race': 'acc', 'dprd': 'acc'}
 
@@ -293,26 +305,33 @@ def metric_value(task, predictions, labels):
     return 100.0 * accuracy_score(labels, predictions)
 
 
-def cola_threshold(lm, data_dir, progress=None):
-    """Return (t, the training split's Matthews correlation of score >= t) fitted on CoLA's training split."""
-    texts, labels, _ = read_split('cola', data_dir, 'train')
-    return mcc_threshold(task_scores(lm, 'cola', texts, progress)[:, 0], labels)
+def read_zero_shot(task, data_dir, split=None):
+    """Return the ZeroShotData of split (default DEFAULT_SPLITS[task]) of task's data in data_dir."""
+    if task not in TASKS:
+        raise ValueError(f'unknown zero-shot task {task!r}: use one of {", ".join(TASKS)}')
+    split = DEFAULT_SPLITS[task] if split is None else split
+    texts, labels, groups = read_split(task, data_dir, split)
+    train = read_split('cola', data_dir, 'train')[:2] if task == 'cola' and split != 'train' else None
+    return ZeroShotData(task, split, texts, labels, groups, train)
 
 
 def zero_shot(lm, task, data_dir, split=None, progress=None):
     """Return the ZeroShotResult of task's heuristic on split (default DEFAULT_SPLITS[task]) of the data in
     data_dir."""
-    if task not in TASKS:
-        raise ValueError(f'unknown zero-shot task {task!r}: use one of {", ".join(TASKS)}')
-    split = DEFAULT_SPLITS[task] if split is None else split
-    texts, labels, groups = read_split(task, data_dir, split)
-    scores = task_scores(lm, task, texts, progress)
+    return score_zero_shot(lm, read_zero_shot(task, data_dir, split), progress)
+
+
+def score_zero_shot(lm, data, progress=None):
+    """Return the ZeroShotResult of the heuristic of data's task on data (a ZeroShotData)."""
+    task, labels, groups = data.task, data.labels, data.groups
+    scores = task_scores(lm, task, data.texts, progress)
     extra = {}
     if task == 'cola':
-        if split == 'train':
+        if data.train is None:  # the split is the training split: the threshold is fitted on it
             threshold, train_mcc = mcc_threshold(scores[:, 0], labels)
-        else:
-            threshold, train_mcc = cola_threshold(lm, data_dir, progress)
+        else:  # fitted on the training split's scores
+            train_texts, train_labels = data.train
+            threshold, train_mcc = mcc_threshold(task_scores(lm, 'cola', train_texts, progress)[:, 0], train_labels)
         extra.update(threshold=threshold, train_mcc=100.0 * train_mcc)
         predictions = (scores[:, 0] >= threshold).astype(np.int64)
     else:
@@ -322,4 +341,4 @@ def zero_shot(lm, task, data_dir, split=None, progress=None):
         for group in sorted(set(groups)):
             mask = np.asarray(groups) == group
             extra[group] = metric_value(task, predictions[mask], np.asarray(labels)[mask])
-    return ZeroShotResult(task, split, METRICS[task], value, predictions, scores, extra)
+    return ZeroShotResult(task, data.split, METRICS[task], value, predictions, scores, extra)

@@ -34,7 +34,7 @@ from checkpoint import write_json
 from corpus import corpus_family, load_corpus, read_meta
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
 from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
-from heuristics import DEFAULT_SPLITS, METRICS, SENTIMENT_WORDS, read_split, scoring_lm, single_token, zero_shot
+from heuristics import METRICS, SENTIMENT_WORDS, read_zero_shot, score_zero_shot, scoring_lm, single_token
 from heuristics import TASKS as HEURISTIC_TASKS
 from loss import LM_CHUNK, token_losses
 from model_gpt2 import PRESETS, GPT2Config, GPT2LMHeadModel
@@ -122,23 +122,24 @@ def zero_shot_tasks(specs):
     return tasks
 
 
-def check_zero_shot(args, lm):
-    """Read every --zero_shot task's data (CoLA's training split too) and check the SST-2 words against the
-    vocabulary of lm (a heuristics.ScoringLM) now, before training."""
+def read_zero_shot_tasks(args, lm):
+    """Return the ZeroShotData of every --zero_shot task (CoLA's training split too), read now, before training, with
+    the SST-2 words checked against the vocabulary of lm (a heuristics.ScoringLM)."""
+    tasks = []
     for task, data_dir in zero_shot_tasks(args.zero_shot):
-        for split in {DEFAULT_SPLITS[task], 'train' if task == 'cola' else DEFAULT_SPLITS[task]}:
-            read_split(task, data_dir, split)
+        tasks.append(read_zero_shot(task, data_dir))
         if task == 'sst2':
             for word in SENTIMENT_WORDS:
                 single_token(lm, word)
+    return tasks
 
 
-def zero_shot_record(run, text_encoder, sizes):
-    """Return {'zs_TASK': metric} of every --zero_shot task on the model now. Every rank scores them (the same work),
-    so that no rank waits in a collective meanwhile, where the process group's timeout could end the job."""
+def zero_shot_record(run, text_encoder, sizes, tasks):
+    """Return {'zs_TASK': metric} of every zero-shot task (ZeroShotData) on the model now. Every rank scores them (the
+    same work), so that no rank waits in a collective meanwhile, where the process group's timeout could end the job."""
     lm = scoring_lm(run.model, text_encoder, n_vocab=sizes['n_vocab'], precision=run.args.precision,
                     batch_size=run.args.micro_batch or run.args.n_batch)
-    return {f'zs_{task}': zero_shot(lm, task, data_dir).value for task, data_dir in zero_shot_tasks(run.args.zero_shot)}
+    return {f'zs_{data.task}': score_zero_shot(lm, data).value for data in tasks}
 
 
 def window_starts(seed, update, n_windows, n_tokens, n_ctx):
@@ -335,7 +336,7 @@ def log_eval(run, corpus, sizes, text_encoder):
                   lr=learning_rate(run.opt, progress['n_updates']))
     if run.args.zero_shot:
         with run.clock.phase('eval'):
-            record.update(zero_shot_record(run, text_encoder, sizes))
+            record.update(zero_shot_record(run, text_encoder, sizes, corpus['zero_shot']))
     record['time'] = time.time()
     progress.update(train_loss_sum=0.0, train_tokens=0, train_time=0.0)
     progress['log'].append(record)
@@ -453,7 +454,7 @@ def run_locked(run, t0):
             check_sample_prompt(text_encoder, args.sample_prompt, args.n_ctx)
         model = build_lm(args, sizes['n_vocab'], sizes['n_special'])
         model.to(device)
-        check_zero_shot(args, scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab']))
+        corpus['zero_shot'] = read_zero_shot_tasks(args, scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab']))
         n_updates = n_updates_of(args, len(corpus['train']))
         opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule='warmup_cosine_decay',
                          warmup=min(1.0, args.warmup_updates / n_updates), t_total=n_updates, b1=args.b1,

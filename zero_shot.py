@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from distributed import check_device
 from flags import PRECISIONS, add_weights_args
-from heuristics import DEFAULT_SPLITS, TASKS, n_scored, read_split, scoring_lm, zero_shot
+from heuristics import TASKS, n_scored, read_zero_shot, score_zero_shot, scoring_lm
 from models import check_tokenizer, load_model, load_tokenizer
 
 SPLIT_HELP = ('sst2, cola: dev (default) or train (cola: the threshold is always fitted on train); rocstories: test '
@@ -63,19 +63,18 @@ def summary(result):
 def run(args):
     """Score the split, print the metric line and the JSON record, write --out; return the record."""
     device = check_device(args.device)
-    split = DEFAULT_SPLITS[args.task] if args.split is None else args.split
-    texts, _, _ = read_split(args.task, args.data_dir, split)  # bad data fails before the model loads
+    data = read_zero_shot(args.task, args.data_dir, args.split)  # bad data fails before the model loads
     model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=True).to(device)
     text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
     check_tokenizer(text_encoder, model, args.model_dir)
     lm = scoring_lm(model, text_encoder, precision=args.precision, batch_size=args.batch_size)
-    total = None if args.task == 'cola' and split != 'train' else n_scored(args.task, texts)  # cola: + train
-    with tqdm(total=total, desc=f'{args.task} {split}', disable=args.quiet, file=sys.stderr) as bar:
-        result = zero_shot(lm, args.task, args.data_dir, split, progress=bar)
+    total = n_scored(args.task, data.texts) + (0 if data.train is None else n_scored('cola', data.train[0]))
+    with tqdm(total=total, desc=f'{args.task} {data.split}', disable=args.quiet, file=sys.stderr) as bar:
+        result = score_zero_shot(lm, data, progress=bar)
     record = summary(result)
     shown = 'n/a (no labels)' if result.value is None else f'{result.value:.2f}'
     extra = ''.join(f', {k} {v:.4g}' for k, v in result.extra.items())
-    print(f'{args.task} {split}: {result.metric} {shown} on {record["n"]} examples{extra}', flush=True)
+    print(f'{args.task} {data.split}: {result.metric} {shown} on {record["n"]} examples{extra}', flush=True)
     print(json.dumps(record), flush=True)
     if args.out:
         write_tsv(args.out, result)

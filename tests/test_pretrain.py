@@ -251,7 +251,7 @@ def test_compile_trains_like_eager(corpus, tmp_path):
     assert max((compiled[k] - eager[k]).abs().max().item() for k in eager) < 1e-4
 
 
-def test_zero_shot_scores_are_logged_at_each_evaluation_and_drawn(corpus, tmp_path, capsys):
+def test_zero_shot_scores_are_logged_at_each_evaluation_and_drawn(corpus, tmp_path, capsys, monkeypatch):
     """--zero_shot TASK=DATA_DIR (the paper's Figure 2, right): each evaluation's record holds the heuristic's score
     of the model at that update; the last equals zero_shot.py's on the saved model; analysis.py draws the curves."""
     import analysis
@@ -263,9 +263,14 @@ def test_zero_shot_scores_are_logged_at_each_evaluation_and_drawn(corpus, tmp_pa
     out = tmp_path / 'run'
     argv = tiny_args(corpus, out, '--n_updates', '20', '--eval_every', '10', '--zero_shot',
                      f'rocstories={d / "data"}')
+    reads = []
+    real_read = heuristics.read_split
+    monkeypatch.setattr(heuristics, 'read_split', lambda *a: reads.append(a) or real_read(*a))
     assert pretrain.main(argv) == 0
+    monkeypatch.undo()
     records = read_log(out)
     assert [r['n_updates'] for r in records] == [0, 10, 20]
+    assert reads == [('rocstories', str(d / 'data'), 'test')]  # read once for the three evaluations
     assert all(0 <= r['zs_rocstories'] <= 100 for r in records)
     assert 'zero-shot rocstories acc' in capsys.readouterr().out
     model = models.load_model(str(out), lm=True)
