@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from loss import per_element_ce
+from tasks import metric
 from trainer import autocast_context
 
 TASKS = ('sst2', 'cola', 'rocstories', 'race', 'dprd')
@@ -118,7 +120,7 @@ def hidden_states(lm, seqs):
 def token_log_probs(lm, h_rows, targets):
     """Return log p(target) [N] of each row of h_rows [N, n_embd] over the token rows only."""
     logits = h_rows @ lm.transformer.lm_weight[:lm.n_vocab].float().T  # [N, n_vocab]
-    return torch.log_softmax(logits, -1).gather(1, torch.as_tensor(targets, device=logits.device)[:, None])[:, 0]
+    return -per_element_ce(logits, torch.as_tensor(targets, device=logits.device))
 
 
 def piece_scores(lm, examples, progress=None):
@@ -299,10 +301,7 @@ def n_scored(task, texts):
 
 def metric_value(task, predictions, labels):
     """Return the task's metric (percent) of predictions against labels."""
-    from sklearn.metrics import accuracy_score, matthews_corrcoef
-    if METRICS[task] == 'mcc':
-        return 100.0 * matthews_corrcoef(labels, predictions)
-    return 100.0 * accuracy_score(labels, predictions)
+    return metric(METRICS[task], predictions, labels)
 
 
 def read_zero_shot(task, data_dir, split=None):

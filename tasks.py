@@ -171,25 +171,26 @@ def compute_metrics(task, outputs, labels):
 
 def score_predictions(task, preds, labels):
     """Return {metric: value in percent} for predicted class ids (or scores) against gold labels."""
+    return {name: metric(name, preds, labels) for name in task.metrics}
+
+
+def metric(name, preds, labels):
+    """Return the metric `name` (acc, mcc, f1, pearson, spearman) in percent of predictions against gold labels."""
     # imported here, not at import time: scipy and scikit-learn load slowly and ROCStories needs neither
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
     preds, labels = np.asarray(preds), np.asarray(labels)
-    values = {}
-    for name in task.metrics:
-        if name == 'acc':
-            values[name] = accuracy_score(labels, preds) * 100.
-        elif name == 'mcc':
-            values[name] = matthews_corrcoef(labels, preds) * 100.
-        elif name == 'f1':
-            values[name] = f1_score(labels, preds) * 100.
-        elif name == 'pearson':
-            values[name] = float(pearsonr(preds, labels)[0]) * 100.
-        elif name == 'spearman':
-            values[name] = float(spearmanr(preds, labels)[0]) * 100.
-        else:
-            raise ValueError(f'unknown metric {name!r}')
-    return {k: float(v) for k, v in values.items()}
+    if name == 'acc':
+        return float(accuracy_score(labels, preds) * 100.)
+    if name == 'mcc':
+        return float(matthews_corrcoef(labels, preds) * 100.)
+    if name == 'f1':
+        return float(f1_score(labels, preds) * 100.)
+    if name == 'pearson':
+        return float(pearsonr(preds, labels)[0]) * 100.
+    if name == 'spearman':
+        return float(spearmanr(preds, labels)[0]) * 100.
+    raise ValueError(f'unknown metric {name!r}')
 
 
 def confusion(task, preds, labels):
