@@ -64,17 +64,23 @@ def scoring_lm(model, text_encoder, n_vocab=None, precision='fp32', batch_size=1
                      batch_size)
 
 
+def as_piece(lm, text, following):
+    """Return text as it is encoded as a piece of an example: GPT-2 strips it and, when it follows another piece, puts
+    one leading space before it, as inside the joined text; GPT-1 takes it as it is."""
+    if not lm.space_in_tokens:
+        return text
+    return ' ' + text.strip() if following else text.strip()
+
+
 def encode_pieces(lm, pieces):
     """Return the id lists of pieces of text, each encoded on its own (GPT-2: each after the first with one leading
     space, as inside the joined text)."""
-    if lm.space_in_tokens:
-        pieces = [p.strip() if k == 0 else ' ' + p.strip() for k, p in enumerate(pieces)]
-    return lm.text_encoder.encode(list(pieces), verbose=False)
+    return lm.text_encoder.encode([as_piece(lm, p, k > 0) for k, p in enumerate(pieces)], verbose=False)
 
 
 def encode_following(lm, text):
     """Return the ids of text as a piece that follows another (GPT-2: stripped, with one leading space)."""
-    return lm.text_encoder.encode([' ' + text.strip() if lm.space_in_tokens else text], verbose=False)[0]
+    return lm.text_encoder.encode([as_piece(lm, text, True)], verbose=False)[0]
 
 
 def fit_context(context, piece, n_ctx, where):
@@ -167,8 +173,9 @@ def single_token(lm, word):
 def sst2_scores(lm, sentences, progress=None):
     """Return the next-token logits [N, 2] of 'negative' and 'positive' after each sentence + 'very'."""
     words = [single_token(lm, w) for w in SENTIMENT_WORDS]
-    seqs = [sentence + very for sentence, very in (encode_pieces(lm, [s, 'very']) for s in sentences)]
-    return next_token_logits(lm, seqs, words, progress)
+    very = encode_following(lm, 'very')
+    encoded = lm.text_encoder.encode([as_piece(lm, s, False) for s in sentences], verbose=False)
+    return next_token_logits(lm, [ids + very for ids in encoded], words, progress)
 
 
 def cola_scores(lm, sentences, progress=None):
@@ -179,11 +186,13 @@ def cola_scores(lm, sentences, progress=None):
 
 def choice_scores(lm, contexts, choices, progress=None):
     """Return the mean log-probability [N, C] of each choice after its example's context pieces."""
+    texts = [as_piece(lm, p, i > 0) for pieces, options in zip(contexts, choices)
+             for i, p in enumerate(list(pieces) + list(options))]
+    encoded = iter(lm.text_encoder.encode(texts, verbose=False))  # one call: each text is encoded on its own
     examples = []
     for k, (pieces, options) in enumerate(zip(contexts, choices)):
-        encoded = encode_pieces(lm, list(pieces) + list(options))
-        context = [t for ids in encoded[:len(pieces)] for t in ids]
-        examples += [(context, ids, f'example {k} choice {c}') for c, ids in enumerate(encoded[len(pieces):])]
+        context = [t for _ in pieces for t in next(encoded)]
+        examples += [(context, next(encoded), f'example {k} choice {c}') for c in range(len(options))]
     n_choices = len(choices[0]) if choices else 0
     return piece_scores(lm, examples, progress).reshape(len(contexts), n_choices)
 
@@ -207,12 +216,15 @@ def pronoun_span(sentence, pronoun, candidates, where):
 def dprd_scores(lm, sentences, pronouns, candidates, progress=None):
     """Return the mean log-probability [N, 2] of the sentence after the pronoun, after the sentence before it with
     each candidate in the pronoun's place."""
-    examples = []
+    texts = []
     for k, (sentence, pronoun, cands) in enumerate(zip(sentences, pronouns, candidates)):
         start, end = pronoun_span(sentence, pronoun, cands, f'example {k}')
-        rest = encode_following(lm, sentence[end:])
-        examples += [(encode_pieces(lm, [sentence[:start] + c])[0], rest, f'example {k} candidate {c!r}')
-                     for c in cands]
+        texts += [as_piece(lm, sentence[end:], True)] + [as_piece(lm, sentence[:start] + c, False) for c in cands]
+    encoded = iter(lm.text_encoder.encode(texts, verbose=False))  # one call: each text is encoded on its own
+    examples = []
+    for k, cands in enumerate(candidates):
+        rest = next(encoded)
+        examples += [(next(encoded), rest, f'example {k} candidate {c!r}') for c in cands]
     return piece_scores(lm, examples, progress).reshape(len(sentences), 2)
 
 
