@@ -38,9 +38,8 @@ import numpy as np
 import torch
 
 import bench
+import bench_pretrain
 from model_gpt2 import GPT2Config, GPT2LMHeadModel
-from opt import OpenAIAdam
-from trainer import Run, autocast_context, configure_precision
 
 N_VOCAB = 50257
 NANOGPT_FILES = ('train.py', 'model.py', 'configurator.py')
@@ -84,10 +83,7 @@ def model_config(args):
 
 def make_stream(n_tokens, seed=0):
     """Return a random uint16 token stream of GPT-2 ids with <|endoftext|> about every 300 tokens."""
-    rng = np.random.default_rng(seed)
-    stream = rng.integers(0, N_VOCAB - 1, n_tokens).astype(np.uint16)
-    stream[rng.integers(0, n_tokens, n_tokens // 300)] = N_VOCAB - 1
-    return stream
+    return bench_pretrain.make_stream(n_tokens, seed, n_words=N_VOCAB - 1, separator=N_VOCAB - 1)
 
 
 class Ours:
@@ -97,21 +93,14 @@ class Ours:
         import pretrain
         self.pretrain = pretrain
         torch.manual_seed(0)
-        model = GPT2LMHeadModel(cfg).to(device).train()
-        opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
-                         l2=0.01, max_grad_norm=1.0)
-        run_args = SimpleNamespace(seed=0, n_batch=args.n_batch, n_ctx=args.n_ctx, micro_batch=args.micro_batch,
-                                   precision=precision, compile=False)
-        self.run = Run(run_args, device)
-        self.run.attach(model, opt)
-        self.run.wrap(model.transformer)
+        self.run = bench_pretrain.pretraining_run(args, GPT2LMHeadModel(cfg).to(device).train(), precision, device)
 
     def step(self, stream, update_no):
         """Make one update on the windows of update_no."""
         self.pretrain.pretrain_step(self.run, stream, update_no, N_VOCAB, N_VOCAB)
 
 
-class Transformers:
+class Transformers(bench_pretrain.Peer):
     """transformers' GPT2LMHeadModel trained on the same windows, accumulated over the same micro-batches."""
 
     def __init__(self, args, cfg, precision, device):
@@ -120,31 +109,7 @@ class Transformers:
         torch.manual_seed(0)
         hf = HFConfig(vocab_size=N_VOCAB, n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                       n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-        self.model = HFModel(hf).to(device).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2.5e-4, weight_decay=0.01)
-        self.scaler = configure_precision(device, precision)
-        self.args, self.precision, self.device = args, precision, device
-
-    def step(self, stream, update_no):
-        """Make one update on the windows of update_no."""
-        import pretrain
-        args = self.args
-        starts = pretrain.window_starts(0, update_no, args.n_batch, len(stream), args.n_ctx)
-        for s in range(0, args.n_batch, args.micro_batch):
-            ids = torch.from_numpy(np.stack([stream[t:t + args.n_ctx].astype(np.int64)
-                                             for t in starts[s:s + args.micro_batch]])).to(self.device)
-            with autocast_context(self.device, self.precision):
-                loss = self.model(input_ids=ids, labels=ids).loss * (len(ids) / args.n_batch)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-        if self.scaler:
-            self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        if self.scaler:
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.start(HFModel(hf), args, precision, device)
 
 
 def nanogpt_folder(source, workdir, stream):
@@ -257,15 +222,12 @@ def encoding(args):
         spec = importlib.util.spec_from_file_location('original_encoder', args.original_encoder)
         original = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(original)
-        with open(vocab / 'encoder.json', encoding='utf-8') as f:
-            table = json.load(f)
-        with open(vocab / 'vocab.bpe', encoding='utf-8') as f:
-            merges = [tuple(line.split()) for line in f.read().split('\n')[1:-1]]
-        encoders['original'] = original.Encoder(encoder=table, bpe_merges=merges).encode
+        encoders['original'] = original.Encoder(encoder=encoder_gpt2.read_encoder_json(vocab / encoder_gpt2.ENCODER_FILE),
+                                                bpe_merges=encoder_gpt2.read_merges(vocab / encoder_gpt2.MERGES_FILE)).encode
     if 'vocab_file' in inspect.signature(GPT2TokenizerFast.__init__).parameters:  # transformers 4
-        files = dict(vocab_file=str(vocab / 'encoder.json'), merges_file=str(vocab / 'vocab.bpe'))
+        files = dict(vocab_file=str(vocab / encoder_gpt2.ENCODER_FILE), merges_file=str(vocab / encoder_gpt2.MERGES_FILE))
     else:  # transformers 5 ignores vocab_file= and merges_file= (an empty vocabulary)
-        files = dict(vocab=str(vocab / 'encoder.json'), merges=str(vocab / 'vocab.bpe'))
+        files = dict(vocab=str(vocab / encoder_gpt2.ENCODER_FILE), merges=str(vocab / encoder_gpt2.MERGES_FILE))
     fast = GPT2TokenizerFast(**files, split_special_tokens=True)
     encoders['transformers'] = lambda t: fast(t, add_special_tokens=False)['input_ids']
     results, reference = [], None

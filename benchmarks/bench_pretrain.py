@@ -56,12 +56,25 @@ def shape_of(args):
     return SimpleNamespace(n_vocab=N_VOCAB, n_ctx=args.n_ctx, **size)
 
 
-def make_stream(n_tokens, seed=0):
-    """Return a random uint16 token stream with a separator (id N_VOCAB) about every 300 tokens."""
+def make_stream(n_tokens, seed=0, n_words=N_VOCAB, separator=N_VOCAB):
+    """Return a random uint16 token stream of ids below n_words with separator about every 300 tokens."""
     rng = np.random.default_rng(seed)
-    stream = rng.integers(0, N_VOCAB, n_tokens).astype(np.uint16)
-    stream[rng.integers(0, n_tokens, n_tokens // 300)] = N_VOCAB
+    stream = rng.integers(0, n_words, n_tokens).astype(np.uint16)
+    stream[rng.integers(0, n_tokens, n_tokens // 300)] = separator
     return stream
+
+
+def pretraining_run(args, model, precision, device):
+    """Return a Run that makes pretrain.py's update on model (its transformer wrapped as pretrain.py wraps it) with
+    the benchmark's optimizer."""
+    opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
+                     l2=0.01, max_grad_norm=1.0)
+    run_args = SimpleNamespace(seed=0, n_batch=args.n_batch, n_ctx=args.n_ctx, micro_batch=args.micro_batch,
+                               precision=precision, compile=False)
+    run = Run(run_args, device)
+    run.attach(model, opt)
+    run.wrap(model.transformer)
+    return run
 
 
 class Ours:
@@ -73,13 +86,7 @@ class Ours:
         torch.manual_seed(0)
         cfg = clone_config(DEFAULT_CONFIG, n_embd=shape.n_embd, n_head=shape.n_head, n_layer=shape.n_layer)
         model = LMModel(cfg, vocab=N_VOCAB + 1 + args.n_ctx, n_ctx=args.n_ctx).to(device)
-        opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
-                         l2=0.01, max_grad_norm=1.0)
-        run_args = SimpleNamespace(seed=0, n_batch=args.n_batch, n_ctx=args.n_ctx, micro_batch=args.micro_batch,
-                                   precision=precision, compile=False)
-        self.run = Run(run_args, device)
-        self.run.attach(model, opt)
-        self.run.wrap(model.transformer)
+        self.run = pretraining_run(args, model, precision, device)
         self.rows = N_VOCAB + 1
 
     def step(self, stream, update_no):
@@ -95,7 +102,11 @@ class Peer:
         torch.manual_seed(0)
         cfg = OpenAIGPTConfig(vocab_size=N_VOCAB + 1, n_positions=args.n_ctx, n_embd=shape.n_embd,
                               n_layer=shape.n_layer, n_head=shape.n_head, afn='gelu')
-        self.model = OpenAIGPTLMHeadModel(cfg).to(device).train()
+        self.start(OpenAIGPTLMHeadModel(cfg), args, precision, device)
+
+    def start(self, model, args, precision, device):
+        """Train model (a transformers LM head model) with AdamW in precision on device."""
+        self.model = model.to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2.5e-4, weight_decay=0.01)
         self.scaler = configure_precision(device, precision)
         self.args, self.precision, self.device = args, precision, device
