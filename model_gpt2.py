@@ -30,11 +30,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
 import model_pytorch
-from model_pytorch import (MLP, Attention, DoubleHeadModel, LayerNorm, checkpoint_sizes, clone_config, config_from_args,
-                           copy_arrays, special_rows)
+from model_pytorch import (MLP, Attention, DoubleHeadModel, LayerNorm, TransformerBase, checkpoint_sizes, clone_config,
+                           config_from_args, copy_arrays, special_rows)
 from weights import GPT2_SIZES
 
 # The released sizes (openai/gpt-2's download_model.py names them by their parameter count).
@@ -116,7 +115,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), present
 
 
-class GPT2Model(nn.Module):
+class GPT2Model(TransformerBase):
     """GPT-2's transformer up to ln_f (TF: model): x [..., T, 2] (token id, position id) -> h [B, T, n_embd]."""
 
     def __init__(self, cfg=None):
@@ -131,16 +130,6 @@ class GPT2Model(nn.Module):
         init_weights(self)
 
     @property
-    def n_ctx(self):
-        """Return the number of positions: the longest sequence."""
-        return self.cfg.n_ctx
-
-    @property
-    def n_embd(self):
-        """Return the width of the hidden states."""
-        return self.cfg.n_embd
-
-    @property
     def pos_offset(self):
         """Return the id of position 0 in x: the rows of wte (tokens and special tokens)."""
         return self.cfg.n_rows
@@ -150,49 +139,15 @@ class GPT2Model(nn.Module):
         """Return the table the tied LM decoder multiplies by: wte (TF: logits = h @ wte^T)."""
         return self.wte.weight
 
-    def run(self, x, past=None, collect_hidden=False, past_valid=None):
-        """Return (h, wte, presents, hidden_states) for x [..., T, 2]; the core of every forward.
-
-        past: per block the (k, v) of earlier positions; past_valid [B, P] marks the real ones of a cache of ragged
-        prefixes padded on the right. hidden_states: the embeddings and each block's output, the last after ln_f.
-        """
-        if x.size(-1) != 2:
-            raise ValueError(f'x must be [..., T, 2] (token id, position id), got shape {tuple(x.shape)}')
-        x = x.reshape(-1, x.size(-2), 2)  # [..., T, 2] -> [B, T, 2]
+    def embed_inputs(self, x):
+        """Return (h [B, T, n_embd], wte) of x [B, T, 2]: token rows of wte plus position rows of wpe, dropped out."""
         positions = x[..., 1] - self.pos_offset  # ids pos_offset + i -> rows i of wpe
         h = self.wte(x[..., 0]) + self.wpe(positions)  # TF: gather(wte, X) + gather(wpe, positions_for(X))
-        h = F.dropout(h, self.cfg.embd_pdrop, self.training)
-        hidden_states = [h] if collect_hidden else None
-        presents = []
-        checkpointing = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.h):
-            layer_past = None if past is None else past[i]
-            if checkpointing:
-                h, present = torch.utils.checkpoint.checkpoint(block, h, layer_past, past_valid, use_reentrant=False)
-            else:
-                h, present = block(h, layer_past, past_valid)
-            presents.append(present)
-            if collect_hidden:
-                hidden_states.append(h)
-        h = self.ln_f(h)
-        if collect_hidden:
-            hidden_states[-1] = h
-        return h, self.wte.weight, presents, hidden_states
+        return F.dropout(h, self.cfg.embd_pdrop, self.training), self.wte.weight
 
-    def forward(self, x, return_we=False):
-        """Return h [B, T, n_embd] after ln_f; with return_we, (h, wte), for the tied LM decoder."""
-        h, we, _, _ = self.run(x)
-        return (h, we) if return_we else h
-
-    def all_hidden_states(self, x):
-        """Return the embeddings and every block's output (the last after ln_f): n_layer + 1 x [B, T, n_embd]."""
-        return self.run(x, collect_hidden=True)[3]
-
-    def forward_cached(self, x, past=None, past_valid=None):
-        """Return (h, presents) for new positions x given the (k, v) cache `past` of earlier ones; each present holds
-        the cached and the new positions (the next call's past)."""
-        h, _, presents, _ = self.run(x, past=past, past_valid=past_valid)
-        return h, presents
+    def final(self, h):
+        """Return the last block's output after ln_f (TF: h = norm(h, 'ln_f'))."""
+        return self.ln_f(h)
 
 
 def init_weights(model):

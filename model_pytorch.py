@@ -290,17 +290,10 @@ def model_config(cfg, vocab=None, n_ctx=None):
     return cfg
 
 
-class TransformerModel(nn.Module):
-    """The GPT-1 transformer: x [..., T, 2] -> hidden states [-1, T, n_embd] (TF: model, embed)."""
-
-    def __init__(self, cfg=DEFAULT_CONFIG, vocab=None, n_ctx=None):
-        super().__init__()
-        self.cfg = model_config(cfg, vocab, n_ctx)
-        # Rows are [tokens; special tokens; positions], the original's single `we` table.
-        self.embed = nn.Embedding(self.cfg.n_rows, self.cfg.n_embd)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        # Each block built afresh: independent initial weights (the earlier port deep-copied one).
-        self.h = nn.ModuleList([Block(self.cfg) for _ in range(self.cfg.n_layer)])
+class TransformerBase(nn.Module):
+    """What GPT-1's and GPT-2's transformers share: the blocks `h` run over the embedded inputs, with a (k, v) cache,
+    activation checkpointing and every block's output on request. A subclass embeds the inputs (embed_inputs) and
+    may normalise the last block's output (final)."""
 
     @property
     def n_ctx(self):
@@ -311,6 +304,72 @@ class TransformerModel(nn.Module):
     def n_embd(self):
         """Return the width of the hidden states."""
         return self.cfg.n_embd
+
+    def final(self, h):
+        """Return the last block's output as the transformer returns it (GPT-1: as it is)."""
+        return h
+
+    def run(self, x, past=None, collect_hidden=False, past_valid=None):
+        """Return (h, the table the tied LM decoder uses, presents, hidden_states) for x [..., T, 2]; the core of
+        every forward.
+
+        past: per block the (k, v) of earlier positions; past_valid [B, P] marks the real ones of a cache of ragged
+        prefixes padded on the right. hidden_states: the embeddings and each block's output, the last as final()
+        returns it.
+        """
+        if x.size(-1) != 2:
+            raise ValueError(f'x must be [..., T, 2] (token id, position id), got shape {tuple(x.shape)}')
+        x = x.reshape(-1, x.size(-2), 2)  # [..., T, 2] -> [B, T, 2]
+        h, we = self.embed_inputs(x)  # [B, T, 2] -> [B, T, n_embd]
+        hidden_states = [h] if collect_hidden else None
+        presents = []
+        # checkpoint_activations: recompute each block in the backward pass instead of keeping its activations
+        # (the batch of 32 on small GPUs); dropout masks are replayed, so the gradients are unchanged.
+        checkpointing = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.h):
+            layer_past = None if past is None else past[i]
+            if checkpointing:
+                h, present = torch.utils.checkpoint.checkpoint(block, h, layer_past, past_valid, use_reentrant=False)
+            else:
+                h, present = block(h, layer_past, past_valid)
+            presents.append(present)
+            if collect_hidden:
+                hidden_states.append(h)
+        h = self.final(h)
+        if collect_hidden:
+            hidden_states[-1] = h
+        return h, we, presents, hidden_states
+
+    def forward(self, x, return_we=False):
+        """Return h [B, T, n_embd]; with return_we, (h, the table used), for a tied LM decoder."""
+        h, we, _, _ = self.run(x)
+        return (h, we) if return_we else h
+
+    def all_hidden_states(self, x):
+        """Return the embeddings and every block's output: a list of n_layer + 1 [B, T, n_embd]."""
+        return self.run(x, collect_hidden=True)[3]
+
+    def forward_cached(self, x, past=None, past_valid=None):
+        """Return (h, presents) for new positions x given the (k, v) cache `past` of earlier ones; each present holds
+        the cached and the new positions (the next call's past).
+
+        past_valid [B, P] marks the real positions of a cache of ragged prefixes padded on the right.
+        """
+        h, _, presents, _ = self.run(x, past=past, past_valid=past_valid)
+        return h, presents
+
+
+class TransformerModel(TransformerBase):
+    """The GPT-1 transformer: x [..., T, 2] -> hidden states [-1, T, n_embd] (TF: model, embed)."""
+
+    def __init__(self, cfg=DEFAULT_CONFIG, vocab=None, n_ctx=None):
+        super().__init__()
+        self.cfg = model_config(cfg, vocab, n_ctx)
+        # Rows are [tokens; special tokens; positions], the original's single `we` table.
+        self.embed = nn.Embedding(self.cfg.n_rows, self.cfg.n_embd)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        # Each block built afresh: independent initial weights (the earlier port deep-copied one).
+        self.h = nn.ModuleList([Block(self.cfg) for _ in range(self.cfg.n_layer)])
 
     @property
     def pos_offset(self):
@@ -328,45 +387,11 @@ class TransformerModel(nn.Module):
         # decoder then share that one dropped table, so a token seen twice sees the same row.
         return F.dropout(self.embed.weight, self.cfg.embd_pdrop, self.training)
 
-    def run(self, x, past=None, collect_hidden=False, past_valid=None):
-        """Return (h, we, presents, hidden_states) for x [..., T, 2]; the core of every forward."""
-        if x.size(-1) != 2:
-            raise ValueError(f'x must be [..., T, 2] (token id, position id), got shape {tuple(x.shape)}')
-        x = x.reshape(-1, x.size(-2), 2)  # [..., T, 2] -> [B, T, 2]
+    def embed_inputs(self, x):
+        """Return (h [B, T, n_embd], we: the table of this pass) of x [B, T, 2]: each token's and position's rows
+        of the dropped-out table summed (TF: embed)."""
         we = self.embedding_table()
-        h = F.embedding(x, we).sum(dim=2)  # [B, T, 2, n_embd] -> [B, T, n_embd]
-        hidden_states = [h] if collect_hidden else None
-        presents = []
-        # checkpoint_activations: recompute each block in the backward pass instead of keeping its activations
-        # (the batch of 32 on small GPUs); dropout masks are replayed, so the gradients are unchanged.
-        checkpointing = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.h):
-            layer_past = None if past is None else past[i]
-            if checkpointing:
-                h, present = torch.utils.checkpoint.checkpoint(block, h, layer_past, past_valid, use_reentrant=False)
-            else:
-                h, present = block(h, layer_past, past_valid)
-            presents.append(present)
-            if collect_hidden:
-                hidden_states.append(h)
-        return h, we, presents, hidden_states
-
-    def forward(self, x, return_we=False):
-        """Return h [B, T, n_embd]; with return_we, (h, the table used), for a tied LM decoder."""
-        h, we, _, _ = self.run(x)
-        return (h, we) if return_we else h
-
-    def all_hidden_states(self, x):
-        """Return the embeddings and every block's output: a list of n_layer + 1 [B, T, n_embd]."""
-        return self.run(x, collect_hidden=True)[3]
-
-    def forward_cached(self, x, past=None, past_valid=None):
-        """Return (h, presents) for new positions x given the (k, v) cache `past` of earlier ones.
-
-        past_valid [B, P] marks the real positions of a cache of ragged prefixes padded on the right.
-        """
-        h, _, presents, _ = self.run(x, past=past, past_valid=past_valid)
-        return h, presents
+        return F.embedding(x, we).sum(dim=2), we  # [B, T, 2, n_embd] -> [B, T, n_embd]
 
 
 class LMHead(nn.Module):
