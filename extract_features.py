@@ -22,7 +22,7 @@ import torch
 
 from distributed import check_device
 from flags import add_weights_args
-from models import check_tokenizer, load_model, load_tokenizer
+from models import load_from_args
 
 
 def parse_layers(spec, n_layer):
@@ -150,11 +150,9 @@ def run(args):
         raise ValueError(f'--batch_size {args.batch_size}: give 1 or more')
     device = check_device(args.device)
     texts = read_lines(args.input)
-    model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx)
+    model, text_encoder = load_from_args(args)
     model.to(device)
     layers = parse_layers(args.layers, len(model.h))
-    text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
-    check_tokenizer(text_encoder, model, args.model_dir)
     out = extract_features(model, text_encoder, texts, layers, args.batch_size, args.truncate, source=args.input)
     with open(args.output, 'wb') as f:
         np.savez(f, **out)

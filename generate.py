@@ -12,7 +12,7 @@ import torch
 
 from distributed import check_device
 from flags import add_weights_args
-from models import check_tokenizer, load_model, load_tokenizer
+from models import load_from_args
 from sample import check_sampling_args, generate
 
 
@@ -40,14 +40,11 @@ def run(args, stdin, stdout, stderr):
     """Generate for --prompt and/or each stdin line, writing to stdout; raise on bad arguments or files."""
     check_sampling_args(args.gen_len, args.top_k, args.top_p, args.temperature, args.greedy)
     device = check_device(args.device)
-    model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=True)
-    n_vocab = model.cfg.n_vocab
+    model, text_encoder = load_from_args(args, lm=True)
     model.to(device)
-    text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
-    check_tokenizer(text_encoder, model, args.model_dir)
     generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     sampling = dict(gen_len=args.gen_len, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                    greedy=args.greedy, generator=generator, n_vocab=n_vocab)
+                    greedy=args.greedy, generator=generator)
 
     def one(prompt):
         result = generate(model, text_encoder, prompt, **sampling)

@@ -37,6 +37,15 @@ def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None
     return FAMILY_MODULES[ckpt.family].model_from_checkpoint(ckpt, n_ctx=n_ctx, n_special=n_special, lm=lm)
 
 
+def load_from_args(args, lm=False):
+    """Return (model in eval mode, its tokenizer checked against it) of the weights flags (flags.add_weights_args:
+    --model_dir, --n_head, --afn, --n_ctx, --encoder_path, --bpe_path)."""
+    model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=lm)
+    text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
+    check_tokenizer(text_encoder, model, args.model_dir)
+    return model, text_encoder
+
+
 def check_tokenizer(text_encoder, model, path):
     """Raise a ValueError when a tokenizer's vocabulary is not the token rows of the model read from path."""
     n_vocab = getattr(model, 'transformer', model).cfg.n_vocab

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from distributed import check_device
 from flags import PRECISIONS, add_weights_args
 from heuristics import TASKS, n_scored, read_zero_shot, score_zero_shot, scoring_lm
-from models import check_tokenizer, load_model, load_tokenizer
+from models import load_from_args
 
 SPLIT_HELP = ('sst2, cola: dev (default) or train (cola: the threshold is always fitted on train); rocstories: test '
               '(default, the Story Cloze test CSV) or val (the whole val CSV); race: dev or test (default); dprd: train '
@@ -64,10 +64,8 @@ def run(args):
     """Score the split, print the metric line and the JSON record, write --out; return the record."""
     device = check_device(args.device)
     data = read_zero_shot(args.task, args.data_dir, args.split)  # bad data fails before the model loads
-    model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=True).to(device)
-    text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
-    check_tokenizer(text_encoder, model, args.model_dir)
-    lm = scoring_lm(model, text_encoder, precision=args.precision, batch_size=args.batch_size)
+    model, text_encoder = load_from_args(args, lm=True)
+    lm = scoring_lm(model.to(device), text_encoder, precision=args.precision, batch_size=args.batch_size)
     total = n_scored(args.task, data.texts) + (0 if data.train is None else n_scored('cola', data.train[0]))
     with tqdm(total=total, desc=f'{args.task} {data.split}', disable=args.quiet, file=sys.stderr) as bar:
         result = score_zero_shot(lm, data, progress=bar)

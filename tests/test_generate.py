@@ -142,19 +142,19 @@ def cli(real_vocab_dir, monkeypatch, capsys):
     tiny model, with --prompt PROMPT_TEXT, --n_head 2 and --device cpu unless flags override them; run.models
     holds the models the last run loaded."""
     made = []
-    real_generate, real_load_model = generate.generate, generate.load_model
+    real_generate, real_load = generate.generate, generate.load_from_args
 
     def spy_generate(*args, **kwargs):
         made.append(real_generate(*args, **kwargs))
         return made[-1]
 
-    def spy_load_model(*args, **kwargs):
-        model = real_load_model(*args, **kwargs)
+    def spy_load(*args, **kwargs):
+        model, text_encoder = real_load(*args, **kwargs)
         run.models.append(model)
-        return model
+        return model, text_encoder
 
     monkeypatch.setattr(generate, 'generate', spy_generate)
-    monkeypatch.setattr(generate, 'load_model', spy_load_model)
+    monkeypatch.setattr(generate, 'load_from_args', spy_load)
     monkeypatch.setattr('text_utils.TextEncoder', cached_text_encoder)
 
     def run(*flags, stdin=''):
