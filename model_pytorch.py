@@ -62,11 +62,9 @@ class GPTConfig:
                              f'by n_head): give the n_head the weights were trained with (the released GPT-1 has 12)')
         if self.afn not in ACT_FNS:
             raise ValueError(f'unknown afn {self.afn!r}: choose one of {sorted(ACT_FNS)}')
-        for name in ('n_vocab', 'n_ctx', 'n_layer', 'n_embd'):
+        for name in ('n_vocab', 'n_ctx', 'n_layer', 'n_embd', 'n_special'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name}={getattr(self, name)} must not be negative')
-        if self.n_special < 0:
-            raise ValueError(f'n_special={self.n_special} must not be negative')
 
     @property
     def n_rows(self):
