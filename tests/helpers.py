@@ -2,6 +2,7 @@
 import csv
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,22 @@ def write_structured_corpus(d, n_docs=400):
     assert prepare_corpus.main(['--input', str(d / 'text.txt'), '--out', str(d / 'corpus'), '--workers', '1',
                                 '--val_fraction', '0.1', '--quiet']) == 0
     return d / 'corpus'
+
+
+def wait_for_line(proc, prefix, timeout=300):
+    """Read proc's stdout (a text pipe) up to its first line starting with prefix; raise AssertionError, the process
+    killed, when its output ends without one or none comes within timeout seconds (a hung run fails, not hangs)."""
+    found = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            if line.startswith(prefix):
+                found.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found.is_set():
+        proc.kill()
+        raise AssertionError(f'no line starting {prefix!r} (the process ended with {proc.wait(timeout=60)})')

@@ -23,7 +23,7 @@ import checkpoint
 import pretrain
 import train
 import trainer
-from tests.helpers import roc_cli_args, roc_workdir, write_structured_corpus
+from tests.helpers import roc_cli_args, roc_workdir, wait_for_line, write_structured_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS='1')  # two processes share this machine's cores
@@ -165,9 +165,7 @@ def test_sigterm_stops_after_the_update_in_progress_and_the_printed_command_resu
     base = workdir / 'sigterm'
     proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *train_args(workdir, base)], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # the evaluation after the first epoch: the run is at update 5 of 15
-        if line.startswith('1 5 '):
-            break
+    wait_for_line(proc, '1 5 ')  # the evaluation after the first epoch: the run is at update 5 of 15
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
@@ -239,9 +237,7 @@ def test_pretraining_stops_on_sigusr1_and_resumes_exactly(corpus, pretrain_refer
     out = tmp_path / 'run'
     proc = subprocess.Popen([sys.executable, str(ROOT / 'pretrain.py'), *pretrain_args(corpus, out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith('update 10:'):
-            break
+    wait_for_line(proc, 'update 10:')
     proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGUSR1, stderr
@@ -281,9 +277,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_update_and_resumes_exactly(
     argv = train_args(workdir, base)
     proc = subprocess.Popen(torchrun('train.py', argv), cwd=workdir, env=ONE_THREAD, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith('1 5 '):  # the first epoch's evaluation
-            break
+    wait_for_line(proc, '1 5 ')  # the first epoch's evaluation
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to its workers
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode != 0
@@ -318,9 +312,7 @@ def test_pretraining_on_two_processes_stops_and_resumes_with_each_ranks_counters
     argv = pretrain_args(corpus, out, '--eval_every', '4')
     proc = subprocess.Popen(torchrun('pretrain.py', argv), cwd=ROOT, env=ONE_THREAD, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith('update 8:'):
-            break
+    wait_for_line(proc, 'update 8:')
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     meta, _ = read_state(out / 'train_state.safetensors')
@@ -450,9 +442,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(corpus, tmp_path):
     out = tmp_path / 'run'
     proc = subprocess.Popen([sys.executable, str(ROOT / 'pretrain.py'), *pretrain_args(corpus, out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith('update 5:'):
-            break
+    wait_for_line(proc, 'update 5:')
     proc.kill()
     proc.wait(timeout=60)
     proc.stdout.close()

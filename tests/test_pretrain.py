@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import corpus as corpus_module
 import models
 import pretrain
-from tests.helpers import write_structured_corpus
+from tests.helpers import wait_for_line, write_structured_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,9 +139,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(corpus, tmp_path):
     cmd = [sys.executable, str(ROOT / 'pretrain.py'),
            *tiny_args(corpus, out, '--n_updates', '40', '--eval_every', '10', '--save_every', '3')]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:  # kill after the evaluation at update 20: a few states are on disk
-        if line.startswith('update 20:'):
-            break
+    wait_for_line(proc, 'update 20:')  # kill after the evaluation at update 20: a few states are on disk
     time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)

@@ -17,7 +17,7 @@ import prepare_corpus
 import pretrain
 import train
 from model_gpt2 import GPT2LMHeadModel
-from tests.helpers import roc_cli_args, roc_workdir
+from tests.helpers import roc_cli_args, roc_workdir, wait_for_line
 from tests.helpers import structured_text
 from tests.test_pretrain import ROOT, read_log, unigram_entropy
 
@@ -127,9 +127,7 @@ def test_killed_and_resumed_gpt2_run_equals_the_uninterrupted_run(corpus, tmp_pa
     cmd = [sys.executable, str(ROOT / 'pretrain.py'),
            *tiny_args(corpus, out, '--n_updates', '30', '--eval_every', '10', '--save_every', '3')]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:  # kill after the evaluation at update 20: states of updates 3..18 are on disk
-        if line.startswith('update 20:'):
-            break
+    wait_for_line(proc, 'update 20:')  # kill after the evaluation at update 20: states of updates 3..18 are on disk
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stdout.close()
