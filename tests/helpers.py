@@ -144,13 +144,13 @@ def structured_text(n_docs, seed):
     return '\n\n'.join(docs) + '\n'
 
 
-def write_structured_corpus(d, n_docs=400):
-    """Write structured_text(n_docs, 0) under folder d and prepare it as a GPT-1 corpus (10% validation); return the
-    corpus folder."""
+def write_structured_corpus(d, n_docs=400, extra=()):
+    """Write structured_text(n_docs, 0) under folder d and prepare it as a corpus (10% validation; GPT-1's unless
+    extra, more prepare_corpus.py flags, says otherwise); return the corpus folder."""
     import prepare_corpus
     (d / 'text.txt').write_text(structured_text(n_docs, 0), encoding='utf-8')
     assert prepare_corpus.main(['--input', str(d / 'text.txt'), '--out', str(d / 'corpus'), '--workers', '1',
-                                '--val_fraction', '0.1', '--quiet']) == 0
+                                '--val_fraction', '0.1', '--quiet', *extra]) == 0
     return d / 'corpus'
 
 

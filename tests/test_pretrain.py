@@ -132,12 +132,18 @@ def final_weights(out):
 
 def test_killed_and_resumed_run_equals_the_uninterrupted_run(corpus, tmp_path):
     """SIGKILL after some saved states, then --resume: the same weights and log as an uninterrupted run."""
+    assert_killed_and_resumed_run_equals_the_uninterrupted_run(tiny_args(corpus, tmp_path / 'full', '--n_updates', '40'),
+                                                               tiny_args(corpus, tmp_path / 'killed', '--n_updates', '40'))
+
+
+def assert_killed_and_resumed_run_equals_the_uninterrupted_run(full_args, killed_args):
+    """Run pretrain.py with full_args; run it with killed_args in a process killed after the evaluation at update
+    20 (states saved every 3 updates), then resume it: assert the same log records and final weights."""
     import time
-    argv = tiny_args(corpus, tmp_path / 'full', '--n_updates', '40', '--eval_every', '10', '--save_every', '3')
-    assert pretrain.main(argv) == 0
-    out = tmp_path / 'killed'
-    cmd = [sys.executable, str(ROOT / 'pretrain.py'),
-           *tiny_args(corpus, out, '--n_updates', '40', '--eval_every', '10', '--save_every', '3')]
+    every = ['--eval_every', '10', '--save_every', '3']
+    full, out = (Path(args[args.index('--out') + 1]) for args in (full_args, killed_args))
+    assert pretrain.main([*full_args, *every]) == 0
+    cmd = [sys.executable, str(ROOT / 'pretrain.py'), *killed_args, *every]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     wait_for_line(proc, 'update 20:')  # kill after the evaluation at update 20: a few states are on disk
     time.sleep(0.1)
@@ -148,10 +154,10 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(corpus, tmp_path):
     assert state.exists() and not (out / 'model.safetensors').exists()
     assert pretrain.main([*cmd[2:], '--resume']) == 0
     strip = [{k: v for k, v in r.items() if k not in ('time', 'tokens_per_s')} for r in read_log(out)]
-    assert strip == [{k: v for k, v in r.items() if k not in ('time', 'tokens_per_s')}
-                     for r in read_log(tmp_path / 'full')]
-    resumed, full = final_weights(out), final_weights(tmp_path / 'full')
-    assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
+    assert strip == [{k: v for k, v in r.items() if k not in ('time', 'tokens_per_s')} for r in read_log(full)]
+    resumed, uninterrupted = final_weights(out), final_weights(full)
+    assert resumed.keys() == uninterrupted.keys() and all(torch.equal(resumed[k], uninterrupted[k])
+                                                          for k in uninterrupted)
 
 
 def free_port():

@@ -2,9 +2,6 @@
 its output generates, converts and fine-tunes with train.py, continuing starts from the weights, and a killed run
 resumes to the same weights and log."""
 import json
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,29 +10,22 @@ import torch
 import corpus as corpus_module
 import generate
 import models
-import prepare_corpus
 import pretrain
 import train
 from model_gpt2 import GPT2LMHeadModel
-from tests.helpers import roc_cli_args, roc_workdir, wait_for_line
-from tests.helpers import structured_text
-from tests.test_pretrain import ROOT, read_log, unigram_entropy
+from tests.helpers import roc_cli_args, roc_workdir, write_structured_corpus
+from tests.test_pretrain import assert_killed_and_resumed_run_equals_the_uninterrupted_run, read_log, unigram_entropy
+from tests.test_pretrain import tiny_args as gpt1_tiny_args
 
 
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp('corpus_gpt2')
-    (d / 'text.txt').write_text(structured_text(400, 0), encoding='utf-8')
-    assert prepare_corpus.main(['--input', str(d / 'text.txt'), '--out', str(d / 'corpus'), '--workers', '1',
-                                '--val_fraction', '0.1', '--quiet', '--arch', 'gpt2']) == 0
-    return d / 'corpus'
+    return write_structured_corpus(tmp_path_factory.mktemp('corpus_gpt2'), extra=('--arch', 'gpt2'))
 
 
 def tiny_args(corpus, out, *extra):
-    """pretrain.py's arguments for a tiny GPT-2 on corpus: 2 layers of 32, windows of 24 tokens, 8 an update."""
-    return ['--corpus', str(corpus), '--out', str(out), '--arch', 'gpt2', '--n_embd', '32', '--n_head', '4',
-            '--n_layer', '2', '--n_ctx', '24', '--n_batch', '8', '--lr', '3e-3', '--warmup_updates', '10',
-            '--eval_every', '50', '--eval_windows', '16', '--save_every', '0', '--device', 'cpu', '--quiet', *extra]
+    """pretrain.py's arguments for a tiny GPT-2 on corpus: test_pretrain's tiny model with --arch gpt2."""
+    return gpt1_tiny_args(corpus, out, '--arch', 'gpt2', *extra)
 
 
 @pytest.fixture(scope='module')
@@ -120,21 +110,5 @@ def test_pretrained_gpt2_fine_tunes_with_train_py(corpus, tmp_path):
 
 def test_killed_and_resumed_gpt2_run_equals_the_uninterrupted_run(corpus, tmp_path):
     """SIGKILL after some saved states, then --resume: the same weights and log as an uninterrupted run."""
-    from safetensors.torch import load_file
-    argv = tiny_args(corpus, tmp_path / 'full', '--n_updates', '30', '--eval_every', '10', '--save_every', '3')
-    assert pretrain.main(argv) == 0
-    out = tmp_path / 'killed'
-    cmd = [sys.executable, str(ROOT / 'pretrain.py'),
-           *tiny_args(corpus, out, '--n_updates', '30', '--eval_every', '10', '--save_every', '3')]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    wait_for_line(proc, 'update 20:')  # kill after the evaluation at update 20: states of updates 3..18 are on disk
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    proc.stdout.close()
-    assert (out / 'train_state.safetensors').exists() and not (out / 'model.safetensors').exists()
-    assert pretrain.main([*cmd[2:], '--resume']) == 0
-    strip = [{k: v for k, v in r.items() if k not in ('time', 'tokens_per_s')} for r in read_log(out)]
-    assert strip == [{k: v for k, v in r.items() if k not in ('time', 'tokens_per_s')}
-                     for r in read_log(tmp_path / 'full')]
-    resumed, full = load_file(str(out / 'model.safetensors')), load_file(str(tmp_path / 'full' / 'model.safetensors'))
-    assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
+    assert_killed_and_resumed_run_equals_the_uninterrupted_run(tiny_args(corpus, tmp_path / 'full', '--n_updates', '30'),
+                                                               tiny_args(corpus, tmp_path / 'killed', '--n_updates', '30'))
