@@ -81,11 +81,13 @@ def roc_workdir(d):
     return d
 
 
-def roc_cli_args(d, *extra):
-    """Return train.py's arguments for a tiny run on roc_workdir(d), writing under d, then extra."""
+def roc_cli_args(d, *extra, vocab=True):
+    """Return train.py's arguments for a tiny run on roc_workdir(d), writing under d, then extra; without vocab, no
+    --encoder_path and --bpe_path (the weights' own vocabulary is used)."""
+    vocabulary = ['--encoder_path', str(d / 'model' / 'encoder_bpe_40000.json'),
+                  '--bpe_path', str(d / 'model' / 'vocab_40000.bpe')] if vocab else []
     return ['--dataset', 'rocstories', '--desc', 'tiny', '--data_dir', str(d / 'data'),
-            '--model_dir', str(d / 'model'), '--encoder_path', str(d / 'model' / 'encoder_bpe_40000.json'),
-            '--bpe_path', str(d / 'model' / 'vocab_40000.bpe'), '--log_dir', str(d / 'log'),
+            '--model_dir', str(d / 'model'), *vocabulary, '--log_dir', str(d / 'log'),
             '--save_dir', str(d / 'save'), '--submission_dir', str(d / 'submission'),
             '--n_embd', '32', '--n_head', '4', '--n_layer', '2', '--n_valid', '16', '--n_batch', '2',
             '--n_iter', '2', '--lr', '1e-3', '--quiet', *extra]

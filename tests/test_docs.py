@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import datasets
 import model_pytorch
-from tests.helpers import VOCAB_DIR, write_roc_csv, write_tiny_gpt2
+from tests.helpers import write_roc_csv, write_tiny_checkpoint, write_tiny_gpt2
 from tests.test_train_tasks import write_task_data
-from weights import VOCAB_FILES, random_released_arrays, write_released_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / 'README.md'] + sorted((ROOT / 'docs').glob('*.md'))
@@ -114,12 +114,10 @@ def make_workspace(d):
     books.txt, docs.jsonl) and sentences.txt; return d."""
     rng = np.random.default_rng(0)
     write_tiny_gpt2(d / 'models' / '124M', n_ctx=N_POS, n_embd=N_EMBD, n_head=12, n_layer=N_LAYER)
-    write_released_shards(d / 'model', random_released_arrays(rng, N_EMBD, N_LAYER, N_POS, model_pytorch.N_VOCAB))
-    for name in VOCAB_FILES:
-        (d / 'model' / name).write_bytes((VOCAB_DIR / name).read_bytes())
+    write_tiny_checkpoint(d / 'model', rng, n_embd=N_EMBD, n_layer=N_LAYER, n_pos=N_POS)
     (d / 'data').mkdir()
-    write_roc_csv(d / 'data' / 'cloze_test_val__spring2016 - cloze_test_ALL_val.csv', 56, rng)
-    write_roc_csv(d / 'data' / 'cloze_test_test__spring2016 - cloze_test_ALL_test.csv', 13, rng)
+    write_roc_csv(d / 'data' / datasets.VAL_FILE, 56, rng)
+    write_roc_csv(d / 'data' / datasets.TEST_FILE, 13, rng)
     for name, folder in TASK_RUNS[1:] + [('sst2', 'glue/')]:
         write_task_data(name, d / folder, random.Random(name))
     (d / 'dprd').mkdir()

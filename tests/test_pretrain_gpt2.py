@@ -100,10 +100,7 @@ def test_pretrained_gpt2_fine_tunes_with_train_py(corpus, tmp_path):
     assert pretrain.main(tiny_args(corpus, out, '--n_ctx', '128', '--n_updates', '2', '--eval_windows', '2')) == 0
     (tmp_path / 'roc').mkdir()
     d = roc_workdir(tmp_path / 'roc')
-    argv = roc_cli_args(d, '--model_dir', str(out), '--desc', 'ft', '--submit')
-    for flag in ('--encoder_path', '--bpe_path'):  # GPT-1's vocabulary: left out, the weights' own (beside them)
-        i = argv.index(flag)
-        del argv[i:i + 2]
+    argv = roc_cli_args(d, '--model_dir', str(out), '--desc', 'ft', '--submit', vocab=False)  # the weights' own
     assert train.main(argv) == 0
     assert len((d / 'submission' / 'ROCStories.tsv').read_text().splitlines()) == 14
 

@@ -312,10 +312,7 @@ def test_gpt2_weights_fine_tune_with_gpt1s_recipe(workdir, tmp_path, capsys):
 
     argv = roc_cli_args(workdir, '--model_dir', str(tmp_path / 'hf'), '--desc', 'gpt2', '--submit',
                         '--log_dir', str(tmp_path / 'log'), '--save_dir', str(tmp_path / 'save'),
-                        '--submission_dir', str(tmp_path / 'sub'))
-    for flag in ('--encoder_path', '--bpe_path'):  # GPT-1's vocabulary: left out, the weights' own is used
-        i = argv.index(flag)
-        del argv[i:i + 2]
+                        '--submission_dir', str(tmp_path / 'sub'), vocab=False)  # the weights' own vocabulary
     train.pretrained_model = spy
     try:
         assert train.main(argv) == 0, capsys.readouterr().err
