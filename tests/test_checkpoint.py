@@ -311,7 +311,11 @@ def test_a_failed_background_write_is_reported_by_check_without_waiting_for_one_
     writer.check()  # nothing written yet
     release = threading.Event()
     writer.submit(release.wait)
+    timer = threading.Timer(30, release.set)  # a check that waited would wait for this: the test fails, not hangs
+    timer.start()
     writer.check()  # under way: returns at once
+    assert not release.is_set()
+    timer.cancel()
     release.set()
     writer.wait()
 
