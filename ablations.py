@@ -18,11 +18,11 @@ import sys
 
 from checkpoint import write_json
 
-VARIANTS = (  # (name, the paper's row, train.py's flags)
-    ('full', 'Transformer w/ aux LM (full)', ()),
-    ('no_pretraining', 'Transformer w/o pre-training', ('--from_scratch',)),
-    ('no_aux_lm', 'Transformer w/o aux LM', ('--lm_coef', '0')),
-)
+VARIANTS = {  # name: (the paper's row, train.py's flags)
+    'full': ('Transformer w/ aux LM (full)', ()),
+    'no_pretraining': ('Transformer w/o pre-training', ('--from_scratch',)),
+    'no_aux_lm': ('Transformer w/o aux LM', ('--lm_coef', '0')),
+}
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 
 
@@ -33,18 +33,16 @@ def parse_args(argv=None):
                    help="each task (train.py's --dataset) with its data folder")
     p.add_argument('--out', required=True, help='the folder of the runs (log/, save/, submission/) and the table')
     p.add_argument('--n_runs', type=int, default=1, help='seeds per run; the table shows their median')
-    p.add_argument('--variants', default=','.join(name for name, _, _ in VARIANTS),
-                   help=f'which rows (default all: {", ".join(name for name, _, _ in VARIANTS)})')
+    p.add_argument('--variants', default=','.join(VARIANTS), help=f'which rows (default all: {", ".join(VARIANTS)})')
     p.add_argument('--launcher', default=None, help='the command that runs train.py (default this Python; e.g. '
                                                     '"torchrun --nproc_per_node=4")')
     p.add_argument('train_args', nargs='*', help="train.py's flags for every run, after --")
     args = p.parse_args(argv)
     args.tasks = task_folders(p, args.tasks)
-    names = [name for name, _, _ in VARIANTS]
     args.variants = args.variants.split(',')
     for name in args.variants:
-        if name not in names:
-            p.error(f'--variants {name!r}: choose among {", ".join(names)}')
+        if name not in VARIANTS:
+            p.error(f'--variants {name!r}: choose among {", ".join(VARIANTS)}')
     if args.n_runs < 1:
         p.error(f'--n_runs {args.n_runs}: give at least 1')
     return args
@@ -63,7 +61,7 @@ def task_folders(parser, specs):
 
 def run_command(args, task, data_dir, variant):
     """Return (train.py's command line, the JSON file its result goes to) of one task and variant."""
-    flags = dict((name, flags) for name, _, flags in VARIANTS)[variant]
+    flags = VARIANTS[variant][1]
     desc = f'{task}_{variant}'
     log_dir = os.path.join(args.out, 'log')
     launcher = [sys.executable] if args.launcher is None else shlex.split(args.launcher)
@@ -98,7 +96,7 @@ def run_all(args):
     for scores in rows.values():
         scores['avg'] = sum(scores[task] for task, _ in args.tasks) / len(args.tasks)
     return dict(tasks=[task for task, _ in args.tasks], metrics=metrics, n_runs=args.n_runs,
-                rows=[dict(variant=v, method=dict((n, m) for n, m, _ in VARIANTS)[v], **rows[v]) for v in rows])
+                rows=[dict(variant=v, method=VARIANTS[v][0], **rows[v]) for v in rows])
 
 
 def format_table(record):

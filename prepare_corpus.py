@@ -51,19 +51,19 @@ from encoder_gpt2 import DEFAULT_MODEL_DIR as GPT2_DIR
 from encoder_gpt2 import encoder_from_files
 from models import tokenizer_from_files
 from text_utils import BPE_PATH, ENCODER_PATH, load_bpe_ranks, load_encoder
-from weights import git_blob_sha1
+from weights import FAMILIES as ARCHES
+from weights import GPT2_VOCAB_FILES, git_blob_sha1
 
 MAX_ID = np.iinfo(np.uint16).max
 CHUNK_DOCS = 256  # documents handed to a worker at once
 CHUNK_CHARS = 1 << 22  # ... or fewer, once they hold this many characters (bounds memory with large documents)
 ERRORS = ('strict', 'replace', 'ignore')
-ARCHES = ('gpt1', 'gpt2')
 SEPARATOR_NOTES = {
     'gpt1': ('written after every document (doc1 SEP doc2 SEP ...); the released vocabulary has no end-of-text token, '
              'so it is id n_vocab, the first special row of the embedding table'),
     'gpt2': 'written after every document (doc1 SEP doc2 SEP ...): GPT-2\'s <|endoftext|>, a token of its vocabulary'}
 DEFAULT_VOCABULARY = {'gpt1': (ENCODER_PATH, BPE_PATH),
-                      'gpt2': (str(GPT2_DIR / 'encoder.json'), str(GPT2_DIR / 'vocab.bpe'))}
+                      'gpt2': tuple(str(GPT2_DIR / name) for name in GPT2_VOCAB_FILES)}
 N_TOKENS_NOTE = 'n_tokens counts every id in the split file, the separator after each document included'
 _STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json)\.tmp\d+$')
 
