@@ -67,8 +67,7 @@ def _rocstories(path, require_labels=True):
 
 def rocstories_test_labels(data_dir):
     """Return the test file's labels (AnswerRightEnding - 1) as an np.int32 array, or None when it has none."""
-    _, _, _, teY = _rocstories(os.path.join(data_dir, TEST_FILE), require_labels=False)
-    return None if teY is None else np.asarray(teY, dtype=np.int32)
+    return story_cloze(data_dir, 'test')[3]
 
 
 def rocstories(data_dir, n_train=1497, n_valid=374, return_test_labels=False):
