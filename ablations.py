@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from checkpoint import write_json
+from utils import task_dirs
 
 VARIANTS = {  # name: (the paper's row, train.py's flags)
     'full': ('Transformer w/ aux LM (full)', ()),
@@ -38,7 +39,10 @@ def parse_args(argv=None):
                                                     '"torchrun --nproc_per_node=4")')
     p.add_argument('train_args', nargs='*', help="train.py's flags for every run, after --")
     args = p.parse_args(argv)
-    args.tasks = task_folders(p, args.tasks)
+    try:
+        args.tasks = task_dirs(args.tasks, '--tasks')
+    except ValueError as err:
+        p.error(str(err))
     args.variants = args.variants.split(',')
     for name in args.variants:
         if name not in VARIANTS:
@@ -46,17 +50,6 @@ def parse_args(argv=None):
     if args.n_runs < 1:
         p.error(f'--n_runs {args.n_runs}: give at least 1')
     return args
-
-
-def task_folders(parser, specs):
-    """Return [(task, data_dir)] of TASK=DATA_DIR specs, each task once."""
-    tasks = []
-    for spec in specs:
-        task, sep, data_dir = spec.partition('=')
-        if not sep or not task or not data_dir or task in dict(tasks):
-            parser.error(f'--tasks {spec!r}: give TASK=DATA_DIR, each task once')
-        tasks.append((task, data_dir))
-    return tasks
 
 
 def run_command(args, task, data_dir, variant):

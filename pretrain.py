@@ -44,6 +44,7 @@ from opt import SCHEDULES, OpenAIAdam
 from sample import generate
 from trainer import (Preempted, Run, autocast_context, format_phases, open_log, phase_record, resume_command,
                      run_identity, save_state, stop_if_requested, to_tensors, update_phase)
+from utils import task_dirs
 from weights import (FAMILIES, checkpoint_from_model, family_name, read_checkpoint, vocab_names, write_released,
                      write_safetensors, write_tf_gpt2)
 
@@ -111,15 +112,7 @@ def check_args(args, info=DistInfo()):
 
 def zero_shot_tasks(specs):
     """Return [(task, data_dir)] of --zero_shot TASK=DATA_DIR flags, each checked."""
-    tasks = []
-    for spec in specs:
-        task, sep, data_dir = spec.partition('=')
-        if not sep or task not in HEURISTIC_TASKS or not data_dir:
-            raise ValueError(f'--zero_shot {spec!r}: give TASK=DATA_DIR with TASK one of {", ".join(HEURISTIC_TASKS)}')
-        if task in dict(tasks):
-            raise ValueError(f'--zero_shot {task} is given twice')
-        tasks.append((task, data_dir))
-    return tasks
+    return task_dirs(specs, '--zero_shot', HEURISTIC_TASKS)
 
 
 def read_zero_shot_tasks(args, lm):
