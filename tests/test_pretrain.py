@@ -139,14 +139,12 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(corpus, tmp_path):
 def assert_killed_and_resumed_run_equals_the_uninterrupted_run(full_args, killed_args):
     """Run pretrain.py with full_args; run it with killed_args in a process killed after the evaluation at update
     20 (states saved every 3 updates), then resume it: assert the same log records and final weights."""
-    import time
     every = ['--eval_every', '10', '--save_every', '3']
     full, out = (Path(args[args.index('--out') + 1]) for args in (full_args, killed_args))
     assert pretrain.main([*full_args, *every]) == 0
     cmd = [sys.executable, str(ROOT / 'pretrain.py'), *killed_args, *every]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     wait_for_line(proc, 'update 20:')  # kill after the evaluation at update 20: a few states are on disk
-    time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stdout.close()
