@@ -173,3 +173,52 @@ def wait_for_line(proc, prefix, timeout=300):
     if not found.is_set():
         proc.kill()
         raise AssertionError(f'no line starting {prefix!r} (the process ended with {proc.wait(timeout=60)})')
+
+
+def _limited_child(conn, memory, fn, args):
+    """In a forked child: cap the address space's growth at memory bytes, run fn(*args), send back what happened."""
+    import resource
+
+    import untrusted
+    with open('/proc/self/status') as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmSize:'))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + memory, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    try:
+        fn(*args)
+        outcome = ('ok', '')
+    except untrusted.BadFile as err:
+        outcome = (type(err).__name__, str(err))
+    except BaseException as err:  # noqa: BLE001 - reported to the test, which fails on anything but BadFile
+        outcome = (type(err).__name__, f'{type(err).__name__}: {err}')
+    conn.send(outcome)
+    conn.close()
+
+
+def run_limited(fn, *args, memory=512 << 20, seconds=120):
+    """Run fn(*args) in a forked child whose address space may grow by at most memory bytes and that is killed
+    after seconds; return (outcome, message): ('ok', ''), ('BadFile' or 'MissingFile', the one line), another
+    exception's type name (MemoryError when the reader overran the limit), or ('hung', '')."""
+    import multiprocessing
+    ctx = multiprocessing.get_context('fork')
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_limited_child, args=(send, memory, fn, args))
+    child.start()
+    send.close()
+    if not receive.poll(seconds):
+        child.kill()
+        child.join()
+        return 'hung', ''
+    outcome = receive.recv()
+    child.join()
+    return outcome
+
+
+def assert_refused(fn, *args, names=None, memory=512 << 20, seconds=120):
+    """Assert that fn(*args), run as run_limited runs it, raises only the project's BadFile, on one line naming
+    `names` (a path or part of one) when given; return the message."""
+    outcome, message = run_limited(fn, *args, memory=memory, seconds=seconds)
+    assert outcome in ('BadFile', 'MissingFile'), (outcome, message)
+    assert '\n' not in message
+    if names is not None:
+        assert str(names) in message, message
+    return message
