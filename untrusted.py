@@ -111,14 +111,15 @@ def is_inside(path, folder):
 
 
 def contained(folder, name, source):
-    """Return folder/name for a name that the file `source` gives, after checking that it is a relative path that
-    stays inside folder (symlinks resolved); refused otherwise, without saying whether the outside path exists."""
+    """Return the path of a file that the file `source` names, after checking that it stays inside folder (symlinks
+    resolved): a relative name is taken from folder, an absolute one must lie inside it (TensorFlow's `checkpoint`
+    files may name absolute paths); anything else is refused without saying whether the outside path exists."""
     folder = check_path_text(folder, 'folder')
     if not isinstance(name, str) or not name or '\0' in name:
         raise bad(source, f'names {show(name)}, which is not a file name')
-    if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == '..':
+    path = name if os.path.isabs(name) else os.path.join(folder, name)
+    if (os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == '..') and not is_inside(path, folder):
         raise bad(source, f'names {show(name)}, a path outside its folder {folder}: only files inside it are read')
-    path = os.path.join(folder, name)
     if not is_inside(path, folder):
         raise bad(source, f'names {show(name)}, which leads outside its folder {folder} (through a link): only files '
                           f'inside it are read')

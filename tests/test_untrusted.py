@@ -63,6 +63,8 @@ def test_contained_refuses_a_link_leading_out_and_accepts_names_inside(tmp_path)
         untrusted.contained(folder, 'out', 'index.json')
     assert untrusted.contained(folder, 'in/x', 'index.json') == os.path.join(folder, 'in/x')
     assert untrusted.contained(folder, 'sub/../y', 'index.json') == os.path.join(folder, 'sub/../y')
+    inside = str(folder / 'sub' / 'model.ckpt')  # an absolute path inside the folder, as TensorFlow may write
+    assert untrusted.contained(folder, inside, 'checkpoint') == inside
 
 
 def test_open_regular_refuses_fifos_devices_folders_and_links_out_and_names_missing_files(tmp_path):
