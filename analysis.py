@@ -7,84 +7,137 @@
 """
 import argparse
 import csv
-import json
+import io
 import math
 import os
 import sys
 
 import numpy as np
 
+import untrusted
 from datasets import TEST_FILE, _rocstories
+from untrusted import BadFile, show
 
 
-def read_log(log_path):
-    """Return the records of a JSON-lines log of train.py or pretrain.py, without its first line (a ResultLogger's
-    header: the run's arguments)."""
-    if not os.path.isfile(log_path):
-        raise FileNotFoundError(f'{log_path}: log file not found; train.py writes it to <log_dir>/<desc>.jsonl, '
-                                f'pretrain.py to <out>/log.jsonl')
-    records = []
-    with open(log_path, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, start=1):
+# what each log is and who writes it, for the messages about a log that is missing or not one
+LOG_KINDS = {'train.py': ('the .jsonl that train.py writes', 'train.py writes it to <log_dir>/<desc>.jsonl'),
+             'pretrain.py': ('the log.jsonl that pretrain.py writes', 'pretrain.py writes it to <out>/log.jsonl')}
+# the fields of a log's records that analysis.py reads: counters (ints >= 0) and scores (numbers or null; the ones
+# reported finite, which the scripts always log)
+LOG_COUNTERS = ('n_updates', 'n_epochs', 'tokens')
+LOG_SCORES = ('tr_cost', 'va_cost', 'tr_acc', 'va_acc', 'train_loss', 'val_loss', 'val_ppl', 'tokens_per_s', 'lr')
+FINITE_SCORES = ('va_acc', 'val_loss')
+MAX_LOG_BYTES = 1 << 30  # a log of a run with an evaluation every update for a year is smaller
+
+
+def _is_number(value, finite=False):
+    """Return whether value is a number (an int within a float's range, not a bool, or a float); with finite, a
+    finite one."""
+    if untrusted.is_int(value):
+        return abs(value) < 1 << 1000
+    return isinstance(value, float) and (not finite or math.isfinite(value))
+
+
+def check_log_record(record, kind):
+    """Raise a ValueError saying what is wrong with a log record's fields that analysis.py reads."""
+    for key, value in record.items():
+        if key in LOG_COUNTERS:
+            untrusted.int_field(key, value, 0, 1 << 53)
+        elif key in LOG_SCORES or key.startswith('zs_'):
+            if value is not None and not _is_number(value, finite=key in FINITE_SCORES):
+                raise ValueError(f'{key} must be a {"finite " if key in FINITE_SCORES else ""}number or null, not '
+                                 f'{show(value)}')
+    if kind == 'pretrain.py' and record.get('val_loss') is not None and 'n_updates' not in record:
+        raise ValueError('an evaluation (val_loss) without its n_updates')
+
+
+def read_log(log_path, kind='train.py'):
+    """Return the records of a JSON-lines log of train.py or pretrain.py (kind), without its first line (a
+    ResultLogger's header: the run's arguments), each field analysis.py reads checked. Only untrusted.BadFile (a
+    MissingFile for a missing log) escapes, one line naming the log, the line and what kind of log was expected."""
+    expected, writer = LOG_KINDS[kind]
+    with untrusted.reading(log_path):
+        text = untrusted.read_text(log_path, limit=MAX_LOG_BYTES, what='log',
+                                   missing=f'no log there; {writer}')
+        records = []
+        for lineno, line in enumerate(io.StringIO(text, newline=None), start=1):
             if not line.strip():
                 continue
+            where = f'{log_path}: line {lineno}'
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f'{log_path}: line {lineno}: not JSON ({e}); pass the .jsonl that train.py '
-                                 f'writes') from None
+                record = untrusted.parse_json(line, where, constants=True)  # json.dumps writes NaN as NaN
+            except BadFile as err:
+                reason = str(err)[len(where) + 2:]
+                raise BadFile(f'{where}: not JSON ({reason}); pass {expected}', log_path) from None
             if not isinstance(record, dict):
-                raise ValueError(f'{log_path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}')
+                raise BadFile(f'{where}: expected a JSON object, got {show(line.strip(), 60)}; pass {expected}',
+                              log_path)
             if lineno > 1:
+                try:
+                    check_log_record(record, kind)
+                except ValueError as err:
+                    raise BadFile(f'{where}: {err}; pass {expected}', log_path) from None
                 records.append(record)
-    return records
+        return records
 
 
 def best_valid_accuracy(log_path):
     """Return the highest va_acc in the log (the first such entry on ties, like np.argmax)."""
     # The original indexes log['va_acc'] on every line after the first; lines without va_acc are skipped
     # here so that a log holding other records still works.
-    accs = [record['va_acc'] for record in read_log(log_path) if 'va_acc' in record]
+    accs = [record['va_acc'] for record in read_log(log_path) if record.get('va_acc') is not None]
     if not accs:
-        raise ValueError(f'{log_path}: no va_acc entries after the first line; was training logged to this file?')
+        raise BadFile(f'{log_path}: no va_acc entries after the first line; was training logged to this file?',
+                      log_path)
     return accs[int(np.argmax(accs))]
 
 
+def read_tsv(path, missing, quoting=csv.QUOTE_MINIMAL):
+    """Return the rows of a tab-separated file that train.py wrote (a regular file, UTF-8, bounded)."""
+    text = untrusted.read_text(path, limit=untrusted.JSON_MAX_BYTES, what='predictions file', missing=missing)
+    try:
+        return list(csv.reader(io.StringIO(text, newline=''), delimiter='\t', quoting=quoting))
+    except csv.Error as err:
+        raise BadFile(f'{path}: not a predictions file of train.py ({err})', path) from None
+
+
 def read_predictions(pred_path):
-    """Return the predictions of an 'index<TAB>prediction' TSV (as train.py writes it) as an int array."""
-    if not os.path.isfile(pred_path):
-        raise FileNotFoundError(f'{pred_path}: predictions file not found; train.py --submit writes it to '
-                                f'<submission_dir>/ROCStories.tsv')
-    with open(pred_path, encoding='utf-8', newline='') as f:
-        rows = list(csv.reader(f, delimiter='\t'))
-    if not rows or 'prediction' not in rows[0]:
-        raise ValueError(f'{pred_path}: line 1: expected the header "index<TAB>prediction"')
-    col = rows[0].index('prediction')
-    has_index = 'index' in rows[0]
-    preds = []
-    for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) != len(rows[0]):
-            raise ValueError(f'{pred_path}: line {lineno}: {len(row)} fields, expected {len(rows[0])} like the header')
-        # The original (pandas) takes the prediction column in file order; an index column is checked to be
-        # 0, 1, 2, ... here so that a reordered file cannot be scored against the wrong stories.
-        if has_index and row[rows[0].index('index')].strip() != str(lineno - 2):
-            raise ValueError(f'{pred_path}: line {lineno}: index {row[rows[0].index("index")]!r}, '
-                             f'expected {lineno - 2}; rows must be in test-file order')
-        try:
+    """Return the predictions (0 or 1: the first or second ending) of an 'index<TAB>prediction' TSV (as train.py
+    writes it) as an int array. Only untrusted.BadFile escapes, one line naming the file."""
+    with untrusted.reading(pred_path):
+        rows = read_tsv(pred_path, 'no predictions there; train.py --submit writes it to '
+                                   '<submission_dir>/ROCStories.tsv')
+        if not rows or 'prediction' not in rows[0]:
+            raise BadFile(f'{pred_path}: line 1: expected the header "index<TAB>prediction"', pred_path)
+        col = rows[0].index('prediction')
+        has_index = 'index' in rows[0]
+        preds = []
+        for lineno, row in enumerate(rows[1:], start=2):
+            if len(row) != len(rows[0]):
+                raise BadFile(f'{pred_path}: line {lineno}: {len(row)} fields, expected {len(rows[0])} like the '
+                              f'header', pred_path)
+            # The original (pandas) takes the prediction column in file order; an index column is checked to be
+            # 0, 1, 2, ... here so that a reordered file cannot be scored against the wrong stories.
+            if has_index and row[rows[0].index('index')].strip() != str(lineno - 2):
+                raise BadFile(f'{pred_path}: line {lineno}: index {show(row[rows[0].index("index")], 60)}, '
+                              f'expected {lineno - 2}; rows must be in test-file order', pred_path)
+            if row[col].strip() not in ('0', '1'):
+                raise BadFile(f'{pred_path}: line {lineno}: prediction {show(row[col], 60)} is not an integer 0 or '
+                              f'1 (the first or the second ending)', pred_path)
             preds.append(int(row[col]))
-        except ValueError:
-            raise ValueError(f'{pred_path}: line {lineno}: prediction {row[col]!r} is not an integer') from None
-    return np.asarray(preds, dtype=np.int64)
+        return np.asarray(preds, dtype=np.int64)
 
 
 def read_test_set(data_dir):
-    """Return (stories, endings1, endings2, labels) of the test CSV in data_dir; labels as an int array."""
+    """Return (stories, endings1, endings2, labels) of the test CSV in data_dir; labels as an int array. Only
+    untrusted.BadFile escapes (a MissingFile for a missing file), one line naming the file."""
     path = os.path.join(data_dir, TEST_FILE)
-    teX1, teX2, teX3, teY = _rocstories(path, require_labels=False)
-    if teY is None:
-        raise ValueError(f'{path}: no AnswerRightEnding column, so there is no test accuracy to compute; '
-                         f'use the labelled 2016 test CSV')
-    return teX1, teX2, teX3, np.asarray(teY, dtype=np.int64)
+    with untrusted.reading(path):
+        teX1, teX2, teX3, teY = _rocstories(path, require_labels=False)
+        if teY is None:
+            raise BadFile(f'{path}: no AnswerRightEnding column, so there is no test accuracy to compute; use the '
+                          f'labelled 2016 test CSV', path)
+        return teX1, teX2, teX3, np.asarray(teY, dtype=np.int64)
 
 
 def _check_counts(pred_path, preds, labels):
@@ -122,7 +175,7 @@ def draw_curves(records, panels, out_path, figsize):
     FigureCanvasAgg(fig)
     for ax, (ylabel, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         for key, label in series:
-            points = [(r['n_updates'], r[key]) for r in records if r.get(key) is not None]
+            points = [(r['n_updates'], r[key]) for r in records if r.get(key) is not None and 'n_updates' in r]
             if points:
                 ax.plot(*zip(*points), marker='o', label=label)
         ax.set_xlabel('n_updates')
@@ -137,7 +190,7 @@ def plot_curves(log_path, out_path):
     """Draw train/valid cost and accuracy against n_updates from the log into out_path; return out_path."""
     records = [r for r in read_log(log_path) if 'n_updates' in r]
     if not records:
-        raise ValueError(f'{log_path}: no entries with n_updates to plot')
+        raise BadFile(f'{log_path}: no entries with n_updates to plot', log_path)
     panels = [(ylabel, [(f'tr_{kind}', 'train'), (f'va_{kind}', 'valid')])
               for kind, ylabel in (('cost', 'cost'), ('acc', 'accuracy (%)'))]
     return draw_curves(records, panels, out_path, figsize=(10, 4))
@@ -145,16 +198,19 @@ def plot_curves(log_path, out_path):
 
 def pretrain_report(log_path):
     """Print and return the summary of a pretrain.py log: the last and the best validation loss (nats/token)."""
-    records = [r for r in read_log(log_path) if r.get('val_loss') is not None]
+    records = [r for r in read_log(log_path, 'pretrain.py') if r.get('val_loss') is not None]
     if not records:
-        raise ValueError(f'{log_path}: no val_loss entries; pass the log.jsonl that pretrain.py writes')
+        raise BadFile(f'{log_path}: no val_loss entries; pass the log.jsonl that pretrain.py writes', log_path)
     best = min(records, key=lambda r: r['val_loss'])
     last = records[-1]
     print(f"{len(records)} evaluations, last at update {last['n_updates']}: val loss {last['val_loss']:.4f} "
           f"(perplexity {math.exp(min(last['val_loss'], 700.0)):.2f})")
     print(f"best val loss {best['val_loss']:.4f} at update {best['n_updates']}")
     for key in zero_shot_keys(records):
-        print(f"zero-shot {key[3:]}: {last[key]:.2f} at update {last['n_updates']} (first {records[0][key]:.2f})")
+        scored = [r for r in records if r.get(key) is not None]
+        if scored:
+            print(f"zero-shot {key[3:]}: {scored[-1][key]:.2f} at update {scored[-1]['n_updates']} (first "
+                  f"{scored[0][key]:.2f})")
     return dict(last=last, best=best)
 
 
@@ -167,7 +223,7 @@ def plot_pretrain_curves(log_path, out_path):
     """Draw the training and validation losses (nats/token) of a pretrain.py log against n_updates, and beside them
     its zero-shot scores (pretrain.py --zero_shot: the paper's Figure 2, right); return out_path."""
     from heuristics import METRICS
-    records = read_log(log_path)
+    records = read_log(log_path, 'pretrain.py')
     panels = [('loss (nats per token)', [('train_loss', 'train'), ('val_loss', 'valid')])]
     keys = zero_shot_keys(records)
     if keys:
@@ -176,17 +232,36 @@ def plot_pretrain_curves(log_path, out_path):
 
 
 def read_transfer(path):
-    """Return the record train.py --n_transfer K1,K2,... writes (<desc>_transfer.json), checked."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            record = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f'{path}: not JSON ({err.msg} at line {err.lineno}); pass the <desc>_transfer.json that '
-                         f'train.py --n_transfer K1,K2,... writes') from None
-    if not isinstance(record, dict) or not record.get('points'):
-        raise ValueError(f'{path}: no "points"; pass the <desc>_transfer.json that train.py --n_transfer K1,K2,... '
-                         f'writes')
-    return record
+    """Return the record train.py --n_transfer K1,K2,... writes (<desc>_transfer.json), checked: a metric name and
+    points, each {n_transfer: int >= -1, median: number, runs: [{best_va: number, ...}]}. Only untrusted.BadFile
+    escapes, one line naming the file."""
+    expected = 'pass the <desc>_transfer.json that train.py --n_transfer K1,K2,... writes'
+    with untrusted.reading(path):
+        try:
+            record = untrusted.read_json(path, what='transfer record', missing=f'no transfer record there; {expected}')
+        except untrusted.MissingFile:
+            raise
+        except BadFile as err:
+            raise BadFile(f'{err}; {expected}', path) from None
+        points = record.get('points')
+        if not isinstance(points, list) or not points:
+            raise BadFile(f'{path}: no "points"; {expected}', path)
+        if not isinstance(record.get('metric'), str):
+            raise BadFile(f'{path}: "metric" must be a name, not {show(record.get("metric"))}; {expected}', path)
+        for k, point in enumerate(points):
+            where = f'{path}: points[{k}]'
+            if not isinstance(point, dict) or not isinstance(point.get('runs'), list):
+                raise BadFile(f'{where} must be an object with "runs", not {show(point)}; {expected}', path)
+            if not untrusted.is_int(point.get('n_transfer')) or not -1 <= point['n_transfer'] <= 1 << 16:
+                raise BadFile(f'{where}.n_transfer must be an integer >= -1, not {show(point.get("n_transfer"))}; '
+                              f'{expected}', path)
+            scores = [('median', point.get('median'))] + [
+                (f'runs[{j}].best_va', run.get('best_va') if isinstance(run, dict) else run)
+                for j, run in enumerate(point['runs'])]
+            for name, value in scores:
+                if not _is_number(value, finite=True):
+                    raise BadFile(f'{where}.{name} must be a finite number, not {show(value)}; {expected}', path)
+        return record
 
 
 def transfer_report(path):
@@ -231,28 +306,29 @@ def misclassified(data_dir, pred_path):
 
 
 def read_task_predictions(task_name, pred_path):
-    """Return (predictions, gold labels) as class ids (scores for STS-B) from a dev file train.py wrote."""
+    """Return (predictions, gold labels) as class ids (scores for STS-B) from a dev file train.py wrote. Only
+    untrusted.BadFile escapes for a bad file, one line naming it (an unknown task is a ValueError)."""
     from task_datasets import TASK_LABELS
-    if not os.path.isfile(pred_path):
-        raise FileNotFoundError(f'{pred_path}: predictions file not found; train.py --submit writes '
-                                f'<submission_dir>/<task>_<dev split>_predictions.tsv')
     names = TASK_LABELS[task_name]
-    with open(pred_path, encoding='utf-8', newline='') as f:
-        rows = list(csv.reader(f, delimiter='\t', quoting=csv.QUOTE_NONE))
-    if not rows or rows[0][1:3] != ['prediction', 'label']:
-        raise ValueError(f'{pred_path}: line 1: expected the header "index<TAB>prediction<TAB>label"')
-    preds, gold = [], []
-    for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) != 3:
-            raise ValueError(f'{pred_path}: line {lineno}: expected 3 fields, got {len(row)}')
-        try:
-            values = [float(v) if names is None else names.index(v) for v in row[1:]]
-        except ValueError:
-            raise ValueError(f'{pred_path}: line {lineno}: {row[1:]} are not labels of {task_name} '
-                             f'({names or "scores"})') from None
-        preds.append(values[0])
-        gold.append(values[1])
-    return np.asarray(preds), np.asarray(gold)
+    with untrusted.reading(pred_path):
+        rows = read_tsv(pred_path, 'no predictions there; train.py --submit writes '
+                                   '<submission_dir>/<task>_<dev split>_predictions.tsv', quoting=csv.QUOTE_NONE)
+        if not rows or rows[0][1:3] != ['prediction', 'label']:
+            raise BadFile(f'{pred_path}: line 1: expected the header "index<TAB>prediction<TAB>label"', pred_path)
+        preds, gold = [], []
+        for lineno, row in enumerate(rows[1:], start=2):
+            if len(row) != 3:
+                raise BadFile(f'{pred_path}: line {lineno}: expected 3 fields, got {len(row)}', pred_path)
+            try:
+                values = [float(v) if names is None else names.index(v) for v in row[1:]]
+            except ValueError:
+                values = None
+            if values is None or not all(math.isfinite(v) for v in values):
+                raise BadFile(f'{pred_path}: line {lineno}: {show(row[1:], 80)} are not labels of {task_name} '
+                              f'({names or "finite scores"})', pred_path)
+            preds.append(values[0])
+            gold.append(values[1])
+        return np.asarray(preds), np.asarray(gold)
 
 
 def task_report(task_name, pred_path):
@@ -319,9 +395,9 @@ def main(argv=None):
             print(f'{len(wrong)} misclassified test stories')
             for i, story, ending1, ending2, predicted, true in wrong:
                 print(f'\n[{i}] {story}\n  1: {ending1}\n  2: {ending2}\n  predicted {predicted}, true {true}')
-    except (OSError, ValueError) as e:  # FileNotFoundError is an OSError
-        print(f'analysis.py: error: {e}', file=sys.stderr)
-        sys.exit(1)
+    except (OSError, ValueError) as e:  # a BadFile (one line naming the file) is a ValueError
+        print(f'analysis.py: error: {untrusted.one_line(e)}', file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == '__main__':

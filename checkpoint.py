@@ -10,18 +10,25 @@ Each write stays atomic (temporary file, fsync, rename), so a crash at any momen
 complete file, and a write that fails (a full disk) is one OSError naming the file, its temporary removed.
 
 A training state holds every process's random states (each rank of a torchrun job draws its own dropout masks) and
-what identifies its run (the task, the model's sizes, the recipe), checked before anything is restored.
+what identifies its run (the task, the model's sizes, the recipe). Files are read as untrusted (docs/trust.md): by
+read_safetensors (a regular file, every size checked against the bytes on disk before anything is built, the JSON
+with a depth limit), then checked whole (load_training_state: all or nothing; load_params likewise); only
+untrusted.BadFile escapes, one line naming the file, and nothing is restored from a file that is refused.
 """
 import json
+import math
 import os
 import random
+import struct
 import threading
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+import untrusted
+from untrusted import JSON_MAX_BYTES, BadFile, show
 from utils import write_failure
 
 STATE_FORMAT = 'gpt-train-state-v2'
@@ -163,9 +170,16 @@ def tied_names(state):
     return {name: group for group in groups.values() for name in group}
 
 
-def load_weights(model, saved, source):
-    """Copy the tensors {name: tensor} into model (strictly: every weight, each shape; source names them in
-    errors); return model."""
+def dtype_name(dtype):
+    """Return a torch dtype's short name ('float32')."""
+    return str(dtype).replace('torch.', '')
+
+
+def check_weights(model, saved, source):
+    """Return {name: saved tensor} for every tensor of model's state dict after checking that saved fits it exactly:
+    every weight (a tied one under any of its names), no other name, each shape, each dtype the model's own (no
+    silent cast of int, bool or float64 data), every value finite; a one-line BadFile naming source otherwise.
+    Nothing is copied."""
     state = model.state_dict()
     ties = tied_names(state)
     # a tied weight may be stored under any of its names (save_params keeps the first, older files another)
@@ -173,28 +187,129 @@ def load_weights(model, saved, source):
     missing = [name for name, t in found.items() if t is None]
     unexpected = sorted(set(saved) - set(state))
     if missing or unexpected:
-        raise ValueError(f'{source} does not fit this model: '
-                         + (f'no {missing[0]}' if missing else f'unexpected {unexpected[0]}'))
+        raise BadFile(f'{source} does not fit this model: '
+                      + (f'no {missing[0]}' if missing else f'unexpected {unexpected[0][:120]}'), source)
     for name, t in state.items():  # every shape checked before anything is copied
-        if tuple(found[name].shape) != tuple(t.shape):
-            raise ValueError(f'{source} does not fit this model: {name} has shape {tuple(found[name].shape)}, '
-                             f'the model {tuple(t.shape)}')
+        s = found[name]
+        if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(t.shape):
+            raise BadFile(f'{source} does not fit this model: {name} has shape {tuple(s.shape)}, the model '
+                          f'{tuple(t.shape)}', source)
+        if s.dtype != t.dtype:
+            raise BadFile(f'{source}: {name} has dtype {dtype_name(s.dtype)}, the model holds '
+                          f'{dtype_name(t.dtype)}: refused rather than converted', source)
+        if s.is_floating_point() and not bool(torch.isfinite(s).all()):
+            raise BadFile(f'{source}: {name} holds a value that is not finite (NaN or infinity)', source)
+    return found
+
+
+def load_weights(model, saved, source):
+    """Copy the tensors {name: tensor} into model (strictly, as check_weights checks: a BadFile naming source, and
+    nothing copied, when they do not fit); return model."""
+    found = check_weights(model, saved, source)
     with torch.no_grad():
-        for name, t in state.items():
+        for name, t in model.state_dict().items():
             t.copy_(found[name])
     return model
 
 
-def load_params(model, path):
-    """Load weights written by save_params into model (strictly: every weight, each shape); return model."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: no saved weights there')
+# safetensors' dtype codes; a file's tensors are built only after every entry is checked against the bytes on disk
+SAFETENSORS_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+                      'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8,
+                      'U8': torch.uint8, 'BOOL': torch.bool}
+MAX_DIMS = 8  # no tensor of this project has more than 4 dimensions
+
+
+def read_safetensors(path, what='a safetensors file', advice='', missing=None):
+    """Return (metadata {str: str}, {name: tensor}) of the safetensors file at path, read with one bounded read.
+
+    Read here rather than by safetensors' own reader, so that nothing is built before it is checked: a regular file
+    (untrusted.open_regular), a header size within the file, the header JSON with a depth limit, every entry's
+    dtype, shape and byte range within the data and consistent with each other. A file that is not one is a BadFile
+    'path is not <what> (<reason>)<advice>'. The tensors are views of the one buffer read (little-endian, as the
+    format stores them)."""
+    def damaged(reason):
+        return BadFile(f'{path} is not {what} ({reason}){advice}', path)
+
+    with untrusted.open_regular(path, missing=missing) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise damaged(f'{size} bytes, too short for a safetensors header')
+        n_header = struct.unpack('<Q', f.read(8))[0]
+        if n_header > size - 8:
+            raise damaged(f'its header claims {n_header} bytes, the file holds {size - 8} after the size field: '
+                          f'truncated, or another kind of file')
+        if n_header > JSON_MAX_BYTES:
+            raise damaged(f'a header of {n_header} bytes, more than any file of this project holds')
+        head = f.read(n_header)
+        data = bytearray(size - 8 - n_header)
+        view, got = memoryview(data), 0
+        while got < len(data):
+            k = f.readinto(view[got:])
+            if not k:
+                break
+            got += k
+        if len(head) != n_header or got != len(data) or f.read(1):
+            raise BadFile(f'{path} changed size while being read: read it again', path)
     try:
-        with safe_open(path, framework='pt') as f:
-            saved = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as err:
-        raise ValueError(f'{path} is not a safetensors file of weights ({err}); only safetensors are loaded') from None
-    return load_weights(model, saved, path)
+        text = head.decode('utf-8')
+    except UnicodeDecodeError as err:
+        raise damaged(f'its header is not UTF-8 (byte {err.start})') from None
+    try:
+        header = untrusted.parse_json(text, path)
+    except BadFile as err:
+        raise damaged(str(err)[len(path) + 2:] if str(err).startswith(f'{path}: ') else str(err)) from None
+    if not isinstance(header, dict):
+        raise damaged(f'its header is a JSON {type(header).__name__}, not an object')
+    metadata = header.pop('__metadata__', None)
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise damaged('its __metadata__ is not an object of strings')
+    entries = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {'dtype', 'shape', 'data_offsets'}:
+            raise damaged(f'the entry of tensor {show(name)} is not {{dtype, shape, data_offsets}}')
+        dtype, shape, offsets = entry['dtype'], entry['shape'], entry['data_offsets']
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise damaged(f'tensor {show(name)} has dtype {show(dtype)}, not one of '
+                          f'{", ".join(SAFETENSORS_DTYPES)}')
+        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+                or not all(untrusted.is_int(d) and 0 <= d <= len(data) for d in shape)):
+            raise damaged(f'tensor {show(name)} has shape {show(shape)}, not a list of at most {MAX_DIMS} sizes '
+                          f'within the file')
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(untrusted.is_int(o) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= len(data)):
+            raise damaged(f'tensor {show(name)} has data_offsets {show(offsets)}, not a byte range within the '
+                          f'{len(data)} bytes of data')
+        numel = math.prod(shape)
+        itemsize = SAFETENSORS_DTYPES[dtype].itemsize
+        if numel * itemsize != offsets[1] - offsets[0]:
+            raise damaged(f'tensor {show(name)} of shape {tuple(shape)} and dtype {dtype} needs '
+                          f'{numel * itemsize} bytes, its range holds {offsets[1] - offsets[0]}')
+        entries.append((offsets[0], offsets[1], name, SAFETENSORS_DTYPES[dtype], shape, numel))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    end = 0
+    for begin, stop, name, _, _, _ in entries:  # the tensors tile the data: no overlap, no gap
+        if begin != end:
+            raise damaged(f'tensor {show(name)} starts at byte {begin} of the data, not at {end} where the one '
+                          f'before it ends')
+        end = stop
+    if end != len(data):
+        raise damaged(f'its tensors end at byte {end} of the data, the file holds {len(data)}')
+    tensors = {}
+    for begin, _, name, dtype, shape, numel in entries:
+        flat = (torch.frombuffer(data, dtype=dtype, count=numel, offset=begin) if numel
+                else torch.empty(0, dtype=dtype))
+        tensors[name] = flat.view(shape)
+    return metadata, tensors
+
+
+def load_params(model, path):
+    """Load weights written by save_params into model (strictly, as check_weights checks); return model. Only a
+    BadFile (a MissingFile for a missing file) escapes, one line naming path; nothing is copied unless all fits."""
+    with untrusted.reading(path):
+        _, saved = read_safetensors(path, 'a safetensors file of weights', '; only safetensors are loaded',
+                                    missing='no saved weights there')
+        return load_weights(model, saved, path)
 
 
 def check_writable(folder):
@@ -222,14 +337,27 @@ def rng_state(device=None):
 
 
 def set_rng_state(meta, tensors, device=None):
-    """Restore the RNG states returned by rng_state (the CUDA one onto device)."""
-    version, internal, gauss = meta['python']
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = meta['numpy']
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors['torch'])
+    """Restore the RNG states returned by rng_state (the CUDA one onto device), after checking all of them: a state
+    that is not one is a ValueError saying which, and no generator is changed."""
+    if not isinstance(meta, dict) or not isinstance(tensors, dict) or not isinstance(tensors.get('torch'),
+                                                                                      torch.Tensor):
+        raise ValueError('random states must be ({python, numpy}, {torch: tensor, ...}) as rng_state returns them')
+    python = python_rng_state('python', meta.get('python'))
+    numpy = numpy_rng_state('numpy', meta.get('numpy'))
+    _check_generator_state('torch', tensors['torch'], None)
+    cuda = device is not None and torch.device(device).type == 'cuda' and 'cuda' in tensors
+    if cuda:
+        _check_generator_state('cuda', tensors['cuda'], device)
+    _apply_rng_state(python, numpy, tensors, device if cuda else None)
+
+
+def _apply_rng_state(python, numpy, tensors, device):
+    """Set the checked random states: python's, numpy's global, torch's and, with a CUDA device, its own."""
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(tensors['torch'].clone())
     if 'cuda' in tensors and device is not None and torch.device(device).type == 'cuda':
-        torch.cuda.set_rng_state(tensors['cuda'], device)
+        torch.cuda.set_rng_state(tensors['cuda'].clone(), device)
 
 
 def rank_record(progress, rank_keys=(), device=None):
@@ -251,15 +379,6 @@ def optimizer_tensors(opt):
     return steps, tensors
 
 
-def set_optimizer_tensors(opt, steps, tensors):
-    """Restore the state saved by optimizer_tensors into opt (built over the same parameters)."""
-    params = [p for g in opt.param_groups for p in g['params']]
-    for key, step in steps.items():
-        p = params[int(key)]
-        opt.state[p] = {'step': step, 'm': tensors[f'opt/{key}/m'].to(p.device),
-                        'v': tensors[f'opt/{key}/v'].to(p.device)}
-
-
 def save_training_state(path, model, opt, progress, writer=None, ranks=None, identity=None):
     """Write model, optimizer, every rank's RNG states and counters (ranks: rank_record of each rank in rank order;
     default this process's) and the JSON-able progress and identity dicts to one file atomically; return path.
@@ -279,25 +398,23 @@ def save_training_state(path, model, opt, progress, writer=None, ranks=None, ide
 
 
 def read_training_state(path):
-    """Return (metadata dict, {name: tensor}) of a training state file, or raise a one-line error saying why it is
-    not one this version can resume."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: nothing to resume (run without --resume to start afresh)')
-    try:
-        with safe_open(path, framework='pt') as f:
-            meta = json.loads((f.metadata() or {}).get('state', '{}'))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, json.JSONDecodeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f'{path} is not a safetensors training state ({reason}): truncated or damaged; delete it '
-                         f'to start afresh') from None
-    found = meta.get('format')
-    if found != STATE_FORMAT:
-        if isinstance(found, str) and found.startswith(('gpt1-train-state-', 'gpt-train-state-')):
-            raise ValueError(f'{path} is a training state of another version of this port ({found}; this version '
-                             f'resumes {STATE_FORMAT}): finish that run with its version, or start afresh')
-        raise ValueError(f'{path} is not a training state of this port (format {found!r})')
-    return meta, tensors
+    """Return (metadata dict, {name: tensor}) of a training state file, or raise a one-line BadFile saying why it is
+    not one this version can resume (a MissingFile when there is none). Only the file's kind is checked here (a
+    safetensors file, read as read_safetensors reads it; its metadata JSON with a depth limit; its format);
+    load_training_state checks the rest before restoring anything."""
+    with untrusted.reading(path):
+        meta, tensors = read_safetensors(path, 'a safetensors training state',
+                                         ': truncated or damaged; delete it to start afresh',
+                                         missing='nothing to resume (run without --resume to start afresh)')
+        meta = untrusted.parse_json(meta.get('state', '{}'), path)
+        found = meta.get('format') if isinstance(meta, dict) else None
+        if found != STATE_FORMAT:
+            if isinstance(found, str) and found.startswith(('gpt1-train-state-', 'gpt-train-state-')):
+                raise BadFile(f'{path} is a training state of another version of this port ({found[:120]}; this '
+                              f'version resumes {STATE_FORMAT}): finish that run with its version, or start afresh',
+                              path)
+            raise BadFile(f'{path} is not a training state of this port (format {show(found)})', path)
+        return meta, tensors
 
 
 def identity_mismatch(saved, identity):
@@ -308,49 +425,321 @@ def identity_mismatch(saved, identity):
     return None
 
 
+class Refused(ValueError):
+    """What is wrong with a part of a training state (the caller names the file)."""
+
+
+def _refuse(where, what):
+    raise Refused(f'{where} {what}')
+
+
+def _check_keys(where, value, keys):
+    """Check that value is a dict with exactly the keys keys."""
+    if not isinstance(value, dict):
+        _refuse(where, f'must be an object, not {show(value)}')
+    if set(value) != set(keys):
+        extra, lacking = sorted(set(value) - set(keys)), sorted(set(keys) - set(value))
+        _refuse(where, f'lacks {lacking[0]!r}' if lacking else f'holds an unexpected {show(extra[0])}')
+
+
+# the largest counter or optimizer step: far more updates than any run makes, exact as a float, and a seed derived
+# from it (Run.restore: seed + 7919 * (n_updates + 1)) still fits torch's 64 bits
+MAX_STEP = 1 << 40
+
+
+def _check_count(where, value, high=MAX_STEP):
+    """Check that value is an int (not a bool) in [0, high]."""
+    if not untrusted.is_int(value) or not 0 <= value <= high:
+        _refuse(where, f'must be an integer in [0, {high}], not {show(value)}')
+
+
+def _check_amount(where, value):
+    """Check that value is a finite non-negative number (not a bool; an int at most MAX_STEP)."""
+    if not (0 <= value <= MAX_STEP if untrusted.is_int(value) else isinstance(value, float) and 0 <= value < math.inf):
+        _refuse(where, f'must be a finite non-negative number, not {show(value)}')
+
+
+def _check_records(where, value):
+    """Check that value is a list of objects (log records, samples)."""
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        _refuse(where, f'must be a list of objects, not {show(value)}')
+
+
+def _check_order(where, value):
+    """Check that value is None or an epoch's order: a permutation of 0..len-1."""
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(untrusted.is_int(i) for i in value) \
+            or sorted(value) != list(range(len(value))):
+        _refuse(where, f'must be null or an order of the training examples (each index once), not {show(value)}')
+
+
+# the counters train.py and pretrain.py keep in a training state's progress, each with its check
+PROGRESS_CHECKS = dict(
+    n_updates=_check_count, epoch=_check_count, batch=_check_count, seen=_check_count, tokens=_check_count,
+    train_tokens=_check_count, best=_check_amount, train_time=_check_amount, train_loss_sum=_check_amount,
+    order=_check_order, log=_check_records, samples=_check_records)
+
+
+def _check_progress_value(where, key, value, template):
+    """Check one progress counter: by its known check, else like the template's value, else as a JSON value
+    whose numbers are finite and non-negative."""
+    check = PROGRESS_CHECKS.get(key)
+    like = None if template is None else template.get(key)
+    if check is None:
+        if untrusted.is_int(like):
+            check = _check_count
+        elif isinstance(like, float) or untrusted.is_int(value) or isinstance(value, (float, bool)):
+            check = _check_amount
+        elif isinstance(like, list) and not isinstance(value, list):
+            _refuse(where, f'must be a list, not {show(value)}')
+    if check is not None:
+        check(where, value)
+
+
+def check_progress(progress, template=None, rank_keys=None, ranks=()):
+    """Check a training state's progress (and each rank's own counters): with template (a fresh progress of the
+    script), exactly its keys; every known counter its type and range; ranks' counters the same keys (rank_keys when
+    given), each a finite non-negative number. A Refused says what is wrong."""
+    if not isinstance(progress, dict):
+        _refuse('progress', f'must be an object, not {show(progress)}')
+    if template is not None:
+        _check_keys('progress', progress, template)
+    for key, value in progress.items():
+        _check_progress_value(f'progress.{key}', key, value, template)
+    keys = None if rank_keys is None else list(rank_keys)
+    for r, record in enumerate(ranks):
+        own = record['progress']
+        if not isinstance(own, dict):
+            _refuse(f'ranks[{r}].progress', f'must be an object, not {show(own)}')
+        keys = list(own) if keys is None else keys
+        _check_keys(f'ranks[{r}].progress', own, keys)
+        for key, value in own.items():
+            if template is not None and key not in template:
+                _refuse(f'ranks[{r}].progress', f'holds {show(key)}, not a counter of this run')
+            _check_progress_value(f'ranks[{r}].progress.{key}', key, value, template)
+            _check_amount(f'ranks[{r}].progress.{key}', value)  # summed when resumed by another number of ranks
+
+
+MT_WORDS = 624  # the Mersenne twister's state: 624 32-bit words and a position
+
+
+def _check_words(where, words, n):
+    if not isinstance(words, list) or len(words) != n or not all(type(w) is int for w in words) \
+            or min(words) < 0 or max(words) >= 1 << 32:  # type(w) is int: no bool
+        _refuse(where, f'must be a list of {n} unsigned 32-bit integers')
+
+
+def python_rng_state(where, value):
+    """Return python random's state (for random.setstate) from its JSON form, checked."""
+    if not isinstance(value, list) or len(value) != 3:
+        _refuse(where, f'must be [version, 625 integers, gauss], not {show(value)}')
+    version, internal, gauss = value
+    if not untrusted.is_int(version) or version != 3:
+        _refuse(f'{where}[0]', f'(the version) must be 3, not {show(version)}')
+    if not isinstance(internal, list) or len(internal) != MT_WORDS + 1:
+        _refuse(f'{where}[1]', f'must be a list of {MT_WORDS + 1} integers')
+    _check_words(f'{where}[1]', internal[:MT_WORDS], MT_WORDS)
+    _check_count(f'{where}[1][{MT_WORDS}]', internal[MT_WORDS], MT_WORDS)
+    if gauss is not None and (not isinstance(gauss, float) or not math.isfinite(gauss)):
+        _refuse(f'{where}[2]', f'must be null or a finite float, not {show(gauss)}')
+    state = (version, tuple(internal), gauss)
+    try:
+        random.Random().setstate(state)  # on a generator of its own: the global one is untouched
+    except (ValueError, TypeError, OverflowError) as err:
+        _refuse(where, f'is not a state of python random ({untrusted.describe(err)})')
+    return state
+
+
+def numpy_rng_state(where, value):
+    """Return numpy's global generator state (for np.random.set_state) from its JSON form, checked."""
+    if not isinstance(value, list) or len(value) != 5:
+        _refuse(where, f"must be ['MT19937', 624 integers, pos, has_gauss, cached_gaussian], not {show(value)}")
+    name, keys, pos, has_gauss, cached = value
+    if name != 'MT19937':
+        _refuse(f'{where}[0]', f"must be 'MT19937', not {show(name)}")
+    _check_words(f'{where}[1]', keys, MT_WORDS)
+    _check_count(f'{where}[2]', pos, MT_WORDS)
+    if not untrusted.is_int(has_gauss) or has_gauss not in (0, 1):
+        _refuse(f'{where}[3]', f'(has_gauss) must be 0 or 1, not {show(has_gauss)}')
+    if not isinstance(cached, float) or not math.isfinite(cached):
+        _refuse(f'{where}[4]', f'(the cached gaussian) must be a finite float, not {show(cached)}')
+    state = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+    try:
+        np.random.RandomState().set_state(state)  # on a generator of its own: the global one is untouched
+    except (ValueError, TypeError) as err:
+        _refuse(where, f'is not a state of numpy random ({untrusted.describe(err)})')
+    return state
+
+
+def _check_generator_state(where, tensor, device):
+    """Check a torch generator state tensor (uint8, 1-D, the length and content that generator accepts), on a
+    generator of its own."""
+    like = torch.get_rng_state() if device is None else torch.cuda.get_rng_state(device)
+    if tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.numel() != like.numel():
+        _refuse(where, f'must be a uint8 vector of {like.numel()} bytes, not {dtype_name(tensor.dtype)} of shape '
+                       f'{tuple(tensor.shape)}')
+    try:
+        torch.Generator(device='cpu' if device is None else device).set_state(tensor.clone())
+    except (RuntimeError, ValueError, TypeError) as err:
+        _refuse(where, f'is not a state of the torch generator ({untrusted.describe(err)})')
+
+
+def check_rank(r, record, own, device):
+    """Return (python state, numpy state, own) of rank r's random states (own: its tensors {'torch': ..., 'cuda':
+    ...}), checked."""
+    _check_keys(f'ranks[{r}]', record, ('rng', 'progress'))
+    _check_keys(f'ranks[{r}].rng', record['rng'], ('python', 'numpy'))
+    python = python_rng_state(f'ranks[{r}].rng.python', record['rng']['python'])
+    numpy = numpy_rng_state(f'ranks[{r}].rng.numpy', record['rng']['numpy'])
+    if 'torch' not in own or set(own) - {'torch', 'cuda'}:
+        _refuse(f'rank {r}', f"must have the random states torch (and cuda), not {show(sorted(own))}")
+    _check_generator_state(f'rng/{r}/torch', own['torch'], None)
+    if 'cuda' in own:
+        t = own['cuda']
+        if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() > 1024:
+            _refuse(f'rng/{r}/cuda', f'must be a uint8 vector, not {dtype_name(t.dtype)} of shape {tuple(t.shape)}')
+        if device is not None and torch.device(device).type == 'cuda':
+            _check_generator_state(f'rng/{r}/cuda', t, device)
+    return python, numpy, own
+
+
+def moment_dtype(p):
+    """Return the dtype of OpenAIAdam's moments of p: float32 for half-precision parameters, else p's own."""
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+
 def check_optimizer_tensors(opt, steps, tensors, source):
-    """Raise a one-line ValueError when the saved optimizer state does not fit opt's parameters."""
+    """Return {parameter index: (step, m, v)} of a saved optimizer state after checking that it fits opt's
+    parameters: steps an object {index: int step in [1, MAX_STEP]}, exactly the moments opt/{i}/m and opt/{i}/v of
+    those indices, each the parameter's shape and moment dtype and finite (v non-negative); else a one-line
+    BadFile naming source."""
     params = [p for g in opt.param_groups for p in g['params']]
-    for key in steps:
+    if not isinstance(steps, dict):
+        raise BadFile(f'{source}: opt_steps must be an object, not {show(steps)}', source)
+    out = {}
+    for key, step in steps.items():
+        if not key.isdigit() or key != str(int(key)):
+            raise BadFile(f'{source}: opt_steps has the key {show(key)}, not a parameter index', source)
         i = int(key)
         if i >= len(params):
-            raise ValueError(f'{source} does not fit this model: its optimizer has state for parameter {i}, the '
-                             f'model has {len(params)}')
+            raise BadFile(f'{source} does not fit this model: its optimizer has state for parameter {i}, the '
+                          f'model has {len(params)}', source)
+        if not untrusted.is_int(step) or not 1 <= step <= MAX_STEP:
+            raise BadFile(f'{source}: the optimizer step of parameter {i} must be an integer in [1, {MAX_STEP}], '
+                          f'not {show(step)}', source)
+        moments = []
         for moment in ('m', 'v'):
             t = tensors.get(f'opt/{key}/{moment}')
             if t is None or tuple(t.shape) != tuple(params[i].shape):
-                raise ValueError(f'{source} does not fit this model: optimizer moment {moment} of parameter {i} has '
-                                 f'shape {None if t is None else tuple(t.shape)}, the parameter '
-                                 f'{tuple(params[i].shape)}')
+                raise BadFile(f'{source} does not fit this model: optimizer moment {moment} of parameter {i} has '
+                              f'shape {None if t is None else tuple(t.shape)}, the parameter '
+                              f'{tuple(params[i].shape)}', source)
+            if t.dtype != moment_dtype(params[i]):
+                raise BadFile(f'{source}: optimizer moment {moment} of parameter {i} has dtype '
+                              f'{dtype_name(t.dtype)}, not {dtype_name(moment_dtype(params[i]))}', source)
+            if not bool(torch.isfinite(t).all()) or (moment == 'v' and bool((t < 0).any())):
+                raise BadFile(f'{source}: optimizer moment {moment} of parameter {i} holds a value that is not '
+                              f'{"finite" if moment == "m" else "finite and non-negative"}', source)
+            moments.append(t)
+        out[i] = (step, *moments)
+    stray = sorted(k for k in tensors if k.startswith('opt/') and
+                   (len(k.split('/')) != 3 or k.split('/')[1] not in steps or k.split('/')[2] not in ('m', 'v')))
+    if stray:
+        raise BadFile(f'{source}: holds the optimizer tensor {show(stray[0])} without a step in opt_steps', source)
+    return out
 
 
-def load_training_state(path, model, opt, identity=None, rank=0, world_size=1, device=None):
-    """Restore model, optimizer, and this rank's RNG states and counters from path; return (progress, the number of
-    processes that saved it). Everything is checked first (format, identity, every shape): a state that does not
-    fit is a one-line ValueError and nothing is restored. Resumed by another number of processes, each rank takes
-    the first rank's RNG states seeded afresh by the caller, and the first rank the sum of the saved counters."""
-    meta, tensors = read_training_state(path)
+def set_optimizer_tensors(opt, checked):
+    """Restore the optimizer state checked by check_optimizer_tensors into opt (copies on each parameter's
+    device)."""
+    params = [p for g in opt.param_groups for p in g['params']]
+    for i, (step, m, v) in checked.items():
+        p = params[i]
+        opt.state[p] = {'step': step, 'm': m.to(p.device, copy=True), 'v': v.to(p.device, copy=True)}
+
+
+STATE_KEYS = ('format', 'identity', 'progress', 'opt_steps', 'ranks')
+
+
+def check_training_state(path, meta, tensors, model, opt, identity=None, rank=0, world_size=1, device=None,
+                         template=None, rank_keys=None):
+    """Return what load_training_state restores, everything checked, nothing changed: (model tensors by the
+    model's names, optimizer state, this rank's (python, numpy, torch tensors) random states, progress, number of
+    ranks saved). A one-line BadFile naming path says what does not fit."""
+    try:
+        _check_keys('the state', meta, STATE_KEYS)
+        if not isinstance(meta['identity'], dict):
+            _refuse('identity', f'must be an object, not {show(meta["identity"])}')
+    except Refused as err:
+        raise BadFile(f'{path}: {err}: damaged; delete it to start afresh', path) from None
     if identity is not None:
         differs = identity_mismatch(meta['identity'], identity)
         if differs:
             key, saved, now = differs
-            raise ValueError(f'{path} was saved by another run ({key} {saved!r}; this run has {now!r}): resume it '
-                             f'with its own arguments, or give this run other output folders')
-    model_tensors = {k[len('model/'):]: t for k, t in tensors.items() if k.startswith('model/')}
-    check_optimizer_tensors(opt, meta['opt_steps'], tensors, path)
+            raise BadFile(f'{path} was saved by another run ({key} {show(saved)}; this run has {show(now)}): '
+                          f'resume it with its own arguments, or give this run other output folders', path)
     ranks = meta['ranks']
-    own = rank if len(ranks) == world_size else 0
-    rng = {k.split('/')[2]: t for k, t in tensors.items() if k.startswith(f'rng/{own}/')}
-    if 'torch' not in rng:
-        raise ValueError(f'{path} holds no random state of rank {own}: truncated or damaged; delete it to start afresh')
-    # the model's tensors, checked as strictly as loading weights: every one, each shape, no unexpected name
-    load_weights(model, model_tensors, path)
-    set_optimizer_tensors(opt, meta['opt_steps'], tensors)
-    set_rng_state(ranks[own]['rng'], rng, device)
-    progress = meta['progress']
+    try:
+        if not isinstance(ranks, list) or not ranks or not all(isinstance(r, dict) for r in ranks):
+            _refuse('ranks', f'must be a non-empty list of objects, not {show(ranks)}')
+        if len(ranks) > 1 << 16:
+            _refuse('ranks', f'lists {len(ranks)} processes, more than any run has')
+        for r, record in enumerate(ranks):
+            _check_keys(f'ranks[{r}]', record, ('rng', 'progress'))
+        check_progress(meta['progress'], template, rank_keys, ranks)
+        own = rank if len(ranks) == world_size else 0
+        by_rank = {str(r): {} for r in range(len(ranks))}  # 'rng/{r}/{name}' -> by_rank[str(r)][name]
+        for key, t in tensors.items():
+            parts = key.split('/')
+            if parts[0] == 'rng':
+                if len(parts) != 3 or parts[1] not in by_rank:
+                    _refuse('the state', f'holds the random state {show(key)} of no rank it lists')
+                by_rank[parts[1]][parts[2]] = t
+        states = [check_rank(r, record, by_rank[str(r)], device) for r, record in enumerate(ranks)]
+        unknown = sorted(k for k in tensors if not k.startswith(('model/', 'opt/', 'rng/')))
+        if unknown:
+            _refuse('the state', f'holds the tensor {show(unknown[0])}, which no training state holds')
+    except Refused as err:
+        raise BadFile(f'{path}: {err}: damaged; delete it to start afresh', path) from None
+    # the model's tensors, checked as strictly as loading weights: every one, each shape and dtype, no other name
+    weights = check_weights(model, {k[len('model/'):]: t for k, t in tensors.items() if k.startswith('model/')},
+                            path)
+    optimizer = check_optimizer_tensors(opt, meta['opt_steps'], tensors, path)
+    progress = dict(meta['progress'])
     if len(ranks) == world_size:
         progress.update(ranks[rank]['progress'])
     else:  # the counters' sums are kept: all on the first rank
         for key in ranks[0]['progress']:
-            progress[key] = sum(r['progress'][key] for r in ranks) if rank == 0 else 0 * ranks[0]['progress'][key]
-    return progress, len(ranks)
+            total = sum(r['progress'][key] for r in ranks)
+            if not math.isfinite(total) or total > (MAX_STEP if untrusted.is_int(total) else math.inf):
+                raise BadFile(f'{path}: the ranks\' {key} add up to {show(total)}, out of range: damaged; delete it '
+                              f'to start afresh', path)
+            progress[key] = total if rank == 0 else 0 * ranks[0]['progress'][key]
+    return weights, optimizer, states[own], progress, len(ranks)
+
+
+def load_training_state(path, model, opt, identity=None, rank=0, world_size=1, device=None, template=None,
+                        rank_keys=None):
+    """Restore model, optimizer, and this rank's RNG states and counters from path; return (progress, the number of
+    processes that saved it).
+
+    All or nothing: the whole file is checked first (check_training_state: its format, identity, every rank's
+    random states and counters, the progress, the optimizer's steps and moments, every model tensor's name, shape
+    and dtype; with template, a fresh progress of the script, exactly its counters; with rank_keys, each rank's
+    own counters), and only then is anything restored; a file that does not fit is one BadFile naming path (the
+    only error that escapes) and the model, optimizer and every random generator (python, numpy, torch) are as
+    they were. Resumed by another number of processes, each rank takes the first rank's RNG states seeded afresh by
+    the caller, and the first rank the sum of the saved counters."""
+    with untrusted.reading(path):
+        meta, tensors = read_training_state(path)
+        weights, optimizer, (python, numpy, rng), progress, n_saved = check_training_state(
+            path, meta, tensors, model, opt, identity, rank, world_size, device, template, rank_keys)
+    # nothing below can fail on what the file holds: each piece was checked, the random states on generators of
+    # their own
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            t.copy_(weights[name])
+    set_optimizer_tensors(opt, optimizer)
+    _apply_rng_state(python, numpy, rng, device)
+    return progress, n_saved

@@ -138,7 +138,7 @@ def test_main_valid_only(run, capsys):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--log', 'missing.jsonl'], 'missing.jsonl: log file not found'),
+    (['--log', 'missing.jsonl'], 'missing.jsonl is missing: no log there; train.py writes it'),
     (['--log', 'rocstories.jsonl', '--errors'], '--errors needs --pred'),
     (['--log', 'rocstories.jsonl', '--pred', 'ROCStories.tsv', '--data_dir', 'nodata'], "not found in folder 'nodata'"),
 ])
@@ -146,7 +146,7 @@ def test_main_errors(run, capsys, monkeypatch, args, message):
     monkeypatch.chdir(run)
     with pytest.raises(SystemExit) as e:
         analysis.main(args)
-    assert e.value.code != 0
+    assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and message in err and err.startswith('analysis.py: error: ')
 
@@ -154,9 +154,9 @@ def test_main_errors(run, capsys, monkeypatch, args, message):
 def test_cli_error_is_one_line_without_traceback(run):
     proc = subprocess.run([sys.executable, str(REPO / 'analysis.py'), '--log', str(run / 'missing.jsonl')],
                           capture_output=True, text=True, cwd=run, timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert proc.stdout == '' and proc.stderr.count('\n') == 1 and 'Traceback' not in proc.stderr
-    assert 'missing.jsonl: log file not found' in proc.stderr
+    assert 'missing.jsonl is missing: no log there' in proc.stderr
 
 
 # --- every flag of the command line, each checked by its effect -------------------------------------------
