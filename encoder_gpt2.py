@@ -26,7 +26,6 @@ Two implementations give the same ids:
   the original refuses with UnicodeEncodeError) to `encode_python`.
 """
 import array
-import json
 import operator
 import sys
 from functools import cache, lru_cache
@@ -34,7 +33,9 @@ from pathlib import Path
 
 import regex
 import tiktoken
-from tqdm import tqdm
+
+import untrusted
+from utils import progress
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'model' / 'gpt2'
 ENCODER_FILE = 'encoder.json'
@@ -46,6 +47,7 @@ PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?
 # The character classes PATTERN depends on, probed in both regex engines.
 PATTERN_CLASSES = (r'\p{L}+', r'\p{N}+', r'\s+')
 BPE_CACHE_SIZE = 1 << 16
+VOCAB_MAX_BYTES = 32 << 20  # the largest encoder.json or vocab.bpe read (the released ones: 1.0 and 0.5 MB)
 RELEASE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/models/124M/'
 
 
@@ -242,71 +244,85 @@ def fix_hint(*names):
 
 
 def read_text(path):
-    """Return the UTF-8 text of path, or raise FileNotFoundError/ValueError naming it and the fix."""
+    """Return the UTF-8 text of path, a regular file of at most VOCAB_MAX_BYTES, or raise one untrusted.BadFile (a
+    MissingFile when it is missing) naming it and the fix."""
+    name = Path(path).name
+    path = untrusted.check_path_text(path, 'vocabulary path')
     try:
-        return path.read_text(encoding='utf-8')
-    except FileNotFoundError:
-        raise FileNotFoundError(f'{path} is missing: {fix_hint(path.name)}') from None
-    except IsADirectoryError:
-        raise ValueError(f'{path} is a directory, not a file: {fix_hint(path.name)}') from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f'{path} is not UTF-8 text (byte {e.start}): {fix_hint(path.name)}') from None
+        return untrusted.read_text(path, limit=VOCAB_MAX_BYTES, what=f'GPT-2 {name}', missing=fix_hint(name))
+    except untrusted.MissingFile:
+        raise
+    except untrusted.BadFile as err:
+        raise untrusted.BadFile(f'{err}: {fix_hint(name)}', path) from None
 
 
 def read_encoder_json(path):
-    """Return encoder.json's token -> id dict, checked (ids 0..n-1, '<|endoftext|>', byte-level tokens)."""
+    """Return encoder.json's token -> id dict, checked (ids exactly 0..n-1, ints and not bools, '<|endoftext|>',
+    byte-level tokens); any problem is one untrusted.BadFile naming the file."""
     path = Path(path)
-    try:
-        encoder = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f'{path} is not valid JSON ({e.msg}, line {e.lineno}): {fix_hint(path.name)}') from None
-    alphabet = set(bytes_to_unicode().values())
-    if not isinstance(encoder, dict) or ENDOFTEXT not in encoder:
-        problem = f'has no {ENDOFTEXT!r} entry'
-    elif sorted(i for i in encoder.values() if isinstance(i, int)) != list(range(len(encoder))):
-        problem = f'does not give the ids 0..{len(encoder) - 1} once each'
-    elif not all(t and set(t) <= alphabet for t in encoder):
-        problem = 'has tokens that are not byte-level BPE strings'
-    else:
-        return encoder
-    raise ValueError(f'{path} is not a GPT-2 {ENCODER_FILE}: it {problem}: {fix_hint(path.name)}')
+    with untrusted.reading(path):
+        text = read_text(path)
+        try:
+            encoder = untrusted.parse_json(text, str(path))
+        except untrusted.BadFile as err:
+            raise untrusted.BadFile(f'{err}: {fix_hint(path.name)}', path) from None
+        alphabet = set(bytes_to_unicode().values())
+        if not isinstance(encoder, dict) or ENDOFTEXT not in encoder:
+            problem = f'has no {ENDOFTEXT!r} entry'
+        elif len(encoder) > untrusted.SIZE_LIMITS['n_vocab']:
+            problem = f'has {len(encoder)} tokens, more than any vocabulary'
+        elif not all(map(untrusted.is_int, encoder.values())):
+            odd = next(t for t, i in encoder.items() if not untrusted.is_int(i))
+            problem = f'gives the token {untrusted.show(odd)} the id {untrusted.show(encoder[odd])}, not an integer'
+        elif sorted(encoder.values()) != list(range(len(encoder))):
+            problem = f'does not give the ids 0..{len(encoder) - 1} once each'
+        elif not all(isinstance(t, str) and t and set(t) <= alphabet for t in encoder):
+            problem = 'has tokens that are not byte-level BPE strings'
+        else:
+            return encoder
+        raise untrusted.BadFile(f'{path} is not a GPT-2 {ENCODER_FILE}: it {problem}: {fix_hint(path.name)}', path)
 
 
 def read_merges(path):
-    """Return vocab.bpe's merges as (first, second) pairs in rank order, checked."""
+    """Return vocab.bpe's merges as (first, second) pairs in rank order, checked (a '#version' line, then lines of two
+    symbols each, a final newline); any problem is one untrusted.BadFile naming the file."""
     path = Path(path)
-    lines = read_text(path).split('\n')
-    if not lines[0].startswith('#version'):
-        problem = "does not start with a '#version' line"
-    elif lines[-1] != '':
-        problem = 'does not end with a newline (a truncated copy?)'
-    else:
-        merges = [tuple(line.split()) for line in lines[1:-1]]
-        bad = next((n for n, m in enumerate(merges, start=2) if len(m) != 2), None)
-        if bad is None:
-            return merges
-        problem = f'has a line that is not two symbols (line {bad})'
-    raise ValueError(f'{path} is not a GPT-2 {MERGES_FILE}: it {problem}: {fix_hint(path.name)}')
+    with untrusted.reading(path):
+        lines = read_text(path).split('\n')
+        if not lines[0].startswith('#version'):
+            problem = "does not start with a '#version' line"
+        elif lines[-1] != '':
+            problem = 'does not end with a newline (a truncated copy?)'
+        else:
+            merges = [tuple(line.split()) for line in lines[1:-1]]
+            bad = next((n for n, m in enumerate(merges, start=2) if len(m) != 2), None)
+            if bad is None:
+                return merges
+            problem = f'has a line that is not two symbols (line {bad})'
+        raise untrusted.BadFile(f'{path} is not a GPT-2 {MERGES_FILE}: it {problem}: {fix_hint(path.name)}', path)
 
 
 def get_encoder(model_dir=None):
-    """Return the Encoder of model_dir's encoder.json and vocab.bpe (default: this repository's model/gpt2/)."""
+    """Return the Encoder of model_dir's encoder.json and vocab.bpe (default: this repository's model/gpt2/); any
+    problem with either file is one untrusted.BadFile naming it."""
     model_dir = DEFAULT_MODEL_DIR if model_dir is None else Path(model_dir)
     encoder = read_encoder_json(model_dir / ENCODER_FILE)
     merges = read_merges(model_dir / MERGES_FILE)
     try:
         return Encoder(encoder, merges)
-    except ValueError as e:
-        raise ValueError(f'{model_dir}: {e}: {fix_hint(ENCODER_FILE, MERGES_FILE)}') from None
+    except untrusted.READ_ERRORS as e:
+        raise untrusted.BadFile(f'{model_dir}: {untrusted.describe(e)}: {fix_hint(ENCODER_FILE, MERGES_FILE)}',
+                                model_dir / ENCODER_FILE) from None
 
 
 def encoder_from_files(encoder_path, bpe_path):
     """Return the Encoder of an encoder.json and a vocab.bpe given by path (transformers' vocab.json and merges.txt
-    are the same two files under other names)."""
+    are the same two files under other names); any problem is one untrusted.BadFile naming the file."""
+    encoder, merges = read_encoder_json(encoder_path), read_merges(bpe_path)
     try:
-        return Encoder(read_encoder_json(encoder_path), read_merges(bpe_path))
-    except ValueError as e:
-        raise ValueError(f'{encoder_path} and {bpe_path}: {e}') from None
+        return Encoder(encoder, merges)
+    except untrusted.READ_ERRORS as e:
+        raise untrusted.BadFile(f'{encoder_path} and {bpe_path}: {untrusted.describe(e)}', encoder_path) from None
 
 
 class BatchEncoder:
@@ -323,7 +339,7 @@ class BatchEncoder:
         """Return a list of token id lists, one per text (the original's ids; no text standardisation)."""
         if isinstance(texts, str):
             raise TypeError('encode() takes a list of texts, not one str; wrap it: encode([text])')
-        return [self.base.encode(text) for text in tqdm(texts, ncols=80, leave=False, disable=not verbose)]
+        return [self.base.encode(text) for text in progress(texts, ncols=80, leave=False, disable=not verbose)]
 
     def decode(self, ids):
         """Return the text of ids: GPT-2 tokens as the original decodes them, special tokens added to `encoder` by

@@ -19,12 +19,18 @@ it. Documents without tokens are skipped and counted.
 
 Output (--out): `train.bin` and `val.bin` hold little-endian uint16 ids, readable with
 `np.memmap(path, dtype=np.uint16, mode='r')` or `corpus.load_corpus(folder)`, as `doc1 SEP doc2 SEP ...`;
-`meta.json` records the format, the vocabulary (paths and git blob SHA-1), the separator, the counts and
-the settings. Document boundaries: the released vocabulary has no end-of-text token, so the separator is
-one extra id, the number of BPE tokens (40478 for the released vocabulary): the first "special" row of
-GPT-1's embedding table [tokens; special; positions], which pre-training gives an embedding of its own
-(n_special 1), as GPT-2 does with <|endoftext|>, which --arch gpt2 writes after every document (a token of GPT-2's
-vocabulary: n_special 0); training windows may cross it.
+`meta.json` records the format, the vocabulary, the separator, the counts, each split's largest id and the
+settings (checked_ids.json records the largest ids with the stamps of the files, so that pretrain.py need not scan
+them again). The vocabulary is named by its files and their SHA-256 (and git blob SHA-1): the files this repository
+ships (the --arch's, recognised by their SHA-256) by their names in the repository (`model/encoder_bpe_40000.json`),
+any other vocabulary by its copy in --out (`encoder_bpe_40000.json`, `vocab_40000.bpe`, or GPT-2's `encoder.json`,
+`vocab.bpe`): a corpus folder holds everything needed to read it.
+
+Document boundaries: the released vocabulary has no end-of-text token, so the separator is one extra id, the
+number of BPE tokens (40478 for the released vocabulary): the first "special" row of GPT-1's embedding table
+[tokens; special; positions], which pre-training gives an embedding of its own (n_special 1), as GPT-2 does with
+<|endoftext|>, which --arch gpt2 writes after every document (a token of GPT-2's vocabulary: n_special 0); training
+windows may cross it.
 
 A document goes to val when a seeded blake2b hash of its text falls below --val_fraction, so the split
 depends on nothing but the text and --seed: not on the order or the other documents, and duplicates share a
@@ -44,13 +50,15 @@ import time
 from functools import lru_cache, partial
 
 import numpy as np
-from tqdm import tqdm
 
-from corpus import CORPUS_FORMATS, DTYPE, SPLITS
+import untrusted
+from corpus import (CORPUS_FORMATS, CORPUS_VOCABULARY, DTYPE, MAX_ID_NOTE, ROLES, SHIPPED_VOCABULARY,
+                    SPLITS, file_stamp, shipped_sha256, write_checked_ids)
 from encoder_gpt2 import DEFAULT_MODEL_DIR as GPT2_DIR
 from encoder_gpt2 import encoder_from_files
 from models import tokenizer_from_files
-from text_utils import BPE_PATH, ENCODER_PATH, load_bpe_ranks, load_encoder
+from text_utils import BPE_PATH, ENCODER_PATH, VOCAB_MAX_BYTES, load_bpe_ranks, load_encoder
+from utils import progress
 from weights import FAMILIES as ARCHES
 from weights import GPT2_VOCAB_FILES, git_blob_sha1
 
@@ -65,7 +73,11 @@ SEPARATOR_NOTES = {
 DEFAULT_VOCABULARY = {'gpt1': (ENCODER_PATH, BPE_PATH),
                       'gpt2': tuple(str(GPT2_DIR / name) for name in GPT2_VOCAB_FILES)}
 N_TOKENS_NOTE = 'n_tokens counts every id in the split file, the separator after each document included'
-_STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json)\.tmp\d+$')
+VOCABULARY_NOTE = ('encoder_path and bpe_path are the vocabulary the ids were encoded with: a file this repository '
+                   'ships (model/...) or, for any other vocabulary, its copy in the corpus folder; pretrain.py reads '
+                   'them after checking their SHA-256')
+_STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json|checked_ids\.json|encoder_bpe_40000\.json|vocab_40000\.bpe|'
+                        r'encoder\.json|vocab\.bpe)\.tmp\d+$')
 
 
 def parse_args(argv=None):
@@ -155,6 +167,23 @@ def check_vocabulary(arch, encoder_path, bpe_path):
     load_bpe_ranks(bpe_path)
     separator_id = separator_id_for(encoder, encoder_path)
     return separator_id, separator_id, 1
+
+
+def vocabulary_record(arch, encoder_path, bpe_path):
+    """Return (meta.json's vocabulary record, {name in the corpus folder: bytes} of the files to copy there): each
+    file the repository ships (the --arch's, recognised by its SHA-256) is named as in the repository, any other is
+    copied into the corpus folder under the family's name; each with its SHA-256 and git blob SHA-1."""
+    record, copies = {}, {}
+    for role, path, shipped, name in zip(ROLES, (encoder_path, bpe_path), SHIPPED_VOCABULARY[arch],
+                                         CORPUS_VOCABULARY[arch]):
+        data = untrusted.read_bytes(path, limit=VOCAB_MAX_BYTES, what='vocabulary file')
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != shipped_sha256(arch, role):
+            copies[name] = data
+            shipped = name
+        record.update({f'{role}_path': shipped, f'{role}_sha256': digest, f'{role}_sha1': git_blob_sha1(data)})
+    record['note'] = VOCABULARY_NOTE
+    return record, copies
 
 
 def decode_error(path, offset, byte, lineno=None):
@@ -317,6 +346,9 @@ def write_chunks(results, files, progress):
     for data, counts in results:
         for split in SPLITS:
             files[split].write(data[split])
+            if data[split]:  # the largest id, recorded so that pretrain.py need not scan the file
+                largest = int(np.frombuffer(data[split], dtype=DTYPE).max())
+                totals[split]['max_id'] = max(totals[split].get('max_id', 0), largest)
             for key, n in counts[split].items():
                 totals[split][key] += n
         n_tokens = sum(c['n_tokens'] for c in totals.values())
@@ -330,33 +362,31 @@ def encode_corpus(args, layout, separator_id, files):
     docs = documents(args.input, layout, args.text_field, args.errors)
     work = chunks(docs, CHUNK_DOCS, CHUNK_CHARS)
     options = dict(seed=args.seed, val_fraction=args.val_fraction, separator_id=separator_id)
-    progress = partial(tqdm, unit='doc', desc='encoding', file=sys.stderr, disable=args.quiet, leave=False)
+    bar = partial(progress, unit='doc', desc='encoding', disable=args.quiet, leave=False)
     if args.workers == 1:
         encode = partial(encode_chunk, tokenizer_from_files(args.arch, args.encoder_path, args.bpe_path), **options)
-        with progress() as bar:
+        with bar() as bar:
             return write_chunks(map(encode, work), files, bar)
     # imap returns chunks in order, so the files equal the serial ones; its feeder thread reads the input only
     # as fast as the task pipe drains, which keeps the documents in memory to a few chunks.
     encode = partial(encode_in_worker, arch=args.arch, encoder_path=args.encoder_path, bpe_path=args.bpe_path,
                      **options)
     with multiprocessing.Pool(args.workers) as pool:
-        with progress() as bar:
+        with bar() as bar:
             counts = write_chunks(pool.imap(encode, work), files, bar)
         pool.close()  # let the workers exit cleanly; the with block's terminate() is for errors
         pool.join()
     return counts
 
 
-def build_meta(args, vocabulary, counts):
-    """Return the meta.json dict: format, vocabulary, separator, per-split counts and settings (no timestamps);
-    vocabulary is check_vocabulary's (n_vocab, separator id, n_special)."""
+def build_meta(args, vocabulary, counts, record):
+    """Return the meta.json dict: format, vocabulary, separator, per-split counts (and largest id) and settings (no
+    timestamps); vocabulary is check_vocabulary's (n_vocab, separator id, n_special), record vocabulary_record's."""
     n_vocab, separator_id, n_special = vocabulary
     splits = {split: dict(file=f'{split}.bin', **counts[split]) for split in SPLITS}
     return dict(format=CORPUS_FORMATS[args.arch], dtype='uint16', byteorder='little', n_vocab=n_vocab,
                 separator_id=separator_id, n_special=n_special, separator=SEPARATOR_NOTES[args.arch],
-                vocabulary=dict(encoder_path=args.encoder_path, encoder_sha1=git_blob_sha1(args.encoder_path),
-                                bpe_path=args.bpe_path, bpe_sha1=git_blob_sha1(args.bpe_path)),
-                splits=splits, n_tokens_note=N_TOKENS_NOTE,
+                vocabulary=record, splits=splits, n_tokens_note=N_TOKENS_NOTE, max_id_note=MAX_ID_NOTE,
                 settings=dict(input=args.input, text_field=args.text_field, errors=args.errors, seed=args.seed,
                               val_fraction=args.val_fraction))
 
@@ -372,15 +402,31 @@ def make_out_folder(out):
     return out
 
 
-def publish(out, tmp, meta):
-    """Move the temporary split files onto train.bin/val.bin and write meta.json last, each durably; return out."""
+def write_bytes(data):
+    """Return a function that writes data to a path (for checkpoint.atomic_write)."""
+    def write(path):
+        with open(path, 'wb') as f:
+            f.write(data)
+    return write
+
+
+def publish(out, tmp, meta, copies=None):
+    """Move the temporary split files onto train.bin/val.bin, record their largest ids with their stamps in
+    checked_ids.json (so that pretrain.py need not scan them), write the vocabulary copies ({name: bytes}) and write
+    meta.json last, each durably; return out."""
     # imported here: checkpoint brings in torch, which neither this script nor its workers need otherwise
     from checkpoint import atomic_write, fsync_replace
     meta_path = os.path.join(out, 'meta.json')
     if os.path.exists(meta_path):  # an older meta.json must not vouch for a half-replaced pair of .bin files
         os.remove(meta_path)
+    checked = {}
     for split in SPLITS:
-        fsync_replace(tmp[split], os.path.join(out, f'{split}.bin'))
+        path = fsync_replace(tmp[split], os.path.join(out, f'{split}.bin'))
+        if 'max_id' in meta['splits'][split]:  # stamped after the rename, which changes the file's ctime
+            checked[split] = (meta['splits'][split]['max_id'], file_stamp(os.stat(path)))
+    write_checked_ids(out, checked)  # a cache: when it cannot be written, pretrain.py scans the files once
+    for name, data in (copies or {}).items():
+        atomic_write(os.path.join(out, name), write_bytes(data))
 
     def write_meta(path):
         with open(path, 'w', encoding='utf-8') as f:
@@ -394,6 +440,7 @@ def prepare_corpus(args):
     layout = input_layout(args.input, args.text_field)
     check_settings(args)
     vocabulary = check_vocabulary(args.arch, args.encoder_path, args.bpe_path)
+    record, copies = vocabulary_record(args.arch, args.encoder_path, args.bpe_path)
     make_out_folder(args.out)
     tmp = {split: os.path.join(args.out, f'{split}.bin.tmp{os.getpid()}') for split in SPLITS}
     try:
@@ -402,8 +449,8 @@ def prepare_corpus(args):
         if not any(counts[split]['n_documents'] for split in SPLITS):
             n_empty = sum(counts[split]['n_empty_skipped'] for split in SPLITS)
             raise ValueError(f'--input {args.input}: no document with text ({n_empty} empty); nothing to write')
-        meta = build_meta(args, vocabulary, counts)
-        publish(args.out, tmp, meta)
+        meta = build_meta(args, vocabulary, counts, record)
+        publish(args.out, tmp, meta, copies)
     finally:
         for path in tmp.values():
             if os.path.exists(path):

@@ -4,17 +4,19 @@ The pipeline is the original's: ftfy.fix_text, text_standardize, spaCy's rule-ba
 lower-casing, byte-pair encoding with '</w>' word ends, unknown pieces to id 0. It gives the original's
 ids for every text (tests/fixtures/bpe_reference.json holds the original's output).
 """
-import json
 import os
 import re
 
-from tqdm import tqdm
+import untrusted
+from utils import progress
 
 VOCAB_SOURCE = 'the model/ folder of github.com/openai/finetune-transformer-lm'
 # The released vocabulary ships in this repository's model/ folder (byte-identical, checked by SHA-1).
 MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'model')
 ENCODER_PATH = os.path.join(MODEL_DIR, 'encoder_bpe_40000.json')
 BPE_PATH = os.path.join(MODEL_DIR, 'vocab_40000.bpe')
+# The largest vocabulary or merges file read (the released ones are 0.8 and 0.5 MB, GPT-2's 1.0 and 0.5 MB).
+VOCAB_MAX_BYTES = 32 << 20
 UNKNOWN_ID = 0  # the original maps every piece missing from the vocabulary to id 0 ('<unk>')
 
 # text_standardize's rules, in the original's order (compiled here; patterns are constants, not state).
@@ -42,53 +44,85 @@ def text_standardize(text):
 
 
 def _vocab_error(path, problem):
-    """Return the one-line ValueError for a malformed vocabulary file."""
-    return ValueError(f'{path}: {problem}; use the unmodified file from {VOCAB_SOURCE}')
+    """Return the one-line BadFile for a malformed vocabulary file."""
+    return untrusted.bad(path, f'{problem}; use the unmodified file from {VOCAB_SOURCE}')
+
+
+def _read_vocab_text(path, name):
+    """Return the UTF-8 text of a vocabulary file: a regular file of at most VOCAB_MAX_BYTES, else one BadFile."""
+    path = untrusted.check_path_text(path, f'{name} path')
+    try:
+        return untrusted.read_text(path, limit=VOCAB_MAX_BYTES, what=f'{name} file',
+                                   missing=f'copy {name} from {VOCAB_SOURCE}')
+    except untrusted.MissingFile:
+        raise
+    except untrusted.BadFile as err:  # not UTF-8, too large, not a regular file: the fix is the released file
+        raise _vocab_error(path, _without_path(err, path)) from None
+
+
+def _without_path(err, path):
+    """Return a BadFile's message without the leading 'path: ' that names the file (the caller names it)."""
+    text = str(err)
+    return text[len(path) + 2:] if text.startswith(f'{path}: ') else text
 
 
 def load_encoder(encoder_path):
-    """Return the BPE token -> id dict read from encoder_path (encoder_bpe_40000.json)."""
-    try:
-        with open(encoder_path, encoding='utf-8') as f:
-            encoder = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f'{encoder_path}: vocabulary file not found; '
-                                f'copy encoder_bpe_40000.json from {VOCAB_SOURCE}') from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _vocab_error(encoder_path, f'not a JSON vocabulary ({e}; an HTML page or Git LFS pointer?)') from None
-    if not isinstance(encoder, dict) or not encoder:
-        raise _vocab_error(encoder_path, 'expected a non-empty JSON object mapping tokens to ids')
-    for token, i in encoder.items():
-        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-            raise _vocab_error(encoder_path, f'token {token!r} has id {i!r}, expected a non-negative integer')
-    return encoder
+    """Return the BPE token -> id dict read from encoder_path (encoder_bpe_40000.json), checked: a JSON object of
+    non-empty string tokens whose ids are exactly 0..n-1, each once (an id past the tokens would read a special or
+    position row of the model). Any problem is one untrusted.BadFile naming the file."""
+    with untrusted.reading(encoder_path):
+        path = untrusted.check_path_text(encoder_path, 'vocabulary path')
+        text = _read_vocab_text(path, 'encoder_bpe_40000.json')
+        try:
+            encoder = untrusted.parse_json(text, path)
+        except untrusted.BadFile as err:
+            hint = '' if text.lstrip()[:1] in ('{', '[') else '; an HTML page or Git LFS pointer?'
+            raise _vocab_error(path, f'not a JSON vocabulary ({_without_path(err, path)}{hint})') from None
+        if not isinstance(encoder, dict) or not encoder:
+            raise _vocab_error(path, 'expected a non-empty JSON object mapping tokens to ids')
+        if len(encoder) > untrusted.SIZE_LIMITS['n_vocab']:
+            raise _vocab_error(path, f'{len(encoder)} tokens, more than any vocabulary '
+                                     f'({untrusted.SIZE_LIMITS["n_vocab"]} at most)')
+        n = len(encoder)
+        seen = bytearray(n)
+        for token, i in encoder.items():
+            if not isinstance(token, str) or not token:
+                raise _vocab_error(path, f'token {untrusted.show(token)} is not a non-empty string')
+            if not untrusted.is_int(i) or i < 0:
+                raise _vocab_error(path, f'token {untrusted.show(token)} has id {untrusted.show(i)}, expected a '
+                                         f'non-negative integer')
+            if i >= n:
+                raise _vocab_error(path, f'token {untrusted.show(token)} has id {i}, but the ids of {n} tokens must '
+                                         f'be 0..{n - 1} (a larger id would read a special or position row)')
+            if seen[i]:
+                raise _vocab_error(path, f'token {untrusted.show(token)} has id {i}, which another token has: the '
+                                         f'ids must be 0..{n - 1}, each once')
+            seen[i] = 1
+        return encoder
 
 
 def load_bpe_ranks(bpe_path):
-    """Return the merge (first, second) -> rank dict read from bpe_path (vocab_40000.bpe)."""
-    try:
-        with open(bpe_path, encoding='utf-8') as f:
-            lines = f.read().split('\n')
-    except FileNotFoundError:
-        raise FileNotFoundError(f'{bpe_path}: BPE merges file not found; '
-                                f'copy vocab_40000.bpe from {VOCAB_SOURCE}') from None
-    except UnicodeDecodeError as e:
-        raise _vocab_error(bpe_path, f'not UTF-8 text ({e})') from None
-    if not lines[0].startswith('#version'):
-        raise _vocab_error(bpe_path, f'line 1 is {lines[0][:40]!r}, expected the "#version" header')
-    # The original drops the first and the last line unconditionally ([1:-1]); the last line is empty in the
-    # released file. Only a trailing empty line is dropped here, so a file without a final newline keeps
-    # its last merge instead of losing it silently.
-    body = lines[1:-1] if lines[-1] == '' else lines[1:]
-    ranks = {}
-    for lineno, line in enumerate(body, start=2):
-        merge = tuple(line.split())
-        if len(merge) != 2:
-            raise _vocab_error(bpe_path, f'line {lineno} is {line[:40]!r}, expected two symbols')
-        ranks[merge] = lineno - 2  # later duplicates overwrite earlier ones, as dict(zip(...)) does
-    if not ranks:
-        raise _vocab_error(bpe_path, 'no merges found')
-    return ranks
+    """Return the merge (first, second) -> rank dict read from bpe_path (vocab_40000.bpe), checked: a '#version'
+    header, then lines of two symbols each; the file is a regular file of at most VOCAB_MAX_BYTES. Any problem is one
+    untrusted.BadFile naming the file."""
+    with untrusted.reading(bpe_path):
+        path = untrusted.check_path_text(bpe_path, 'merges path')
+        lines = _read_vocab_text(path, 'vocab_40000.bpe').split('\n')
+        if not lines[0].startswith('#version'):
+            raise _vocab_error(path, f'line 1 is {untrusted.show(lines[0][:40])}, expected the "#version" header')
+        # The original drops the first and the last line unconditionally ([1:-1]); the last line is empty in the
+        # released file. Only a trailing empty line is dropped here, so a file without a final newline keeps
+        # its last merge instead of losing it silently.
+        body = lines[1:-1] if lines[-1] == '' else lines[1:]
+        ranks = {}
+        for lineno, line in enumerate(body, start=2):
+            merge = tuple(line.split())
+            if len(merge) != 2:
+                raise _vocab_error(path, f'line {lineno} is {untrusted.show(line[:40])}, expected two symbols')
+            ranks[merge] = lineno - 2  # later duplicates overwrite earlier ones, as dict(zip(...)) does
+        if not ranks:
+            raise _vocab_error(path, 'no merges found')
+        return ranks
 
 
 class TextEncoder:
@@ -172,7 +206,7 @@ class TextEncoder:
             raise TypeError('encode() takes a list of texts, not one str; wrap it: encode([text])')
         encoder = self.encoder
         token_ids = {}  # lower-cased token -> ids, bounded like the cache, for this call only (.encoder is fixed)
-        texts = tqdm(texts, ncols=80, leave=False, disable=not verbose)
+        texts = progress(texts, ncols=80, leave=False, disable=not verbose)
         docs = self.nlp.pipe((self.standardize(text) for text in texts), batch_size=batch_size)
         texts_tokens = []
         for doc in docs:

@@ -137,10 +137,13 @@ def test_meta_records_format_vocabulary_separator_and_counts(tmp_path, capsys):
     assert meta['format'] == prepare_corpus.CORPUS_FORMATS['gpt1'] == 'gpt1-corpus-v1'
     assert (meta['separator_id'], meta['n_special'], meta['n_vocab'], meta['dtype']) == (SEP, 1, SEP, 'uint16')
     assert 'separator' in meta and 'separators included' not in meta['separator']
-    # the released vocabulary's git blob SHA-1 (download_model.RELEASED_FILES)
+    # the released vocabulary's git blob SHA-1 (download_model.RELEASED_FILES) and SHA-256, named as shipped
     assert meta['vocabulary']['encoder_sha1'] == '9dc3f0af5a80956e57dc8d9401e16dfadcade7c2'
     assert meta['vocabulary']['bpe_sha1'] == '0023a687b3d4d0b795a5e97cc914bdabb5a253df'
-    assert meta['vocabulary']['encoder_path'] == prepare_corpus.ENCODER_PATH
+    assert meta['vocabulary']['encoder_sha256'] == 'fdf49b19e7de236852091da09b84a7a3cd5e7b0e79916376cf45f6b8127b8078'
+    assert meta['vocabulary']['bpe_sha256'] == '0ea9b51ae695073cd871e0358f7016311d671a7ff3963e367d5236522f294725'
+    assert meta['vocabulary']['encoder_path'] == 'model/encoder_bpe_40000.json'
+    assert meta['vocabulary']['bpe_path'] == 'model/vocab_40000.bpe'
     docs = stream_docs(out)
     for split in SPLITS:
         c = meta['splits'][split]
@@ -176,7 +179,7 @@ def test_re_run_writes_identical_files_and_cleans_temporaries(tmp_path, capsys):
     (out / 'train.bin.tmp99999999').write_bytes(b'left by a killed run')
     prepare(capsys, src, out, '--text_field', 'text', '--val_fraction', '0.2')
     assert files_bytes(out) == first
-    assert sorted(os.listdir(out)) == ['meta.json', 'train.bin', 'val.bin']
+    assert sorted(os.listdir(out)) == ['checked_ids.json', 'meta.json', 'train.bin', 'val.bin']
 
 
 def splits_of(text_encoder, out, texts):
@@ -334,10 +337,13 @@ def test_custom_vocabulary_sets_the_separator(tmp_path, capsys):
     # spaCy keeps 'a.' as one token (pieces 'a' '.</w>'); 'zz' is two unknown pieces (id 0); the separator is 6
     assert read_ids(out / 'train.bin') == [2, 3, 5, 1, 6, 0, 0, 2, 6]
     meta = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
-    assert (meta['separator_id'], meta['vocabulary']['encoder_path']) == (6, str(enc))
+    assert (meta['separator_id'], meta['vocabulary']['encoder_path']) == (6, 'encoder_bpe_40000.json')
+    assert (out / 'encoder_bpe_40000.json').read_bytes() == enc.read_bytes()  # the copy the corpus names
+    assert (out / 'vocab_40000.bpe').read_bytes() == bpe.read_bytes()
+    assert meta['splits']['train']['max_id'] == 6
 
 
-@pytest.mark.parametrize('ids, wanted', [(range(1 << 16), 'do not fit uint16'), ([0, 1, 5], 'would collide')])
+@pytest.mark.parametrize('ids, wanted', [(range(1 << 16), 'do not fit uint16'), ([0, 1, 5], 'must be 0..2')])
 def test_vocabulary_that_cannot_hold_the_separator_is_an_error(tmp_path, capsys, ids, wanted):
     enc = tmp_path / 'enc.json'
     enc.write_text(json.dumps({f't{i}': i for i in ids}), encoding='utf-8')
@@ -365,7 +371,9 @@ def test_load_corpus_round_trip(tmp_path, capsys):
     src = write_jsonl(tmp_path / 'c.jsonl', random_docs(30))
     out = prepare(capsys, src, tmp_path / 'out', '--text_field', 'text', '--val_fraction', '0.3')
     train, val, meta = load_corpus(out)
-    assert meta == json.loads((out / 'meta.json').read_text(encoding='utf-8'))
+    written = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
+    assert meta == dict(written, vocabulary=dict(written['vocabulary'], encoder_path=prepare_corpus.ENCODER_PATH,
+                                                 bpe_path=prepare_corpus.BPE_PATH))  # the shipped files, checked
     for split, ids in (('train', train), ('val', val)):
         assert isinstance(ids, np.memmap) and ids.dtype == np.uint16 and not ids.flags.writeable
         assert ids.tolist() == read_ids(out / f'{split}.bin') and len(ids) == meta['splits'][split]['n_tokens']
@@ -425,7 +433,8 @@ def test_interrupted_run_never_leaves_a_complete_looking_folder(tmp_path, capsys
     monkeypatch.setattr(prepare_corpus, 'encode_chunk', interrupt)
     with pytest.raises(KeyboardInterrupt):
         main(['--input', str(b), '--out', str(out), '--text_field', 'text', '--quiet', '--workers', '1'])
-    assert files_bytes(out) == before and sorted(os.listdir(out)) == ['meta.json', 'train.bin', 'val.bin']
+    assert files_bytes(out) == before
+    assert sorted(os.listdir(out)) == ['checked_ids.json', 'meta.json', 'train.bin', 'val.bin']
     monkeypatch.undo()
     # killed between the renames: train.bin is new, val.bin old, and there is no meta.json to vouch for them
     renames = []
@@ -440,7 +449,7 @@ def test_interrupted_run_never_leaves_a_complete_looking_folder(tmp_path, capsys
     with pytest.raises(KeyboardInterrupt):
         main(['--input', str(b), '--out', str(out), '--text_field', 'text', '--quiet', '--workers', '1'])
     assert renames == [os.path.join(str(out), 'train.bin')]
-    assert sorted(os.listdir(out)) == ['train.bin', 'val.bin']
+    assert sorted(os.listdir(out)) == ['checked_ids.json', 'train.bin', 'val.bin']
     with pytest.raises(FileNotFoundError, match='meta.json is missing'):
         load_corpus(out)
 
