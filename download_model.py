@@ -27,8 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from tqdm import tqdm
-
+from utils import progress as progress_bar
 from weights import (GPT2_BASE_URL, GPT2_FILES, GPT2_SIZES, RELEASED_FILES, check_file, find_problem, gpt2_file_problem,
                      problem_line, resolve_names)
 
@@ -82,8 +81,8 @@ def _read_body(resp, url, part, offset, chunk_size, progress, desc):
     length = int(length) if length and length.strip().isdigit() else None
     total = offset + length if length is not None else None
     received, stopped = 0, None
-    with open(part, mode) as f, tqdm(total=total, initial=offset, unit='B', unit_scale=True, unit_divisor=1024,
-                                     desc=desc, file=sys.stderr, disable=not progress, leave=False) as bar:
+    with open(part, mode) as f, progress_bar(total=total, initial=offset, unit='B', unit_scale=True,
+                                             unit_divisor=1024, desc=desc, disable=not progress, leave=False) as bar:
         while True:
             try:
                 chunk = resp.read(chunk_size)

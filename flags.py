@@ -30,14 +30,16 @@ def add_weights_args(parser):
     return parser
 
 
-def add_architecture_args(parser, defaults=None):
-    """Add --n_embd, --n_head, --n_layer and --afn to parser; return it. defaults: a config holding their defaults
-    (train.py: the released GPT-1's), or None: left out, they come from the weights, else the paper's."""
-    default_help = None if defaults is not None else "default: the weights', else the paper's (768, 12, 12, gelu)"
+def add_architecture_args(parser):
+    """Add --n_embd, --n_head, --n_layer and --afn to parser; return it. Each defaults to None: the architecture of the
+    weights (models.read_with_flags: their shapes and config; GPT-1's released shards state neither heads nor
+    activation, the original's 12 and gelu unless given), which a given flag must agree with; without weights
+    (pretrain.py from scratch), the paper's (768, 12, 12, gelu) or a GPT-2 preset's."""
+    default_help = ("default: the weights' (released GPT-1 shards: n_head 12, gelu), else the paper's (768, 12, 12, "
+                    "gelu); a flag that contradicts the weights is refused")
     for name in ('n_embd', 'n_head', 'n_layer'):
-        parser.add_argument(f'--{name}', type=int, default=getattr(defaults, name, None), help=default_help)
-    parser.add_argument('--afn', type=str, default=getattr(defaults, 'afn', None), choices=sorted(ACT_FNS),
-                        help=default_help)
+        parser.add_argument(f'--{name}', type=int, default=None, help=default_help)
+    parser.add_argument('--afn', type=str, default=None, choices=sorted(ACT_FNS), help=default_help)
     return parser
 
 
@@ -85,5 +87,8 @@ def add_run_args(parser, unit, save_every, save_help, state_path):
     parser.add_argument('--resume', nargs='?', const=True, default=False, type=resume_mode, metavar='auto',
                         help=f'continue from {state_path} (it must exist); --resume auto: continue when it exists, '
                              f'else start afresh (for restarts by torchrun --max-restarts or a requeued job)')
+    parser.add_argument('--restart', action='store_true',
+                        help=f'start over where an unfinished run stopped, deleting its {state_path} (without '
+                             f'--restart or --resume such a run is refused, so that it is never overwritten)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     return parser

@@ -7,9 +7,11 @@ backward, step; the plumbing of an update is here, once: micro-batches accumulat
 DDP's `no_sync` on all but the last, loss scaling for fp16, the non-finite stop before any weight moves (checked
 once per update, on the device), one optimizer step (OpenAIAdam clips by the global norm inside it).
 
-The faults of a cluster job are handled here too: a stop signal (SIGTERM, SIGUSR1) ends the run after the update in
-progress with its training state saved, every rank at the same update; the training state holds every rank's random
-states; `--resume auto` resumes when the run's state exists; the run's output folders are locked (runlock.py).
+The faults of a cluster job are handled here too: a stop signal (SIGTERM, SIGUSR1, or Ctrl-C's SIGINT) ends the run
+after the update in progress with its training state saved, every rank at the same update, and a second Ctrl-C at once
+(saying which update the state on disk holds); the training state holds every rank's random states; `--resume auto`
+resumes when the run's state exists; a run never starts afresh over an unfinished run's state (it is refused unless
+--restart); the run's output folders are locked (runlock.py).
 """
 import math
 import os
@@ -26,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from checkpoint import StateWriter, check_writable, load_training_state, rank_record, save_training_state
+import untrusted
+from checkpoint import (STATE_FORMAT, StateWriter, check_writable, load_training_state, rank_record,
+                        save_training_state)
 from distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed, resolve_device, wrap_ddp
 from loss import no_autocast
 from runlock import RunLock
@@ -37,7 +41,8 @@ class NonFiniteLoss(ValueError):
     """The loss of a batch is NaN or infinite; no update was made."""
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # schedulers' notice: SLURM, Kubernetes, spot instances
+# schedulers' notice (SLURM, Kubernetes, spot instances) and Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -49,24 +54,43 @@ class Preempted(Exception):
         self.signum, self.n_updates, self.state_path = signum, n_updates, state_path
 
 
+class StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: the run stops at once, wherever it is (Run's with-block says what the state on disk holds)."""
+
+
+class Interrupted(Exception):
+    """The run stopped at once on Ctrl-C (a second one during training, or one outside it): message says which update
+    the training state on disk holds; no process waits for the others."""
+
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
+
 class StopSignals:
-    """Records the first stop signal while installed (the run acts on it between updates); later ones are ignored,
-    so a second signal during the save changes nothing."""
+    """Records the first stop signal while installed (the run acts on it between updates); a later SIGTERM or SIGUSR1
+    is ignored, so a second notice during the save changes nothing, but a Ctrl-C after any stop signal raises StopNow:
+    the one who pressed it twice wants the run to stop now."""
 
     def __init__(self):
         self.signum = None
         self._previous = {}
 
     def install(self):
-        """Catch STOP_SIGNALS (from the main thread only, where Python runs signal handlers); return self."""
+        """Catch STOP_SIGNALS (from the main thread only, where Python runs signal handlers; an ignored SIGINT, as a
+        shell gives its background jobs, stays ignored); return self."""
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
+                if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.signum is None:
             self.signum = signum
+        elif signum == signal.SIGINT:
+            raise StopNow()
 
     def restore(self):
         """Put back the handlers that were there before install()."""
@@ -121,13 +145,18 @@ class Run:
     lock: RunLock = None
 
     @classmethod
-    def begin(cls, args, paths, folders, locks, info=DistInfo()):
+    def begin(cls, args, paths, folders, locks, info=DistInfo(), standing=None):
         """Return a Run that can start: its device (args.device becomes its name), --resume auto resolved (True when
         paths['state'] exists), a training state there with --resume, the output folders writable and the lock files
-        locks taken (main rank), the process group joined, every rank seeded alike. end() (or leaving a with-block on
-        the Run) releases the locks."""
+        locks taken (main rank), an unfinished run's state at paths['state'] refused without --resume (deleted by the
+        main rank with --restart), the process group joined, every rank seeded alike. standing(metadata) returns
+        (finished, where it stands in words) of a training state's metadata (check_not_unfinished). end() (or leaving
+        a with-block on the Run) releases the locks; leaving it on Ctrl-C raises Interrupted."""
         device = resolve_device(args.device, info)
         args.device = str(device)
+        restart = getattr(args, 'restart', False)
+        if restart and args.resume:
+            raise ValueError('--restart starts the run over, --resume continues it: give one of them')
         if args.resume == 'auto':
             args.resume = os.path.isfile(paths['state'])
             if info.is_main:
@@ -142,6 +171,13 @@ class Run:
                 check_writable(folder)
             run.lock = RunLock(locks).acquire()
         try:
+            # every rank reads the same file before any rank can write it (the process group is not joined yet), so
+            # all decide alike; with --restart only the main rank deletes it (under the lock) and none reads it
+            if not args.resume and not restart and standing is not None:
+                check_not_unfinished(paths['state'], standing)
+            if restart and info.is_main and os.path.lexists(paths['state']):
+                os.remove(paths['state'])
+                print(f"--restart: removed {paths['state']}; starting over", flush=True)
             init_distributed(info, device)
         except BaseException:
             run.end()
@@ -168,22 +204,62 @@ class Run:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.end()
+    def __exit__(self, kind, value, traceback):
+        try:
+            if kind is not None and issubclass(kind, KeyboardInterrupt):
+                raise Interrupted(self.interrupted_message(isinstance(value, StopNow))) from None
+        finally:
+            self.end()
         return False
+
+    def interrupted_message(self, second):
+        """Return the one line of a run stopped at once by Ctrl-C (second: a second one, during training): where it
+        stopped and which update the training state on disk holds, once a save under way has ended (further Ctrl-Cs
+        are ignored meanwhile: the file is whole either way, and the message says which it is)."""
+        state = self.paths.get('state')
+        main = self.info.is_main and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        failed = ''
+        try:
+            self.writer.wait()
+        except Exception as err:  # noqa: BLE001 - a failed save is reported in the message
+            failed = f' (the save under way failed: {untrusted.describe(err)})'
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        done = None if self.progress is None else self.progress.get('n_updates')
+        how = 'a second Ctrl-C' if second else 'Ctrl-C'
+        where = 'before any update' if not done else f'after update {done}'
+        if not self.info.is_main or state is None:
+            return f'stopped at once by {how} {where}'
+        try:
+            meta = state_metadata(state)
+        except untrusted.MissingFile:
+            return f'stopped at once by {how} {where}; no training state was saved ({state} does not exist){failed}'
+        except untrusted.BadFile as err:
+            return f'stopped at once by {how} {where}; {err}{failed}'
+        saved = meta['progress'].get('n_updates')
+        lost = ''
+        if isinstance(saved, int) and done and done > saved:
+            lost = f': update {done} is lost' if done == saved + 1 else f': updates {saved + 1} to {done} are lost'
+        return (f'stopped at once by {how} {where}; the training state in {state} is that of update {saved}, '
+                f'its last save{lost}{failed}')
 
     def attach(self, model, opt):
         """Make model (on the run's device) and opt what the run trains, evaluates and saves."""
         self.model, self.opt, self.net = model, opt, model
 
-    def restore(self):
+    def restore(self, template=None):
         """Return the progress saved in the training state, model, optimizer and this rank's RNG states restored from
-        it, with --resume (after wrap(), whose per-rank seeding it replaces); None without."""
+        it, with --resume (after wrap(), whose per-rank seeding it replaces); None without. template: a fresh progress
+        of the script, whose counters the saved one must hold (and rank_keys each rank's), checked before anything is
+        restored."""
         if not self.args.resume:
             return None
         info = self.info
         progress, n_saved = load_training_state(self.paths['state'], self.model, self.opt, self.identity, info.rank,
-                                                info.world_size, self.device)
+                                                info.world_size, self.device, template=template,
+                                                rank_keys=None if template is None else self.rank_keys)
         if n_saved != info.world_size:
             # rank 0's numpy and python states (the shuffles, alike on every rank) are kept; dropout is reseeded
             torch.manual_seed(self.args.seed + info.rank + 7919 * (progress['n_updates'] + 1))
@@ -282,11 +358,13 @@ def save_state(run):
 
 
 def resume_command(script, argv=None, info=DistInfo()):
-    """Return the command line that resumes a stopped run: the script with its arguments and --resume auto."""
+    """Return the command line that resumes a stopped run: the script with its arguments (without --restart, which
+    would delete the state) and --resume auto."""
     argv = sys.argv[1:] if argv is None else list(argv)
     kept = []
     for k, arg in enumerate(argv):
-        if arg == '--resume' or arg.startswith('--resume=') or (arg == 'auto' and k and argv[k - 1] == '--resume'):
+        if arg in ('--resume', '--restart') or arg.startswith('--resume=') or \
+                (arg == 'auto' and k and argv[k - 1] == '--resume'):
             continue
         kept.append(arg)
     launcher = 'python' if info.world_size == 1 else 'torchrun <the same torchrun flags>'
@@ -303,6 +381,53 @@ def stop_if_requested(run, saved):
     with run.clock.phase('write'):
         run.writer.wait()
     raise Preempted(run.stop.signum or STOP_SIGNALS[0], run.progress['n_updates'], run.paths['state'])
+
+
+class UnfinishedRun(ValueError):
+    """A run would start afresh where an unfinished run's training state lies (and overwrite it)."""
+
+
+def state_metadata(path):
+    """Return the metadata dict (identity, progress, ...) of the training state at path, read from its safetensors
+    header only (bounded by the file's size), or raise untrusted.BadFile (MissingFile when there is none) saying why
+    it is not a state this version reads."""
+    with untrusted.reading(path):
+        with untrusted.open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            n = int.from_bytes(head, 'little') if len(head) == 8 else -1
+            if not 0 < n <= min(size - 8, untrusted.JSON_MAX_BYTES):
+                raise untrusted.bad(path, f'is not a safetensors training state (its {size} bytes hold no header)')
+            header = untrusted.parse_json(f.read(n).decode('utf-8'), path)
+        text = header.get('__metadata__', {}).get('state') if isinstance(header, dict) else None
+        if not isinstance(text, str):
+            raise untrusted.bad(path, 'is not a training state (a safetensors header without its state)')
+        meta = untrusted.parse_json(text, path)
+        found = meta.get('format') if isinstance(meta, dict) else None
+        if found != STATE_FORMAT or not isinstance(meta.get('progress'), dict):
+            raise untrusted.bad(path, f'is not a training state this version reads (format {untrusted.show(found)}; '
+                                      f'this version reads {STATE_FORMAT})')
+        return meta
+
+
+def check_not_unfinished(path, standing):
+    """Raise UnfinishedRun, one line naming --resume auto and --restart, when path holds the training state of a run
+    that has not made its last update (standing(metadata) -> (finished, where it stands in words)), or a file there
+    that cannot be told to be a finished run's; return quietly when there is none or it is a finished run's (whose
+    outputs a new run may replace)."""
+    if not os.path.lexists(path):
+        return
+    choices = 'continue it with --resume auto, or start over with --restart (which deletes it)'
+    try:
+        meta = state_metadata(path)
+        with untrusted.reading(path):
+            finished, where = standing(meta)
+    except untrusted.BadFile as err:
+        raise UnfinishedRun(f'{err}; it may be an unfinished run\'s: a new run does not overwrite it: start over with '
+                            f'--restart (which deletes it), or move it away') from None
+    if not finished:
+        raise UnfinishedRun(f'{path} holds the training state of an unfinished run ({where}); a new run does not '
+                            f'overwrite it: {choices}')
 
 
 def open_log(path, args, progress, info=DistInfo()):

@@ -8,7 +8,9 @@ import math
 import os
 import re
 import sys
+import threading
 import time
+import weakref
 
 import numpy as np
 from tqdm import tqdm
@@ -113,14 +115,165 @@ def iter_data(*datas, n_batch=128, truncate=False, verbose=False, max_batches=fl
     n = int(min(n, max_batches * n_batch))
     # The original yields a generator of slices for several datas; a tuple unpacks the same way and can be
     # indexed. Its total n // n_batch undercounts a last partial batch; the bar's total counts it.
-    bar = tqdm(range(0, n, n_batch), total=math.ceil(n / n_batch), file=sys.stderr, ncols=80, leave=False,
-               disable=not verbose)
-    for i in bar:
-        if len(datas) == 1:
-            yield datas[0][i:i + n_batch]
-        else:
-            yield tuple(d[i:i + n_batch] for d in datas)
+    with progress(range(0, n, n_batch), total=math.ceil(n / n_batch), ncols=80, leave=False,
+                  disable=not verbose) as bar:
+        for i in bar:
+            if len(datas) == 1:
+                yield datas[0][i:i + n_batch]
+            else:
+                yield tuple(d[i:i + n_batch] for d in datas)
     return  # the original's `raise StopIteration` is a RuntimeError inside a generator since Python 3.7
+
+
+PROGRESS_INTERVAL_S = 30.0  # where stderr is not a terminal: a progress line at most this often
+
+
+def progress(iterable=None, file=None, **options):
+    """Return the progress bar of every script and module (the one place bars are made): tqdm's on a terminal;
+    where the stream is not one (a scheduler's log file, a pipe), a LineProgress, which writes whole lines now and
+    then, never a carriage return or an escape sequence. options are tqdm's (total, initial, desc, unit, unit_scale,
+    unit_divisor, leave, disable, ncols, ...); the bar goes to file, default stderr."""
+    file = sys.stderr if file is None else file
+    if is_terminal(file):
+        return tqdm(iterable, file=file, **options)
+    return LineProgress(iterable, file=file, **options)
+
+
+def is_terminal(stream):
+    """Return whether stream is an open terminal."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class LineProgress:
+    """A progress bar for a stream that is not a terminal: a whole line `desc: n/total unit (pct%), rate, elapsed`
+    every PROGRESS_INTERVAL_S seconds at most and one when it ends complete; nothing when it is closed by an error
+    (the error is then the last line of the log) or left to the garbage collector. Offers what this project uses of
+    tqdm: iteration, update, set_postfix(_str), set_description, close and the with-statement."""
+
+    _open = weakref.WeakSet()  # the bars not closed yet, for close_bars()
+    _lock = threading.Lock()
+
+    def __init__(self, iterable=None, total=None, initial=0, desc=None, unit='it', unit_scale=False,
+                 unit_divisor=1000, leave=True, disable=False, file=None, interval=None, **ignored):
+        self.iterable, self.n, self.initial, self.desc, self.unit = iterable, initial, initial, desc, unit
+        if total is None and iterable is not None:
+            try:
+                total = len(iterable)
+            except (TypeError, AttributeError):
+                total = None
+        self.total, self.unit_scale, self.unit_divisor, self.leave = total, unit_scale, unit_divisor, leave
+        self.disable, self.file = disable, sys.stderr if file is None else file
+        self.interval = PROGRESS_INTERVAL_S if interval is None else interval
+        self.postfix = ''
+        self.start = self.last = time.monotonic()
+        if not disable:
+            with LineProgress._lock:
+                LineProgress._open.add(self)
+
+    def __iter__(self):
+        if self.disable:
+            yield from self.iterable
+            return
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.total = self.n if self.total is None else self.total  # exhausted: complete, as tqdm ends then
+        self.close()
+
+    def __len__(self):
+        return len(self.iterable) if self.total is None else self.total
+
+    def update(self, n=1):
+        """Count n more; write a line when PROGRESS_INTERVAL_S has passed since the last one."""
+        if self.disable:
+            return
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._write(now)
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        """Show key=value pairs after the counts (tqdm's set_postfix)."""
+        items = dict(ordered_dict or {}, **kwargs)
+        self.postfix = ', '.join(f'{k}={v}' for k, v in items.items())
+
+    def set_postfix_str(self, s='', refresh=True):
+        """Show s after the counts (tqdm's set_postfix_str)."""
+        self.postfix = str(s)
+
+    def set_description(self, desc=None, refresh=True):
+        """Set the text before the counts."""
+        self.desc = desc
+
+    def refresh(self):
+        """Nothing to redraw: lines are written as the counts go on."""
+
+    def line(self, now=None):
+        """Return the progress line as it stands."""
+        elapsed = (time.monotonic() if now is None else now) - self.start
+        count = self._amount(self.n)
+        if self.total:
+            count += f'/{self._amount(self.total)} {self.unit} ({100 * self.n / self.total:.0f}%)'
+        else:
+            count += f' {self.unit}'
+        done = self.n - self.initial
+        if done > 0 and elapsed > 0:
+            rate = done / elapsed
+            speed = (f'{self._amount(rate)}{self.unit}/s' if rate >= 1 or self.unit_scale
+                     else f'{1 / rate:.2f}s/{self.unit}')
+        else:
+            speed = f'?{self.unit}/s'
+        parts = [count, speed, tqdm.format_interval(elapsed)] + ([self.postfix] if self.postfix else [])
+        return (f'{self.desc}: ' if self.desc else '') + ', '.join(parts)
+
+    def _amount(self, value):
+        if self.unit_scale:
+            return tqdm.format_sizeof(value, divisor=self.unit_divisor)
+        return f'{value:.2f}' if isinstance(value, float) else str(value)
+
+    def _write(self, now=None):
+        try:
+            self.file.write(self.line(now) + '\n')
+            self.file.flush()
+        except (OSError, ValueError):  # a closed or broken stream: progress is not worth an error
+            pass
+
+    def close(self, quietly=False):
+        """End the bar: its last line when it counted something and is complete (or has no total), nothing when it is
+        not (an error or a stop ended it) or quietly."""
+        if self.disable:
+            return
+        self.disable = True
+        with LineProgress._lock:
+            LineProgress._open.discard(self)
+        complete = self.n > self.initial and (self.total is None or self.n >= self.total)
+        if complete and not quietly:
+            self._write()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        self.close(quietly=kind is not None)
+        return False
+
+
+def close_bars():
+    """Close every progress bar still open, without a last line (tqdm's clear their line): call it before printing
+    an error, so that the error is the last line and no bar writes after it."""
+    with LineProgress._lock:
+        lines = list(LineProgress._open)
+    for bar in lines:
+        bar.close(quietly=True)
+    for bar in list(getattr(tqdm, '_instances', ())):
+        try:
+            bar.close()
+        except (AttributeError, OSError, ValueError):
+            pass
 
 
 def _to_json(obj):

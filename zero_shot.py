@@ -10,12 +10,11 @@ import argparse
 import json
 import sys
 
-from tqdm import tqdm
-
 from distributed import check_device
 from flags import PRECISIONS, add_weights_args
 from heuristics import TASKS, n_scored, read_zero_shot, score_zero_shot, scoring_lm
 from models import load_from_args
+from utils import progress
 
 SPLIT_HELP = ('sst2, cola: dev (default) or train (cola: the threshold is always fitted on train); rocstories: test '
               '(default, the Story Cloze test CSV) or val (the whole val CSV); race: dev or test (default); dprd: train '
@@ -67,7 +66,7 @@ def run(args):
     model, text_encoder = load_from_args(args, lm=True)
     lm = scoring_lm(model.to(device), text_encoder, precision=args.precision, batch_size=args.batch_size)
     total = n_scored(args.task, data.texts) + (0 if data.train is None else n_scored('cola', data.train[0]))
-    with tqdm(total=total, desc=f'{args.task} {data.split}', disable=args.quiet, file=sys.stderr) as bar:
+    with progress(total=total, desc=f'{args.task} {data.split}', disable=args.quiet) as bar:
         result = score_zero_shot(lm, data, progress=bar)
     record = summary(result)
     shown = 'n/a (no labels)' if result.value is None else f'{result.value:.2f}'

@@ -171,11 +171,14 @@ ORIGINAL_DEFAULTS = dict(
 INTENTIONAL = {
     'desc': 'rocstories',     # the original has none: its log would be log/None.jsonl
     'dataset': 'rocstories',  # the original has none and fails at the submission without one
+    # the architecture is the weights' (released shards: the original's 768 from their shapes, n_head 12, gelu): a flag
+    # only fills what the folder does not state, and one that contradicts it is refused
+    'n_embd': None, 'n_head': None, 'n_layer': None, 'afn': None,
 }
 # The flags this port adds, with their defaults: none changes what the original computes.
 ADDED_DEFAULTS = dict(n_valid=374, model_dir='model/', device=None, precision='fp32', micro_batch=None,
                       compile=False, checkpoint_activations=False, verify_weights=False, save_every=0, resume=False,
-                      n_runs=1, quiet=False, from_scratch=False, transfer_sweep=None)
+                      restart=False, n_runs=1, quiet=False, from_scratch=False, transfer_sweep=None)
 
 
 def test_every_default_is_the_originals():
