@@ -19,16 +19,16 @@ import json
 import math
 import os
 import random
-import struct
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import untrusted
-from untrusted import JSON_MAX_BYTES, BadFile, show
+from untrusted import BadFile, show
 from utils import write_failure
 
 STATE_FORMAT = 'gpt-train-state-v2'
@@ -212,95 +212,61 @@ def load_weights(model, saved, source):
     return model
 
 
-# safetensors' dtype codes; a file's tensors are built only after every entry is checked against the bytes on disk
-SAFETENSORS_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
-                      'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8,
-                      'U8': torch.uint8, 'BOOL': torch.bool}
-MAX_DIMS = 8  # no tensor of this project has more than 4 dimensions
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own bound on a file's JSON header
+SAFETENSORS_ALL = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+                   'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
+                   'BOOL': torch.bool}  # what the states and weights of this project may hold
 
 
-def read_safetensors(path, what='a safetensors file', advice='', missing=None):
-    """Return (metadata {str: str}, {name: tensor}) of the safetensors file at path, read with one bounded read.
-
-    Read here rather than by safetensors' own reader, so that nothing is built before it is checked: a regular file
-    (untrusted.open_regular), a header size within the file, the header JSON with a depth limit, every entry's
-    dtype, shape and byte range within the data and consistent with each other. A file that is not one is a BadFile
-    'path is not <what> (<reason>)<advice>'. The tensors are views of the one buffer read (little-endian, as the
-    format stores them)."""
+@contextmanager
+def open_safetensors(path, folder=None, what='a safetensors file', advice='', missing=None):
+    """Yield safetensors' own reader (safe_open, framework 'pt') on the file at path, after checking what the library
+    would trust: a regular file (a symlink only inside folder, default its own; the library would hang on a FIFO)
+    whose 8-byte header length fits in the file and the library's bound. The library then checks the header (JSON,
+    every tensor's dtype, shape and byte range within the file, no overlap or gap). A file that is not one is a
+    BadFile 'path is not <what> (<reason>)<advice>'."""
     def damaged(reason):
         return BadFile(f'{path} is not {what} ({reason}){advice}', path)
 
-    with untrusted.open_regular(path, missing=missing) as f:
+    with untrusted.open_regular(path, folder, missing=missing) as f:
         size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise damaged(f'{size} bytes, too short for a safetensors header')
-        n_header = struct.unpack('<Q', f.read(8))[0]
-        if n_header > size - 8:
-            raise damaged(f'its header claims {n_header} bytes, the file holds {size - 8} after the size field: '
-                          f'truncated, or another kind of file')
-        if n_header > JSON_MAX_BYTES:
-            raise damaged(f'a header of {n_header} bytes, more than any file of this project holds')
-        head = f.read(n_header)
-        data = bytearray(size - 8 - n_header)
-        view, got = memoryview(data), 0
-        while got < len(data):
-            k = f.readinto(view[got:])
-            if not k:
-                break
-            got += k
-        if len(head) != n_header or got != len(data) or f.read(1):
-            raise BadFile(f'{path} changed size while being read: read it again', path)
+        head = f.read(8)
+    if len(head) < 8:
+        raise damaged(f'{size} bytes, too short for a safetensors header')
+    n_header = int.from_bytes(head, 'little')
+    if n_header > min(size - 8, SAFETENSORS_MAX_HEADER):
+        raise damaged(f'its header claims {n_header} bytes, the file holds {size - 8} after the size field: '
+                      f'truncated, or another kind of file')
     try:
-        text = head.decode('utf-8')
-    except UnicodeDecodeError as err:
-        raise damaged(f'its header is not UTF-8 (byte {err.start})') from None
-    try:
-        header = untrusted.parse_json(text, path)
-    except BadFile as err:
-        raise damaged(str(err)[len(path) + 2:] if str(err).startswith(f'{path}: ') else str(err)) from None
-    if not isinstance(header, dict):
-        raise damaged(f'its header is a JSON {type(header).__name__}, not an object')
-    metadata = header.pop('__metadata__', None)
-    metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise damaged('its __metadata__ is not an object of strings')
-    entries = []
-    for name, entry in header.items():
-        if not isinstance(entry, dict) or set(entry) != {'dtype', 'shape', 'data_offsets'}:
-            raise damaged(f'the entry of tensor {show(name)} is not {{dtype, shape, data_offsets}}')
-        dtype, shape, offsets = entry['dtype'], entry['shape'], entry['data_offsets']
-        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-            raise damaged(f'tensor {show(name)} has dtype {show(dtype)}, not one of '
-                          f'{", ".join(SAFETENSORS_DTYPES)}')
-        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-                or not all(untrusted.is_int(d) and 0 <= d <= len(data) for d in shape)):
-            raise damaged(f'tensor {show(name)} has shape {show(shape)}, not a list of at most {MAX_DIMS} sizes '
-                          f'within the file')
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(untrusted.is_int(o) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= len(data)):
-            raise damaged(f'tensor {show(name)} has data_offsets {show(offsets)}, not a byte range within the '
-                          f'{len(data)} bytes of data')
-        numel = math.prod(shape)
-        itemsize = SAFETENSORS_DTYPES[dtype].itemsize
-        if numel * itemsize != offsets[1] - offsets[0]:
-            raise damaged(f'tensor {show(name)} of shape {tuple(shape)} and dtype {dtype} needs '
-                          f'{numel * itemsize} bytes, its range holds {offsets[1] - offsets[0]}')
-        entries.append((offsets[0], offsets[1], name, SAFETENSORS_DTYPES[dtype], shape, numel))
-    entries.sort(key=lambda e: (e[0], e[1]))
-    end = 0
-    for begin, stop, name, _, _, _ in entries:  # the tensors tile the data: no overlap, no gap
-        if begin != end:
-            raise damaged(f'tensor {show(name)} starts at byte {begin} of the data, not at {end} where the one '
-                          f'before it ends')
-        end = stop
-    if end != len(data):
-        raise damaged(f'its tensors end at byte {end} of the data, the file holds {len(data)}')
-    tensors = {}
-    for begin, _, name, dtype, shape, numel in entries:
-        flat = (torch.frombuffer(data, dtype=dtype, count=numel, offset=begin) if numel
-                else torch.empty(0, dtype=dtype))
-        tensors[name] = flat.view(shape)
-    return metadata, tensors
+        with safe_open(path, framework='pt') as reader:
+            yield reader
+    except SafetensorError as err:
+        raise damaged(untrusted.one_line(err)[:200]) from None
+
+
+def safetensors_dtypes(reader, path, allowed, what=None):
+    """Raise a BadFile naming path (and what it is not, when given) unless every tensor of an open safetensors file
+    has a dtype in allowed (codes such as 'F32'); checked from the header, before any tensor is read."""
+    for name in reader.keys():
+        dtype = reader.get_slice(name).get_dtype()
+        if dtype not in allowed:
+            reason = f'tensor {show(name, 80)} holds {dtype} values, not {" or ".join(allowed)}'
+            raise BadFile(f'{path}: {reason}: refused rather than converted' if what is None else
+                          f'{path} is not {what} ({reason})', path)
+
+
+def read_safetensors(path, what='a safetensors file', advice='', missing=None, allowed=tuple(SAFETENSORS_ALL)):
+    """Return (metadata {str: str}, {name: tensor}) of the safetensors file at path, read by open_safetensors (every
+    size checked against the file before a tensor is built); a tensor of a dtype not in allowed is refused."""
+    with open_safetensors(path, what=what, advice=advice, missing=missing) as reader:
+        safetensors_dtypes(reader, path, allowed, what)
+        return reader.metadata() or {}, {name: reader.get_tensor(name) for name in reader.keys()}
+
+
+def safetensors_metadata(path, what='a safetensors file', advice='', missing=None):
+    """Return the metadata {str: str} of the safetensors file at path, without reading its tensors."""
+    with open_safetensors(path, what=what, advice=advice, missing=missing) as reader:
+        return reader.metadata() or {}
 
 
 def load_params(model, path):

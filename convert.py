@@ -1,8 +1,9 @@
 """Convert GPT-1 and GPT-2 weights between their released formats, this project's safetensors folder and
 transformers' layouts: the command line over weights.py, which reads and writes each format (its docstring
 describes them). Only safetensors and `torch.load(weights_only=True)` are read: no pickle. Converted GPT-1 shards
-keep their .npy headers, and GPT-2 checkpoints are written as tf.train.Saver writes them, so converting back gives
-byte-identical files.
+keep their .npy headers (each checked to be a float32 shard's of its size before it is written: a crafted one is
+refused, naming the file), and GPT-2 checkpoints are written as tf.train.Saver writes them, so converting back gives
+byte-identical files. A damaged or hostile input folder is refused in one line naming the file (untrusted.BadFile).
 
     python convert.py shards-to-safetensors --model_dir model/ --out gpt1/
     python convert.py safetensors-to-shards --model_dir gpt1/ --out model_again/

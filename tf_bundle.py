@@ -32,8 +32,16 @@ A checkpoint ``<prefix>`` is a set of files:
 
 Masked CRC32C is TensorFlow's ``((crc >> 15 | crc << 17) + 0xa282ead8) mod 2**32``.
 bfloat16 tensors are returned widened to float32 (exact); everything else keeps its dtype.
-Every defect is reported as a one-line ``ValueError`` (``FileNotFoundError`` for a missing
-file) that names the file, says what is wrong and what to do.
+Every defect is reported as a one-line ``untrusted.BadFile`` (``untrusted.MissingFile`` for a
+missing file) that names the file, says what is wrong and what to do.
+
+The files are untrusted (docs/trust.md): only regular files are read (no FIFO, device, or link
+leaving the checkpoint's folder), every path the ``checkpoint`` file names stays inside its
+folder, the index is at most INDEX_MAX_BYTES, a key at most MAX_KEY_BYTES (the keys built from
+prefix compression at most KEY_BYTES_PER_BYTE times the index's size), a protobuf message at
+most MAX_FIELDS fields, a shape at most MAX_DIMS dimensions; every tensor's byte range is checked
+against the data file's size on disk before anything is allocated, ranges of different tensors
+may not overlap, and each is read at most once (a caller may skip the tensors it does not use).
 """
 
 import collections
@@ -45,11 +53,16 @@ import types
 import crc32c as crc32c_lib
 import numpy as np
 
+import untrusted
+from untrusted import bad
+
 __all__ = [
+    'TFCheckpoint',
     'TensorEntry',
     'latest_checkpoint',
     'read_tf_checkpoint',
     'tf_checkpoint_entries',
+    'verify_tf_checkpoint',
     'write_tf_checkpoint',
 ]
 
@@ -61,6 +74,17 @@ BLOCK_SIZE = 262144
 RESTART_INTERVAL = 16
 BUNDLE_VERSION = 1
 MASK_DELTA = 0xA282EAD8
+
+# Bounds on what an index may hold. GPT-2 1558M's index is about 30 KB (580 tensors, names under 64 bytes); a
+# tensor's entry costs a few hundred bytes of Python objects once decoded, so an index of INDEX_MAX_BYTES decodes
+# in well under 1 GB whatever it holds.
+INDEX_MAX_BYTES = 4 << 20      # about 50,000 tensors
+MAX_KEY_BYTES = 1024           # a tensor name (TensorFlow's longest real ones are around 200 bytes)
+KEY_BYTES_PER_BYTE = 16        # keys rebuilt from prefix compression: at most this many bytes per index byte
+KEY_BYTES_SLACK = 1 << 20      # ... plus this much
+MAX_FIELDS = 1024              # fields of one protobuf message (an entry has 6, a shape one per dimension)
+MAX_DIMS = 32                  # dimensions of a tensor (numpy's limit is 32 before numpy 2, 64 since)
+STATE_MAX_BYTES = 1 << 20      # the `checkpoint` file: a few lines
 
 _FIX_INDEX = 'the index is damaged or incomplete: download the checkpoint again'
 _FIX_DATA = 'the data file is damaged: download the checkpoint again'
@@ -168,6 +192,8 @@ def _proto_fields(data, what):
                 value, pos = bytes(data[pos:pos + length]), pos + length
             else:
                 raise _Problem(f'wire type {wire} (field {number}) is not used by this format')
+            if len(fields) >= MAX_FIELDS:
+                raise _Problem(f'it has more than {MAX_FIELDS} fields, more than any message of this format')
             fields.append((number, wire, value))
     except _Problem as exc:
         raise _Problem(f'{what} is not a valid protobuf message: {exc}') from None
@@ -209,11 +235,13 @@ def _repeated_ints(fields, number, what):
             values.append(_signed(value, 32, what))
         elif wire == 2:
             pos = 0
-            while pos < len(value):
+            while pos < len(value) and len(values) <= MAX_FIELDS:
                 item, pos = _varint(value, pos, len(value))
                 values.append(_signed(item, 32, what))
         else:
             raise _Problem(f'{what} has wire type {wire}')
+        if len(values) > MAX_FIELDS:
+            raise _Problem(f'{what} lists more than {MAX_FIELDS} values')
     return values
 
 
@@ -272,8 +300,29 @@ def _read_block(buf, handle, limit, what):
     return contents[:-1]
 
 
-def _block_entries(block, what):
-    """Decode a block's prefix-compressed entries into a list of (key, value) bytes pairs."""
+class _KeyBudget:
+    """The bytes of keys a table may still rebuild from prefix compression: keys sharing the whole previous key grow
+    quadratically with the entries, so their total is bounded by the table's size before any is built."""
+
+    def __init__(self, table_size):
+        """Allow KEY_BYTES_PER_BYTE bytes of keys per table byte, plus KEY_BYTES_SLACK."""
+        self.left = KEY_BYTES_PER_BYTE * table_size + KEY_BYTES_SLACK
+
+    def take(self, length, where):
+        """Account for one key of length bytes, refused when longer than any name or over the total."""
+        if length > MAX_KEY_BYTES:
+            raise _Problem(f'{where} has a {length}-byte key, longer than any tensor name ({MAX_KEY_BYTES} bytes '
+                           'at most)')
+        self.left -= length
+        if self.left < 0:
+            raise _Problem(f'{where}: its keys add up to more than {KEY_BYTES_PER_BYTE} bytes per byte of the '
+                           'index, more than any checkpoint holds')
+
+
+def _block_entries(block, what, budget=None):
+    """Decode a block's prefix-compressed entries into a list of (key, value) bytes pairs (every key checked against
+    the budget before it is built: by default the block's own)."""
+    budget = _KeyBudget(len(block)) if budget is None else budget
     size = len(block)
     if size < 4:
         raise _Problem(f'the {what} is {size} bytes, too short for its restart count')
@@ -294,6 +343,7 @@ def _block_entries(block, what):
             raise _Problem(f'{where} shares {shared} bytes with a {len(key)}-byte key')
         if unshared + value_len > limit - pos:
             raise _Problem(f"{where} runs past the end of the block's entries")
+        budget.take(shared + unshared, where)
         key = key[:shared] + bytes(block[pos:pos + unshared])
         pos += unshared
         entries.append((key, bytes(block[pos:pos + value_len])))
@@ -316,6 +366,7 @@ def _check_restarts(restarts, starts, entries, block, what):
 def _table_items(buf):
     """Decode a whole table into its sorted (key, value) pairs, checking its layout."""
     meta_handle, index_handle = _parse_footer(buf)
+    budget = _KeyBudget(len(buf))
     footer_start = len(buf) - FOOTER_SIZE
     index = _read_block(buf, index_handle, footer_start, 'index block')
     meta = _read_block(buf, meta_handle, footer_start, 'metaindex block')
@@ -323,15 +374,15 @@ def _table_items(buf):
         raise _Problem('the index block does not end where the footer starts')
     if meta_handle.offset + meta_handle.size + BLOCK_TRAILER_SIZE != index_handle.offset:
         raise _Problem('the metaindex block does not end where the index block starts')
-    _block_entries(meta, 'metaindex block')
+    _block_entries(meta, 'metaindex block', budget)
     items, next_offset, previous = [], 0, None
-    for number, (separator, encoded) in enumerate(_block_entries(index, 'index block')):
+    for number, (separator, encoded) in enumerate(_block_entries(index, 'index block', budget)):
         what = f'data block {number}'
         handle = _decode_handle(encoded, what)
         if handle.offset != next_offset:
             raise _Problem(f'{what} starts at byte {handle.offset}, expected {next_offset} '
                            '(blocks must follow each other)')
-        block_items = _block_entries(_read_block(buf, handle, meta_handle.offset, what), what)
+        block_items = _block_entries(_read_block(buf, handle, meta_handle.offset, what), what, budget)
         _check_separators(block_items, previous, separator, what)
         items.extend(block_items)
         next_offset = handle.offset + handle.size + BLOCK_TRAILER_SIZE
@@ -412,6 +463,8 @@ def _parse_shape(data, name):
             continue
         if wire != 2:
             raise _Problem(f'the shape of tensor {name!r} has a dim of wire type {wire}')
+        if len(dims) >= MAX_DIMS:
+            raise _Problem(f'tensor {name!r} has more than {MAX_DIMS} dimensions, more than any array can have')
         size = _int_field(_proto_fields(value, f'a dim of tensor {name!r}'), 1, 64, 'dim size')
         if size < 0:
             raise _Problem(f'tensor {name!r} has a dimension of unknown size ({size})')
@@ -464,7 +517,10 @@ def _check_entry(entry, enum, num_shards):
                        f'has {num_shards}')
     if entry.offset < 0:
         raise _Problem(f'tensor {entry.name!r} has a negative offset {entry.offset}')
-    expected = math.prod(entry.shape) * np.dtype(_DTYPES[enum][1]).itemsize
+    itemsize = np.dtype(_DTYPES[enum][1]).itemsize
+    if math.prod(max(dim, 1) for dim in entry.shape) * itemsize >= 1 << 63:
+        raise _Problem(f'tensor {entry.name!r} has shape {list(entry.shape)}, larger than any array can be')
+    expected = math.prod(entry.shape) * itemsize
     if entry.size != expected:
         raise _Problem(f'tensor {entry.name!r} ({entry.dtype} {list(entry.shape)}) has size '
                        f'{entry.size} bytes, expected {expected}')
@@ -476,17 +532,6 @@ def _parse_index(buf):
     header = _parse_header(items[0][1])
     entries = [_parse_entry(key, value, header.num_shards) for key, value in items[1:]]
     return header, entries
-
-
-def _read_whole(path, what):
-    """Return a file's bytes, turning OS errors into clear one-line errors."""
-    try:
-        with open(path, 'rb') as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f'{path} does not exist: {what}') from None
-    except OSError as exc:
-        raise ValueError(f'{path} cannot be read ({exc.strerror or exc}): {what}') from None
 
 
 def _missing_index_hint(prefix):
@@ -501,16 +546,9 @@ def _missing_index_hint(prefix):
     return 'download the checkpoint (its .index and .data-*-of-* files) or fix the path'
 
 
-def _load_index(prefix, path=None):
-    """Read and decode `<prefix>.index` (or the index file at path); return (path, header, entries)."""
-    path = f'{prefix}.index' if path is None else path
-    buf = _read_whole(path, _missing_index_hint(prefix))
-    try:
-        header, entries = _parse_index(memoryview(buf))
-    except _Problem as exc:
-        raise ValueError(f'{path} is not a usable TensorFlow checkpoint index: {exc}; '
-                         f'{exc.fix}') from None
-    return path, header, entries
+def _folder(path):
+    """Return the folder that holds path (the files of a checkpoint must stay inside it)."""
+    return os.path.dirname(os.path.abspath(path))
 
 
 def _data_path(prefix, shard, num_shards):
@@ -521,100 +559,161 @@ def _data_path(prefix, shard, num_shards):
 # ------------------------------------------------------------------- public reader
 
 
+class TFCheckpoint:
+    """A checkpoint's decoded index: `entries` ({name: TensorEntry}, in key order) and `index_path`; `read` and
+    `verify` read its data files, each tensor's byte range at most once.
+
+    prefix: the checkpoint prefix (no suffix); index_path: the index file to read instead of `<prefix>.index` (e.g.
+    a download's .part). Raises a BadFile naming the index (a MissingFile when it is missing)."""
+
+    def __init__(self, prefix, index_path=None):
+        """Read and decode the index (at most INDEX_MAX_BYTES, a regular file inside the prefix's folder)."""
+        self.prefix = untrusted.check_path_text(prefix, 'checkpoint prefix')
+        self.index_path = f'{self.prefix}.index' if index_path is None else untrusted.check_path_text(index_path)
+        with untrusted.reading(self.index_path):
+            buf = untrusted.read_bytes(self.index_path, _folder(self.prefix if index_path is None else
+                                                                 self.index_path),
+                                       INDEX_MAX_BYTES, 'TensorFlow checkpoint index',
+                                       missing=_missing_index_hint(self.prefix))
+            try:
+                self.header, entries = _parse_index(memoryview(buf))
+            except _Problem as exc:
+                raise bad(self.index_path, f'is not a usable TensorFlow checkpoint index: {exc}; {exc.fix}') from None
+        self.entries = {entry.name: entry for entry in entries}
+        self.by_shard = collections.defaultdict(list)  # shard -> its entries (one pass: shards can be many)
+        for entry in entries:
+            self.by_shard[entry.shard].append(entry)
+
+    def data_path(self, shard):
+        """Return the file name of one data shard."""
+        return _data_path(self.prefix, shard, self.header.num_shards)
+
+    def _refuse(self, what):
+        """Return the BadFile 'index_path: what'."""
+        return bad(self.index_path, what)
+
+    def _check_dtype(self, entries, dtype):
+        """Refuse an entry whose dtype is not dtype (when given), naming the tensor and the index."""
+        for entry in entries:
+            if dtype is not None and entry.dtype != dtype:
+                raise self._refuse(f'tensor {entry.name!r} has dtype {entry.dtype}, not {dtype} as this model '
+                                   f'stores it: a different or damaged file (nothing is cast); download it again')
+
+    def _check_ranges(self, shard, path, size):
+        """Check that the tensors of one shard lie inside its size bytes and that no two share a byte."""
+        own = sorted(self.by_shard[shard], key=lambda entry: (entry.offset, entry.size))
+        for entry in own:
+            end = entry.offset + entry.size
+            if end > size:
+                raise bad(path, f'is truncated: tensor {entry.name!r} needs bytes {entry.offset}..{end}, the file '
+                                f'has {size}; download it again')
+        filled = [entry for entry in own if entry.size]
+        for first, second in zip(filled, filled[1:]):
+            if second.offset < first.offset + first.size:
+                raise self._refuse(f'tensors {first.name!r} and {second.name!r} overlap in {path} (bytes '
+                                   f'{first.offset}..{first.offset + first.size} and {second.offset}..'
+                                   f'{second.offset + second.size}): {_FIX_INDEX}')
+        return own
+
+    def _open(self, shard, path):
+        """Open one data shard (a regular file inside the checkpoint's folder); return (file, size)."""
+        count = len(self.by_shard[shard])
+        handle = untrusted.open_regular(
+            path, _folder(self.prefix),
+            missing=f'{self.index_path} stores {count} tensors in it; download it too (a checkpoint is its .index '
+                    'plus every .data-*-of-* file)')
+        return handle, os.fstat(handle.fileno()).st_size
+
+    def read(self, names=None, dtype=None):
+        """Return {name: numpy array} of the tensors named (default: every one), each read once and checked against
+        its CRC32C; the others' data is not read. dtype: the only dtype name the tensors read may have (e.g.
+        'float32'): another is refused before any data is read."""
+        selected = list(self.entries.values()) if names is None else [self.entries[name] for name in names]
+        self._check_dtype(selected, dtype)
+        arrays, wanted = {}, collections.defaultdict(list)
+        for entry in selected:
+            wanted[entry.shard].append(entry)
+        for shard in sorted(wanted):
+            path = self.data_path(shard)
+            with untrusted.reading(path):
+                handle, size = self._open(shard, path)
+                with handle:
+                    self._check_ranges(shard, path, size)  # every size against the disk before any allocation
+                    for entry in wanted[shard]:
+                        arrays[entry.name] = _read_tensor(path, handle, entry)
+        return {entry.name: arrays[entry.name] for entry in selected}
+
+    def verify(self, data_paths=None, chunk_size=1 << 24, dtype=None):
+        """Check every tensor against its stored CRC32C and every data file's size against the index, reading the
+        data in chunks (no tensor is built: a 6 GB checkpoint needs no 6 GB of memory); raise a one-line BadFile.
+        data_paths maps a shard number to its file (default: the index's names); dtype as for read."""
+        self._check_dtype(self.entries.values(), dtype)
+        for shard in sorted(self.by_shard):
+            path = untrusted.check_path_text((data_paths or {}).get(shard, self.data_path(shard)))
+            with untrusted.reading(path):
+                handle, size = self._open(shard, path)
+                with handle:
+                    own = self._check_ranges(shard, path, size)
+                    for entry in own:
+                        _check_crc(path, handle, entry, chunk_size)
+            end = max((entry.offset + entry.size for entry in own), default=0)
+            if size != end:
+                raise bad(path, f'has {size} bytes but {self.index_path} places its tensors in {end}: a different '
+                                'or damaged file; download it again')
+
+
+def _check_crc(path, handle, entry, chunk_size):
+    """Check one tensor's bytes against its CRC32C, reading them in chunks."""
+    handle.seek(entry.offset)
+    crc, left = 0, entry.size
+    while left:
+        chunk = handle.read(min(chunk_size, left))
+        if not chunk:
+            raise bad(path, f'is truncated: tensor {entry.name!r} needs bytes {entry.offset}..'
+                            f'{entry.offset + entry.size}; download it again')
+        crc = crc32c_lib.crc32c(chunk, crc)
+        left -= len(chunk)
+    if mask_crc(crc) != entry.crc32c:
+        raise bad(path, f'tensor {entry.name!r} (bytes {entry.offset}..{entry.offset + entry.size}) fails its '
+                        f'CRC32C check; {_FIX_DATA}')
+
+
 def tf_checkpoint_entries(prefix, index_path=None):
     """Return {name: TensorEntry} from `<prefix>.index` (or the index file at index_path, e.g. a download's .part)
     without reading any tensor data."""
-    _, _, entries = _load_index(os.fspath(prefix), index_path)
-    return {entry.name: entry for entry in entries}
+    with untrusted.reading(index_path if index_path is not None else prefix):
+        return TFCheckpoint(prefix, index_path).entries
 
 
-def read_tf_checkpoint(prefix):
-    """Return {name: numpy array} for every tensor of the checkpoint `prefix` (no suffix)."""
-    prefix = os.fspath(prefix)
-    index_path, header, entries = _load_index(prefix)
-    paths = {shard: _data_path(prefix, shard, header.num_shards)
-             for shard in sorted({entry.shard for entry in entries})}
-    files = {}
-    try:
-        for shard, path in paths.items():
-            files[shard] = _open_data(path, index_path, entries, shard)
-        for entry in entries:
-            _check_bounds(paths[entry.shard], files[entry.shard], entry)
-        return {entry.name: _read_tensor(paths[entry.shard], files[entry.shard], entry)
-                for entry in entries}
-    finally:
-        for handle in files.values():
-            handle.close()
+def read_tf_checkpoint(prefix, names=None, dtype=None):
+    """Return {name: numpy array} for every tensor of the checkpoint `prefix` (no suffix), or only those named;
+    dtype: the only dtype name they may have (TFCheckpoint.read)."""
+    with untrusted.reading(prefix):
+        return TFCheckpoint(prefix).read(names, dtype)
 
 
-def verify_tf_checkpoint(prefix, data_paths=None, chunk_size=1 << 24):
+def verify_tf_checkpoint(prefix, data_paths=None, chunk_size=1 << 24, dtype=None):
     """Check every tensor of the checkpoint `prefix` against its stored CRC32C and every data file's size against the
-    index, reading the data in chunks (no tensor is built: a 6 GB checkpoint needs no 6 GB of memory); raise the
-    reader's one-line errors. data_paths maps a shard number to its file (default: the index's names)."""
-    prefix = os.fspath(prefix)
-    index_path, header, entries = _load_index(prefix)
-    for shard in sorted({entry.shard for entry in entries}):
-        path = (data_paths or {}).get(shard, _data_path(prefix, shard, header.num_shards))
-        own = [entry for entry in entries if entry.shard == shard]
-        with _open_data(path, index_path, entries, shard) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            for entry in own:
-                _check_bounds(path, handle, entry)
-                handle.seek(entry.offset)
-                crc, left = 0, entry.size
-                while left:
-                    chunk = handle.read(min(chunk_size, left))
-                    if not chunk:
-                        break
-                    crc = crc32c_lib.crc32c(chunk, crc)
-                    left -= len(chunk)
-                if mask_crc(crc) != entry.crc32c:
-                    raise ValueError(f'{path}: tensor {entry.name!r} (bytes {entry.offset}..{entry.offset + entry.size})'
-                                     f' fails its CRC32C check; {_FIX_DATA}')
-        end = max((entry.offset + entry.size for entry in own), default=0)
-        if size != end:
-            raise ValueError(f'{path} has {size} bytes but {index_path} places its tensors in {end}: a different or '
-                             f'damaged file; download it again')
-
-
-def _open_data(path, index_path, entries, shard):
-    """Open one data shard for reading, with a clear error when it is missing."""
-    count = sum(entry.shard == shard for entry in entries)
-    try:
-        return open(path, 'rb')
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f'{path} does not exist: {index_path} stores {count} tensors in it; download it '
-            'too (a checkpoint is its .index plus every .data-*-of-* file)') from None
-    except OSError as exc:
-        raise ValueError(f'{path} cannot be read ({exc.strerror or exc}); check the '
-                         'file and its permissions') from None
-
-
-def _check_bounds(path, handle, entry):
-    """Check that a tensor's bytes lie inside its data file."""
-    file_size = os.fstat(handle.fileno()).st_size
-    end = entry.offset + entry.size
-    if end > file_size:
-        raise ValueError(f'{path} is truncated: tensor {entry.name!r} needs bytes '
-                         f'{entry.offset}..{end}, the file has {file_size}; download it again')
+    index, reading the data in chunks (TFCheckpoint.verify); raise the reader's one-line BadFile."""
+    with untrusted.reading(prefix):
+        TFCheckpoint(prefix).verify(data_paths, chunk_size, dtype)
 
 
 def _read_tensor(path, handle, entry):
-    """Read one tensor's bytes, check their CRC32C and return them as an array."""
+    """Read one tensor's bytes (its range already checked against the file's size), check their CRC32C and return
+    them as an array."""
     stored = _stored_dtype(entry.dtype)
     data = bytearray(entry.size)
     handle.seek(entry.offset)
     got = handle.readinto(data) if entry.size else 0
     if got != entry.size:
-        raise ValueError(f'{path} is truncated: tensor {entry.name!r} needs bytes '
-                         f'{entry.offset}..{entry.offset + entry.size}, only {got} of its '
-                         f'{entry.size} bytes could be read; download it again')
+        raise bad(path, f'is truncated: tensor {entry.name!r} needs bytes {entry.offset}..'
+                        f'{entry.offset + entry.size}, only {got} of its {entry.size} bytes could be read; download '
+                        'it again')
     actual = mask_crc(crc32c(data))
     if actual != entry.crc32c:
-        raise ValueError(f'{path}: tensor {entry.name!r} (bytes {entry.offset}..'
-                         f'{entry.offset + entry.size}) fails its CRC32C check (stored '
-                         f'0x{entry.crc32c:08x}, computed 0x{actual:08x}); {_FIX_DATA}')
+        raise bad(path, f'tensor {entry.name!r} (bytes {entry.offset}..{entry.offset + entry.size}) fails its '
+                        f'CRC32C check (stored 0x{entry.crc32c:08x}, computed 0x{actual:08x}); {_FIX_DATA}')
     array = np.frombuffer(data, dtype=stored).reshape(entry.shape)
     if entry.dtype == 'bfloat16':
         return (array.astype(np.uint32) << 16).view(np.float32)
@@ -631,25 +730,46 @@ def _stored_dtype(name):
     raise AssertionError(name)  # pragma: no cover - names come from _DTYPES
 
 
-def latest_checkpoint(directory):
-    """Return the prefix named by `directory/checkpoint` (like tf.train.latest_checkpoint)."""
-    directory = os.fspath(directory)
-    path = os.path.join(directory, 'checkpoint')
-    text = _read_whole(path, "a TensorFlow checkpoint directory has a 'checkpoint' file naming "
-                             'its latest prefix; download it or pass the prefix directly')
+def _state_paths(text):
+    """Return [(field, quoted value bytes)] of the path lines of a `checkpoint` file."""
+    paths = []
     for line in text.splitlines():
         field, _, rest = line.partition(b':')
-        if field.strip() == b'model_checkpoint_path':
-            value = rest.strip()
+        field = field.strip()
+        if field in (b'model_checkpoint_path', b'all_model_checkpoint_paths'):
+            paths.append((field.decode('ascii'), rest.strip()))
+    return paths
+
+
+def latest_checkpoint(directory, path=None):
+    """Return the prefix named by `directory/checkpoint` (like tf.train.latest_checkpoint), or by the file at path (e.g.
+    a download's .part) with names relative to directory. Every path the file names (model_checkpoint_path and
+    all_model_checkpoint_paths) must be a relative one inside directory: another is refused without saying whether
+    it exists."""
+    directory = untrusted.check_path_text(directory, 'folder')
+    path = os.path.join(directory, 'checkpoint') if path is None else untrusted.check_path_text(path)
+    with untrusted.reading(path):
+        text = untrusted.read_bytes(
+            path, None, STATE_MAX_BYTES, "'checkpoint' file",
+            missing="a TensorFlow checkpoint directory has a 'checkpoint' file naming its latest prefix; download it "
+                    'or pass the prefix directly')
+        latest = None
+        for field, value in _state_paths(text):
             if len(value) < 2 or value[:1] != b'"' or value[-1:] != b'"':
-                break
+                raise bad(path, f'has a {field} that is not a quoted string ({untrusted.show(value)}); download it '
+                                'again or pass the checkpoint prefix directly')
             try:
                 name = _c_unescape(value[1:-1]).decode('utf-8')
             except (ValueError, UnicodeDecodeError):
-                break
-            return name if os.path.isabs(name) else os.path.join(directory, name)
-    raise ValueError(f'{path} has no readable model_checkpoint_path line; download it again '
-                     'or pass the checkpoint prefix directly')
+                raise bad(path, f'has a {field} that is not a valid string ({untrusted.show(value)}); download it '
+                                'again or pass the checkpoint prefix directly') from None
+            prefix = untrusted.contained(directory, name, path)
+            if field == 'model_checkpoint_path' and latest is None:
+                latest = prefix
+        if latest is None:
+            raise bad(path, 'has no readable model_checkpoint_path line; download it again or pass the checkpoint '
+                            'prefix directly')
+        return latest
 
 
 def _c_unescape(raw):

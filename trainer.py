@@ -30,7 +30,7 @@ import torch
 
 import untrusted
 from checkpoint import (STATE_FORMAT, StateWriter, check_writable, load_training_state, rank_record,
-                        save_training_state)
+                        safetensors_metadata, save_training_state)
 from distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed, resolve_device, wrap_ddp
 from loss import no_autocast
 from runlock import RunLock
@@ -389,17 +389,10 @@ class UnfinishedRun(ValueError):
 
 def state_metadata(path):
     """Return the metadata dict (identity, progress, ...) of the training state at path, read from its safetensors
-    header only (bounded by the file's size), or raise untrusted.BadFile (MissingFile when there is none) saying why
-    it is not a state this version reads."""
+    header only, or raise untrusted.BadFile (MissingFile when there is none) saying why it is not a state this
+    version reads."""
     with untrusted.reading(path):
-        with untrusted.open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            n = int.from_bytes(head, 'little') if len(head) == 8 else -1
-            if not 0 < n <= min(size - 8, untrusted.JSON_MAX_BYTES):
-                raise untrusted.bad(path, f'is not a safetensors training state (its {size} bytes hold no header)')
-            header = untrusted.parse_json(f.read(n).decode('utf-8'), path)
-        text = header.get('__metadata__', {}).get('state') if isinstance(header, dict) else None
+        text = safetensors_metadata(path, what='a safetensors training state').get('state')
         if not isinstance(text, str):
             raise untrusted.bad(path, 'is not a training state (a safetensors header without its state)')
         meta = untrusted.parse_json(text, path)

@@ -27,6 +27,15 @@ Every reader returns a `Checkpoint` (numpy arrays named as the models name their
 architecture the files state); every writer takes one. This module imports no model code: the model modules
 build models from a Checkpoint (model_pytorch.model_from_checkpoint) and read through it. Only safetensors and
 `torch.load(weights_only=True)` are read: nothing is unpickled.
+
+Every file is treated as untrusted (untrusted.py): the entry points (read_checkpoint, read_released, read_safetensors,
+read_transformers, detect_format, detect_family, load_hf_state, hf_keys, verify_model_dir, load_released_arrays)
+raise only untrusted.BadFile, one line naming the file; only regular files are read (a symlink only when it stays
+inside the folder), and every file an index names must lie inside its folder; JSON is bounded in size and depth and
+every config field checked for type and range where the Checkpoint's config is built; sizes are bounded
+(untrusted.SIZE_LIMITS) and a config's n_layer compared with the blocks present before any shape is built; tensors
+must be float32 (safetensors and transformers files: also float16 and bfloat16, converted exactly), never cast from
+ints, bools or complex numbers; a converted folder's .npy headers are checked before they are ever written.
 """
 import base64
 import hashlib
@@ -34,18 +43,20 @@ import io
 import json
 import math
 import os
-import pickle
 import re
-import shutil
 import tokenize
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
+from functools import wraps
 
 import numpy as np
 import torch
 
 import tf_bundle
-from checkpoint import atomic_write, write_json
+import untrusted
+from checkpoint import atomic_write, open_safetensors, safetensors_dtypes, write_json
+from untrusted import SIZE_LIMITS, BadFile, MissingFile, bad, is_int, show
 
 N_SHARDS = 10  # params_0.npy ... params_9.npy
 
@@ -91,12 +102,39 @@ GPT2_FILES = ('hparams.json', 'checkpoint', 'model.ckpt.index', 'model.ckpt.data
 GPT2_VOCAB_SHA256 = {'encoder.json': '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783',
                      'vocab.bpe': '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5'}
 SIZE_KEYS = ('n_vocab', 'n_special', 'n_ctx', 'n_embd', 'n_layer')  # config fields the arrays' shapes give
+AFNS = ('gelu', 'relu', 'swish')  # model_pytorch.ACT_FNS: the activations a GPT-1 config may name
+PDROPS = ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop')  # the dropout rates of a config
+# The bounds of the files read here, far above any real one: params_shapes.json lists 12 short shapes per block
+# (1024 blocks take 250 kB), a config.json or a transformers index is a few kB.
+SHAPES_MAX_BYTES = 1 << 20
+CONFIG_MAX_BYTES = 4 << 20
+INDEX_MAX_BYTES = 16 << 20
+MAX_DIMS = 8  # no array of any format here has more than 3 dimensions
+# The dtypes a safetensors or transformers file may hold: float32, and the half-precision float16 and bfloat16 that
+# real checkpoints are saved in (each converts to float32 exactly). Anything else (ints, bools, complex, float64) is
+# refused, never cast: the released formats hold float32 only.
+SAFETENSORS_DTYPES = ('F32', 'F16', 'BF16')
+TORCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def guarded(reader):
+    """Return reader, an entry point whose first argument is the path it reads, run so that only a BadFile escapes
+    it: the path is checked to be a file name, and any other error a damaged file causes (untrusted.reading) becomes
+    one line naming it."""
+    @wraps(reader)
+    def entry_point(path, *args, **kwargs):
+        path = untrusted.check_path_text(path)
+        with untrusted.reading(path):
+            return reader(path, *args, **kwargs)
+    return entry_point
 
 
 # --- names --------------------------------------------------------------------------------------------------
 
 def tf_param_names(n_layer):
-    """Return the TF names of the released arrays in shard order: positions, tokens, then each block."""
+    """Return the TF names of the released arrays in shard order: positions, tokens, then each block (n_layer within
+    untrusted.SIZE_LIMITS, else a ValueError)."""
+    untrusted.int_field('n_layer', n_layer)
     return ['model/we:positions', 'model/we:tokens'] + [f'model/h{i}/{n}' for i in range(n_layer)
                                                         for n in TF_BLOCK]
 
@@ -112,9 +150,15 @@ def tf_name(key):
     return 'model/' + re.sub(r'^h\.(\d+)\.', r'h\1/', key).replace('.', '/')
 
 
-def from_tf_conv(array):
-    """Return a TF array as the state_dict holds it: a conv weight [1, nx, nf] -> [nx, nf], anything else as is."""
-    return array.reshape(array.shape[1:]) if array.ndim == 3 else array
+def from_tf_conv(array, name=None, source=None):
+    """Return a TF array as the state_dict holds it: a conv weight [1, nx, nf] -> [nx, nf], anything else as is; a
+    3-D array that is no conv weight is an error naming the array and source (a BadFile when source is given)."""
+    if array.ndim != 3:
+        return array
+    if array.shape[0] != 1:
+        what = f'{name or "an array"} has shape {tuple(array.shape)}, not that of a conv weight [1, nx, nf]'
+        raise ValueError(what) if source is None else bad(source, what)
+    return array.reshape(array.shape[1:])
 
 
 def to_tf_conv(array):
@@ -132,9 +176,14 @@ def family_name(family):
     return {'gpt1': 'GPT-1', 'gpt2': 'GPT-2'}[family]
 
 
+BLOCK_KEY = re.compile(r'^h\.(0|[1-9]\d{0,8})\.')  # 'h.{i}.': i without leading zeros, at most 9 digits
+
+
 def n_layer_of(keys):
-    """Return the number of blocks among state_dict keys: one more than the highest i of 'h.{i}.'."""
-    return 1 + max((int(m.group(1)) for m in (re.match(r'^h\.(\d+)\.', k) for k in keys) if m), default=-1)
+    """Return the number of blocks among state_dict keys: one more than the highest i of 'h.{i}.' (a key with a
+    larger i than 9 digits hold, or leading zeros, is no block's: a checker reports it as unexpected)."""
+    return 1 + max((int(m.group(1)) for m in (BLOCK_KEY.match(k) for k in keys if isinstance(k, str)) if m),
+                   default=-1)
 
 
 def hf_key(key):
@@ -144,7 +193,10 @@ def hf_key(key):
 
 
 def block_shapes(n_embd, n_layer):
-    """Return {key: shape} for every block parameter of a GPT-1 of that width and depth (conv weights [nx, nf])."""
+    """Return {key: shape} for every block parameter of a GPT-1 of that width and depth (conv weights [nx, nf]); sizes
+    beyond untrusted.SIZE_LIMITS are a ValueError (a config's n_layer of 10**9 is refused, not built)."""
+    untrusted.int_field('n_embd', n_embd)
+    untrusted.int_field('n_layer', n_layer)
     nx = n_embd
     one = {'attn.c_attn.w': (nx, 3 * nx), 'attn.c_attn.b': (3 * nx,), 'attn.c_proj.w': (nx, nx),
            'attn.c_proj.b': (nx,), 'ln_1.g': (nx,), 'ln_1.b': (nx,), 'mlp.c_fc.w': (nx, 4 * nx),
@@ -155,19 +207,28 @@ def block_shapes(n_embd, n_layer):
 
 def check_blocks(blocks, n_embd, n_layer, source, family='gpt1'):
     """Raise a ValueError naming source when blocks lack, add or misshape a parameter of a model of that family and
-    size (GPT-2's blocks come with the final ln_f)."""
+    size (GPT-2's blocks come with the final ln_f); a BadFile. The sizes are checked, and n_layer compared with the
+    blocks present, before any shape is built: a config's n_layer can be anything."""
+    try:
+        untrusted.int_field('n_embd', n_embd, 1)
+        untrusted.int_field('n_layer', n_layer)
+    except ValueError as err:
+        raise bad(source, err) from None
+    held = n_layer_of(blocks)
+    if held != n_layer:
+        raise BadFile(f'{source} does not hold a {family_name(family)} with n_layer={n_layer}: it holds {held} blocks',
+                      source)
     shapes = block_shapes(n_embd, n_layer)
     if family == 'gpt2':
         shapes.update({'ln_f.g': (n_embd,), 'ln_f.b': (n_embd,)})
     missing = [k for k in shapes if k not in blocks]
     extra = [k for k in blocks if k not in shapes]
     if missing or extra:
-        raise ValueError(f'{source} does not hold a {family_name(family)} with n_layer={n_layer}: missing '
-                         f'{missing[:3]}, unexpected {extra[:3]}')
+        raise BadFile(f'{source} does not hold a {family_name(family)} with n_layer={n_layer}: missing '
+                      f'{missing[:3]}, unexpected {[show(k, 60) for k in extra[:3]]}', source)
     for key, shape in shapes.items():
         if tuple(blocks[key].shape) != shape:
-            raise ValueError(f'{source}: {key} has shape {tuple(blocks[key].shape)}, expected {shape} '
-                             f'for n_embd={n_embd}')
+            raise bad(source, f'{key} has shape {tuple(blocks[key].shape)}, expected {shape} for n_embd={n_embd}')
 
 
 # --- what a download of the released files looks like ---------------------------------------------------------
@@ -209,7 +270,7 @@ def git_blob_sha1(path_or_bytes, chunk_size=1 << 20):
         h = hashlib.sha1(b'blob %d\0' % len(data))
         h.update(data)
         return h.hexdigest()
-    with open(path_or_bytes, 'rb') as f:
+    with untrusted.open_regular(path_or_bytes) as f:
         size = os.fstat(f.fileno()).st_size
         h = hashlib.sha1(b'blob %d\0' % size)
         n_read = 0
@@ -217,7 +278,7 @@ def git_blob_sha1(path_or_bytes, chunk_size=1 << 20):
             h.update(chunk)
             n_read += len(chunk)
     if n_read != size:  # the file changed while we read it: the header would be wrong
-        raise OSError(f'{os.fspath(path_or_bytes)}: changed size while being hashed; try again')
+        raise bad(path_or_bytes, 'changed size while being hashed; try again')
     return h.hexdigest()
 
 
@@ -274,9 +335,9 @@ def read_npy_header(f):
     return shape, fortran_order, dtype, canonical
 
 
-def npy_sizes(path):
+def npy_sizes(path, folder=None):
     """Return (size the .npy header promises, actual size), or None when the header cannot be read."""
-    with open(path, 'rb') as f:
+    with untrusted.open_regular(path, folder) as f:
         header = read_npy_header(f)
         if header is None:
             return None
@@ -286,14 +347,17 @@ def npy_sizes(path):
         return f.tell() + math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size
 
 
-def find_problem(path, expected_sha1=None, is_npy=False):
-    """Return (kind, plain-words description) of what is wrong with the file at path, or (None, None)."""
-    if not os.path.exists(path):
+def find_problem(path, expected_sha1=None, is_npy=False, folder=None):
+    """Return (kind, plain-words description) of what is wrong with the file at path, or (None, None); only a regular
+    file is read (a symlink whose target stays inside folder, default path's own folder)."""
+    try:
+        with untrusted.open_regular(path, folder) as f:
+            head = f.read(SNIFF_BYTES)
+    except MissingFile:
         return 'missing', 'missing'
-    if not os.path.isfile(path):
-        return 'not_file', 'not a regular file'
-    with open(path, 'rb') as f:
-        head = f.read(SNIFF_BYTES)
+    except BadFile as err:  # a folder, pipe or device, a link out of the folder, an unreadable file
+        what = str(err)
+        return 'not_file', f'not a regular file ({what[len(path):].lstrip(": ") if what.startswith(path) else what})'
     if not head:
         return 'empty', 'empty file (0 bytes)'
     kind = sniff(head)
@@ -302,7 +366,7 @@ def find_problem(path, expected_sha1=None, is_npy=False):
     if kind == 'html':
         return 'html', 'an HTML page (an error or login page saved in place of the file)'
     if is_npy:
-        sizes = npy_sizes(path)
+        sizes = npy_sizes(path, folder)
         if sizes is None and expected_sha1 is None:
             return 'bad_npy', 'not a .npy file (unreadable header)'
         if sizes is not None and sizes[0] != sizes[1]:
@@ -315,10 +379,10 @@ def find_problem(path, expected_sha1=None, is_npy=False):
     return None, None
 
 
-def check_file(path, expected_sha1=None):
+def check_file(path, expected_sha1=None, folder=None):
     """Return None when the file at path is sound (and matches expected_sha1 if given), else a one-line problem."""
-    path = os.fspath(path)
-    kind, what = find_problem(path, expected_sha1, is_npy=path.endswith('.npy'))
+    path = untrusted.check_path_text(path)
+    kind, what = find_problem(path, expected_sha1, is_npy=path.endswith('.npy'), folder=folder)
     return None if kind is None else problem_line(path, kind, what)
 
 
@@ -337,11 +401,12 @@ def resolve_names(names, expected):
     return list(names)
 
 
+@guarded
 def verify_model_dir(model_dir, names=None, expected=None):
     """Check released files in model_dir (all 13, or names); return one-line problems, empty when all verify."""
     expected = RELEASED_FILES if expected is None else expected
-    return [p for p in (check_file(os.path.join(model_dir, n), expected[n]) for n in resolve_names(names, expected))
-            if p is not None]
+    return [p for p in (check_file(os.path.join(model_dir, n), expected[n], folder=model_dir)
+                        for n in resolve_names(names, expected)) if p is not None]
 
 
 def released_names():
@@ -402,10 +467,16 @@ class Checkpoint:
         return np.concatenate([self.tokens, self.special, self.positions[:n_ctx]], 0)
 
 
-def sniff_weights_file(path):
+def sniff_weights_file(path, folder=None):
     """Return a description of what path holds when it is plainly not an .npy array, else None."""
-    with open(path, 'rb') as f:
+    with untrusted.open_regular(path, folder) as f:
         head = f.read(512)
+    return sniff_npy_head(head)
+
+
+def sniff_npy_head(head):
+    """Return a description of what a file starting with the bytes head holds when it is plainly not an .npy array,
+    else None."""
     kind = sniff(head)
     if kind == 'lfs':
         return 'a Git-LFS pointer, not the weights (run `git lfs pull` in the clone, or download_model.py)'
@@ -426,14 +497,13 @@ class Shard:
     header: bytes
 
 
-def shard_layout(path):
+def shard_layout(path, folder=None):
     """Return the Shard of a params_N.npy file, or raise naming what is wrong with it; the values are not read."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: the weights are {WEIGHTS_SOURCE}')
-    problem = sniff_weights_file(path)
-    if problem:
-        raise ValueError(f'{path} is {problem}')
-    with open(path, 'rb') as f:
+    with untrusted.open_regular(path, folder, missing=f'the weights are {WEIGHTS_SOURCE}') as f:
+        problem = sniff_npy_head(f.read(512))
+        if problem:
+            raise BadFile(f'{path} is {problem}', path)
+        f.seek(0)
         parsed = read_npy_header(f)
         if parsed is None:
             raise ValueError(f'{path} is corrupt: its .npy header cannot be read; download it again')
@@ -456,9 +526,11 @@ def shard_layout(path):
     return Shard(path, shape[0], offset, header)
 
 
-def read_shard_into(shard, out):
+def read_shard_into(shard, out, folder=None):
     """Fill out (a float32 array of shard.size values) with the values of the shard."""
-    with open(shard.path, 'rb') as f:
+    with untrusted.open_regular(shard.path, folder) as f:
+        if os.fstat(f.fileno()).st_size != shard.offset + out.nbytes:
+            raise bad(shard.path, 'changed size while being read: read it again')
         f.seek(shard.offset)
         n_read = f.readinto(memoryview(out).cast('B'))
     if n_read != out.nbytes:
@@ -471,49 +543,63 @@ def is_released_file(path):
     return expected is not None and git_blob_sha1(path) == expected
 
 
-def read_shapes(path):
+def read_shapes(path, folder=None):
     """Return (the list of array shapes in params_shapes.json, the file's text), or raise naming the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: the weights are {WEIGHTS_SOURCE}')
-    try:
-        with open(path, encoding='utf-8') as f:
-            text = f.read()
-        shapes = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f'{path} is not valid JSON ({err}): download it again') from None
-    if not (isinstance(shapes, list) and all(isinstance(s, list) and all(isinstance(d, int) for d in s)
-                                             for s in shapes)):
-        raise ValueError(f'{path} must be a JSON list of shapes (lists of ints)')
+    text = untrusted.read_text(path, folder, limit=SHAPES_MAX_BYTES, what='params_shapes.json',
+                               missing=f'the weights are {WEIGHTS_SOURCE}')
+    return parse_shapes(text, path), text
+
+
+def parse_shapes(text, source):
+    """Return the list of array shapes in the text of a params_shapes.json read from source, checked: a list of 2
+    embeddings [n_pos, n_embd], [n_vocab, n_embd] plus 12 arrays per block (at most SIZE_LIMITS' n_layer blocks), every
+    shape a list of at most MAX_DIMS integers >= 0; a BadFile naming source otherwise."""
+    shapes = untrusted.parse_json(text, source)
+    if not isinstance(shapes, list):
+        raise bad(source, f'must be a JSON list of shapes (lists of ints), not {type(shapes).__name__}')
     if len(shapes) < 2 or (len(shapes) - 2) % len(TF_BLOCK) != 0:
-        raise ValueError(f'{path} lists {len(shapes)} arrays; expected 2 embeddings plus '
-                         f'{len(TF_BLOCK)} per block')
-    return shapes, text
+        raise bad(source, f'lists {len(shapes)} arrays; expected 2 embeddings plus {len(TF_BLOCK)} per block')
+    if (len(shapes) - 2) // len(TF_BLOCK) > SIZE_LIMITS['n_layer']:
+        raise bad(source, f'lists {(len(shapes) - 2) // len(TF_BLOCK)} blocks, more than any model '
+                          f'({SIZE_LIMITS["n_layer"]} at most)')
+    for i, shape in enumerate(shapes):
+        if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(is_int(d) and d >= 0 for d in shape)):
+            raise bad(source, f'array {i} has the shape {show(shape)}: a shape is a list of at most {MAX_DIMS} '
+                              f'integers >= 0')
+    for i, name in enumerate(('positions', 'tokens')):
+        if len(shapes[i]) != 2:
+            raise bad(source, f'gives the {name} the shape {shapes[i]}; expected [rows, n_embd]')
+    if shapes[0][1] != shapes[1][1]:
+        raise bad(source, f'gives the positions {shapes[0][1]} columns and the tokens {shapes[1][1]}: both are n_embd')
+    return shapes
 
 
 def read_shards(path):
     """Return (the released arrays, each reshaped, in TF order: [positions, tokens, block arrays...], the Shards,
     the text of params_shapes.json)."""
-    shapes, shapes_text = read_shapes(os.path.join(path, 'params_shapes.json'))
-    shards = [shard_layout(os.path.join(path, name)) for name in released_names()[1:]]  # all checked first
+    shapes, shapes_text = read_shapes(os.path.join(path, 'params_shapes.json'), path)
+    shards = [shard_layout(os.path.join(path, name), path) for name in released_names()[1:]]  # all checked first
     sizes = [math.prod(shape) for shape in shapes]
     total = sum(s.size for s in shards)
     if total != sum(sizes):
-        raise ValueError(f'the shards in {path} hold {total} floats but params_shapes.json describes '
-                         f'{sum(sizes)}: a shard is truncated or from another checkpoint')
+        raise BadFile(f'the shards in {path} hold {total} floats but params_shapes.json describes '
+                      f'{sum(sizes)}: a shard is truncated or from another checkpoint', path)
     # each shard is read straight into its place of one buffer: no concatenation copy
     flat = np.empty(total, dtype='<f4')
     bounds = np.cumsum([0] + [s.size for s in shards])
     for shard, start, stop in zip(shards, bounds[:-1], bounds[1:]):
-        read_shard_into(shard, flat[start:stop])
+        read_shard_into(shard, flat[start:stop], path)
     offsets = np.cumsum(sizes)[:-1]
     return [a.reshape(shape) for a, shape in zip(np.split(flat, offsets), shapes)], shards, shapes_text
 
 
+@guarded
 def load_released_arrays(path):
     """Return the released arrays of the folder at path, each reshaped, in TF order: [positions, tokens, blocks...]."""
     return read_shards(path)[0]
 
 
+@guarded
 def read_released(model_dir, n_head=None, afn=None, verify=False):
     """Return the Checkpoint in a released model/ folder; n_head and afn are not stored there (left out: the
     config's defaults, the released 12 heads and gelu). With verify, every file's SHA-1 is checked first
@@ -521,20 +607,46 @@ def read_released(model_dir, n_head=None, afn=None, verify=False):
     if verify:
         problems = released_problems(model_dir, expected=verify if isinstance(verify, dict) else None)
         if problems:
-            raise ValueError(problems[0])
+            raise BadFile(problems[0], model_dir)
     arrays, shards, shapes_text = read_shards(model_dir)  # checks every file and the total size
     positions, tokens = arrays[0], arrays[1]
     n_layer = (len(arrays) - 2) // len(TF_BLOCK)
+    shapes_path = os.path.join(model_dir, 'params_shapes.json')
     blocks = {}
     for key, array in zip(block_keys(n_layer), arrays[2:]):
-        blocks[key] = from_tf_conv(array)
+        blocks[key] = from_tf_conv(array, key, shapes_path)
     check_blocks(blocks, tokens.shape[1], n_layer, model_dir)
     released = {'params_shapes.json': shapes_text,
                 'headers': [base64.b64encode(s.header).decode('ascii') for s in shards],
                 'sizes': [s.size for s in shards]}
     config = {name: value for name, value in (('n_head', n_head), ('afn', afn)) if value is not None}
+    check_architecture(config, model_dir, tokens.shape[1])
     special = np.zeros((0, tokens.shape[1]), np.float32)
     return Checkpoint(tokens, special, positions, blocks, config, released)
+
+
+def check_architecture(config, source, n_embd=None):
+    """Return config, the architecture fields a file (or the command line, for a format that does not store them)
+    states, after checking each one's type and range: n_head an int (not a bool) in [1, SIZE_LIMITS] dividing
+    n_embd, afn one of AFNS, each dropout a finite number in [0, 1), checkpoint_activations a bool; a bad one is a
+    BadFile naming source. Fields no config has are left to the model modules' checkpoint_config, which names them."""
+    try:
+        if 'n_head' in config:
+            n_head = untrusted.int_field('n_head', config['n_head'], 1)
+            if n_embd is not None and n_embd % n_head:
+                raise ValueError(f'n_head={n_head} does not divide n_embd={n_embd} of its weights (n_embd must be '
+                                 f'divisible by n_head)')
+        if 'afn' in config and not (isinstance(config['afn'], str) and config['afn'] in AFNS):
+            raise ValueError(f'unknown afn {show(config["afn"])}: choose one of {list(AFNS)}')
+        for name in PDROPS:
+            if name in config:
+                untrusted.fraction_field(name, config[name])
+        if not isinstance(config.get('checkpoint_activations', False), bool):
+            raise ValueError(f'checkpoint_activations must be true or false, not '
+                             f'{show(config["checkpoint_activations"])}')
+    except ValueError as err:
+        raise bad(source, err) from None
+    return config
 
 
 def check_no_special(ckpt, drop_special):
@@ -559,6 +671,8 @@ def write_released(ckpt, out_dir, drop_special=False):
     arrays = released_arrays(ckpt)
     shapes = [list(a.shape) for a in arrays]
     released = ckpt.released
+    if released is not None:  # only sound float32 shards are written, whatever a file's metadata carried
+        check_released(released, ckpt.source or 'the checkpoint')
     flat_size = sum(a.size for a in arrays)
     if (released is None or sum(released['sizes']) != flat_size
             or json.loads(released['params_shapes.json']) != shapes):
@@ -575,6 +689,39 @@ def write_released(ckpt, out_dir, drop_special=False):
             f.write(flat[start:start + size].tobytes())
         start += size
     return out_dir
+
+
+def check_released(released, source, total=None):
+    """Return the `released` record of a checkpoint read from source (params_shapes.json's text, the shards' .npy
+    headers as base64 and their sizes, which write_released writes back) after checking that it makes N_SHARDS sound
+    shards: params_shapes.json a list of shapes, exactly N_SHARDS headers, each a whole .npy header of a 1-D C-order
+    '<f4' array of its size, the sizes summing to total (the floats of the released arrays) when given; a BadFile
+    naming source otherwise, so that no crafted header is ever written."""
+    what = 'its "released" metadata'
+    if not (isinstance(released, dict) and set(released) == {'params_shapes.json', 'headers', 'sizes'}):
+        raise bad(source, f'{what} is not a record of params_shapes.json, headers and sizes')
+    headers, sizes = released['headers'], released['sizes']
+    if not isinstance(released['params_shapes.json'], str):
+        raise bad(source, f'{what} holds no params_shapes.json text')
+    parse_shapes(released['params_shapes.json'], f'{source} ({what}: params_shapes.json)')
+    if not (isinstance(headers, list) and isinstance(sizes, list) and len(headers) == len(sizes) == N_SHARDS):
+        raise bad(source, f'{what} must list {N_SHARDS} .npy headers and {N_SHARDS} sizes, one per shard')
+    for n, (header, size) in enumerate(zip(headers, sizes)):
+        if not (is_int(size) and size >= 0):
+            raise bad(source, f'{what} gives shard {n} the size {show(size)}, not a count of floats')
+        try:
+            raw = base64.b64decode(header.encode('ascii'), validate=True)
+        except (AttributeError, ValueError):  # not a str, not ASCII, not base64
+            raise bad(source, f'{what} gives shard {n} a header that is not base64 text') from None
+        buf = io.BytesIO(raw)
+        parsed = read_npy_header(buf) if len(raw) <= 1 << 16 else None
+        if (parsed is None or buf.tell() != len(raw) or parsed[2].str != '<f4' or parsed[1]
+                or parsed[0] != (size,)):
+            raise bad(source, f'{what} gives shard {n} a .npy header that is not the one of {size} float32 values '
+                              f'(1-D, little-endian, C order), which a released shard holds')
+    if total is not None and sum(sizes) != total:
+        raise bad(source, f'{what} gives shards of {sum(sizes)} floats in all, but the weights hold {total}')
+    return released
 
 
 def write_released_shards(path, arrays, n_shards=N_SHARDS):
@@ -609,53 +756,87 @@ def random_released_arrays(rng, n_embd, n_layer, n_pos, n_vocab):
 
 # --- GPT-2's released TensorFlow checkpoints ------------------------------------------------------------------
 
+HPARAMS_MAX_BYTES = 1 << 16  # the released hparams.json is 95 bytes
+# The variables the GPT-2 reader uses: model/wte, model/wpe, every model/h{i}/... and model/ln_f/...; the others (an
+# optimizer's slots, global_step) are listed in Checkpoint.ignored and their data is not read.
+GPT2_TF_NAME = re.compile(r'model/(?:wte|wpe|h\d+/.+|ln_f/.+)', re.DOTALL)
+GPT2_TF_BLOCK = re.compile(r'model/h(\d+)/')
+
+
 def read_hparams(path):
-    """Return the hparams.json dict of a released GPT-2 folder (n_vocab, n_ctx, n_embd, n_head, n_layer), or raise
-    naming the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: a released GPT-2 folder holds it beside the checkpoint; it comes '
-                                f'from {GPT2_SOURCE}')
-    hparams = read_config_json(path)
-    bad = [k for k in GPT2_HPARAMS if not (isinstance(hparams.get(k), int) and hparams[k] > 0)]
-    if bad:
-        raise ValueError(f'{path} lacks or has a bad {bad[0]!r} (it needs the positive integers '
-                         f'{", ".join(GPT2_HPARAMS)}): download it again')
+    """Return the hparams.json dict of a released GPT-2 folder (n_vocab, n_ctx, n_embd, n_head, n_layer: integers, each
+    in [1, untrusted.SIZE_LIMITS], n_head dividing n_embd), or raise a BadFile naming the file."""
+    path = os.fspath(path)
+    with untrusted.reading(path):
+        hparams = untrusted.read_json(path, limit=HPARAMS_MAX_BYTES, what='hparams.json',
+                                      missing=f'a released GPT-2 folder holds it beside the checkpoint; it comes from '
+                                              f'{GPT2_SOURCE}')
+        for key in GPT2_HPARAMS:
+            try:
+                untrusted.int_field(key, hparams.get(key), low=1)
+            except ValueError as err:
+                raise untrusted.BadFile(f'{path} lacks or has a bad {key!r} ({err}): it needs the positive integers '
+                                        f'{", ".join(GPT2_HPARAMS)}; download it again', path) from None
+        if hparams['n_embd'] % hparams['n_head']:
+            raise untrusted.bad(path, f'n_embd={hparams["n_embd"]} is not a multiple of n_head={hparams["n_head"]}: '
+                                      'no GPT-2 has these hparams; download it again')
     return hparams
 
 
 def tf_prefix(folder):
-    """Return the checkpoint prefix of a folder: the one its `checkpoint` file names, else model.ckpt beside it."""
-    if os.path.isfile(os.path.join(folder, 'checkpoint')):
+    """Return the checkpoint prefix of a folder: the one its `checkpoint` file names (a path inside the folder, else a
+    BadFile), else model.ckpt beside it."""
+    if os.path.lexists(os.path.join(folder, 'checkpoint')):
         return tf_bundle.latest_checkpoint(folder)
     return os.path.join(folder, TF_PREFIX)
 
 
+def check_gpt2_entries(entries, names, hparams, index_path, hparams_path):
+    """Raise a BadFile naming index_path unless the index entries of the variables the GPT-2 reader uses (names) are
+    float32 and exactly those hparams give, with their shapes; checked before any tensor data is read."""
+    for name in ('model/wte', 'model/wpe'):
+        if name not in entries:
+            raise untrusted.bad(index_path, f'has no {name}: it is not a GPT-2 checkpoint')
+    for name in names:
+        if entries[name].dtype != 'float32':
+            raise untrusted.bad(index_path, f'variable {name} has dtype {entries[name].dtype}, not float32 as GPT-2 '
+                                            'stores it (nothing is cast): a different or damaged file')
+    n_layer = hparams['n_layer']
+    layers = {int(m.group(1)) for m in map(GPT2_TF_BLOCK.match, names) if m}
+    if len(layers) != n_layer or (layers and max(layers) != n_layer - 1):  # before building n_layer's shapes
+        raise untrusted.bad(index_path, f'does not hold a GPT-2 with n_layer={n_layer} ({hparams_path}): it has '
+                                        f'{len(layers)} blocks, numbered {sorted(layers)[:3]}...')
+    want = gpt2_tensor_shapes(hparams)
+    missing = [name for name in want if name not in entries]
+    extra = [name for name in names if name not in want]
+    if missing or extra:
+        raise untrusted.bad(index_path, f'does not hold a GPT-2 with n_layer={n_layer}: missing {missing[:3]}, '
+                                        f'unexpected {extra[:3]}')
+    for name, shape in want.items():
+        if list(entries[name].shape) != shape:
+            raise untrusted.bad(index_path, f'{name} has shape {tuple(entries[name].shape)}, but {hparams_path} '
+                                            f'gives {tuple(shape)}')
+
+
 def read_tf_gpt2(folder):
     """Return the Checkpoint of a released GPT-2 folder (hparams.json + a TensorFlow checkpoint), read without
-    TensorFlow: every tensor's CRC32C checked, every name and shape against hparams.json."""
-    hparams_path = os.path.join(folder, HPARAMS_NAME)
-    hparams = read_hparams(hparams_path)
-    prefix = tf_prefix(folder)
-    arrays = tf_bundle.read_tf_checkpoint(prefix)  # a damaged index or data file is an error naming it
-    index_path = f'{prefix}.index'
-    ignored = sorted(k for k in arrays if not k.startswith('model/'))  # e.g. an optimizer's slots
-    for name in ('model/wte', 'model/wpe'):
-        if name not in arrays:
-            raise ValueError(f'{index_path} has no {name}: it is not a GPT-2 checkpoint')
-    n_vocab, n_ctx, n_embd, n_layer = (hparams[k] for k in ('n_vocab', 'n_ctx', 'n_embd', 'n_layer'))
-    wte, wpe = arrays.pop('model/wte'), arrays.pop('model/wpe')
-    for name, array, shape in (('model/wte', wte, (n_vocab, n_embd)), ('model/wpe', wpe, (n_ctx, n_embd))):
-        if tuple(array.shape) != shape:
-            raise ValueError(f'{index_path}: {name} has shape {tuple(array.shape)}, but {hparams_path} gives {shape}')
-    blocks = {}
-    for name, array in arrays.items():
-        if name.startswith('model/'):
-            blocks[torch_name(name)] = from_tf_conv(array)
-    check_blocks(blocks, n_embd, n_layer, index_path, family='gpt2')
-    blocks = {k: np.asarray(v, dtype=np.float32) for k, v in blocks.items()}
-    special = np.zeros((0, n_embd), np.float32)
-    return Checkpoint(np.asarray(wte, np.float32), special, np.asarray(wpe, np.float32), blocks,
-                      {'n_head': hparams['n_head']}, ignored=ignored, source=hparams_path, family='gpt2')
+    TensorFlow: every name, dtype (float32) and shape checked against hparams.json before any tensor is read, then
+    every tensor's CRC32C; raise a one-line BadFile naming the file. Variables the model does not use are listed in
+    Checkpoint.ignored, their data not read."""
+    folder = untrusted.check_path_text(folder, 'model folder')
+    with untrusted.reading(folder):
+        hparams_path = os.path.join(folder, HPARAMS_NAME)
+        hparams = read_hparams(hparams_path)
+        bundle = tf_bundle.TFCheckpoint(tf_prefix(folder))  # a damaged index is an error naming it
+        used = [name for name in bundle.entries if GPT2_TF_NAME.fullmatch(name)]
+        ignored = sorted(name for name in bundle.entries if not GPT2_TF_NAME.fullmatch(name))
+        check_gpt2_entries(bundle.entries, used, hparams, bundle.index_path, hparams_path)
+        arrays = bundle.read(used, dtype='float32')  # each byte range read once, every CRC32C checked
+        wte, wpe = arrays.pop('model/wte'), arrays.pop('model/wpe')
+        blocks = {torch_name(name): from_tf_conv(array) for name, array in arrays.items()}  # shapes checked above
+        special = np.zeros((0, hparams['n_embd']), np.float32)
+        return Checkpoint(wte, special, wpe, blocks, {'n_head': hparams['n_head']}, ignored=ignored,
+                          source=hparams_path, family='gpt2')
 
 
 def gpt2_hparams(size):
@@ -665,7 +846,10 @@ def gpt2_hparams(size):
 
 
 def gpt2_tensor_shapes(hparams):
-    """Return {TF name: shape} of every variable of a GPT-2 checkpoint with these hparams."""
+    """Return {TF name: shape} of every variable of a GPT-2 checkpoint with these hparams (each size checked to be an
+    integer within untrusted.SIZE_LIMITS first: a ValueError naming the field)."""
+    for key in ('n_vocab', 'n_ctx', 'n_embd', 'n_layer'):
+        untrusted.int_field(key, hparams.get(key), low=1)
     nx = hparams['n_embd']
     shapes = {'model/wte': [hparams['n_vocab'], nx], 'model/wpe': [hparams['n_ctx'], nx], 'model/ln_f/g': [nx],
               'model/ln_f/b': [nx]}
@@ -678,37 +862,51 @@ def gpt2_tensor_shapes(hparams):
 def gpt2_file_problem(folder, name, size, path=None):
     """Return (kind, plain-words description) of what is wrong with the released GPT-2 file `name` of the size
     `size` in folder (read from path when given: a download's .part), or (None, None) when it verifies: the
-    vocabulary by SHA-256, hparams.json and `checkpoint` by their content, the index by its block CRC32Cs and every
-    tensor's name, dtype and shape, the data by every tensor's CRC32C and its size; model.ckpt.meta, a TensorFlow
-    graph no reader of the weights needs, only for being a plain non-empty file."""
-    path = os.path.join(folder, name) if path is None else path
-    kind, what = find_problem(path)  # missing, empty, a Git-LFS pointer, an HTML page
-    if kind is not None:
-        return kind, what
+    vocabulary by SHA-256, hparams.json and `checkpoint` by their content (every path `checkpoint` names inside the
+    folder), the index by its block CRC32Cs and every tensor's name, dtype (float32) and shape, the data by every
+    tensor's CRC32C and its size; model.ckpt.meta, a TensorFlow graph no reader of the weights needs, only for being a
+    plain non-empty file. Never raises for a bad file: every problem is returned."""
     try:
-        if name in GPT2_VOCAB_SHA256:
-            with open(path, 'rb') as f:
-                got = hashlib.sha256(f.read()).hexdigest()
-            if got != GPT2_VOCAB_SHA256[name]:
-                return 'sha256', f'corrupt or truncated: expected SHA-256 {GPT2_VOCAB_SHA256[name]}, got {got}'
-        elif name == HPARAMS_NAME:
-            if read_config_json(path) != gpt2_hparams(size):
-                return 'content', f'not the hparams of GPT-2 {size}: expected {json.dumps(gpt2_hparams(size))}'
-        elif name == 'checkpoint':
-            with open(path, encoding='utf-8', errors='replace') as f:
-                if f'model_checkpoint_path: "{TF_PREFIX}"' not in f.read():
-                    return 'content', f'does not name {TF_PREFIX} as the checkpoint'
-        elif name == 'model.ckpt.index':
-            entries = tf_bundle.tf_checkpoint_entries(os.path.join(folder, TF_PREFIX), index_path=path)
-            want = gpt2_tensor_shapes(gpt2_hparams(size))
-            got = {e.name: list(e.shape) for e in entries.values() if e.dtype == 'float32'}
-            if got != want:
-                wrong = sorted(set(got) ^ set(want)) or [n for n in want if got[n] != want[n]]
-                return 'content', f'not the index of GPT-2 {size}: {wrong[0]} differs'
-        elif name.startswith('model.ckpt.data-'):
-            tf_bundle.verify_tf_checkpoint(os.path.join(folder, TF_PREFIX), data_paths={0: path})
-    except (ValueError, OSError) as err:
+        with untrusted.reading(folder if path is None else path):
+            path = os.path.join(folder, name) if path is None else os.fspath(path)
+            untrusted.check_path_text(path)
+            kind, what = find_problem(path)  # missing, empty, a Git-LFS pointer, an HTML page
+            if kind is not None:
+                return kind, what
+            return gpt2_content_problem(folder, name, size, path)
+    except untrusted.BadFile as err:
         return 'corrupt', str(err)
+
+
+def gpt2_content_problem(folder, name, size, path):
+    """Return gpt2_file_problem's (kind, description) for the content of a file that find_problem passed."""
+    if name in GPT2_VOCAB_SHA256:
+        digest = hashlib.sha256()
+        with untrusted.open_regular(path) as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != GPT2_VOCAB_SHA256[name]:
+            return 'sha256', f'corrupt or truncated: expected SHA-256 {GPT2_VOCAB_SHA256[name]}, got {digest.hexdigest()}'
+    elif name == HPARAMS_NAME:
+        if read_hparams(path) != gpt2_hparams(size):
+            return 'content', f'not the hparams of GPT-2 {size}: expected {json.dumps(gpt2_hparams(size))}'
+    elif name == 'checkpoint':
+        prefix = tf_bundle.latest_checkpoint(folder, path)  # every path it names inside the folder, else a BadFile
+        if os.path.normpath(prefix) != os.path.normpath(os.path.join(folder, TF_PREFIX)):
+            return 'content', f'does not name {TF_PREFIX} as the checkpoint'
+    elif name == 'model.ckpt.index':
+        entries = tf_bundle.tf_checkpoint_entries(os.path.join(folder, TF_PREFIX), index_path=path)
+        want = gpt2_tensor_shapes(gpt2_hparams(size))
+        for entry in entries.values():
+            if entry.dtype != 'float32':
+                return 'content', f'not the index of GPT-2 {size}: variable {entry.name} has dtype {entry.dtype}, ' \
+                                  'not float32'
+        got = {e.name: list(e.shape) for e in entries.values()}
+        if got != want:
+            wrong = sorted(set(got) ^ set(want)) or [n for n in want if got[n] != want[n]]
+            return 'content', f'not the index of GPT-2 {size}: {wrong[0]} differs'
+    elif name.startswith('model.ckpt.data-'):
+        tf_bundle.verify_tf_checkpoint(os.path.join(folder, TF_PREFIX), data_paths={0: path}, dtype='float32')
     return None, None
 
 
@@ -732,58 +930,64 @@ def write_tf_gpt2(ckpt, out_dir, drop_special=False):
 
 # --- this project's safetensors folder ----------------------------------------------------------------------
 
-def read_config_json(path):
-    """Return the dict in a config.json, or raise naming the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: a converted folder holds {WEIGHTS_NAME} and {CONFIG_NAME} '
-                                f'(write one with `python convert.py shards-to-safetensors`)')
-    try:
-        with open(path, encoding='utf-8') as f:
-            config = json.load(f)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f'{path} is not valid JSON ({err})') from None
-    if not isinstance(config, dict):
-        raise ValueError(f'{path} must hold a JSON object')
-    return config
+def read_config_json(path, folder=None, missing=None):
+    """Return the dict in a config.json (a regular file, a symlink only inside folder, default its own; bounded in
+    size and depth; NaN and Infinity refused), or raise a BadFile naming the file (a MissingFile when there is none)."""
+    return untrusted.read_json(path, folder, limit=CONFIG_MAX_BYTES, what='config file',
+                               missing=missing or f'a converted folder holds {WEIGHTS_NAME} and {CONFIG_NAME} (write '
+                                                  f'one with `python convert.py shards-to-safetensors`)')
 
 
-def read_safetensors_with(path, read):
-    """Return read(f) of the open .safetensors file f at path (no pickle); a missing or unreadable file raises
-    naming it."""
-    from safetensors import SafetensorError, safe_open
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing')
-    try:
-        with safe_open(path, framework='pt') as f:
-            return read(f)
-    except SafetensorError as err:
-        raise ValueError(f'{path} is not a readable safetensors file ({err})') from None
+def read_safetensors_with(path, read, folder=None):
+    """Return read(f) of safetensors' reader f open on the file at path (no pickle); a missing or unreadable file
+    raises a BadFile naming it: a Git-LFS pointer or HTML page says so, the rest as checkpoint.open_safetensors
+    checks it (a regular file, a symlink only inside folder, the header within the file)."""
+    with untrusted.open_regular(path, folder) as f:
+        kind = sniff(f.read(SNIFF_BYTES))
+    if kind is not None:
+        raise bad(path, 'is a Git-LFS pointer, not the weights (fetch the real file)' if kind == 'lfs' else
+                  'is an HTML page, not the weights (the download fetched a web page)')
+    with open_safetensors(path, folder, what='a readable safetensors file') as reader:
+        return read(reader)
 
 
-def load_safetensors_file(path):
-    """Return ({name: float32 numpy array}, metadata dict) of a .safetensors file, without pickle."""
-    # float32 through torch so that bf16/fp16 files (numpy has no bf16) load too
-    return read_safetensors_with(path, lambda f: ({k: f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()},
-                                                  f.metadata() or {}))
+def load_safetensors_file(path, folder=None):
+    """Return ({name: float32 numpy array}, metadata dict) of a .safetensors file, without pickle; a tensor of another
+    dtype than float32, float16 or bfloat16 is refused, never cast."""
+    def read(f):
+        safetensors_dtypes(f, path, SAFETENSORS_DTYPES)  # every dtype checked before any tensor is read
+        # float16 and bfloat16 convert to float32 exactly; through torch, as numpy has no bfloat16
+        return {k: f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()}, f.metadata() or {}
+    return read_safetensors_with(path, read, folder)
 
 
+SIZE_LOWS = {'n_vocab': 1, 'n_special': 0, 'n_ctx': 1, 'n_embd': 1, 'n_layer': 0}  # the least of each size
+
+
+@guarded
 def read_safetensors(model_dir):
     """Return the Checkpoint in this project's folder (model.safetensors + config.json), of either family."""
     config_path = os.path.join(model_dir, CONFIG_NAME)
-    config = read_config_json(config_path)
+    config = read_config_json(config_path, model_dir)
     if config.get('format') != FORMAT:
-        raise ValueError(f'{config_path} is not a {FORMAT} config (its "format" is {config.get("format")!r}); '
-                         f'for a transformers folder use convert.py from-transformers or models.load_model')
+        raise bad(config_path, f'is not a {FORMAT} config (its "format" is {show(config.get("format"))}); for a '
+                               f'transformers folder use convert.py from-transformers or models.load_model')
     family = config.get('family', 'gpt1')  # folders written before GPT-2 arrived state none
-    if family not in FAMILIES:
-        raise ValueError(f'{config_path}: unknown family {family!r}, expected one of {", ".join(FAMILIES)}')
-    try:
-        n_vocab, n_special, n_ctx, n_embd, n_layer = (int(config[k]) for k in SIZE_KEYS)
-        int(config['n_head'])
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f'{config_path} lacks or has a bad field ({err}): write it with convert.py') from None
+    if not (isinstance(family, str) and family in FAMILIES):
+        raise bad(config_path, f'unknown family {show(family)}, expected one of {", ".join(FAMILIES)}')
+    sizes = {}
+    for name in SIZE_KEYS + ('n_head',):
+        if name not in config:
+            raise bad(config_path, f'lacks the field {name!r}: write it with convert.py')
+        try:
+            sizes[name] = untrusted.int_field(name, config[name], SIZE_LOWS.get(name, 1))
+        except ValueError as err:
+            raise bad(config_path, err) from None
+    n_vocab, n_special, n_ctx, n_embd, n_layer = (sizes[k] for k in SIZE_KEYS)
+    architecture = check_architecture({k: v for k, v in config.items() if k not in CONFIG_KEYS + SIZE_KEYS},
+                                      config_path, n_embd)
     path = os.path.join(model_dir, WEIGHTS_NAME)
-    tensors, metadata = load_safetensors_file(path)
+    tensors, metadata = load_safetensors_file(path, model_dir)
     tables = {'gpt1': [('embed.weight', (n_vocab + n_special + n_ctx, n_embd))],
               'gpt2': [('wte.weight', (n_vocab + n_special, n_embd)), ('wpe.weight', (n_ctx, n_embd))]}[family]
     for name, shape in tables:
@@ -794,9 +998,12 @@ def read_safetensors(model_dir):
                              f'(from n_vocab, n_special, n_ctx and n_embd)')
     table = np.concatenate([tensors.pop(name) for name, _ in tables], 0)  # [tokens; special; positions]
     check_blocks(tensors, n_embd, n_layer, path, family)
-    released = json.loads(metadata['released']) if 'released' in metadata else None
+    released = None
+    if 'released' in metadata:  # the shards it was converted from: checked before write_released may write them
+        total = (n_vocab + n_ctx) * n_embd + sum(a.size for a in tensors.values())
+        released = check_released(untrusted.parse_json(metadata['released'], f'{path} (its "released" metadata)'),
+                                  path, total)
     tokens, special, positions = np.split(table, [n_vocab, n_vocab + n_special])
-    architecture = {k: v for k, v in config.items() if k not in CONFIG_KEYS + SIZE_KEYS}
     return Checkpoint(tokens, special, positions, tensors, architecture, released, source=config_path, family=family)
 
 
@@ -832,44 +1039,120 @@ def write_config_json(path, config):
 # --- transformers' OpenAI GPT -----------------------------------------------------------------------------
 
 def hf_weights_file(path):
-    """Return the weights file of a transformers folder (or path itself when it is a file)."""
-    if os.path.isfile(path):
+    """Return the weights file of a transformers folder (or path itself when it is no folder: its reader refuses
+    anything but a regular file)."""
+    if not os.path.isdir(path):
         return path
     for name in (WEIGHTS_NAME, HF_INDEX_NAME, HF_BIN_NAME):
-        if os.path.isfile(os.path.join(path, name)):
+        if os.path.lexists(os.path.join(path, name)):
             return os.path.join(path, name)
-    raise FileNotFoundError(f'{path} holds none of {WEIGHTS_NAME}, {HF_INDEX_NAME}, {HF_BIN_NAME}: '
-                            f'save the transformers model with save_pretrained() into it')
+    raise MissingFile(f'{path} holds none of {WEIGHTS_NAME}, {HF_INDEX_NAME}, {HF_BIN_NAME}: '
+                      f'save the transformers model with save_pretrained() into it', path)
 
 
+@guarded
 def load_hf_state(weights_path):
     """Return {key: float32 array} of a transformers weights file (safetensors, index or torch state dict)."""
     if weights_path.endswith('.index.json'):
-        index = read_config_json(weights_path)
-        state = {}
-        for name in sorted(set(index.get('weight_map', {}).values())):
-            state.update(load_safetensors_file(os.path.join(os.path.dirname(weights_path), name))[0])
-        return state
+        return load_hf_index(weights_path)
     if weights_path.endswith('.safetensors'):
         return load_safetensors_file(weights_path)[0]
+    return load_torch_state(weights_path)
+
+
+def hf_index(index_path):
+    """Return (the weight_map {tensor name: file name} of a transformers model.safetensors.index.json, {file name: its
+    path}), every file name checked to stay inside the index's folder (refused without saying whether the outside
+    path exists)."""
+    folder = os.path.dirname(index_path) or '.'
+    index = untrusted.read_json(index_path, folder, limit=INDEX_MAX_BYTES, what='index')
+    weight_map = index.get('weight_map')
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise bad(index_path, 'has no "weight_map" object naming the file of each tensor')
+    for name, file_name in weight_map.items():
+        if not isinstance(file_name, str):
+            raise bad(index_path, f'maps {show(name, 80)} to {show(file_name)}, not a file name')
+    files = {name: untrusted.contained(folder, name, index_path) for name in sorted(set(weight_map.values()))}
+    return weight_map, files
+
+
+def load_hf_index(index_path):
+    """Return {key: float32 array} of the safetensors files a transformers index names, each holding exactly the
+    tensors the index maps to it."""
+    weight_map, files = hf_index(index_path)
+    folder = os.path.dirname(index_path) or '.'
+    state = {}
+    for name, path in files.items():
+        tensors = load_safetensors_file(path, folder)[0]
+        listed = {key for key, file_name in weight_map.items() if file_name == name}
+        missing, extra = sorted(listed - set(tensors)), sorted(set(tensors) - listed)
+        if missing or extra:
+            raise bad(path, f'does not hold the tensors {index_path} maps to it: missing '
+                            f'{[show(k, 60) for k in missing[:3]]}, unlisted {[show(k, 60) for k in extra[:3]]}')
+        state.update(tensors)
+    return state
+
+
+def check_torch_zip(f, size, path):
+    """Raise a BadFile unless the open file f (size bytes) is a whole zip archive whose entries unpack to no more
+    bytes than it holds, as torch.save writes them (stored, not compressed): torch allocates what they unpack to."""
     try:
-        state = torch.load(weights_path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(f'{weights_path} does not load with torch.load(weights_only=True) ({type(err).__name__}): '
-                         f'it is not a state dict of tensors; save one, or model.safetensors') from None
+        with zipfile.ZipFile(f) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (NotImplementedError, *untrusted.READ_ERRORS) as err:  # zipfile's BadZipFile, an unknown zip version
+        raise bad(path, f'is a damaged zip archive ({untrusted.describe(err)}): not a whole torch.save file') from None
+    if unpacked > size:
+        raise bad(path, f'is a zip archive whose entries unpack to {unpacked} bytes, more than its {size}: '
+                        f'torch.save stores them uncompressed')
+
+
+def load_torch_state(path):
+    """Return {key: float32 array} of a torch.save state dict, read with torch.load(weights_only=True) (no pickle
+    runs), only from a regular file: a dict of names to dense CPU tensors of float32, float16 or bfloat16, each within
+    its storage (which the file's size bounds); anything else is refused naming the file and the tensor."""
+    with untrusted.open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if f.read(4) == b'PK\x03\x04':  # torch.save's zip format (torch >= 1.6); the older one is a bare pickle
+            f.seek(0)
+            check_torch_zip(f, size, path)
+        f.seek(0)
+        try:
+            state = torch.load(f, map_location='cpu', weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged file meets torch.load's every internal error type
+            raise bad(path, f'does not load with torch.load(weights_only=True) ({type(err).__name__}): it is not a '
+                            f'state dict of tensors; save one, or model.safetensors') from None
     if not isinstance(state, dict):
-        raise ValueError(f'{weights_path} holds a {type(state).__name__}, not a state dict')
-    return {k: v.detach().to(torch.float32).numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+        raise bad(path, f'holds a {type(state).__name__}, not a state dict')
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise bad(path, f'has the key {show(key, 60)}, not a tensor name')
+        if not isinstance(value, torch.Tensor):
+            raise bad(path, f'holds a {type(value).__name__} under {show(key, 80)}, not a tensor: a state dict '
+                            f'holds tensors only')
+        if value.layout != torch.strided or value.device.type != 'cpu' or value.is_quantized:
+            kind = ('quantized' if value.is_quantized else str(value.layout).replace('torch.', '')
+                    if value.layout != torch.strided else value.device.type)
+            raise bad(path, f'tensor {show(key, 80)} is a {kind} tensor; only dense tensors are read')
+        if value.dtype not in TORCH_DTYPES:
+            raise bad(path, f'tensor {show(key, 80)} holds {value.dtype} values; a weights file holds floats only '
+                            f'(float32, or the half-precision float16 and bfloat16)')
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise bad(path, f'tensor {show(key, 80)} of shape {tuple(value.shape)} is larger than the storage it views')
+    # float16 and bfloat16 convert to float32 exactly
+    return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()}
 
 
+@guarded
 def hf_keys(weights_path):
     """Return the tensor names of a transformers weights file, from the headers of safetensors (a torch file is
     loaded)."""
     if weights_path.endswith('.index.json'):
-        return list(read_config_json(weights_path).get('weight_map', {}))
+        return list(hf_index(weights_path)[0])
     if weights_path.endswith('.safetensors'):
         return read_safetensors_with(weights_path, lambda f: list(f.keys()))
-    return list(load_hf_state(weights_path))
+    return list(load_torch_state(weights_path))
 
 
 def hf_family(config, keys, path):
@@ -877,14 +1160,15 @@ def hf_family(config, keys, path):
     names) hold."""
     model_type = config.get('model_type')
     if model_type is not None:
-        if model_type not in HF_MODEL_TYPES:
-            raise ValueError(f'{path}: config.json has model_type {model_type!r}, expected one of '
-                             f'{", ".join(map(repr, HF_MODEL_TYPES))}')
+        if not (isinstance(model_type, str) and model_type in HF_MODEL_TYPES):
+            raise bad(path, f'config.json has model_type {show(model_type)}, expected one of '
+                            f'{", ".join(map(repr, HF_MODEL_TYPES))}')
         return HF_MODEL_TYPES[model_type]
     for family, (token_key, _) in HF_TABLES.items():
         if token_key in keys or HF_PREFIX + token_key in keys:
             return family
-    raise ValueError(f'{path} holds neither an OpenAI GPT nor a GPT-2 checkpoint (keys start {sorted(keys)[:3]})')
+    raise BadFile(f'{path} holds neither an OpenAI GPT nor a GPT-2 checkpoint (keys start '
+                  f'{[show(k, 60) for k in sorted(keys)[:3]]})', path)
 
 
 def split_hf_state(state, source, family='gpt1'):
@@ -906,10 +1190,51 @@ def split_hf_state(state, source, family='gpt1'):
 
 
 def hf_config(path, weights_path):
-    """Return the config.json dict beside a transformers checkpoint, or {} when there is none."""
-    folder = path if os.path.isdir(path) else os.path.dirname(weights_path)
-    config_path = os.path.join(folder, CONFIG_NAME)
-    return read_config_json(config_path) if os.path.isfile(config_path) else {}
+    """Return the config.json dict beside a transformers checkpoint, its fields checked (check_hf_config), or {} when
+    there is none."""
+    config_path = hf_config_path(path, weights_path)
+    if not os.path.lexists(config_path):
+        return {}
+    return check_hf_config(read_config_json(config_path, os.path.dirname(config_path)), config_path)
+
+
+def hf_config_path(path, weights_path):
+    """Return the path of the config.json beside a transformers checkpoint (path: its folder or weights file)."""
+    return os.path.join(path if os.path.isdir(path) else os.path.dirname(weights_path) or '.', CONFIG_NAME)
+
+
+# transformers' config.json fields read here -> the SIZE_LIMITS bound (vocab_size counts tokens and special rows)
+HF_SIZE_FIELDS = {'vocab_size': SIZE_LIMITS['n_vocab'] + SIZE_LIMITS['n_special'], 'n_special': SIZE_LIMITS['n_special'],
+                  'n_positions': SIZE_LIMITS['n_ctx'], 'n_ctx': SIZE_LIMITS['n_ctx'], 'n_embd': SIZE_LIMITS['n_embd'],
+                  'n_layer': SIZE_LIMITS['n_layer'], 'n_head': SIZE_LIMITS['n_head']}
+HF_PDROPS = ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'summary_first_dropout')
+
+
+def check_hf_config(config, config_path):
+    """Return a transformers config.json dict after checking the type and range of every field read here (sizes ints
+    within SIZE_LIMITS, n_head dividing n_embd, dropouts in [0, 1), names strings, switches bools, the epsilon a
+    number); a bad one is a BadFile naming config_path."""
+    try:
+        for name, high in HF_SIZE_FIELDS.items():
+            if name in config and not (name == 'n_special' and config[name] is None):  # pytorch-pretrained-bert: null
+                untrusted.int_field(name, config[name], 1 if name == 'n_head' else 0, high)
+        if 'n_head' in config and 'n_embd' in config and config['n_embd'] % config['n_head']:
+            raise ValueError(f'n_head={config["n_head"]} does not divide n_embd={config["n_embd"]}')
+        for name in HF_PDROPS:
+            if name in config:
+                untrusted.fraction_field(name, config[name])
+        for name in ('model_type', 'afn', 'activation_function'):
+            if name in config and not isinstance(config[name], str):
+                raise ValueError(f'{name} must be a string, not {show(config[name])}')
+        for name in ('scale_attn_weights', 'scale_attn_by_inverse_layer_idx'):
+            if name in config and not isinstance(config[name], bool):
+                raise ValueError(f'{name} must be true or false, not {show(config[name])}')
+        eps = config.get('layer_norm_epsilon', LAYER_NORM_EPSILON)
+        if not (is_int(eps) or isinstance(eps, float)):
+            raise ValueError(f'layer_norm_epsilon must be a number, not {show(eps)}')
+    except ValueError as err:
+        raise bad(config_path, err) from None
+    return config
 
 
 def default_n_vocab(config, n_rows, path):
@@ -920,10 +1245,11 @@ def default_n_vocab(config, n_rows, path):
         return n_rows - n_special
     if vocab_size + n_special == n_rows:  # pytorch-pretrained-bert: vocab_size + n_special rows
         return vocab_size
-    raise ValueError(f'{path}: config.json gives vocab_size={vocab_size} (n_special={n_special}) but tokens_embed '
-                     f'has {n_rows} rows')
+    raise bad(path, f'gives vocab_size={vocab_size} (n_special={n_special}) but tokens_embed has {n_rows} '
+                    f'rows')
 
 
+@guarded
 def read_transformers(path, n_vocab=None, n_head=None, afn=None):
     """Return the Checkpoint in a transformers OpenAI GPT or GPT-2 folder or weights file.
 
@@ -933,32 +1259,40 @@ def read_transformers(path, n_vocab=None, n_head=None, afn=None):
     """
     weights_path = hf_weights_file(path)
     config = hf_config(path, weights_path)
+    config_path = hf_config_path(path, weights_path)  # named by the errors of its fields
     state = load_hf_state(weights_path)
     family = hf_family(config, state, path)
     body, ignored = split_hf_state(state, weights_path, family)
     token_key, position_key = HF_TABLES[family]
     for name in (token_key, position_key):
         if name not in body:
-            raise ValueError(f'{weights_path} has no {name}: it is not a {family_name(family)} checkpoint '
-                             f'(keys start {sorted(body)[:3]})')
+            raise BadFile(f'{weights_path} has no {name}: it is not a {family_name(family)} checkpoint '
+                          f'(keys start {[show(k, 60) for k in sorted(body)[:3]]})', weights_path)
     tokens_embed = body.pop(token_key)
     positions = body.pop(position_key)
+    if tokens_embed.ndim != 2 or positions.ndim != 2 or positions.shape[1] != tokens_embed.shape[1]:
+        raise bad(weights_path, f'{token_key} has shape {tokens_embed.shape} and {position_key} {positions.shape}: '
+                                f'expected [rows, n_embd] for both')
     n_rows, n_embd = tokens_embed.shape
     n_layer = n_layer_of(body)
+    if n_layer > SIZE_LIMITS['n_layer']:
+        raise bad(weights_path, f'holds a block h.{n_layer - 1}: more than any model ({SIZE_LIMITS["n_layer"]} blocks '
+                                f'at most)')
     eps = config.get('layer_norm_epsilon', LAYER_NORM_EPSILON)
     if eps != LAYER_NORM_EPSILON:
-        raise ValueError(f'{path}: layer_norm_epsilon is {eps}; this port implements {LAYER_NORM_EPSILON} only')
+        raise bad(config_path, f'layer_norm_epsilon is {eps}; this port implements {LAYER_NORM_EPSILON} only')
     if n_head is None:
         n_head = config.get('n_head')
         if n_head is None:
-            raise ValueError(f'{path}: no config.json gives n_head; put the config.json beside it or pass --n_head')
-    architecture = dict(n_head=int(n_head), **hf_architecture(config, family, afn, path))
+            raise bad(path, 'no config.json gives n_head; put the config.json beside it or pass --n_head')
+    architecture = check_architecture(dict(n_head=n_head, **hf_architecture(config, family, afn, config_path)),
+                                      config_path if 'n_head' in config else path, n_embd)
     if 'n_layer' in config and config['n_layer'] != n_layer:
-        raise ValueError(f'{path}: config.json says n_layer={config["n_layer"]} but the weights hold {n_layer} blocks')
+        raise bad(config_path, f'it says n_layer={config["n_layer"]} but the weights hold {n_layer} blocks')
     if n_vocab is None:
-        n_vocab = default_n_vocab(config, n_rows, path)
-    if not 0 < n_vocab <= n_rows:
-        raise ValueError(f'n_vocab={n_vocab} but {token_key} in {weights_path} has {n_rows} rows')
+        n_vocab = default_n_vocab(config, n_rows, config_path)
+    if not (is_int(n_vocab) and 0 < n_vocab <= n_rows):
+        raise BadFile(f'n_vocab={show(n_vocab)} but {token_key} in {weights_path} has {n_rows} rows', weights_path)
     keys = block_keys(n_layer) + (['ln_f.g', 'ln_f.b'] if family == 'gpt2' else [])
     blocks = {key: body.pop(hf_key(key)) for key in keys if hf_key(key) in body}
     if body:
@@ -978,14 +1312,14 @@ def hf_architecture(config, family, afn, path):
     if family == 'gpt2':
         activation = config.get('activation_function', 'gelu_new')
         if activation not in ('gelu_new', 'gelu_pytorch_tanh'):  # the original's tanh GELU, by either name
-            raise ValueError(f'{path}: activation_function is {activation!r}; GPT-2 computes the tanh GELU (gelu_new)')
+            raise bad(path, f'activation_function is {show(activation)}; GPT-2 computes the tanh GELU (gelu_new)')
         for name, want in (('scale_attn_weights', True), ('scale_attn_by_inverse_layer_idx', False)):
             if config.get(name, want) != want:
-                raise ValueError(f'{path}: {name} is {config[name]}; GPT-2 as released has {want}')
+                raise bad(path, f'{name} is {show(config[name])}; GPT-2 as released has {want}')
         return pdrops
     hf_afn = afn or config.get('afn', 'gelu')
-    if hf_afn not in HF_TO_OUR_AFN:
-        raise ValueError(f'{path}: afn {hf_afn!r} has no counterpart here; use one of {sorted(HF_TO_OUR_AFN)}')
+    if not (isinstance(hf_afn, str) and hf_afn in HF_TO_OUR_AFN):
+        raise bad(path, f'afn {show(hf_afn)} has no counterpart here; use one of {sorted(HF_TO_OUR_AFN)}')
     return dict(afn=HF_TO_OUR_AFN[hf_afn], **pdrops)
 
 
@@ -1034,6 +1368,7 @@ def write_transformers(ckpt, out_dir):
 
 # --- any folder ---------------------------------------------------------------------------------------------
 
+@guarded
 def detect_format(path):
     """Return 'released', 'tf-checkpoint', 'safetensors' or 'transformers' for a model folder or weights file, or raise.
 
@@ -1041,39 +1376,48 @@ def detect_format(path):
     folder with GPT-2's hparams.json or a TensorFlow checkpoint is GPT-2's released format; anything else
     (params_shapes.json, or missing files) is a released GPT-1 folder, whose reader names each missing file.
     """
-    if os.path.isfile(path):
-        return 'transformers'
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return 'transformers'  # a weights file (its reader refuses anything but a regular file)
     has = {name for name in (CONFIG_NAME, 'params_shapes.json', HPARAMS_NAME, *TF_FILES, WEIGHTS_NAME, HF_BIN_NAME)
-           if os.path.isfile(os.path.join(path, name))}
+           if os.path.lexists(os.path.join(path, name))}
     if CONFIG_NAME in has and 'params_shapes.json' not in has:
         config_path = os.path.join(path, CONFIG_NAME)
-        config = read_config_json(config_path)
+        config = read_config_json(config_path, path)
         if config.get('format') == FORMAT:
             return 'safetensors'
-        if config.get('model_type') in HF_MODEL_TYPES:
+        model_type = config.get('model_type')
+        if isinstance(model_type, str) and model_type in HF_MODEL_TYPES:
             return 'transformers'
-        raise ValueError(f'{config_path} is neither a {FORMAT} config nor a transformers openai-gpt or gpt2 one '
-                         f'(its model_type is {config.get("model_type")!r})')
+        raise BadFile(f'{config_path} is neither a {FORMAT} config nor a transformers openai-gpt or gpt2 one '
+                      f'(its model_type is {show(model_type)})', config_path)
     if 'params_shapes.json' not in has and has & {HPARAMS_NAME, *TF_FILES}:
         return 'tf-checkpoint'
     for name in (WEIGHTS_NAME, HF_BIN_NAME):
         if name in has and 'params_shapes.json' not in has:
-            raise FileNotFoundError(f'{path} holds {name} but no {CONFIG_NAME}: put the config.json that came with '
-                                    f'the weights beside them')
+            raise MissingFile(f'{path} holds {name} but no {CONFIG_NAME}: put the config.json that came with the '
+                              f'weights beside them', path)
     return 'released'
 
 
+@guarded
 def detect_family(path):
     """Return the family of the model a folder or transformers weights file holds: 'gpt1' or 'gpt2'."""
     kind = detect_format(path)
     if kind in ('released', 'tf-checkpoint'):
         return 'gpt1' if kind == 'released' else 'gpt2'
     if os.path.isdir(path):
-        config = read_config_json(os.path.join(path, CONFIG_NAME))
-        return config.get('family', 'gpt1') if kind == 'safetensors' else HF_MODEL_TYPES[config['model_type']]
+        config_path = os.path.join(path, CONFIG_NAME)
+        config = read_config_json(config_path, path)
+        if kind == 'transformers':
+            return HF_MODEL_TYPES[config['model_type']]  # detect_format checked it
+        family = config.get('family', 'gpt1')
+        if not (isinstance(family, str) and family in FAMILIES):
+            raise bad(config_path, f'unknown family {show(family)}, expected one of {", ".join(FAMILIES)}')
+        return family
     return hf_family(hf_config(path, path), hf_keys(path), path)  # a bare weights file: by its keys
 
 
+@guarded
 def read_checkpoint(path, n_head=None, afn=None, n_vocab=None, verify=False):
     """Return the Checkpoint in any supported folder (GPT-1's released shards, GPT-2's released checkpoint, this
     project's safetensors, transformers); n_head and afn are given to formats that do not store them; verify (GPT-1's
@@ -1156,8 +1500,8 @@ def vocab_paths(model_dir, encoder_path=None, bpe_path=None, family='gpt1'):
         return encoder_path or found[0], bpe_path or found[1]
     if (encoder_path and bpe_path) or family == 'gpt2':
         return encoder_path, bpe_path
-    raise FileNotFoundError(f'{model_dir} holds no {" + ".join(VOCAB_FILES)}: copy them there from the released '
-                            f'model/ folder or pass --encoder_path and --bpe_path')
+    raise MissingFile(f'{model_dir} holds no {" + ".join(VOCAB_FILES)}: copy them there from the released model/ '
+                      f'folder or pass --encoder_path and --bpe_path', model_dir)
 
 
 def copy_vocab(src_dir, out_dir, names, family='gpt1'):
@@ -1166,7 +1510,11 @@ def copy_vocab(src_dir, out_dir, names, family='gpt1'):
         src_dir = os.path.dirname(src_dir) or '.'
     found = find_vocab(src_dir, family)
     if found:
+        # regular files only, a symlink only inside src_dir: no outside file is copied into the folder written
+        contents = [untrusted.read_bytes(src, src_dir, what='vocabulary file', limit=untrusted.JSON_MAX_BYTES)
+                    for src in found]
         os.makedirs(out_dir, exist_ok=True)
-        for src, name in zip(found, names):
-            shutil.copyfile(src, os.path.join(out_dir, name))
+        for data, name in zip(contents, names):
+            with open(os.path.join(out_dir, name), 'wb') as f:
+                f.write(data)
     return found is not None
