@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from untrusted import BadFile, choice_field, fraction_field, int_field, show
 from weights import block_keys, detect_format, read_checkpoint, read_released
 
 
@@ -33,6 +34,47 @@ def swish(x):
 
 
 ACT_FNS = {'relu': F.relu, 'swish': swish, 'gelu': gelu}
+
+
+# The lowest value of each size field: a model of no blocks is a valid (embeddings-only) model; no special rows is
+# the usual case; a table needs tokens and positions. The highest: untrusted.SIZE_LIMITS.
+INT_LOWS = {'n_embd': 1, 'n_head': 1, 'n_layer': 0, 'n_vocab': 1, 'n_special': 0, 'n_ctx': 1}
+FRACTION_FIELDS = ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop')
+
+
+def plain_value(value):
+    """Return a numpy scalar as the Python int, float or bool it holds; any other value as it is."""
+    if isinstance(value, np.generic) and isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    return value
+
+
+def check_fields(cfg, int_lows, choices=None):
+    """Check every field of a config dataclass by type and range, in declaration order, turning numpy scalars into
+    Python's: the sizes in int_lows are ints (not bools) in [low, untrusted.SIZE_LIMITS], the dropouts finite in
+    [0, 1), the fields in choices one of theirs, checkpoint_activations a bool; a plain ValueError names the first bad
+    field."""
+    choices = choices or {}
+    for f in dataclasses.fields(cfg):
+        name = f.name
+        value = plain_value(getattr(cfg, name))
+        if name in int_lows:
+            value = int_field(name, value, low=int_lows[name])
+        elif name in FRACTION_FIELDS:
+            value = fraction_field(name, value)
+        elif name in choices:
+            value = choice_field(name, value, choices[name])
+        elif name == 'checkpoint_activations':
+            if not isinstance(value, bool):
+                raise ValueError(f'checkpoint_activations must be true or false, not {show(value)}')
+        setattr(cfg, name, value)
+
+
+def check_heads(cfg, hint):
+    """Raise a ValueError when n_head does not divide n_embd (hint: what to give instead)."""
+    if cfg.n_embd % cfg.n_head:
+        raise ValueError(f'n_head={cfg.n_head} does not divide n_embd={cfg.n_embd} (n_embd must be divisible by '
+                         f'n_head): {hint}')
 
 
 @dataclass(slots=True)
@@ -56,15 +98,10 @@ class GPTConfig:
         self.check()
 
     def check(self):
-        """Raise a ValueError naming the first field the model cannot be built with."""
-        if self.n_head < 1 or self.n_embd % self.n_head:
-            raise ValueError(f'n_head={self.n_head} does not divide n_embd={self.n_embd} (n_embd must be divisible '
-                             f'by n_head): give the n_head the weights were trained with (the released GPT-1 has 12)')
-        if self.afn not in ACT_FNS:
-            raise ValueError(f'unknown afn {self.afn!r}: choose one of {sorted(ACT_FNS)}')
-        for name in ('n_vocab', 'n_ctx', 'n_layer', 'n_embd', 'n_special'):
-            if getattr(self, name) < 0:
-                raise ValueError(f'{name}={getattr(self, name)} must not be negative')
+        """Raise a plain ValueError naming the first field the model cannot be built with (a reader of a file wraps
+        it to name the file); numpy scalars become Python's."""
+        check_fields(self, INT_LOWS, {'afn': ACT_FNS})
+        check_heads(self, 'give the n_head the weights were trained with (the released GPT-1 has 12)')
 
     @property
     def n_rows(self):
@@ -592,37 +629,59 @@ def copy_arrays(state, arrays):
 
 
 def check_architecture(ckpt, cfg, path):
-    """Raise a ValueError when the heads or activation a checkpoint states differ from the model's config."""
-    if ckpt.config.get('n_head', cfg.n_head) != cfg.n_head:
-        raise ValueError(f"{path} holds a model with n_head={ckpt.config['n_head']}, this model has {cfg.n_head}: "
-                         f"pass --n_head {ckpt.config['n_head']}")
-    if ckpt.config.get('afn', cfg.afn) != cfg.afn:
-        raise ValueError(f"{path} holds a model with afn={ckpt.config['afn']!r}: pass --afn {ckpt.config['afn']}")
+    """Raise a ValueError naming, in one line, every field of the heads and activation that a checkpoint states and
+    the model's config contradicts."""
+    names = [name for name in ('n_head', 'afn') if name in ckpt.config and ckpt.config[name] != getattr(cfg, name)]
+    if names:
+        stated = ', '.join(f'{name}={show(ckpt.config[name])}' for name in names)
+        built = ', '.join(f'{name}={getattr(cfg, name)!r}' for name in names)
+        raise ValueError(f"{path} holds a model with {stated}, this model has {built}: build it with the weights' "
+                         f"architecture")
+
+
+def check_transfer(n_transfer, n_blocks, ckpt_layers, path):
+    """Return how many blocks to copy (the original's n_transfer, at most the checkpoint's blocks; -1: none) into a
+    model of n_blocks from a checkpoint of ckpt_layers; raise a ValueError when blocks the checkpoint does not hold
+    would stay randomly initialised without n_transfer asking for that."""
+    if n_transfer == -1:
+        return -1
+    if n_transfer > ckpt_layers and n_blocks > ckpt_layers:
+        raise ValueError(f'{path} holds {ckpt_layers} blocks but the model has {n_blocks}: blocks {ckpt_layers} to '
+                         f'{n_blocks - 1} would stay randomly initialised; build the model with n_layer={ckpt_layers} '
+                         f'(the weights\'), or transfer n_transfer={ckpt_layers} blocks or fewer on purpose')
+    n_transfer = min(n_transfer, ckpt_layers)
+    if n_transfer > n_blocks:
+        raise ValueError(f'n_transfer={n_transfer} but the model has only {n_blocks} blocks')
+    return n_transfer
 
 
 def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n_embd=768, path='./model/',
-                                 verify=False):
+                                 verify=False, ckpt=None):
     """Load the released weights into a TransformerModel (or a model with `.transformer`); return it.
 
     path may also be this project's safetensors folder (model.safetensors + config.json) or a transformers
     openai-gpt folder or weights file, e.g. the output of pretrain.py: loaded the same way (their special rows
-    are not used). The files are read by weights.py.
+    are not used). The files are read by weights.py; ckpt: a Checkpoint already read from path (then path only
+    names it in messages).
 
     As the original train.py: positions cropped to n_ctx, then `we = [tokens; special; positions]`
     with the special rows drawn as `np.random.randn(n_special, n_embd) * 0.02` from numpy's global
     generator, and the table plus the first n_transfer blocks copied (n_transfer -1: nothing).
     n_ctx and n_special of -1 are read off the model. With verify=True every file's git blob SHA-1 is checked
     first against the released values (a dict {file name: SHA-1} checks against those instead).
+
+    A model with more blocks than the checkpoint is refused unless n_transfer asks for at most the checkpoint's
+    blocks: a block the weights do not hold is never left randomly initialised silently.
     """
     transformer = getattr(model, 'transformer', model)
-    if detect_format(path) == 'released':
+    if ckpt is None and detect_format(path) == 'released':
         ckpt = read_released(path, verify=verify)
-    elif verify:
+    elif ckpt is None and verify:
         raise ValueError(f'{path} is not a released model/ folder: verification checks the released shards only')
-    else:
+    elif ckpt is None:
         ckpt = read_checkpoint(path)
-        if len(transformer.h):
-            check_architecture(ckpt, transformer.cfg, path)
+    if len(transformer.h):
+        check_architecture(ckpt, transformer.cfg, path)
     if n_embd != ckpt.n_embd:
         if n_embd != 768:  # the default is the released size; smaller checkpoints need not pass it
             raise ValueError(f'n_embd={n_embd} but the weights in {path} have n_embd={ckpt.n_embd}')
@@ -636,6 +695,7 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
         if n_special < 0:
             raise ValueError(f'the model table has {transformer.embed.weight.shape[0]} rows, fewer than the '
                              f'{ckpt.n_vocab} tokens + {n_ctx} positions of the weights')
+    n_transfer = check_transfer(n_transfer, len(transformer.h), ckpt.n_layer, path)
     # the original draws every special row; stored ones (e.g. pre-training's separator) are not copied
     special = (np.random.randn(n_special, n_embd) * 0.02).astype(np.float32)
     we = np.concatenate([ckpt.tokens, special, ckpt.positions[:n_ctx]], 0)
@@ -643,9 +703,6 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
     state = transformer.state_dict()
     updates = {}
     if n_transfer != -1:  # the original: -1 copies nothing, k copies the table and k blocks
-        n_transfer = min(n_transfer, ckpt.n_layer)
-        if n_transfer > len(transformer.h):
-            raise ValueError(f'n_transfer={n_transfer} but the model has only {len(transformer.h)} blocks')
         updates['embed.weight'] = we
         for key in block_keys(n_transfer):
             updates[key] = ckpt.blocks[key]
@@ -658,15 +715,20 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
 def checkpoint_config(ckpt, n_ctx=None, n_special=None, config_class=GPTConfig):
     """Return the config (a GPTConfig, or config_class) of a Checkpoint: the architecture its files state, the config's
     defaults for what they do not (GPT-1: the released 12 heads and gelu), its sizes (n_ctx and n_special when
-    given); a bad field raises naming the file."""
+    given). A field of the wrong type or range is a BadFile naming the file it was read from (ckpt.source; a plain
+    ValueError when the checkpoint names none, as released shards, whose n_head and afn come from the caller)."""
     fields = dict(ckpt.config, n_embd=ckpt.n_embd, n_layer=ckpt.n_layer, n_vocab=ckpt.n_vocab,
                   n_special=ckpt.n_special if n_special is None else n_special,
                   n_ctx=ckpt.n_pos if n_ctx is None else n_ctx)
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(config_class)})
-    if unknown:
-        raise ValueError(f'{ckpt.source or "the checkpoint"} states {unknown[0]!r}, which is no field of '
-                         f'{config_class.__name__}')
-    return config_class(**fields)
+    try:
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(config_class)}, key=str)
+        if unknown:
+            raise ValueError(f'states {show(unknown[0])}, which is no field of {config_class.__name__}')
+        return config_class(**fields)
+    except ValueError as err:
+        if ckpt.source is None:
+            raise ValueError(f'the checkpoint {err}' if unknown else str(err)) from None
+        raise BadFile(f'{ckpt.source}: {err}', ckpt.source) from None
 
 
 def checkpoint_sizes(ckpt, n_ctx=None, n_special=None):

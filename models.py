@@ -9,9 +9,11 @@ from dataclasses import asdict
 
 import model_gpt2
 import model_pytorch
-from weights import SIZE_KEYS, detect_family, read_checkpoint, vocab_paths
+from weights import SIZE_KEYS, detect_family, detect_format, hf_config, hf_weights_file, read_checkpoint, vocab_paths
 
 FAMILY_MODULES = {'gpt1': model_pytorch, 'gpt2': model_gpt2}
+ARCHITECTURE_FLAGS = ('n_embd', 'n_head', 'n_layer', 'afn')  # the flags a weights folder's architecture answers
+UNSTORED = ('n_head', 'afn')  # what GPT-1's released shards (and a bare transformers file) may not state
 
 
 def complete_checkpoint(ckpt):
@@ -20,6 +22,59 @@ def complete_checkpoint(ckpt):
     cfg = asdict(FAMILY_MODULES[ckpt.family].checkpoint_config(ckpt))
     ckpt.config = {k: v for k, v in cfg.items() if k not in SIZE_KEYS}
     return ckpt
+
+
+def read_with_flags(path, flags=None, n_vocab=None, verify=False):
+    """Return the Checkpoint a folder (or transformers weights file) holds, the architecture its files state: the
+    shapes give n_embd and n_layer, config.json or hparams.json n_head (and GPT-1's afn). flags: {name: value, None
+    when not given} of ARCHITECTURE_FLAGS; they only fill what the files do not state (GPT-1's released shards: n_head
+    and afn, else the config's defaults, 12 and gelu; a transformers file without a config.json: n_head). A flag that
+    contradicts what the files state is refused with one ValueError line naming every mismatch (a bad field of the
+    files' config first, as a BadFile naming the file). n_vocab and verify as weights.read_checkpoint's."""
+    flags = {name: value for name, value in (flags or {}).items() if value is not None}
+    unknown = sorted(set(flags) - set(ARCHITECTURE_FLAGS))
+    if unknown:
+        raise ValueError(f'{unknown[0]!r} is no architecture flag: use {", ".join(ARCHITECTURE_FLAGS)}')
+    kind = detect_format(path)
+    fill = {}
+    if kind == 'released':
+        fill = {name: flags[name] for name in UNSTORED if name in flags}
+    elif kind == 'transformers':  # its config.json, when there is one, states them: a flag then only compares
+        config = hf_config(path, hf_weights_file(path))
+        unstated = [name for name in UNSTORED if name not in config]
+        if config.get('model_type') == 'gpt2':
+            unstated = [name for name in unstated if name != 'afn']  # GPT-2 computes gelu: nothing to fill
+        fill = {name: flags[name] for name in unstated if name in flags}
+    ckpt = read_checkpoint(path, n_vocab=n_vocab, verify=verify, **fill)
+    check_flags(ckpt, flags, path)
+    return ckpt
+
+
+def check_flags(ckpt, flags, path):
+    """Raise a ValueError naming, in one line, every architecture flag (a dict of the given ones) that contradicts the
+    model ckpt holds (stated_architecture); its config is checked first (a BadFile naming the file)."""
+    stated = stated_architecture(ckpt)
+    wrong = [f'--{name} {flags[name]} contradicts {name}={stated[name]}' for name in ARCHITECTURE_FLAGS
+             if name in flags and flags[name] != stated[name]]
+    if wrong:
+        raise ValueError(f'{", ".join(wrong)} in {path}: leave {"them" if len(wrong) > 1 else "it"} out (the '
+                         f'architecture is the weights\')')
+
+
+def stated_architecture(ckpt):
+    """Return {name: value} of ARCHITECTURE_FLAGS for the model ckpt holds: what its files state, its family's
+    defaults for the rest (GPT-1: 12 heads and gelu; GPT-2 computes gelu); a bad field of its config is a BadFile
+    naming the file."""
+    cfg = FAMILY_MODULES[ckpt.family].checkpoint_config(ckpt)
+    return {name: getattr(cfg, name, 'gelu') for name in ARCHITECTURE_FLAGS}
+
+
+def fill_architecture(args, cfg):
+    """Set the architecture flags of args (an argparse Namespace) to those of the model built, cfg's, so that a run's
+    log header and saved arguments say what was trained (the flags default to None: the weights')."""
+    for name in ARCHITECTURE_FLAGS:
+        setattr(args, name, getattr(cfg, name, 'gelu'))  # GPT-2 computes gelu
+    return args
 
 
 def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None, n_vocab=None, verify=False):
@@ -31,9 +86,10 @@ def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None
     every stored position) crops the positions; n_special sets the special rows (default: as stored, none for
     released weights; new rows are drawn as the original does); n_vocab splits a transformers table into tokens and
     special rows (default: its config.json's n_special, else every row a token). verify checks GPT-1's released
-    shards against their SHA-1s.
+    shards against their SHA-1s. n_head and afn fill what the files do not state; one that contradicts them is refused
+    (read_with_flags).
     """
-    ckpt = read_checkpoint(path, n_head=n_head, afn=afn, n_vocab=n_vocab, verify=verify)
+    ckpt = read_with_flags(path, dict(n_head=n_head, afn=afn), n_vocab=n_vocab, verify=verify)
     return FAMILY_MODULES[ckpt.family].model_from_checkpoint(ckpt, n_ctx=n_ctx, n_special=n_special, lm=lm)
 
 

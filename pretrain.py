@@ -23,12 +23,12 @@ run under torchrun (each rank takes its share of the same global batch) see the 
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from checkpoint import write_json
 from corpus import corpus_family, load_corpus, read_meta
@@ -39,14 +39,16 @@ from heuristics import TASKS as HEURISTIC_TASKS
 from loss import LM_CHUNK, token_losses
 from model_gpt2 import PRESETS, GPT2Config, GPT2LMHeadModel
 from model_pytorch import DEFAULT_CONFIG, LMModel
-from models import FAMILY_MODULES, tokenizer_from_files
+from models import ARCHITECTURE_FLAGS, FAMILY_MODULES, fill_architecture, read_with_flags, tokenizer_from_files
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
-from trainer import (Preempted, Run, autocast_context, format_phases, open_log, phase_record, resume_command,
-                     run_identity, save_state, stop_if_requested, to_tensors, update_phase)
-from utils import task_dirs
-from weights import (FAMILIES, checkpoint_from_model, family_name, read_checkpoint, vocab_names, write_released,
-                     write_safetensors, write_tf_gpt2)
+from trainer import (Interrupted, Preempted, Run, autocast_context, format_phases, open_log, phase_record,
+                     resume_command, run_identity, save_state, stop_if_requested, to_tensors, update_phase)
+from untrusted import int_field
+from utils import close_bars, task_dirs
+from utils import progress as progress_bar
+from weights import (FAMILIES, checkpoint_from_model, family_name, vocab_names, write_released, write_safetensors,
+                     write_tf_gpt2)
 
 SAMPLE_PROMPT = 'the'
 ARCHES = FAMILIES
@@ -208,8 +210,11 @@ def build_lm(args, n_vocab, n_special):
     cropped to n_ctx, missing special rows drawn as the original draws them)."""
     lm_class = GPT2LMHeadModel if args.arch == 'gpt2' else LMModel
     if args.model_dir is None:
-        return lm_class(model_config(args, n_vocab, n_special))
-    ckpt = read_checkpoint(args.model_dir, n_head=args.n_head, afn=args.afn)
+        model = lm_class(model_config(args, n_vocab, n_special))
+        fill_architecture(args, model.cfg)  # the log header and args.json say what is trained
+        return model
+    # a flag that contradicts the weights is refused in one line naming every mismatch
+    ckpt = read_with_flags(args.model_dir, {name: getattr(args, name) for name in ARCHITECTURE_FLAGS})
     if ckpt.family != args.arch:
         raise ValueError(f'{args.model_dir} holds a {family_name(ckpt.family)} but {args.corpus} was encoded for '
                          f'{family_name(args.arch)}: use weights of the corpus\'s family')
@@ -222,6 +227,7 @@ def build_lm(args, n_vocab, n_special):
     if ckpt.n_special > n_special:
         ckpt.special = ckpt.special[:n_special]  # rows the corpus does not use (e.g. fine-tuning's) are left out
     model = lm_class(model_config(args, n_vocab, n_special, ckpt))
+    fill_architecture(args, model.cfg)  # the log header and args.json say what is trained
     return FAMILY_MODULES[args.arch].model_from_checkpoint(ckpt, model=model)  # extra special rows drawn
 
 
@@ -359,37 +365,39 @@ def pretrain(run, corpus, sizes, text_encoder, n_updates):
     if progress['n_updates'] == 0 and len(progress['log']) == 1:  # only the header: nothing evaluated yet
         log_eval(run, corpus, sizes, text_encoder)  # where the run starts: a fresh model's loss, or the weights'
     run.model.train()
-    bar = tqdm(total=n_updates, initial=progress['n_updates'], desc='pre-training', unit='update',
-               disable=args.quiet or not run.info.is_main, file=sys.stderr)
-    while progress['n_updates'] < n_updates:
-        update_no = progress['n_updates'] + 1
-        t0 = time.time()
-        with update_phase(run, update_no):
-            loss_sum, n_tokens = pretrain_step(run, corpus['train'], update_no, sizes['n_rows'],
-                                               sizes['first_position'])
-        elapsed = time.time() - t0
-        progress['n_updates'] = update_no
-        progress['tokens'] += args.n_batch * args.n_ctx
-        progress['train_loss_sum'] += loss_sum
-        progress['train_tokens'] += n_tokens
-        progress['train_time'] += elapsed
-        bar.update(1)
-        bar.set_postfix(loss=f'{loss_sum / max(n_tokens, 1):.3f}', tok_s=f'{n_tokens * run.info.world_size / elapsed:.0f}')
-        last = update_no == n_updates
-        if (args.eval_every and update_no % args.eval_every == 0) or last:
-            log_eval(run, corpus, sizes, text_encoder)
-        if args.sample_every and (update_no % args.sample_every == 0 or last):
-            maybe_sample(run, text_encoder, sizes)
-        saved = (args.save_every and update_no % args.save_every == 0) or last
-        if saved:
-            save_state(run)
-        if not last:  # after the last update the run ends anyway
-            stop_if_requested(run, saved)
-    bar.close()
+    with progress_bar(total=n_updates, initial=progress['n_updates'], desc='pre-training', unit='update',
+                      disable=args.quiet or not run.info.is_main) as bar:
+        while progress['n_updates'] < n_updates:
+            update_no = progress['n_updates'] + 1
+            t0 = time.time()
+            with update_phase(run, update_no):
+                loss_sum, n_tokens = pretrain_step(run, corpus['train'], update_no, sizes['n_rows'],
+                                                   sizes['first_position'])
+            elapsed = time.time() - t0
+            progress['n_updates'] = update_no
+            progress['tokens'] += args.n_batch * args.n_ctx
+            progress['train_loss_sum'] += loss_sum
+            progress['train_tokens'] += n_tokens
+            progress['train_time'] += elapsed
+            bar.update(1)
+            bar.set_postfix(loss=f'{loss_sum / max(n_tokens, 1):.3f}',
+                            tok_s=f'{n_tokens * run.info.world_size / elapsed:.0f}')
+            last = update_no == n_updates
+            if (args.eval_every and update_no % args.eval_every == 0) or last:
+                log_eval(run, corpus, sizes, text_encoder)
+            if args.sample_every and (update_no % args.sample_every == 0 or last):
+                maybe_sample(run, text_encoder, sizes)
+            saved = (args.save_every and update_no % args.save_every == 0) or last
+            if saved:
+                save_state(run)
+            if not last:  # after the last update the run ends anyway
+                stop_if_requested(run, saved)
 
 
 def vocabulary_paths(meta):
-    """Return (encoder_path, bpe_path) of the vocabulary a corpus was encoded with."""
+    """Return (encoder_path, bpe_path) of the vocabulary a corpus was encoded with: in the meta of
+    load_corpus_checked (corpus.load_corpus), the files checked against meta.json's SHA-256s (inside the corpus folder
+    or shipped with this repository), never a path meta.json gives unchecked."""
     return meta['vocabulary']['encoder_path'], meta['vocabulary']['bpe_path']
 
 
@@ -411,7 +419,11 @@ def write_outputs(run, sizes, meta):
 
 
 def load_corpus_checked(args):
-    """Return (corpus dict with train/val streams and val window offsets, sizes dict) of --corpus."""
+    """Return (corpus dict with train/val streams and val window offsets, sizes dict) of --corpus.
+
+    corpus.load_corpus checks the folder as a file from elsewhere (one untrusted.BadFile otherwise): meta.json's
+    fields, its vocabulary (the files' SHA-256, inside the folder or shipped, n_vocab tokens), and every id of both
+    splits below n_vocab + n_special (a scan recorded in meta.json, so that a second open costs nothing)."""
     train_stream, val_stream, meta = load_corpus(args.corpus)
     n_vocab, n_special = meta['n_vocab'], meta['n_special']
     starts = val_starts(len(val_stream), args.n_ctx, args.eval_windows)
@@ -432,8 +444,15 @@ def run(args):
     resolve_arch(args, read_meta(args.corpus))
     check_args(args, info)
     paths = run_paths(args.out)
-    with Run.begin(args, paths, [args.out], [paths['lock']], info) as begun:
+    with Run.begin(args, paths, [args.out], [paths['lock']], info, standing=state_standing) as begun:
         return run_locked(begun, t0)
+
+
+def state_standing(meta):
+    """Return (finished, where it stands) of a training state's metadata: finished once its last update is made."""
+    done = int_field('n_updates', meta['progress']['n_updates'], 0, 2 ** 62)
+    total = int_field('n_updates', meta['identity']['n_updates'], 1, 2 ** 62)
+    return done >= total, f'update {done} of {total}'
 
 
 def run_locked(run, t0):
@@ -457,7 +476,7 @@ def run_locked(run, t0):
         run.identity = run_identity(args, RESUME_IDENTITY, model, n_updates=n_updates,
                                     corpus_tokens=[len(corpus['train']), len(corpus['val'])])
         run.rank_keys = ('train_loss_sum', 'train_tokens', 'train_time')  # each rank's share since the last record
-        run.progress = progress = run.restore() or new_progress()  # after wrap: this rank's random states
+        run.progress = progress = run.restore(new_progress()) or new_progress()  # after wrap: this rank's random states
         if args.resume and info.is_main:
             print(f"resuming at update {progress['n_updates']} of {n_updates}", flush=True)
     if info.is_main:
@@ -483,14 +502,24 @@ def main(argv=None):
         summary = run(args)
         close_distributed(synchronize=True)
     except Preempted as stop:  # every rank stopped at the same update, its state saved
+        close_bars()
         close_distributed(synchronize=True)
         if dist_info().is_main:
             print(f'pretrain.py: {stop}; resume with: {resume_command("pretrain.py", argv, dist_info())}',
                   file=sys.stderr, flush=True)
         return 128 + stop.signum
+    except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C: at once, no rank waits for the others
+        close_bars()
+        if dist_info().is_main:
+            said = stop if isinstance(stop, Interrupted) else \
+                'stopped at once by Ctrl-C while no training was under way'
+            print(f'pretrain.py: {said}; resume with: {resume_command("pretrain.py", argv, dist_info())}',
+                  file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
     except (OSError, ValueError) as err:  # our errors are one line each
+        close_bars()
         rank = dist_info().rank
-        print(f'pretrain.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr)
+        print(f'pretrain.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr, flush=True)
         return 2
     finally:
         close_distributed()

@@ -10,12 +10,12 @@ Run as the original: python train.py --dataset rocstories --desc rocstories --su
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import datasets
 import task_datasets
@@ -24,14 +24,17 @@ from distributed import DistInfo, close_distributed, dist_info, gather_concat, s
 from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
 from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_gpt2 import make_task_model
-from model_pytorch import DEFAULT_CONFIG, DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
-from models import load_tokenizer
+from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
+from models import ARCHITECTURE_FLAGS, fill_architecture, load_tokenizer, read_with_flags, stated_architecture
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
-from trainer import (PhaseClock, Preempted, Run, autocast_context, format_phases, open_log, phase_record,
-                     resume_command, run_identity, save_state, stop_if_requested, to_tensors, update_phase)
-from utils import encode_dataset, iter_data
-from weights import WEIGHTS_SOURCE, detect_family, detect_format, read_checkpoint, released_names
+from trainer import (Interrupted, PhaseClock, Preempted, Run, autocast_context, format_phases, open_log,
+                     phase_record, resume_command, run_identity, save_state, stop_if_requested, to_tensors,
+                     update_phase)
+from untrusted import int_field
+from utils import close_bars, encode_dataset, iter_data
+from utils import progress as progress_bar
+from weights import WEIGHTS_SOURCE, detect_family, detect_format, released_names
 
 DATASETS = ('rocstories',) + tuple(sorted(TASKS))
 SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
@@ -55,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument('--n_batch', type=int, default=8)
     p.add_argument('--lr_warmup', type=float, default=0.002)
     p.add_argument('--n_ctx', type=int, default=512)
-    add_architecture_args(p, DEFAULT_CONFIG)
+    add_architecture_args(p)  # default None: the weights' (released shards: n_head 12, gelu)
     add_dropout_args(p)
     add_optimizer_args(p, lr=6.25e-5)
     p.add_argument('--vector_l2', action='store_true')
@@ -431,30 +434,36 @@ def load_task_data(args, text_encoder, task):
                       head_type=task.head_type)
 
 
+def architecture_flags(args):
+    """Return {name: value or None} of the run's architecture flags (None: the weights')."""
+    return {name: getattr(args, name) for name in ARCHITECTURE_FLAGS}
+
+
 def pretrained_model(args, sizes, device, family):
-    """Return the DoubleHeadModel the arguments describe with the weights of --model_dir (of family) loaded as the
-    original loads the released ones (GPT-1), or GPT-2's weights under GPT-1's recipe (model_gpt2.GPT2DoubleHeadModel)."""
+    """Return the DoubleHeadModel of the architecture --model_dir states (shapes, config.json; released shards: n_head
+    and afn from the flags, default 12 and gelu) with its weights loaded as the original loads the released ones
+    (GPT-1), or GPT-2's weights under GPT-1's recipe (model_gpt2.GPT2DoubleHeadModel). An architecture flag that
+    contradicts the weights is refused (one line naming every mismatch); after loading, args holds the model's."""
     if family == 'gpt2':
-        return gpt2_task_model(args, sizes).to(device)
-    cfg = GPTConfig.from_args(args, n_vocab=sizes['n_vocab'], n_special=sizes['n_special'], n_ctx=sizes['n_ctx'])
+        model = gpt2_task_model(args, sizes)
+        fill_architecture(args, model.cfg)
+        return model.to(device)
+    ckpt = read_with_flags(args.model_dir, architecture_flags(args), verify=args.verify_weights)
+    stated = stated_architecture(ckpt)
+    cfg = GPTConfig.from_args(args, n_vocab=sizes['n_vocab'], n_special=sizes['n_special'], n_ctx=sizes['n_ctx'],
+                              **stated)
     model = DoubleHeadModel(cfg, sizes['clf_token'], sizes['head_type'])
     load_openai_pretrained_model(model.transformer, n_ctx=cfg.n_ctx, n_special=cfg.n_special,
-                                 n_transfer=args.n_transfer, n_embd=args.n_embd, path=args.model_dir,
-                                 verify=args.verify_weights)
+                                 n_transfer=args.n_transfer, n_embd=cfg.n_embd, path=args.model_dir, ckpt=ckpt)
+    fill_architecture(args, cfg)
     return model.to(device)
 
 
 def gpt2_task_model(args, sizes):
-    """Return GPT-1's task model on the GPT-2 weights of --model_dir: their architecture (an architecture flag other
-    than GPT-1's default must agree with it), GPT-1's input transforms with _start_, _delimiter_ and _classify_ as
-    new rows of wte drawn as GPT-1's loader draws special rows, the flags' dropouts."""
-    ckpt = read_checkpoint(args.model_dir)
-    stored = dict(n_embd=ckpt.n_embd, n_head=ckpt.config['n_head'], n_layer=ckpt.n_layer, afn='gelu')
-    for name, value in stored.items():
-        given = getattr(args, name)
-        if given not in (value, getattr(DEFAULT_CONFIG, name)):
-            raise ValueError(f'--{name} {given} contradicts {name}={value} of the GPT-2 in {args.model_dir}: leave it '
-                             f'out (the architecture is the checkpoint\'s)')
+    """Return GPT-1's task model on the GPT-2 weights of --model_dir: their architecture (an architecture flag must
+    agree with it), GPT-1's input transforms with _start_, _delimiter_ and _classify_ as new rows of wte drawn as
+    GPT-1's loader draws special rows, the flags' dropouts."""
+    ckpt = read_with_flags(args.model_dir, architecture_flags(args))
     if ckpt.n_vocab != sizes['n_vocab']:
         raise ValueError(f'{args.model_dir} has {ckpt.n_vocab} token rows but the data was encoded with '
                          f'{sizes["n_vocab"]} tokens: use the vocabulary of the weights')
@@ -511,39 +520,40 @@ def run_epoch(run, data):
         progress['batch'] = 0
     order = np.asarray(progress['order'])
     n_batches = len(order) // n_batch_train  # the last partial batch is dropped, as the original's truncate
-    bar = tqdm(total=n_batches, initial=progress['batch'], desc=f"epoch {progress['epoch'] + 1}",
-               disable=args.quiet, file=sys.stderr, leave=False)
-    while progress['batch'] < n_batches:
-        idx = order[progress['batch'] * n_batch_train:(progress['batch'] + 1) * n_batch_train]
-        t0 = time.time()
-        with update_phase(run, progress['n_updates'] + 1):
-            train_step(run, data['trX'][idx], data['trM'][idx], data['trY'][idx])
-        progress['train_time'] += time.time() - t0
-        progress['n_updates'] += 1
-        progress['batch'] += 1
-        progress['seen'] += len(idx)
-        bar.update(1)
-        if progress['n_updates'] in LOG_AT_UPDATES and progress['epoch'] == 0:
-            log_eval(run, data)
-        saved = args.save_every > 0 and progress['n_updates'] % args.save_every == 0 and progress['batch'] < n_batches
-        if saved:
-            save_state(run)
-        if progress['batch'] < n_batches:  # the epoch's last update stops after the epoch's evaluation and save
-            stop_if_requested(run, saved)
-    bar.close()
+    with progress_bar(total=n_batches, initial=progress['batch'], desc=f"epoch {progress['epoch'] + 1}",
+                      disable=args.quiet, leave=False) as bar:
+        while progress['batch'] < n_batches:
+            idx = order[progress['batch'] * n_batch_train:(progress['batch'] + 1) * n_batch_train]
+            t0 = time.time()
+            with update_phase(run, progress['n_updates'] + 1):
+                train_step(run, data['trX'][idx], data['trM'][idx], data['trY'][idx])
+            progress['train_time'] += time.time() - t0
+            progress['n_updates'] += 1
+            progress['batch'] += 1
+            progress['seen'] += len(idx)
+            bar.update(1)
+            if progress['n_updates'] in LOG_AT_UPDATES and progress['epoch'] == 0:
+                log_eval(run, data)
+            saved = (args.save_every > 0 and progress['n_updates'] % args.save_every == 0
+                     and progress['batch'] < n_batches)
+            if saved:
+                save_state(run)
+            if progress['batch'] < n_batches:  # the epoch's last update stops after the epoch's evaluation and save
+                stop_if_requested(run, saved)
 
 
 def train(run, data):
     """Run the epochs left in run.progress, evaluating and saving the training state at each epoch end."""
     run.model.train()
-    for _ in tqdm(range(run.progress['epoch'], run.args.n_iter), desc='epochs',
-                  disable=run.args.quiet or not run.info.is_main, file=sys.stderr):
-        run_epoch(run, data)
-        run.progress.update(epoch=run.progress['epoch'] + 1, batch=0, order=None)
-        log_eval(run, data)
-        save_state(run)
-        if run.progress['epoch'] < run.args.n_iter:  # after the last epoch the run ends anyway
-            stop_if_requested(run, saved=True)
+    with progress_bar(range(run.progress['epoch'], run.args.n_iter), desc='epochs',
+                      disable=run.args.quiet or not run.info.is_main) as epochs:
+        for _ in epochs:
+            run_epoch(run, data)
+            run.progress.update(epoch=run.progress['epoch'] + 1, batch=0, order=None)
+            log_eval(run, data)
+            save_state(run)
+            if run.progress['epoch'] < run.args.n_iter:  # after the last epoch the run ends anyway
+                stop_if_requested(run, saved=True)
 
 
 def run_paths(args):
@@ -578,8 +588,16 @@ def run(args):
     check_inputs(args)
     paths = run_paths(args)
     folders = {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}
-    with Run.begin(args, paths, folders, lock_paths(args, paths), info) as begun:
+    with Run.begin(args, paths, folders, lock_paths(args, paths), info, standing=state_standing) as begun:
         return run_locked(begun, t0)
+
+
+def state_standing(meta):
+    """Return (finished, where it stands) of a training state's metadata: finished once its last epoch is saved."""
+    epoch = int_field('epoch', meta['progress']['epoch'], 0, 2 ** 62)
+    n_iter = int_field('--n_iter', meta['identity']['--n_iter'], 1, 2 ** 62)
+    n_updates = int_field('n_updates', meta['progress']['n_updates'], 0, 2 ** 62)
+    return epoch >= n_iter, f'{epoch} of {n_iter} epochs done, update {n_updates}'
 
 
 def run_locked(run, t0):
@@ -607,7 +625,7 @@ def run_locked(run, t0):
         run.wrap(TrainForward(model), dynamic=True)
         run.identity = run_identity(args, RESUME_IDENTITY, model, n_batch_train=n_batch_train)
         run.rank_keys = ('train_time',)
-        run.progress = progress = run.restore() or new_progress()  # after wrap: this rank's random states
+        run.progress = progress = run.restore(new_progress()) or new_progress()  # after wrap: this rank's random states
         if args.resume and info.is_main:
             print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
 
@@ -759,14 +777,24 @@ def main(argv=None):
         summary = run(args)
         close_distributed(synchronize=True)
     except Preempted as stop:  # every rank stopped at the same update, its state saved
+        close_bars()
         close_distributed(synchronize=True)
         if dist_info().is_main:
             print(f'train.py: {stop}; resume with: {resume_command("train.py", argv, dist_info())}', file=sys.stderr,
                   flush=True)
         return 128 + stop.signum
+    except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C: at once, no rank waits for the others
+        close_bars()
+        if dist_info().is_main:
+            said = stop if isinstance(stop, Interrupted) else \
+                'stopped at once by Ctrl-C while no training was under way'
+            print(f'train.py: {said}; resume with: {resume_command("train.py", argv, dist_info())}',
+                  file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
     except (OSError, ValueError) as err:  # our errors are one line each; OSError covers a full disk
+        close_bars()
         rank = dist_info().rank
-        print(f'train.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr)
+        print(f'train.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr, flush=True)
         return 2
     finally:
         close_distributed()

@@ -223,7 +223,7 @@ class Ours:
         from trainer import Run, set_seed
         self.train, self.device = train, device
         self.args = train.parse_args(['--n_ctx', str(shape.n_ctx), '--n_embd', str(shape.n_embd),
-                                      '--n_head', str(shape.n_head), '--n_layer', str(shape.n_layer),
+                                      '--n_head', str(shape.n_head), '--n_layer', str(shape.n_layer), '--afn', 'gelu',
                                       '--n_batch', str(shape.n_batch), '--n_gpu', str(shape.n_gpu),
                                       '--micro_batch', str(spec.micro_batch), '--precision', spec.precision,
                                       '--device', str(device), '--seed', str(seed)])

@@ -79,7 +79,7 @@ def test_model_keeps_its_own_config_built_from_a_config_or_a_namespace():
 
 
 def test_unknown_afn_and_bad_heads_rejected():
-    with pytest.raises(ValueError, match='unknown afn'):
+    with pytest.raises(ValueError, match="afn must be one of 'gelu', 'relu', 'swish', not 'tanh'"):
         TransformerModel(small_cfg(afn='tanh'), vocab=50, n_ctx=8)
     with pytest.raises(ValueError, match='divisible'):
         TransformerModel(small_cfg(n_head=5), vocab=50, n_ctx=8)
