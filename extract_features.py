@@ -23,6 +23,7 @@ import torch
 from distributed import check_device
 from flags import add_weights_args
 from models import load_from_args
+from utils import close_bars
 
 
 def parse_layers(spec, n_layer):
@@ -165,6 +166,7 @@ def main(argv=None):
     try:
         n, n_truncated = run(args)
     except (OSError, ValueError) as err:
+        close_bars()  # the error is the last line, after no bar's debris
         print(f'extract_features.py: error: {err}', file=sys.stderr)
         return 1
     note = f' ({n_truncated} truncated to n_ctx tokens)' if n_truncated else ''

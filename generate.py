@@ -14,6 +14,7 @@ from distributed import check_device
 from flags import add_weights_args
 from models import load_from_args
 from sample import check_sampling_args, generate
+from utils import close_bars
 
 
 def parse_args(argv=None):
@@ -70,6 +71,7 @@ def main(argv=None):
     try:
         run(args, sys.stdin, sys.stdout, sys.stderr)
     except (OSError, ValueError) as err:
+        close_bars()  # the error is the last line, after no bar's debris
         print(f'generate.py: error: {err}', file=sys.stderr)
         return 1
     return 0

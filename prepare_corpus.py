@@ -58,7 +58,7 @@ from encoder_gpt2 import DEFAULT_MODEL_DIR as GPT2_DIR
 from encoder_gpt2 import encoder_from_files
 from models import tokenizer_from_files
 from text_utils import BPE_PATH, ENCODER_PATH, VOCAB_MAX_BYTES, load_bpe_ranks, load_encoder
-from utils import progress
+from utils import close_bars, progress
 from weights import FAMILIES as ARCHES
 from weights import GPT2_VOCAB_FILES, git_blob_sha1
 
@@ -483,6 +483,7 @@ def main(argv=None):
     try:
         meta = prepare_corpus(args)
     except (OSError, ValueError) as err:
+        close_bars()  # the error is the last line, after no bar's debris
         print(f'prepare_corpus.py: error: {err}', file=sys.stderr)
         return 2
     lines, warnings = report(meta, args.out)

@@ -23,7 +23,6 @@ run under torchrun (each rank takes its share of the same global batch) see the 
 import argparse
 import math
 import os
-import signal
 import sys
 import time
 
@@ -42,10 +41,10 @@ from model_pytorch import DEFAULT_CONFIG, LMModel
 from models import ARCHITECTURE_FLAGS, FAMILY_MODULES, fill_architecture, read_with_flags, tokenizer_from_files
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
-from trainer import (Interrupted, Preempted, Run, autocast_context, format_phases, open_log, phase_record,
-                     resume_command, run_identity, save_state, stop_if_requested, to_tensors, update_phase)
+from trainer import (RUN_ENDINGS, Run, autocast_context, failed_run_exit, format_phases, open_log, phase_record,
+                     run_identity, save_state, stop_if_requested, to_tensors, update_phase)
 from untrusted import int_field
-from utils import close_bars, task_dirs
+from utils import task_dirs
 from utils import progress as progress_bar
 from weights import (FAMILIES, checkpoint_from_model, family_name, vocab_names, write_released, write_safetensors,
                      write_tf_gpt2)
@@ -501,26 +500,8 @@ def main(argv=None):
     try:
         summary = run(args)
         close_distributed(synchronize=True)
-    except Preempted as stop:  # every rank stopped at the same update, its state saved
-        close_bars()
-        close_distributed(synchronize=True)
-        if dist_info().is_main:
-            print(f'pretrain.py: {stop}; resume with: {resume_command("pretrain.py", argv, dist_info())}',
-                  file=sys.stderr, flush=True)
-        return 128 + stop.signum
-    except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C: at once, no rank waits for the others
-        close_bars()
-        if dist_info().is_main:
-            said = stop if isinstance(stop, Interrupted) else \
-                'stopped at once by Ctrl-C while no training was under way'
-            print(f'pretrain.py: {said}; resume with: {resume_command("pretrain.py", argv, dist_info())}',
-                  file=sys.stderr, flush=True)
-        return 128 + signal.SIGINT
-    except (OSError, ValueError) as err:  # our errors are one line each
-        close_bars()
-        rank = dist_info().rank
-        print(f'pretrain.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr, flush=True)
-        return 2
+    except RUN_ENDINGS as err:
+        return failed_run_exit('pretrain.py', argv, err)
     finally:
         close_distributed()
     if dist_info().is_main:

@@ -10,7 +10,6 @@ Run as the original: python train.py --dataset rocstories --desc rocstories --su
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 
@@ -28,11 +27,10 @@ from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_o
 from models import ARCHITECTURE_FLAGS, fill_architecture, load_tokenizer, read_with_flags, stated_architecture
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
-from trainer import (Interrupted, PhaseClock, Preempted, Run, autocast_context, format_phases, open_log,
-                     phase_record, resume_command, run_identity, save_state, stop_if_requested, to_tensors,
-                     update_phase)
+from trainer import (RUN_ENDINGS, PhaseClock, Run, autocast_context, failed_run_exit, format_phases, open_log,
+                     phase_record, run_identity, save_state, stop_if_requested, to_tensors, update_phase)
 from untrusted import int_field
-from utils import close_bars, encode_dataset, iter_data
+from utils import encode_dataset, iter_data
 from utils import progress as progress_bar
 from weights import WEIGHTS_SOURCE, detect_family, detect_format, released_names
 
@@ -776,26 +774,8 @@ def main(argv=None):
             return 0
         summary = run(args)
         close_distributed(synchronize=True)
-    except Preempted as stop:  # every rank stopped at the same update, its state saved
-        close_bars()
-        close_distributed(synchronize=True)
-        if dist_info().is_main:
-            print(f'train.py: {stop}; resume with: {resume_command("train.py", argv, dist_info())}', file=sys.stderr,
-                  flush=True)
-        return 128 + stop.signum
-    except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C: at once, no rank waits for the others
-        close_bars()
-        if dist_info().is_main:
-            said = stop if isinstance(stop, Interrupted) else \
-                'stopped at once by Ctrl-C while no training was under way'
-            print(f'train.py: {said}; resume with: {resume_command("train.py", argv, dist_info())}',
-                  file=sys.stderr, flush=True)
-        return 128 + signal.SIGINT
-    except (OSError, ValueError) as err:  # our errors are one line each; OSError covers a full disk
-        close_bars()
-        rank = dist_info().rank
-        print(f'train.py: error{f" (rank {rank})" if rank else ""}: {err}', file=sys.stderr, flush=True)
-        return 2
+    except RUN_ENDINGS as err:
+        return failed_run_exit('train.py', argv, err)
     finally:
         close_distributed()
     if dist_info().is_main:

@@ -31,10 +31,11 @@ import torch
 import untrusted
 from checkpoint import (STATE_FORMAT, StateWriter, check_writable, load_training_state, rank_record,
                         safetensors_metadata, save_training_state)
-from distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed, resolve_device, wrap_ddp
+from distributed import (DistInfo, all_reduce_sum, close_distributed, dist_info, gather_objects, init_distributed,
+                         resolve_device, wrap_ddp)
 from loss import no_autocast
 from runlock import RunLock
-from utils import ResultLogger
+from utils import ResultLogger, close_bars
 
 
 class NonFiniteLoss(ValueError):
@@ -355,6 +356,30 @@ def save_state(run):
         with run.clock.phase('write'):
             save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer, ranks=ranks,
                                 identity=run.identity)
+
+
+def failed_run_exit(script, argv, err):
+    """Return the exit code of a training script (train.py, pretrain.py) whose run ended with err, after printing its
+    one line on stderr, progress bars closed first so that it is the last line: a stop signal (128 + the signal, with
+    the resume command), Ctrl-C at once (130, the same), or one of the project's errors (2)."""
+    close_bars()
+    info = dist_info()
+    if isinstance(err, Preempted):  # every rank stopped at the same update, its state saved
+        close_distributed(synchronize=True)
+        said, code = err, 128 + err.signum
+    elif isinstance(err, (Interrupted, KeyboardInterrupt)):  # Ctrl-C: at once, no rank waits for the others
+        said = err if isinstance(err, Interrupted) else 'stopped at once by Ctrl-C while no training was under way'
+        code = 128 + signal.SIGINT
+    else:
+        print(f'{script}: error{f" (rank {info.rank})" if info.rank else ""}: {err}', file=sys.stderr, flush=True)
+        return 2
+    if info.is_main:
+        print(f'{script}: {said}; resume with: {resume_command(script, argv, info)}', file=sys.stderr, flush=True)
+    return code
+
+
+# what failed_run_exit turns into an exit code: stops, Ctrl-C, and the project's one-line errors (OSError: a full disk)
+RUN_ENDINGS = (Preempted, Interrupted, KeyboardInterrupt, OSError, ValueError)
 
 
 def resume_command(script, argv=None, info=DistInfo()):

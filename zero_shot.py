@@ -14,7 +14,7 @@ from distributed import check_device
 from flags import PRECISIONS, add_weights_args
 from heuristics import TASKS, n_scored, read_zero_shot, score_zero_shot, scoring_lm
 from models import load_from_args
-from utils import progress
+from utils import close_bars, progress
 
 SPLIT_HELP = ('sst2, cola: dev (default) or train (cola: the threshold is always fitted on train); rocstories: test '
               '(default, the Story Cloze test CSV) or val (the whole val CSV); race: dev or test (default); dprd: train '
@@ -84,6 +84,7 @@ def main(argv=None):
     try:
         run(args)
     except (OSError, ValueError) as err:
+        close_bars()  # the error is the last line, after no bar's debris
         print(f'zero_shot.py: error: {err}', file=sys.stderr)
         return 2
     return 0
