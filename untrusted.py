@@ -58,7 +58,7 @@ def describe(err):
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     text = one_line(err)
-    if isinstance(err, (ValueError, BadFile)) and text:
+    if isinstance(err, ValueError) and text:
         return text
     return f'{type(err).__name__}: {text}' if text else type(err).__name__
 
@@ -85,11 +85,11 @@ def reading(path):
 
 
 def _named(path, err):
-    """Return err's message naming path: as is when it already names it (or a file inside it), else after it."""
+    """Return err's message naming path: as is when it begins with path (or a file inside it), else after it."""
     text = describe(err)
     if isinstance(err, OSError) and err.filename:
-        text = f'{err.filename}: {text}'
-    return text if path in text else f'{path}: {text}'
+        text = f'{os.fsdecode(err.filename)}: {text}'
+    return text if text.startswith(path) else f'{path}: {text}'
 
 
 # --- paths and files -------------------------------------------------------------------------------------------
@@ -105,9 +105,21 @@ def check_path_text(path, what='path'):
 
 
 def is_inside(path, folder):
-    """Return whether path, with every symlink resolved, lies inside folder (also resolved)."""
-    real, root = os.path.realpath(path), os.path.realpath(folder)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+    """Return whether path, with every symlink resolved, lies inside folder (also resolved) or, for a folder of the
+    Hugging Face hub's cache (`<repo>/snapshots/<revision>/`, whose files link to `<repo>/blobs/`), inside its blobs."""
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in trusted_roots(folder))
+
+
+def trusted_roots(folder):
+    """Return the resolved folders whose files a reader of folder may follow links into: folder itself and, for a
+    snapshot of the Hugging Face hub's cache, the blobs folder of the same repository."""
+    root = os.path.realpath(folder)
+    parent = os.path.dirname(root)
+    roots = [root]
+    if os.path.basename(parent) == 'snapshots':  # <repo>/snapshots/<revision>: its files are links to <repo>/blobs
+        roots.append(os.path.join(os.path.dirname(parent), 'blobs'))
+    return roots
 
 
 def contained(folder, name, source):
@@ -149,12 +161,6 @@ def open_regular(path, folder=None, missing=None):
     except BaseException:
         os.close(fd)
         raise
-
-
-def regular_size(path, folder=None, missing=None):
-    """Return the size in bytes of the regular file at path (checked as open_regular checks it)."""
-    with open_regular(path, folder, missing) as f:
-        return os.fstat(f.fileno()).st_size
 
 
 def read_bytes(path, folder=None, limit=None, what='file', missing=None):

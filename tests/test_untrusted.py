@@ -155,3 +155,28 @@ def test_run_limited_reports_memory_overruns_and_hangs():
     assert run_limited(np.ones, 1 << 30, memory=64 << 20)[0] == 'MemoryError'
     assert run_limited(time.sleep, 30, seconds=1) == ('hung', '')
     assert run_limited(np.ones, 10) == ('ok', '')
+
+
+def test_a_hugging_face_cache_snapshot_may_link_into_its_own_blobs_only(tmp_path):
+    repo = tmp_path / 'models--gpt2'
+    (repo / 'blobs').mkdir(parents=True)
+    snapshot = repo / 'snapshots' / 'abc123'
+    snapshot.mkdir(parents=True)
+    (repo / 'blobs' / 'f00d').write_bytes(b'weights')
+    (tmp_path / 'secret').write_bytes(b'key')
+    os.symlink('../../blobs/f00d', snapshot / 'model.safetensors')  # as huggingface_hub lays a download out
+    os.symlink(tmp_path / 'secret', snapshot / 'config.json')
+    assert untrusted.read_bytes(snapshot / 'model.safetensors', folder=snapshot) == b'weights'
+    with pytest.raises(BadFile, match='leads outside'):
+        untrusted.read_bytes(snapshot / 'config.json', folder=snapshot)
+    elsewhere = tmp_path / 'snapshots' / 'x'  # a folder merely named like a snapshot gains only its own ../../blobs
+    elsewhere.mkdir(parents=True)
+    os.symlink(repo / 'blobs' / 'f00d', elsewhere / 'w')
+    with pytest.raises(BadFile, match='leads outside'):
+        untrusted.read_bytes(elsewhere / 'w', folder=elsewhere)
+
+
+def test_an_error_under_a_short_folder_name_is_still_named():
+    with pytest.raises(BadFile, match=r"^m: cannot reshape array"):
+        with untrusted.reading('m'):
+            raise ValueError('cannot reshape array of size 3 into shape (2,)')
