@@ -26,7 +26,7 @@ LOG_KINDS = {'train.py': ('the .jsonl that train.py writes', 'train.py writes it
 # reported finite, which the scripts always log)
 LOG_COUNTERS = ('n_updates', 'n_epochs', 'tokens')
 LOG_SCORES = ('tr_cost', 'va_cost', 'tr_acc', 'va_acc', 'train_loss', 'val_loss', 'val_ppl', 'tokens_per_s', 'lr')
-FINITE_SCORES = ('va_acc', 'val_loss')
+FINITE_SCORES = ('va_acc',)  # a loss may be NaN or infinite (an fp16 overflow): drawn as a gap, never the best
 MAX_LOG_BYTES = 1 << 30  # a log of a run with an evaluation every update for a year is smaller
 
 
@@ -201,7 +201,8 @@ def pretrain_report(log_path):
     records = [r for r in read_log(log_path, 'pretrain.py') if r.get('val_loss') is not None]
     if not records:
         raise BadFile(f'{log_path}: no val_loss entries; pass the log.jsonl that pretrain.py writes', log_path)
-    best = min(records, key=lambda r: r['val_loss'])
+    # NaN (an overflowed evaluation) is never the best; min() would take it when it comes first
+    best = min(records, key=lambda r: r['val_loss'] if math.isfinite(r['val_loss']) else math.inf)
     last = records[-1]
     print(f"{len(records)} evaluations, last at update {last['n_updates']}: val loss {last['val_loss']:.4f} "
           f"(perplexity {math.exp(min(last['val_loss'], 700.0)):.2f})")

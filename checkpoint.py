@@ -363,24 +363,45 @@ def save_training_state(path, model, opt, progress, writer=None, ranks=None, ide
     return write_tensors(path, tensors, metadata={'state': json.dumps(meta)}, writer=writer)
 
 
+STATE_WHAT = 'a safetensors training state'
+
+
+def state_from_metadata(metadata, path):
+    """Return the state dict in a training state's safetensors metadata, or raise a one-line BadFile naming path when
+    it is not one of this version: its JSON read with a depth limit (NaN allowed: a log may hold a NaN loss), its
+    format checked."""
+    text = metadata.get('state')
+    if not isinstance(text, str):
+        raise BadFile(f'{path} is not a training state of this port (a safetensors file without its state)', path)
+    meta = untrusted.parse_json(text, path, constants=True)
+    found = meta.get('format') if isinstance(meta, dict) else None
+    if found != STATE_FORMAT:
+        if isinstance(found, str) and found.startswith(('gpt1-train-state-', 'gpt-train-state-')):
+            raise BadFile(f'{path} is a training state of another version of this port ({found[:120]}; this version '
+                          f'resumes {STATE_FORMAT}): finish that run with its version, or start afresh', path)
+        raise BadFile(f'{path} is not a training state of this port (format {show(found)})', path)
+    return meta
+
+
 def read_training_state(path):
     """Return (metadata dict, {name: tensor}) of a training state file, or raise a one-line BadFile saying why it is
     not one this version can resume (a MissingFile when there is none). Only the file's kind is checked here (a
     safetensors file, read as read_safetensors reads it; its metadata JSON with a depth limit; its format);
     load_training_state checks the rest before restoring anything."""
     with untrusted.reading(path):
-        meta, tensors = read_safetensors(path, 'a safetensors training state',
-                                         ': truncated or damaged; delete it to start afresh',
-                                         missing='nothing to resume (run without --resume to start afresh)')
-        meta = untrusted.parse_json(meta.get('state', '{}'), path)
-        found = meta.get('format') if isinstance(meta, dict) else None
-        if found != STATE_FORMAT:
-            if isinstance(found, str) and found.startswith(('gpt1-train-state-', 'gpt-train-state-')):
-                raise BadFile(f'{path} is a training state of another version of this port ({found[:120]}; this '
-                              f'version resumes {STATE_FORMAT}): finish that run with its version, or start afresh',
-                              path)
-            raise BadFile(f'{path} is not a training state of this port (format {show(found)})', path)
-        return meta, tensors
+        metadata, tensors = read_safetensors(path, STATE_WHAT, ': truncated or damaged; delete it to start afresh',
+                                             missing='nothing to resume (run without --resume to start afresh)')
+        return state_from_metadata(metadata, path), tensors
+
+
+def read_state_metadata(path):
+    """Return the state dict (identity, progress, ...) of the training state at path, from its safetensors header
+    only (no tensor read), checked as read_training_state checks it; a BadFile (MissingFile) otherwise."""
+    with untrusted.reading(path):
+        meta = state_from_metadata(safetensors_metadata(path, what=STATE_WHAT), path)
+        if not isinstance(meta.get('progress'), dict):
+            raise BadFile(f'{path} is not a training state of this port (no progress record)', path)
+        return meta
 
 
 def identity_mismatch(saved, identity):

@@ -29,7 +29,7 @@ from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from trainer import (RUN_ENDINGS, PhaseClock, Run, autocast_context, failed_run_exit, format_phases, open_log,
                      phase_record, run_identity, save_state, stop_if_requested, to_tensors, update_phase)
-from untrusted import int_field
+from untrusted import BadFile, int_field
 from utils import encode_dataset, iter_data
 from utils import progress as progress_bar
 from weights import WEIGHTS_SOURCE, detect_family, detect_format, released_names
@@ -554,6 +554,20 @@ def train(run, data):
                 stop_if_requested(run, saved=True)
 
 
+def check_progress_fits(progress, n_train, n_batch_train, n_iter, path):
+    """Raise a BadFile naming path when a restored progress does not fit this run's data (its epoch order another
+    length than the training set, its batch or epoch past the run's end); the identity check makes that impossible
+    for a state this run wrote, so only a damaged or crafted file meets it."""
+    order = progress['order']
+    n_batches = n_train // n_batch_train
+    if order is not None and len(order) != n_train:
+        raise BadFile(f'{path} orders {len(order)} training examples, this run has {n_train}: not this run\'s state', path)
+    if progress['epoch'] > n_iter or progress['batch'] > n_batches or \
+            (progress['epoch'] == n_iter and progress['batch']):
+        raise BadFile(f"{path} stands at epoch {progress['epoch']}, batch {progress['batch']}, past this run's "
+                      f"{n_iter} epochs of {n_batches} batches: not this run's state", path)
+
+
 def run_paths(args):
     """Return the files a run writes: log, best weights, training state, submission, summary."""
     return dict(log=os.path.join(args.log_dir, f'{args.desc}.jsonl'),
@@ -624,6 +638,7 @@ def run_locked(run, t0):
         run.identity = run_identity(args, RESUME_IDENTITY, model, n_batch_train=n_batch_train)
         run.rank_keys = ('train_time',)
         run.progress = progress = run.restore(new_progress()) or new_progress()  # after wrap: this rank's random states
+        check_progress_fits(progress, n_train, n_batch_train, args.n_iter, paths['state'])
         if args.resume and info.is_main:
             print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 import untrusted
-from checkpoint import (STATE_FORMAT, StateWriter, check_writable, load_training_state, rank_record,
-                        safetensors_metadata, save_training_state)
+from checkpoint import (StateWriter, check_writable, load_training_state, rank_record,
+                        read_state_metadata, save_training_state)
 from distributed import (DistInfo, all_reduce_sum, close_distributed, dist_info, gather_objects, init_distributed,
                          resolve_device, wrap_ddp)
 from loss import no_autocast
@@ -158,6 +158,13 @@ class Run:
         restart = getattr(args, 'restart', False)
         if restart and args.resume:
             raise ValueError('--restart starts the run over, --resume continues it: give one of them')
+        if restart and restarted_attempt():
+            # the same command again after a failure (torchrun --max-restarts, a requeued job): its first attempt
+            # started over, so this one continues that attempt's state instead of deleting it again
+            restart, args.restart, args.resume = False, False, 'auto'
+            if info.is_main:
+                print('--restart: this is a restarted attempt of the job, so it continues the state the first attempt '
+                      'began (as --resume auto)', flush=True)
         if args.resume == 'auto':
             args.resume = os.path.isfile(paths['state'])
             if info.is_main:
@@ -175,10 +182,12 @@ class Run:
             # every rank reads the same file before any rank can write it (the process group is not joined yet), so
             # all decide alike; with --restart only the main rank deletes it (under the lock) and none reads it
             if not args.resume and not restart and standing is not None:
-                check_not_unfinished(paths['state'], standing)
-            if restart and info.is_main and os.path.lexists(paths['state']):
+                check_not_unfinished(paths['state'], standing)  # an unfinished run's state is never overwritten
+            if not args.resume and info.is_main and os.path.lexists(paths['state']):
+                # a finished run's state (or with --restart any state) goes now, not at this run's first save: a run
+                # stopped before that save must not leave it behind for --resume auto to take for this run's own
                 os.remove(paths['state'])
-                print(f"--restart: removed {paths['state']}; starting over", flush=True)
+                print(f"{'--restart' if restart else 'starting afresh'}: removed {paths['state']}", flush=True)
             init_distributed(info, device)
         except BaseException:
             run.end()
@@ -189,13 +198,19 @@ class Run:
     @contextmanager
     def stop_signals(self):
         """Within the block (the training loop), a stop signal is recorded, and the run stops after the update in
-        progress (stop_if_requested); outside it a signal acts as it would without this port: nothing unsaved is
-        lost there (before training nothing is trained, after it the last state is written)."""
+        progress (stop_if_requested); one that comes during the last update, its evaluation or its save ends the run
+        when the block ends (Preempted: the last state is saved, --resume auto finishes the run's remaining steps).
+        Outside the block a signal acts as it would without this port: nothing unsaved is lost there (before training
+        nothing is trained, after it the last state is written)."""
         self.stop.install()
         try:
             yield
         finally:
             self.stop.restore()
+        if self.stop.signum is not None:  # during the last update, its evaluation or save: the state is saved
+            with self.clock.phase('write'):
+                self.writer.wait()
+            raise Preempted(self.stop.signum, self.progress['n_updates'], self.paths['state'])
 
     def end(self):
         """Release what begin() took: the output folders' locks."""
@@ -234,7 +249,7 @@ class Run:
         if not self.info.is_main or state is None:
             return f'stopped at once by {how} {where}'
         try:
-            meta = state_metadata(state)
+            meta = read_state_metadata(state)
         except untrusted.MissingFile:
             return f'stopped at once by {how} {where}; no training state was saved ({state} does not exist){failed}'
         except untrusted.BadFile as err:
@@ -396,6 +411,11 @@ def resume_command(script, argv=None, info=DistInfo()):
     return ' '.join([launcher, script] + [shlex.quote(a) for a in kept] + ['--resume', 'auto'])
 
 
+def restarted_attempt():
+    """Return whether this process is a restarted attempt of its job: torchrun's --max-restarts, or SLURM's requeue."""
+    return any(int(os.environ.get(name, '0') or 0) > 0 for name in ('TORCHELASTIC_RESTART_COUNT', 'SLURM_RESTART_COUNT'))
+
+
 def stop_if_requested(run, saved):
     """After an update's evaluation and saves: when a stop signal reached some rank, save the training state (unless
     saved is True: the update just saved it), wait until it is on disk and raise Preempted (every rank alike)."""
@@ -412,22 +432,6 @@ class UnfinishedRun(ValueError):
     """A run would start afresh where an unfinished run's training state lies (and overwrite it)."""
 
 
-def state_metadata(path):
-    """Return the metadata dict (identity, progress, ...) of the training state at path, read from its safetensors
-    header only, or raise untrusted.BadFile (MissingFile when there is none) saying why it is not a state this
-    version reads."""
-    with untrusted.reading(path):
-        text = safetensors_metadata(path, what='a safetensors training state').get('state')
-        if not isinstance(text, str):
-            raise untrusted.bad(path, 'is not a training state (a safetensors header without its state)')
-        meta = untrusted.parse_json(text, path)
-        found = meta.get('format') if isinstance(meta, dict) else None
-        if found != STATE_FORMAT or not isinstance(meta.get('progress'), dict):
-            raise untrusted.bad(path, f'is not a training state this version reads (format {untrusted.show(found)}; '
-                                      f'this version reads {STATE_FORMAT})')
-        return meta
-
-
 def check_not_unfinished(path, standing):
     """Raise UnfinishedRun, one line naming --resume auto and --restart, when path holds the training state of a run
     that has not made its last update (standing(metadata) -> (finished, where it stands in words)), or a file there
@@ -437,7 +441,7 @@ def check_not_unfinished(path, standing):
         return
     choices = 'continue it with --resume auto, or start over with --restart (which deletes it)'
     try:
-        meta = state_metadata(path)
+        meta = read_state_metadata(path)
         with untrusted.reading(path):
             finished, where = standing(meta)
     except untrusted.BadFile as err:

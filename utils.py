@@ -243,15 +243,15 @@ class LineProgress:
             pass
 
     def close(self, quietly=False):
-        """End the bar: its last line when it counted something and is complete (or has no total), nothing when it is
-        not (an error or a stop ended it) or quietly."""
+        """End the bar: its last line when it counted something, is complete (or has no total) and is to be left (tqdm's
+        leave: a bar tqdm would erase writes none), nothing when it is not (an error or a stop ended it) or quietly."""
         if self.disable:
             return
         self.disable = True
         with LineProgress._lock:
             LineProgress._open.discard(self)
         complete = self.n > self.initial and (self.total is None or self.n >= self.total)
-        if complete and not quietly:
+        if complete and self.leave and not quietly:
             self._write()
 
     def __enter__(self):

@@ -93,11 +93,16 @@ def test_ctrl_c_stops_like_sigterm_and_the_same_command_never_overwrites_the_unf
     assert f'resuming at update {stopped} of 6' in capsys.readouterr().out
     assert state_updates(state) == 6 and (out / 'model.safetensors').is_file()
 
-    # the same command over a finished run may start (training replaced by Began: only whether it starts matters)
+    # the same command over a finished run may start (training replaced by Began: only whether it starts matters); it
+    # removes the finished state at once, so that a new run stopped before its first save leaves no old state behind
+    # for --resume auto to take for its own
+    finished = state.read_bytes()
     monkeypatch.setattr(pretrain, 'run_locked', began)
     with pytest.raises(Began):
         pretrain.main(argv)
-    assert state_updates(state) == 6
+    assert f'starting afresh: removed {state}' in capsys.readouterr().out
+    assert not state.exists()
+    state.write_bytes(finished)
 
     # the unfinished state again: --restart starts over on purpose, deleting it; not with --resume
     state.write_bytes(saved)
@@ -106,7 +111,7 @@ def test_ctrl_c_stops_like_sigterm_and_the_same_command_never_overwrites_the_unf
     assert state.read_bytes() == saved
     with pytest.raises(Began):
         pretrain.main(argv + ['--restart'])
-    assert f'--restart: removed {state}; starting over' in capsys.readouterr().out
+    assert f'--restart: removed {state}' in capsys.readouterr().out
     assert not state.exists()
 
 
@@ -222,7 +227,50 @@ def test_a_state_that_cannot_be_told_finished_is_refused_too(tmp_path, content):
     path = tmp_path / 'train_state.safetensors'
     path.write_bytes(content)
     with pytest.raises(untrusted.BadFile, match='train_state.safetensors'):
-        trainer.state_metadata(str(path))
+        checkpoint.read_state_metadata(str(path))
     with pytest.raises(trainer.UnfinishedRun, match=r'it may be an unfinished run.s: .* --restart'):
         trainer.check_not_unfinished(str(path), pretrain.state_standing)
     assert path.read_bytes() == content
+
+
+def test_a_stop_signal_during_the_last_update_ends_the_run_there_with_its_state_saved(tmp_path):
+    """The last update skips stop_if_requested (its evaluation and save come next); a signal then must still end the
+    run when the loop ends, not be forgotten (a sweep's next run would start, a scheduler's kill would follow)."""
+    from types import SimpleNamespace
+    run = trainer.Run(SimpleNamespace(), paths={'state': str(tmp_path / 'train_state.safetensors')},
+                      progress={'n_updates': 6})
+    before = signal.getsignal(signal.SIGTERM)
+    with run.stop_signals():
+        pass  # no signal: the run goes on
+    with pytest.raises(trainer.Preempted) as info:
+        with run.stop_signals():
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded by the run's handler, acted on when the block ends
+    assert info.value.signum == signal.SIGTERM and info.value.n_updates == 6
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize('variable', ['TORCHELASTIC_RESTART_COUNT', 'SLURM_RESTART_COUNT'])
+def test_restart_in_a_restarted_attempt_continues_the_state_its_first_attempt_began(tmp_path, monkeypatch, variable):
+    """torchrun --max-restarts and a requeued job run the same command again: --restart must not delete the progress
+    that the job's first attempt made since it started over."""
+    from types import SimpleNamespace
+    state = tmp_path / 'train_state.safetensors'
+    state.write_bytes(b'the first attempt\'s state')
+    paths = {'state': str(state)}
+    args = SimpleNamespace(device='cpu', resume=False, restart=True, seed=0)
+    monkeypatch.setenv(variable, '1')
+    with trainer.Run.begin(args, paths, [str(tmp_path)], [str(tmp_path / 'run.lock')]):
+        assert args.resume is True and args.restart is False
+    assert state.read_bytes() == b'the first attempt\'s state'
+    monkeypatch.setenv(variable, '0')  # the first attempt itself starts over
+    args = SimpleNamespace(device='cpu', resume=False, restart=True, seed=0)
+    with trainer.Run.begin(args, paths, [str(tmp_path)], [str(tmp_path / 'run.lock')]):
+        assert not state.exists()
+
+
+def test_a_bar_tqdm_would_erase_writes_no_closing_line():
+    kept, erased = io.StringIO(), io.StringIO()
+    for stream, leave in ((kept, True), (erased, False)):
+        for _ in utils.progress(range(3), file=stream, desc='evaluating', leave=leave):
+            pass
+    assert kept.getvalue().startswith('evaluating: 3/3 it (100%)') and erased.getvalue() == ''

@@ -2,6 +2,7 @@
 records. Each reader raises only untrusted.BadFile, one line naming the file (the line, and which script's log was
 expected); analysis.py's main prints it as one line and exits 2."""
 import json
+import math
 import os
 
 import pytest
@@ -60,8 +61,7 @@ def pretrain_readers(path):
 
 DAMAGED_LINES = [b'{"n_updates": 1, "va_acc": ', b'{not json', b'[1, 2]', b'"text"', b'17', b'null',
                  b'[' * 100000 + b']' * 100000, b'{"a": ' * 5000 + b'1' + b'}' * 5000,
-                 b'{"va_acc": 1}\xff\xfe', b'\x00\x00\x00', b'{"va_acc": 1e999}', b'{"va_acc": NaN}',
-                 b'{"val_loss": Infinity, "n_updates": 1}']
+                 b'{"va_acc": 1}\xff\xfe', b'\x00\x00\x00', b'{"va_acc": 1e999}', b'{"va_acc": NaN}']
 WRONG_VALUES = {'n_updates': [-1, 'x', 1.5, True, None, [], {}, 2 ** 70, 1e308],
                 'n_epochs': [-1, 'x', True], 'tokens': [-5, 'many'],
                 'va_acc': ['x', True, [], {}, [[[[1]]]], 10 ** 400], 'tr_cost': ['x', False, {'a': 1}, -10 ** 400],
@@ -211,3 +211,12 @@ def test_damaged_transfer_records_are_refused(tmp_path, capsys):
         analysis.main(['--transfer', str(path)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count('\n') == 1 and err.startswith(f'analysis.py: error: {path}')
+
+
+def test_a_pretrain_log_with_a_nan_loss_is_read_and_the_nan_is_never_the_best(tmp_path, capsys):
+    path = tmp_path / 'log.jsonl'
+    path.write_bytes(lines([PRETRAIN_LOG[0], {'n_updates': 10, 'val_loss': math.nan}] + PRETRAIN_LOG[1:]
+                           + [{'n_updates': 60, 'val_loss': math.inf}]))
+    analysis.pretrain_report(path)
+    out = capsys.readouterr().out
+    assert 'best val loss 4.0000 at update 50' in out and 'val loss inf' in out

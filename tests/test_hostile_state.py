@@ -486,3 +486,26 @@ def test_load_params_refuses_what_does_not_fit_and_copies_nothing(tmp_path):
     save_file(good, path)
     checkpoint.load_params(other, path)
     assert all(torch.equal(good[k], v) for k, v in other.state_dict().items() if k in good)
+
+
+def test_a_state_whose_log_holds_a_nan_loss_still_resumes_and_a_nan_counter_is_refused(base, target, tmp_path):
+    _, meta, tensors, _, _, _ = base
+    path, files = str(tmp_path / 'state.safetensors'), StateFiles(tensors)
+    logged = mutated(meta, ('progress', 'log'), meta['progress']['log'] + [{'n_updates': 2, 'val_loss': math.nan}])
+    files.write(path, logged)  # json.dumps writes NaN, as save_training_state does for a run whose loss overflowed
+    assert attempt(path, target) == 'loaded'
+    files.write(path, mutated(meta, ('progress', 'best'), math.nan))
+    assert attempt(path, target) != 'loaded'
+
+
+@pytest.mark.parametrize('change', [dict(order=list(range(11))), dict(epoch=4), dict(batch=6),
+                                    dict(epoch=3, batch=1)])
+def test_a_resumed_progress_that_does_not_fit_the_runs_data_is_refused(change):
+    """A checked state whose order or counters do not fit this run's data (10 examples, batches of 2, 3 epochs) would
+    fail mid-run with an IndexError: refused at resume, naming the file."""
+    import train
+    fits = dict(order=list(range(10))[::-1], epoch=1, batch=5, n_updates=10)
+    train.check_progress_fits(fits, 10, 2, 3, 'run/train_state.safetensors')
+    train.check_progress_fits(dict(fits, order=None, epoch=3, batch=0), 10, 2, 3, 'run/train_state.safetensors')
+    with pytest.raises(untrusted.BadFile, match=r"^run/train_state.safetensors .*not this run's state"):
+        train.check_progress_fits(dict(fits, **change), 10, 2, 3, 'run/train_state.safetensors')
