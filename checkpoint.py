@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import untrusted
+from opt import moment_dtype
 from untrusted import BadFile, show
 from utils import write_failure
 
@@ -302,21 +303,6 @@ def rng_state(device=None):
     return meta, tensors
 
 
-def set_rng_state(meta, tensors, device=None):
-    """Restore the RNG states returned by rng_state (the CUDA one onto device), after checking all of them: a state
-    that is not one is a ValueError saying which, and no generator is changed."""
-    if not isinstance(meta, dict) or not isinstance(tensors, dict) or not isinstance(tensors.get('torch'),
-                                                                                      torch.Tensor):
-        raise ValueError('random states must be ({python, numpy}, {torch: tensor, ...}) as rng_state returns them')
-    python = python_rng_state('python', meta.get('python'))
-    numpy = numpy_rng_state('numpy', meta.get('numpy'))
-    _check_generator_state('torch', tensors['torch'], None)
-    cuda = device is not None and torch.device(device).type == 'cuda' and 'cuda' in tensors
-    if cuda:
-        _check_generator_state('cuda', tensors['cuda'], device)
-    _apply_rng_state(python, numpy, tensors, device if cuda else None)
-
-
 def _apply_rng_state(python, numpy, tensors, device):
     """Set the checked random states: python's, numpy's global, torch's and, with a CUDA device, its own."""
     random.setstate(python)
@@ -589,11 +575,6 @@ def check_rank(r, record, own, device):
         if device is not None and torch.device(device).type == 'cuda':
             _check_generator_state(f'rng/{r}/cuda', t, device)
     return python, numpy, own
-
-
-def moment_dtype(p):
-    """Return the dtype of OpenAIAdam's moments of p: float32 for half-precision parameters, else p's own."""
-    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
 def check_optimizer_tensors(opt, steps, tensors, source):

@@ -68,7 +68,7 @@ SCHEDULES = {
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _state_dtype(p):
+def moment_dtype(p):
     """Return the dtype of the moments of p: float32 for half-precision parameters, else p's own dtype."""
     return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
 
@@ -220,8 +220,8 @@ class OpenAIAdam(Optimizer):
         # that starts training late thus gets the bias correction matching its own moments.
         if not state:
             state['step'] = 0
-            state['m'] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
-            state['v'] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
+            state['m'] = torch.zeros_like(p, dtype=moment_dtype(p), memory_format=torch.preserve_format)
+            state['v'] = torch.zeros_like(p, dtype=moment_dtype(p), memory_format=torch.preserve_format)
         return state
 
     def _update_loop(self, group, params, grads, scale):

@@ -27,8 +27,9 @@ from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_o
 from models import ARCHITECTURE_FLAGS, fill_architecture, load_tokenizer, read_with_flags, stated_architecture
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
-from trainer import (RUN_ENDINGS, PhaseClock, Run, autocast_context, failed_run_exit, format_phases, open_log,
-                     phase_record, run_identity, save_state, stop_if_requested, to_tensors, update_phase)
+from trainer import (RUN_ENDINGS, PhaseClock, Run, autocast_context, check_not_unfinished, failed_run_exit,
+                     format_phases, open_log, phase_record, run_identity, save_state, stop_if_requested, to_tensors,
+                     update_phase)
 from untrusted import BadFile, int_field
 from utils import encode_dataset, iter_data
 from utils import progress as progress_bar
@@ -727,12 +728,42 @@ def format_summary(summary):
     return 'done: ' + ', '.join(parts)
 
 
-def run_seeds(args):
-    """Run args.n_runs seeds in turn (desc <desc>_seed<k>); return (per-run summaries, statistics dict)."""
-    summaries = []
+def seed_runs(args):
+    """Return the arguments of each of args.n_runs seeds' runs (desc <desc>_seed<k>)."""
+    runs = []
     for k in range(args.n_runs):
         run_args = argparse.Namespace(**vars(args))
         run_args.seed, run_args.desc = args.seed + k, f'{args.desc}_seed{args.seed + k}'
+        runs.append(run_args)
+    return runs
+
+
+def transfer_runs(args):
+    """Return [(K, the arguments of its seed sweep)] for each value K of the --n_transfer list (desc
+    <desc>_transfer<K>)."""
+    points = []
+    for k in args.transfer_sweep:
+        sub = argparse.Namespace(**vars(args))
+        sub.n_transfer, sub.transfer_sweep, sub.desc = k, None, f'{args.desc}_transfer{k}'
+        points.append((k, sub))
+    return points
+
+
+def check_sweep_states(args):
+    """Refuse a sweep (--n_runs, a --n_transfer list) that would start afresh over any of its runs' unfinished states,
+    before its first run: each run checks its own when it begins, but only after the runs before it were trained
+    again (without --resume, a finished run's outputs are replaced)."""
+    if args.resume or args.restart:
+        return
+    sweeps = [sub for _, sub in transfer_runs(args)] if args.transfer_sweep else [args]
+    for run_args in (run for sweep in sweeps for run in seed_runs(sweep)):
+        check_not_unfinished(run_paths(run_args)['state'], state_standing)
+
+
+def run_seeds(args):
+    """Run args.n_runs seeds in turn (desc <desc>_seed<k>); return (per-run summaries, statistics dict)."""
+    summaries = []
+    for run_args in seed_runs(args):
         summaries.append(dict(run(run_args), seed=run_args.seed, desc=run_args.desc))
         if dist_info().is_main:
             print(format_summary(summaries[-1]), flush=True)
@@ -746,9 +777,7 @@ def run_transfer_sweep(args):
     """Run args.n_runs seeds for each value of the --n_transfer list (desc <desc>_transfer<K>_seed<k>); return the
     sweep's record: the metric and, per value, the runs' statistics and summaries."""
     points = []
-    for k in args.transfer_sweep:
-        sub = argparse.Namespace(**vars(args))
-        sub.n_transfer, sub.transfer_sweep, sub.desc = k, None, f'{args.desc}_transfer{k}'
+    for k, sub in transfer_runs(args):
         summaries, stats = run_seeds(sub)
         points.append(dict(stats, n_transfer=k, runs=summaries))
     return dict(metric=points[0]['metric'], dataset=args.dataset, desc=args.desc, n_runs=args.n_runs, points=points)
@@ -769,6 +798,8 @@ def main(argv=None):
     if dist_info().is_main:
         print(json.dumps(vars(args)), flush=True)
     try:
+        if args.transfer_sweep or args.n_runs > 1:
+            check_sweep_states(args)
         if args.transfer_sweep:
             record = run_transfer_sweep(args)
             if dist_info().is_main:

@@ -274,3 +274,16 @@ def test_a_bar_tqdm_would_erase_writes_no_closing_line():
         for _ in utils.progress(range(3), file=stream, desc='evaluating', leave=leave):
             pass
     assert kept.getvalue().startswith('evaluating: 3/3 it (100%)') and erased.getvalue() == ''
+
+
+def test_a_sweep_over_an_unfinished_later_run_is_refused_before_its_first_run(workdir, tmp_path, monkeypatch, capsys):
+    """--n_runs 2 with the second seed's run unfinished: refused at once, not after the first was trained again."""
+    argv = roc_cli_args(workdir, '--log_dir', str(tmp_path / 'log'), '--save_dir', str(tmp_path / 'save'),
+                        '--submission_dir', str(tmp_path / 'sub'), '--n_runs', '2')
+    state = tmp_path / 'save' / 'tiny_seed43' / 'train_state.safetensors'  # the second seed's run (--seed 42 + 1)
+    saved = write_state(state, dict(epoch=1, n_updates=7), {'--n_iter': 2})
+    started = []
+    monkeypatch.setattr(train, 'run', lambda run_args: started.append(run_args.desc))
+    assert train.main(argv) == 2
+    assert started == [] and f'{state} holds the training state of an unfinished run' in capsys.readouterr().err
+    assert state.read_bytes() == saved
