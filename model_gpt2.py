@@ -32,8 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import model_pytorch
-from model_pytorch import (INT_LOWS, MLP, Attention, DoubleHeadModel, LayerNorm, TransformerBase, check_fields,
-                           check_heads, checkpoint_sizes, clone_config, config_from_args, copy_arrays, special_rows)
+from model_pytorch import (MLP, Attention, DoubleHeadModel, LayerNorm, TransformerBase, check_fields, checkpoint_sizes,
+                           clone_config, config_from_args, copy_arrays, special_rows)
 from weights import GPT2_SIZES
 
 # The released sizes (openai/gpt-2's download_model.py names them by their parameter count).
@@ -63,8 +63,7 @@ class GPT2Config:
     def check(self):
         """Raise a plain ValueError naming the first field the model cannot be built with (a reader of a file wraps
         it to name the file); numpy scalars become Python's."""
-        check_fields(self, INT_LOWS)
-        check_heads(self, f'give the n_head of a GPT-2 size ({preset_names()})')
+        check_fields(self, f'give the n_head of a GPT-2 size ({preset_names()})')
 
     @property
     def n_rows(self):

@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from untrusted import BadFile, choice_field, fraction_field, int_field, show
-from weights import block_keys, detect_format, read_checkpoint, read_released
+from untrusted import BadFile, show
+from weights import AFNS, block_keys, check_config_fields, detect_format, read_checkpoint, read_released
 
 
 def gelu(x):
@@ -34,47 +34,17 @@ def swish(x):
 
 
 ACT_FNS = {'relu': F.relu, 'swish': swish, 'gelu': gelu}
+assert set(ACT_FNS) == set(AFNS), 'weights.AFNS names the activations a config may state'
 
 
-# The lowest value of each size field: a model of no blocks is a valid (embeddings-only) model; no special rows is
-# the usual case; a table needs tokens and positions. The highest: untrusted.SIZE_LIMITS.
-INT_LOWS = {'n_embd': 1, 'n_head': 1, 'n_layer': 0, 'n_vocab': 1, 'n_special': 0, 'n_ctx': 1}
-FRACTION_FIELDS = ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop')
-
-
-def plain_value(value):
-    """Return a numpy scalar as the Python int, float or bool it holds; any other value as it is."""
-    if isinstance(value, np.generic) and isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    return value
-
-
-def check_fields(cfg, int_lows, choices=None):
-    """Check every field of a config dataclass by type and range, in declaration order, turning numpy scalars into
-    Python's: the sizes in int_lows are ints (not bools) in [low, untrusted.SIZE_LIMITS], the dropouts finite in
-    [0, 1), the fields in choices one of theirs, checkpoint_activations a bool; a plain ValueError names the first bad
-    field."""
-    choices = choices or {}
-    for f in dataclasses.fields(cfg):
-        name = f.name
-        value = plain_value(getattr(cfg, name))
-        if name in int_lows:
-            value = int_field(name, value, low=int_lows[name])
-        elif name in FRACTION_FIELDS:
-            value = fraction_field(name, value)
-        elif name in choices:
-            value = choice_field(name, value, choices[name])
-        elif name == 'checkpoint_activations':
-            if not isinstance(value, bool):
-                raise ValueError(f'checkpoint_activations must be true or false, not {show(value)}')
+def check_fields(cfg, hint):
+    """Check every field of a config dataclass by weights.check_config_fields' rules (the one place that owns them:
+    sizes ints, not bools, within untrusted.SIZE_LIMITS, dropouts finite in [0, 1), afn one of ACT_FNS,
+    checkpoint_activations a bool, n_head dividing n_embd; hint: what to give instead of such an n_head), in
+    declaration order, turning numpy scalars into Python's; a plain ValueError names the first bad field."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for name, value in check_config_fields(fields, hint=hint).items():
         setattr(cfg, name, value)
-
-
-def check_heads(cfg, hint):
-    """Raise a ValueError when n_head does not divide n_embd (hint: what to give instead)."""
-    if cfg.n_embd % cfg.n_head:
-        raise ValueError(f'n_head={cfg.n_head} does not divide n_embd={cfg.n_embd} (n_embd must be divisible by '
-                         f'n_head): {hint}')
 
 
 @dataclass(slots=True)
@@ -100,8 +70,7 @@ class GPTConfig:
     def check(self):
         """Raise a plain ValueError naming the first field the model cannot be built with (a reader of a file wraps
         it to name the file); numpy scalars become Python's."""
-        check_fields(self, INT_LOWS, {'afn': ACT_FNS})
-        check_heads(self, 'give the n_head the weights were trained with (the released GPT-1 has 12)')
+        check_fields(self, 'give the n_head the weights were trained with (the released GPT-1 has 12)')
 
     @property
     def n_rows(self):
@@ -662,7 +631,7 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
     path may also be this project's safetensors folder (model.safetensors + config.json) or a transformers
     openai-gpt folder or weights file, e.g. the output of pretrain.py: loaded the same way (their special rows
     are not used). The files are read by weights.py; ckpt: a Checkpoint already read from path (then path only
-    names it in messages).
+    names it in messages; verify=True with a ckpt is refused: it was read without being verified here).
 
     As the original train.py: positions cropped to n_ctx, then `we = [tokens; special; positions]`
     with the special rows drawn as `np.random.randn(n_special, n_embd) * 0.02` from numpy's global
@@ -674,6 +643,9 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
     blocks: a block the weights do not hold is never left randomly initialised silently.
     """
     transformer = getattr(model, 'transformer', model)
+    if ckpt is not None and verify:
+        raise ValueError(f'verify=True with a checkpoint already read from {path}: verify it while reading it '
+                         f'(weights.read_checkpoint(path, verify=True)), or pass no ckpt')
     if ckpt is None and detect_format(path) == 'released':
         ckpt = read_released(path, verify=verify)
     elif ckpt is None and verify:
@@ -716,7 +688,14 @@ def checkpoint_config(ckpt, n_ctx=None, n_special=None, config_class=GPTConfig):
     """Return the config (a GPTConfig, or config_class) of a Checkpoint: the architecture its files state, the config's
     defaults for what they do not (GPT-1: the released 12 heads and gelu), its sizes (n_ctx and n_special when
     given). A field of the wrong type or range is a BadFile naming the file it was read from (ckpt.source; a plain
-    ValueError when the checkpoint names none, as released shards, whose n_head and afn come from the caller)."""
+    ValueError when the checkpoint names none, as released shards, whose n_head and afn come from the caller); a bad
+    n_ctx or n_special argument is a plain ValueError naming the argument."""
+    for name, value in (('n_ctx', n_ctx), ('n_special', n_special)):  # the caller's: never blamed on the file
+        if value is not None:
+            try:
+                check_config_fields({name: value})
+            except ValueError as err:
+                raise ValueError(f'the argument {name}={show(value)}: {err}') from None
     fields = dict(ckpt.config, n_embd=ckpt.n_embd, n_layer=ckpt.n_layer, n_vocab=ckpt.n_vocab,
                   n_special=ckpt.n_special if n_special is None else n_special,
                   n_ctx=ckpt.n_pos if n_ctx is None else n_ctx)

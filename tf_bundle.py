@@ -39,7 +39,7 @@ The files are untrusted (docs/trust.md): only regular files are read (no FIFO, d
 leaving the checkpoint's folder), every path the ``checkpoint`` file names stays inside its
 folder, the index is at most INDEX_MAX_BYTES, a key at most MAX_KEY_BYTES (the keys built from
 prefix compression at most KEY_BYTES_PER_BYTE times the index's size), a protobuf message at
-most MAX_FIELDS fields, a shape at most MAX_DIMS dimensions; every tensor's byte range is checked
+most MAX_FIELDS fields, a shape at most MAX_TF_DIMS dimensions; every tensor's byte range is checked
 against the data file's size on disk before anything is allocated, ranges of different tensors
 may not overlap, and each is read at most once (a caller may skip the tensors it does not use).
 """
@@ -83,7 +83,7 @@ MAX_KEY_BYTES = 1024           # a tensor name (TensorFlow's longest real ones a
 KEY_BYTES_PER_BYTE = 16        # keys rebuilt from prefix compression: at most this many bytes per index byte
 KEY_BYTES_SLACK = 1 << 20      # ... plus this much
 MAX_FIELDS = 1024              # fields of one protobuf message (an entry has 6, a shape one per dimension)
-MAX_DIMS = 32                  # dimensions of a tensor (numpy's limit is 32 before numpy 2, 64 since)
+MAX_TF_DIMS = 32               # dimensions of a tensor (numpy's limit is 32 before numpy 2, 64 since)
 STATE_MAX_BYTES = 1 << 20      # the `checkpoint` file: a few lines
 
 _FIX_INDEX = 'the index is damaged or incomplete: download the checkpoint again'
@@ -463,8 +463,8 @@ def _parse_shape(data, name):
             continue
         if wire != 2:
             raise _Problem(f'the shape of tensor {name!r} has a dim of wire type {wire}')
-        if len(dims) >= MAX_DIMS:
-            raise _Problem(f'tensor {name!r} has more than {MAX_DIMS} dimensions, more than any array can have')
+        if len(dims) >= MAX_TF_DIMS:
+            raise _Problem(f'tensor {name!r} has more than {MAX_TF_DIMS} dimensions, more than any array can have')
         size = _int_field(_proto_fields(value, f'a dim of tensor {name!r}'), 1, 64, 'dim size')
         if size < 0:
             raise _Problem(f'tensor {name!r} has a dimension of unknown size ({size})')
@@ -744,8 +744,8 @@ def _state_paths(text):
 def latest_checkpoint(directory, path=None):
     """Return the prefix named by `directory/checkpoint` (like tf.train.latest_checkpoint), or by the file at path (e.g.
     a download's .part) with names relative to directory. Every path the file names (model_checkpoint_path and
-    all_model_checkpoint_paths) must be a relative one inside directory: another is refused without saying whether
-    it exists."""
+    all_model_checkpoint_paths) must lie inside directory (a relative one is taken from it; an absolute one, as
+    tf.train.Saver writes, must be inside it): another is refused without saying whether it exists."""
     directory = untrusted.check_path_text(directory, 'folder')
     path = os.path.join(directory, 'checkpoint') if path is None else untrusted.check_path_text(path)
     with untrusted.reading(path):

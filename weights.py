@@ -102,14 +102,23 @@ GPT2_FILES = ('hparams.json', 'checkpoint', 'model.ckpt.index', 'model.ckpt.data
 GPT2_VOCAB_SHA256 = {'encoder.json': '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783',
                      'vocab.bpe': '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5'}
 SIZE_KEYS = ('n_vocab', 'n_special', 'n_ctx', 'n_embd', 'n_layer')  # config fields the arrays' shapes give
-AFNS = ('gelu', 'relu', 'swish')  # model_pytorch.ACT_FNS: the activations a GPT-1 config may name
-PDROPS = ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop')  # the dropout rates of a config
+AFNS = ('gelu', 'relu', 'swish')  # the activations a GPT-1 config may name (model_pytorch.ACT_FNS holds these)
+# The rules of every config field a file (or a model's config) may state, in one place: check_config_fields applies
+# them for every reader here and for model_pytorch's and model_gpt2's configs. A size is an int (not a bool) in
+# [low, its untrusted.SIZE_LIMITS bound]: a model of no blocks is a valid (embeddings-only) model, no special rows the
+# usual case, a table needs tokens and positions. transformers' names of sizes count the same rows (vocab_size: the
+# tokens and the special rows).
+SIZE_LOWS = {'n_embd': 1, 'n_head': 1, 'n_layer': 0, 'n_vocab': 1, 'n_special': 0, 'n_ctx': 1}
+HF_SIZE_NAMES = {'vocab_size': ('n_vocab', SIZE_LIMITS['n_vocab'] + SIZE_LIMITS['n_special']),
+                 'n_positions': ('n_ctx', SIZE_LIMITS['n_ctx'])}  # transformers' name -> (our field, its bound)
+PDROPS = ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop', 'summary_first_dropout')  # transformers': the last
+BOOL_FIELDS = ('checkpoint_activations', 'scale_attn_weights', 'scale_attn_by_inverse_layer_idx')
 # The bounds of the files read here, far above any real one: params_shapes.json lists 12 short shapes per block
 # (1024 blocks take 250 kB), a config.json or a transformers index is a few kB.
 SHAPES_MAX_BYTES = 1 << 20
 CONFIG_MAX_BYTES = 4 << 20
 INDEX_MAX_BYTES = 16 << 20
-MAX_DIMS = 8  # no array of any format here has more than 3 dimensions
+MAX_DIMS = 8  # no array of any format here has more than 3 dimensions (tf_bundle.MAX_TF_DIMS: a TF index's bound)
 # The dtypes a safetensors or transformers file may hold: float32, and the half-precision float16 and bfloat16 that
 # real checkpoints are saved in (each converts to float32 exactly). Anything else (ints, bools, complex, float64) is
 # refused, never cast: the released formats hold float32 only.
@@ -117,16 +126,47 @@ SAFETENSORS_DTYPES = ('F32', 'F16', 'BF16')
 TORCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+class BadArgument(ValueError):
+    """A caller's argument (a command-line flag) that is refused: a plain ValueError naming the argument, never blamed
+    on a file."""
+
+
 def guarded(reader):
     """Return reader, an entry point whose first argument is the path it reads, run so that only a BadFile escapes
     it: the path is checked to be a file name, and any other error a damaged file causes (untrusted.reading) becomes
-    one line naming it."""
+    one line naming it. A BadArgument (a bad argument, not the file's fault) passes through as it is."""
     @wraps(reader)
     def entry_point(path, *args, **kwargs):
         path = untrusted.check_path_text(path)
         with untrusted.reading(path):
-            return reader(path, *args, **kwargs)
+            try:
+                return reader(path, *args, **kwargs)
+            except BadArgument as err:
+                refused = err
+        raise refused
     return entry_point
+
+
+def check_arguments(**arguments):
+    """Return {name: value} of the arguments given (not None) for config fields a file does not state (n_head, afn),
+    each checked by check_config_fields' rules; a bad one is a BadArgument naming it as its flag (--n_head)."""
+    given = {name: value for name, value in arguments.items() if value is not None}
+    for name, value in given.items():
+        try:
+            given.update(check_config_fields({name: value}))
+        except ValueError as err:
+            lead = f'unknown afn {show(value)} (--afn)' if name == 'afn' else f'--{name} {show(value)}'
+            raise BadArgument(f'{lead}: {err}') from None
+    return given
+
+
+def check_argument_heads(arguments, n_embd, path):
+    """Raise a BadArgument unless the n_head among the arguments (check_arguments') divides n_embd of the weights in
+    path."""
+    if 'n_head' in arguments and n_embd % arguments['n_head']:
+        n_head = arguments['n_head']
+        raise BadArgument(f'--n_head {n_head}: n_head={n_head} does not divide n_embd={n_embd} of the weights in '
+                          f'{path} (n_embd must be divisible by n_head)')
 
 
 # --- names --------------------------------------------------------------------------------------------------
@@ -467,13 +507,6 @@ class Checkpoint:
         return np.concatenate([self.tokens, self.special, self.positions[:n_ctx]], 0)
 
 
-def sniff_weights_file(path, folder=None):
-    """Return a description of what path holds when it is plainly not an .npy array, else None."""
-    with untrusted.open_regular(path, folder) as f:
-        head = f.read(512)
-    return sniff_npy_head(head)
-
-
 def sniff_npy_head(head):
     """Return a description of what a file starting with the bytes head holds when it is plainly not an .npy array,
     else None."""
@@ -604,6 +637,7 @@ def read_released(model_dir, n_head=None, afn=None, verify=False):
     """Return the Checkpoint in a released model/ folder; n_head and afn are not stored there (left out: the
     config's defaults, the released 12 heads and gelu). With verify, every file's SHA-1 is checked first
     (a dict {file name: SHA-1} checks against those instead of the released values)."""
+    config = check_arguments(n_head=n_head, afn=afn)  # the caller's, not the files': checked before any is read
     if verify:
         problems = released_problems(model_dir, expected=verify if isinstance(verify, dict) else None)
         if problems:
@@ -619,34 +653,52 @@ def read_released(model_dir, n_head=None, afn=None, verify=False):
     released = {'params_shapes.json': shapes_text,
                 'headers': [base64.b64encode(s.header).decode('ascii') for s in shards],
                 'sizes': [s.size for s in shards]}
-    config = {name: value for name, value in (('n_head', n_head), ('afn', afn)) if value is not None}
-    check_architecture(config, model_dir, tokens.shape[1])
+    check_argument_heads(config, tokens.shape[1], model_dir)
     special = np.zeros((0, tokens.shape[1]), np.float32)
     return Checkpoint(tokens, special, positions, blocks, config, released)
 
 
-def check_architecture(config, source, n_embd=None):
-    """Return config, the architecture fields a file (or the command line, for a format that does not store them)
-    states, after checking each one's type and range: n_head an int (not a bool) in [1, SIZE_LIMITS] dividing
-    n_embd, afn one of AFNS, each dropout a finite number in [0, 1), checkpoint_activations a bool; a bad one is a
-    BadFile naming source. Fields no config has are left to the model modules' checkpoint_config, which names them."""
+def check_config_fields(fields, source=None, n_embd=None, lows=None, hint=None):
+    """Return a copy of fields (a dict of config fields, from a file or a model's config) with every field it holds
+    that a config may state checked by its rule, in its order, numpy scalars turned into Python's: the sizes
+    (SIZE_LOWS, and transformers' HF_SIZE_NAMES; lows overrides a least value) ints (not bools) within
+    untrusted.SIZE_LIMITS, each dropout (PDROPS) a finite number in [0, 1), afn one of AFNS, the switches (BOOL_FIELDS)
+    bools; then n_head must divide n_embd (the fields' n_embd, else the n_embd of the weights given; hint: what to
+    give instead). Other fields are left to the caller. A bad field is a plain ValueError naming it, a BadFile naming
+    source when source is given (the fields were read from that file)."""
+    lows = dict(SIZE_LOWS, **(lows or {}))
+    checked = dict(fields)
     try:
-        if 'n_head' in config:
-            n_head = untrusted.int_field('n_head', config['n_head'], 1)
-            if n_embd is not None and n_embd % n_head:
-                raise ValueError(f'n_head={n_head} does not divide n_embd={n_embd} of its weights (n_embd must be '
-                                 f'divisible by n_head)')
-        if 'afn' in config and not (isinstance(config['afn'], str) and config['afn'] in AFNS):
-            raise ValueError(f'unknown afn {show(config["afn"])}: choose one of {list(AFNS)}')
-        for name in PDROPS:
-            if name in config:
-                untrusted.fraction_field(name, config[name])
-        if not isinstance(config.get('checkpoint_activations', False), bool):
-            raise ValueError(f'checkpoint_activations must be true or false, not '
-                             f'{show(config["checkpoint_activations"])}')
+        for name, value in fields.items():
+            if isinstance(value, np.generic) and isinstance(value, (np.integer, np.floating, np.bool_)):
+                value = value.item()
+            if name in lows:
+                value = untrusted.int_field(name, value, lows[name])
+            elif name in HF_SIZE_NAMES:
+                ours, high = HF_SIZE_NAMES[name]
+                value = untrusted.int_field(name, value, lows[ours], high)
+            elif name in PDROPS:
+                value = untrusted.fraction_field(name, value)
+            elif name == 'afn':
+                value = untrusted.choice_field(name, value, AFNS)
+            elif name in BOOL_FIELDS and not isinstance(value, bool):
+                raise ValueError(f'{name} must be true or false, not {show(value)}')
+            checked[name] = value
+        width, of = (checked['n_embd'], '') if 'n_embd' in checked else (n_embd, ' of its weights')
+        if 'n_head' in checked and width is not None:
+            check_heads(checked['n_head'], width, of, hint)
     except ValueError as err:
+        if source is None:
+            raise
         raise bad(source, err) from None
-    return config
+    return checked
+
+
+def check_heads(n_head, n_embd, of='', hint=None):
+    """Raise a ValueError when n_head does not divide n_embd (of: whose n_embd it is; hint: what to give instead)."""
+    if n_embd % n_head:
+        raise ValueError(f'n_head={n_head} does not divide n_embd={n_embd}{of} (n_embd must be divisible by n_head)'
+                         + (f': {hint}' if hint else ''))
 
 
 def check_no_special(ckpt, drop_special):
@@ -757,9 +809,11 @@ def random_released_arrays(rng, n_embd, n_layer, n_pos, n_vocab):
 # --- GPT-2's released TensorFlow checkpoints ------------------------------------------------------------------
 
 HPARAMS_MAX_BYTES = 1 << 16  # the released hparams.json is 95 bytes
-# The variables the GPT-2 reader uses: model/wte, model/wpe, every model/h{i}/... and model/ln_f/...; the others (an
-# optimizer's slots, global_step) are listed in Checkpoint.ignored and their data is not read.
-GPT2_TF_NAME = re.compile(r'model/(?:wte|wpe|h\d+/.+|ln_f/.+)', re.DOTALL)
+# The variables the GPT-2 reader uses: model/wte, model/wpe, every model/h{i}/... and model/ln_f/..., except Adam's
+# slots (model/h0/attn/c_attn/w/Adam and .../Adam_1, as a fine-tuning run saves them); the others (those slots,
+# global_step, anything outside model/) are listed in Checkpoint.ignored and their data is not read. A used name that
+# is no GPT-2 variable (model/h0/attn/foo) is refused as unexpected.
+GPT2_TF_NAME = re.compile(r'model/(?:wte|wpe|h\d+/.+|ln_f/.+)(?<!/Adam)(?<!/Adam_1)', re.DOTALL)
 GPT2_TF_BLOCK = re.compile(r'model/h(\d+)/')
 
 
@@ -771,15 +825,14 @@ def read_hparams(path):
         hparams = untrusted.read_json(path, limit=HPARAMS_MAX_BYTES, what='hparams.json',
                                       missing=f'a released GPT-2 folder holds it beside the checkpoint; it comes from '
                                               f'{GPT2_SOURCE}')
-        for key in GPT2_HPARAMS:
+        for key in GPT2_HPARAMS:  # every GPT-2 has a block: n_layer >= 1 too
             try:
-                untrusted.int_field(key, hparams.get(key), low=1)
+                check_config_fields({key: hparams.get(key)}, lows={'n_layer': 1})
             except ValueError as err:
                 raise untrusted.BadFile(f'{path} lacks or has a bad {key!r} ({err}): it needs the positive integers '
                                         f'{", ".join(GPT2_HPARAMS)}; download it again', path) from None
-        if hparams['n_embd'] % hparams['n_head']:
-            raise untrusted.bad(path, f'n_embd={hparams["n_embd"]} is not a multiple of n_head={hparams["n_head"]}: '
-                                      'no GPT-2 has these hparams; download it again')
+        check_config_fields({k: hparams[k] for k in GPT2_HPARAMS}, path,
+                            hint='no GPT-2 has these hparams; download it again')  # n_head dividing n_embd
     return hparams
 
 
@@ -896,15 +949,11 @@ def gpt2_content_problem(folder, name, size, path):
             return 'content', f'does not name {TF_PREFIX} as the checkpoint'
     elif name == 'model.ckpt.index':
         entries = tf_bundle.tf_checkpoint_entries(os.path.join(folder, TF_PREFIX), index_path=path)
-        want = gpt2_tensor_shapes(gpt2_hparams(size))
-        for entry in entries.values():
-            if entry.dtype != 'float32':
-                return 'content', f'not the index of GPT-2 {size}: variable {entry.name} has dtype {entry.dtype}, ' \
-                                  'not float32'
-        got = {e.name: list(e.shape) for e in entries.values()}
-        if got != want:
-            wrong = sorted(set(got) ^ set(want)) or [n for n in want if got[n] != want[n]]
-            return 'content', f'not the index of GPT-2 {size}: {wrong[0]} differs'
+        try:  # the reader's check, every variable counted as used: the released index holds no other
+            check_gpt2_entries(entries, list(entries), gpt2_hparams(size), path, f'the hparams of GPT-2 {size}')
+        except BadFile as err:
+            what = str(err)[len(path) + 2:] if str(err).startswith(f'{path}: ') else str(err)
+            return 'content', f'not the index of GPT-2 {size}: {what}'
     elif name.startswith('model.ckpt.data-'):
         tf_bundle.verify_tf_checkpoint(os.path.join(folder, TF_PREFIX), data_paths={0: path}, dtype='float32')
     return None, None
@@ -953,15 +1002,38 @@ def read_safetensors_with(path, read, folder=None):
 
 def load_safetensors_file(path, folder=None):
     """Return ({name: float32 numpy array}, metadata dict) of a .safetensors file, without pickle; a tensor of another
-    dtype than float32, float16 or bfloat16 is refused, never cast."""
+    dtype than float32, float16 or bfloat16 is refused, never cast. transformers' buffers (is_hf_buffer) are listed
+    with the value None, their dtype unchecked and their data not read."""
     def read(f):
-        safetensors_dtypes(f, path, SAFETENSORS_DTYPES)  # every dtype checked before any tensor is read
-        # float16 and bfloat16 convert to float32 exactly; through torch, as numpy has no bfloat16
-        return {k: f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()}, f.metadata() or {}
+        buffers = [k for k in f.keys() if is_hf_buffer(k)]
+        safetensors_dtypes(Without(f, buffers), path, SAFETENSORS_DTYPES)  # checked before any tensor is read
+        # float16 and bfloat16 convert to float32 exactly; through torch, as numpy has no bfloat16. The buffers
+        # (attention masks, position ids: ints or bools) are not read: they hold no weights
+        return ({k: None if k in buffers else f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()},
+                f.metadata() or {})
     return read_safetensors_with(path, read, folder)
 
 
-SIZE_LOWS = {'n_vocab': 1, 'n_special': 0, 'n_ctx': 1, 'n_embd': 1, 'n_layer': 0}  # the least of each size
+class Without:
+    """An open safetensors reader seen without some of its tensors (for checkpoint.safetensors_dtypes)."""
+
+    def __init__(self, reader, left_out):
+        self.reader, self.left_out = reader, set(left_out)
+
+    def keys(self):
+        """Return the names of the tensors not left out."""
+        return [k for k in self.reader.keys() if k not in self.left_out]
+
+    def get_slice(self, name):
+        """Return the reader's slice of a tensor."""
+        return self.reader.get_slice(name)
+
+
+def is_hf_buffer(key):
+    """Return whether key (of a transformers state dict, 'transformer.' prefix or not) names a buffer transformers
+    saves beside the weights (HF_BUFFER: GPT-2's attention masks, openai-gpt's position_ids), which may hold ints or
+    bools and is never read."""
+    return isinstance(key, str) and bool(HF_BUFFER.match(key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key))
 
 
 @guarded
@@ -975,17 +1047,12 @@ def read_safetensors(model_dir):
     family = config.get('family', 'gpt1')  # folders written before GPT-2 arrived state none
     if not (isinstance(family, str) and family in FAMILIES):
         raise bad(config_path, f'unknown family {show(family)}, expected one of {", ".join(FAMILIES)}')
-    sizes = {}
     for name in SIZE_KEYS + ('n_head',):
         if name not in config:
             raise bad(config_path, f'lacks the field {name!r}: write it with convert.py')
-        try:
-            sizes[name] = untrusted.int_field(name, config[name], SIZE_LOWS.get(name, 1))
-        except ValueError as err:
-            raise bad(config_path, err) from None
-    n_vocab, n_special, n_ctx, n_embd, n_layer = (sizes[k] for k in SIZE_KEYS)
-    architecture = check_architecture({k: v for k, v in config.items() if k not in CONFIG_KEYS + SIZE_KEYS},
-                                      config_path, n_embd)
+    fields = check_config_fields({k: v for k, v in config.items() if k not in CONFIG_KEYS}, config_path)
+    n_vocab, n_special, n_ctx, n_embd, n_layer = (fields[k] for k in SIZE_KEYS)
+    architecture = {k: v for k, v in fields.items() if k not in SIZE_KEYS}
     path = os.path.join(model_dir, WEIGHTS_NAME)
     tensors, metadata = load_safetensors_file(path, model_dir)
     tables = {'gpt1': [('embed.weight', (n_vocab + n_special + n_ctx, n_embd))],
@@ -1052,7 +1119,8 @@ def hf_weights_file(path):
 
 @guarded
 def load_hf_state(weights_path):
-    """Return {key: float32 array} of a transformers weights file (safetensors, index or torch state dict)."""
+    """Return {key: float32 array} of a transformers weights file (safetensors, index or torch state dict); its
+    buffers (is_hf_buffer: attention masks, position ids) map to None, their data not read."""
     if weights_path.endswith('.index.json'):
         return load_hf_index(weights_path)
     if weights_path.endswith('.safetensors'):
@@ -1135,13 +1203,13 @@ def load_torch_state(path):
             kind = ('quantized' if value.is_quantized else str(value.layout).replace('torch.', '')
                     if value.layout != torch.strided else value.device.type)
             raise bad(path, f'tensor {show(key, 80)} is a {kind} tensor; only dense tensors are read')
-        if value.dtype not in TORCH_DTYPES:
+        if value.dtype not in TORCH_DTYPES and not is_hf_buffer(key):  # a buffer is listed, never read
             raise bad(path, f'tensor {show(key, 80)} holds {value.dtype} values; a weights file holds floats only '
                             f'(float32, or the half-precision float16 and bfloat16)')
         if value.numel() * value.element_size() > value.untyped_storage().nbytes():
             raise bad(path, f'tensor {show(key, 80)} of shape {tuple(value.shape)} is larger than the storage it views')
-    # float16 and bfloat16 convert to float32 exactly
-    return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()}
+    # float16 and bfloat16 convert to float32 exactly; transformers' buffers (masks, position ids) are not read
+    return {k: None if is_hf_buffer(k) else v.detach().to(torch.float32).numpy() for k, v in state.items()}
 
 
 @guarded
@@ -1203,32 +1271,17 @@ def hf_config_path(path, weights_path):
     return os.path.join(path if os.path.isdir(path) else os.path.dirname(weights_path) or '.', CONFIG_NAME)
 
 
-# transformers' config.json fields read here -> the SIZE_LIMITS bound (vocab_size counts tokens and special rows)
-HF_SIZE_FIELDS = {'vocab_size': SIZE_LIMITS['n_vocab'] + SIZE_LIMITS['n_special'], 'n_special': SIZE_LIMITS['n_special'],
-                  'n_positions': SIZE_LIMITS['n_ctx'], 'n_ctx': SIZE_LIMITS['n_ctx'], 'n_embd': SIZE_LIMITS['n_embd'],
-                  'n_layer': SIZE_LIMITS['n_layer'], 'n_head': SIZE_LIMITS['n_head']}
-HF_PDROPS = ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'summary_first_dropout')
-
-
 def check_hf_config(config, config_path):
-    """Return a transformers config.json dict after checking the type and range of every field read here (sizes ints
-    within SIZE_LIMITS, n_head dividing n_embd, dropouts in [0, 1), names strings, switches bools, the epsilon a
-    number); a bad one is a BadFile naming config_path."""
+    """Return a transformers config.json dict after checking the type and range of every field read here: the sizes,
+    dropouts, switches and n_head dividing n_embd by check_config_fields' rules (n_special may be null, as
+    pytorch-pretrained-bert writes it), names strings, the epsilon a number; a bad one is a BadFile naming
+    config_path."""
+    fields = {k: v for k, v in config.items() if k != 'afn' and not (k == 'n_special' and v is None)}
+    check_config_fields(fields, config_path)  # its afn is transformers' name, checked by hf_architecture
     try:
-        for name, high in HF_SIZE_FIELDS.items():
-            if name in config and not (name == 'n_special' and config[name] is None):  # pytorch-pretrained-bert: null
-                untrusted.int_field(name, config[name], 1 if name == 'n_head' else 0, high)
-        if 'n_head' in config and 'n_embd' in config and config['n_embd'] % config['n_head']:
-            raise ValueError(f'n_head={config["n_head"]} does not divide n_embd={config["n_embd"]}')
-        for name in HF_PDROPS:
-            if name in config:
-                untrusted.fraction_field(name, config[name])
         for name in ('model_type', 'afn', 'activation_function'):
             if name in config and not isinstance(config[name], str):
                 raise ValueError(f'{name} must be a string, not {show(config[name])}')
-        for name in ('scale_attn_weights', 'scale_attn_by_inverse_layer_idx'):
-            if name in config and not isinstance(config[name], bool):
-                raise ValueError(f'{name} must be true or false, not {show(config[name])}')
         eps = config.get('layer_norm_epsilon', LAYER_NORM_EPSILON)
         if not (is_int(eps) or isinstance(eps, float)):
             raise ValueError(f'layer_norm_epsilon must be a number, not {show(eps)}')
@@ -1257,6 +1310,9 @@ def read_transformers(path, n_vocab=None, n_head=None, afn=None):
     says how many are BPE tokens; the rest become special rows. n_head (and GPT-1's afn) come from config.json;
     pass them for a bare weights file.
     """
+    arguments = check_arguments(n_head=n_head)  # the caller's: a bad one is its error, not a file's
+    if afn is not None and not (isinstance(afn, str) and afn in HF_TO_OUR_AFN):
+        raise BadArgument(f'--afn {show(afn)} has no counterpart here; use one of {sorted(HF_TO_OUR_AFN)}')
     weights_path = hf_weights_file(path)
     config = hf_config(path, weights_path)
     config_path = hf_config_path(path, weights_path)  # named by the errors of its fields
@@ -1281,17 +1337,21 @@ def read_transformers(path, n_vocab=None, n_head=None, afn=None):
     eps = config.get('layer_norm_epsilon', LAYER_NORM_EPSILON)
     if eps != LAYER_NORM_EPSILON:
         raise bad(config_path, f'layer_norm_epsilon is {eps}; this port implements {LAYER_NORM_EPSILON} only')
-    if n_head is None:
-        n_head = config.get('n_head')
-        if n_head is None:
-            raise bad(path, 'no config.json gives n_head; put the config.json beside it or pass --n_head')
-    architecture = check_architecture(dict(n_head=n_head, **hf_architecture(config, family, afn, config_path)),
-                                      config_path if 'n_head' in config else path, n_embd)
+    stated = hf_architecture(config, family, afn, config_path)
+    if 'n_head' in arguments:
+        check_argument_heads(arguments, n_embd, weights_path)
+    elif 'n_head' in config:
+        stated['n_head'] = config['n_head']
+    else:
+        raise bad(path, 'no config.json gives n_head; put the config.json beside it or pass --n_head')
+    architecture = dict(check_config_fields(stated, config_path, n_embd), **arguments)
     if 'n_layer' in config and config['n_layer'] != n_layer:
         raise bad(config_path, f'it says n_layer={config["n_layer"]} but the weights hold {n_layer} blocks')
     if n_vocab is None:
         n_vocab = default_n_vocab(config, n_rows, config_path)
-    if not (is_int(n_vocab) and 0 < n_vocab <= n_rows):
+    elif not (is_int(n_vocab) and 0 < n_vocab <= n_rows):
+        raise BadArgument(f'--n_vocab {show(n_vocab)} but {token_key} in {weights_path} has {n_rows} rows')
+    if not 0 < n_vocab <= n_rows:
         raise BadFile(f'n_vocab={show(n_vocab)} but {token_key} in {weights_path} has {n_rows} rows', weights_path)
     keys = block_keys(n_layer) + (['ln_f.g', 'ln_f.b'] if family == 'gpt2' else [])
     blocks = {key: body.pop(hf_key(key)) for key in keys if hf_key(key) in body}
@@ -1317,7 +1377,7 @@ def hf_architecture(config, family, afn, path):
             if config.get(name, want) != want:
                 raise bad(path, f'{name} is {show(config[name])}; GPT-2 as released has {want}')
         return pdrops
-    hf_afn = afn or config.get('afn', 'gelu')
+    hf_afn = afn or config.get('afn', 'gelu')  # an afn given was checked by read_transformers
     if not (isinstance(hf_afn, str) and hf_afn in HF_TO_OUR_AFN):
         raise bad(path, f'afn {show(hf_afn)} has no counterpart here; use one of {sorted(HF_TO_OUR_AFN)}')
     return dict(afn=HF_TO_OUR_AFN[hf_afn], **pdrops)
@@ -1426,7 +1486,7 @@ def read_checkpoint(path, n_head=None, afn=None, n_vocab=None, verify=False):
     if kind == 'released':
         return read_released(path, n_head=n_head, afn=afn, verify=verify)
     if verify:
-        raise ValueError(f'{path} is not a released GPT-1 model/ folder: verification checks the released shards only '
+        raise BadArgument(f'{path} is not a released GPT-1 model/ folder: verification checks the released shards only '
                          f'(a GPT-2 checkpoint checks its CRC32Cs whenever it is read)')
     if kind == 'tf-checkpoint':
         ckpt = read_tf_gpt2(path)
@@ -1436,12 +1496,12 @@ def read_checkpoint(path, n_head=None, afn=None, n_vocab=None, verify=False):
         ckpt = read_transformers(path, n_vocab, n_head, afn)
     stored = ckpt.config.get('n_head')
     if n_head is not None and n_head != stored:
-        raise ValueError(f'--n_head {n_head} contradicts n_head={stored} in {path}: leave it out')
+        raise BadArgument(f'--n_head {n_head} contradicts n_head={stored} in {path}: leave it out')
     if afn is not None and ckpt.family == 'gpt2' and afn != 'gelu':
-        raise ValueError(f'--afn {afn}: GPT-2 ({path}) computes gelu only: leave it out')
+        raise BadArgument(f'--afn {afn}: GPT-2 ({path}) computes gelu only: leave it out')
     stored = ckpt.config.get('afn', 'gelu')
     if kind == 'safetensors' and afn is not None and afn != stored:
-        raise ValueError(f'--afn {afn} contradicts afn={stored} in {path}: leave it out')
+        raise BadArgument(f'--afn {afn} contradicts afn={stored} in {path}: leave it out')
     return ckpt
 
 
@@ -1515,6 +1575,11 @@ def copy_vocab(src_dir, out_dir, names, family='gpt1'):
                     for src in found]
         os.makedirs(out_dir, exist_ok=True)
         for data, name in zip(contents, names):
-            with open(os.path.join(out_dir, name), 'wb') as f:
-                f.write(data)
+            atomic_write(os.path.join(out_dir, name), lambda tmp, data=data: write_bytes(tmp, data))
     return found is not None
+
+
+def write_bytes(path, data):
+    """Write data to the file at path."""
+    with open(path, 'wb') as f:
+        f.write(data)

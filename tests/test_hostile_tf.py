@@ -193,18 +193,30 @@ def test_entries_sharing_one_byte_range_are_refused_before_any_is_read(release, 
 def test_variables_the_model_does_not_use_are_listed_and_their_data_never_read(release, tmp_path, original):
     folder = copy_release(release, tmp_path / 'm')
     arrays = tf_bundle.read_tf_checkpoint(str(folder / 'model.ckpt'))
-    arrays.update({'global_step': np.array(7, np.int64), 'opt/m': np.ones(1000, np.float32),
-                   'model/wte/Adam': np.ones(10, np.float32)})
+    # Adam's slots of every variable (as a fine-tuning run saves them; int64 here: their dtype does not matter)
+    slots = {'model/wte/Adam': np.ones(10, np.float32), 'model/h0/attn/c_attn/w/Adam': np.ones(3, np.int64),
+             'model/h1/mlp/c_fc/b/Adam_1': np.ones(3, np.float32), 'model/ln_f/g/Adam': np.ones(2, np.float32)}
+    arrays.update({'global_step': np.array(7, np.int64), 'opt/m': np.ones(1000, np.float32), **slots})
     tf_bundle.write_tf_checkpoint(str(folder / 'model.ckpt'), arrays)
     entries = tf_bundle.tf_checkpoint_entries(str(folder / 'model.ckpt'))
     raw = bytearray((folder / DATA).read_bytes())
-    for name in ('global_step', 'opt/m', 'model/wte/Adam'):  # their bytes fail their CRC32C: reading them would fail
+    for name in ('global_step', 'opt/m', *slots):  # their bytes fail their CRC32C: reading them would fail
         raw[entries[name].offset] ^= 0xFF
     (folder / DATA).write_bytes(bytes(raw))
     ckpt = weights.read_tf_gpt2(str(folder))
-    assert ckpt.ignored == ['global_step', 'model/wte/Adam', 'opt/m']
+    assert ckpt.ignored == sorted(['global_step', 'opt/m', *slots])
     assert same_checkpoint(ckpt, original)
     refused(tf_bundle.read_tf_checkpoint, str(folder / 'model.ckpt'), names=folder / DATA)  # all read: refused
+
+
+@pytest.mark.parametrize('name', ['model/h0/attn/c_attn/w/Adam_2', 'model/h0/attn/extra', 'model/ln_f/Adam/x'])
+def test_a_model_variable_that_is_no_gpt2_parameter_nor_adam_slot_is_refused(release, tmp_path, name):
+    folder = copy_release(release, tmp_path / 'm')
+    arrays = tf_bundle.read_tf_checkpoint(str(folder / 'model.ckpt'))
+    arrays[name] = np.ones(3, np.float32)
+    tf_bundle.write_tf_checkpoint(str(folder / 'model.ckpt'), arrays)
+    message = refused(weights.read_tf_gpt2, str(folder), names=folder / INDEX)
+    assert 'unexpected' in message and name in message, message
 
 
 def test_sizes_in_the_index_are_checked_against_the_disk_before_anything_is_allocated(release, tmp_path):

@@ -361,10 +361,148 @@ def test_a_bad_field_of_a_transformers_config_is_refused_naming_the_file(valid, 
     refused(weights.read_checkpoint, str(folder), names=folder / weights.CONFIG_NAME)
 
 
-def test_the_command_line_n_head_and_afn_are_checked_naming_the_folder(valid):
-    for kwargs, match in ((dict(n_head=5), 'n_head=5 does not divide n_embd=32'), (dict(n_head='4'), 'n_head'),
-                          (dict(n_head=4, afn='tanh'), "unknown afn 'tanh'"), (dict(n_head=4, afn=['gelu']), 'afn')):
-        refused(weights.read_released, str(valid.released), names=valid.released, match=match, **kwargs)
+def test_the_command_line_n_head_and_afn_are_argument_errors_never_blamed_on_a_file(valid):
+    """A bad n_head or afn given by the caller is a plain ValueError naming the flag, not a BadFile naming the folder
+    (the weights in it are sound); a transformers folder whose config.json states n_head does not take the blame for an
+    explicit one either."""
+    for kwargs, match in ((dict(n_head=5), '--n_head 5: n_head=5 does not divide n_embd=32 of the weights in'),
+                          (dict(n_head=7), '--n_head 7'), (dict(n_head='4'), "--n_head '4': n_head must be an integer"),
+                          (dict(n_head=4, afn='tanh'), "unknown afn 'tanh' (--afn)"),
+                          (dict(n_head=4, afn=['gelu']), '--afn')):
+        for fn in (weights.read_released, weights.read_checkpoint):
+            with pytest.raises(ValueError) as err:
+                fn(str(valid.released), **kwargs)
+            assert not isinstance(err.value, BadFile) and match in str(err.value), err.value
+    for fmt in ('hf', 'bin'):
+        for kwargs, match in ((dict(n_head=7), '--n_head 7: n_head=7 does not divide n_embd=32'),
+                              (dict(n_head=True), '--n_head True'), (dict(afn='tanh'), "--afn 'tanh'"),
+                              (dict(n_vocab=10 ** 6), '--n_vocab 1000000')):
+            with pytest.raises(ValueError) as err:
+                weights.read_transformers(str(getattr(valid, fmt)), **kwargs)
+            message = str(err.value)
+            assert not isinstance(err.value, BadFile) and match in message, message
+            assert weights.CONFIG_NAME not in message, message
+
+
+def test_a_bad_n_ctx_or_n_special_argument_is_not_blamed_on_the_file(valid):
+    from model_pytorch import checkpoint_config
+    ckpt = valid.read['st']
+    assert ckpt.source is not None
+    for kwargs in (dict(n_ctx=0), dict(n_ctx=2 ** 40), dict(n_special=-1), dict(n_special=True)):
+        with pytest.raises(ValueError) as err:
+            checkpoint_config(ckpt, **kwargs)
+        name = next(iter(kwargs))
+        assert not isinstance(err.value, BadFile) and f'the argument {name}=' in str(err.value), err.value
+        assert ckpt.source not in str(err.value)
+
+
+def test_verify_with_a_checkpoint_already_read_is_refused(valid):
+    from model_pytorch import GPTConfig, TransformerModel, load_openai_pretrained_model
+    model = TransformerModel(GPTConfig(n_embd=32, n_head=4, n_layer=2, n_vocab=100, n_ctx=24))
+    with pytest.raises(ValueError, match='verify=True with a checkpoint already read'):
+        load_openai_pretrained_model(model, n_transfer=2, n_embd=32, path=str(valid.released), verify=True,
+                                     ckpt=valid.read['released'])
+    load_openai_pretrained_model(model, n_transfer=2, n_embd=32, path=str(valid.released), ckpt=valid.read['released'])
+
+
+# --- transformers' buffers: attention masks and position ids of ints or bools are ignored, never read -------------
+
+def gpt2_transformers_folder(path):
+    """Write a tiny GPT-2 as a transformers folder; return (its folder, its tensors)."""
+    from model_gpt2 import GPT2Config, GPT2Model
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(n_vocab=50, n_ctx=16, n_embd=32, n_head=4, n_layer=2))
+    folder = weights.write_transformers(weights.checkpoint_from_model(model), path)
+    return folder, weights.load_safetensors_file(str(folder / weights.WEIGHTS_NAME))[0]
+
+
+def buffers_of(family, n_layer=2, n_ctx=16):
+    """Return the buffers transformers saves beside the weights of a family: GPT-2's (before transformers 4.31) causal
+    masks as U8 or BOOL and masked_bias, openai-gpt's position_ids as I64."""
+    if family == 'gpt1':
+        return {'position_ids': np.arange(n_ctx, dtype=np.int64)[None]}
+    out = {}
+    for i in range(n_layer):
+        mask = np.tril(np.ones((n_ctx, n_ctx)))[None, None]
+        out[f'transformer.h.{i}.attn.bias'] = mask.astype(np.uint8 if i == 0 else np.bool_)
+        out[f'transformer.h.{i}.attn.masked_bias'] = np.array(-1e4, np.float32)
+    return out
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+@pytest.mark.parametrize('kind', ['safetensors', 'bin'])
+def test_transformers_buffers_of_ints_or_bools_are_ignored_not_refused(valid, tmp_path, family, kind):
+    if family == 'gpt1':
+        folder, tensors = copy_of(valid.hf, tmp_path / 'm'), dict(valid.tensors)
+    else:
+        folder, tensors = gpt2_transformers_folder(tmp_path / 'm')
+    want = weights.read_transformers(str(folder))
+    buffers = buffers_of(family)
+    tensors.update(buffers)
+    (folder / weights.WEIGHTS_NAME).unlink()
+    if kind == 'safetensors':
+        save_file(tensors, str(folder / weights.WEIGHTS_NAME), metadata={'format': 'pt'})
+    else:
+        torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()}, folder / weights.HF_BIN_NAME)
+    got = weights.read_transformers(str(folder))
+    assert same_weights(got, want)
+    assert sorted(got.ignored) == sorted(set(want.ignored) | set(buffers))
+    # an int or bool tensor under any other name is still refused, never cast
+    tensors = {k: v for k, v in tensors.items() if k not in buffers}
+    tensors['transformer.h.0.attn.bias_extra' if family == 'gpt2' else 'h.0.attn.c_attn.bias'] = np.zeros(3, np.int64)
+    for name in (weights.WEIGHTS_NAME, weights.HF_BIN_NAME):
+        if (folder / name).exists():
+            (folder / name).unlink()
+    save_file(tensors, str(folder / weights.WEIGHTS_NAME), metadata={'format': 'pt'})
+    refused(weights.read_transformers, str(folder), names=folder / weights.WEIGHTS_NAME, match='I64')
+
+
+def test_the_data_of_a_buffer_is_never_read(valid, tmp_path, monkeypatch):
+    folder = copy_of(valid.hf, tmp_path / 'm')
+    save_file(dict(valid.tensors, **buffers_of('gpt1')), str(folder / weights.WEIGHTS_NAME), metadata={'format': 'pt'})
+    read = []
+    from safetensors import safe_open
+    real = safe_open
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            self.reader = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner = self.reader.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.reader.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self.inner.get_tensor(name)
+
+    import checkpoint
+    monkeypatch.setattr(checkpoint, 'safe_open', Spy)
+    ckpt = weights.read_transformers(str(folder))
+    assert 'position_ids' in ckpt.ignored and read and 'position_ids' not in read
+
+
+# --- copy_vocab writes each file atomically: never through a link it finds in the folder written ---------------
+
+def test_copy_vocab_replaces_a_link_in_the_output_folder_instead_of_writing_through_it(tmp_path):
+    src, out = tmp_path / 'src', tmp_path / 'out'
+    src.mkdir()
+    out.mkdir()
+    for name in weights.VOCAB_FILES:
+        (src / name).write_text(f'new {name}')
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('precious')
+    os.symlink(victim, out / weights.VOCAB_FILES[0])
+    assert weights.copy_vocab(str(src), str(out), weights.VOCAB_FILES)
+    assert victim.read_text() == 'precious'
+    assert not os.path.islink(out / weights.VOCAB_FILES[0])
+    assert [(out / n).read_text() for n in weights.VOCAB_FILES] == [f'new {n}' for n in weights.VOCAB_FILES]
 
 
 SHAPES_ATTACKS = {'deep': '[' * 100000, 'infinity': '[[Infinity, 32]]', 'not a list': '{"a": 1}',
