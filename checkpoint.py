@@ -61,7 +61,8 @@ def atomic_write(path, write):
     """Call write(tmp_path), then move tmp onto path atomically; return path. The temporary is removed on failure, and
     a failed write (OSError or safetensors' error) is one OSError naming path."""
     make_parent(path)
-    tmp = f'{path}.tmp{os.getpid()}'
+    fd, tmp = untrusted.create_temporary(path)  # a new file: a link planted at a temporary's name is never followed
+    os.close(fd)
     try:
         write(tmp)
         return fsync_replace(tmp, path)

@@ -8,7 +8,11 @@ file):
   that this repository ships (named as in the repository, e.g. `model/encoder_bpe_40000.json`, the family's own) or
   a file inside the corpus folder (prepare_corpus.py copies any other vocabulary there); each must have the SHA-256
   that meta.json records, and the encoder must hold n_vocab tokens. Any other path is refused without being looked
-  at.
+  at. A meta.json of an older prepare_corpus.py (absolute vocabulary paths, git blob SHA-1s, no SHA-256) is accepted
+  when its SHA-1s are those of the vocabulary files this repository ships: those files are read, never the paths it
+  records; any other older record is refused (its vocabulary is not in the folder), with the remedy.
+- every file written into a corpus folder goes through a temporary made with O_CREAT | O_EXCL (untrusted.create_temporary)
+  and is renamed onto its name: a symlink planted in a downloaded folder is replaced, never written through.
 - train.bin / val.bin: regular files inside the folder, of 2 bytes an id, as many ids as meta.json counts, the last
   one the separator, and every id a row tokens may use (below n_vocab + n_special; a larger id would read a position
   row, or past the table). That maximum is found once by a scan of the file and recorded in checked_ids.json with the
@@ -163,18 +167,24 @@ def check_meta(meta):
 
 
 def check_vocabulary_record(vocabulary):
-    """Check meta.json's vocabulary record: each file's path (a string) and SHA-256 (64 hex digits)."""
+    """Check meta.json's vocabulary record: each file's path (a string) and SHA-256 (64 hex digits); a record of an
+    older prepare_corpus.py (no SHA-256, only the git blob SHA-1 of 40 hex digits) passes here, and
+    vocabulary_files accepts it only for the files this repository ships."""
     for role in ROLES:
         _field(vocabulary, f'{role}_path', 'vocabulary.', str)
-        digest = vocabulary.get(f'{role}_sha256')
-        if digest is None:
+        digest, sha1 = vocabulary.get(f'{role}_sha256'), vocabulary.get(f'{role}_sha1')
+        if digest is None and sha1 is None:
             raise ValueError('records no SHA-256 of its vocabulary files (an older prepare_corpus.py wrote it), so '
                              'the files it names cannot be checked')
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        if digest is not None and (not isinstance(digest, str) or not _SHA256.fullmatch(digest)):
             raise ValueError(f'vocabulary.{role}_sha256 must be 64 hex digits, not {untrusted.show(digest)}')
-        sha1 = vocabulary.get(f'{role}_sha1')
         if sha1 is not None and (not isinstance(sha1, str) or not _SHA1.fullmatch(sha1)):
             raise ValueError(f'vocabulary.{role}_sha1 must be 40 hex digits, not {untrusted.show(sha1)}')
+
+
+def is_old_record(vocabulary):
+    """Return whether a (checked) vocabulary record is an older prepare_corpus.py's: git blob SHA-1s, no SHA-256."""
+    return any(vocabulary.get(f'{role}_sha256') is None for role in ROLES)
 
 
 def corpus_family(meta):
@@ -198,21 +208,37 @@ def shipped_path(family, role):
     return os.path.join(REPOSITORY, *SHIPPED_VOCABULARY[family][ROLES.index(role)].split('/'))
 
 
+def file_blob_sha1(path, folder=None):
+    """Return the git blob SHA-1 hex digest of the regular file at path (what an older prepare_corpus.py recorded;
+    weights.git_blob_sha1 computes the same, but weights imports torch)."""
+    with untrusted.open_regular(path, folder) as f:
+        h = hashlib.sha1(b'blob %d\0' % os.fstat(f.fileno()).st_size)
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @lru_cache(maxsize=8)
-def _shipped_sha256(path, size, mtime_ns):
-    """Return file_sha256(path), cached for a file of that size and modification time."""
-    return file_sha256(path)
+def _shipped_digest(path, size, mtime_ns, kind):
+    """Return file_sha256(path) (kind 'sha256') or file_blob_sha1(path) ('sha1'), cached for a file of that size and
+    modification time."""
+    return file_sha256(path) if kind == 'sha256' else file_blob_sha1(path)
 
 
-def shipped_sha256(family, role):
-    """Return the SHA-256 of a shipped vocabulary file (hashed once a process while it is unchanged), or None when
-    this checkout lacks it."""
+def shipped_digest(family, role, kind='sha256'):
+    """Return the SHA-256 (kind 'sha256') or git blob SHA-1 ('sha1') of a shipped vocabulary file (hashed once a
+    process while it is unchanged), or None when this checkout lacks it."""
     path = shipped_path(family, role)
     try:
         st = os.stat(path)
-        return _shipped_sha256(path, st.st_size, st.st_mtime_ns)
+        return _shipped_digest(path, st.st_size, st.st_mtime_ns, kind)
     except (OSError, untrusted.BadFile):
         return None
+
+
+def shipped_sha256(family, role):
+    """Return the SHA-256 of a shipped vocabulary file, or None when this checkout lacks it."""
+    return shipped_digest(family, role, 'sha256')
 
 
 def vocabulary_files(folder, meta):
@@ -222,24 +248,51 @@ def vocabulary_files(folder, meta):
     meta_path = os.path.join(folder, 'meta.json')
     family = corpus_family(meta)
     record = meta['vocabulary']
-    paths = []
     with untrusted.reading(meta_path):
-        for role in ROLES:
-            name = record[f'{role}_path']
-            shipped = name == SHIPPED_VOCABULARY[family][ROLES.index(role)]
-            path = shipped_path(family, role) if shipped else untrusted.contained(folder, name, meta_path)
-            if not os.path.lexists(path):
-                where = (f'this repository ships at {path}: restore it from git' if shipped
-                         else f'{folder} does not hold; {AGAIN}')
-                raise untrusted.MissingFile(f'{meta_path}: names the vocabulary file {untrusted.show(name)}, which '
-                                            f'{where}', meta_path)
-            digest = file_sha256(path, folder if path.startswith(os.path.join(folder, '')) else None)
-            if digest != record[f'{role}_sha256']:
-                raise untrusted.bad(meta_path, f'the vocabulary file {path} has SHA-256 {digest[:16]}..., not the '
-                                               f'{record[f"{role}_sha256"][:16]}... meta.json records: it is not the '
-                                               f'vocabulary the corpus was encoded with; {AGAIN}')
-            paths.append(path)
+        if is_old_record(record):
+            paths = old_vocabulary_files(family, record, meta_path)
+        else:
+            paths = tuple(recorded_vocabulary_file(folder, family, record, role, meta_path) for role in ROLES)
         check_vocabulary_size(family, paths[0], meta, meta_path)
+    return paths
+
+
+def recorded_vocabulary_file(folder, family, record, role, meta_path):
+    """Return the path of the vocabulary file (role 'encoder' or 'bpe') a record of this prepare_corpus.py names: the
+    family's shipped file (named as in the repository) or a file inside the corpus folder, with the recorded
+    SHA-256."""
+    name = record[f'{role}_path']
+    shipped = name == SHIPPED_VOCABULARY[family][ROLES.index(role)]
+    path = shipped_path(family, role) if shipped else untrusted.contained(folder, name, meta_path)
+    if not os.path.lexists(path):
+        where = (f'this repository ships at {path}: restore it from git' if shipped
+                 else f'{folder} does not hold; {AGAIN}')
+        raise untrusted.MissingFile(f'{meta_path}: names the vocabulary file {untrusted.show(name)}, which {where}',
+                                    meta_path)
+    digest = file_sha256(path, folder if path.startswith(os.path.join(folder, '')) else None)
+    if digest != record[f'{role}_sha256']:
+        raise untrusted.bad(meta_path, f'the vocabulary file {path} has SHA-256 {digest[:16]}..., not the '
+                                       f'{record[f"{role}_sha256"][:16]}... meta.json records: it is not the '
+                                       f'vocabulary the corpus was encoded with; {AGAIN}')
+    return path
+
+
+def old_vocabulary_files(family, record, meta_path):
+    """Return (encoder path, bpe path) of the vocabulary an older prepare_corpus.py recorded (each file's path, often
+    absolute, and git blob SHA-1, no SHA-256): the files this repository ships when the recorded SHA-1s are theirs
+    (the recorded paths are then not used: the shipped files are read); any other vocabulary is refused, as its files
+    are not in the corpus folder and cannot be trusted."""
+    paths = []
+    for role in ROLES:
+        sha1 = record.get(f'{role}_sha1')
+        path = shipped_path(family, role)
+        if sha1 is None or sha1 != shipped_digest(family, role, 'sha1'):
+            lacks = '' if os.path.lexists(path) else f' (this checkout lacks {path}: restore it from git)'
+            raise untrusted.bad(meta_path, f'records no SHA-256 of its vocabulary files (an older prepare_corpus.py '
+                                           f'wrote it), and its {role} file (git blob SHA-1 {untrusted.show(sha1)}) is '
+                                           f'not the one this repository ships{lacks}: a vocabulary outside the '
+                                           f'corpus folder cannot be trusted; {AGAIN}')
+        paths.append(path)
     return tuple(paths)
 
 
@@ -286,21 +339,11 @@ def read_checked_ids(folder):
 
 def write_checked_ids(folder, checked):
     """Write {split: (largest id, stamp)} to the folder's checked_ids.json atomically; False when it cannot."""
-    path = os.path.join(folder, CHECKED_IDS)
-    tmp = f'{path}.tmp{os.getpid()}'
     record = {split: dict(max_id=largest, stamp=stamp) for split, (largest, stamp) in checked.items()}
     try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(json.dumps(record, indent=1) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        untrusted.write_atomically(os.path.join(folder, CHECKED_IDS), (json.dumps(record, indent=1) + '\n').encode('utf-8'))
         return True
     except OSError:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         return False
 
 

@@ -35,6 +35,7 @@ import regex
 import tiktoken
 
 import untrusted
+from text_utils import check_token_ids, read_vocab_text
 from utils import progress
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'model' / 'gpt2'
@@ -47,7 +48,6 @@ PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?
 # The character classes PATTERN depends on, probed in both regex engines.
 PATTERN_CLASSES = (r'\p{L}+', r'\p{N}+', r'\s+')
 BPE_CACHE_SIZE = 1 << 16
-VOCAB_MAX_BYTES = 32 << 20  # the largest encoder.json or vocab.bpe read (the released ones: 1.0 and 0.5 MB)
 RELEASE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/models/124M/'
 
 
@@ -244,21 +244,16 @@ def fix_hint(*names):
 
 
 def read_text(path):
-    """Return the UTF-8 text of path, a regular file of at most VOCAB_MAX_BYTES, or raise one untrusted.BadFile (a
-    MissingFile when it is missing) naming it and the fix."""
+    """Return the UTF-8 text of a GPT-2 vocabulary file at path (text_utils.read_vocab_text: a regular file of at most
+    text_utils.VOCAB_MAX_BYTES, no link out of its folder), or raise one untrusted.BadFile (a MissingFile when it is missing)
+    naming it and the fix."""
     name = Path(path).name
-    path = untrusted.check_path_text(path, 'vocabulary path')
-    try:
-        return untrusted.read_text(path, limit=VOCAB_MAX_BYTES, what=f'GPT-2 {name}', missing=fix_hint(name))
-    except untrusted.MissingFile:
-        raise
-    except untrusted.BadFile as err:
-        raise untrusted.BadFile(f'{err}: {fix_hint(name)}', path) from None
+    return read_vocab_text(path, f'GPT-2 {name}', fix_hint(name), missing=fix_hint(name))
 
 
 def read_encoder_json(path):
-    """Return encoder.json's token -> id dict, checked (ids exactly 0..n-1, ints and not bools, '<|endoftext|>',
-    byte-level tokens); any problem is one untrusted.BadFile naming the file."""
+    """Return encoder.json's token -> id dict, checked (ids exactly 0..n-1, ints and not bools: text_utils's
+    check_token_ids; '<|endoftext|>'; byte-level tokens); any problem is one untrusted.BadFile naming the file."""
     path = Path(path)
     with untrusted.reading(path):
         text = read_text(path)
@@ -267,20 +262,19 @@ def read_encoder_json(path):
         except untrusted.BadFile as err:
             raise untrusted.BadFile(f'{err}: {fix_hint(path.name)}', path) from None
         alphabet = set(bytes_to_unicode().values())
+        problem = None
         if not isinstance(encoder, dict) or ENDOFTEXT not in encoder:
-            problem = f'has no {ENDOFTEXT!r} entry'
-        elif len(encoder) > untrusted.SIZE_LIMITS['n_vocab']:
-            problem = f'has {len(encoder)} tokens, more than any vocabulary'
-        elif not all(map(untrusted.is_int, encoder.values())):
-            odd = next(t for t, i in encoder.items() if not untrusted.is_int(i))
-            problem = f'gives the token {untrusted.show(odd)} the id {untrusted.show(encoder[odd])}, not an integer'
-        elif sorted(encoder.values()) != list(range(len(encoder))):
-            problem = f'does not give the ids 0..{len(encoder) - 1} once each'
-        elif not all(isinstance(t, str) and t and set(t) <= alphabet for t in encoder):
-            problem = 'has tokens that are not byte-level BPE strings'
+            problem = f'it has no {ENDOFTEXT!r} entry'
         else:
+            try:
+                check_token_ids(encoder)
+            except ValueError as err:
+                problem = str(err)
+        if problem is None and not all(set(t) <= alphabet for t in encoder):
+            problem = 'it has tokens that are not byte-level BPE strings'
+        if problem is None:
             return encoder
-        raise untrusted.BadFile(f'{path} is not a GPT-2 {ENCODER_FILE}: it {problem}: {fix_hint(path.name)}', path)
+        raise untrusted.BadFile(f'{path} is not a GPT-2 {ENCODER_FILE}: {problem}: {fix_hint(path.name)}', path)
 
 
 def read_merges(path):
@@ -290,16 +284,16 @@ def read_merges(path):
     with untrusted.reading(path):
         lines = read_text(path).split('\n')
         if not lines[0].startswith('#version'):
-            problem = "does not start with a '#version' line"
+            problem = "it does not start with a '#version' line"
         elif lines[-1] != '':
-            problem = 'does not end with a newline (a truncated copy?)'
+            problem = 'it does not end with a newline (a truncated copy?)'
         else:
             merges = [tuple(line.split()) for line in lines[1:-1]]
             bad = next((n for n, m in enumerate(merges, start=2) if len(m) != 2), None)
             if bad is None:
                 return merges
-            problem = f'has a line that is not two symbols (line {bad})'
-        raise untrusted.BadFile(f'{path} is not a GPT-2 {MERGES_FILE}: it {problem}: {fix_hint(path.name)}', path)
+            problem = f'it has a line that is not two symbols (line {bad})'
+        raise untrusted.BadFile(f'{path} is not a GPT-2 {MERGES_FILE}: {problem}: {fix_hint(path.name)}', path)
 
 
 def get_encoder(model_dir=None):

@@ -69,6 +69,11 @@ def stated_architecture(ckpt):
     return {name: getattr(cfg, name, 'gelu') for name in ARCHITECTURE_FLAGS}
 
 
+def architecture_flags(args):
+    """Return {name: value, None when not given (the weights')} of the architecture flags of args (a Namespace)."""
+    return {name: getattr(args, name) for name in ARCHITECTURE_FLAGS}
+
+
 def fill_architecture(args, cfg):
     """Set the architecture flags of args (an argparse Namespace) to those of the model built, cfg's, so that a run's
     log header and saved arguments say what was trained (the flags default to None: the weights')."""

@@ -52,8 +52,8 @@ from functools import lru_cache, partial
 import numpy as np
 
 import untrusted
-from corpus import (CORPUS_FORMATS, CORPUS_VOCABULARY, DTYPE, MAX_ID_NOTE, ROLES, SHIPPED_VOCABULARY,
-                    SPLITS, file_stamp, shipped_sha256, write_checked_ids)
+from corpus import (CORPUS_FORMATS, CORPUS_VOCABULARY, DTYPE, MAX_ID_NOTE, ROLES, SHIPPED_VOCABULARY, SPLITS,
+                    file_stamp, shipped_sha256, write_checked_ids)
 from encoder_gpt2 import DEFAULT_MODEL_DIR as GPT2_DIR
 from encoder_gpt2 import encoder_from_files
 from models import tokenizer_from_files
@@ -77,7 +77,7 @@ VOCABULARY_NOTE = ('encoder_path and bpe_path are the vocabulary the ids were en
                    'ships (model/...) or, for any other vocabulary, its copy in the corpus folder; pretrain.py reads '
                    'them after checking their SHA-256')
 _STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json|checked_ids\.json|encoder_bpe_40000\.json|vocab_40000\.bpe|'
-                        r'encoder\.json|vocab\.bpe)\.tmp\d+$')
+                        r'encoder\.json|vocab\.bpe)\.tmp[a-z0-9_]+$')  # untrusted.create_temporary's names
 
 
 def parse_args(argv=None):
@@ -402,36 +402,24 @@ def make_out_folder(out):
     return out
 
 
-def write_bytes(data):
-    """Return a function that writes data to a path (for checkpoint.atomic_write)."""
-    def write(path):
-        with open(path, 'wb') as f:
-            f.write(data)
-    return write
-
-
 def publish(out, tmp, meta, copies=None):
-    """Move the temporary split files onto train.bin/val.bin, record their largest ids with their stamps in
-    checked_ids.json (so that pretrain.py need not scan them), write the vocabulary copies ({name: bytes}) and write
-    meta.json last, each durably; return out."""
-    # imported here: checkpoint brings in torch, which neither this script nor its workers need otherwise
-    from checkpoint import atomic_write, fsync_replace
+    """Move the temporary split files ({split: (fd, path)} of untrusted.create_temporary, written) onto train.bin/val.bin,
+    record their largest ids with their stamps in checked_ids.json (so that pretrain.py need not scan them), write the
+    vocabulary copies ({name: bytes}) and write meta.json last, each durably through a temporary made safely (a
+    link planted in --out is replaced, never written through); return out."""
     meta_path = os.path.join(out, 'meta.json')
-    if os.path.exists(meta_path):  # an older meta.json must not vouch for a half-replaced pair of .bin files
+    if os.path.lexists(meta_path):  # an older meta.json must not vouch for a half-replaced pair of .bin files
         os.remove(meta_path)
     checked = {}
     for split in SPLITS:
-        path = fsync_replace(tmp[split], os.path.join(out, f'{split}.bin'))
+        fd, path = tmp.pop(split)
+        path = untrusted.replace_durably(fd, path, os.path.join(out, f'{split}.bin'))
         if 'max_id' in meta['splits'][split]:  # stamped after the rename, which changes the file's ctime
             checked[split] = (meta['splits'][split]['max_id'], file_stamp(os.stat(path)))
     write_checked_ids(out, checked)  # a cache: when it cannot be written, pretrain.py scans the files once
     for name, data in (copies or {}).items():
-        atomic_write(os.path.join(out, name), write_bytes(data))
-
-    def write_meta(path):
-        with open(path, 'w', encoding='utf-8') as f:
-            f.write(json.dumps(meta, indent=2, ensure_ascii=False) + '\n')
-    atomic_write(meta_path, write_meta)
+        untrusted.write_atomically(os.path.join(out, name), data)
+    untrusted.write_atomically(meta_path, (json.dumps(meta, indent=2, ensure_ascii=False) + '\n').encode('utf-8'))
     return out
 
 
@@ -442,9 +430,13 @@ def prepare_corpus(args):
     vocabulary = check_vocabulary(args.arch, args.encoder_path, args.bpe_path)
     record, copies = vocabulary_record(args.arch, args.encoder_path, args.bpe_path)
     make_out_folder(args.out)
-    tmp = {split: os.path.join(args.out, f'{split}.bin.tmp{os.getpid()}') for split in SPLITS}
+    tmp = {}  # split -> (fd, path) of its temporary, until publish renames it
     try:
-        with open(tmp['train'], 'wb') as train_file, open(tmp['val'], 'wb') as val_file:
+        for split in SPLITS:
+            tmp[split] = untrusted.create_temporary(os.path.join(args.out, f'{split}.bin'))
+        # closefd=False: publish flushes each to disk before closing it
+        with open(tmp['train'][0], 'wb', closefd=False) as train_file, \
+                open(tmp['val'][0], 'wb', closefd=False) as val_file:
             counts = encode_corpus(args, layout, vocabulary[1], {'train': train_file, 'val': val_file})
         if not any(counts[split]['n_documents'] for split in SPLITS):
             n_empty = sum(counts[split]['n_empty_skipped'] for split in SPLITS)
@@ -452,8 +444,9 @@ def prepare_corpus(args):
         meta = build_meta(args, vocabulary, counts, record)
         publish(args.out, tmp, meta, copies)
     finally:
-        for path in tmp.values():
-            if os.path.exists(path):
+        for fd, path in tmp.values():  # what publish did not rename
+            os.close(fd)
+            if os.path.lexists(path):
                 os.remove(path)
     return meta
 

@@ -38,7 +38,7 @@ from heuristics import TASKS as HEURISTIC_TASKS
 from loss import LM_CHUNK, token_losses
 from model_gpt2 import PRESETS, GPT2Config, GPT2LMHeadModel
 from model_pytorch import DEFAULT_CONFIG, LMModel
-from models import ARCHITECTURE_FLAGS, FAMILY_MODULES, fill_architecture, read_with_flags, tokenizer_from_files
+from models import FAMILY_MODULES, architecture_flags, fill_architecture, read_with_flags, tokenizer_from_files
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
 from trainer import (RUN_ENDINGS, Run, autocast_context, failed_run_exit, format_phases, open_log, phase_record,
@@ -192,12 +192,9 @@ def model_config(args, n_vocab, n_special, ckpt=None):
         stored = module.checkpoint_config(ckpt)
     else:
         stored = GPT2Config.preset(args.preset or '124M') if args.arch == 'gpt2' else DEFAULT_CONFIG
-    fields = {}
+    fields = {}  # with a Checkpoint, a given flag equals the weights' (models.read_with_flags refused the others)
     for name in ('n_embd', 'n_head', 'n_layer') + (('afn',) if args.arch == 'gpt1' else ()):
         given = getattr(args, name)
-        if given is not None and ckpt is not None and given != getattr(stored, name):
-            raise ValueError(f'--{name} {given} contradicts {name}={getattr(stored, name)} in {args.model_dir}: '
-                             f'leave it out')
         fields[name] = getattr(stored, name) if given is None else given
     return type(stored).from_args(args, clf_pdrop=stored.clf_pdrop, n_vocab=n_vocab, n_special=n_special,
                                   n_ctx=args.n_ctx, **fields)
@@ -213,7 +210,7 @@ def build_lm(args, n_vocab, n_special):
         fill_architecture(args, model.cfg)  # the log header and args.json say what is trained
         return model
     # a flag that contradicts the weights is refused in one line naming every mismatch
-    ckpt = read_with_flags(args.model_dir, {name: getattr(args, name) for name in ARCHITECTURE_FLAGS})
+    ckpt = read_with_flags(args.model_dir, architecture_flags(args))
     if ckpt.family != args.arch:
         raise ValueError(f'{args.model_dir} holds a {family_name(ckpt.family)} but {args.corpus} was encoded for '
                          f'{family_name(args.arch)}: use weights of the corpus\'s family')

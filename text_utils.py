@@ -48,16 +48,23 @@ def _vocab_error(path, problem):
     return untrusted.bad(path, f'{problem}; use the unmodified file from {VOCAB_SOURCE}')
 
 
-def _read_vocab_text(path, name):
-    """Return the UTF-8 text of a vocabulary file: a regular file of at most VOCAB_MAX_BYTES, else one BadFile."""
-    path = untrusted.check_path_text(path, f'{name} path')
+def read_vocab_text(path, what, remedy, missing=None):
+    """Return the UTF-8 text of a vocabulary file (GPT-1's or GPT-2's), a regular file of at most VOCAB_MAX_BYTES, or
+    raise one untrusted.BadFile naming it (a MissingFile, with the hint missing, when it is not there).
+
+    A symlink leading out of the file's folder is refused, saying to pass the file's real path (the user named the
+    file: the fix is the path, not the file); any other problem (not UTF-8, too large, not a regular file) ends with
+    remedy, where to get the released file."""
+    path = untrusted.check_path_text(path, f'{what} path')
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.islink(path) and not untrusted.is_inside(path, folder):
+        raise untrusted.bad(path, f"is a link that leads outside {folder}: pass the file's real path")
     try:
-        return untrusted.read_text(path, limit=VOCAB_MAX_BYTES, what=f'{name} file',
-                                   missing=f'copy {name} from {VOCAB_SOURCE}')
+        return untrusted.read_text(path, limit=VOCAB_MAX_BYTES, what=f'{what} file', missing=missing)
     except untrusted.MissingFile:
         raise
-    except untrusted.BadFile as err:  # not UTF-8, too large, not a regular file: the fix is the released file
-        raise _vocab_error(path, _without_path(err, path)) from None
+    except untrusted.BadFile as err:
+        raise untrusted.bad(path, f'{_without_path(err, path)}; {remedy}') from None
 
 
 def _without_path(err, path):
@@ -66,13 +73,37 @@ def _without_path(err, path):
     return text[len(path) + 2:] if text.startswith(f'{path}: ') else text
 
 
+def check_token_ids(encoder):
+    """Raise a ValueError naming the first token of a token -> id dict (a vocabulary read from a file) that is not a
+    non-empty string or whose id is not one of 0..n-1 once each (an id past the tokens would read a special or
+    position row of the model; a bool is no id); return encoder. One pass, memory of n bytes."""
+    n = len(encoder)
+    if n > untrusted.SIZE_LIMITS['n_vocab']:
+        raise ValueError(f'{n} tokens, more than any vocabulary ({untrusted.SIZE_LIMITS["n_vocab"]} at most)')
+    seen = bytearray(n)
+    for token, i in encoder.items():
+        if not isinstance(token, str) or not token:
+            raise ValueError(f'token {untrusted.show(token)} is not a non-empty string')
+        if not untrusted.is_int(i):
+            raise ValueError(f'token {untrusted.show(token)} has id {untrusted.show(i)}, not an integer')
+        if not 0 <= i < n:
+            raise ValueError(f'token {untrusted.show(token)} has id {i}, but the ids of {n} tokens must be '
+                             f'0..{n - 1}, once each (a larger id would read a special or position row)')
+        if seen[i]:
+            raise ValueError(f'token {untrusted.show(token)} has id {i}, which another token has: the ids must be '
+                             f'0..{n - 1}, once each')
+        seen[i] = 1
+    return encoder
+
+
 def load_encoder(encoder_path):
     """Return the BPE token -> id dict read from encoder_path (encoder_bpe_40000.json), checked: a JSON object of
-    non-empty string tokens whose ids are exactly 0..n-1, each once (an id past the tokens would read a special or
-    position row of the model). Any problem is one untrusted.BadFile naming the file."""
+    non-empty string tokens whose ids are exactly 0..n-1, each once (check_token_ids). Any problem is one
+    untrusted.BadFile naming the file."""
     with untrusted.reading(encoder_path):
         path = untrusted.check_path_text(encoder_path, 'vocabulary path')
-        text = _read_vocab_text(path, 'encoder_bpe_40000.json')
+        text = read_vocab_text(path, 'encoder_bpe_40000.json', f'use the unmodified file from {VOCAB_SOURCE}',
+                               missing=f'copy encoder_bpe_40000.json from {VOCAB_SOURCE}')
         try:
             encoder = untrusted.parse_json(text, path)
         except untrusted.BadFile as err:
@@ -80,25 +111,10 @@ def load_encoder(encoder_path):
             raise _vocab_error(path, f'not a JSON vocabulary ({_without_path(err, path)}{hint})') from None
         if not isinstance(encoder, dict) or not encoder:
             raise _vocab_error(path, 'expected a non-empty JSON object mapping tokens to ids')
-        if len(encoder) > untrusted.SIZE_LIMITS['n_vocab']:
-            raise _vocab_error(path, f'{len(encoder)} tokens, more than any vocabulary '
-                                     f'({untrusted.SIZE_LIMITS["n_vocab"]} at most)')
-        n = len(encoder)
-        seen = bytearray(n)
-        for token, i in encoder.items():
-            if not isinstance(token, str) or not token:
-                raise _vocab_error(path, f'token {untrusted.show(token)} is not a non-empty string')
-            if not untrusted.is_int(i) or i < 0:
-                raise _vocab_error(path, f'token {untrusted.show(token)} has id {untrusted.show(i)}, expected a '
-                                         f'non-negative integer')
-            if i >= n:
-                raise _vocab_error(path, f'token {untrusted.show(token)} has id {i}, but the ids of {n} tokens must '
-                                         f'be 0..{n - 1} (a larger id would read a special or position row)')
-            if seen[i]:
-                raise _vocab_error(path, f'token {untrusted.show(token)} has id {i}, which another token has: the '
-                                         f'ids must be 0..{n - 1}, each once')
-            seen[i] = 1
-        return encoder
+        try:
+            return check_token_ids(encoder)
+        except ValueError as err:
+            raise _vocab_error(path, str(err)) from None
 
 
 def load_bpe_ranks(bpe_path):
@@ -107,7 +123,8 @@ def load_bpe_ranks(bpe_path):
     untrusted.BadFile naming the file."""
     with untrusted.reading(bpe_path):
         path = untrusted.check_path_text(bpe_path, 'merges path')
-        lines = _read_vocab_text(path, 'vocab_40000.bpe').split('\n')
+        lines = read_vocab_text(path, 'vocab_40000.bpe', f'use the unmodified file from {VOCAB_SOURCE}',
+                                missing=f'copy vocab_40000.bpe from {VOCAB_SOURCE}').split('\n')
         if not lines[0].startswith('#version'):
             raise _vocab_error(path, f'line 1 is {untrusted.show(lines[0][:40])}, expected the "#version" header')
         # The original drops the first and the last line unconditionally ([1:-1]); the last line is empty in the

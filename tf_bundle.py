@@ -999,19 +999,6 @@ def _to_record(name, array):
     return _Record(name, enum, tuple(int(d) for d in array.shape), raw)
 
 
-def _write_atomic(path, chunks):
-    """Write byte chunks to `path` through a temporary file and a rename."""
-    temp = f'{path}.tempstate{os.getpid()}'
-    try:
-        with open(temp, 'wb') as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-
-
 def _write_bundle(prefix, records):
     """Write records (name, DataType enum, shape, raw bytes) as a one-shard checkpoint."""
     records = sorted(records, key=lambda record: record.name.encode('utf-8'))
@@ -1028,8 +1015,8 @@ def _write_bundle(prefix, records):
     directory = os.path.dirname(prefix)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    _write_atomic(_data_path(prefix, 0, 1), (memoryview(r.data) for r in records))
-    _write_atomic(f'{prefix}.index', [_build_table(items)])
+    untrusted.write_atomically(_data_path(prefix, 0, 1), (memoryview(r.data) for r in records))
+    untrusted.write_atomically(f'{prefix}.index', [_build_table(items)])
 
 
 def _c_escape(text):
@@ -1051,7 +1038,7 @@ def _write_state(prefix):
     name = _c_escape(os.path.basename(prefix))
     text = f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n'
     path = os.path.join(os.path.dirname(prefix), 'checkpoint')
-    _write_atomic(path, [text.encode('ascii')])
+    untrusted.write_atomically(path, [text.encode('ascii')])
 
 
 def write_tf_checkpoint(prefix, arrays, write_state=True):

@@ -24,7 +24,7 @@ from flags import add_architecture_args, add_dropout_args, add_optimizer_args, a
 from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
 from model_gpt2 import make_task_model
 from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
-from models import ARCHITECTURE_FLAGS, fill_architecture, load_tokenizer, read_with_flags, stated_architecture
+from models import architecture_flags, fill_architecture, load_tokenizer, read_with_flags, stated_architecture
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
 from trainer import (RUN_ENDINGS, PhaseClock, Run, autocast_context, check_not_unfinished, failed_run_exit,
@@ -431,11 +431,6 @@ def load_task_data(args, text_encoder, task):
                 tests=tests, dev_names=task.dev)
     return data, dict(n_vocab=n_vocab, n_special=n_special, n_ctx=n_ctx, clf_token=encoder['_classify_'],
                       head_type=task.head_type)
-
-
-def architecture_flags(args):
-    """Return {name: value or None} of the run's architecture flags (None: the weights')."""
-    return {name: getattr(args, name) for name in ARCHITECTURE_FLAGS}
 
 
 def pretrained_model(args, sizes, device, family):

@@ -1,5 +1,6 @@
 """Reading files that come from elsewhere: the project's one error type for a bad file, regular files only, paths
-kept inside their folder, reads bounded by what is on disk, JSON with a depth limit, typed fields.
+kept inside their folder, reads bounded by what is on disk, JSON with a depth limit, typed fields; and writing into
+such a folder through temporaries that a planted link cannot redirect.
 
 Weight folders, corpora, vocabularies and run folders are downloaded or handed over by colleagues, so every reader
 treats them as untrusted (docs/trust.md says what is checked). A reader raises only `BadFile` (a ValueError; its
@@ -12,6 +13,7 @@ import os
 import re
 import stat
 import struct
+import tempfile
 import zipfile
 from contextlib import contextmanager
 
@@ -260,3 +262,54 @@ def choice_field(name, value, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f'{name} must be one of {", ".join(map(repr, sorted(choices)))}, not {show(value)}')
     return value
+
+
+# --- writing into a folder that came from elsewhere ---------------------------------------------------------
+
+def create_temporary(path):
+    """Create a new empty temporary file beside path, for writing then renaming onto it; return (fd, its path).
+
+    Its name (`NAME.tmpXXXXXXXX`, random) is made with O_CREAT | O_EXCL (tempfile.mkstemp): a file or symlink already
+    there, planted by whoever made the folder, is never followed, opened or reused. The rename that follows replaces
+    path itself, never what a symlink at path leads to."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return tempfile.mkstemp(dir=folder, prefix=f'{name}.tmp')
+
+
+def replace_durably(fd, tmp, path):
+    """Flush the temporary file open on fd to disk, close it and rename tmp onto path, then make the rename durable
+    (the folder flushed); return path. The temporary is removed when any step fails."""
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return path
+
+
+def write_atomically(path, data):
+    """Write data (bytes, or an iterable of bytes chunks) to path through a safe temporary beside it
+    (create_temporary), durably; return path."""
+    fd, tmp = create_temporary(path)
+    try:
+        for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        os.remove(tmp)
+        raise
+    return replace_durably(fd, tmp, path)

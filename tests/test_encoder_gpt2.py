@@ -221,7 +221,7 @@ def broken_files():
     return [
         (encoder[:-10], None, 'encoder.json', 'not valid JSON'),
         (json.dumps(dict(vocab, **{'with space': 50257})).encode(), None, 'encoder.json', 'not byte-level'),
-        (json.dumps(dict(vocab, Hello=0)).encode(), None, 'encoder.json', 'ids 0..50256 once each'),
+        (json.dumps(dict(vocab, Hello=0)).encode(), None, 'encoder.json', 'which another token has: the ids must be 0..50256'),
         (json.dumps({k: v for k, v in vocab.items() if k != '<|endoftext|>'}).encode(), None, 'encoder.json',
          "no '<|endoftext|>' entry"),
         (None, merges[:-1], 'vocab.bpe', 'newline'),

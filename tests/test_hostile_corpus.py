@@ -259,16 +259,93 @@ def test_every_meta_field_of_the_wrong_type_or_range_is_refused(folder, dotted, 
     assert 'prepare the corpus again' in message
 
 
-def test_an_older_corpus_without_checksums_is_refused_with_the_remedy(folder):
-    """meta.json as prepare_corpus.py wrote it before vocabulary SHA-256s: absolute paths and git blob SHA-1s."""
+def write_old_meta(folder, sha1s, outside):
+    """Rewrite the corpus folder's meta.json as the previous prepare_corpus.py (git 35e4441) wrote it: its build_meta's
+    fields in its order, the vocabulary as the paths given on its command line (absolute by default) with their git
+    blob SHA-1s (sha1s: encoder's, bpe's) and no SHA-256, no max_id, json.dumps(indent=2, ensure_ascii=False); and
+    no checked_ids.json (it wrote none). The vocabulary paths name the files in the folder outside."""
     meta = read_meta(folder)
-    vocabulary = meta['vocabulary']
-    meta['vocabulary'] = dict(encoder_path=os.path.join(REPOSITORY, vocabulary['encoder_path']),
-                              encoder_sha1=vocabulary['encoder_sha1'], bpe_sha1=vocabulary['bpe_sha1'],
-                              bpe_path=os.path.join(REPOSITORY, vocabulary['bpe_path']))
-    write_meta(folder, meta)
+    family = corpus.corpus_family(meta)
+    names = corpus.CORPUS_VOCABULARY[family]
+    old = dict(format=meta['format'], dtype='uint16', byteorder='little', n_vocab=meta['n_vocab'],
+               separator_id=meta['separator_id'], n_special=meta['n_special'], separator=meta['separator'],
+               vocabulary=dict(encoder_path=str(outside / names[0]), encoder_sha1=sha1s[0],
+                               bpe_path=str(outside / names[1]), bpe_sha1=sha1s[1]),
+               splits={split: dict(file=f'{split}.bin', n_documents=meta['splits'][split]['n_documents'],
+                                   n_tokens=meta['splits'][split]['n_tokens'],
+                                   n_empty_skipped=meta['splits'][split]['n_empty_skipped'])
+                       for split in corpus.SPLITS},
+               n_tokens_note=meta['n_tokens_note'], settings=meta['settings'])
+    (folder / 'meta.json').write_text(json.dumps(old, indent=2, ensure_ascii=False) + '\n', encoding='utf-8')
+    (folder / corpus.CHECKED_IDS).unlink()
+    outside.mkdir(exist_ok=True)
+    for name in names:  # what the recorded paths lead to: not a vocabulary (read, it would be refused)
+        (outside / name).write_text('not the vocabulary', encoding='utf-8')
+
+
+@pytest.fixture(scope='module')
+def gpt2_pristine(tmp_path_factory):
+    """A tiny GPT-2 corpus as prepare_corpus.py writes it."""
+    return write_structured_corpus(tmp_path_factory.mktemp('gpt2'), n_docs=6, extra=('--arch', 'gpt2'))
+
+
+def shipped_sha1s(family):
+    """The git blob SHA-1s of the vocabulary files this repository ships: GPT-1's as weights.RELEASED_FILES pins
+    them (the released files), GPT-2's computed from model/gpt2/."""
+    import weights
+    if family == 'gpt1':
+        return tuple(weights.RELEASED_FILES[name] for name in corpus.CORPUS_VOCABULARY['gpt1'])
+    return tuple(weights.git_blob_sha1(corpus.shipped_path('gpt2', role)) for role in corpus.ROLES)
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+def test_an_older_corpus_of_the_shipped_vocabulary_opens(family, pristine, gpt2_pristine, tmp_path, scans):
+    """A corpus prepared by the previous prepare_corpus.py (meta.json with absolute vocabulary paths and git blob
+    SHA-1s, no SHA-256): its SHA-1s are the shipped vocabulary's, so it opens, the shipped files stand for the
+    recorded paths (which lead outside the folder, to files that are not read), and its ids are scanned once."""
+    folder = shutil.copytree(pristine if family == 'gpt1' else gpt2_pristine, tmp_path / 'corpus')
+    write_old_meta(folder, shipped_sha1s(family), tmp_path / 'elsewhere')
+    train, val, meta = corpus.load_corpus(folder)
+    shipped = tuple(corpus.shipped_path(family, role) for role in corpus.ROLES)
+    assert pretrain.vocabulary_paths(meta) == shipped  # what pretrain.py builds its tokenizer from
+    assert sorted(scans) == sorted([len(train), len(val)])
+    assert checked_ids(folder)['train']['max_id'] == int(np.max(train))
+    corpus.load_corpus(folder)
+    assert len(scans) == 2  # recorded: the second open scans nothing
+
+
+@pytest.mark.parametrize('which', ['encoder', 'bpe', 'both', 'none'])
+def test_an_older_corpus_of_another_vocabulary_is_refused_with_the_remedy(folder, tmp_path, which):
+    """An old record whose SHA-1 is not the shipped file's (another vocabulary, outside the folder: it cannot be
+    trusted), or one with no checksum at all: refused, naming meta.json, saying to prepare the corpus again."""
+    good = shipped_sha1s('gpt1')
+    other = hashlib.sha1(b'another vocabulary').hexdigest()
+    sha1s = {'encoder': (other, good[1]), 'bpe': (good[0], other), 'both': (other, other), 'none': good}[which]
+    write_old_meta(folder, sha1s, tmp_path / 'elsewhere')
+    if which == 'none':
+        meta = read_meta(folder)
+        del meta['vocabulary']['encoder_sha1'], meta['vocabulary']['bpe_sha1']
+        write_meta(folder, meta)
     message = refused(folder, folder / 'meta.json')
     assert 'SHA-256' in message and 'prepare the corpus again' in message
+    assert str(tmp_path / 'elsewhere') not in message
+    if which != 'none':
+        assert other in message and 'is not the one this repository ships' in message
+
+
+def test_links_planted_at_the_record_and_its_temporary_are_not_written_through(folder, tmp_path):
+    """A downloaded folder with symlinks at checked_ids.json and at the temporary name an open would write it to
+    (NAME.tmpPID: PIDs are predictable), leading to a file elsewhere: opening (which scans the copied files and writes
+    the record) replaces the links and leaves that file unchanged."""
+    victim = tmp_path / 'victim'
+    victim.write_bytes(b'precious')
+    (folder / corpus.CHECKED_IDS).unlink()
+    for name in (corpus.CHECKED_IDS, f'{corpus.CHECKED_IDS}.tmp{os.getpid()}'):
+        os.symlink(victim, folder / name)
+    train, _, _ = corpus.load_corpus(folder)
+    assert victim.read_bytes() == b'precious'
+    assert not os.path.islink(folder / corpus.CHECKED_IDS)
+    assert checked_ids(folder)['train']['max_id'] == int(np.max(train))
 
 
 NOT_META = {'deep list': '[' * 100000, 'deep object': '{"a": ' * 100000, 'list': '[]', 'string': '"meta"',

@@ -134,8 +134,8 @@ def test_gpt1_encoder_that_is_not_utf8(tmp_path):
     ({'!': True}, 'not an integer'),                  # '!' is id 0: a bool in its place
     ({'!': 0.0}, 'not an integer'),
     ({'!': '0'}, 'not an integer'),
-    ({'!': 50257}, 'ids 0..50256 once each'),         # an id past the tokens
-    ({'!': 1}, 'ids 0..50256 once each'),             # a duplicate
+    ({'!': 50257}, 'must be 0..50256, once each'),    # an id past the tokens
+    ({'!': 1}, 'which another token has'),           # a duplicate
 ])
 def test_gpt2_encoder_ids_must_be_exactly_0_to_n_minus_1(tmp_path, change, said):
     encoder = json.loads((GPT2_DIR / 'encoder.json').read_bytes())
@@ -208,7 +208,40 @@ def test_a_symlink_leaving_its_folder_is_refused(tmp_path, reader):
     (tmp_path / 'inside').mkdir()
     link = tmp_path / 'inside' / 'vocab'
     link.symlink_to(target)
-    assert 'outside' in refused(READERS[reader], link)
+    message = refused(READERS[reader], link)
+    # what to do is to pass the real path, not to fetch another copy of the file
+    assert "is a link that leads outside" in message and "pass the file's real path" in message, message
+    assert 'unmodified file' not in message and 'put the released' not in message, message
+
+
+# --- one reader, one id rule for both families ---------------------------------------------------------------
+
+def test_one_size_limit_for_the_four_readers(tmp_path, monkeypatch):
+    """The vocabulary size limit is one constant (text_utils.VOCAB_MAX_BYTES), read by GPT-1's and GPT-2's readers
+    alike: lowered, it refuses every file above it."""
+    import text_utils
+    monkeypatch.setattr(text_utils, 'VOCAB_MAX_BYTES', 10)
+    files = {'gpt1 encoder': json.dumps(SMALL_ENCODER), 'gpt1 merges': SMALL_MERGES,
+             'gpt2 encoder': SMALL_GPT2[0], 'gpt2 merges': SMALL_GPT2[1]}
+    for reader, content in files.items():
+        path = write(tmp_path / reader.replace(' ', '_'), content)
+        assert 'more than any' in refused(READERS[reader], path), reader
+
+
+@pytest.mark.parametrize('change, said', [
+    (dict(b=True), "token 'b' has id True, not an integer"),
+    (dict(b=0), "token 'b' has id 0, which another token has: the ids must be 0..{top}, once each"),
+    (dict(b=10 ** 6), "token 'b' has id 1000000, but the ids of {n} tokens must be 0..{top}, once each"),
+], ids=['bool', 'duplicate', 'past the end'])
+def test_one_id_rule_for_both_families(tmp_path, change, said):
+    """The ids-exactly-0..n-1 rule is one check (text_utils.check_token_ids): GPT-1's and GPT-2's encoders with the
+    same fault are refused in the same words."""
+    gpt1 = dict({'a</w>': 0, 'b': 1}, **change)
+    gpt2 = dict(json.loads(SMALL_GPT2[0]), **change)
+    for reader, encoder in ((load_encoder, gpt1), (encoder_gpt2.read_encoder_json, gpt2)):
+        path = write(tmp_path / 'enc.json', json.dumps(encoder))
+        message = refused(reader, path)
+        assert said.format(n=len(encoder), top=len(encoder) - 1) in message, message
 
 
 # --- mutations: only BadFile escapes -----------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import checkpoint
 import prepare_corpus
+import utils
 from corpus import SPLITS, load_corpus
 from prepare_corpus import encode_chunk, in_val, main
 from text_utils import TextEncoder
@@ -163,7 +163,10 @@ def test_serial_and_parallel_write_the_same_bytes(tmp_path, capsys):
     assert len(stream_docs(serial)['val']) > 0
 
 
-def test_parallel_progress_bar_and_summary(tmp_path, capsys):
+def test_parallel_progress_bar_and_summary(tmp_path, capsys, monkeypatch):
+    # a bar not on a terminal writes a line every PROGRESS_INTERVAL_S and, being one tqdm would erase (leave=False),
+    # none at its end: a line at every update, for this short run
+    monkeypatch.setattr(utils, 'PROGRESS_INTERVAL_S', 0)
     src = write_jsonl(tmp_path / 'c.jsonl', DOCS)
     rc, out, err = run(capsys, '--input', src, '--out', tmp_path / 'out', '--text_field', 'text', '--workers', '2',
                        '--val_fraction', '0.5')
@@ -444,8 +447,8 @@ def test_interrupted_run_never_leaves_a_complete_looking_folder(tmp_path, capsys
             raise KeyboardInterrupt
         renames.append(path)
         return real_replace(tmp, path)
-    real_replace = checkpoint.fsync_replace
-    monkeypatch.setattr(checkpoint, 'fsync_replace', rename_train_only)
+    real_replace = os.replace
+    monkeypatch.setattr(os, 'replace', rename_train_only)
     with pytest.raises(KeyboardInterrupt):
         main(['--input', str(b), '--out', str(out), '--text_field', 'text', '--quiet', '--workers', '1'])
     assert renames == [os.path.join(str(out), 'train.bin')]
@@ -475,3 +478,60 @@ def test_gpt2_corpus_is_the_original_encoders_ids_joined_by_endoftext(tmp_path, 
     from corpus import corpus_family, load_corpus
     train, _, meta = load_corpus(out)
     assert corpus_family(meta) == 'gpt2' and train.tolist() == want
+
+
+def plant_links(out, target):
+    """Plant, in the folder out, a symlink to target at every name prepare_corpus.py writes or could predictably
+    write (the names and, for a temporary named by this process's id, NAME.tmpPID); return their names."""
+    names = ['train.bin', 'val.bin', 'meta.json', 'checked_ids.json', 'encoder_bpe_40000.json', 'vocab_40000.bpe']
+    planted = names + [f'{name}.tmp{os.getpid()}' for name in names]
+    for name in planted:
+        if not os.path.lexists(out / name):
+            os.symlink(target, out / name)
+    return planted
+
+
+def test_links_planted_in_out_are_never_written_through(tmp_path, capsys, monkeypatch):
+    """Re-preparing into a downloaded folder: a symlink planted at any name, final or temporary, is replaced or
+    removed, never followed: the file it leads to is unchanged. Planted before the run and again once the stale
+    temporaries were cleaned (a race, or a name the cleaning misses)."""
+    outside = tmp_path / 'victim'
+    outside.write_bytes(b'precious')
+    enc, bpe = tmp_path / 'enc.json', tmp_path / 'merges.bpe'  # a vocabulary of its own: its copies are written too
+    enc.write_text(json.dumps({'a</w>': 0, 'b</w>': 1, 'ab</w>': 2, 'a': 3, 'b': 4, '.</w>': 5}), encoding='utf-8')
+    bpe.write_text('#version: 0.2\na b</w>\n', encoding='utf-8')
+    (tmp_path / 'c.txt').write_text('ab a. b\n\nzz ab\n', encoding='utf-8')
+    out = tmp_path / 'out'
+    out.mkdir()
+    plant_links(out, outside)
+    real = prepare_corpus.make_out_folder
+
+    def make_then_plant(path):
+        real(path)
+        plant_links(out, outside)
+        return path
+    monkeypatch.setattr(prepare_corpus, 'make_out_folder', make_then_plant)
+    prepare(capsys, tmp_path / 'c.txt', out, '--encoder_path', enc, '--bpe_path', bpe, '--val_fraction', '0')
+    assert outside.read_bytes() == b'precious'
+    for name in ('train.bin', 'val.bin', 'meta.json', 'checked_ids.json', 'encoder_bpe_40000.json'):
+        assert not os.path.islink(out / name), name
+    assert read_ids(out / 'train.bin') == [2, 3, 5, 1, 6, 0, 0, 2, 6]
+    monkeypatch.undo()
+    train, _, meta = load_corpus(out)
+    assert list(train) == [2, 3, 5, 1, 6, 0, 0, 2, 6] and meta['vocabulary']['encoder_path'] == str(
+        out / 'encoder_bpe_40000.json')
+
+
+@pytest.mark.parametrize('arch', ['gpt1', 'gpt2'])
+def test_a_vocabulary_named_through_a_link_out_says_to_pass_the_real_path(tmp_path, capsys, arch):
+    """--encoder_path naming a symlink to a file elsewhere is refused (no link leaves the folder of the file), in one
+    line that says what to do: pass the file's real path."""
+    (tmp_path / 'c.txt').write_text('ab a. b\n', encoding='utf-8')
+    (tmp_path / 'links').mkdir()
+    link = tmp_path / 'links' / 'encoder.json'
+    os.symlink(prepare_corpus.DEFAULT_VOCABULARY[arch][0], link)
+    rc, _, err = run(capsys, '--input', tmp_path / 'c.txt', '--out', tmp_path / 'out', '--arch', arch,
+                     '--encoder_path', link, '--quiet', '--workers', '1')
+    assert rc == 2 and err.count('\n') == 1, err
+    assert f"{link}: is a link that leads outside" in err and "pass the file's real path" in err, err
+    assert 'unmodified file' not in err and 'put the released' not in err, err

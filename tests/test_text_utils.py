@@ -10,6 +10,7 @@ import spacy
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import utils
 from text_utils import TextEncoder, get_pairs, text_standardize
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / 'model'
@@ -76,7 +77,10 @@ def test_cache_holds_tokens_and_bpe_is_consistent(text_encoder):
         assert ''.join(pieces).replace('</w>', '') == token
 
 
-def test_encode_progress_goes_to_stderr_only(text_encoder, capsys):
+def test_encode_progress_goes_to_stderr_only(text_encoder, capsys, monkeypatch):
+    # not on a terminal, the bar (one tqdm would erase: leave=False) writes a line every PROGRESS_INTERVAL_S and none
+    # at its end: a line at every text here
+    monkeypatch.setattr(utils, 'PROGRESS_INTERVAL_S', 0)
     text_encoder.encode(['Hello there.'] * 3, verbose=True)
     captured = capsys.readouterr()
     assert captured.out == '' and captured.err != ''

@@ -180,3 +180,21 @@ def test_an_error_under_a_short_folder_name_is_still_named():
     with pytest.raises(BadFile, match=r"^m: cannot reshape array"):
         with untrusted.reading('m'):
             raise ValueError('cannot reshape array of size 3 into shape (2,)')
+
+
+def test_writes_never_follow_a_link_planted_at_a_temporarys_name(tmp_path):
+    """A folder from elsewhere may hold links named as a writer's temporaries (PIDs are predictable): the temporary
+    is a new file, and the rename replaces the target name itself."""
+    from checkpoint import atomic_write
+    outside = tmp_path / 'outside'
+    outside.write_bytes(b'precious')
+    folder = tmp_path / 'folder'
+    folder.mkdir()
+    for name in ('a.json', 'b.json'):
+        for planted in (f'{name}.tmp{os.getpid()}', f'{name}.tempstate{os.getpid()}', f'{name}.tmp'):
+            os.symlink(outside, folder / planted)
+    untrusted.write_atomically(folder / 'a.json', [b'{}', b'\n'])
+    atomic_write(str(folder / 'b.json'), lambda tmp: open(tmp, 'w').write('{}\n'))
+    assert outside.read_bytes() == b'precious'
+    assert (folder / 'a.json').read_bytes() == b'{}\n' == (folder / 'b.json').read_bytes()
+    assert not (folder / 'a.json').is_symlink()
