@@ -451,7 +451,9 @@ def test_cli_timeout_gives_up_on_a_stalled_server(server, tmp_path, capsys):
     assert '--timeout > 0' in capsys.readouterr().err
 
 
-def test_cli_no_progress_silences_the_progress_bars(server, tmp_path, capsys):
+def test_cli_no_progress_silences_the_progress_bars(server, tmp_path, capsys, monkeypatch):
+    import utils
+    monkeypatch.setattr(utils, 'PROGRESS_INTERVAL_S', 0)  # stderr is no terminal here: a line at every update
     serve_small_files(server)
     base = ['--base_url', server.url('/model/'), '--files', 'params_shapes.json', 'vocab_40000.bpe']
     assert dm.main(['--model_dir', str(tmp_path / 'a'), '--no_progress'] + base) == 0

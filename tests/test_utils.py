@@ -77,7 +77,9 @@ def test_iter_data_checks_lengths_and_batch_size():
         list(iter_data(np.arange(5), n_batch=0))
 
 
-def test_iter_data_verbose_writes_stderr_only(capsys):
+def test_iter_data_verbose_writes_stderr_only(capsys, monkeypatch):
+    import utils
+    monkeypatch.setattr(utils, 'PROGRESS_INTERVAL_S', 0)  # stderr is no terminal here: a line at every update
     list(iter_data(np.arange(10), n_batch=3))
     captured = capsys.readouterr()
     assert captured.out == '' and captured.err == ''
