@@ -25,7 +25,6 @@ file):
 
 No TF counterpart (OpenAI released no pre-training code).
 """
-import hashlib
 import json
 import os
 import re
@@ -194,35 +193,16 @@ def corpus_family(meta):
 
 # --- the vocabulary --------------------------------------------------------------------------------------------
 
-def file_sha256(path, folder=None):
-    """Return the SHA-256 hex digest of the regular file at path (streamed)."""
-    h = hashlib.sha256()
-    with untrusted.open_regular(path, folder) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def shipped_path(family, role):
     """Return the absolute path of the vocabulary file of a family (role 'encoder' or 'bpe') this repository ships."""
     return os.path.join(REPOSITORY, *SHIPPED_VOCABULARY[family][ROLES.index(role)].split('/'))
 
 
-def file_blob_sha1(path, folder=None):
-    """Return the git blob SHA-1 hex digest of the regular file at path (what an older prepare_corpus.py recorded;
-    weights.git_blob_sha1 computes the same, but weights imports torch)."""
-    with untrusted.open_regular(path, folder) as f:
-        h = hashlib.sha1(b'blob %d\0' % os.fstat(f.fileno()).st_size)
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @lru_cache(maxsize=8)
 def _shipped_digest(path, size, mtime_ns, kind):
-    """Return file_sha256(path) (kind 'sha256') or file_blob_sha1(path) ('sha1'), cached for a file of that size and
-    modification time."""
-    return file_sha256(path) if kind == 'sha256' else file_blob_sha1(path)
+    """Return untrusted.file_sha256(path) (kind 'sha256') or untrusted.git_blob_sha1(path) ('sha1'), cached for a file
+    of that size and modification time."""
+    return untrusted.file_sha256(path) if kind == 'sha256' else untrusted.git_blob_sha1(path)
 
 
 def shipped_digest(family, role, kind='sha256'):
@@ -269,7 +249,7 @@ def recorded_vocabulary_file(folder, family, record, role, meta_path):
                  else f'{folder} does not hold; {AGAIN}')
         raise untrusted.MissingFile(f'{meta_path}: names the vocabulary file {untrusted.show(name)}, which {where}',
                                     meta_path)
-    digest = file_sha256(path, folder if path.startswith(os.path.join(folder, '')) else None)
+    digest = untrusted.file_sha256(path, folder if path.startswith(os.path.join(folder, '')) else None)
     if digest != record[f'{role}_sha256']:
         raise untrusted.bad(meta_path, f'the vocabulary file {path} has SHA-256 {digest[:16]}..., not the '
                                        f'{record[f"{role}_sha256"][:16]}... meta.json records: it is not the '

@@ -60,7 +60,7 @@ from models import tokenizer_from_files
 from text_utils import BPE_PATH, ENCODER_PATH, VOCAB_MAX_BYTES, load_bpe_ranks, load_encoder
 from utils import close_bars, progress
 from weights import FAMILIES as ARCHES
-from weights import GPT2_VOCAB_FILES, git_blob_sha1
+from weights import GPT2_VOCAB_FILES
 
 MAX_ID = np.iinfo(np.uint16).max
 CHUNK_DOCS = 256  # documents handed to a worker at once
@@ -181,7 +181,7 @@ def vocabulary_record(arch, encoder_path, bpe_path):
         if digest != shipped_sha256(arch, role):
             copies[name] = data
             shipped = name
-        record.update({f'{role}_path': shipped, f'{role}_sha256': digest, f'{role}_sha1': git_blob_sha1(data)})
+        record.update({f'{role}_path': shipped, f'{role}_sha256': digest, f'{role}_sha1': untrusted.git_blob_sha1(data)})
     record['note'] = VOCABULARY_NOTE
     return record, copies
 

@@ -1,12 +1,13 @@
 """Reading files that come from elsewhere: the project's one error type for a bad file, regular files only, paths
-kept inside their folder, reads bounded by what is on disk, JSON with a depth limit, typed fields; and writing into
-such a folder through temporaries that a planted link cannot redirect.
+kept inside their folder, reads bounded by what is on disk, digests, JSON with a depth limit, typed fields; and
+writing into such a folder through temporaries that a planted link cannot redirect.
 
 Weight folders, corpora, vocabularies and run folders are downloaded or handed over by colleagues, so every reader
 treats them as untrusted (docs/trust.md says what is checked). A reader raises only `BadFile` (a ValueError; its
 `MissingFile` subclass is also a FileNotFoundError), with one line that names the file and what is wrong; the
 command-line tools print that line. This module imports neither torch nor numpy.
 """
+import hashlib
 import json
 import math
 import os
@@ -185,6 +186,37 @@ def read_text(path, folder=None, limit=JSON_MAX_BYTES, what='file', missing=None
         return data.decode('utf-8-sig')
     except UnicodeDecodeError as err:
         raise bad(path, f'is not UTF-8 text (byte {err.start})') from None
+
+
+# --- digests ---------------------------------------------------------------------------------------------------
+
+def file_sha256(path, folder=None, chunk_size=1 << 20):
+    """Return the SHA-256 hex digest of the regular file at path (opened as open_regular opens it), streamed."""
+    h = hashlib.sha256()
+    with open_regular(path, folder) as f:
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_sha1(path_or_bytes, chunk_size=1 << 20, folder=None):
+    """Return the git blob SHA-1 hex digest, sha1(b"blob <size>\\0" + data), of bytes-like data or of the regular file
+    at a path (opened as open_regular opens it), streamed."""
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        data = memoryview(path_or_bytes).cast('B')
+        h = hashlib.sha1(b'blob %d\0' % len(data))
+        h.update(data)
+        return h.hexdigest()
+    with open_regular(path_or_bytes, folder) as f:
+        size = os.fstat(f.fileno()).st_size
+        h = hashlib.sha1(b'blob %d\0' % size)
+        n_read = 0
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+            n_read += len(chunk)
+    if n_read != size:  # the file changed while we read it: the header would be wrong
+        raise bad(path_or_bytes, 'changed size while being hashed; try again')
+    return h.hexdigest()
 
 
 # --- JSON ------------------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ must be float32 (safetensors and transformers files: also float16 and bfloat16, 
 ints, bools or complex numbers; a converted folder's .npy headers are checked before they are ever written.
 """
 import base64
-import hashlib
 import io
 import json
 import math
@@ -56,7 +55,7 @@ import torch
 import tf_bundle
 import untrusted
 from checkpoint import atomic_write, open_safetensors, safetensors_dtypes, write_json
-from untrusted import SIZE_LIMITS, BadFile, MissingFile, bad, is_int, show
+from untrusted import SIZE_LIMITS, BadFile, MissingFile, bad, file_sha256, git_blob_sha1, is_int, show
 
 N_SHARDS = 10  # params_0.npy ... params_9.npy
 
@@ -301,25 +300,6 @@ FIXES = {
     'lfs': 'fetch the real file (`git lfs pull` in a clone, or run download_model.py)',
 }
 DEFAULT_FIX = 'delete it and run download_model.py again'
-
-
-def git_blob_sha1(path_or_bytes, chunk_size=1 << 20):
-    """Return the git blob SHA-1 hex digest of bytes-like data or of a file (str/PathLike), streamed."""
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data = memoryview(path_or_bytes).cast('B')
-        h = hashlib.sha1(b'blob %d\0' % len(data))
-        h.update(data)
-        return h.hexdigest()
-    with untrusted.open_regular(path_or_bytes) as f:
-        size = os.fstat(f.fileno()).st_size
-        h = hashlib.sha1(b'blob %d\0' % size)
-        n_read = 0
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-            n_read += len(chunk)
-    if n_read != size:  # the file changed while we read it: the header would be wrong
-        raise bad(path_or_bytes, 'changed size while being hashed; try again')
-    return h.hexdigest()
 
 
 def sniff(head):
@@ -934,12 +914,9 @@ def gpt2_file_problem(folder, name, size, path=None):
 def gpt2_content_problem(folder, name, size, path):
     """Return gpt2_file_problem's (kind, description) for the content of a file that find_problem passed."""
     if name in GPT2_VOCAB_SHA256:
-        digest = hashlib.sha256()
-        with untrusted.open_regular(path) as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != GPT2_VOCAB_SHA256[name]:
-            return 'sha256', f'corrupt or truncated: expected SHA-256 {GPT2_VOCAB_SHA256[name]}, got {digest.hexdigest()}'
+        digest = file_sha256(path)
+        if digest != GPT2_VOCAB_SHA256[name]:
+            return 'sha256', f'corrupt or truncated: expected SHA-256 {GPT2_VOCAB_SHA256[name]}, got {digest}'
     elif name == HPARAMS_NAME:
         if read_hparams(path) != gpt2_hparams(size):
             return 'content', f'not the hparams of GPT-2 {size}: expected {json.dumps(gpt2_hparams(size))}'
