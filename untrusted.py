@@ -40,6 +40,11 @@ class MissingFile(BadFile, FileNotFoundError):
     """A file a folder must hold is not there (also a FileNotFoundError)."""
 
 
+class BadArgument(ValueError):
+    """A caller's argument (a command-line flag) that is refused: a plain ValueError naming the argument, never blamed
+    on a file (reading lets it pass as it is)."""
+
+
 def one_line(text):
     """Return text on one line: every run of whitespace (newlines included) becomes one space."""
     return ' '.join(str(text).split())
@@ -75,11 +80,12 @@ READ_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, Recu
 @contextmanager
 def reading(path):
     """Turn any error a reader meets while reading path into one BadFile naming it (kept as is when it already is
-    one, a MissingFile for a missing file); the readers' entry points run inside this."""
+    one, a MissingFile for a missing file); a BadArgument, the caller's fault, passes as it is. The readers' entry
+    points run inside this."""
     path = os.fspath(path)
     try:
         yield
-    except BadFile:
+    except (BadFile, BadArgument):
         raise
     except FileNotFoundError as err:
         raise MissingFile(_named(path, err), path) from None

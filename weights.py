@@ -55,7 +55,7 @@ import torch
 import tf_bundle
 import untrusted
 from checkpoint import atomic_write, open_safetensors, safetensors_dtypes, write_json
-from untrusted import SIZE_LIMITS, BadFile, MissingFile, bad, file_sha256, git_blob_sha1, is_int, show
+from untrusted import SIZE_LIMITS, BadArgument, BadFile, MissingFile, bad, file_sha256, git_blob_sha1, is_int, show
 
 N_SHARDS = 10  # params_0.npy ... params_9.npy
 
@@ -125,11 +125,6 @@ SAFETENSORS_DTYPES = ('F32', 'F16', 'BF16')
 TORCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class BadArgument(ValueError):
-    """A caller's argument (a command-line flag) that is refused: a plain ValueError naming the argument, never blamed
-    on a file."""
-
-
 def guarded(reader):
     """Return reader, an entry point whose first argument is the path it reads, run so that only a BadFile escapes
     it: the path is checked to be a file name, and any other error a damaged file causes (untrusted.reading) becomes
@@ -138,11 +133,7 @@ def guarded(reader):
     def entry_point(path, *args, **kwargs):
         path = untrusted.check_path_text(path)
         with untrusted.reading(path):
-            try:
-                return reader(path, *args, **kwargs)
-            except BadArgument as err:
-                refused = err
-        raise refused
+            return reader(path, *args, **kwargs)
     return entry_point
 
 

@@ -37,6 +37,9 @@ def test_reading_keeps_a_message_that_names_the_file_and_makes_missing_files_mis
     with pytest.raises(MissingFile, match='folder/y'):
         with untrusted.reading('folder'):
             open('folder/y')
+    with pytest.raises(untrusted.BadArgument, match=r'^--n_head 7: '):  # the caller's fault, not the file's
+        with untrusted.reading('folder'):
+            raise untrusted.BadArgument('--n_head 7: n_head=7 does not divide n_embd=32')
     with pytest.raises(ZeroDivisionError):  # a programming error is not a bad file
         with untrusted.reading('folder'):
             raise ZeroDivisionError
