@@ -8,8 +8,7 @@ import argparse
 import torch
 
 from model_pytorch import ACT_FNS
-
-PRECISIONS = ('fp32', 'fp32-strict', 'bf16', 'fp16')
+from precision import PRECISIONS
 
 
 def add_weights_args(parser):

@@ -29,7 +29,7 @@ import torch
 
 from loss import per_element_ce
 from tasks import metric
-from trainer import autocast_context
+from precision import autocast_context
 
 TASKS = ('sst2', 'cola', 'rocstories', 'race', 'dprd')
 SENTIMENT_WORDS = ('negative', 'positive')  # sst2: class 0, class 1

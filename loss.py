@@ -3,11 +3,11 @@
 Reductions are the original's: the LM loss of a sequence is the mask-weighted mean over its
 positions 1..T-1, and the training loss is mean(task losses) + lm_coef * mean(LM losses).
 """
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from precision import matmul_dtype, no_autocast
 
 
 def per_element_ce(logits, targets):
@@ -28,21 +28,6 @@ LM_CHUNK = 8192  # positions the LM loss decodes at once in train.py and pretrai
 # stay in cache and their buffers are reused, where a [K, V] fp32 copy and log-softmax are fresh pages each
 # step; smaller blocks were faster on one thread but pay a parallel region each (~10 ms apiece on a loaded VM)
 LOG_SOFTMAX_BLOCK = 1 << 22
-
-
-def matmul_dtype(a, b):
-    """Return the dtype a @ b runs in here: autocast's where autocast is on and casts them, else their promoted one."""
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    if torch.is_autocast_enabled(a.device.type) and dtype != torch.float64:  # autocast leaves float64 alone
-        return torch.get_autocast_dtype(a.device.type)
-    return dtype
-
-
-def no_autocast(device_type):
-    """Return a context that turns autocast off for device_type (a no-op context where it is off)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
 
 
 def blocked_cross_entropy(logits, targets):

@@ -41,7 +41,8 @@ from model_pytorch import DEFAULT_CONFIG, LMModel
 from models import FAMILY_MODULES, architecture_flags, fill_architecture, read_with_flags, tokenizer_from_files
 from opt import SCHEDULES, OpenAIAdam
 from sample import generate
-from trainer import (RUN_ENDINGS, Run, autocast_context, failed_run_exit, format_phases, open_log, phase_record,
+from precision import autocast_context
+from trainer import (RUN_ENDINGS, Run, failed_run_exit, format_phases, open_log, phase_record,
                      run_identity, save_state, stop_if_requested, to_tensors, update_phase)
 from untrusted import int_field
 from utils import task_dirs

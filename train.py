@@ -27,7 +27,8 @@ from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_o
 from models import architecture_flags, fill_architecture, load_tokenizer, read_with_flags, stated_architecture
 from opt import SCHEDULES, OpenAIAdam
 from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
-from trainer import (RUN_ENDINGS, PhaseClock, Run, autocast_context, check_not_unfinished, failed_run_exit,
+from precision import autocast_context
+from trainer import (RUN_ENDINGS, PhaseClock, Run, check_not_unfinished, failed_run_exit,
                      format_phases, open_log, phase_record, run_identity, save_state, stop_if_requested, to_tensors,
                      update_phase)
 from untrusted import BadFile, int_field

@@ -33,7 +33,7 @@ from checkpoint import (StateWriter, check_writable, load_training_state, rank_r
                         read_state_metadata, save_training_state)
 from distributed import (DistInfo, all_reduce_sum, close_distributed, dist_info, gather_objects, init_distributed,
                          resolve_device, wrap_ddp)
-from loss import no_autocast
+from precision import autocast_context, configure_precision, no_autocast
 from runlock import RunLock
 from utils import ResultLogger, close_bars
 
@@ -473,21 +473,6 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast_context(device, precision):
-    """Return the autocast context of a precision (a no-op context for fp32)."""
-    if precision in ('bf16', 'fp16'):
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == 'bf16' else torch.float16)
-    return nullcontext()
-
-
-def configure_precision(device, precision):
-    """Set TF32 matmuls on CUDA for fp32 (not fp32-strict); return a GradScaler for fp16 (CUDA or CPU), else None."""
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = precision != 'fp32-strict'
-        torch.backends.cudnn.allow_tf32 = precision != 'fp32-strict'
-    return torch.amp.GradScaler(device.type) if precision == 'fp16' else None
 
 
 def to_tensors(device, *arrays):

@@ -11,7 +11,8 @@ import json
 import sys
 
 from distributed import check_device
-from flags import PRECISIONS, add_weights_args
+from flags import add_weights_args
+from precision import PRECISIONS
 from heuristics import TASKS, n_scored, read_zero_shot, score_zero_shot, scoring_lm
 from models import load_from_args
 from utils import close_bars, progress

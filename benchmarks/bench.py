@@ -18,7 +18,7 @@ on a GPU) is its own. The achieved FLOP/s are model FLOPs (see `seq_flops`) over
 fraction of a large square matmul measured at the same dtype in the same run.
 
 The CUDA path (--device cuda: fp16 with a GradScaler, CUDA max allocated memory, TF32 for fp32 as
-trainer.configure_precision sets it) has not been run yet: no GPU was available when it was written
+precision.configure_precision sets it) has not been run yet: no GPU was available when it was written
 (BENCHMARKS.md records which numbers were measured).
 
     python benchmarks/bench.py [--device cpu|cuda] [--configs ours-fp32,peer-fp32,...] [--steps 3] [--warmup-steps 1]
@@ -173,7 +173,7 @@ def measure_roofline(precision, device, n, repeats=5):
     """Return the best FLOP/s of an [n, n] @ [n, n] matmul at the precision's dtype (TF32 allowed for fp32 on CUDA)."""
     dtype = PRECISION_DTYPES[precision]
     if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True  # as trainer.configure_precision does for fp32
+        torch.backends.cuda.matmul.allow_tf32 = True  # as precision.configure_precision does for fp32
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
@@ -280,7 +280,7 @@ class Peer:
                               attn_pdrop=0.1, resid_pdrop=0.1, summary_first_dropout=0.1)
         self.model = OpenAIGPTDoubleHeadsModel(cfg).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=l2)
-        from trainer import configure_precision
+        from precision import configure_precision
         self.scaler = configure_precision(device, spec.precision)  # TF32 for fp32 on CUDA, as ours
 
     def autocast(self):

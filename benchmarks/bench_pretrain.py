@@ -28,7 +28,8 @@ import torch
 import bench
 from model_pytorch import DEFAULT_CONFIG, N_VOCAB, LMModel, clone_config
 from opt import OpenAIAdam
-from trainer import Run, autocast_context, configure_precision
+from precision import autocast_context, configure_precision
+from trainer import Run
 
 FULL = dict(n_embd=768, n_head=12, n_layer=12)
 QUICK = dict(n_embd=32, n_head=4, n_layer=2)

@@ -486,10 +486,10 @@ def test_activation_checkpointing_gives_the_same_gradients_with_dropout():
 @pytest.mark.cuda
 def test_tf_parity_on_cuda_in_fp32_strict(ref):
     """--precision fp32-strict on CUDA (no TF32): the original's outputs within the CPU tolerance."""
-    import train
+    import precision
     arrays, config = ref
     device = torch.device('cuda')
-    train.configure_precision(device, 'fp32-strict')
+    precision.configure_precision(device, 'fp32-strict')
     assert not torch.backends.cuda.matmul.allow_tf32
     model = tf_model(arrays, config).eval().to(device)
     X = torch.from_numpy(arrays['X']).long().to(device)
