@@ -142,6 +142,13 @@ def similarity_losses(scores, Y):
     return (scores.float() - Y.float()) ** 2
 
 
+def task_losses(clf_logits, ymb):
+    """Return the per-example task loss: squared error for a regression head's scores [B], else cross-entropy."""
+    if clf_logits.dim() == 1:  # SimilarityHead with one output: STS-B scores
+        return similarity_losses(clf_logits, ymb)
+    return clf_losses(clf_logits, ymb)
+
+
 def train_loss(task_losses, lm_losses=None, lm_coef=0.5):
     """Return mean(task_losses) + lm_coef * mean(lm_losses); the task term alone when lm_coef is 0."""
     loss = task_losses.mean()

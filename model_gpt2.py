@@ -21,8 +21,6 @@ to 0. It has no training code either: for training from scratch the initialisati
 residual projections (attn.c_proj.w and mlp.c_proj.w) by 1/sqrt(N), N = 2 * n_layer residual layers, as
 nanoGPT does: the paper describes it, the released code has no initialisation step that shows it.
 """
-import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -33,9 +31,10 @@ import torch.nn.functional as F
 
 import model_pytorch
 from model_pytorch import (MLP, Attention, DoubleHeadModel, LayerNorm, TransformerBase, check_fields, checkpoint_sizes,
-                           clone_config, config_from_args, copy_arrays, special_rows)
-from weights import GPT2_SIZES
+                           clone_config, copy_arrays, own_config, special_rows)
 
+# The released GPT-2 sizes: (n_embd, n_head, n_layer); each has n_vocab 50257 and n_ctx 1024.
+GPT2_SIZES = {'124M': (768, 12, 12), '355M': (1024, 16, 24), '774M': (1280, 20, 36), '1558M': (1600, 25, 48)}
 # The released sizes (openai/gpt-2's download_model.py names them by their parameter count).
 PRESETS = {size: dict(n_embd=n_embd, n_head=n_head, n_layer=n_layer) for size, (n_embd, n_head, n_layer)
            in GPT2_SIZES.items()}
@@ -77,15 +76,6 @@ class GPT2Config:
             raise ValueError(f'unknown GPT-2 size {name!r}: choose one of {preset_names()}')
         return cls(**dict(PRESETS[name], **changes))
 
-    @classmethod
-    def from_args(cls, args, **fields):
-        """Return the config of an object holding the fields as attributes (an argparse Namespace), `fields`
-        overriding them; the sizes and switches default."""
-        return config_from_args(cls, args, OPTIONAL_FIELDS, fields)
-
-
-OPTIONAL_FIELDS = tuple(f.name for f in dataclasses.fields(GPT2Config))  # a Namespace may lack any: the defaults
-
 
 def preset_names():
     """Return the released sizes as text: '124M, 355M, 774M, 1558M'."""
@@ -116,7 +106,7 @@ class GPT2Model(TransformerBase):
 
     def __init__(self, cfg=None):
         super().__init__()
-        self.cfg = copy.deepcopy(GPT2Config() if cfg is None else cfg)
+        self.cfg = own_config(GPT2Config() if cfg is None else cfg, GPT2Config)
         self.cfg.check()
         cfg = self.cfg
         self.wte = nn.Embedding(cfg.n_rows, cfg.n_embd)
@@ -124,11 +114,6 @@ class GPT2Model(TransformerBase):
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd)
         init_weights(self)
-
-    @property
-    def pos_offset(self):
-        """Return the id of position 0 in x: the rows of wte (tokens and special tokens)."""
-        return self.cfg.n_rows
 
     @property
     def lm_weight(self):
@@ -209,7 +194,7 @@ def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None
     """Return a GPT2Model (a GPT2LMHeadModel with lm) holding a GPT-2 Checkpoint, or load it into the given model.
 
     Positions cropped to n_ctx (default: all stored); special rows beyond the stored ones are drawn as GPT-1's loader
-    draws them, np.random.randn(k, n_embd) * 0.02 from numpy's global generator. A model built here is in eval mode;
+    draws them (model_pytorch.draw_special_rows: numpy's global generator). A model built here is in eval mode;
     a given model keeps its mode, and its n_ctx and n_special are used. n_transfer, as GPT-1's loader: the tables,
     ln_f and the first n_transfer blocks are copied (None: every block; -1: nothing, the special rows still drawn).
     """
@@ -240,7 +225,8 @@ def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None
 def make_task_model(ckpt, n_ctx, n_special, clf_token, task_head_type, cfg_fields, n_transfer=None):
     """Return the GPT2DoubleHeadModel of GPT-1's fine-tuning recipe on GPT-2 weights: the checkpoint's transformer
     with positions cropped to n_ctx and n_special rows appended to wte, drawn as GPT-1's loader draws special rows
-    (n_transfer as model_from_checkpoint's); cfg_fields set the dropouts and switches."""
+    (model_from_checkpoint, through model_pytorch.draw_special_rows; n_transfer as its); cfg_fields set the dropouts
+    and switches."""
     cfg = clone_config(checkpoint_config(ckpt, n_ctx=n_ctx, n_special=n_special), **cfg_fields)
     model = GPT2DoubleHeadModel(cfg, clf_token, task_head_type)
     model_from_checkpoint(ckpt, model=model.transformer, n_transfer=n_transfer)

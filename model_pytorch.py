@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from loss import LM_CHUNK, lm_losses_from_hidden, task_losses
 from untrusted import BadFile, show
 from weights import AFNS, block_keys, check_config_fields, detect_format, read_checkpoint, read_released
 
@@ -77,48 +78,15 @@ class GPTConfig:
         """Return the rows of the embedding table: tokens, special tokens and positions."""
         return self.n_vocab + self.n_special + self.n_ctx
 
-    @classmethod
-    def from_args(cls, args, **fields):
-        """Return the config of an object holding the fields as attributes (an argparse Namespace), `fields`
-        overriding them; the architecture fields must all be there, the sizes and switches default."""
-        return config_from_args(cls, args, OPTIONAL_FIELDS, fields)
 
-
-def config_from_args(cls, args, optional, fields):
-    """Return the config dataclass cls built from the attributes of args named as its fields, `fields` overriding
-    them; a field args lacks raises naming it, unless it is optional (then its default)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(fields) - set(names))
-    if unknown:
-        raise ValueError(f'{cls.__name__} has no field {unknown[0]!r}')
-    values = {}
-    for name in names:
-        if name in fields:
-            values[name] = fields[name]
-        elif hasattr(args, name) or name not in optional:
-            values[name] = config_value(args, name)
-    return cls(**values)
-
-
-OPTIONAL_FIELDS = ('n_vocab', 'n_special', 'n_ctx', 'checkpoint_activations')  # may be missing from a Namespace
-
-# Shared default, as in the earlier port's README (`args = DEFAULT_CONFIG`); copy.deepcopy it before
-# changing fields you do not want every later user of DEFAULT_CONFIG to see.
+# The earlier port's README builds `TransformerModel(DEFAULT_CONFIG)`; a model copies its config, but the object
+# itself is shared by every importer: clone_config(DEFAULT_CONFIG, ...) rather than changing its fields.
 DEFAULT_CONFIG = GPTConfig()
 
 N_VOCAB = DEFAULT_CONFIG.n_vocab    # BPE tokens in encoder_bpe_40000.json
 N_CTX_RELEASED = DEFAULT_CONFIG.n_ctx  # positions stored in the released weights
 
 TASK_HEAD_TYPES = ('multiple_choice', 'similarity', 'inference', 'classification')
-
-
-def config_value(cfg, name):
-    """Return `cfg.name`, with an error naming the missing field (any attribute object is a config)."""
-    try:
-        return getattr(cfg, name)
-    except AttributeError:
-        raise ValueError(f'config {type(cfg).__name__} has no field {name!r}: start from '
-                         f'copy.deepcopy(DEFAULT_CONFIG) and set the fields you need') from None
 
 
 class Conv1D(nn.Module):
@@ -260,11 +228,10 @@ class Block(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        nx = config_value(cfg, 'n_embd')
-        self.attn = Attention(nx, config_value(cfg, 'n_head'), config_value(cfg, 'attn_pdrop'),
-                              config_value(cfg, 'resid_pdrop'))
+        nx = cfg.n_embd
+        self.attn = Attention(nx, cfg.n_head, cfg.attn_pdrop, cfg.resid_pdrop)
         self.ln_1 = LayerNorm(nx)
-        self.mlp = MLP(4 * nx, nx, config_value(cfg, 'afn'), config_value(cfg, 'resid_pdrop'))
+        self.mlp = MLP(4 * nx, nx, cfg.afn, cfg.resid_pdrop)
         self.ln_2 = LayerNorm(nx)
 
     def forward(self, x, layer_past=None, past_valid=None):
@@ -275,14 +242,23 @@ class Block(nn.Module):
         return h, present
 
 
-def model_config(cfg, vocab=None, n_ctx=None):
-    """Return a GPTConfig of a model's own: a copy of cfg (a GPTConfig, or any object with its fields such as an
-    argparse Namespace), with the earlier port's `vocab` (rows of the table) and `n_ctx` arguments when given.
+def own_config(cfg, config_class):
+    """Return a deep copy of cfg, a config_class (a model keeps a config of its own); anything else is a TypeError
+    naming the class to build."""
+    if not isinstance(cfg, config_class):
+        raise TypeError(f'the config must be a {config_class.__name__}, not {type(cfg).__name__}: build one with '
+                        f'{config_class.__name__}(n_embd=..., ...) or clone_config(a config, field=value, ...)')
+    return copy.deepcopy(cfg)
+
+
+def resized_config(cfg, vocab=None, n_ctx=None):
+    """Return a GPTConfig of a model's own: a copy of the GPTConfig cfg, resized by the earlier port's `vocab` (rows
+    of the table) and `n_ctx` arguments when given.
 
     The earlier port's vocab does not say which rows are tokens: cfg's n_vocab when they fit, the rest special
     rows; else all of them tokens. Loading weights sets the split the weights give.
     """
-    cfg = copy.deepcopy(cfg) if isinstance(cfg, GPTConfig) else GPTConfig.from_args(cfg)
+    cfg = own_config(cfg, GPTConfig)
     if n_ctx is not None:
         cfg.n_ctx = n_ctx
     if vocab is not None:
@@ -309,11 +285,17 @@ class TransformerBase(nn.Module):
         """Return the width of the hidden states."""
         return self.cfg.n_embd
 
+    @property
+    def pos_offset(self):
+        """Return the id of position 0 in x: the token and special-token rows before it (GPT-1: rows of the one
+        table, the positions after them; GPT-2: the rows of wte)."""
+        return self.cfg.n_vocab + self.cfg.n_special
+
     def final(self, h):
         """Return the last block's output as the transformer returns it (GPT-1: as it is)."""
         return h
 
-    def run(self, x, past=None, collect_hidden=False, past_valid=None):
+    def run_blocks(self, x, past=None, collect_hidden=False, past_valid=None):
         """Return (h, the table the tied LM decoder uses, presents, hidden_states) for x [..., T, 2]; the core of
         every forward.
 
@@ -346,12 +328,12 @@ class TransformerBase(nn.Module):
 
     def forward(self, x, return_we=False):
         """Return h [B, T, n_embd]; with return_we, (h, the table used), for a tied LM decoder."""
-        h, we, _, _ = self.run(x)
+        h, we, _, _ = self.run_blocks(x)
         return (h, we) if return_we else h
 
     def all_hidden_states(self, x):
         """Return the embeddings and every block's output: a list of n_layer + 1 [B, T, n_embd]."""
-        return self.run(x, collect_hidden=True)[3]
+        return self.run_blocks(x, collect_hidden=True)[3]
 
     def forward_cached(self, x, past=None, past_valid=None):
         """Return (h, presents) for new positions x given the (k, v) cache `past` of earlier ones; each present holds
@@ -359,26 +341,21 @@ class TransformerBase(nn.Module):
 
         past_valid [B, P] marks the real positions of a cache of ragged prefixes padded on the right.
         """
-        h, _, presents, _ = self.run(x, past=past, past_valid=past_valid)
+        h, _, presents, _ = self.run_blocks(x, past=past, past_valid=past_valid)
         return h, presents
 
 
 class TransformerModel(TransformerBase):
     """The GPT-1 transformer: x [..., T, 2] -> hidden states [-1, T, n_embd] (TF: model, embed)."""
 
-    def __init__(self, cfg=DEFAULT_CONFIG, vocab=None, n_ctx=None):
+    def __init__(self, cfg=None, vocab=None, n_ctx=None):
         super().__init__()
-        self.cfg = model_config(cfg, vocab, n_ctx)
+        self.cfg = resized_config(GPTConfig() if cfg is None else cfg, vocab, n_ctx)
         # Rows are [tokens; special tokens; positions], the original's single `we` table.
         self.embed = nn.Embedding(self.cfg.n_rows, self.cfg.n_embd)
         nn.init.normal_(self.embed.weight, std=0.02)
         # Each block built afresh: independent initial weights (the earlier port deep-copied one).
         self.h = nn.ModuleList([Block(self.cfg) for _ in range(self.cfg.n_layer)])
-
-    @property
-    def pos_offset(self):
-        """Return the id of position 0 in x: the rows before the positions (tokens and special tokens)."""
-        return self.cfg.n_vocab + self.cfg.n_special
 
     @property
     def lm_weight(self):
@@ -403,7 +380,7 @@ class LMHead(nn.Module):
 
     def __init__(self, model, cfg, trunc_and_reshape=True):
         super().__init__()
-        self.n_embd = config_value(cfg, 'n_embd')
+        self.n_embd = cfg.n_embd
         embed_shape = model.lm_weight.shape
         self.decoder = nn.Linear(embed_shape[1], embed_shape[0], bias=False)
         self.decoder.weight = model.lm_weight  # tied weights
@@ -455,8 +432,8 @@ class MultipleChoiceHead(nn.Module):
     def __init__(self, clf_token, cfg):
         super().__init__()
         self.clf_token = clf_token
-        self.n_embd = config_value(cfg, 'n_embd')
-        self.clf_pdrop = config_value(cfg, 'clf_pdrop')
+        self.n_embd = cfg.n_embd
+        self.clf_pdrop = cfg.clf_pdrop
         self.clf = Conv1D(1, self.n_embd)  # TF: model/clf/w [n_embd, 1], model/clf/b [1]
 
     def forward(self, h, x, check=True):
@@ -473,8 +450,8 @@ class ClfHead(nn.Module):
     def __init__(self, clf_token, cfg, n_class):
         super().__init__()
         self.clf_token = clf_token
-        self.n_embd = config_value(cfg, 'n_embd')
-        self.clf_pdrop = config_value(cfg, 'clf_pdrop')
+        self.n_embd = cfg.n_embd
+        self.clf_pdrop = cfg.clf_pdrop
         self.clf = Conv1D(n_class, self.n_embd)
 
     def forward(self, h, x, check=True):
@@ -491,8 +468,8 @@ class SimilarityHead(nn.Module):
         super().__init__()
         self.clf_token = clf_token
         self.n_class = n_class
-        self.n_embd = config_value(cfg, 'n_embd')
-        self.clf_pdrop = config_value(cfg, 'clf_pdrop')
+        self.n_embd = cfg.n_embd
+        self.clf_pdrop = cfg.clf_pdrop
         self.clf = Conv1D(n_class, self.n_embd)
 
     def forward(self, h, x, check=True):
@@ -522,7 +499,7 @@ def make_task_head(clf_token, cfg, task_head_type):
 class LMModel(nn.Module):
     """Transformer with the tied language-model head."""
 
-    def __init__(self, cfg=DEFAULT_CONFIG, vocab=None, n_ctx=None, return_probs=False):
+    def __init__(self, cfg=None, vocab=None, n_ctx=None, return_probs=False):
         super().__init__()
         self.transformer = TransformerModel(cfg, vocab=vocab, n_ctx=n_ctx)
         self.cfg = self.transformer.cfg
@@ -536,8 +513,21 @@ class LMModel(nn.Module):
         return F.softmax(lm_logits, dim=-1) if self.return_probs else lm_logits
 
 
+# Eager under torch.compile: the compiled region is the transformer and the heads, as before the model owned its
+# losses; the LM loss's selection of masked positions has a data-dependent shape that would split the graph.
+@torch.compiler.disable
+def losses_of_outputs(h, we, task_logits, x, m, y, lm_coef):
+    """Return (task losses [B], LM losses [B*C] or None when lm_coef is 0) of a DoubleHeadModel's hidden states h,
+    table we and task logits for inputs x, mask m and labels y (TF: clf_losses, lm_losses)."""
+    lm = None
+    if lm_coef > 0:
+        lm = lm_losses_from_hidden(h, we, x, m, chunk_size=LM_CHUNK)
+    return task_losses(task_logits, y), lm
+
+
 class DoubleHeadModel(nn.Module):
-    """Transformer with the LM head and a task head: x -> (lm_logits, task_logits) (TF: model)."""
+    """Transformer with the LM head and a task head: x -> (lm_logits, task_logits), or with the targets m and y the
+    per-example losses (TF: model)."""
 
     def __init__(self, cfg, clf_token, task_head_type, vocab=None, n_ctx=None, transformer=None):
         super().__init__()
@@ -547,10 +537,31 @@ class DoubleHeadModel(nn.Module):
         self.lm_head = LMHead(self.transformer, self.cfg)
         self.task_head = make_task_head(clf_token, self.cfg, task_head_type)
 
-    def forward(self, x):
-        """Return (lm_logits [N*(T-1), rows], task_logits) exactly as the original computes them."""
+    def forward(self, x, m=None, y=None, lm_coef=0.5, check=True):
+        """Return (lm_logits [N*(T-1), rows], task_logits) exactly as the original computes them; given the mask m
+        and labels y, return self.losses(x, m, y, lm_coef, check) instead.
+
+        The losses go through forward because DDP and torch.compile wrap forward only: training calls
+        `net(x, m, y, lm_coef)` on the wrapped model. check: as hidden_and_task's.
+        """
+        if (m is None) != (y is None):
+            raise ValueError('give both the mask m and the labels y (for the losses) or neither (for the logits)')
+        if m is not None:
+            return self.losses(x, m, y, lm_coef, check)
         h, we = self.transformer(x, return_we=True)
-        return self.lm_head(h, we), self.task_head(h, x)
+        return self.lm_head(h, we), self.task_head(h, x, check)
+
+    def losses(self, x, m, y, lm_coef, check=True):
+        """Return (task_logits, task losses [B], LM losses [B*C] or None when lm_coef is 0) of x [B, C, T, 2] (or
+        [B, T, 2]) with mask m [..., T] and labels y [B] (TF: clf_losses, lm_losses): loss.task_losses, squared
+        error for a similarity head's one score, else cross-entropy.
+
+        The LM losses decode only the positions whose mask is 1, LM_CHUNK at a time (loss.lm_losses_from_hidden):
+        the original's full-softmax losses at less cost. check: as hidden_and_task's (an update whose sequences
+        end with clf_token by construction leaves it out: a read of the device per micro-batch).
+        """
+        h, we, task_logits = self.hidden_and_task(x, check)
+        return (task_logits, *losses_of_outputs(h, we, task_logits, x, m, y, lm_coef))
 
     def hidden_and_task(self, x, check=True):
         """Return (h, we, task_logits) without LM logits, for losses that decode only masked positions (check: a
@@ -669,8 +680,7 @@ def load_openai_pretrained_model(model, n_ctx=-1, n_special=-1, n_transfer=12, n
                              f'{ckpt.n_vocab} tokens + {n_ctx} positions of the weights')
     n_transfer = check_transfer(n_transfer, len(transformer.h), ckpt.n_layer, path)
     # the original draws every special row; stored ones (e.g. pre-training's separator) are not copied
-    special = (np.random.randn(n_special, n_embd) * 0.02).astype(np.float32)
-    we = np.concatenate([ckpt.tokens, special, ckpt.positions[:n_ctx]], 0)
+    we = embedding_table(ckpt, draw_special_rows(n_special, n_embd), n_ctx)
 
     state = transformer.state_dict()
     updates = {}
@@ -722,11 +732,20 @@ def checkpoint_sizes(ckpt, n_ctx=None, n_special=None):
     return n_ctx, n_special
 
 
+def draw_special_rows(n_special, n_embd):
+    """Return n_special new special-token rows [n_special, n_embd] float32, drawn as the original train.py draws
+    them: np.random.randn(n_special, n_embd) * 0.02 from numpy's global generator (np.random.seed reproduces it)."""
+    return (np.random.randn(n_special, n_embd) * 0.02).astype(np.float32)
+
+
 def special_rows(ckpt, n_special):
-    """Return ckpt's special rows and the ones beyond them up to n_special, drawn as the original train.py draws
-    special rows: np.random.randn(k, n_embd) * 0.02 from numpy's global generator."""
-    extra = (np.random.randn(n_special - ckpt.n_special, ckpt.n_embd) * 0.02).astype(np.float32)
-    return np.concatenate([ckpt.special, extra], 0)
+    """Return ckpt's special rows and the ones beyond them up to n_special, drawn by draw_special_rows."""
+    return np.concatenate([ckpt.special, draw_special_rows(n_special - ckpt.n_special, ckpt.n_embd)], 0)
+
+
+def embedding_table(ckpt, special, n_ctx):
+    """Return GPT-1's table [tokens; special; positions] of ckpt, its positions cropped to n_ctx (TF: we)."""
+    return np.concatenate([ckpt.tokens, special, ckpt.positions[:n_ctx]], 0)
 
 
 def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None):
@@ -745,7 +764,7 @@ def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None
         cfg = checkpoint_config(ckpt, n_ctx=n_ctx, n_special=n_special)
         model = (LMModel(cfg) if lm else TransformerModel(cfg)).eval()
         transformer = getattr(model, 'transformer', model)
-    table = np.concatenate([ckpt.tokens, special_rows(ckpt, n_special), ckpt.positions[:n_ctx]], 0)
+    table = embedding_table(ckpt, special_rows(ckpt, n_special), n_ctx)
     state = transformer.state_dict()
     arrays = dict(ckpt.blocks, **{'embed.weight': table})
     if set(arrays) != set(state):
@@ -756,9 +775,12 @@ def model_from_checkpoint(ckpt, n_ctx=None, n_special=None, lm=False, model=None
 
 
 def clone_config(cfg, **changes):
-    """Return a deep copy of cfg with the given fields changed (typos raise)."""
+    """Return a deep copy of the config dataclass cfg with the given fields changed (a name that is no field raises);
+    as dataclasses.replace, but the values are checked when a model is built, not here."""
+    names = {f.name for f in dataclasses.fields(cfg)}
     cfg = copy.deepcopy(cfg)
     for name, value in changes.items():
-        config_value(cfg, name)
+        if name not in names:
+            raise ValueError(f'config {type(cfg).__name__} has no field {name!r}')
         setattr(cfg, name, value)
     return cfg

@@ -33,6 +33,10 @@ def test_losses_match_tf(ref):
     np.testing.assert_allclose(clf.numpy(), arrays['clf_losses'], atol=1e-4, rtol=0)
     np.testing.assert_allclose(lm.numpy(), arrays['lm_losses'], atol=1e-4, rtol=0)
     np.testing.assert_allclose(loss.item(), arrays['train_loss'], atol=1e-4, rtol=0)
+    with torch.no_grad():  # the model's own losses (DoubleHeadModel.losses): the same per-example losses
+        _, clf, lm = model.losses(X, M, Y, lm_coef=0.5)
+    np.testing.assert_allclose(clf.numpy(), arrays['clf_losses'], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(lm.numpy(), arrays['lm_losses'], atol=1e-4, rtol=0)
 
 
 def tf_grad_names(arrays):
@@ -61,18 +65,24 @@ def assert_grads_match(model, arrays):
         assert err <= 2e-3 * np.linalg.norm(expected) + 1e-6, f'{tf_name}: error {err:.2e}'
 
 
-@pytest.mark.parametrize('fast', [False, True])
-def test_gradients_of_every_parameter_match_tf(ref, fast):
+@pytest.mark.parametrize('path', ['full', 'fast', 'model'])
+def test_gradients_of_every_parameter_match_tf(ref, path):
+    """full: the original's full softmax; fast: the masked, chunked LM loss; model: training through the model
+    (forward with targets, as train.py's update calls it)."""
     arrays, config = ref
     model = tf_model(arrays, config).eval()
     X, M, Y = fixture_batch(arrays)
-    if fast:
+    if path == 'model':
+        _, clf, lm = model(X, M, Y, 0.5, check=False)
+    elif path == 'fast':
         h, we, clf_logits = model.hidden_and_task(X)
         lm = lm_losses_from_hidden(h, we, X, M, chunk_size=7)
+        clf = clf_losses(clf_logits, Y)
     else:
         lm_logits, clf_logits = model(X)
         lm = lm_losses(lm_logits, X, M)
-    loss = train_loss(clf_losses(clf_logits, Y), lm, 0.5)
+        clf = clf_losses(clf_logits, Y)
+    loss = train_loss(clf, lm, 0.5)
     np.testing.assert_allclose(loss.item(), arrays['train_loss'], atol=1e-4, rtol=0)
     loss.backward()
     assert_grads_match(model, arrays)

@@ -2,14 +2,18 @@
 import argparse
 import contextlib
 import copy
+import inspect
 import json
 
 import numpy as np
 import pytest
 import torch
 
+import loss
+import model_pytorch
+from loss import clf_losses, lm_losses_from_hidden, similarity_losses
 from model_pytorch import (DEFAULT_CONFIG, ClfHead, GPTConfig, DoubleHeadModel, LMHead, LMModel, MultipleChoiceHead,
-                           TransformerModel, load_openai_pretrained_model)
+                           TransformerModel, clone_config, load_openai_pretrained_model)
 from weights import tf_param_names, torch_name, write_released_shards
 from tests.helpers import FIXTURES, SMALL_MODEL, fixture_arrays, load_tf_reference, small_cfg, tf_model
 
@@ -48,34 +52,41 @@ def test_config_rejects_misspelt_field():
         cfg.n_heads = 4
 
 
-def test_namespace_works_as_config():
+def test_a_model_takes_a_config_not_a_namespace():
     ns = argparse.Namespace(n_embd=16, n_head=2, n_layer=1, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
                             clf_pdrop=0.0, afn='relu')
-    model = TransformerModel(ns, vocab=50, n_ctx=8)
+    with pytest.raises(TypeError, match='must be a GPTConfig, not Namespace'):
+        TransformerModel(ns, vocab=50, n_ctx=8)
+    with pytest.raises(TypeError, match='must be a GPTConfig, not Namespace'):
+        DoubleHeadModel(ns, clf_token=49, task_head_type='multiple_choice', vocab=50, n_ctx=8)
+    model = TransformerModel(clone_config(DEFAULT_CONFIG, **vars(ns)), vocab=50, n_ctx=8)
     assert model(make_x(40, 8, 3)).shape == (3, 8, 16)
 
 
-def test_config_missing_field_is_named():
-    with pytest.raises(ValueError, match="no field 'afn'"):
-        TransformerModel(argparse.Namespace(n_embd=16, n_head=2, n_layer=1, embd_pdrop=0.0, attn_pdrop=0.0,
-                                            resid_pdrop=0.0, clf_pdrop=0.0), vocab=50, n_ctx=8)
+def test_no_model_shares_a_default_config():
+    """The default config is None -> a fresh GPTConfig(), never one object shared by every model built without one."""
+    for cls in (TransformerModel, LMModel):
+        assert inspect.signature(cls).parameters['cfg'].default is None
+    model = TransformerModel(vocab=600, n_ctx=16)
+    assert model.cfg is not DEFAULT_CONFIG and (model.cfg.n_vocab, model.cfg.n_special, model.cfg.n_ctx) == (584, 0, 16)
+    assert DEFAULT_CONFIG == GPTConfig() and len(model.h) == 12
 
 
-def test_model_keeps_its_own_config_built_from_a_config_or_a_namespace():
+def test_model_keeps_its_own_config_built_from_a_config_or_its_fields():
     cfg = small_cfg(n_vocab=50, n_special=3, n_ctx=8)
     model = DoubleHeadModel(cfg, clf_token=52, task_head_type='multiple_choice')
     assert model.cfg == cfg and model.cfg is not cfg and model.transformer.cfg is model.cfg  # a copy of its own
     assert model.transformer.embed.weight.shape == (61, 32) and model.transformer.n_ctx == 8
     cfg.n_layer = 5
     assert len(model.transformer.h) == 2 and model.cfg.n_layer == 2
-    ns = argparse.Namespace(**{k: getattr(cfg, k) for k in ('n_embd', 'n_head', 'n_layer', 'embd_pdrop', 'attn_pdrop',
-                                                            'resid_pdrop', 'clf_pdrop', 'afn')})
-    from_ns = TransformerModel(ns, vocab=61, n_ctx=8)
-    assert isinstance(from_ns.cfg, GPTConfig) and (from_ns.cfg.n_vocab, from_ns.cfg.n_special) == (53, 0)
+    fields = {k: getattr(cfg, k) for k in ('n_embd', 'n_head', 'n_layer', 'embd_pdrop', 'attn_pdrop', 'resid_pdrop',
+                                           'clf_pdrop', 'afn')}
+    from_fields = TransformerModel(clone_config(DEFAULT_CONFIG, **fields), vocab=61, n_ctx=8)
+    assert isinstance(from_fields.cfg, GPTConfig) and (from_fields.cfg.n_vocab, from_fields.cfg.n_special) == (53, 0)
     # the earlier port's vocab argument keeps the config's n_vocab when the rows hold it
     assert (TransformerModel(small_cfg(n_vocab=50), vocab=61, n_ctx=8).cfg.n_special) == 3
     with pytest.raises(ValueError, match="no field 'n_heads'"):
-        GPTConfig.from_args(ns, n_heads=4)
+        clone_config(cfg, n_heads=4)
 
 
 def test_unknown_afn_and_bad_heads_rejected():
@@ -386,6 +397,108 @@ def test_all_hidden_states_and_kv_cache_match_full_forward():
     torch.testing.assert_close(h3, full[:, 7:10], atol=1e-5, rtol=1e-5)
 
 
+# --- training through the model -----------------------------------------------------------------
+
+def fixture_batch(arrays):
+    return (torch.from_numpy(arrays['X']).long(), torch.from_numpy(arrays['M']),
+            torch.from_numpy(arrays['Y']).long())
+
+
+def expected_losses(model, x, m, y, lm_coef, check):
+    """Return what train.py's update computed from hidden_and_task's outputs before the model owned its losses: the
+    task logits, the task losses (squared error of one score, else cross-entropy) and the masked, chunked LM losses
+    (None when lm_coef is 0)."""
+    h, we, logits = model.hidden_and_task(x, check)
+    task = similarity_losses(logits, y) if logits.dim() == 1 else clf_losses(logits, y)
+    lm = lm_losses_from_hidden(h, we, x, m, chunk_size=loss.LM_CHUNK) if lm_coef > 0 else None
+    return logits, task, lm
+
+
+def assert_same_losses(got, want):
+    """Assert two (logits, task losses, LM losses or None) triples are equal bit for bit."""
+    assert len(got) == len(want) == 3 and (got[2] is None) == (want[2] is None)
+    for a, b in zip(got, want):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('lm_coef', [0.5, 0.0])
+def test_losses_and_forward_with_targets_are_the_training_losses(ref, lm_coef):
+    """In training mode (the same dropout draws from the same seed): losses, and forward given m and y, equal the
+    loss functions on hidden_and_task's outputs, values and gradients."""
+    arrays, config = ref
+    model = tf_model(arrays, config, pdrop=0.1).train()
+    X, M, Y = fixture_batch(arrays)
+    results = []
+    for compute in (lambda: expected_losses(model, X, M, Y, lm_coef, False),
+                    lambda: model.losses(X, M, Y, lm_coef, check=False),
+                    lambda: model(X, M, Y, lm_coef, check=False),
+                    lambda: model(X, m=M, y=Y, lm_coef=lm_coef)):
+        torch.manual_seed(3)
+        out = compute()
+        total = loss.train_loss(out[1], out[2], lm_coef)
+        results.append((out, torch.autograd.grad(total, list(model.parameters()))))
+    (want, want_grads), rest = results[0], results[1:]
+    assert want[1].shape == (3,) and (want[2] is None or want[2].shape == (6,))
+    for got, grads in rest:
+        assert_same_losses(got, want)
+        for a, b in zip(grads, want_grads):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('head', ['similarity', ('similarity', 3), 'inference'])
+def test_losses_of_each_head_are_its_task_loss(head):
+    """A regression head (similarity, one score) is scored by squared error, every other head by cross-entropy."""
+    torch.manual_seed(0)
+    model = DoubleHeadModel(small_cfg(), clf_token=49, task_head_type=head, vocab=70, n_ctx=10).eval()
+    pair = head != 'inference'
+    x = make_x(48, 10, 8 if pair else 4).view(4, 2 if pair else 1, 10, 2)
+    x[..., 7, 0] = 49
+    m = torch.zeros(x.shape[:-1])
+    m[..., :8] = 1
+    y = torch.tensor([0.5, 4.0, 2.5, 1.0]) if head == 'similarity' else torch.tensor([0, 2, 1, 2])
+    with torch.no_grad():
+        want = expected_losses(model, x, m, y, 0.5, True)
+        assert_same_losses(model.losses(x, m, y, 0.5), want)
+        assert_same_losses(model(x, m, y, 0.5), want)
+    if head == 'similarity':
+        torch.testing.assert_close(want[1], (want[0] - y) ** 2, atol=0, rtol=0)
+    else:
+        torch.testing.assert_close(want[1], torch.nn.functional.cross_entropy(want[0], y, reduction='none'))
+
+
+def test_forward_with_targets_is_one_graph_for_torch_compile(ref):
+    """torch.compile of the model traces the transformer and the heads as one graph with no break; the losses, whose
+    masked selection has a data-dependent shape, run eagerly after it (the compiled region train.py had before)."""
+    arrays, config = ref
+    model = tf_model(arrays, config).train()
+    X, M, Y = fixture_batch(arrays)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(X, M, Y, lm_coef=0.5, check=False)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    assert [str(r.reason).count('losses_of_outputs') > 0 for r in explained.break_reasons] == [True]
+
+
+def test_forward_without_targets_returns_the_logits_as_before(ref):
+    arrays, config = ref
+    model = tf_model(arrays, config).eval()
+    X, M, Y = fixture_batch(arrays)
+    with torch.no_grad():
+        lm_logits, task_logits = model(X)
+        h, we = model.transformer(X, return_we=True)
+        torch.testing.assert_close(lm_logits, model.lm_head(h, we), atol=0, rtol=0)
+        torch.testing.assert_close(task_logits, model.task_head(h, X), atol=0, rtol=0)
+        assert lm_logits.shape == (6 * 15, model.transformer.embed.weight.shape[0]) and task_logits.shape == (3, 2)
+        for partial in (dict(m=M), dict(y=Y)):
+            with pytest.raises(ValueError, match='give both the mask m and the labels y'):
+                model(X, **partial)
+        X[0, 0, :, 0] = 0  # no classify token: forward checks as hidden_and_task does
+        with pytest.raises(ValueError, match='hold no classify token'):
+            model(X)
+        with pytest.raises(ValueError, match='hold no classify token'):
+            model(X, M, Y)
+
+
 # --- the weight loader --------------------------------------------------------------------------
 
 def test_full_size_synthetic_shards_load_every_array_in_place(tmp_path):
@@ -428,6 +541,35 @@ def test_n_ctx_crop_and_special_rows(tmp_path):
     too_long = TransformerModel(small_cfg(), vocab=100 + 30, n_ctx=30)
     with pytest.raises(ValueError, match='n_ctx=30 exceeds the 24 positions'):
         load_openai_pretrained_model(too_long, path=str(SMALL_MODEL), n_embd=32)
+
+
+def test_every_loader_draws_special_rows_in_one_place(monkeypatch):
+    """load_openai_pretrained_model, model_from_checkpoint and GPT-2's make_task_model draw new special rows through
+    model_pytorch.draw_special_rows, the original's np.random.randn(n, n_embd) * 0.02 from numpy's global generator."""
+    import model_gpt2
+    from weights import read_checkpoint, read_released
+    np.random.seed(5)
+    drawn = model_pytorch.draw_special_rows(2, 32)
+    np.random.seed(5)
+    np.testing.assert_array_equal(drawn, (np.random.randn(2, 32) * 0.02).astype(np.float32))
+    assert drawn.dtype == np.float32
+    calls = []
+
+    def constant_rows(n_special, n_embd):
+        calls.append((n_special, n_embd))
+        return np.full((n_special, n_embd), 7.0, np.float32)
+
+    monkeypatch.setattr(model_pytorch, 'draw_special_rows', constant_rows)
+    model = TransformerModel(small_cfg(), vocab=100 + 2 + 8, n_ctx=8)
+    load_openai_pretrained_model(model, path=str(SMALL_MODEL), n_embd=32)
+    assert np.all(model.embed.weight.detach().numpy()[100:102] == 7.0)
+    ckpt = read_released(str(SMALL_MODEL), n_head=4)
+    built = model_pytorch.model_from_checkpoint(ckpt, n_ctx=8, n_special=3)
+    assert np.all(built.embed.weight.detach().numpy()[100:103] == 7.0)
+    gpt2 = model_gpt2.make_task_model(read_checkpoint(str(FIXTURES / 'gpt2' / 'ckpt_small')), 24, 3, 98,
+                                      'multiple_choice', dict(clf_pdrop=0.1))
+    assert np.all(gpt2.transformer.wte.weight.detach().numpy()[96:] == 7.0)
+    assert calls == [(2, 32), (3, 32), (3, 32)]
 
 
 def test_n_transfer_limits_what_is_copied():

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import loss
 import model_gpt2
 import models
 from model_gpt2 import GPT2Config, GPT2DoubleHeadModel, GPT2LMHeadModel, GPT2Model
-from model_pytorch import causal_mask, gelu
-from sample import sample_ids
+from model_pytorch import GPTConfig, causal_mask, gelu
+from sample import SamplingSettings, sample_ids
 from tests.helpers import FIXTURES
 
 GPT2 = FIXTURES / 'gpt2'
@@ -85,9 +86,10 @@ def test_full_context_logits_and_losses(lm, ref):
 def test_greedy_sampling_is_the_original_sample_sequence_with_top_k_1(lm, ref):
     context = int(ref['config'].item().split('"context_len": ')[1].split(',')[0])
     for row in ref['greedy_tokens']:
-        new, message = sample_ids(lm, row[:context].tolist(), 96, gen_len=len(row) - context, greedy=True)
+        gen_len = len(row) - context
+        new, message = sample_ids(lm, row[:context].tolist(), 96, SamplingSettings(gen_len=gen_len, greedy=True))
         assert new == row[context:].tolist() and message is None
-        top1, _ = sample_ids(lm, row[:context].tolist(), 96, gen_len=len(row) - context, top_k=1,
+        top1, _ = sample_ids(lm, row[:context].tolist(), 96, SamplingSettings(gen_len=gen_len, top_k=1),
                              generator=torch.Generator().manual_seed(0))
         assert top1 == new
 
@@ -178,6 +180,9 @@ def test_presets_are_the_released_sizes_and_a_typo_raises():
         GPT2Config(n_head=5)
     model = GPT2Model(tiny_cfg())
     assert model.cfg == tiny_cfg() and model.wte.weight.shape == (50, 32) and model.wpe.weight.shape == (16, 32)
+    assert model.cfg is not tiny_cfg() and GPT2Model(tiny_cfg(n_special=3)).pos_offset == 53  # the rows of wte
+    with pytest.raises(TypeError, match='must be a GPT2Config, not GPTConfig'):
+        GPT2Model(GPTConfig(n_embd=32, n_head=4, n_layer=2))
     n_params = sum(p.numel() for p in GPT2LMHeadModel(GPT2Config.preset('124M')).parameters())
     assert n_params == 124_439_808  # the 124M model: wte, wpe, 12 blocks, ln_f
 
@@ -229,3 +234,29 @@ def test_task_model_appends_special_rows_drawn_as_gpt1_draws_them(ref):
     np.testing.assert_array_equal(wte[96:], special)
     np.testing.assert_array_equal(model.transformer.wpe.weight.detach().numpy(), ref['model/wpe'][:24])
     assert (model.cfg.n_vocab, model.cfg.n_special, model.cfg.n_ctx) == (96, 3, 24)
+
+
+@pytest.mark.parametrize('lm_coef', [0.5, 0.0])
+def test_double_head_model_trains_through_forward_with_gpt1s_losses(lm_coef):
+    """GPT2DoubleHeadModel inherits losses and forward with targets: the task and masked LM losses of its
+    hidden_and_task outputs, bit for bit, dropout draws included."""
+    torch.manual_seed(0)
+    clf = 52
+    model = GPT2DoubleHeadModel(tiny_cfg(n_special=3, embd_pdrop=0.1, resid_pdrop=0.1), clf, 'multiple_choice').train()
+    x = torch.zeros(3, 2, 12, 2, dtype=torch.long)
+    x[..., 1] = model.transformer.pos_offset + torch.arange(12)
+    x[..., 0] = torch.randint(0, 50, (3, 2, 12))
+    x[..., 9, 0] = clf
+    m = (torch.arange(12) < 10).float().expand(3, 2, 12)
+    y = torch.tensor([0, 1, 1])
+    torch.manual_seed(1)
+    h, we, logits = model.hidden_and_task(x)
+    want = (logits, loss.clf_losses(logits, y),
+            loss.lm_losses_from_hidden(h, we, x, m, chunk_size=loss.LM_CHUNK) if lm_coef else None)
+    for compute in (model.losses, model):
+        torch.manual_seed(1)
+        got = compute(x, m, y, lm_coef)
+        assert len(got) == 3 and (got[2] is None) == (want[2] is None)
+        for a, b in zip(got, want):
+            if b is not None:
+                torch.testing.assert_close(a, b, atol=0, rtol=0)
