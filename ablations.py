@@ -15,9 +15,10 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 
 from checkpoint import write_json
-from utils import task_dirs
+from flags import task_dirs
 
 VARIANTS = {  # name: (the paper's row, train.py's flags)
     'full': ('Transformer w/ aux LM (full)', ()),
@@ -27,8 +28,21 @@ VARIANTS = {  # name: (the paper's row, train.py's flags)
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 
 
+@dataclass(frozen=True)
+class AblationSettings:
+    """What ablations.py's command line asks for: the tasks with their data folders, the runs' folder, seeds per run,
+    the variants (the table's rows), the command that runs train.py and train.py's own flags for every run."""
+    tasks: tuple                  # ((task, data_dir), ...), in the table's column order
+    out: str
+    n_runs: int = 1
+    variants: tuple = tuple(VARIANTS)
+    launcher: str = None          # e.g. 'torchrun --nproc_per_node=4' (None: this Python)
+    train_args: tuple = ()
+
+
 def parse_args(argv=None):
-    """Return the parsed command line (train.py's own flags after --)."""
+    """Return the AblationSettings of the command line (train.py's own flags after --); a bad value is an argparse
+    error."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--tasks', nargs='+', required=True, metavar='TASK=DATA_DIR',
                    help="each task (train.py's --dataset) with its data folder")
@@ -38,31 +52,32 @@ def parse_args(argv=None):
     p.add_argument('--launcher', default=None, help='the command that runs train.py (default this Python; e.g. '
                                                     '"torchrun --nproc_per_node=4")')
     p.add_argument('train_args', nargs='*', help="train.py's flags for every run, after --")
-    args = p.parse_args(argv)
+    namespace = p.parse_args(argv)
     try:
-        args.tasks = task_dirs(args.tasks, '--tasks')
+        tasks = task_dirs(namespace.tasks, '--tasks')
     except ValueError as err:
         p.error(str(err))
-    args.variants = args.variants.split(',')
-    for name in args.variants:
+    variants = namespace.variants.split(',')
+    for name in variants:
         if name not in VARIANTS:
             p.error(f'--variants {name!r}: choose among {", ".join(VARIANTS)}')
-    if args.n_runs < 1:
-        p.error(f'--n_runs {args.n_runs}: give at least 1')
-    return args
+    if namespace.n_runs < 1:
+        p.error(f'--n_runs {namespace.n_runs}: give at least 1')
+    return AblationSettings(tasks=tuple(tasks), out=namespace.out, n_runs=namespace.n_runs, variants=tuple(variants),
+                            launcher=namespace.launcher, train_args=tuple(namespace.train_args))
 
 
-def run_command(args, task, data_dir, variant):
+def run_command(settings, task, data_dir, variant):
     """Return (train.py's command line, the JSON file its result goes to) of one task and variant."""
     flags = VARIANTS[variant][1]
     desc = f'{task}_{variant}'
-    log_dir = os.path.join(args.out, 'log')
-    launcher = [sys.executable] if args.launcher is None else shlex.split(args.launcher)
+    log_dir = os.path.join(settings.out, 'log')
+    launcher = [sys.executable] if settings.launcher is None else shlex.split(settings.launcher)
     cmd = launcher + [SCRIPT, '--dataset', task, '--data_dir', data_dir, '--desc', desc, '--log_dir', log_dir,
-                      '--save_dir', os.path.join(args.out, 'save'), '--submission_dir',
-                      os.path.join(args.out, 'submission'), '--n_runs', str(args.n_runs), *flags,
-                      *args.train_args, '--resume', 'auto']
-    result = os.path.join(log_dir, f'{desc}_runs.json' if args.n_runs > 1 else f'{desc}_summary.json')
+                      '--save_dir', os.path.join(settings.out, 'save'), '--submission_dir',
+                      os.path.join(settings.out, 'submission'), '--n_runs', str(settings.n_runs), *flags,
+                      *settings.train_args, '--resume', 'auto']
+    result = os.path.join(log_dir, f'{desc}_runs.json' if settings.n_runs > 1 else f'{desc}_summary.json')
     return cmd, result
 
 
@@ -73,13 +88,13 @@ def read_result(path):
     return record['metric'], record['median'] if 'median' in record else record['best_va']
 
 
-def run_all(args):
-    """Run every task and variant in turn; return the table's record."""
-    rows = {variant: {} for variant in args.variants}
+def run_all(settings):
+    """Run every task and variant of the AblationSettings in turn; return the table's record."""
+    rows = {variant: {} for variant in settings.variants}
     metrics = {}
-    for task, data_dir in args.tasks:
-        for variant in args.variants:
-            cmd, result = run_command(args, task, data_dir, variant)
+    for task, data_dir in settings.tasks:
+        for variant in settings.variants:
+            cmd, result = run_command(settings, task, data_dir, variant)
             print(f'ablations.py: {task}, {variant}: {shlex.join(cmd)}', flush=True)
             done = subprocess.run(cmd)
             if done.returncode != 0:
@@ -87,8 +102,8 @@ def run_all(args):
                                    f'error is above; run ablations.py again to pick up where it stopped')
             metrics[task], rows[variant][task] = read_result(result)
     for scores in rows.values():
-        scores['avg'] = sum(scores[task] for task, _ in args.tasks) / len(args.tasks)
-    return dict(tasks=[task for task, _ in args.tasks], metrics=metrics, n_runs=args.n_runs,
+        scores['avg'] = sum(scores[task] for task, _ in settings.tasks) / len(settings.tasks)
+    return dict(tasks=[task for task, _ in settings.tasks], metrics=metrics, n_runs=settings.n_runs,
                 rows=[dict(variant=v, method=VARIANTS[v][0], **rows[v]) for v in rows])
 
 
@@ -107,10 +122,10 @@ def format_table(record):
 
 def main(argv=None):
     """Run ablations.py from the command line; return the exit code."""
-    args = parse_args(argv)
+    settings = parse_args(argv)
     try:
-        record = run_all(args)
-        path = write_json(os.path.join(args.out, 'ablations.json'), record)
+        record = run_all(settings)
+        path = write_json(os.path.join(settings.out, 'ablations.json'), record)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         print(f'ablations.py: error: {err}', file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ byte-identical files. A damaged or hostile input folder is refused in one line n
 """
 import argparse
 import sys
+from dataclasses import dataclass
 
 from encoder_gpt2 import DEFAULT_MODEL_DIR
 from models import complete_checkpoint
@@ -22,8 +23,22 @@ from weights import (HF_VOCAB_FILES, copy_vocab, family_name, read_checkpoint, r
                      write_transformers)
 
 
+@dataclass(frozen=True)
+class ConvertSettings:
+    """What convert.py's command line asks for: the conversion (its subcommand), the folder (or transformers weights
+    file) read and the folder written, and the conversion's flags (their defaults where its subcommand has none)."""
+    command: str
+    model_dir: str
+    out: str
+    n_head: int = None          # attention heads of GPT-1 released shards (None: 12, or what the files state)
+    afn: str = None             # activation of GPT-1 released shards (None: gelu, or what the files state)
+    verify: bool = False        # shards-to-safetensors: check the released files' SHA-1 first
+    drop_special: bool = False  # write without the special-token rows
+    n_vocab: int = None         # from-transformers: BPE tokens among the token table's rows
+
+
 def parse_args(argv=None):
-    """Return the parsed command line."""
+    """Return the ConvertSettings of the command line."""
     parser = argparse.ArgumentParser(description='Convert GPT-1 and GPT-2 weights between the released formats, a '
                                                  'safetensors folder and transformers\' layouts.')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -48,44 +63,45 @@ def parse_args(argv=None):
         if name == 'from-transformers':
             p.add_argument('--n_vocab', type=int, help='BPE tokens among the token table\'s rows; the rest are special '
                                                        'tokens (default: config.json\'s n_special, else all rows)')
-    return parser.parse_args(argv)
+    return ConvertSettings(**vars(parser.parse_args(argv)))  # a subcommand's namespace holds only its own flags
 
 
-def read_for(args):
-    """Return the Checkpoint the command reads (with the command line's n_head, afn, n_vocab)."""
-    if args.command == 'shards-to-safetensors':
-        ckpt = read_released(args.model_dir, n_head=args.n_head, afn=args.afn, verify=args.verify)
-    elif args.command == 'safetensors-to-shards':
-        ckpt = read_safetensors(args.model_dir)
-    elif args.command == 'from-transformers':
-        ckpt = read_transformers(args.model_dir, n_vocab=args.n_vocab, n_head=args.n_head, afn=args.afn)
+def read_for(settings):
+    """Return the Checkpoint the ConvertSettings' command reads (with their n_head, afn, n_vocab)."""
+    if settings.command == 'shards-to-safetensors':
+        ckpt = read_released(settings.model_dir, n_head=settings.n_head, afn=settings.afn, verify=settings.verify)
+    elif settings.command == 'safetensors-to-shards':
+        ckpt = read_safetensors(settings.model_dir)
+    elif settings.command == 'from-transformers':
+        ckpt = read_transformers(settings.model_dir, n_vocab=settings.n_vocab, n_head=settings.n_head,
+                                 afn=settings.afn)
         if ckpt.ignored:
             print(f'convert.py: ignored {len(ckpt.ignored)} non-transformer keys ({", ".join(ckpt.ignored[:4])})',
                   file=sys.stderr)
     else:
-        ckpt = read_checkpoint(args.model_dir, n_head=getattr(args, 'n_head', None), afn=getattr(args, 'afn', None))
+        ckpt = read_checkpoint(settings.model_dir, n_head=settings.n_head, afn=settings.afn)
     return ckpt
 
 
-def convert(args):
-    """Run one conversion of the parsed command line; return the written folder."""
-    ckpt = read_for(args)
+def convert(settings):
+    """Run the conversion of the ConvertSettings; return the written folder."""
+    ckpt = read_for(settings)
     wanted = {'safetensors-to-shards': 'gpt1', 'shards-to-safetensors': 'gpt1', 'to-tf-checkpoint': 'gpt2'}
-    if wanted.get(args.command, ckpt.family) != ckpt.family:
-        raise ValueError(f'{args.model_dir} holds a {family_name(ckpt.family)}: {args.command} writes '
-                         f'{family_name(wanted[args.command])} weights only')
+    if wanted.get(settings.command, ckpt.family) != ckpt.family:
+        raise ValueError(f'{settings.model_dir} holds a {family_name(ckpt.family)}: {settings.command} writes '
+                         f'{family_name(wanted[settings.command])} weights only')
     ckpt = complete_checkpoint(ckpt)  # the config's defaults for what the files do not state, checked
-    if args.command == 'safetensors-to-shards':
-        out = write_released(ckpt, args.out, args.drop_special)
-    elif args.command == 'to-tf-checkpoint':
-        out = write_tf_gpt2(ckpt, args.out, args.drop_special)
-    elif args.command == 'to-transformers':
-        if args.drop_special:
+    if settings.command == 'safetensors-to-shards':
+        out = write_released(ckpt, settings.out, settings.drop_special)
+    elif settings.command == 'to-tf-checkpoint':
+        out = write_tf_gpt2(ckpt, settings.out, settings.drop_special)
+    elif settings.command == 'to-transformers':
+        if settings.drop_special:
             ckpt.special = ckpt.special[:0]
-        out = write_transformers(ckpt, args.out)
+        out = write_transformers(ckpt, settings.out)
     else:
-        out = write_safetensors(ckpt, args.out)
-    copy_vocabulary(args.model_dir, out, ckpt.family, transformers=args.command == 'to-transformers')
+        out = write_safetensors(ckpt, settings.out)
+    copy_vocabulary(settings.model_dir, out, ckpt.family, transformers=settings.command == 'to-transformers')
     return out
 
 
@@ -100,9 +116,9 @@ def copy_vocabulary(src, out, family, transformers=False):
 
 def main(argv=None):
     """Run the conversion the command line asks for; return 0, or 1 with one line on stderr."""
-    args = parse_args(argv)
+    settings = parse_args(argv)
     try:
-        out = convert(args)
+        out = convert(settings)
     except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
         print(f'convert.py: error: {err}', file=sys.stderr)
         return 1

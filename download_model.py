@@ -3,8 +3,8 @@ folder of openai/gpt-2 (`--model gpt2-124M`, ...).
 
 The original code reads `model/params_{0..9}.npy`, `model/params_shapes.json` (TF: train.py, main) and
 the BPE files `model/encoder_bpe_40000.json`, `model/vocab_40000.bpe` (TF: text_utils.TextEncoder).
-This module knows the git blob SHA-1 of each of those 13 files, so it can tell a user exactly which
-file is missing, a Git-LFS pointer, an HTML error page, truncated or corrupt, and it downloads what is
+integrity.py holds the git blob SHA-1 of each of those 13 files, so this script can tell a user exactly
+which file is missing, a Git-LFS pointer, an HTML error page, truncated or corrupt, and it downloads what is
 missing over HTTP(S), resuming cut transfers from a `.part` file and renaming a file into place only
 once its hash verifies.
 
@@ -16,29 +16,66 @@ once its hash verifies.
 A GPT-2 folder (checkpoint, hparams.json, model.ckpt.index, model.ckpt.data-00000-of-00001, model.ckpt.meta,
 encoder.json, vocab.bpe) is verified without TensorFlow: the vocabulary by its SHA-256, hparams.json by the size's
 values, the index by its block CRC32Cs and every tensor's name and shape, the data by every tensor's CRC32C and the
-file's size (model.ckpt.meta, a TensorFlow graph no reader of the weights needs, only for being a plain file).
+file's size (model.ckpt.meta, a TensorFlow graph no reader of the weights needs, only for being a plain file). Those
+checks (gpt2_file_problem) live here, not in integrity.py: they read the files through weights.py's GPT-2 reader and
+take the sizes from model_gpt2.py, and weights.py itself imports integrity.py.
 """
 import argparse
 import http.client
+import json
 import os
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
+import tf_bundle
+import untrusted
+from integrity import (GPT2_FILES, GPT2_VOCAB_SHA256, RELEASED_FILES, check_file, find_problem, problem_line,
+                       resolve_names)
+from model_gpt2 import GPT2_SIZES
+from untrusted import BadFile, file_sha256
 from utils import progress as progress_bar
-from weights import (GPT2_BASE_URL, GPT2_FILES, GPT2_SIZES, RELEASED_FILES, check_file, find_problem, gpt2_file_problem,
-                     problem_line, resolve_names)
+from weights import HPARAMS_NAME, TF_PREFIX, check_gpt2_entries, read_hparams
 
 # The shards are ordinary git blobs in that repository (it has no .gitattributes routing them to
-# Git LFS, and the hashes above are of the full contents), so raw.githubusercontent.com serves them.
+# Git LFS, and integrity.RELEASED_FILES hashes their full contents), so raw.githubusercontent.com serves them.
 BASE_URL = 'https://raw.githubusercontent.com/openai/finetune-transformer-lm/master/model/'
 # Where GitHub serves Git-LFS objects; tried only when BASE_URL answers with an LFS pointer.
 LFS_BASE_URL = 'https://media.githubusercontent.com/media/openai/finetune-transformer-lm/master/model/'
+# Where openai/gpt-2's download_model.py fetches a size's files: GPT2_BASE_URL + '<size>/<file>'.
+GPT2_BASE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/models/'
 
 USER_AGENT = 'gpt1-pytorch-download_model/1.0 (+urllib)'
 MODELS = ('gpt1',) + tuple(f'gpt2-{size}' for size in GPT2_SIZES)
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How a download transfers: retries after a cut connection (retries + 1 attempts), the connect/read timeout in
+    seconds, the backoff (the n-th retry waits backoff * n seconds), the read size and whether a bar shows."""
+    retries: int = 3
+    timeout: float = 30.0
+    backoff: float = 1.0
+    chunk_size: int = 1 << 20
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """What download_model.py's command line asks for: the model, its folder, the URLs to fetch from, the files (in
+    the order they are checked), whether only to verify, and how to transfer."""
+    model: str
+    model_dir: str
+    base_url: str
+    lfs_base_url: str
+    names: tuple
+    verify_only: bool = False
+    transfer: TransferSettings = TransferSettings()
+
+
 class DownloadError(RuntimeError):
     """A download that failed; str() is one line naming the URL and what went wrong."""
 
@@ -63,7 +100,7 @@ def _content_range_start(value):
     return int(start) if start.isdigit() else None
 
 
-def _read_body(resp, url, part, offset, chunk_size, progress, desc):
+def _read_body(resp, url, part, offset, transfer, desc):
     """Write resp's body to part (appending at offset on a 206); return None when complete, else why it stopped."""
     ctype = resp.headers.get('Content-Type', '') or ''
     if ctype.split(';')[0].strip().lower() in ('text/html', 'application/xhtml+xml'):
@@ -82,10 +119,11 @@ def _read_body(resp, url, part, offset, chunk_size, progress, desc):
     total = offset + length if length is not None else None
     received, stopped = 0, None
     with open(part, mode) as f, progress_bar(total=total, initial=offset, unit='B', unit_scale=True,
-                                             unit_divisor=1024, desc=desc, disable=not progress, leave=False) as bar:
+                                             unit_divisor=1024, desc=desc, disable=not transfer.progress,
+                                             leave=False) as bar:
         while True:
             try:
-                chunk = resp.read(chunk_size)
+                chunk = resp.read(transfer.chunk_size)
             except (OSError, http.client.HTTPException) as e:  # cut connection or read timeout
                 stopped = f'{type(e).__name__}: {e}'
                 break
@@ -101,19 +139,19 @@ def _read_body(resp, url, part, offset, chunk_size, progress, desc):
     return stopped
 
 
-def _fetch_to_part(url, part, retries, timeout, backoff, chunk_size, progress, desc):
-    """Transfer url into part, resuming with Range requests across up to retries + 1 attempts."""
+def _fetch_to_part(url, part, transfer, desc):
+    """Transfer url into part, resuming with Range requests across up to transfer.retries + 1 attempts."""
     last = None
-    for attempt in range(retries + 1):
-        if attempt and backoff:
-            time.sleep(backoff * attempt)
+    for attempt in range(transfer.retries + 1):
+        if attempt and transfer.backoff:
+            time.sleep(transfer.backoff * attempt)
         offset = os.path.getsize(part) if os.path.exists(part) else 0
         headers = {'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity'}
         if offset:
             headers['Range'] = f'bytes={offset}-'
         request = urllib.request.Request(url, headers=headers)
         try:
-            resp = urllib.request.urlopen(request, timeout=timeout)
+            resp = urllib.request.urlopen(request, timeout=transfer.timeout)
         except urllib.error.HTTPError as e:
             e.close()
             if e.code == 416 and offset:  # nothing left past offset: the part file already holds it all
@@ -127,16 +165,16 @@ def _fetch_to_part(url, part, retries, timeout, backoff, chunk_size, progress, d
             last = f'{type(e).__name__}: {getattr(e, "reason", e)}'
             continue
         with resp:
-            last = _read_body(resp, url, part, offset, chunk_size, progress, desc)
+            last = _read_body(resp, url, part, offset, transfer, desc)
         if last is None:
             return
-    raise DownloadError(f'{url}: download failed after {retries + 1} attempts ({last}); '
+    raise DownloadError(f'{url}: download failed after {transfer.retries + 1} attempts ({last}); '
                         f'run again to resume from {part}', kind='network')
 
 
-def download(url, dest, expected_sha1=None, *, check=None, retries=3, timeout=30.0, backoff=1.0, chunk_size=1 << 20,
-             progress=True):
-    """Download url to dest through dest + '.part' (resumed, fsynced, verified, renamed into place); return dest.
+def download(url, dest, expected_sha1=None, *, check=None, transfer=TransferSettings()):
+    """Download url to dest through dest + '.part' (resumed, fsynced, verified, renamed into place) as transfer
+    (TransferSettings) says; return dest.
 
     The part file is verified by its git blob SHA-1 (expected_sha1), or by check(part) -> (kind, description) of
     what is wrong, (None, None) when it verifies."""
@@ -148,7 +186,7 @@ def download(url, dest, expected_sha1=None, *, check=None, retries=3, timeout=30
     # from it gives a bad file, start once more from zero before giving up.
     fresh_retry = os.path.exists(part) and os.path.getsize(part) > 0
     while True:
-        _fetch_to_part(url, part, retries, timeout, backoff, chunk_size, progress, os.path.basename(dest))
+        _fetch_to_part(url, part, transfer, os.path.basename(dest))
         kind, what = check(part) if check else find_problem(part, expected_sha1, is_npy=dest.endswith('.npy'))
         if kind is None:
             break
@@ -200,9 +238,59 @@ def download_model(model_dir='model/', base_url=BASE_URL, names=None, *, lfs_bas
             for n in resolve_names(names, expected)]
 
 
+def gpt2_hparams(size):
+    """Return the hparams.json dict of a released GPT-2 size ('124M', ...)."""
+    n_embd, n_head, n_layer = GPT2_SIZES[size]
+    return dict(n_vocab=50257, n_ctx=1024, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+
+
+def gpt2_file_problem(folder, name, size, path=None):
+    """Return (kind, plain-words description) of what is wrong with the released GPT-2 file `name` of the size
+    `size` in folder (read from path when given: a download's .part), or (None, None) when it verifies: the
+    vocabulary by SHA-256, hparams.json and `checkpoint` by their content (every path `checkpoint` names inside the
+    folder), the index by its block CRC32Cs and every tensor's name, dtype (float32) and shape, the data by every
+    tensor's CRC32C and its size; model.ckpt.meta, a TensorFlow graph no reader of the weights needs, only for being a
+    plain non-empty file. Never raises for a bad file: every problem is returned."""
+    try:
+        with untrusted.reading(folder if path is None else path):
+            path = os.path.join(folder, name) if path is None else os.fspath(path)
+            untrusted.check_path_text(path)
+            kind, what = find_problem(path)  # missing, empty, a Git-LFS pointer, an HTML page
+            if kind is not None:
+                return kind, what
+            return gpt2_content_problem(folder, name, size, path)
+    except untrusted.BadFile as err:
+        return 'corrupt', str(err)
+
+
+def gpt2_content_problem(folder, name, size, path):
+    """Return gpt2_file_problem's (kind, description) for the content of a file that find_problem passed."""
+    if name in GPT2_VOCAB_SHA256:
+        digest = file_sha256(path)
+        if digest != GPT2_VOCAB_SHA256[name]:
+            return 'sha256', f'corrupt or truncated: expected SHA-256 {GPT2_VOCAB_SHA256[name]}, got {digest}'
+    elif name == HPARAMS_NAME:
+        if read_hparams(path) != gpt2_hparams(size):
+            return 'content', f'not the hparams of GPT-2 {size}: expected {json.dumps(gpt2_hparams(size))}'
+    elif name == 'checkpoint':
+        prefix = tf_bundle.latest_checkpoint(folder, path)  # every path it names inside the folder, else a BadFile
+        if os.path.normpath(prefix) != os.path.normpath(os.path.join(folder, TF_PREFIX)):
+            return 'content', f'does not name {TF_PREFIX} as the checkpoint'
+    elif name == 'model.ckpt.index':
+        entries = tf_bundle.tf_checkpoint_entries(os.path.join(folder, TF_PREFIX), index_path=path)
+        try:  # the reader's check, every variable counted as used: the released index holds no other
+            check_gpt2_entries(entries, list(entries), gpt2_hparams(size), path, f'the hparams of GPT-2 {size}')
+        except BadFile as err:
+            what = str(err)[len(path) + 2:] if str(err).startswith(f'{path}: ') else str(err)
+            return 'content', f'not the index of GPT-2 {size}: {what}'
+    elif name.startswith('model.ckpt.data-'):
+        tf_bundle.verify_tf_checkpoint(os.path.join(folder, TF_PREFIX), data_paths={0: path}, dtype='float32')
+    return None, None
+
+
 def fetch_gpt2_file(name, size, model_dir, base_url=GPT2_BASE_URL, **download_kw):
     """Make model_dir/name a verified copy of the released GPT-2 file of that size; return (path, 'ok' or
-    'downloaded'). Verified as weights.gpt2_file_problem says: the vocabulary by SHA-256, the checkpoint by its
+    'downloaded'). Verified as gpt2_file_problem says: the vocabulary by SHA-256, the checkpoint by its
     CRC32Cs, names, shapes and sizes."""
     path = os.path.join(model_dir, name)
     if gpt2_file_problem(model_dir, name, size)[0] is None:
@@ -218,7 +306,7 @@ def gpt2_size(model):
 
 
 def parse_args(argv=None):
-    """Parse the command line of download_model.py."""
+    """Return the parsed command line of download_model.py (settings_of checks it)."""
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model', choices=MODELS, default='gpt1',
                    help='gpt1 (the released model/ folder of openai/finetune-transformer-lm, the default) or a released '
@@ -240,57 +328,70 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def check_one(args, name):
-    """Return (path, status) of one released file after --verify-only's check or a fetch; raise on a problem."""
-    if args.model == 'gpt1':
-        path = os.path.join(args.model_dir, name)
-        if args.verify_only:
+def settings_of(namespace):
+    """Return the DownloadSettings of the parsed command line (the --model's folder and URL where not given), or raise
+    a one-line ValueError naming a bad flag."""
+    if namespace.retries < 0 or namespace.timeout <= 0:
+        raise ValueError('--retries must be >= 0 and --timeout > 0')
+    names = RELEASED_FILES if namespace.model == 'gpt1' else GPT2_FILES
+    unknown = [name for name in namespace.files or () if name not in names]
+    if unknown:
+        raise ValueError(f'--files {unknown[0]} is not a file of {namespace.model}: choose among {", ".join(names)}')
+    model_dir = namespace.model_dir
+    if model_dir is None:
+        model_dir = 'model/' if namespace.model == 'gpt1' else os.path.join('models', gpt2_size(namespace.model))
+    base_url = namespace.base_url
+    if base_url is None:
+        base_url = BASE_URL if namespace.model == 'gpt1' else GPT2_BASE_URL
+    wanted = namespace.files or names
+    transfer = TransferSettings(retries=namespace.retries, timeout=namespace.timeout,
+                                progress=not namespace.no_progress)
+    return DownloadSettings(model=namespace.model, model_dir=model_dir, base_url=base_url,
+                            lfs_base_url=namespace.lfs_base_url,
+                            names=tuple(n for n in names if n in wanted),  # GPT-2's index before the data it describes
+                            verify_only=namespace.verify_only, transfer=transfer)
+
+
+def check_one(settings, name):
+    """Return (path, status) of one released file after --verify-only's check or a fetch, as the DownloadSettings
+    say; raise on a problem."""
+    if settings.model == 'gpt1':
+        path = os.path.join(settings.model_dir, name)
+        if settings.verify_only:
             problem = check_file(path, RELEASED_FILES[name])
             if problem:
                 raise ValueError(problem)
             return path, 'ok'
-        return fetch_file(name, args.model_dir, args.base_url, lfs_base_url=args.lfs_base_url, retries=args.retries,
-                          timeout=args.timeout, progress=not args.no_progress)
-    size = gpt2_size(args.model)
-    if args.verify_only:
-        kind, what = gpt2_file_problem(args.model_dir, name, size)
+        return fetch_file(name, settings.model_dir, settings.base_url, lfs_base_url=settings.lfs_base_url,
+                          transfer=settings.transfer)
+    size = gpt2_size(settings.model)
+    if settings.verify_only:
+        kind, what = gpt2_file_problem(settings.model_dir, name, size)
         if kind is not None:
-            raise ValueError(problem_line(os.path.join(args.model_dir, name), kind, what))
-        return os.path.join(args.model_dir, name), 'ok'
-    return fetch_gpt2_file(name, size, args.model_dir, args.base_url, retries=args.retries, timeout=args.timeout,
-                           progress=not args.no_progress)
+            raise ValueError(problem_line(os.path.join(settings.model_dir, name), kind, what))
+        return os.path.join(settings.model_dir, name), 'ok'
+    return fetch_gpt2_file(name, size, settings.model_dir, settings.base_url, transfer=settings.transfer)
 
 
 def main(argv=None):
     """Verify (and unless --verify-only, fetch) the released files; print one line per file; return the exit code."""
-    args = parse_args(argv)
-    if args.retries < 0 or args.timeout <= 0:
-        print('error: --retries must be >= 0 and --timeout > 0', file=sys.stderr)
+    try:
+        settings = settings_of(parse_args(argv))
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
         return 2
-    names = RELEASED_FILES if args.model == 'gpt1' else GPT2_FILES
-    unknown = [name for name in args.files or () if name not in names]
-    if unknown:
-        print(f'error: --files {unknown[0]} is not a file of {args.model}: choose among {", ".join(names)}',
-              file=sys.stderr)
-        return 2
-    if args.model_dir is None:
-        args.model_dir = 'model/' if args.model == 'gpt1' else os.path.join('models', gpt2_size(args.model))
-    if args.base_url is None:
-        args.base_url = BASE_URL if args.model == 'gpt1' else GPT2_BASE_URL
     n_bad = 0
-    wanted = args.files or names
-    for name in [n for n in names if n in wanted]:  # GPT-2's index before the data it describes
+    for name in settings.names:
         try:
-            path, status = check_one(args, name)
+            path, status = check_one(settings, name)
             print(f'{status:<10} {path}', flush=True)
         except (DownloadError, ValueError, OSError) as e:
             n_bad += 1
-            message = str(e) if args.verify_only else f'{name}: {e}'
+            message = str(e) if settings.verify_only else f'{name}: {e}'
             print(f'problem    {message}', file=sys.stderr, flush=True)
     if n_bad:
-        print(f'error: {n_bad} file(s) did not verify in {args.model_dir}', file=sys.stderr)
+        print(f'error: {n_bad} file(s) did not verify in {settings.model_dir}', file=sys.stderr)
     return 1 if n_bad else 0
-
 
 if __name__ == '__main__':
     sys.exit(main())

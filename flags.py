@@ -1,13 +1,16 @@
 """The command-line flags that several scripts share, each group declared once.
 
 No TF counterpart (the original's train.py declares its flags inline; train.py keeps their names and defaults,
-declared here in groups that pretrain.py, generate.py and extract_features.py share).
+declared here in groups that pretrain.py, generate.py and extract_features.py share). This is the command line's
+module: what turns parsed flags into the typed settings library code takes (weights_choice) lives here too, so that
+library code never sees argparse.
 """
 import argparse
 
 import torch
 
 from model_pytorch import ACT_FNS
+from models import WeightsChoice
 from precision import PRECISIONS
 
 
@@ -91,3 +94,24 @@ def add_run_args(parser, unit, save_every, save_help, state_path):
                              f'--restart or --resume such a run is refused, so that it is never overwritten)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     return parser
+
+
+def weights_choice(namespace):
+    """Return the models.WeightsChoice of the weights flags (add_weights_args) of a parsed command line."""
+    return WeightsChoice(model_dir=namespace.model_dir, n_head=namespace.n_head, afn=namespace.afn,
+                         n_ctx=namespace.n_ctx, encoder_path=namespace.encoder_path, bpe_path=namespace.bpe_path)
+
+
+def task_dirs(specs, flag, choices=None):
+    """Return [(task, data_dir)] of TASK=DATA_DIR command-line values of flag, each task once (and one of choices,
+    when given), or raise a one-line ValueError naming the value."""
+    tasks = []
+    for spec in specs:
+        task, sep, data_dir = spec.partition('=')
+        if not sep or not task or not data_dir or (choices is not None and task not in choices):
+            one_of = '' if choices is None else f' with TASK one of {", ".join(choices)}'
+            raise ValueError(f'{flag} {spec!r}: give TASK=DATA_DIR{one_of}')
+        if task in dict(tasks):
+            raise ValueError(f'{flag} {task} is given twice')
+        tasks.append((task, data_dir))
+    return tasks

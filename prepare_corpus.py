@@ -47,6 +47,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from functools import lru_cache, partial
 
 import numpy as np
@@ -80,8 +81,25 @@ _STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json|checked_ids\.json|enc
                         r'encoder\.json|vocab\.bpe)\.tmp[a-z0-9_]+$')  # untrusted.create_temporary's names
 
 
+@dataclass(frozen=True)
+class CorpusSettings:
+    """What prepare_corpus.py's command line asks for: the input and how to read it, the output folder, the split,
+    the encoding processes and the tokenizer (its vocabulary files, the --arch's shipped ones unless given)."""
+    input: str
+    out: str
+    text_field: str = None      # the field holding the text of a .jsonl input
+    errors: str = 'strict'      # what to do with bytes that are not UTF-8 (one of ERRORS)
+    val_fraction: float = 0.005
+    seed: int = 0               # of the train/val hash
+    workers: int = 1            # encoding processes (the command line's default: all cores)
+    arch: str = 'gpt1'
+    encoder_path: str = ENCODER_PATH
+    bpe_path: str = BPE_PATH
+    quiet: bool = False         # no progress bar
+
+
 def parse_args(argv=None):
-    """Return the parsed command line."""
+    """Return the CorpusSettings of the command line."""
     parser = argparse.ArgumentParser(
         description='Encode text into GPT-1 or GPT-2 token ids for pre-training: train.bin, val.bin (little-endian '
                     'uint16) and meta.json in --out.')
@@ -107,11 +125,10 @@ def parse_args(argv=None):
                         help="BPE vocabulary (default: the released file shipped in model/, the --arch's)")
     parser.add_argument('--bpe_path', default=None, help="BPE merges (default: the released file shipped in model/)")
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    args = parser.parse_args(argv)
-    default_encoder, default_bpe = DEFAULT_VOCABULARY[args.arch]
-    args.encoder_path = args.encoder_path or default_encoder
-    args.bpe_path = args.bpe_path or default_bpe
-    return args
+    namespace = parser.parse_args(argv)
+    default_encoder, default_bpe = DEFAULT_VOCABULARY[namespace.arch]
+    return CorpusSettings(**dict(vars(namespace), encoder_path=namespace.encoder_path or default_encoder,
+                                 bpe_path=namespace.bpe_path or default_bpe))
 
 
 def input_layout(path, text_field):
@@ -133,13 +150,13 @@ def input_layout(path, text_field):
     return layout
 
 
-def check_settings(args):
-    """Return args after checking the numeric flags, raising a one-line ValueError for a bad one."""
-    if not 0.0 <= args.val_fraction <= 1.0:
-        raise ValueError(f'--val_fraction {args.val_fraction}: give a share between 0 and 1')
-    if args.workers < 1:
-        raise ValueError(f'--workers {args.workers}: give 1 or more')
-    return args
+def check_settings(settings):
+    """Return the CorpusSettings after checking their numbers, raising a one-line ValueError for a bad one."""
+    if not 0.0 <= settings.val_fraction <= 1.0:
+        raise ValueError(f'--val_fraction {settings.val_fraction}: give a share between 0 and 1')
+    if settings.workers < 1:
+        raise ValueError(f'--workers {settings.workers}: give 1 or more')
+    return settings
 
 
 def separator_id_for(encoder, encoder_path):
@@ -357,21 +374,23 @@ def write_chunks(results, files, progress):
     return totals
 
 
-def encode_corpus(args, layout, separator_id, files):
-    """Encode every document of args.input into files {split: file}, in document order; return the counts."""
-    docs = documents(args.input, layout, args.text_field, args.errors)
+def encode_corpus(settings, layout, separator_id, files):
+    """Encode every document of the CorpusSettings' input into files {split: file}, in document order; return the
+    counts."""
+    docs = documents(settings.input, layout, settings.text_field, settings.errors)
     work = chunks(docs, CHUNK_DOCS, CHUNK_CHARS)
-    options = dict(seed=args.seed, val_fraction=args.val_fraction, separator_id=separator_id)
-    bar = partial(progress, unit='doc', desc='encoding', disable=args.quiet, leave=False)
-    if args.workers == 1:
-        encode = partial(encode_chunk, tokenizer_from_files(args.arch, args.encoder_path, args.bpe_path), **options)
+    options = dict(seed=settings.seed, val_fraction=settings.val_fraction, separator_id=separator_id)
+    bar = partial(progress, unit='doc', desc='encoding', disable=settings.quiet, leave=False)
+    if settings.workers == 1:
+        encode = partial(encode_chunk, tokenizer_from_files(settings.arch, settings.encoder_path, settings.bpe_path),
+                         **options)
         with bar() as bar:
             return write_chunks(map(encode, work), files, bar)
     # imap returns chunks in order, so the files equal the serial ones; its feeder thread reads the input only
     # as fast as the task pipe drains, which keeps the documents in memory to a few chunks.
-    encode = partial(encode_in_worker, arch=args.arch, encoder_path=args.encoder_path, bpe_path=args.bpe_path,
-                     **options)
-    with multiprocessing.Pool(args.workers) as pool:
+    encode = partial(encode_in_worker, arch=settings.arch, encoder_path=settings.encoder_path,
+                     bpe_path=settings.bpe_path, **options)
+    with multiprocessing.Pool(settings.workers) as pool:
         with bar() as bar:
             counts = write_chunks(pool.imap(encode, work), files, bar)
         pool.close()  # let the workers exit cleanly; the with block's terminate() is for errors
@@ -379,16 +398,17 @@ def encode_corpus(args, layout, separator_id, files):
     return counts
 
 
-def build_meta(args, vocabulary, counts, record):
-    """Return the meta.json dict: format, vocabulary, separator, per-split counts (and largest id) and settings (no
-    timestamps); vocabulary is check_vocabulary's (n_vocab, separator id, n_special), record vocabulary_record's."""
+def build_meta(settings, vocabulary, counts, record):
+    """Return the meta.json dict: format, vocabulary, separator, per-split counts (and largest id) and the
+    CorpusSettings that set the ids (no timestamps); vocabulary is check_vocabulary's (n_vocab, separator id,
+    n_special), record vocabulary_record's."""
     n_vocab, separator_id, n_special = vocabulary
     splits = {split: dict(file=f'{split}.bin', **counts[split]) for split in SPLITS}
-    return dict(format=CORPUS_FORMATS[args.arch], dtype='uint16', byteorder='little', n_vocab=n_vocab,
-                separator_id=separator_id, n_special=n_special, separator=SEPARATOR_NOTES[args.arch],
+    return dict(format=CORPUS_FORMATS[settings.arch], dtype='uint16', byteorder='little', n_vocab=n_vocab,
+                separator_id=separator_id, n_special=n_special, separator=SEPARATOR_NOTES[settings.arch],
                 vocabulary=record, splits=splits, n_tokens_note=N_TOKENS_NOTE, max_id_note=MAX_ID_NOTE,
-                settings=dict(input=args.input, text_field=args.text_field, errors=args.errors, seed=args.seed,
-                              val_fraction=args.val_fraction))
+                settings=dict(input=settings.input, text_field=settings.text_field, errors=settings.errors,
+                              seed=settings.seed, val_fraction=settings.val_fraction))
 
 
 def make_out_folder(out):
@@ -423,26 +443,27 @@ def publish(out, tmp, meta, copies=None):
     return out
 
 
-def prepare_corpus(args):
-    """Encode args.input into args.out (train.bin, val.bin, then meta.json); return the meta dict."""
-    layout = input_layout(args.input, args.text_field)
-    check_settings(args)
-    vocabulary = check_vocabulary(args.arch, args.encoder_path, args.bpe_path)
-    record, copies = vocabulary_record(args.arch, args.encoder_path, args.bpe_path)
-    make_out_folder(args.out)
+def prepare_corpus(settings):
+    """Encode the CorpusSettings' input into their out folder (train.bin, val.bin, then meta.json); return the meta
+    dict."""
+    layout = input_layout(settings.input, settings.text_field)
+    check_settings(settings)
+    vocabulary = check_vocabulary(settings.arch, settings.encoder_path, settings.bpe_path)
+    record, copies = vocabulary_record(settings.arch, settings.encoder_path, settings.bpe_path)
+    make_out_folder(settings.out)
     tmp = {}  # split -> (fd, path) of its temporary, until publish renames it
     try:
         for split in SPLITS:
-            tmp[split] = untrusted.create_temporary(os.path.join(args.out, f'{split}.bin'))
+            tmp[split] = untrusted.create_temporary(os.path.join(settings.out, f'{split}.bin'))
         # closefd=False: publish flushes each to disk before closing it
         with open(tmp['train'][0], 'wb', closefd=False) as train_file, \
                 open(tmp['val'][0], 'wb', closefd=False) as val_file:
-            counts = encode_corpus(args, layout, vocabulary[1], {'train': train_file, 'val': val_file})
+            counts = encode_corpus(settings, layout, vocabulary[1], {'train': train_file, 'val': val_file})
         if not any(counts[split]['n_documents'] for split in SPLITS):
             n_empty = sum(counts[split]['n_empty_skipped'] for split in SPLITS)
-            raise ValueError(f'--input {args.input}: no document with text ({n_empty} empty); nothing to write')
-        meta = build_meta(args, vocabulary, counts, record)
-        publish(args.out, tmp, meta, copies)
+            raise ValueError(f'--input {settings.input}: no document with text ({n_empty} empty); nothing to write')
+        meta = build_meta(settings, vocabulary, counts, record)
+        publish(settings.out, tmp, meta, copies)
     finally:
         for fd, path in tmp.values():  # what publish did not rename
             os.close(fd)
@@ -472,14 +493,14 @@ def report(meta, out):
 
 def main(argv=None):
     """Run the command line; return 0, or 2 with one line on stderr."""
-    args = parse_args(argv)
+    settings = parse_args(argv)
     try:
-        meta = prepare_corpus(args)
+        meta = prepare_corpus(settings)
     except (OSError, ValueError) as err:
         close_bars()  # the error is the last line, after no bar's debris
         print(f'prepare_corpus.py: error: {err}', file=sys.stderr)
         return 2
-    lines, warnings = report(meta, args.out)
+    lines, warnings = report(meta, settings.out)
     for line in warnings:
         print(line, file=sys.stderr)
     print('\n'.join(lines))

@@ -329,18 +329,3 @@ class ResultLogger:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def task_dirs(specs, flag, choices=None):
-    """Return [(task, data_dir)] of TASK=DATA_DIR command-line values of flag, each task once (and one of choices,
-    when given), or raise a one-line ValueError naming the value."""
-    tasks = []
-    for spec in specs:
-        task, sep, data_dir = spec.partition('=')
-        if not sep or not task or not data_dir or (choices is not None and task not in choices):
-            one_of = '' if choices is None else f' with TASK one of {", ".join(choices)}'
-            raise ValueError(f'{flag} {spec!r}: give TASK=DATA_DIR{one_of}')
-        if task in dict(tasks):
-            raise ValueError(f'{flag} {task} is given twice')
-        tasks.append((task, data_dir))
-    return tasks

@@ -1,5 +1,7 @@
-"""Every weight format of the project in one place: which format a folder holds, reading and writing each one,
-and checking released files against their published hashes.
+"""Every weight format of the project in one place: which format a folder holds, reading and writing each one.
+Whether a file is the one OpenAI released (its published hash, a download's damage) is integrity.py's; the readers
+take from it the sniffing of a Git-LFS pointer or an HTML page, the .npy header parser, and the released hashes that
+verify=True checks.
 
 TF counterpart: the weight-loading lines of the original train.py's `__main__` (`params_shapes.json`, the ten
 `params_{n}.npy` shards, `np.split` by the shapes). Formats of GPT-1's weights:
@@ -29,10 +31,10 @@ build models from a Checkpoint (model_pytorch.model_from_checkpoint) and read th
 `torch.load(weights_only=True)` are read: nothing is unpickled.
 
 Every file is treated as untrusted (untrusted.py): the entry points (read_checkpoint, read_released, read_safetensors,
-read_transformers, detect_format, detect_family, load_hf_state, hf_keys, verify_model_dir, load_released_arrays)
-raise only untrusted.BadFile, one line naming the file; only regular files are read (a symlink only when it stays
-inside the folder), and every file an index names must lie inside its folder; JSON is bounded in size and depth and
-every config field checked for type and range where the Checkpoint's config is built; sizes are bounded
+read_transformers, detect_format, detect_family, load_hf_state, hf_keys, load_released_arrays) raise only
+untrusted.BadFile, one line naming the file; only regular files are read (a symlink only when it stays inside the
+folder), and every file an index names must lie inside its folder; JSON is bounded in size and depth and every
+config field checked for type and range where the Checkpoint's config is built; sizes are bounded
 (untrusted.SIZE_LIMITS) and a config's n_layer compared with the blocks present before any shape is built; tensors
 must be float32 (safetensors and transformers files: also float16 and bfloat16, converted exactly), never cast from
 ints, bools or complex numbers; a converted folder's .npy headers are checked before they are ever written.
@@ -43,8 +45,6 @@ import json
 import math
 import os
 import re
-import tokenize
-import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import wraps
@@ -55,7 +55,8 @@ import torch
 import tf_bundle
 import untrusted
 from checkpoint import atomic_write, open_safetensors, safetensors_dtypes, write_json
-from untrusted import SIZE_LIMITS, BadArgument, BadFile, MissingFile, bad, file_sha256, git_blob_sha1, is_int, show
+from integrity import SNIFF_BYTES, is_released_file, read_npy_header, sniff, verify_model_dir
+from untrusted import SIZE_LIMITS, BadArgument, BadFile, MissingFile, bad, is_int, show
 
 N_SHARDS = 10  # params_0.npy ... params_9.npy
 
@@ -90,16 +91,6 @@ TF_PREFIX = 'model.ckpt'  # the released checkpoint's prefix
 TF_FILES = ('checkpoint', 'model.ckpt.index', 'model.ckpt.data-00000-of-00001', 'model.ckpt.meta')
 GPT2_SOURCE = 'a GPT-2 model folder of openaipublic.blob.core.windows.net/gpt-2/models/ (run download_model.py --model gpt2-124M)'
 GPT2_HPARAMS = ('n_vocab', 'n_ctx', 'n_embd', 'n_head', 'n_layer')
-# The released GPT-2 sizes, as openai/gpt-2's download_model.py names them: (n_embd, n_head, n_layer); each has
-# n_vocab 50257 and n_ctx 1024.
-GPT2_SIZES = {'124M': (768, 12, 12), '355M': (1024, 16, 24), '774M': (1280, 20, 36), '1558M': (1600, 25, 48)}
-GPT2_BASE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/models/'
-# The files of a released GPT-2 folder, in the order they can be checked (the index before the data it describes).
-GPT2_FILES = ('hparams.json', 'checkpoint', 'model.ckpt.index', 'model.ckpt.data-00000-of-00001', 'model.ckpt.meta',
-              'encoder.json', 'vocab.bpe')
-# SHA-256 of the released vocabulary (the same for every size; the values tiktoken checks).
-GPT2_VOCAB_SHA256 = {'encoder.json': '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783',
-                     'vocab.bpe': '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5'}
 SIZE_KEYS = ('n_vocab', 'n_special', 'n_ctx', 'n_embd', 'n_layer')  # config fields the arrays' shapes give
 AFNS = ('gelu', 'relu', 'swish')  # the activations a GPT-1 config may name (model_pytorch.ACT_FNS holds these)
 # The rules of every config field a file (or a model's config) may state, in one place: check_config_fields applies
@@ -261,177 +252,12 @@ def check_blocks(blocks, n_embd, n_layer, source, family='gpt1'):
             raise bad(source, f'{key} has shape {tuple(blocks[key].shape)}, expected {shape} for n_embd={n_embd}')
 
 
-# --- what a download of the released files looks like ---------------------------------------------------------
-
-# Git blob SHA-1, sha1(b"blob %d\0" % len(data) + data), of each file of the released model/ folder
-# (the same value `git hash-object FILE` prints).
-RELEASED_FILES = {
-    'encoder_bpe_40000.json': '9dc3f0af5a80956e57dc8d9401e16dfadcade7c2',
-    'params_0.npy': '84d83ac1f1cc878f56f33b167482c184491875d2',
-    'params_1.npy': '0f19f4d4cda3d8f908e3faffd2cb2a8b9a4039da',
-    'params_2.npy': '25bc19c72fdff69505a828ec6d73b32063532148',
-    'params_3.npy': '5b2e6958d42a930966c9d602a012eb846ca67c83',
-    'params_4.npy': '87ad158987e307e6aa64952610f466d750b73bc7',
-    'params_5.npy': '74f3853316bba327229605dbedfe921996f11448',
-    'params_6.npy': '5ef44e40bc076d0c9686d1273d54cbc16c3f0980',
-    'params_7.npy': 'd8d5c8d3bee9b20a677605ac1fe6c7af4df57c94',
-    'params_8.npy': 'f980f4b393716f396ae5ae6401708dcf4f270dc9',
-    'params_9.npy': 'd389eb2074dd74754444b8062aba78b49f6a9053',
-    'params_shapes.json': '29fac299ae848d7e447be84a33345edcf1b5353c',
-    'vocab_40000.bpe': '0023a687b3d4d0b795a5e97cc914bdabb5a253df',
-}
-
-SNIFF_BYTES = 1024
-LFS_PREFIX = b'version https://git-lfs'
-HTML_PREFIXES = (b'<!doctype', b'<html')
-
-# What to tell the user for each kind of problem found in a local file.
-FIXES = {
-    'missing': 'run download_model.py to fetch it',
-    'lfs': 'fetch the real file (`git lfs pull` in a clone, or run download_model.py)',
-}
-DEFAULT_FIX = 'delete it and run download_model.py again'
-
-
-def sniff(head):
-    """Return 'lfs' or 'html' when the first bytes of a file are a Git-LFS pointer or an HTML page, else None."""
-    if head.startswith(LFS_PREFIX):
-        return 'lfs'
-    text = head.lstrip(b'\xef\xbb\xbf').lstrip().lower()  # a UTF-8 BOM and whitespace may precede the tag
-    if text.startswith(HTML_PREFIXES):
-        return 'html'
-    return None
-
-
-# What numpy's .npy header parser raises on a corrupt header: its fallback for headers written by
-# Python 2 goes through `tokenize`, hence TokenError. None of these may reach the user as a traceback.
-NPY_HEADER_ERRORS = (ValueError, SyntaxError, TypeError, EOFError, OverflowError, MemoryError, RecursionError,
-                     tokenize.TokenError)
-
-
-def canonical_npy_dict(shape, fortran_order, dtype):
-    """Return the header dictionary text numpy writes for these values, without its padding (bytes)."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {'descr': np.lib.format.dtype_to_descr(dtype),
-                                              'fortran_order': fortran_order, 'shape': shape})
-    return buf.getvalue()[10:].rstrip(b' \n')  # after the magic, the version and the 2-byte length
-
-
-def read_npy_header(f):
-    """Return (shape, fortran_order, dtype, canonical) of the .npy header at f's position, or None when numpy
-    cannot read one there.
-
-    canonical says whether the header is byte for byte the one numpy writes for those values (up to its
-    space padding): a header corrupted into another one that still parses is not. f is left just past the
-    header, at the first data byte.
-    """
-    start = f.tell()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # numpy warns when it falls back to its Python-2 header parser
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return None
-        end = f.tell()
-        f.seek(start + (10 if version == (1, 0) else 12))
-        text = f.read(end - f.tell())
-        canonical = (text.endswith(b'\n') and
-                     text[:-1].rstrip(b' ') == canonical_npy_dict(shape, fortran_order, dtype))
-    except NPY_HEADER_ERRORS:
-        return None
-    return shape, fortran_order, dtype, canonical
-
-
-def npy_sizes(path, folder=None):
-    """Return (size the .npy header promises, actual size), or None when the header cannot be read."""
-    with untrusted.open_regular(path, folder) as f:
-        header = read_npy_header(f)
-        if header is None:
-            return None
-        shape, _, dtype, _ = header
-        if dtype.hasobject:  # pickled payload: its size is not in the header
-            return None
-        return f.tell() + math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size
-
-
-def find_problem(path, expected_sha1=None, is_npy=False, folder=None):
-    """Return (kind, plain-words description) of what is wrong with the file at path, or (None, None); only a regular
-    file is read (a symlink whose target stays inside folder, default path's own folder)."""
-    try:
-        with untrusted.open_regular(path, folder) as f:
-            head = f.read(SNIFF_BYTES)
-    except MissingFile:
-        return 'missing', 'missing'
-    except BadFile as err:  # a folder, pipe or device, a link out of the folder, an unreadable file
-        what = str(err)
-        return 'not_file', f'not a regular file ({what[len(path):].lstrip(": ") if what.startswith(path) else what})'
-    if not head:
-        return 'empty', 'empty file (0 bytes)'
-    kind = sniff(head)
-    if kind == 'lfs':
-        return 'lfs', 'a Git-LFS pointer, not the file itself'
-    if kind == 'html':
-        return 'html', 'an HTML page (an error or login page saved in place of the file)'
-    if is_npy:
-        sizes = npy_sizes(path, folder)
-        if sizes is None and expected_sha1 is None:
-            return 'bad_npy', 'not a .npy file (unreadable header)'
-        if sizes is not None and sizes[0] != sizes[1]:
-            what = 'truncated' if sizes[1] < sizes[0] else 'too long'
-            return 'size', f'{what}: its .npy header needs {sizes[0]} bytes, the file has {sizes[1]}'
-    if expected_sha1 is not None:
-        got = git_blob_sha1(path)
-        if got != expected_sha1.lower():
-            return 'sha1', f'corrupt or truncated: expected {expected_sha1.lower()}, got {got}'
-    return None, None
-
-
-def check_file(path, expected_sha1=None, folder=None):
-    """Return None when the file at path is sound (and matches expected_sha1 if given), else a one-line problem."""
-    path = untrusted.check_path_text(path)
-    kind, what = find_problem(path, expected_sha1, is_npy=path.endswith('.npy'), folder=folder)
-    return None if kind is None else problem_line(path, kind, what)
-
-
-def problem_line(path, kind, what):
-    """Return the one-line problem of a file: the path, what is wrong, and the fix for that kind of problem."""
-    return f'{path}: {what}; {FIXES.get(kind, DEFAULT_FIX)}'
-
-
-def resolve_names(names, expected):
-    """Return the list of file names to handle, checking each against the known ones."""
-    if names is None:
-        return sorted(expected)
-    unknown = [n for n in names if n not in expected]
-    if unknown:
-        raise ValueError(f'unknown file {unknown[0]!r}; the released model/ files are: {", ".join(sorted(expected))}')
-    return list(names)
-
-
-@guarded
-def verify_model_dir(model_dir, names=None, expected=None):
-    """Check released files in model_dir (all 13, or names); return one-line problems, empty when all verify."""
-    expected = RELEASED_FILES if expected is None else expected
-    return [p for p in (check_file(os.path.join(model_dir, n), expected[n], folder=model_dir)
-                        for n in resolve_names(names, expected)) if p is not None]
-
+# --- the released shards ----------------------------------------------------------------------------------
 
 def released_names():
     """Return the names of the weights files of a released folder: params_shapes.json and the shards."""
     return ['params_shapes.json'] + [f'params_{n}.npy' for n in range(N_SHARDS)]
 
-
-def released_problems(path, expected=None):
-    """Return the one-line problems of the released files in path (its params_shapes.json and shards), checked
-    against their git blob SHA-1s (expected: {file name: SHA-1}, default the released values); [] when all verify."""
-    return verify_model_dir(path, names=released_names(), expected=expected)
-
-
-# --- the released shards ----------------------------------------------------------------------------------
 
 @dataclass
 class Checkpoint:
@@ -541,12 +367,6 @@ def read_shard_into(shard, out, folder=None):
         raise ValueError(f'{shard.path} changed while being read ({n_read} of {out.nbytes} bytes): read it again')
 
 
-def is_released_file(path):
-    """Return whether the file at path is byte for byte the released file of its name (git blob SHA-1)."""
-    expected = RELEASED_FILES.get(os.path.basename(path))
-    return expected is not None and git_blob_sha1(path) == expected
-
-
 def read_shapes(path, folder=None):
     """Return (the list of array shapes in params_shapes.json, the file's text), or raise naming the file."""
     text = untrusted.read_text(path, folder, limit=SHAPES_MAX_BYTES, what='params_shapes.json',
@@ -610,7 +430,7 @@ def read_released(model_dir, n_head=None, afn=None, verify=False):
     (a dict {file name: SHA-1} checks against those instead of the released values)."""
     config = check_arguments(n_head=n_head, afn=afn)  # the caller's, not the files': checked before any is read
     if verify:
-        problems = released_problems(model_dir, expected=verify if isinstance(verify, dict) else None)
+        problems = verify_model_dir(model_dir, released_names(), verify if isinstance(verify, dict) else None)
         if problems:
             raise BadFile(problems[0], model_dir)
     arrays, shards, shapes_text = read_shards(model_dir)  # checks every file and the total size
@@ -758,25 +578,6 @@ def write_released_shards(path, arrays, n_shards=N_SHARDS):
     return path
 
 
-def released_shapes(n_embd, n_layer, n_pos, n_vocab):
-    """Return the shapes of the arrays of a released folder for a GPT-1 of that size, in TF order (as
-    params_shapes.json lists them): positions, tokens, then each block's TF_BLOCK arrays, conv weights [1, nx, nf]."""
-    one = block_shapes(n_embd, 1)  # {'h.0.attn.c_attn.w': (nx, 3 * nx), ...}
-    block = [[1, *one[torch_name(f'h0/{name}')]] if name.endswith('/w') else list(one[torch_name(f'h0/{name}')])
-             for name in TF_BLOCK]
-    return [[n_pos, n_embd], [n_vocab, n_embd]] + block * n_layer
-
-
-def random_released_arrays(rng, n_embd, n_layer, n_pos, n_vocab):
-    """Return the arrays of a released folder for a GPT-1 of that size drawn from rng (a numpy Generator): N(0, 0.02)
-    everywhere, layer-norm gains 1; for tests and benchmarks that need weights in the released format."""
-    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in released_shapes(n_embd, n_layer, n_pos, n_vocab)]
-    for i in range(n_layer):
-        for name in ('ln_1/g', 'ln_2/g'):
-            arrays[2 + len(TF_BLOCK) * i + TF_BLOCK.index(name)][:] = 1
-    return arrays
-
-
 # --- GPT-2's released TensorFlow checkpoints ------------------------------------------------------------------
 
 HPARAMS_MAX_BYTES = 1 << 16  # the released hparams.json is 95 bytes
@@ -863,12 +664,6 @@ def read_tf_gpt2(folder):
                           source=hparams_path, family='gpt2')
 
 
-def gpt2_hparams(size):
-    """Return the hparams.json dict of a released GPT-2 size ('124M', ...)."""
-    n_embd, n_head, n_layer = GPT2_SIZES[size]
-    return dict(n_vocab=50257, n_ctx=1024, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
-
-
 def gpt2_tensor_shapes(hparams):
     """Return {TF name: shape} of every variable of a GPT-2 checkpoint with these hparams (each size checked to be an
     integer within untrusted.SIZE_LIMITS first: a ValueError naming the field)."""
@@ -881,50 +676,6 @@ def gpt2_tensor_shapes(hparams):
         name = tf_name(key)
         shapes[name] = [1, *shape] if name.endswith('/w') else list(shape)
     return shapes
-
-
-def gpt2_file_problem(folder, name, size, path=None):
-    """Return (kind, plain-words description) of what is wrong with the released GPT-2 file `name` of the size
-    `size` in folder (read from path when given: a download's .part), or (None, None) when it verifies: the
-    vocabulary by SHA-256, hparams.json and `checkpoint` by their content (every path `checkpoint` names inside the
-    folder), the index by its block CRC32Cs and every tensor's name, dtype (float32) and shape, the data by every
-    tensor's CRC32C and its size; model.ckpt.meta, a TensorFlow graph no reader of the weights needs, only for being a
-    plain non-empty file. Never raises for a bad file: every problem is returned."""
-    try:
-        with untrusted.reading(folder if path is None else path):
-            path = os.path.join(folder, name) if path is None else os.fspath(path)
-            untrusted.check_path_text(path)
-            kind, what = find_problem(path)  # missing, empty, a Git-LFS pointer, an HTML page
-            if kind is not None:
-                return kind, what
-            return gpt2_content_problem(folder, name, size, path)
-    except untrusted.BadFile as err:
-        return 'corrupt', str(err)
-
-
-def gpt2_content_problem(folder, name, size, path):
-    """Return gpt2_file_problem's (kind, description) for the content of a file that find_problem passed."""
-    if name in GPT2_VOCAB_SHA256:
-        digest = file_sha256(path)
-        if digest != GPT2_VOCAB_SHA256[name]:
-            return 'sha256', f'corrupt or truncated: expected SHA-256 {GPT2_VOCAB_SHA256[name]}, got {digest}'
-    elif name == HPARAMS_NAME:
-        if read_hparams(path) != gpt2_hparams(size):
-            return 'content', f'not the hparams of GPT-2 {size}: expected {json.dumps(gpt2_hparams(size))}'
-    elif name == 'checkpoint':
-        prefix = tf_bundle.latest_checkpoint(folder, path)  # every path it names inside the folder, else a BadFile
-        if os.path.normpath(prefix) != os.path.normpath(os.path.join(folder, TF_PREFIX)):
-            return 'content', f'does not name {TF_PREFIX} as the checkpoint'
-    elif name == 'model.ckpt.index':
-        entries = tf_bundle.tf_checkpoint_entries(os.path.join(folder, TF_PREFIX), index_path=path)
-        try:  # the reader's check, every variable counted as used: the released index holds no other
-            check_gpt2_entries(entries, list(entries), gpt2_hparams(size), path, f'the hparams of GPT-2 {size}')
-        except BadFile as err:
-            what = str(err)[len(path) + 2:] if str(err).startswith(f'{path}: ') else str(err)
-            return 'content', f'not the index of GPT-2 {size}: {what}'
-    elif name.startswith('model.ckpt.data-'):
-        tf_bundle.verify_tf_checkpoint(os.path.join(folder, TF_PREFIX), data_paths={0: path}, dtype='float32')
-    return None, None
 
 
 def write_tf_gpt2(ckpt, out_dir, drop_special=False):

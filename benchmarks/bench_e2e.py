@@ -51,8 +51,9 @@ import numpy as np
 import bench
 from bench import ENDING_LEN, N_SPECIAL, STORY_LEN
 from model_pytorch import N_CTX_RELEASED, N_VOCAB
+from tests.helpers import random_released_arrays
 from text_utils import MODEL_DIR
-from weights import VOCAB_FILES, copy_vocab, random_released_arrays, released_names, write_released_shards
+from weights import VOCAB_FILES, copy_vocab, released_names, write_released_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 SENTENCE_TOKENS = (8, 17)   # BPE tokens of one story sentence, its full stop included

@@ -9,7 +9,7 @@ import numpy as np
 
 import datasets
 from model_pytorch import N_VOCAB, DEFAULT_CONFIG, DoubleHeadModel, clone_config, load_openai_pretrained_model
-from weights import VOCAB_FILES, random_released_arrays, write_released_shards
+from weights import TF_BLOCK, VOCAB_FILES, block_shapes, torch_name, write_released_shards
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 TF_REF = FIXTURES / 'tf_reference'
@@ -101,18 +101,17 @@ def fixture_arrays():
     return [a.reshape(s) for a, s in zip(np.split(flat, np.cumsum([np.prod(s) for s in shapes])[:-1]), shapes)]
 
 
-def step_run(model, opt, args, device=None, info=None):
-    """Return the trainer.Run through which a test makes train.py's training steps: model and opt attached, the
-    training forward wrapped as train.py wraps it (DDP under several processes), args.precision's loss scaler."""
+def step_run(model, opt, settings, device=None, info=None):
+    """Return the trainer.Run through which a test makes train.py's training steps on model and opt: settings (a
+    train.FineTuneSettings) give its seed and precision (fp16's loss scaler), the model's forward is what a step calls
+    (wrapped by DDP under several processes); a Launch that writes no files."""
     import torch
 
-    import train
     from distributed import DistInfo
-    from trainer import Run
-    run = Run(args, torch.device('cpu') if device is None else device, info=DistInfo() if info is None else info)
-    run.attach(model, opt)
-    run.wrap(train.TrainForward(model))
-    return run
+    from trainer import Launch, Run, StateSpec
+    launch = Launch(settings.run_settings(), torch.device('cpu') if device is None else device,
+                    DistInfo() if info is None else info)
+    return Run(launch, model, opt, StateSpec(identity={}, template={}))
 
 
 def write_tiny_gpt2(folder, seed=0, n_ctx=64, n_embd=32, n_head=4, n_layer=2):
@@ -222,3 +221,22 @@ def assert_refused(fn, *args, names=None, memory=512 << 20, seconds=120):
     if names is not None:
         assert str(names) in message, message
     return message
+
+
+def released_shapes(n_embd, n_layer, n_pos, n_vocab):
+    """Return the shapes of the arrays of a released folder for a GPT-1 of that size, in TF order (as
+    params_shapes.json lists them): positions, tokens, then each block's TF_BLOCK arrays, conv weights [1, nx, nf]."""
+    one = block_shapes(n_embd, 1)  # {'h.0.attn.c_attn.w': (nx, 3 * nx), ...}
+    block = [[1, *one[torch_name(f'h0/{name}')]] if name.endswith('/w') else list(one[torch_name(f'h0/{name}')])
+             for name in TF_BLOCK]
+    return [[n_pos, n_embd], [n_vocab, n_embd]] + block * n_layer
+
+
+def random_released_arrays(rng, n_embd, n_layer, n_pos, n_vocab):
+    """Return the arrays of a released folder for a GPT-1 of that size drawn from rng (a numpy Generator): N(0, 0.02)
+    everywhere, layer-norm gains 1; for tests and benchmarks that need weights in the released format."""
+    arrays = [(rng.standard_normal(s) * 0.02).astype(np.float32) for s in released_shapes(n_embd, n_layer, n_pos, n_vocab)]
+    for i in range(n_layer):
+        for name in ('ln_1/g', 'ln_2/g'):
+            arrays[2 + len(TF_BLOCK) * i + TF_BLOCK.index(name)][:] = 1
+    return arrays

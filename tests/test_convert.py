@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import convert
+import integrity
+import untrusted
 import weights
 from model_pytorch import (ACT_FNS, DoubleHeadModel, LMModel, TransformerModel, gelu, load_openai_pretrained_model,
                            model_from_checkpoint)
@@ -364,11 +366,11 @@ def test_shards_to_safetensors_verify_refuses_a_corrupt_shard(tmp_path, monkeypa
     for name in shard_bytes(SMALL_MODEL):
         (shards / name).write_bytes((SMALL_MODEL / name).read_bytes())
     # the fixture's hashes stand in for the released ones, which only the real 445 MB files have
-    monkeypatch.setitem(weights.RELEASED_FILES, 'params_shapes.json',
-                        weights.git_blob_sha1(shards / 'params_shapes.json'))
+    monkeypatch.setitem(integrity.RELEASED_FILES, 'params_shapes.json',
+                        untrusted.git_blob_sha1(shards / 'params_shapes.json'))
     for n in range(10):
-        monkeypatch.setitem(weights.RELEASED_FILES, f'params_{n}.npy',
-                            weights.git_blob_sha1(shards / f'params_{n}.npy'))
+        monkeypatch.setitem(integrity.RELEASED_FILES, f'params_{n}.npy',
+                            untrusted.git_blob_sha1(shards / f'params_{n}.npy'))
     argv = ['shards-to-safetensors', '--model_dir', str(shards), '--n_head', '4']
     assert convert.main(argv + ['--out', str(tmp_path / 'ok'), '--verify']) == 0
     data = bytearray((shards / 'params_3.npy').read_bytes())

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 
 import download_model as dm
-import weights
+import integrity
+import model_gpt2
+import untrusted
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / 'tests' / 'fixtures'
@@ -21,7 +24,7 @@ SMALL_FILES = ['encoder_bpe_40000.json', 'params_shapes.json', 'vocab_40000.bpe'
 SMALL_FILE_COPIES = {'encoder_bpe_40000.json': ROOT / 'model' / 'encoder_bpe_40000.json',
                      'vocab_40000.bpe': ROOT / 'model' / 'vocab_40000.bpe',
                      'params_shapes.json': FIXTURES / 'released_params_shapes.json'}
-FAST = dict(retries=2, timeout=5.0, backoff=0, progress=False)
+FAST = dict(transfer=dm.TransferSettings(retries=2, timeout=5.0, backoff=0, progress=False))
 
 
 def random_bytes(n, seed=0):
@@ -120,10 +123,10 @@ def test_git_blob_sha1_matches_git_hash_object(tmp_path, size):
     path.write_bytes(data)
     want = subprocess.run(['git', 'hash-object', str(path)], capture_output=True, text=True, check=True,
                           timeout=30).stdout.strip()
-    assert weights.git_blob_sha1(path, chunk_size=4096) == want  # streamed across chunk boundaries
-    assert weights.git_blob_sha1(str(path)) == want
-    assert weights.git_blob_sha1(data) == want
-    assert weights.git_blob_sha1(bytearray(data)) == want
+    assert untrusted.git_blob_sha1(path, chunk_size=4096) == want  # streamed across chunk boundaries
+    assert untrusted.git_blob_sha1(str(path)) == want
+    assert untrusted.git_blob_sha1(data) == want
+    assert untrusted.git_blob_sha1(bytearray(data)) == want
 
 
 def test_embedded_hashes_equal_reference_json():
@@ -135,8 +138,8 @@ def test_embedded_hashes_equal_reference_json():
 def test_shipped_vocabulary_is_byte_identical_to_the_release():
     """model/ ships the two released vocabulary files; their git blob SHA-1s are the released ones."""
     for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe'):
-        assert weights.git_blob_sha1(ROOT / 'model' / name) == dm.RELEASED_FILES[name], name
-    assert weights.verify_model_dir(ROOT / 'model', names=['encoder_bpe_40000.json', 'vocab_40000.bpe']) == []
+        assert untrusted.git_blob_sha1(ROOT / 'model' / name) == dm.RELEASED_FILES[name], name
+    assert integrity.verify_model_dir(ROOT / 'model', names=['encoder_bpe_40000.json', 'vocab_40000.bpe']) == []
     tracked = subprocess.run(['git', 'ls-files', '-s', 'model/'], cwd=ROOT, capture_output=True, text=True,
                              timeout=30).stdout
     if tracked:  # in a git checkout, the committed blobs are the released ones too (no weights committed)
@@ -153,8 +156,8 @@ def test_released_small_files_verify(tmp_path):
     for n in SMALL_FILES:
         (tmp_path / n).write_bytes(released_bytes(n))
         assert dm.check_file(tmp_path / n, dm.RELEASED_FILES[n]) is None
-    assert weights.verify_model_dir(tmp_path, names=SMALL_FILES) == []
-    problems = weights.verify_model_dir(tmp_path)  # the ten shards are absent
+    assert integrity.verify_model_dir(tmp_path, names=SMALL_FILES) == []
+    problems = integrity.verify_model_dir(tmp_path)  # the ten shards are absent
     assert len(problems) == 10 and all('params_' in p and 'missing' in p for p in problems)
 
 
@@ -170,7 +173,7 @@ def test_verify_model_dir_names_each_problem(tmp_path):
     (tmp_path / 'params_5.npy').write_bytes(b'')
     (tmp_path / 'params_6.npy').write_bytes(b'  <HTML><head></head></HTML>')  # case-insensitive
     names = [f'params_{i}.npy' for i in range(7)]
-    problems = weights.verify_model_dir(tmp_path, names=names)
+    problems = integrity.verify_model_dir(tmp_path, names=names)
     assert len(problems) == 7
     by_file = {n: [p for p in problems if n in p] for n in names}
     assert all(len(v) == 1 for v in by_file.values()), by_file
@@ -180,7 +183,7 @@ def test_verify_model_dir_names_each_problem(tmp_path):
     assert 'HTML page' in by_file['params_6.npy'][0]
     assert 'truncated' in by_file['params_3.npy'][0]
     assert f'the file has {len(real_npy) - 1000}' in by_file['params_3.npy'][0]
-    got = weights.git_blob_sha1(real_npy)
+    got = untrusted.git_blob_sha1(real_npy)
     assert (f'corrupt or truncated: expected {dm.RELEASED_FILES["params_4.npy"]}, got {got}; '
             'delete it and run download_model.py again') in by_file['params_4.npy'][0]
     assert 'empty' in by_file['params_5.npy'][0]
@@ -190,7 +193,7 @@ def test_verify_model_dir_names_each_problem(tmp_path):
 def test_truncated_json_is_reported_by_hash(tmp_path):
     data = released_bytes('params_shapes.json')
     (tmp_path / 'params_shapes.json').write_bytes(data[:-10])
-    [problem] = weights.verify_model_dir(tmp_path, names=['params_shapes.json'])
+    [problem] = integrity.verify_model_dir(tmp_path, names=['params_shapes.json'])
     assert str(tmp_path / 'params_shapes.json') in problem
     assert 'corrupt or truncated' in problem and dm.RELEASED_FILES['params_shapes.json'] in problem
 
@@ -199,14 +202,14 @@ def test_check_file_with_and_without_hash(tmp_path):
     path = tmp_path / 'x.bin'
     path.write_bytes(random_bytes(1000))
     assert dm.check_file(path) is None
-    assert dm.check_file(path, weights.git_blob_sha1(path)) is None
+    assert dm.check_file(path, untrusted.git_blob_sha1(path)) is None
     assert 'corrupt' in dm.check_file(path, '0' * 40)
     assert 'not a regular file' in dm.check_file(tmp_path)
 
 
 def test_verify_model_dir_rejects_unknown_name(tmp_path):
     with pytest.raises(ValueError, match='params_10.npy'):
-        weights.verify_model_dir(tmp_path, names=['params_10.npy'])
+        integrity.verify_model_dir(tmp_path, names=['params_10.npy'])
 
 
 # --- downloads from the local server ----------------------------------------------------------------
@@ -215,7 +218,7 @@ def test_download_fresh(server, tmp_path):
     data = random_bytes(300_000)
     server.routes['/m/a.bin'] = dict(body=data)
     dest = tmp_path / 'sub' / 'a.bin'
-    assert dm.download(server.url('/m/a.bin'), dest, weights.git_blob_sha1(data), **FAST) == str(dest)
+    assert dm.download(server.url('/m/a.bin'), dest, untrusted.git_blob_sha1(data), **FAST) == str(dest)
     assert dest.read_bytes() == data
     assert not Path(str(dest) + '.part').exists()
     assert server.requests == [('/m/a.bin', None)]
@@ -225,7 +228,7 @@ def test_download_resumes_after_cut(server, tmp_path):
     data, cut = random_bytes(300_000), 123_457
     server.routes['/a.bin'] = dict(body=data, mode='cut', cut=cut)
     dest = tmp_path / 'a.bin'
-    dm.download(server.url('/a.bin'), dest, weights.git_blob_sha1(data), **FAST)
+    dm.download(server.url('/a.bin'), dest, untrusted.git_blob_sha1(data), **FAST)
     assert dest.read_bytes() == data
     assert server.requests == [('/a.bin', None), ('/a.bin', f'bytes={cut}-')]
 
@@ -233,9 +236,9 @@ def test_download_resumes_after_cut(server, tmp_path):
 def test_download_resumes_across_runs(server, tmp_path):
     data, cut = random_bytes(300_000), 100_000
     server.routes['/a.bin'] = dict(body=data, mode='cut_always', cut=cut)
-    dest, sha = tmp_path / 'a.bin', weights.git_blob_sha1(data)
+    dest, sha = tmp_path / 'a.bin', untrusted.git_blob_sha1(data)
     with pytest.raises(dm.DownloadError, match='resume') as e:
-        dm.download(server.url('/a.bin'), dest, sha, **dict(FAST, retries=1))
+        dm.download(server.url('/a.bin'), dest, sha, transfer=replace(FAST['transfer'], retries=1))
     assert server.url('/a.bin') in str(e.value) and '\n' not in str(e.value)
     part = Path(str(dest) + '.part')
     assert part.read_bytes() == data[:2 * cut] and not dest.exists()
@@ -250,7 +253,7 @@ def test_download_corrupt_is_deleted(server, tmp_path):
     bad = bytearray(data)
     bad[1234] ^= 0xFF
     server.routes['/a.bin'] = dict(body=bytes(bad))
-    dest, sha = tmp_path / 'a.bin', weights.git_blob_sha1(data)
+    dest, sha = tmp_path / 'a.bin', untrusted.git_blob_sha1(data)
     with pytest.raises(dm.DownloadError) as e:
         dm.download(server.url('/a.bin'), dest, sha, **FAST)
     msg = str(e.value)
@@ -281,7 +284,7 @@ def test_download_restarts_when_server_ignores_range(server, tmp_path):
     server.routes['/a.bin'] = dict(body=data, mode='ignore_range')
     dest = tmp_path / 'a.bin'
     Path(str(dest) + '.part').write_bytes(b'x' * 1000)  # appending to this would give a wrong file
-    dm.download(server.url('/a.bin'), dest, weights.git_blob_sha1(data), **FAST)
+    dm.download(server.url('/a.bin'), dest, untrusted.git_blob_sha1(data), **FAST)
     assert dest.read_bytes() == data
     assert server.requests == [('/a.bin', 'bytes=1000-')]
 
@@ -291,7 +294,7 @@ def test_download_416_means_part_is_complete(server, tmp_path):
     server.routes['/a.bin'] = dict(body=data)
     dest = tmp_path / 'a.bin'
     Path(str(dest) + '.part').write_bytes(data)
-    dm.download(server.url('/a.bin'), dest, weights.git_blob_sha1(data), **FAST)
+    dm.download(server.url('/a.bin'), dest, untrusted.git_blob_sha1(data), **FAST)
     assert dest.read_bytes() == data and not Path(str(dest) + '.part').exists()
     assert server.requests == [('/a.bin', f'bytes={len(data)}-')]
 
@@ -301,7 +304,7 @@ def test_download_stale_part_restarts_from_zero(server, tmp_path):
     server.routes['/a.bin'] = dict(body=data)
     dest = tmp_path / 'a.bin'
     Path(str(dest) + '.part').write_bytes(b'y' * 5000)  # left by something else: resuming gives a bad file
-    dm.download(server.url('/a.bin'), dest, weights.git_blob_sha1(data), **FAST)
+    dm.download(server.url('/a.bin'), dest, untrusted.git_blob_sha1(data), **FAST)
     assert dest.read_bytes() == data
     assert server.requests == [('/a.bin', 'bytes=5000-'), ('/a.bin', None)]
 
@@ -313,7 +316,7 @@ def test_download_rejects_non_http_url(tmp_path):
 
 def test_download_model_skips_verified_and_follows_lfs_pointer(server, tmp_path):
     a, b = random_bytes(10_000, seed=1), npy_bytes(20_000, seed=2)
-    expected = {'a.bin': weights.git_blob_sha1(a), 'b.npy': weights.git_blob_sha1(b)}
+    expected = {'a.bin': untrusted.git_blob_sha1(a), 'b.npy': untrusted.git_blob_sha1(b)}
     (tmp_path / 'a.bin').write_bytes(a)
     server.routes['/raw/b.npy'] = dict(body=b'version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n')
     server.routes['/media/b.npy'] = dict(body=b)
@@ -334,13 +337,13 @@ def test_download_model_into_the_repository_layout_fetches_only_the_weights(serv
     server.routes['/model/params_shapes.json'] = dict(body=released_bytes('params_shapes.json'))
     for n in range(10):  # stand-in shards: the downloader is told their hashes
         body = npy_bytes(100 + n, seed=n)
-        expected[f'params_{n}.npy'] = weights.git_blob_sha1(body)
+        expected[f'params_{n}.npy'] = untrusted.git_blob_sha1(body)
         server.routes[f'/model/params_{n}.npy'] = dict(body=body)
     paths = dm.download_model(tmp_path, server.url('/model/'), expected=expected, **FAST)
     assert sorted(p.split('/')[-1] for p in paths) == sorted(expected)
     fetched = sorted(path.split('/')[-1] for path, _ in server.requests)
     assert fetched == sorted(['params_shapes.json'] + [f'params_{n}.npy' for n in range(10)])
-    assert weights.verify_model_dir(tmp_path, expected=expected) == []
+    assert integrity.verify_model_dir(tmp_path, expected=expected) == []
 
 
 def test_download_model_lfs_pointer_without_fallback_is_an_error(server, tmp_path):
@@ -497,7 +500,7 @@ def gpt2_release(tmp_path_factory):
 @pytest.fixture
 def tiny_124m(monkeypatch):
     """Make the size '124M' the tiny one of gpt2_release (its blocks), for this test."""
-    monkeypatch.setitem(weights.GPT2_SIZES, '124M', (32, 4, 2))
+    monkeypatch.setitem(model_gpt2.GPT2_SIZES, '124M', (32, 4, 2))
 
 
 def serve_gpt2(server, files, **routes):

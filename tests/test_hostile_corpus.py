@@ -290,12 +290,12 @@ def gpt2_pristine(tmp_path_factory):
 
 
 def shipped_sha1s(family):
-    """The git blob SHA-1s of the vocabulary files this repository ships: GPT-1's as weights.RELEASED_FILES pins
+    """The git blob SHA-1s of the vocabulary files this repository ships: GPT-1's as integrity.RELEASED_FILES pins
     them (the released files), GPT-2's computed from model/gpt2/."""
-    import weights
+    import integrity
     if family == 'gpt1':
-        return tuple(weights.RELEASED_FILES[name] for name in corpus.CORPUS_VOCABULARY['gpt1'])
-    return tuple(weights.git_blob_sha1(corpus.shipped_path('gpt2', role)) for role in corpus.ROLES)
+        return tuple(integrity.RELEASED_FILES[name] for name in corpus.CORPUS_VOCABULARY['gpt1'])
+    return tuple(untrusted.git_blob_sha1(corpus.shipped_path('gpt2', role)) for role in corpus.ROLES)
 
 
 @pytest.mark.parametrize('family', ['gpt1', 'gpt2'])

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import download_model
+import model_gpt2
 import tf_bundle
 import untrusted
 import weights
@@ -42,12 +44,12 @@ def original(release):
 @contextlib.contextmanager
 def tiny_size():
     """Make the size '124M' the tiny one of the release while inside, for gpt2_file_problem."""
-    saved = weights.GPT2_SIZES[SIZE]
-    weights.GPT2_SIZES[SIZE] = (32, 4, 2)
+    saved = model_gpt2.GPT2_SIZES[SIZE]
+    model_gpt2.GPT2_SIZES[SIZE] = (32, 4, 2)
     try:
         yield
     finally:
-        weights.GPT2_SIZES[SIZE] = saved
+        model_gpt2.GPT2_SIZES[SIZE] = saved
 
 
 @pytest.fixture
@@ -274,7 +276,7 @@ def test_a_checkpoint_file_naming_another_folder_is_refused(release, tmp_path, c
     for text in texts[case]:  # an outside path that exists, then one that does not
         (folder / 'checkpoint').write_text(text)
         messages.append(refused(weights.read_tf_gpt2, str(folder), names=folder / 'checkpoint'))
-        kind, what = weights.gpt2_file_problem(str(folder), 'checkpoint', SIZE)
+        kind, what = download_model.gpt2_file_problem(str(folder), 'checkpoint', SIZE)
         assert kind is not None and str(folder / 'checkpoint') in what
     names = [('victim', 'nowhere'), (str(victim), str(tmp_path / 'nowhere')), ('victim', 'nowhere'), ('victim', 'nowhere'),
              ('model\\x00.ckpt', 'other\\x00.ckpt')][['parent', 'absolute', 'link', 'all-paths', 'nul'].index(case)]
@@ -285,9 +287,9 @@ def test_the_released_files_verify_and_a_checkpoint_file_hiding_its_path_in_a_co
                                                                                               tiny_124m):
     folder = copy_release(release, tmp_path / 'm')
     for name in FILES:
-        assert weights.gpt2_file_problem(str(folder), name, SIZE) == (None, None), name
+        assert download_model.gpt2_file_problem(str(folder), name, SIZE) == (None, None), name
     (folder / 'checkpoint').write_text('model_checkpoint_path: "other.ckpt"\n# model_checkpoint_path: "model.ckpt"\n')
-    kind, what = weights.gpt2_file_problem(str(folder), 'checkpoint', SIZE)
+    kind, what = download_model.gpt2_file_problem(str(folder), 'checkpoint', SIZE)
     assert kind == 'content' and 'model.ckpt' in what
 
 
@@ -306,9 +308,9 @@ def test_a_dtype_flipped_under_valid_crcs_is_refused_naming_the_variable(release
     message = refused(weights.read_tf_gpt2, str(folder), names=folder / INDEX)
     assert name in message and 'float32' in message
     refused(tf_bundle.verify_tf_checkpoint, prefix, None, 1 << 24, 'float32', names=name)
-    kind, what = weights.gpt2_file_problem(str(folder), INDEX, SIZE)
+    kind, what = download_model.gpt2_file_problem(str(folder), INDEX, SIZE)
     assert kind == 'content' and name in what
-    kind, what = weights.gpt2_file_problem(str(folder), DATA, SIZE)
+    kind, what = download_model.gpt2_file_problem(str(folder), DATA, SIZE)
     assert kind == 'corrupt' and name in what
 
 
@@ -330,7 +332,7 @@ def test_every_bad_hparams_field_is_refused_naming_the_file(release, tmp_path, f
     (folder / 'hparams.json').write_text(json.dumps(hparams))
     message = refused(weights.read_tf_gpt2, str(folder), names=folder / 'hparams.json')
     assert field in message
-    kind, what = weights.gpt2_file_problem(str(folder), 'hparams.json', SIZE)
+    kind, what = download_model.gpt2_file_problem(str(folder), 'hparams.json', SIZE)
     assert kind == 'corrupt' and field in what
 
 
@@ -386,8 +388,8 @@ def test_a_nul_byte_in_a_path_is_refused(release, tmp_path, tiny_124m):
         tf_bundle.read_tf_checkpoint(str(tmp_path / 'a\0b'))
     with pytest.raises(untrusted.BadFile, match='NUL'):
         tf_bundle.tf_checkpoint_entries(str(tmp_path / 'a\0b'))
-    assert weights.gpt2_file_problem(str(tmp_path / 'a\0b'), INDEX, SIZE)[0] is not None
-    assert weights.gpt2_file_problem(str(release), INDEX, SIZE, str(tmp_path / 'a\0b'))[0] is not None
+    assert download_model.gpt2_file_problem(str(tmp_path / 'a\0b'), INDEX, SIZE)[0] is not None
+    assert download_model.gpt2_file_problem(str(release), INDEX, SIZE, str(tmp_path / 'a\0b'))[0] is not None
 
 
 # --- random damage --------------------------------------------------------------------------------------------
@@ -436,7 +438,7 @@ def test_random_damage_lets_only_bad_file_escape(victim, original, name, cut, wh
         else:
             assert same_checkpoint(ckpt, original)
         with tiny_size():
-            problems = {file: weights.gpt2_file_problem(str(victim), file, SIZE) for file in FILES}  # never raises
+            problems = {file: download_model.gpt2_file_problem(str(victim), file, SIZE) for file in FILES}  # never raises
         if ckpt is not None:  # what loads as the original also verifies
             assert all(problem == (None, None) for problem in problems.values()), problems
         for kind, what in problems.values():

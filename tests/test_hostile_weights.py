@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 import convert
+import integrity
 import weights
 from models import complete_checkpoint
 from tests.helpers import assert_refused, fixture_arrays
@@ -646,7 +647,7 @@ def test_safetensors_to_shards_still_writes_the_released_bytes(valid, tmp_path):
 
 def test_a_nul_byte_in_a_path_is_a_bad_file(valid):
     for fn in (weights.read_checkpoint, weights.read_released, weights.read_safetensors, weights.read_transformers,
-               weights.detect_format, weights.detect_family, weights.load_hf_state, weights.verify_model_dir):
+               weights.detect_format, weights.detect_family, weights.load_hf_state, integrity.verify_model_dir):
         refused(fn, str(valid.st) + '\0x')
 
 
@@ -690,10 +691,10 @@ def test_verify_model_dir_reads_regular_files_only(valid, tmp_path):
     os.mkfifo(folder / 'params_shapes.json.fifo')
     (folder / 'params_shapes.json').unlink()
     os.symlink('/dev/zero', folder / 'params_shapes.json')
-    problems = weights.verify_model_dir(str(folder), names=['params_shapes.json'])
+    problems = integrity.verify_model_dir(str(folder), names=['params_shapes.json'])
     assert len(problems) == 1 and 'not a regular file' in problems[0]
     with pytest.raises(BadFile, match="unknown file 'no-such-file'"):
-        weights.verify_model_dir(str(folder), names=['no-such-file'])
+        integrity.verify_model_dir(str(folder), names=['no-such-file'])
 
 
 # --- any damage: only a BadFile escapes, or the load is the original's ---------------------------------------

@@ -131,8 +131,8 @@ def test_importing_a_library_module_prints_and_writes_nothing(name, imports):
     assert imports[0][name] == dict(printed='', files=[])
 
 
-TORCH_FREE = ('analysis', 'corpus', 'datasets', 'encoder_gpt2', 'runlock', 'task_datasets', 'tasks', 'text_utils',
-              'tf_bundle', 'utils')
+TORCH_FREE = ('analysis', 'corpus', 'datasets', 'encoder_gpt2', 'integrity', 'runlock', 'task_datasets', 'tasks',
+              'text_utils', 'tf_bundle', 'untrusted', 'utils')
 
 
 def test_the_data_text_and_analysis_modules_import_without_torch():

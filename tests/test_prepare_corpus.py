@@ -137,7 +137,7 @@ def test_meta_records_format_vocabulary_separator_and_counts(tmp_path, capsys):
     assert meta['format'] == prepare_corpus.CORPUS_FORMATS['gpt1'] == 'gpt1-corpus-v1'
     assert (meta['separator_id'], meta['n_special'], meta['n_vocab'], meta['dtype']) == (SEP, 1, SEP, 'uint16')
     assert 'separator' in meta and 'separators included' not in meta['separator']
-    # the released vocabulary's git blob SHA-1 (download_model.RELEASED_FILES) and SHA-256, named as shipped
+    # the released vocabulary's git blob SHA-1 (integrity.RELEASED_FILES) and SHA-256, named as shipped
     assert meta['vocabulary']['encoder_sha1'] == '9dc3f0af5a80956e57dc8d9401e16dfadcade7c2'
     assert meta['vocabulary']['bpe_sha1'] == '0023a687b3d4d0b795a5e97cc914bdabb5a253df'
     assert meta['vocabulary']['encoder_sha256'] == 'fdf49b19e7de236852091da09b84a7a3cd5e7b0e79916376cf45f6b8127b8078'

@@ -177,15 +177,3 @@ def test_a_log_on_a_full_disk_keeps_its_whole_lines_and_names_itself(tmp_path):
     assert lines[-1] == b'' and len(lines) > 5
     records = [json.loads(line) for line in lines[:-1]]  # every line whole
     assert [r['n_updates'] for r in records[1:]] == list(range(len(records) - 1))
-
-
-def test_task_dirs_reads_task_equals_folder_each_task_once():
-    from utils import task_dirs
-    assert task_dirs(['sst2=glue/', 'cola=a=b'], '--x') == [('sst2', 'glue/'), ('cola', 'a=b')]
-    for bad in (['sst2'], ['=glue/'], ['sst2=']):
-        with pytest.raises(ValueError, match=rf"^--x {bad[0]!r}: give TASK=DATA_DIR$"):
-            task_dirs(bad, '--x')
-    with pytest.raises(ValueError, match=r"^--x 'qnli=d': give TASK=DATA_DIR with TASK one of sst2, cola$"):
-        task_dirs(['qnli=d'], '--x', ('sst2', 'cola'))
-    with pytest.raises(ValueError, match='^--x sst2 is given twice$'):
-        task_dirs(['sst2=a', 'sst2=b'], '--x')

@@ -9,9 +9,11 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import integrity
+import untrusted
 import weights
 from model_pytorch import TransformerModel, load_openai_pretrained_model
-from tests.helpers import FIXTURES, SMALL_MODEL, fixture_arrays, small_cfg
+from tests.helpers import FIXTURES, SMALL_MODEL, fixture_arrays, random_released_arrays, released_shapes, small_cfg
 from weights import write_released_shards
 
 
@@ -84,7 +86,7 @@ def test_pickled_object_array_is_refused(shard_dir):
 def pristine_shards(tmp_path_factory):
     d = tmp_path_factory.mktemp('pristine')
     write_released_shards(d, fixture_arrays())
-    from weights import git_blob_sha1
+    from untrusted import git_blob_sha1
     hashes = {p.name: git_blob_sha1(str(p)) for p in d.iterdir()}
     return d, hashes
 
@@ -169,7 +171,7 @@ def test_header_that_parses_but_is_not_numpys_is_refused_unless_it_is_the_releas
     p.write_bytes(p.read_bytes().replace(b"'<f4'", b"'=f4'", 1))
     with pytest.raises(ValueError, match=r"params_6\.npy is corrupt: its \.npy header is not the one numpy writes"):
         load_from(shard_dir)
-    monkeypatch.setitem(weights.RELEASED_FILES, 'params_6.npy', weights.git_blob_sha1(p))
+    monkeypatch.setitem(integrity.RELEASED_FILES, 'params_6.npy', untrusted.git_blob_sha1(p))
     load_from(shard_dir)
 
 
@@ -203,9 +205,9 @@ def test_reading_released_shards_parses_each_header_once(monkeypatch):
 
 def test_random_released_arrays_have_the_released_layout():
     with open(FIXTURES / 'released_params_shapes.json') as f:
-        assert weights.released_shapes(768, 12, 512, 40478) == json.load(f)
-    arrays = weights.random_released_arrays(np.random.default_rng(0), 32, 2, 24, 100)
-    assert [list(a.shape) for a in arrays] == weights.released_shapes(32, 2, 24, 100)
+        assert released_shapes(768, 12, 512, 40478) == json.load(f)
+    arrays = random_released_arrays(np.random.default_rng(0), 32, 2, 24, 100)
+    assert [list(a.shape) for a in arrays] == released_shapes(32, 2, 24, 100)
     for i in range(2):  # the layer-norm gains are 1, everything else N(0, 0.02)
         for name in ('ln_1.g', 'ln_2.g'):
             np.testing.assert_array_equal(arrays[2 + weights.block_keys(2).index(f'h.{i}.{name}')], np.ones(32))

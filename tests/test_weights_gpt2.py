@@ -186,7 +186,7 @@ def test_the_family_of_a_bare_safetensors_file_comes_from_its_header_alone(tmp_p
 
 
 def test_greedy_decoding_equals_transformers_generate(tmp_path):
-    from sample import sample_ids
+    from sample import SamplingSettings, sample_ids
     hf = random_hf_gpt2(seed=2)
     hf.save_pretrained(tmp_path / 'hf')
     ours = models.load_model(str(tmp_path / 'hf'), lm=True)
@@ -194,7 +194,7 @@ def test_greedy_decoding_equals_transformers_generate(tmp_path):
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0,
                           attention_mask=torch.ones(1, 4, dtype=torch.long))
-    new, _ = sample_ids(ours, prompt, 96, gen_len=12, greedy=True)
+    new, _ = sample_ids(ours, prompt, 96, SamplingSettings(gen_len=12, greedy=True))
     assert new == out[0, 4:].tolist()
 
 
