@@ -16,14 +16,34 @@ Examples longer than n_ctx are an error naming the line, unless --truncate keeps
 """
 import argparse
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from distributed import check_device
-from flags import add_weights_args
-from models import load_from_args
+from flags import add_weights_args, weights_choice
+from model_inputs import check_token_ids, pack_right_padded
+from models import WeightsChoice, load_with_tokenizer
 from utils import close_bars
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What extract_features.py's command line asks for: the input and output files, the weights, how to run them."""
+    input: str               # UTF-8 text, one example per line
+    output: str              # the .npz to write
+    weights: WeightsChoice
+    device: str
+    layers: str = '-1'       # comma-separated layer numbers (parse_layers)
+    batch_size: int = 8      # examples per forward pass
+    truncate: bool = False   # keep the first n_ctx tokens of longer lines instead of refusing them
+
+
+def settings_of(namespace):
+    """Return the FeatureSettings of the parsed command line."""
+    return FeatureSettings(namespace.input, namespace.output, weights_choice(namespace), namespace.device,
+                           namespace.layers, namespace.batch_size, namespace.truncate)
 
 
 def parse_layers(spec, n_layer):
@@ -55,15 +75,9 @@ def hidden_states_batch(model, ids, layers):
     The attention is causal, so padding after a sequence cannot change its states; padded rows are zeroed.
     """
     transformer = getattr(model, 'transformer', model)
-    pos_offset = transformer.pos_offset  # n_vocab + n_special
-    max_len = max(max(len(seq) for seq in ids), 1)
     device = transformer.lm_weight.device
-    x = torch.zeros(len(ids), max_len, 2, dtype=torch.long)  # [B, T, 2]
-    x[..., 1] = pos_offset + torch.arange(max_len)
-    valid = torch.zeros(len(ids), max_len, dtype=torch.bool)
-    for b, seq in enumerate(ids):
-        x[b, :len(seq), 0] = torch.tensor(seq, dtype=torch.long)
-        valid[b, :len(seq)] = True
+    x = pack_right_padded(ids, transformer.pos_offset)  # [B, T, 2]
+    valid = torch.arange(x.shape[1]) < torch.tensor([len(seq) for seq in ids])[:, None]  # [B, T]
     with torch.no_grad():
         hidden = transformer.all_hidden_states(x.to(device))  # n_layer + 1 x [B, T, n_embd]
     mask = valid.unsqueeze(-1).to(device)  # [B, T] -> [B, T, 1]
@@ -77,10 +91,7 @@ def features_from_ids(model, ids, layers=(-1,), batch_size=8):
     for layer in layers:
         if not -(n_layer + 1) <= layer <= n_layer:
             raise ValueError(f'layer {layer} does not exist: use 0..{n_layer} or -{n_layer + 1}..-1')
-    beyond = [i for i, seq in enumerate(ids) if seq and max(seq) >= transformer.pos_offset]
-    if beyond:
-        raise ValueError(f'sequence {beyond[0]} holds token id {max(ids[beyond[0]])}, beyond the model\'s '
-                         f'{transformer.pos_offset} token rows: its tokenizer is not the model\'s')
+    check_token_ids(ids, transformer.pos_offset, (f'sequence {i}' for i in range(len(ids))))
     too_long = [i for i, seq in enumerate(ids) if len(seq) > transformer.n_ctx]
     if too_long:
         raise ValueError(f'sequence {too_long[0]} has {len(ids[too_long[0]])} ids, more than n_ctx={transformer.n_ctx}')
@@ -145,32 +156,33 @@ def parse_args(argv=None):
     return parser.parse_args(glued)
 
 
-def run(args):
-    """Extract the features the parsed command line asks for and write them; return (n_examples, n truncated)."""
-    if args.batch_size < 1:
-        raise ValueError(f'--batch_size {args.batch_size}: give 1 or more')
-    device = check_device(args.device)
-    texts = read_lines(args.input)
-    model, text_encoder = load_from_args(args)
+def run_extraction(settings):
+    """Extract the features the settings ask for and write them; return (n_examples, n truncated)."""
+    if settings.batch_size < 1:
+        raise ValueError(f'--batch_size {settings.batch_size}: give 1 or more')
+    device = check_device(settings.device)
+    texts = read_lines(settings.input)
+    model, text_encoder = load_with_tokenizer(settings.weights)
     model.to(device)
-    layers = parse_layers(args.layers, len(model.h))
-    out = extract_features(model, text_encoder, texts, layers, args.batch_size, args.truncate, source=args.input)
-    with open(args.output, 'wb') as f:
+    layers = parse_layers(settings.layers, len(model.h))
+    out = extract_features(model, text_encoder, texts, layers, settings.batch_size, settings.truncate,
+                           source=settings.input)
+    with open(settings.output, 'wb') as f:
         np.savez(f, **out)
     return len(texts), int(out['truncated'].sum())
 
 
 def main(argv=None):
     """Run the command line; return 0, or 1 with one line on stderr."""
-    args = parse_args(argv)
+    settings = settings_of(parse_args(argv))
     try:
-        n, n_truncated = run(args)
+        n, n_truncated = run_extraction(settings)
     except (OSError, ValueError) as err:
         close_bars()  # the error is the last line, after no bar's debris
         print(f'extract_features.py: error: {err}', file=sys.stderr)
         return 1
     note = f' ({n_truncated} truncated to n_ctx tokens)' if n_truncated else ''
-    print(f'wrote the features of {n} examples to {args.output}{note}')
+    print(f'wrote the features of {n} examples to {settings.output}{note}')
     return 0
 
 

@@ -7,14 +7,34 @@ from --model_dir's files.
 """
 import argparse
 import sys
+from dataclasses import dataclass
 
 import torch
 
 from distributed import check_device
-from flags import add_weights_args
-from models import load_from_args
-from sample import check_sampling_args, generate
+from flags import add_weights_args, weights_choice
+from models import WeightsChoice, load_with_tokenizer
+from sample import SamplingSettings, generate
 from utils import close_bars
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """What generate.py's command line asks for: the weights, where to run them, how to sample, what to continue."""
+    weights: WeightsChoice
+    device: str
+    sampling: SamplingSettings
+    seed: int = None           # of the sampler's generator: reproducible samples (None: torch's default generator)
+    prompt: str = None         # the text to continue
+    interactive: bool = False  # continue each line of stdin too
+
+
+def settings_of(namespace):
+    """Return the GenerateSettings of the parsed command line (a bad sampling value raises a ValueError)."""
+    sampling = SamplingSettings(gen_len=namespace.gen_len, top_k=namespace.top_k, top_p=namespace.top_p,
+                                temperature=namespace.temperature, greedy=namespace.greedy)
+    return GenerateSettings(weights_choice(namespace), namespace.device, sampling, namespace.seed, namespace.prompt,
+                            namespace.interactive)
 
 
 def parse_args(argv=None):
@@ -37,25 +57,22 @@ def parse_args(argv=None):
     return args
 
 
-def run(args, stdin, stdout, stderr):
-    """Generate for --prompt and/or each stdin line, writing to stdout; raise on bad arguments or files."""
-    check_sampling_args(args.gen_len, args.top_k, args.top_p, args.temperature, args.greedy)
-    device = check_device(args.device)
-    model, text_encoder = load_from_args(args, lm=True)
+def run_generation(settings, stdin, stdout, stderr):
+    """Generate for the prompt and/or each stdin line, writing to stdout; raise on bad arguments or files."""
+    device = check_device(settings.device)
+    model, text_encoder = load_with_tokenizer(settings.weights, lm=True)
     model.to(device)
-    generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
-    sampling = dict(gen_len=args.gen_len, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                    greedy=args.greedy, generator=generator)
+    generator = None if settings.seed is None else torch.Generator().manual_seed(settings.seed)
 
     def one(prompt):
-        result = generate(model, text_encoder, prompt, **sampling)
+        result = generate(model, text_encoder, prompt, settings.sampling, generator)
         print(result.full_text, file=stdout, flush=True)
         if result.message:
             print(f'generate.py: note: {result.message}', file=stderr, flush=True)
 
-    if args.prompt is not None:
-        one(args.prompt)
-    if args.interactive:
+    if settings.prompt is not None:
+        one(settings.prompt)
+    if settings.interactive:
         for line in stdin:
             if not line.strip():
                 continue
@@ -69,7 +86,7 @@ def main(argv=None):
     """Run the command line; return 0, or 1 with one line on stderr."""
     args = parse_args(argv)
     try:
-        run(args, sys.stdin, sys.stdout, sys.stderr)
+        run_generation(settings_of(args), sys.stdin, sys.stdout, sys.stderr)
     except (OSError, ValueError) as err:
         close_bars()  # the error is the last line, after no bar's debris
         print(f'generate.py: error: {err}', file=sys.stderr)

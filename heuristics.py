@@ -20,6 +20,7 @@ so that results are comparable and testable:
 - dprd: for each candidate, the mean log-probability of the sentence after the pronoun, after the sentence before
   the pronoun followed by the candidate; the higher wins.
 """
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from loss import per_element_ce
+from model_inputs import pack_right_padded
 from tasks import metric
 from precision import autocast_context
 
@@ -109,14 +111,9 @@ def evaluating(module):
 def hidden_states(lm, seqs):
     """Yield (index, h [len, n_embd] float32) of each id list of seqs, run in batches of similar lengths."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    pos_offset = lm.transformer.pos_offset
     for start in range(0, len(order), lm.batch_size):
         batch = order[start:start + lm.batch_size]
-        T = max(len(seqs[i]) for i in batch)
-        x = torch.zeros(len(batch), T, 2, dtype=torch.long)
-        x[:, :, 1] = pos_offset + torch.arange(T)  # padding on the right: causal attention leaves the rest alone
-        for b, i in enumerate(batch):
-            x[b, :len(seqs[i]), 0] = torch.as_tensor(seqs[i])
+        x = pack_right_padded([seqs[i] for i in batch], lm.transformer.pos_offset)  # [B, T, 2]
         with autocast_context(lm.device, lm.precision):
             h = lm.transformer(x.to(lm.device))  # [B, T, n_embd]
         for b, i in enumerate(batch):
@@ -274,15 +271,25 @@ DEFAULT_SPLITS = {'sst2': 'dev', 'cola': 'dev', 'rocstories': 'test', 'race': 't
 METRICS = {'sst2': 'acc', 'cola': 'mcc', 'rocstories': 'acc', 'race': 'acc', 'dprd': 'acc'}
 
 
+def read_task_split(task, data_dir, split):
+    """Return {'fields', 'labels', 'groups', 'ids'} of one split of a GLUE task or RACE (as task_datasets.read_task
+    gives each split), parsing that split's files only (the folder must hold every split's, as read_task's)."""
+    import task_datasets
+    root = task_datasets._find_root(task, data_dir)  # refuses a folder without every split, naming what it lacks
+    files = dict(task_datasets.LAYOUTS[task][2])  # RACE: the last group's entry, only the split's name is used
+    if split not in files:
+        raise ValueError(f'{task} has no split {split!r}: use one of {", ".join(files)}')
+    if task == 'race':
+        return task_datasets._read_race(root, split)
+    return task_datasets._read_glue(task, os.path.join(root, *files[split].split('/')), split)
+
+
 def read_split(task, data_dir, split):
     """Return (texts: a dict of the task's fields, labels or None, groups or None) of one split of task."""
     import datasets
     import task_datasets
     if task in ('sst2', 'cola', 'race'):
-        splits = task_datasets.read_task(task, data_dir)
-        if split not in splits:
-            raise ValueError(f'{task} has no split {split!r}: use one of {", ".join(splits)}')
-        data = splits[split]
+        data = read_task_split(task, data_dir, split)
         names = ('sentence',) if task != 'race' else ('document', 'question', 'options')
         return dict(zip(names, data['fields'])), data['labels'], data['groups']
     if task == 'rocstories':

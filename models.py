@@ -5,7 +5,7 @@ No TF counterpart. weights.py reads each format into a Checkpoint; the family's 
 from it (model_pytorch.model_from_checkpoint for GPT-1, model_gpt2.model_from_checkpoint for GPT-2). This module
 sits above both, so that neither the formats nor the models import each other in a circle.
 """
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import model_gpt2
 import model_pytorch
@@ -69,41 +69,57 @@ def stated_architecture(ckpt):
     return {name: getattr(cfg, name, 'gelu') for name in ARCHITECTURE_FLAGS}
 
 
-def architecture_flags(args):
-    """Return {name: value, None when not given (the weights')} of the architecture flags of args (a Namespace)."""
-    return {name: getattr(args, name) for name in ARCHITECTURE_FLAGS}
+def architecture_flags(settings):
+    """Return {name: value, None when not given (the weights')} of the architecture flags a script's settings hold."""
+    return {name: getattr(settings, name) for name in ARCHITECTURE_FLAGS}
 
 
-def fill_architecture(args, cfg):
-    """Set the architecture flags of args (an argparse Namespace) to those of the model built, cfg's, so that a run's
-    log header and saved arguments say what was trained (the flags default to None: the weights')."""
-    for name in ARCHITECTURE_FLAGS:
-        setattr(args, name, getattr(cfg, name, 'gelu'))  # GPT-2 computes gelu
-    return args
+def built_architecture(cfg):
+    """Return {name: value} of the architecture flags for the model built from cfg (GPT-2 computes gelu), so that a
+    run's log header and saved settings say what was trained (the flags default to None: the weights')."""
+    return {name: getattr(cfg, name, 'gelu') for name in ARCHITECTURE_FLAGS}
 
 
-def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, n_special=None, n_vocab=None, verify=False):
+@dataclass(frozen=True)
+class TableRows:
+    """How the rows of a stored embedding table are read: n_vocab token rows (None: a transformers config.json's
+    n_special tells, else every row is a token), then n_special special rows (None: as stored)."""
+    n_vocab: int = None
+    n_special: int = None
+
+
+def load_model(path, lm=False, n_head=None, afn=None, n_ctx=None, rows=TableRows(), verify=False):
     """Return the model in eval mode that a folder (or transformers weights file) holds, of its family: with lm an
     LMModel or GPT2LMHeadModel, else a TransformerModel or GPT2Model; its config (`model.cfg`) gives n_vocab,
     n_special and n_ctx.
 
     GPT-1's released shards state neither n_head nor afn (default: the released 12 heads and gelu); n_ctx (default:
-    every stored position) crops the positions; n_special sets the special rows (default: as stored, none for
-    released weights; new rows are drawn as the original does); n_vocab splits a transformers table into tokens and
-    special rows (default: its config.json's n_special, else every row a token). verify checks GPT-1's released
-    shards against their SHA-1s. n_head and afn fill what the files do not state; one that contradicts them is refused
-    (read_with_flags).
+    every stored position) crops the positions; rows (TableRows): n_special sets the special rows (default: as
+    stored, none for released weights; new rows are drawn as the original does), n_vocab splits a transformers table
+    into tokens and special rows (default: its config.json's n_special, else every row a token). verify checks
+    GPT-1's released shards against their SHA-1s. n_head and afn fill what the files do not state; one that
+    contradicts them is refused (read_with_flags).
     """
-    ckpt = read_with_flags(path, dict(n_head=n_head, afn=afn), n_vocab=n_vocab, verify=verify)
-    return FAMILY_MODULES[ckpt.family].model_from_checkpoint(ckpt, n_ctx=n_ctx, n_special=n_special, lm=lm)
+    ckpt = read_with_flags(path, dict(n_head=n_head, afn=afn), n_vocab=rows.n_vocab, verify=verify)
+    return FAMILY_MODULES[ckpt.family].model_from_checkpoint(ckpt, n_ctx=n_ctx, n_special=rows.n_special, lm=lm)
 
 
-def load_from_args(args, lm=False):
-    """Return (model in eval mode, its tokenizer checked against it) of the weights flags (flags.add_weights_args:
-    --model_dir, --n_head, --afn, --n_ctx, --encoder_path, --bpe_path)."""
-    model = load_model(args.model_dir, n_head=args.n_head, afn=args.afn, n_ctx=args.n_ctx, lm=lm)
-    text_encoder = load_tokenizer(args.model_dir, args.encoder_path, args.bpe_path)
-    check_tokenizer(text_encoder, model, args.model_dir)
+@dataclass(frozen=True)
+class WeightsChoice:
+    """Which weights to load and with which vocabulary (flags.add_weights_args; flags.weights_choice makes one)."""
+    model_dir: str = 'model/'  # any weights folder (or transformers weights file)
+    n_head: int = None         # what GPT-1's released shards do not state (None: the files', else 12)
+    afn: str = None            # likewise (None: the files', else gelu)
+    n_ctx: int = None          # positions to keep (None: every stored one)
+    encoder_path: str = None   # the BPE vocabulary (None: the folder's, GPT-2: else the shipped one)
+    bpe_path: str = None       # the BPE merges (None: likewise)
+
+
+def load_with_tokenizer(choice, lm=False):
+    """Return (model in eval mode, its tokenizer checked against it) of a WeightsChoice; lm as load_model's."""
+    model = load_model(choice.model_dir, n_head=choice.n_head, afn=choice.afn, n_ctx=choice.n_ctx, lm=lm)
+    text_encoder = load_tokenizer(choice.model_dir, choice.encoder_path, choice.bpe_path)
+    check_tokenizer(text_encoder, model, choice.model_dir)
     return model, text_encoder
 
 

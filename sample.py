@@ -9,6 +9,29 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model_inputs import check_token_ids
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How many tokens to draw and how (TF: sample_sequence's length, temperature, top_k; top_p and greedy added);
+    a bad value raises a ValueError naming it when the settings are made."""
+    gen_len: int = 40          # tokens to generate after the prompt (fewer when the context fills)
+    top_k: int = 0             # sample among the k most likely tokens (0: all)
+    top_p: float = 1.0         # nucleus: the smallest most-probable set reaching p (1: off)
+    temperature: float = 1.0   # the logits are divided by it
+    greedy: bool = False       # take the most likely token (temperature, top_k and top_p unused)
+
+    def __post_init__(self):
+        if self.gen_len < 0:
+            raise ValueError(f'gen_len={self.gen_len}: give 0 or more tokens to generate')
+        if self.top_k < 0:
+            raise ValueError(f'top_k={self.top_k}: give 0 (off) or a positive number')
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f'top_p={self.top_p}: give a probability in (0, 1] (1: off)')
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError(f'temperature={self.temperature}: give a positive value, or use greedy decoding')
+
 
 @dataclass
 class Generation:
@@ -88,36 +111,22 @@ def top_p_filter(logits, p):
     return logits.masked_fill(drop, float('-inf'))
 
 
-def check_sampling_args(gen_len, top_k, top_p, temperature, greedy):
-    """Raise a ValueError naming the first bad sampling argument."""
-    if gen_len < 0:
-        raise ValueError(f'gen_len={gen_len}: give 0 or more tokens to generate')
-    if top_k < 0:
-        raise ValueError(f'top_k={top_k}: give 0 (off) or a positive number')
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f'top_p={top_p}: give a probability in (0, 1] (1: off)')
-    if not greedy and not temperature > 0:
-        raise ValueError(f'temperature={temperature}: give a positive value, or use greedy decoding')
-
-
-def next_token(logits, top_k=0, top_p=1.0, temperature=1.0, greedy=False, generator=None):
+def next_token(logits, settings=SamplingSettings(), generator=None):
     """Return the id drawn from logits [V]: argmax when greedy, else a sample after temperature, top-k, top-p."""
-    if greedy:
+    if settings.greedy:
         return int(torch.argmax(logits))
-    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    logits = top_p_filter(top_k_filter(logits / settings.temperature, settings.top_k), settings.top_p)
     return int(torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator))
 
 
-def sample_ids(model, prompt_ids, n_vocab, gen_len=40, top_k=0, top_p=1.0, temperature=1.0, greedy=False,
-               generator=None, use_cache=True):
-    """Return (new ids, message): up to gen_len tokens after prompt_ids; message says why it stopped early."""
-    check_sampling_args(gen_len, top_k, top_p, temperature, greedy)
+def sample_ids(model, prompt_ids, n_vocab, settings=SamplingSettings(), generator=None, use_cache=True):
+    """Return (new ids, message): up to settings.gen_len tokens after prompt_ids, drawn with generator; message says
+    why it stopped early."""
+    gen_len = settings.gen_len
     step = NextTokenLogits(model, n_vocab, use_cache=use_cache)
     if not prompt_ids:
         raise ValueError('the prompt is empty: give at least one word to continue')
-    if max(prompt_ids) >= step.pos_offset or min(prompt_ids) < 0:
-        raise ValueError(f'the prompt holds token id {max(prompt_ids)}, beyond the model\'s {step.pos_offset} token '
-                         f'rows: its tokenizer is not the model\'s')
+    check_token_ids([prompt_ids], step.pos_offset, ['the prompt'])
     if len(prompt_ids) > step.n_ctx:
         raise ValueError(f'the prompt is {len(prompt_ids)} tokens, longer than n_ctx={step.n_ctx}: shorten it')
     room = step.n_ctx - len(prompt_ids)
@@ -126,7 +135,7 @@ def sample_ids(model, prompt_ids, n_vocab, gen_len=40, top_k=0, top_p=1.0, tempe
         return new_ids, None
     logits = step(prompt_ids)
     for _ in range(min(gen_len, room)):
-        new_ids.append(next_token(logits, top_k, top_p, temperature, greedy, generator))
+        new_ids.append(next_token(logits, settings, generator))
         if len(new_ids) < min(gen_len, room):
             logits = step(new_ids[-1:])
     message = None
@@ -136,12 +145,11 @@ def sample_ids(model, prompt_ids, n_vocab, gen_len=40, top_k=0, top_p=1.0, tempe
     return new_ids, message
 
 
-def generate(model, text_encoder, prompt, gen_len=40, top_k=0, top_p=1.0, temperature=1.0, greedy=False,
-             generator=None, n_vocab=None, use_cache=True):
-    """Return the Generation continuing prompt (a str) with up to gen_len tokens; n_vocab: text_encoder's."""
+def generate(model, text_encoder, prompt, settings=SamplingSettings(), generator=None, n_vocab=None, use_cache=True):
+    """Return the Generation continuing prompt (a str) with up to settings.gen_len tokens drawn with generator;
+    n_vocab: text_encoder's."""
     if n_vocab is None:
         n_vocab = len(text_encoder.decoder)
     prompt_ids = text_encoder.encode([prompt], verbose=False)[0]
-    ids, message = sample_ids(model, prompt_ids, n_vocab, gen_len=gen_len, top_k=top_k, top_p=top_p,
-                              temperature=temperature, greedy=greedy, generator=generator, use_cache=use_cache)
+    ids, message = sample_ids(model, prompt_ids, n_vocab, settings, generator, use_cache)
     return Generation(text_encoder.decode(ids), text_encoder.decode(prompt_ids + ids), ids, prompt_ids, message)

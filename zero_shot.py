@@ -9,12 +9,13 @@ TF counterpart: none (the paper describes the heuristics; the release has no cod
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 from distributed import check_device
-from flags import add_weights_args
+from flags import add_weights_args, weights_choice
 from precision import PRECISIONS
 from heuristics import TASKS, n_scored, read_zero_shot, score_zero_shot, scoring_lm
-from models import load_from_args
+from models import WeightsChoice, load_with_tokenizer
 from utils import close_bars, progress
 
 SPLIT_HELP = ('sst2, cola: dev (default) or train (cola: the threshold is always fitted on train); rocstories: test '
@@ -40,6 +41,26 @@ def parse_args(argv=None):
     return args
 
 
+@dataclass(frozen=True)
+class ZeroShotSettings:
+    """What zero_shot.py's command line asks for: the task's split, the weights, how to run them, where to write."""
+    task: str
+    data_dir: str
+    weights: WeightsChoice
+    device: str
+    split: str = None        # None: heuristics.DEFAULT_SPLITS[task]
+    out: str = None          # the TSV of every example's prediction and scores (None: none)
+    batch_size: int = 16     # sequences per forward pass
+    precision: str = 'fp32'
+    quiet: bool = False      # no progress bar
+
+
+def settings_of(namespace):
+    """Return the ZeroShotSettings of the parsed command line."""
+    return ZeroShotSettings(namespace.task, namespace.data_dir, weights_choice(namespace), namespace.device,
+                            namespace.split, namespace.out, namespace.batch_size, namespace.precision, namespace.quiet)
+
+
 def write_tsv(path, result):
     """Write index, prediction and the scores of each example (in the split's order) to path; return path."""
     from checkpoint import atomic_write
@@ -60,30 +81,31 @@ def summary(result):
                 n=int(len(result.predictions)), **result.extra)
 
 
-def run(args):
-    """Score the split, print the metric line and the JSON record, write --out; return the record."""
-    device = check_device(args.device)
-    data = read_zero_shot(args.task, args.data_dir, args.split)  # bad data fails before the model loads
-    model, text_encoder = load_from_args(args, lm=True)
-    lm = scoring_lm(model.to(device), text_encoder, precision=args.precision, batch_size=args.batch_size)
-    total = n_scored(args.task, data.texts) + (0 if data.train is None else n_scored('cola', data.train[0]))
-    with progress(total=total, desc=f'{args.task} {data.split}', disable=args.quiet) as bar:
+def run_zero_shot(settings):
+    """Score the split, print the metric line and the JSON record, write the TSV; return the record."""
+    task = settings.task
+    device = check_device(settings.device)
+    data = read_zero_shot(task, settings.data_dir, settings.split)  # bad data fails before the model loads
+    model, text_encoder = load_with_tokenizer(settings.weights, lm=True)
+    lm = scoring_lm(model.to(device), text_encoder, precision=settings.precision, batch_size=settings.batch_size)
+    total = n_scored(task, data.texts) + (0 if data.train is None else n_scored('cola', data.train[0]))
+    with progress(total=total, desc=f'{task} {data.split}', disable=settings.quiet) as bar:
         result = score_zero_shot(lm, data, progress=bar)
     record = summary(result)
     shown = 'n/a (no labels)' if result.value is None else f'{result.value:.2f}'
     extra = ''.join(f', {k} {v:.4g}' for k, v in result.extra.items())
-    print(f'{args.task} {data.split}: {result.metric} {shown} on {record["n"]} examples{extra}', flush=True)
+    print(f'{task} {data.split}: {result.metric} {shown} on {record["n"]} examples{extra}', flush=True)
     print(json.dumps(record), flush=True)
-    if args.out:
-        write_tsv(args.out, result)
+    if settings.out:
+        write_tsv(settings.out, result)
     return record
 
 
 def main(argv=None):
     """Run zero_shot.py from the command line; return the exit code."""
-    args = parse_args(argv)
+    settings = settings_of(parse_args(argv))
     try:
-        run(args)
+        run_zero_shot(settings)
     except (OSError, ValueError) as err:
         close_bars()  # the error is the last line, after no bar's debris
         print(f'zero_shot.py: error: {err}', file=sys.stderr)

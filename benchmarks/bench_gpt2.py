@@ -74,7 +74,7 @@ def parse_args(argv=None):
     return args
 
 
-def model_config(args):
+def bench_config(args):
     """Return the GPT2Config benchmarked: the size (tiny with --quick), n_ctx positions, no dropout."""
     base = dict(n_embd=32, n_head=4, n_layer=2) if args.quick else {}
     cfg = GPT2Config.preset(args.size, n_ctx=args.n_ctx, **base)
@@ -94,10 +94,12 @@ class Ours:
         self.pretrain = pretrain
         torch.manual_seed(0)
         self.run = bench_pretrain.pretraining_run(args, GPT2LMHeadModel(cfg).to(device).train(), precision, device)
+        self.windows = pretrain.Windows(args.n_ctx, N_VOCAB, N_VOCAB)
+        self.batch = pretrain.UpdateBatch(0, args.n_batch, args.micro_batch)
 
     def step(self, stream, update_no):
         """Make one update on the windows of update_no."""
-        self.pretrain.pretrain_step(self.run, stream, update_no, N_VOCAB, N_VOCAB)
+        self.pretrain.pretrain_step(self.run, stream, update_no, self.windows, self.batch)
 
 
 class Transformers(bench_pretrain.Peer):
@@ -173,7 +175,7 @@ def generation(args, cfg, device):
     """Return greedy generation tokens/s of ours and transformers' generate on the same model and prompt."""
     from transformers import GPT2LMHeadModel as HFModel
 
-    from sample import sample_ids
+    from sample import SamplingSettings, sample_ids
     from weights import checkpoint_from_model, write_transformers
     from models import complete_checkpoint
     torch.manual_seed(0)
@@ -186,7 +188,7 @@ def generation(args, cfg, device):
     times = {'ours': [], 'transformers': []}
     for _ in range(args.rounds):
         start = time.perf_counter()
-        ids, _ = sample_ids(ours, prompt, N_VOCAB, gen_len=gen_len, greedy=True)
+        ids, _ = sample_ids(ours, prompt, N_VOCAB, SamplingSettings(gen_len=gen_len, greedy=True))
         times['ours'].append(time.perf_counter() - start)
         start = time.perf_counter()
         with torch.no_grad():
@@ -248,7 +250,7 @@ def main(argv=None):
         args.n_ctx, args.n_batch, args.micro_batch, args.steps, args.warmup_steps, args.rounds = 32, 2, 1, 1, 1, 1
         args.gen_len = 8
     device = torch.device(args.device)
-    cfg = model_config(args)
+    cfg = bench_config(args)
     stream = make_stream(max(8 * args.n_batch * (args.n_ctx + 1) * 8, 100_000))
     shape = SimpleNamespace(n_vocab=N_VOCAB, n_ctx=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer)
     flops = args.n_batch * bench.seq_flops(args.n_ctx, shape, N_VOCAB, train=True)

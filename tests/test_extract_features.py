@@ -84,6 +84,13 @@ def test_padding_does_not_change_the_states_of_shorter_texts(tiny):
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_an_id_outside_the_token_rows_is_refused_naming_its_sequence(tiny):
+    for bad, match in ((tiny.pos_offset, f"sequence 1 holds token id {tiny.pos_offset}, beyond the model's "
+                                         f"{tiny.pos_offset} token rows"), (-1, 'sequence 1 holds token id -1, below 0')):
+        with pytest.raises(ValueError, match=match):
+            features_from_ids(tiny, [[1, 2], [3, bad]])
+
+
 def test_long_line_is_an_error_naming_it_unless_truncate(model_dir, tmp_path, capsys):
     (tmp_path / 'in.txt').write_text('short line\n' + 'word ' * 12 + '\nok\n', encoding='utf-8')
     argv = ['--input', str(tmp_path / 'in.txt'), '--output', str(tmp_path / 'f.npz'), '--model_dir', str(model_dir),

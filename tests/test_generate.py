@@ -14,7 +14,7 @@ import generate
 import models
 import weights
 from model_pytorch import N_VOCAB
-from sample import generate as generate_text
+from sample import SamplingSettings, generate as generate_text
 from tests.helpers import VOCAB_DIR
 from text_utils import TextEncoder
 from weights import TF_BLOCK, write_released_shards
@@ -55,7 +55,7 @@ def text_encoder():
 def test_generate_returns_readable_text_and_ids(real_vocab_dir, text_encoder):
     model = models.load_model(str(real_vocab_dir), n_head=2, lm=True)
     assert model.cfg.n_vocab == N_VOCAB == len(text_encoder.decoder)
-    result = generate_text(model, text_encoder, 'The cat sat on the mat.', gen_len=5, greedy=True)
+    result = generate_text(model, text_encoder, 'The cat sat on the mat.', SamplingSettings(gen_len=5, greedy=True))
     assert result.prompt_ids == text_encoder.encode(['The cat sat on the mat.'], verbose=False)[0]
     assert len(result.ids) == 5 and max(result.ids) < N_VOCAB and result.message is None
     assert result.text == text_encoder.decode(result.ids) and '</w>' not in result.full_text
@@ -142,7 +142,7 @@ def cli(real_vocab_dir, monkeypatch, capsys):
     tiny model, with --prompt PROMPT_TEXT, --n_head 2 and --device cpu unless flags override them; run.models
     holds the models the last run loaded."""
     made = []
-    real_generate, real_load = generate.generate, generate.load_from_args
+    real_generate, real_load = generate.generate, generate.load_with_tokenizer
 
     def spy_generate(*args, **kwargs):
         made.append(real_generate(*args, **kwargs))
@@ -154,7 +154,7 @@ def cli(real_vocab_dir, monkeypatch, capsys):
         return model, text_encoder
 
     monkeypatch.setattr(generate, 'generate', spy_generate)
-    monkeypatch.setattr(generate, 'load_from_args', spy_load)
+    monkeypatch.setattr(generate, 'load_with_tokenizer', spy_load)
     monkeypatch.setattr('text_utils.TextEncoder', cached_text_encoder)
 
     def run(*flags, stdin=''):

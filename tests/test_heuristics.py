@@ -202,6 +202,24 @@ def test_batches_do_not_change_the_scores(family, data):
     np.testing.assert_allclose(one.scores, many.scores, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('task, folder, split, other, other_file', [
+    ('sst2', 'SST-2', 'dev', 'train', 'train.tsv'), ('cola', 'CoLA', 'train', 'test', 'test.tsv'),
+    ('race', 'RACE', 'test', 'dev', 'dev/high/1.txt')])
+def test_read_split_parses_only_the_split_it_reads(data, tmp_path, task, folder, split, other, other_file):
+    import shutil
+    import task_datasets
+    shutil.copytree(data / folder, tmp_path / folder)
+    whole = task_datasets.read_task(task, str(tmp_path))[split]
+    (tmp_path / folder / other_file).write_text('not\ta\tvalid\tfile\n')  # another split's file, malformed
+    texts, labels, groups = heuristics.read_split(task, str(tmp_path), split)
+    assert tuple(texts.values()) == whole['fields'] and groups == whole['groups']
+    np.testing.assert_array_equal(labels, whole['labels'])
+    with pytest.raises(ValueError, match=other_file.split('/')[-1]):  # read when asked for
+        heuristics.read_split(task, str(tmp_path), other)
+    with pytest.raises(ValueError, match=f"{task} has no split 'nope': use one of train, dev, test"):
+        heuristics.read_split(task, str(tmp_path), 'nope')
+
+
 def test_a_piece_longer_than_the_context_is_refused(family):
     lm = lm_of(family)
     with pytest.raises(ValueError, match=r'example 0 choice 1: the scored piece has \d+ tokens; it needs 1 to n_ctx - 1'):

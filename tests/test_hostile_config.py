@@ -213,7 +213,7 @@ def two_layer(tmp_path_factory):
 def built_model(folder, *flags):
     args = train.parse_args(['--model_dir', str(folder), *flags])
     np.random.seed(0)
-    return train.pretrained_model(args, dict(SIZES_OF_DATA), torch.device('cpu'), 'gpt1'), args
+    return train.pretrained_model(args, train.ModelSizes(**SIZES_OF_DATA), torch.device('cpu'), 'gpt1'), args
 
 
 @pytest.mark.parametrize('name, n_embd, n_head, afn', [('released', 24, 12, 'gelu'), ('st', 32, 4, 'relu')])
@@ -229,7 +229,7 @@ def test_train_builds_the_model_the_folder_holds_without_architecture_flags(two_
     np.testing.assert_array_equal(state['embed.weight'][:N_VOCAB].numpy(), ckpt.tokens)
     np.testing.assert_array_equal(state['embed.weight'][N_VOCAB + 3:].numpy(), ckpt.positions[:16])
     # the log header and printed arguments say what was built
-    assert (args.n_embd, args.n_head, args.n_layer, args.afn) == (n_embd, n_head, 2, afn)
+    assert models.built_architecture(model.cfg) == dict(n_embd=n_embd, n_head=n_head, n_layer=2, afn=afn)
 
 
 def test_flags_that_agree_with_the_folder_and_released_shards_fill_heads_and_activation(two_layer):
@@ -266,6 +266,25 @@ def test_the_tools_loader_names_every_contradicting_flag(two_layer):
         models.load_model(str(two_layer / 'st'), n_head=8, afn='gelu')
     assert str(err.value).startswith('--n_head 8 contradicts n_head=4, --afn gelu contradicts afn=relu in ')
     assert len(models.load_model(str(two_layer / 'released'), n_head=4).h) == 2
+
+
+def test_load_model_reads_the_table_rows_as_told(two_layer):
+    """models.TableRows: n_special adds special rows drawn as the original draws them (after the stored tokens, before
+    the positions); n_vocab splits a stored table into tokens and special rows."""
+    plain = models.load_model(str(two_layer / 'released'), n_head=4)
+    np.random.seed(0)
+    two = models.load_model(str(two_layer / 'released'), n_head=4, rows=models.TableRows(n_special=2))
+    assert (two.cfg.n_vocab, two.cfg.n_special) == (N_VOCAB, 2)
+    table, stored = two.embed.weight.detach(), plain.embed.weight.detach()
+    np.random.seed(0)
+    drawn = (np.random.randn(2, 24) * 0.02).astype(np.float32)
+    torch.testing.assert_close(table[N_VOCAB:N_VOCAB + 2], torch.from_numpy(drawn))
+    torch.testing.assert_close(table[:N_VOCAB], stored[:N_VOCAB])
+    torch.testing.assert_close(table[N_VOCAB + 2:], stored[N_VOCAB:])
+    ckpt = models.complete_checkpoint(weights.read_released(str(two_layer / 'released'), n_head=4))
+    weights.write_transformers(ckpt, two_layer / 'hf24')
+    split = models.load_model(str(two_layer / 'hf24'), rows=models.TableRows(n_vocab=N_VOCAB - 5))
+    assert (split.cfg.n_vocab, split.cfg.n_special) == (N_VOCAB - 5, 5)
 
 
 def test_a_model_with_more_blocks_than_the_checkpoint_is_refused_unless_n_transfer_asks(two_layer):

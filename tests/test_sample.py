@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_pytorch import LMModel
-from sample import NextTokenLogits, next_token, sample_ids, top_k_filter, top_p_filter
+from sample import NextTokenLogits, SamplingSettings, next_token, sample_ids, top_k_filter, top_p_filter
 from tests.helpers import small_cfg
 
 V, N_SPECIAL, N_CTX = 100, 2, 16  # the tiny model: 100 token rows, 2 special rows, 16 positions
@@ -43,7 +43,7 @@ def test_never_samples_a_special_or_position_row_even_when_they_dominate():
     assert full_logits(model, PROMPT).argmax() >= V  # the unmasked decoder would pick them
     gen = torch.Generator().manual_seed(0)
     for kwargs in (dict(greedy=True), dict(temperature=100.0), dict(top_k=5), dict(top_p=0.5), dict()):
-        ids, _ = sample_ids(model, PROMPT, V, gen_len=12, generator=gen, **kwargs)
+        ids, _ = sample_ids(model, PROMPT, V, SamplingSettings(gen_len=12, **kwargs), gen)
         assert len(ids) == 12 and max(ids) < V, kwargs
 
 
@@ -62,7 +62,7 @@ def test_cached_and_uncached_logits_are_equal_at_every_step(lm):
 
 
 def test_greedy_is_the_argmax_of_the_uncached_forward_at_every_step(lm):
-    ids, message = sample_ids(lm, PROMPT, V, gen_len=10, greedy=True)
+    ids, message = sample_ids(lm, PROMPT, V, SamplingSettings(gen_len=10, greedy=True))
     assert message is None and len(ids) == 10
     for k in range(10):
         assert ids[k] == int(full_logits(lm, PROMPT + ids[:k])[:V].argmax())
@@ -70,9 +70,9 @@ def test_greedy_is_the_argmax_of_the_uncached_forward_at_every_step(lm):
 
 
 def test_top_k_1_is_greedy(lm):
-    greedy, _ = sample_ids(lm, PROMPT, V, gen_len=10, greedy=True)
-    top1, _ = sample_ids(lm, PROMPT, V, gen_len=10, top_k=1, temperature=3.0,
-                         generator=torch.Generator().manual_seed(7))
+    greedy, _ = sample_ids(lm, PROMPT, V, SamplingSettings(gen_len=10, greedy=True))
+    top1, _ = sample_ids(lm, PROMPT, V, SamplingSettings(gen_len=10, top_k=1, temperature=3.0),
+                         torch.Generator().manual_seed(7))
     assert top1 == greedy
 
 
@@ -108,19 +108,19 @@ def test_top_p_filter_property(seed, p, n):
 def test_sampling_follows_the_filtered_distribution():
     logits = torch.log(torch.tensor([0.6, 0.25, 0.1, 0.05]))
     gen = torch.Generator().manual_seed(0)
-    draws = [next_token(logits, top_p=0.8, generator=gen) for _ in range(2000)]
+    draws = [next_token(logits, SamplingSettings(top_p=0.8), gen) for _ in range(2000)]
     counts = np.bincount(draws, minlength=4) / 2000
     assert counts[2] == counts[3] == 0
     assert abs(counts[0] - 0.6 / 0.85) < 0.04
 
 
 def test_stops_at_n_ctx_with_a_message(lm):
-    ids, message = sample_ids(lm, PROMPT * 2 + [1, 2], V, gen_len=40, greedy=True)
+    ids, message = sample_ids(lm, PROMPT * 2 + [1, 2], V, SamplingSettings(gen_len=40, greedy=True))
     assert len(ids) == N_CTX - 10
     assert 'stopped after 6 of 40 tokens' in message and 'n_ctx=16' in message
-    ids, message = sample_ids(lm, list(range(N_CTX)), V, gen_len=3)
+    ids, message = sample_ids(lm, list(range(N_CTX)), V, SamplingSettings(gen_len=3))
     assert ids == [] and 'stopped after 0 of 3' in message
-    ids, message = sample_ids(lm, PROMPT, V, gen_len=N_CTX - len(PROMPT), greedy=True)
+    ids, message = sample_ids(lm, PROMPT, V, SamplingSettings(gen_len=N_CTX - len(PROMPT), greedy=True))
     assert len(ids) == 12 and message is None  # exactly filling the context is no early stop
     with pytest.raises(ValueError, match='longer than n_ctx=16'):
         sample_ids(lm, list(range(N_CTX + 1)), V)
@@ -128,9 +128,17 @@ def test_stops_at_n_ctx_with_a_message(lm):
         sample_ids(lm, [], V)
 
 
+def test_a_prompt_id_outside_the_token_rows_is_refused(lm):
+    for bad, match in ((V + N_SPECIAL, f'token id {V + N_SPECIAL}, beyond the model\'s {V + N_SPECIAL} token rows'),
+                       (-1, 'token id -1, below 0')):
+        with pytest.raises(ValueError, match=match):
+            sample_ids(lm, PROMPT + [bad], V)
+
+
 def test_seed_reproducibility(lm):
     def draw(seed):
-        return sample_ids(lm, PROMPT, V, gen_len=12, temperature=2.0, generator=torch.Generator().manual_seed(seed))[0]
+        return sample_ids(lm, PROMPT, V, SamplingSettings(gen_len=12, temperature=2.0),
+                          torch.Generator().manual_seed(seed))[0]
     assert draw(3) == draw(3)
     assert draw(3) != draw(4)
 
@@ -139,8 +147,9 @@ def test_bad_sampling_arguments(lm):
     for kwargs, match in ((dict(temperature=0.0), 'temperature'), (dict(top_p=0.0), 'top_p'),
                           (dict(top_k=-1), 'top_k'), (dict(gen_len=-2), 'gen_len')):
         with pytest.raises(ValueError, match=match):
-            sample_ids(lm, PROMPT, V, **kwargs)
-    assert sample_ids(lm, PROMPT, V, temperature=0.0, greedy=True, gen_len=2)[0]  # greedy needs no temperature
+            sample_ids(lm, PROMPT, V, SamplingSettings(**kwargs))
+    greedy = SamplingSettings(temperature=0.0, greedy=True, gen_len=2)  # greedy needs no temperature
+    assert sample_ids(lm, PROMPT, V, greedy)[0]
 
 
 @pytest.mark.cuda
@@ -149,8 +158,8 @@ def test_cached_generation_on_cuda_equals_the_cpu(lm):
     forward's at every step."""
     import copy
     model = copy.deepcopy(lm).cuda()
-    ids_cpu, _ = sample_ids(lm, PROMPT, V, gen_len=10, greedy=True)
-    ids_cuda, _ = sample_ids(model, PROMPT, V, gen_len=10, greedy=True)
+    ids_cpu, _ = sample_ids(lm, PROMPT, V, SamplingSettings(gen_len=10, greedy=True))
+    ids_cuda, _ = sample_ids(model, PROMPT, V, SamplingSettings(gen_len=10, greedy=True))
     assert ids_cuda == ids_cpu
     cached, uncached = NextTokenLogits(model, V), NextTokenLogits(model, V, use_cache=False)
     feed = PROMPT
