@@ -21,6 +21,7 @@ import os
 import random
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -98,15 +99,15 @@ class StateWriter:
         self._thread = None
         self._error = None
 
-    def submit(self, write, *args):
-        """Wait for the previous write (raising its error), then run write(*args) in the background."""
+    def submit(self, write, *arguments):
+        """Wait for the previous write (raising its error), then run write(*arguments) in the background."""
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(write, args), name='state-writer')
+        self._thread = threading.Thread(target=self._run, args=(write, arguments), name='state-writer')
         self._thread.start()
 
-    def _run(self, write, args):
+    def _run(self, write, arguments):
         try:
-            write(*args)
+            write(*arguments)
         except BaseException as err:  # handed over to the training thread by wait()
             self._error = err
 
@@ -142,13 +143,13 @@ def unique_tensors(state, prefix=''):
 
 def write_tensors(path, tensors, metadata=None, writer=None):
     """Write tensors (already host copies) to path atomically, now or through writer in the background; return path."""
-    def write():
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    def write(target):
+        atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     if writer is None:
-        write()
+        write(path)
     else:
         make_parent(path)
-        writer.submit(write)
+        writer.submit(write, path)  # the path named, so that a writer's submissions say what they write
     return path
 
 
@@ -631,11 +632,24 @@ def set_optimizer_tensors(opt, checked):
 STATE_KEYS = ('format', 'identity', 'progress', 'opt_steps', 'ranks')
 
 
-def check_training_state(path, meta, tensors, model, opt, identity=None, rank=0, world_size=1, device=None,
-                         template=None, rank_keys=None):
+@dataclass(frozen=True)
+class Expected:
+    """What a resuming process expects of a training state: the run's identity (None: any), a fresh progress whose
+    counters the saved one must hold exactly (None: any), the counters each rank keeps (rank_keys), this process's
+    rank among world_size, and the device its random states go to."""
+    identity: dict = None
+    template: dict = None
+    rank_keys: tuple = None
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = None
+
+
+def check_training_state(path, meta, tensors, model, opt, expected=Expected()):
     """Return what load_training_state restores, everything checked, nothing changed: (model tensors by the
     model's names, optimizer state, this rank's (python, numpy, torch tensors) random states, progress, number of
     ranks saved). A one-line BadFile naming path says what does not fit."""
+    identity, rank, world_size = expected.identity, expected.rank, expected.world_size
     try:
         _check_keys('the state', meta, STATE_KEYS)
         if not isinstance(meta['identity'], dict):
@@ -656,7 +670,7 @@ def check_training_state(path, meta, tensors, model, opt, identity=None, rank=0,
             _refuse('ranks', f'lists {len(ranks)} processes, more than any run has')
         for r, record in enumerate(ranks):
             _check_keys(f'ranks[{r}]', record, ('rng', 'progress'))
-        check_progress(meta['progress'], template, rank_keys, ranks)
+        check_progress(meta['progress'], expected.template, expected.rank_keys, ranks)
         own = rank if len(ranks) == world_size else 0
         by_rank = {str(r): {} for r in range(len(ranks))}  # 'rng/{r}/{name}' -> by_rank[str(r)][name]
         for key, t in tensors.items():
@@ -665,7 +679,7 @@ def check_training_state(path, meta, tensors, model, opt, identity=None, rank=0,
                 if len(parts) != 3 or parts[1] not in by_rank:
                     _refuse('the state', f'holds the random state {show(key)} of no rank it lists')
                 by_rank[parts[1]][parts[2]] = t
-        states = [check_rank(r, record, by_rank[str(r)], device) for r, record in enumerate(ranks)]
+        states = [check_rank(r, record, by_rank[str(r)], expected.device) for r, record in enumerate(ranks)]
         unknown = sorted(k for k in tensors if not k.startswith(('model/', 'opt/', 'rng/')))
         if unknown:
             _refuse('the state', f'holds the tensor {show(unknown[0])}, which no training state holds')
@@ -688,8 +702,7 @@ def check_training_state(path, meta, tensors, model, opt, identity=None, rank=0,
     return weights, optimizer, states[own], progress, len(ranks)
 
 
-def load_training_state(path, model, opt, identity=None, rank=0, world_size=1, device=None, template=None,
-                        rank_keys=None):
+def load_training_state(path, model, opt, expected=Expected()):
     """Restore model, optimizer, and this rank's RNG states and counters from path; return (progress, the number of
     processes that saved it).
 
@@ -698,17 +711,17 @@ def load_training_state(path, model, opt, identity=None, rank=0, world_size=1, d
     and dtype; with template, a fresh progress of the script, exactly its counters; with rank_keys, each rank's
     own counters), and only then is anything restored; a file that does not fit is one BadFile naming path (the
     only error that escapes) and the model, optimizer and every random generator (python, numpy, torch) are as
-    they were. Resumed by another number of processes, each rank takes the first rank's RNG states seeded afresh by
+    they were. expected (Expected) says what the resuming process expects of the file. Resumed by another number of processes, each rank takes the first rank's RNG states seeded afresh by
     the caller, and the first rank the sum of the saved counters."""
     with untrusted.reading(path):
         meta, tensors = read_training_state(path)
         weights, optimizer, (python, numpy, rng), progress, n_saved = check_training_state(
-            path, meta, tensors, model, opt, identity, rank, world_size, device, template, rank_keys)
+            path, meta, tensors, model, opt, expected)
     # nothing below can fail on what the file holds: each piece was checked, the random states on generators of
     # their own
     with torch.no_grad():
         for name, t in model.state_dict().items():
             t.copy_(weights[name])
     set_optimizer_tensors(opt, optimizer)
-    _apply_rng_state(python, numpy, rng, device)
+    _apply_rng_state(python, numpy, rng, expected.device)
     return progress, n_saved

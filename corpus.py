@@ -380,11 +380,12 @@ def open_split(folder, split, meta, checked=None):
     return ids
 
 
-def load_corpus(folder):
+def load_corpus(folder, meta=None):
     """Return (train ids, val ids, meta dict) of a folder written by prepare_corpus.py, every file checked (see the
-    module docstring); ids are read-only uint16. meta is meta.json's, with its vocabulary paths resolved to the files
+    module docstring); ids are read-only uint16. meta is meta.json's (read here unless given: read_meta's record of
+    it, so that a caller that read it first works on the same record), with its vocabulary paths resolved to the files
     checked (absolute paths), as the tokenizer is built from them. Any problem is one untrusted.BadFile."""
-    meta = read_meta(folder)
+    meta = read_meta(folder) if meta is None else meta
     folder = os.fspath(folder)
     encoder_path, bpe_path = vocabulary_files(folder, meta)
     checked = read_checked_ids(folder)

@@ -21,10 +21,13 @@ memory-mapped stream at offsets that depend only on --seed and the update's numb
 run under torchrun (each rank takes its share of the same global batch) see the same windows.
 """
 import argparse
+import dataclasses
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -32,20 +35,20 @@ import torch
 from checkpoint import write_json
 from corpus import corpus_family, load_corpus, read_meta
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
-from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
+from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args, task_dirs
 from heuristics import METRICS, SENTIMENT_WORDS, read_zero_shot, score_zero_shot, scoring_lm, single_token
 from heuristics import TASKS as HEURISTIC_TASKS
 from loss import LM_CHUNK, token_losses
 from model_gpt2 import PRESETS, GPT2Config, GPT2LMHeadModel
 from model_pytorch import DEFAULT_CONFIG, LMModel
-from models import FAMILY_MODULES, architecture_flags, fill_architecture, read_with_flags, tokenizer_from_files
+from models import FAMILY_MODULES, architecture_flags, built_architecture, read_with_flags, tokenizer_from_files
 from opt import SCHEDULES, OpenAIAdam
-from sample import generate
+from sample import SamplingSettings, generate
 from precision import autocast_context
-from trainer import (RUN_ENDINGS, Run, failed_run_exit, format_phases, open_log, phase_record,
-                     run_identity, save_state, stop_if_requested, to_tensors, update_phase)
+from trainer import (RUN_ENDINGS, Evaluation, Launch, Run, RunFiles, RunSettings, StateSpec, failed_run_exit,
+                     format_phases, phase_record, run_identity, save_state, stop_if_requested, to_tensors,
+                     update_phase)
 from untrusted import int_field
-from utils import task_dirs
 from utils import progress as progress_bar
 from weights import (FAMILIES, checkpoint_from_model, family_name, vocab_names, write_released, write_safetensors,
                      write_tf_gpt2)
@@ -56,7 +59,12 @@ DEFAULT_N_CTX = {'gpt1': 512, 'gpt2': 1024}  # the papers' context lengths
 
 
 def parse_args(argv=None):
-    """Return the parsed command line; architecture flags left out come from --model_dir or the paper."""
+    """Return the command line as PretrainSettings; architecture flags left out come from --model_dir or the paper."""
+    return PretrainSettings(**vars(command_line().parse_args(argv)))
+
+
+def command_line():
+    """Return pretrain.py's argument parser."""
     p = argparse.ArgumentParser(description='Pre-train GPT-1 (the paper\'s first stage) on a corpus made by '
                                             'prepare_corpus.py; under torchrun, data-parallel over the processes.')
     p.add_argument('--corpus', required=True, help='the folder prepare_corpus.py wrote (train.bin, val.bin, meta.json)')
@@ -92,24 +100,86 @@ def parse_args(argv=None):
     p.add_argument('--save_shards', action='store_true',
                    help='also write the weights in the released format in OUT/shards/ (GPT-1: the ten shards; GPT-2: '
                         'hparams.json and a TensorFlow checkpoint)')
-    return p.parse_args(argv)
+    return p
 
 
-def check_args(args, info=DistInfo()):
+@dataclass(frozen=True)
+class PretrainSettings:
+    """pretrain.py's command line, typed: every flag (parse_args gives their defaults), in the order the run's log
+    header and args.json list them; arch and n_ctx None until the corpus decides them (resolve_arch)."""
+    corpus: str
+    out: str
+    model_dir: Optional[str]
+    arch: Optional[str]
+    preset: Optional[str]
+    n_ctx: Optional[int]
+    n_embd: Optional[int]   # the architecture flags: None means the weights' (or the paper's, the preset's)
+    n_head: Optional[int]
+    n_layer: Optional[int]
+    afn: Optional[str]
+    embd_pdrop: float
+    attn_pdrop: float
+    resid_pdrop: float
+    n_epochs: float
+    n_updates: Optional[int]
+    n_batch: int
+    lr: float
+    l2: float
+    max_grad_norm: float
+    b1: float
+    b2: float
+    e: float
+    warmup_updates: int
+    eval_every: int
+    eval_windows: int
+    sample_every: int
+    sample_prompt: str
+    zero_shot: list
+    seed: int
+    device: Optional[str]
+    precision: str
+    micro_batch: Optional[int]
+    compile: bool
+    checkpoint_activations: bool
+    save_every: int
+    resume: Union[bool, str]  # True, False or 'auto'
+    restart: bool
+    quiet: bool
+    save_shards: bool
+
+    def run_settings(self):
+        """Return how the run runs (trainer.RunSettings) under these settings."""
+        return RunSettings(seed=self.seed, device=self.device, precision=self.precision, compile=self.compile,
+                           resume=self.resume, restart=self.restart)
+
+    def windows(self, sizes):
+        """Return the Windows layout of n_ctx tokens over a corpus of sizes (n_rows, first_position)."""
+        return Windows(self.n_ctx, sizes['n_rows'], sizes['first_position'])
+
+    def update_batch(self):
+        """Return what each update draws (UpdateBatch): n_batch windows, micro_batch per forward pass."""
+        return UpdateBatch(self.seed, self.n_batch, self.micro_batch)
+
+    def evaluation(self, device):
+        """Return how evaluations batch (micro_batch, else n_batch windows) on device in the run's precision."""
+        return Evaluation(self.micro_batch or self.n_batch, device, self.precision, verbose=False)
+
+
+def check_args(settings, info=DistInfo()):
     """Raise ValueError naming the first inconsistent argument."""
     for name in ('n_batch', 'n_ctx', 'eval_windows'):
-        if getattr(args, name) < 1:
-            raise ValueError(f'--{name} must be at least 1, got {getattr(args, name)}')
+        if getattr(settings, name) < 1:
+            raise ValueError(f'--{name} must be at least 1, got {getattr(settings, name)}')
     for name in ('eval_every', 'sample_every', 'save_every', 'warmup_updates'):
-        if getattr(args, name) < 0:
-            raise ValueError(f'--{name} must be 0 or more, got {getattr(args, name)}')
-    if args.n_updates is not None and args.n_updates < 1:
-        raise ValueError(f'--n_updates must be at least 1, got {args.n_updates}')
-    if args.micro_batch is not None and args.micro_batch < 1:
-        raise ValueError(f'--micro_batch must be at least 1, got {args.micro_batch}')
-    if info.world_size > args.n_batch:
-        raise ValueError(f'{info.world_size} processes for --n_batch {args.n_batch}: use at most that many processes')
-    zero_shot_tasks(args.zero_shot)
+        if getattr(settings, name) < 0:
+            raise ValueError(f'--{name} must be 0 or more, got {getattr(settings, name)}')
+    if settings.n_updates is not None and settings.n_updates < 1:
+        raise ValueError(f'--n_updates must be at least 1, got {settings.n_updates}')
+    if settings.micro_batch is not None and settings.micro_batch < 1:
+        raise ValueError(f'--micro_batch must be at least 1, got {settings.micro_batch}')
+    if info.world_size > settings.n_batch:
+        raise ValueError(f'{info.world_size} processes for --n_batch {settings.n_batch}: use at most that many processes')
+    zero_shot_tasks(settings.zero_shot)
 
 
 def zero_shot_tasks(specs):
@@ -117,11 +187,11 @@ def zero_shot_tasks(specs):
     return task_dirs(specs, '--zero_shot', HEURISTIC_TASKS)
 
 
-def read_zero_shot_tasks(args, lm):
+def read_zero_shot_tasks(settings, lm):
     """Return the ZeroShotData of every --zero_shot task (CoLA's training split too), read now, before training, with
     the SST-2 words checked against the vocabulary of lm (a heuristics.ScoringLM)."""
     tasks = []
-    for task, data_dir in zero_shot_tasks(args.zero_shot):
+    for task, data_dir in zero_shot_tasks(settings.zero_shot):
         tasks.append(read_zero_shot(task, data_dir))
         if task == 'sst2':
             for word in SENTIMENT_WORDS:
@@ -129,11 +199,11 @@ def read_zero_shot_tasks(args, lm):
     return tasks
 
 
-def zero_shot_record(run, text_encoder, sizes, tasks):
+def zero_shot_record(run, settings, text_encoder, sizes, tasks):
     """Return {'zs_TASK': metric} of every zero-shot task (ZeroShotData) on the model now. Every rank scores them (the
     same work), so that no rank waits in a collective meanwhile, where the process group's timeout could end the job."""
-    lm = scoring_lm(run.model, text_encoder, n_vocab=sizes['n_vocab'], precision=run.args.precision,
-                    batch_size=run.args.micro_batch or run.args.n_batch)
+    lm = scoring_lm(run.model, text_encoder, n_vocab=sizes['n_vocab'], precision=settings.precision,
+                    batch_size=settings.micro_batch or settings.n_batch)
     return {f'zs_{data.task}': score_zero_shot(lm, data).value for data in tasks}
 
 
@@ -167,106 +237,127 @@ def window_loss(net, x, targets, n_rows):
     return token_losses(rows, we[:n_rows], targets.reshape(-1), LM_CHUNK)
 
 
-def resolve_arch(args, meta):
-    """Set args.arch (the corpus's family, which --arch and the weights' must match) and the family's default n_ctx;
-    return args."""
+def resolve_arch(settings, meta):
+    """Set settings.arch (the corpus's family, which --arch and the weights' must match) and the family's default n_ctx;
+    return settings."""
     family = corpus_family(meta)
-    if args.arch not in (None, family):
-        raise ValueError(f'--arch {args.arch} but {args.corpus} was encoded with {family_name(family)}\'s tokenizer: '
-                         f'prepare it with prepare_corpus.py --arch {args.arch}, or leave --arch out')
-    args.arch = family
-    if args.n_ctx is None:
-        args.n_ctx = DEFAULT_N_CTX[family]
-    if args.preset is not None and (family != 'gpt2' or args.model_dir is not None):
+    if settings.arch not in (None, family):
+        raise ValueError(f'--arch {settings.arch} but {settings.corpus} was encoded with {family_name(family)}\'s tokenizer: '
+                         f'prepare it with prepare_corpus.py --arch {settings.arch}, or leave --arch out')
+    settings = dataclasses.replace(settings, arch=family, n_ctx=settings.n_ctx or DEFAULT_N_CTX[family])
+    if settings.preset is not None and (family != 'gpt2' or settings.model_dir is not None):
         raise ValueError('--preset sizes a GPT-2 trained from scratch: leave it out with a GPT-1 corpus or --model_dir')
-    if family == 'gpt2' and args.afn not in (None, 'gelu'):
-        raise ValueError(f'--afn {args.afn}: GPT-2 computes gelu only')
-    return args
+    if family == 'gpt2' and settings.afn not in (None, 'gelu'):
+        raise ValueError(f'--afn {settings.afn}: GPT-2 computes gelu only')
+    return settings
 
 
-def model_config(args, n_vocab, n_special, ckpt=None):
+def lm_config(settings, n_vocab, n_special, ckpt=None):
     """Return the model's config (GPTConfig, or GPT2Config for --arch gpt2): architecture flags, else the weights' (a
     Checkpoint), else the paper's (GPT-1) or the --preset's (GPT-2, default 124M); the dropouts and activation
     checkpointing from the flags; the table [n_vocab; n_special; n_ctx positions]."""
-    module = FAMILY_MODULES[args.arch]
+    module = FAMILY_MODULES[settings.arch]
     if ckpt is not None:
         stored = module.checkpoint_config(ckpt)
     else:
-        stored = GPT2Config.preset(args.preset or '124M') if args.arch == 'gpt2' else DEFAULT_CONFIG
+        stored = GPT2Config.preset(settings.preset or '124M') if settings.arch == 'gpt2' else DEFAULT_CONFIG
     fields = {}  # with a Checkpoint, a given flag equals the weights' (models.read_with_flags refused the others)
-    for name in ('n_embd', 'n_head', 'n_layer') + (('afn',) if args.arch == 'gpt1' else ()):
-        given = getattr(args, name)
+    for name in ('n_embd', 'n_head', 'n_layer') + (('afn',) if settings.arch == 'gpt1' else ()):
+        given = getattr(settings, name)
         fields[name] = getattr(stored, name) if given is None else given
-    return type(stored).from_args(args, clf_pdrop=stored.clf_pdrop, n_vocab=n_vocab, n_special=n_special,
-                                  n_ctx=args.n_ctx, **fields)
+    return dataclasses.replace(stored, **fields, embd_pdrop=settings.embd_pdrop, attn_pdrop=settings.attn_pdrop,
+                               resid_pdrop=settings.resid_pdrop, checkpoint_activations=settings.checkpoint_activations,
+                               n_vocab=n_vocab, n_special=n_special, n_ctx=settings.n_ctx)
 
 
-def build_lm(args, n_vocab, n_special):
+def build_lm(settings, n_vocab, n_special):
     """Return an LMModel (GPT2LMHeadModel for --arch gpt2) with [n_vocab tokens; n_special special rows] and n_ctx
     positions: fresh (GPT-1: N(0, 0.02); GPT-2: model_gpt2.init_weights) or holding --model_dir's weights (positions
     cropped to n_ctx, missing special rows drawn as the original draws them)."""
-    lm_class = GPT2LMHeadModel if args.arch == 'gpt2' else LMModel
-    if args.model_dir is None:
-        model = lm_class(model_config(args, n_vocab, n_special))
-        fill_architecture(args, model.cfg)  # the log header and args.json say what is trained
-        return model
+    lm_class = GPT2LMHeadModel if settings.arch == 'gpt2' else LMModel
+    if settings.model_dir is None:
+        return lm_class(lm_config(settings, n_vocab, n_special))
     # a flag that contradicts the weights is refused in one line naming every mismatch
-    ckpt = read_with_flags(args.model_dir, architecture_flags(args))
-    if ckpt.family != args.arch:
-        raise ValueError(f'{args.model_dir} holds a {family_name(ckpt.family)} but {args.corpus} was encoded for '
-                         f'{family_name(args.arch)}: use weights of the corpus\'s family')
+    ckpt = read_with_flags(settings.model_dir, architecture_flags(settings))
+    if ckpt.family != settings.arch:
+        raise ValueError(f'{settings.model_dir} holds a {family_name(ckpt.family)} but {settings.corpus} was encoded for '
+                         f'{family_name(settings.arch)}: use weights of the corpus\'s family')
     if ckpt.n_vocab != n_vocab:
-        raise ValueError(f'{args.model_dir} has {ckpt.n_vocab} token rows but the corpus was encoded with '
+        raise ValueError(f'{settings.model_dir} has {ckpt.n_vocab} token rows but the corpus was encoded with '
                          f'{n_vocab} tokens: use the vocabulary of the weights')
-    if args.n_ctx > ckpt.n_pos:
-        raise ValueError(f'--n_ctx {args.n_ctx} but {args.model_dir} stores {ckpt.n_pos} positions: '
+    if settings.n_ctx > ckpt.n_pos:
+        raise ValueError(f'--n_ctx {settings.n_ctx} but {settings.model_dir} stores {ckpt.n_pos} positions: '
                          f'use at most {ckpt.n_pos}')
     if ckpt.n_special > n_special:
         ckpt.special = ckpt.special[:n_special]  # rows the corpus does not use (e.g. fine-tuning's) are left out
-    model = lm_class(model_config(args, n_vocab, n_special, ckpt))
-    fill_architecture(args, model.cfg)  # the log header and args.json say what is trained
-    return FAMILY_MODULES[args.arch].model_from_checkpoint(ckpt, model=model)  # extra special rows drawn
+    model = lm_class(lm_config(settings, n_vocab, n_special, ckpt))
+    return FAMILY_MODULES[settings.arch].model_from_checkpoint(ckpt, model=model)  # extra special rows drawn
 
 
-def n_updates_of(args, n_train_tokens):
+def n_updates_of(settings, n_train_tokens):
     """Return the run's number of updates: --n_updates, else --n_epochs passes over the training tokens."""
-    if args.n_updates is not None:
-        return args.n_updates
-    return max(1, math.ceil(args.n_epochs * n_train_tokens / (args.n_batch * args.n_ctx)))
+    if settings.n_updates is not None:
+        return settings.n_updates
+    return max(1, math.ceil(settings.n_epochs * n_train_tokens / (settings.n_batch * settings.n_ctx)))
 
 
-def pretrain_step(run, stream, update_no, n_rows, first_position):
-    """Make update number update_no (from 1) on this rank's share of its windows; return the share's summed
-    token loss and token count."""
-    args = run.args
-    starts = window_starts(args.seed, update_no, args.n_batch, len(stream), args.n_ctx)
-    own = shard(args.n_batch, run.info)
-    micro = args.micro_batch or (own.stop - own.start)
+@dataclass(frozen=True)
+class Windows:
+    """Windows of n_ctx tokens laid out for a table of n_rows token rows (tokens and special rows) whose position rows
+    start at first_position."""
+    n_ctx: int
+    n_rows: int
+    first_position: int
+
+
+@dataclass(frozen=True)
+class UpdateBatch:
+    """What an update draws: n_batch windows at offsets seeded by (seed, the update's number), micro windows per
+    forward pass (None: all of this process's share)."""
+    seed: int
+    n_batch: int
+    micro: Optional[int] = None
+
+
+def pretrain_step(run, stream, update_no, windows, batch):
+    """Make update number update_no (from 1) on this rank's share of its windows (a Windows layout; batch: the
+    UpdateBatch); return the share's summed token loss and token count."""
+    starts = window_starts(batch.seed, update_no, batch.n_batch, len(stream), windows.n_ctx)
+    own = shard(batch.n_batch, run.info)
+    micro = batch.micro or (own.stop - own.start)
     # windows all have n_ctx tokens: weighting each micro-batch by its windows gives the batch's token mean
     bounds = [(s, min(s + micro, own.stop)) for s in range(own.start, own.stop, micro)]
-    parts = [((e - s) / args.n_batch, starts[s:e]) for s, e in bounds]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
-    for batch_starts, weight in run.accumulate(parts):  # one autocast region; DDP syncs on the last micro-batch only
-        x, targets = to_tensors(run.device, *lm_inputs(stream, batch_starts, args.n_ctx, first_position))
-        losses = window_loss(run.net, x, targets, n_rows)  # forward: every next token's loss
-        run.backward(losses.mean() * weight)                # fp16 loss scaling
-        loss_sum += losses.detach().sum().double()
-    loss_sum = run.step(report=loss_sum)  # stops on a non-finite loss; OpenAIAdam clips by the global norm
-    return loss_sum, (own.stop - own.start) * args.n_ctx
+    parts = [((e - s) / batch.n_batch, starts[s:e]) for s, e in bounds]
+    loss_sum = torch.zeros((), device=run.device)  # the update's loss, for the non-finite check
+    token_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    with run.autocast():  # one region for every micro-batch: each weight is cast once
+        for k, (weight, batch_starts) in enumerate(parts):
+            x, targets = to_tensors(run.device, *lm_inputs(stream, batch_starts, windows.n_ctx,
+                                                           windows.first_position))
+            with run.sync_gradients(last=k == len(parts) - 1):  # DDP all-reduces on the last micro-batch only
+                losses = window_loss(run.net, x, targets, windows.n_rows)  # forward: every next token's loss
+                # weight: the micro-batch's share of the whole batch; x world size: DDP averages the ranks' gradients
+                loss = losses.mean() * weight * run.info.world_size
+                run.backward(loss)  # fp16: scaled
+            loss_sum = loss_sum + loss.detach().float()
+            token_sum += losses.detach().sum().double()
+    token_sum = run.step(loss_sum, report=token_sum)  # stops on a non-finite loss; OpenAIAdam clips by the global norm
+    return token_sum, (own.stop - own.start) * windows.n_ctx
 
 
-def validation_loss(model, stream, starts, n_ctx, n_rows, first_position, device, precision, n_batch,
-                    info=DistInfo()):
-    """Return the mean token loss (nats) of the fixed validation windows, the model in eval mode; under torchrun
-    each rank evaluates its share of the windows."""
+def validation_loss(model, stream, starts, windows, evaluation, info=DistInfo()):
+    """Return the mean token loss (nats) of the fixed validation windows (a Windows layout; evaluation: batches,
+    device, precision), the model in eval mode; under torchrun each rank evaluates its share of the windows."""
     model.eval()
     starts = starts[shard(len(starts), info)]
     total, count = 0.0, 0
+    n_batch, device = evaluation.n_batch, evaluation.device
     with torch.inference_mode():
         for s in range(0, len(starts), n_batch):
-            x, targets = to_tensors(device, *lm_inputs(stream, starts[s:s + n_batch], n_ctx, first_position))
-            with autocast_context(device, precision):
-                losses = window_loss(model.transformer, x, targets, n_rows)
+            x, targets = to_tensors(device, *lm_inputs(stream, starts[s:s + n_batch], windows.n_ctx,
+                                                       windows.first_position))
+            with autocast_context(device, evaluation.precision):
+                losses = window_loss(model.transformer, x, targets, windows.n_rows)
             total += losses.float().sum().item()
             count += losses.numel()
     model.train()
@@ -287,7 +378,7 @@ def sample_text(model, text_encoder, prompt, n_vocab, seed, device):
     model.eval()
     generator = torch.Generator(device='cpu').manual_seed(seed)
     with torch.inference_mode():
-        text = generate(model, text_encoder, prompt, gen_len=40, top_k=40, generator=generator,
+        text = generate(model, text_encoder, prompt, SamplingSettings(gen_len=40, top_k=40), generator,
                         n_vocab=n_vocab).full_text
     model.train()
     return text
@@ -302,7 +393,8 @@ def learning_rate(opt, n_updates):
 def run_paths(out):
     """Return the files a run writes under its folder."""
     return dict(log=os.path.join(out, 'log.jsonl'), state=os.path.join(out, 'train_state.safetensors'),
-                args=os.path.join(out, 'args.json'), shards=os.path.join(out, 'shards'), lock=os.path.join(out, 'run.lock'))
+                args=os.path.join(out, 'args.json'), shards=os.path.join(out, 'shards'),
+                lock=os.path.join(out, 'run.lock'))
 
 
 # the flags that decide a run's result: a training state resumes only a run with the same ones
@@ -315,13 +407,12 @@ def new_progress():
     return dict(n_updates=0, tokens=0, train_loss_sum=0.0, train_tokens=0, train_time=0.0, log=[], samples=[])
 
 
-def log_eval(run, corpus, sizes, text_encoder):
+def log_eval(run, settings, corpus, sizes, text_encoder):
     """Evaluate, append a record to the log (main rank) and print it; reset the training-loss window."""
-    args, progress = run.args, run.progress
+    progress = run.progress
     with run.clock.phase('eval'):
-        val_loss = validation_loss(run.model, corpus['val'], corpus['val_starts'], args.n_ctx, sizes['n_rows'],
-                            sizes['first_position'], run.device, args.precision, args.micro_batch or args.n_batch,
-                            run.info)
+        val_loss = validation_loss(run.model, corpus['val'], corpus['val_starts'], settings.windows(sizes),
+                                   settings.evaluation(run.device), run.info)
     # each rank counted its own share of the windows since the last record: the log reports the global batch
     loss_sum = sum_over_ranks(progress['train_loss_sum'], run.info)
     train_tokens = sum_over_ranks(progress['train_tokens'], run.info)
@@ -330,9 +421,9 @@ def log_eval(run, corpus, sizes, text_encoder):
                   val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700.0)),
                   tokens_per_s=train_tokens / progress['train_time'] if progress['train_time'] else None,
                   lr=learning_rate(run.opt, progress['n_updates']))
-    if run.args.zero_shot:
+    if settings.zero_shot:
         with run.clock.phase('eval'):
-            record.update(zero_shot_record(run, text_encoder, sizes, corpus['zero_shot']))
+            record.update(zero_shot_record(run, settings, text_encoder, sizes, corpus['zero_shot']))
     record['time'] = time.time()
     progress.update(train_loss_sum=0.0, train_tokens=0, train_time=0.0)
     progress['log'].append(record)
@@ -345,34 +436,33 @@ def log_eval(run, corpus, sizes, text_encoder):
               f"(ppl {record['val_ppl']:.1f}){zero_shot_text}", flush=True)
 
 
-def maybe_sample(run, text_encoder, sizes):
+def maybe_sample(run, settings, text_encoder, sizes):
     """Print and keep a text sample from the fixed prompt (main rank)."""
     if not run.info.is_main:
         return
     with run.clock.phase('eval'):
-        text = sample_text(run.model, text_encoder, run.args.sample_prompt, sizes['n_vocab'],
-                           run.args.seed, run.device)
+        text = sample_text(run.model, text_encoder, settings.sample_prompt, sizes['n_vocab'], settings.seed,
+                           run.device)
     run.progress['samples'].append(dict(n_updates=run.progress['n_updates'], text=text))
     print(f"sample at update {run.progress['n_updates']}: {text}", flush=True)
 
 
-def pretrain(run, corpus, sizes, text_encoder, n_updates):
+def pretrain(run, settings, corpus, sizes, text_encoder, n_updates):
     """Run the updates left in run.progress, evaluating, sampling and saving on schedule."""
-    args, progress = run.args, run.progress
+    progress, windows, batch = run.progress, settings.windows(sizes), settings.update_batch()
     if progress['n_updates'] == 0 and len(progress['log']) == 1:  # only the header: nothing evaluated yet
-        log_eval(run, corpus, sizes, text_encoder)  # where the run starts: a fresh model's loss, or the weights'
+        log_eval(run, settings, corpus, sizes, text_encoder)  # where the run starts: a fresh model's loss, or the weights'
     run.model.train()
     with progress_bar(total=n_updates, initial=progress['n_updates'], desc='pre-training', unit='update',
-                      disable=args.quiet or not run.info.is_main) as bar:
+                      disable=settings.quiet or not run.info.is_main) as bar:
         while progress['n_updates'] < n_updates:
             update_no = progress['n_updates'] + 1
             t0 = time.time()
             with update_phase(run, update_no):
-                loss_sum, n_tokens = pretrain_step(run, corpus['train'], update_no, sizes['n_rows'],
-                                                   sizes['first_position'])
+                loss_sum, n_tokens = pretrain_step(run, corpus['train'], update_no, windows, batch)
             elapsed = time.time() - t0
             progress['n_updates'] = update_no
-            progress['tokens'] += args.n_batch * args.n_ctx
+            progress['tokens'] += settings.n_batch * settings.n_ctx
             progress['train_loss_sum'] += loss_sum
             progress['train_tokens'] += n_tokens
             progress['train_time'] += elapsed
@@ -380,11 +470,11 @@ def pretrain(run, corpus, sizes, text_encoder, n_updates):
             bar.set_postfix(loss=f'{loss_sum / max(n_tokens, 1):.3f}',
                             tok_s=f'{n_tokens * run.info.world_size / elapsed:.0f}')
             last = update_no == n_updates
-            if (args.eval_every and update_no % args.eval_every == 0) or last:
-                log_eval(run, corpus, sizes, text_encoder)
-            if args.sample_every and (update_no % args.sample_every == 0 or last):
-                maybe_sample(run, text_encoder, sizes)
-            saved = (args.save_every and update_no % args.save_every == 0) or last
+            if (settings.eval_every and update_no % settings.eval_every == 0) or last:
+                log_eval(run, settings, corpus, sizes, text_encoder)
+            if settings.sample_every and (update_no % settings.sample_every == 0 or last):
+                maybe_sample(run, settings, text_encoder, sizes)
+            saved = (settings.save_every and update_no % settings.save_every == 0) or last
             if saved:
                 save_state(run)
             if not last:  # after the last update the run ends anyway
@@ -398,16 +488,16 @@ def vocabulary_paths(meta):
     return meta['vocabulary']['encoder_path'], meta['vocabulary']['bpe_path']
 
 
-def write_outputs(run, sizes, meta):
+def write_outputs(run, settings, sizes, meta):
     """Write OUT/model.safetensors + config.json (this project's format) and, on request, the released format in
     OUT/shards/ (GPT-1's shards, GPT-2's TensorFlow checkpoint), each with the corpus's vocabulary files beside them
     under the family's names, as train.py and generate.py read them."""
     import shutil
     ckpt = checkpoint_from_model(run.model, sizes['n_vocab'], sizes['n_special'])
-    folders = [run.args.out] + ([run.paths['shards']] if run.args.save_shards else [])
+    folders = [settings.out] + ([run.paths['shards']] if settings.save_shards else [])
     with run.clock.phase('write'):
-        write_safetensors(ckpt, run.args.out)
-        if run.args.save_shards:  # the released formats have no special rows
+        write_safetensors(ckpt, settings.out)
+        if settings.save_shards:  # the released formats have no special rows
             write_released_format = write_tf_gpt2 if ckpt.family == 'gpt2' else write_released
             write_released_format(ckpt, run.paths['shards'], drop_special=True)
         for folder in folders:
@@ -415,34 +505,38 @@ def write_outputs(run, sizes, meta):
                 shutil.copyfile(src, os.path.join(folder, name))
 
 
-def load_corpus_checked(args):
+def load_corpus_checked(settings, meta):
     """Return (corpus dict with train/val streams and val window offsets, sizes dict) of --corpus.
 
     corpus.load_corpus checks the folder as a file from elsewhere (one untrusted.BadFile otherwise): meta.json's
     fields, its vocabulary (the files' SHA-256, inside the folder or shipped, n_vocab tokens), and every id of both
     splits below n_vocab + n_special (a scan recorded in meta.json, so that a second open costs nothing)."""
-    train_stream, val_stream, meta = load_corpus(args.corpus)
+    train_stream, val_stream, meta = load_corpus(settings.corpus, meta)
     n_vocab, n_special = meta['n_vocab'], meta['n_special']
-    starts = val_starts(len(val_stream), args.n_ctx, args.eval_windows)
+    starts = val_starts(len(val_stream), settings.n_ctx, settings.eval_windows)
     if len(starts) == 0:
-        raise ValueError(f'{args.corpus}: the validation stream holds {len(val_stream)} tokens, fewer than one '
-                         f'window of n_ctx + 1 = {args.n_ctx + 1}: raise --val_fraction in prepare_corpus.py '
+        raise ValueError(f'{settings.corpus}: the validation stream holds {len(val_stream)} tokens, fewer than one '
+                         f'window of n_ctx + 1 = {settings.n_ctx + 1}: raise --val_fraction in prepare_corpus.py '
                          f'or lower --n_ctx')
-    window_starts(args.seed, 1, 1, len(train_stream), args.n_ctx)  # checks that one window fits
+    window_starts(settings.seed, 1, 1, len(train_stream), settings.n_ctx)  # checks that one window fits
     sizes = dict(n_vocab=n_vocab, n_special=n_special, n_rows=n_vocab + n_special,
                  first_position=n_vocab + n_special)
     return dict(train=train_stream, val=val_stream, val_starts=starts, meta=meta), sizes
 
 
-def run(args):
-    """Pre-train as the arguments say; return a summary dict."""
+def run_pretraining(settings):
+    """Pre-train as the settings say; return a summary dict."""
     t0 = time.time()
     info = dist_info()
-    resolve_arch(args, read_meta(args.corpus))
-    check_args(args, info)
-    paths = run_paths(args.out)
-    with Run.begin(args, paths, [args.out], [paths['lock']], info, standing=state_standing) as begun:
-        return run_locked(begun, t0)
+    meta = read_meta(settings.corpus)  # read once: the family it states decides the run's, and the run reads it
+    settings = resolve_arch(settings, meta)
+    check_args(settings, info)
+    paths = run_paths(settings.out)
+    files = RunFiles(paths, (settings.out,), (paths['lock'],), standing=state_standing)
+    with Launch.begin(settings.run_settings(), files, info) as launch:
+        done = launch.settings  # the device's name, --resume auto decided
+        settings = dataclasses.replace(settings, device=done.device, resume=done.resume, restart=done.restart)
+        return run_launched(launch, settings, meta, t0)
 
 
 def state_standing(meta):
@@ -452,41 +546,44 @@ def state_standing(meta):
     return done >= total, f'update {done} of {total}'
 
 
-def run_locked(run, t0):
-    """Pre-train in a Run that has begun; return a summary dict."""
-    args, paths, info, device, clock = run.args, run.paths, run.info, run.device, run.clock
+def run_launched(launch, settings, meta, t0):
+    """Pre-train in a run that has launched (meta: the corpus's meta.json, as read_meta read it); return a summary
+    dict."""
+    paths, info, device, clock = launch.paths, launch.info, launch.device, launch.clock
     with clock.phase('encode'):
-        corpus, sizes = load_corpus_checked(args)
+        corpus, sizes = load_corpus_checked(settings, meta)
     with clock.phase('load'):
-        text_encoder = tokenizer_from_files(args.arch, *vocabulary_paths(corpus['meta']))
-        if args.sample_every:
-            check_sample_prompt(text_encoder, args.sample_prompt, args.n_ctx)
-        model = build_lm(args, sizes['n_vocab'], sizes['n_special'])
+        text_encoder = tokenizer_from_files(settings.arch, *vocabulary_paths(corpus['meta']))
+        if settings.sample_every:
+            check_sample_prompt(text_encoder, settings.sample_prompt, settings.n_ctx)
+        model = build_lm(settings, sizes['n_vocab'], sizes['n_special'])
+        settings = dataclasses.replace(settings, **built_architecture(model.cfg))  # the log and args.json say what trains
         model.to(device)
-        corpus['zero_shot'] = read_zero_shot_tasks(args, scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab']))
-        n_updates = n_updates_of(args, len(corpus['train']))
-        opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule='warmup_cosine_decay',
-                         warmup=min(1.0, args.warmup_updates / n_updates), t_total=n_updates, b1=args.b1,
-                         b2=args.b2, e=args.e, l2=args.l2, max_grad_norm=args.max_grad_norm)
-        run.attach(model, opt)
-        run.wrap(model.transformer)
-        run.identity = run_identity(args, RESUME_IDENTITY, model, n_updates=n_updates,
-                                    corpus_tokens=[len(corpus['train']), len(corpus['val'])])
-        run.rank_keys = ('train_loss_sum', 'train_tokens', 'train_time')  # each rank's share since the last record
-        run.progress = progress = run.restore(new_progress()) or new_progress()  # after wrap: this rank's random states
-        if args.resume and info.is_main:
+        corpus['zero_shot'] = read_zero_shot_tasks(settings, scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab']))
+        n_updates = n_updates_of(settings, len(corpus['train']))
+        opt = OpenAIAdam(model.parameters(), lr=settings.lr, schedule='warmup_cosine_decay',
+                         warmup=min(1.0, settings.warmup_updates / n_updates), t_total=n_updates, b1=settings.b1,
+                         b2=settings.b2, e=settings.e, l2=settings.l2, max_grad_norm=settings.max_grad_norm)
+        identity = run_identity({name: getattr(settings, name) for name in RESUME_IDENTITY}, model,
+                                n_updates=n_updates, corpus_tokens=[len(corpus['train']), len(corpus['val'])])
+        # each rank's share of the training loss since the last record is its own
+        state = StateSpec(identity, new_progress(), rank_keys=('train_loss_sum', 'train_tokens', 'train_time'))
+        run = Run(launch, model, opt, state, trained=model.transformer)
+        progress = run.progress
+        if settings.resume and info.is_main:
             print(f"resuming at update {progress['n_updates']} of {n_updates}", flush=True)
     if info.is_main:
-        write_json(paths['args'], dict(vars(args), n_updates_total=n_updates, corpus_meta=corpus['meta']))
+        write_json(paths['args'], dict(dataclasses.asdict(settings), n_updates_total=n_updates,
+                                       corpus_meta=corpus['meta']))
     try:
-        with open_log(paths['log'], args, progress, info) as run.logger:  # the header, or a resumed run's records
+        with run.open_log(paths['log'], dataclasses.asdict(settings)):  # the header, or a resumed run's records
             with run.stop_signals():
-                pretrain(run, corpus, sizes, text_encoder, n_updates)
+                pretrain(run, settings, corpus, sizes, text_encoder, n_updates)
     finally:
         with clock.phase('write'):
             run.writer.wait()
     if info.is_main:
-        write_outputs(run, sizes, corpus['meta'])
+        write_outputs(run, settings, sizes, corpus['meta'])
     last = progress['log'][-1] if progress['log'] else {}
     return dict(n_updates=progress['n_updates'], val_loss=last.get('val_loss'), wall_s=time.time() - t0,
                 phases=phase_record(clock, device))
@@ -494,9 +591,9 @@ def run_locked(run, t0):
 
 def main(argv=None):
     """Run pretrain.py from the command line; return the exit code."""
-    args = parse_args(argv)
+    settings = parse_args(argv)
     try:
-        summary = run(args)
+        summary = run_pretraining(settings)
         close_distributed(synchronize=True)
     except RUN_ENDINGS as err:
         return failed_run_exit('pretrain.py', argv, err)
@@ -505,7 +602,7 @@ def main(argv=None):
     if dist_info().is_main:
         val = 'n/a' if summary['val_loss'] is None else f"{summary['val_loss']:.4f}"
         print(f"done: {summary['n_updates']} updates, val loss {val}, wall {summary['wall_s']:.1f} s; "
-              f"model in {args.out}", flush=True)
+              f"model in {settings.out}", flush=True)
         print(format_phases(summary['phases']), flush=True)
     return 0
 

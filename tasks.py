@@ -1,7 +1,8 @@
-"""The paper's fine-tuning tasks beyond ROCStories: input transforms, heads, metrics and submissions.
+"""The paper's fine-tuning tasks, ROCStories and eleven others: input transforms, heads, metrics and submissions.
 
 The original release has code for ROCStories only (TF: train.py's transform_roc, pred_fns, filenames,
-label_decoders). This module follows the paper (Section 3.3, Figure 1): every sequence is
+label_decoders); its record is ROCSTORIES, its input transform train.transform_roc. For the other tasks
+(TASKS) this module follows the paper (Section 3.3, Figure 1): every sequence is
 `_start_ ... _classify_`, pooled at `_classify_`, with the auxiliary LM loss over the same tokens.
 - classification (CoLA, SST-2): `_start_ text _classify_`;
 - entailment (SNLI, MNLI, QNLI, RTE, SciTail): `_start_ premise _delimiter_ hypothesis _classify_`;
@@ -11,6 +12,8 @@ label_decoders). This module follows the paper (Section 3.3, Figure 1): every se
 from dataclasses import dataclass
 
 import numpy as np
+
+from task_datasets import TASK_LABELS
 
 FAMILIES = ('classification', 'entailment', 'similarity', 'multiple_choice')
 SPECIAL_TOKENS = ('_start_', '_delimiter_', '_classify_')
@@ -27,6 +30,9 @@ class Task:
     submissions: tuple           # (test split name, submission file name) pairs
     truncate: tuple = ()         # indices of the fields that may be cut to fit n_ctx (all when empty)
     reported_groups: tuple = ()  # extra metric breakdowns by the split's 'groups' (RACE: middle, high)
+    # --submit also writes each dev split's predictions with gold labels, which --analysis reports; ROCStories
+    # writes none: its analysis is the original's, of the test submission and the log (analysis.rocstories)
+    dev_predictions: bool = True
 
     @property
     def head_type(self):
@@ -40,7 +46,7 @@ class Task:
     @property
     def n_choices(self):
         """Return the number of sequences per example: 2 orderings (similarity), k answers, or 1."""
-        return {'similarity': 2, 'multiple_choice': 4}.get(self.family, 1)
+        return {'similarity': 2, 'multiple_choice': self.n_class}.get(self.family, 1)
 
 
 def _glue(name, family, n_class, metrics, file, **kw):
@@ -63,13 +69,18 @@ TASKS = {
     'race': Task('race', 'multiple_choice', 4, ('acc',), ('dev',), (('test', 'RACE.tsv'),), truncate=(0,),
                  reported_groups=('middle', 'high')),
 }
+# the original's task: pick the right one of a story's 2 endings, validated on 'va' (n_valid stories held out of the
+# Story Cloze validation set), submitted as the 0/1 ending index (TF: pred_fns argmax, label_decoders None)
+ROCSTORIES = Task('rocstories', 'multiple_choice', 2, ('acc',), ('va',), (('test', 'ROCStories.tsv'),),
+                  dev_predictions=False)
+FINE_TUNING_TASKS = {'rocstories': ROCSTORIES, **{name: TASKS[name] for name in sorted(TASKS)}}  # train.py --dataset
 
 
 def get_task(name):
-    """Return the Task called name, or raise ValueError listing the known ones."""
-    if name not in TASKS:
-        raise ValueError(f'unknown task {name!r}: known tasks are rocstories, {", ".join(sorted(TASKS))}')
-    return TASKS[name]
+    """Return the fine-tuning Task called name (ROCStories or one of TASKS), or raise ValueError listing them."""
+    if name not in FINE_TUNING_TASKS:
+        raise ValueError(f'unknown task {name!r}: known tasks are {", ".join(FINE_TUNING_TASKS)}')
+    return FINE_TUNING_TASKS[name]
 
 
 def fit_parts(parts, budget, truncatable):
@@ -176,7 +187,7 @@ def score_predictions(task, preds, labels):
 
 def metric(name, preds, labels):
     """Return the metric `name` (acc, mcc, f1, pearson, spearman) in percent of predictions against gold labels."""
-    # imported here, not at import time: scipy and scikit-learn load slowly and ROCStories needs neither
+    # imported here, not at import time: scipy and scikit-learn load slowly
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
     preds, labels = np.asarray(preds), np.asarray(labels)
@@ -199,8 +210,17 @@ def confusion(task, preds, labels):
     return confusion_matrix(np.asarray(labels), np.asarray(preds), labels=list(range(task.n_class)))
 
 
+def label_names(task):
+    """Return the names the task's files write for its class ids (task_datasets.TASK_LABELS), or None: scores
+    (regression, STS-B) or the class ids themselves (ROCStories, which has no entry there)."""
+    return TASK_LABELS.get(task.name)
+
+
 def decode_predictions(task, preds, label_names):
-    """Return the predictions as the leaderboard writes them: label names, or scores for regression."""
+    """Return the predictions as the leaderboard writes them: label names, scores for regression, or class ids when
+    label_names is None (ROCStories: the original's 0/1 ending index)."""
     if task.n_class == 1:
         return [f'{float(p):.3f}' for p in preds]
+    if label_names is None:
+        return [int(p) for p in preds]
     return [label_names[int(p)] for p in preds]

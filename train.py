@@ -8,42 +8,61 @@ shared with pretrain.py.
 Run as the original: python train.py --dataset rocstories --desc rocstories --submit --analysis --data_dir data/
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 import datasets
 import task_datasets
-from checkpoint import atomic_write, load_params, load_weights, save_params, write_json
+from checkpoint import atomic_write, write_json
 from distributed import DistInfo, close_distributed, dist_info, gather_concat, shard, sum_over_ranks
 from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
-from loss import LM_CHUNK, clf_losses, lm_losses_from_hidden, similarity_losses, train_loss
+from loss import task_losses, train_loss
 from model_gpt2 import make_task_model
 from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
-from models import architecture_flags, fill_architecture, load_tokenizer, read_with_flags, stated_architecture
+from models import architecture_flags, built_architecture, load_tokenizer, read_with_flags, stated_architecture
 from opt import SCHEDULES, OpenAIAdam
-from tasks import TASKS, compute_metrics, decode_predictions, get_task, needed_n_ctx, predictions, transform
+from tasks import (FINE_TUNING_TASKS, ROCSTORIES, Task, compute_metrics, decode_predictions, get_task, label_names,
+                   needed_n_ctx, predictions, transform)
 from precision import autocast_context
-from trainer import (RUN_ENDINGS, PhaseClock, Run, check_not_unfinished, failed_run_exit,
-                     format_phases, open_log, phase_record, run_identity, save_state, stop_if_requested, to_tensors,
-                     update_phase)
+from trainer import (RUN_ENDINGS, Evaluation, Launch, PhaseClock, Run, RunFiles, RunSettings, StateSpec,
+                     check_not_unfinished, failed_run_exit, format_phases, phase_record, run_identity, save_state,
+                     stop_if_requested, to_tensors, update_phase)
 from untrusted import BadFile, int_field
 from utils import encode_dataset, iter_data
 from utils import progress as progress_bar
 from weights import WEIGHTS_SOURCE, detect_family, detect_format, released_names
 
-DATASETS = ('rocstories',) + tuple(sorted(TASKS))
-SUBMISSION_FILES = {'rocstories': 'ROCStories.tsv'}
+DATASETS = tuple(FINE_TUNING_TASKS)  # rocstories, then the paper's other tasks
+SUBMISSION_FILES = {'rocstories': dict(ROCSTORIES.submissions)['test']}
 LOG_AT_UPDATES = (1000, 2000, 4000, 8000, 16000, 32000)  # extra evaluations in the first epoch
 GPT1_VOCABULARY = ('model/encoder_bpe_40000.json', 'model/vocab_40000.bpe')  # the original's --encoder_path, --bpe_path
 
 
 def parse_args(argv=None):
-    """Return the parsed command line: every flag of the original (names and defaults), plus this port's."""
+    """Return the command line as FineTuneSettings: every flag of the original (names and defaults), plus this port's;
+    an --n_transfer list is a sweep."""
+    p = command_line()
+    args = p.parse_args(argv)
+    if args.from_scratch:
+        if args.n_transfer != [12]:
+            p.error(f'--from_scratch transfers nothing: leave out --n_transfer {",".join(map(str, args.n_transfer))}')
+        args.n_transfer = [-1]
+    # one value: an int as the original's; several: a sweep, run by main() one value at a time
+    args.transfer_sweep = args.n_transfer if len(args.n_transfer) > 1 else None
+    args.n_transfer = args.n_transfer[0]
+    return FineTuneSettings(**vars(args))
+
+
+def command_line():
+    """Return train.py's argument parser."""
     p = argparse.ArgumentParser(description='Fine-tune GPT-1 (faithful to openai/finetune-transformer-lm); '
                                             'under torchrun, data-parallel over the processes.')
     p.add_argument('--desc', type=str, default='rocstories')
@@ -86,15 +105,76 @@ def parse_args(argv=None):
     p.add_argument('--from_scratch', action='store_true',
                    help='no pre-trained weights: every weight drawn as the paper initialises it (N(0, 0.02)), the '
                         'same as --n_transfer -1; --model_dir still gives the architecture and vocabulary')
-    args = p.parse_args(argv)
-    if args.from_scratch:
-        if args.n_transfer != [12]:
-            p.error(f'--from_scratch transfers nothing: leave out --n_transfer {",".join(map(str, args.n_transfer))}')
-        args.n_transfer = [-1]
-    # one value: an int as the original's; several: a sweep, run by main() one value at a time
-    args.transfer_sweep = args.n_transfer if len(args.n_transfer) > 1 else None
-    args.n_transfer = args.n_transfer[0]
-    return args
+    return p
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """train.py's command line, typed: every flag (parse_args gives their defaults), in the order the run's log header
+    lists them; n_transfer is this run's value and transfer_sweep a --n_transfer list's values (None: one run)."""
+    desc: str
+    dataset: str
+    log_dir: str
+    save_dir: str
+    data_dir: str
+    submission_dir: str
+    submit: bool
+    analysis: bool
+    n_iter: int
+    n_batch: int
+    lr_warmup: float
+    n_ctx: int
+    n_embd: Optional[int]   # the architecture flags: None means the weights'
+    n_head: Optional[int]
+    n_layer: Optional[int]
+    afn: Optional[str]
+    embd_pdrop: float
+    attn_pdrop: float
+    resid_pdrop: float
+    clf_pdrop: float
+    lr: float
+    l2: float
+    max_grad_norm: float
+    b1: float
+    b2: float
+    e: float
+    vector_l2: bool
+    n_gpu: int
+    opt: str
+    lr_schedule: str
+    encoder_path: str
+    bpe_path: str
+    n_transfer: int
+    lm_coef: float
+    n_valid: int
+    model_dir: str
+    seed: int
+    device: Optional[str]
+    precision: str
+    micro_batch: Optional[int]
+    compile: bool
+    checkpoint_activations: bool
+    save_every: int
+    resume: Union[bool, str]  # True, False or 'auto'
+    restart: bool
+    quiet: bool
+    verify_weights: bool
+    n_runs: int
+    from_scratch: bool
+    transfer_sweep: Optional[list]
+
+    def run_settings(self):
+        """Return how the run runs (trainer.RunSettings) under these settings."""
+        return RunSettings(seed=self.seed, device=self.device, precision=self.precision, compile=self.compile,
+                           resume=self.resume, restart=self.restart)
+
+    def step_settings(self):
+        """Return how an update cuts and weighs its batch: micro-batches of --micro_batch (default: n_batch)."""
+        return StepSettings(self.micro_batch or self.n_batch, self.lm_coef)
+
+    def evaluation(self, device):
+        """Return how splits are evaluated on device: batches of n_batch * n_gpu, the run's precision."""
+        return Evaluation(self.n_batch * self.n_gpu, device, self.precision, verbose=not self.quiet)
 
 
 def transfer_values(text):
@@ -108,47 +188,47 @@ def transfer_values(text):
     return values
 
 
-def check_args(args, info=DistInfo()):
+def check_args(settings, info=DistInfo()):
     """Raise ValueError naming the first inconsistent argument."""
-    if args.dataset not in DATASETS:
-        raise ValueError(f'unknown --dataset {args.dataset!r}: known datasets are {", ".join(DATASETS)}')
+    if settings.dataset not in DATASETS:
+        raise ValueError(f'unknown --dataset {settings.dataset!r}: known datasets are {", ".join(DATASETS)}')
     for name in ('n_batch', 'n_gpu', 'n_iter', 'n_runs'):
-        if getattr(args, name) < 1:
-            raise ValueError(f'--{name} must be at least 1, got {getattr(args, name)}')
-    micro = args.micro_batch or args.n_batch
+        if getattr(settings, name) < 1:
+            raise ValueError(f'--{name} must be at least 1, got {getattr(settings, name)}')
+    micro = settings.micro_batch or settings.n_batch
     if micro < 1:
         raise ValueError(f'--micro_batch must be at least 1, got {micro}')
-    if info.world_size > args.n_batch * args.n_gpu:
-        raise ValueError(f'{info.world_size} processes for batches of n_batch * n_gpu = {args.n_batch * args.n_gpu}: '
+    if info.world_size > settings.n_batch * settings.n_gpu:
+        raise ValueError(f'{info.world_size} processes for batches of n_batch * n_gpu = {settings.n_batch * settings.n_gpu}: '
                          f'use at most that many processes')
 
 
-def tokenizer_paths(args, family):
+def tokenizer_paths(settings, family):
     """Return the (encoder_path, bpe_path) of the run's tokenizer: the flags'; with GPT-2 weights, the flags left at
     their GPT-1 defaults mean the weights' own vocabulary (None, None: their folder's, else the shipped one)."""
-    if family == 'gpt2' and (args.encoder_path, args.bpe_path) == GPT1_VOCABULARY:
+    if family == 'gpt2' and (settings.encoder_path, settings.bpe_path) == GPT1_VOCABULARY:
         return None, None
-    return args.encoder_path, args.bpe_path
+    return settings.encoder_path, settings.bpe_path
 
 
-def required_files(args):
+def required_files(settings):
     """Return [(path, where it comes from)] of every input file the run reads."""
     rocs = ('the Story Cloze Test 2016 val/test CSVs from https://cs.rochester.edu/nlp/rocstories/ '
             '(put them in --data_dir)')
     files = []
-    if args.dataset == 'rocstories':  # the other tasks' readers list their own files when one is missing
-        files += [(os.path.join(args.data_dir, datasets.VAL_FILE), rocs),
-                  (os.path.join(args.data_dir, datasets.TEST_FILE), rocs)]
-    family = detect_family(args.model_dir)
-    files += [(path, WEIGHTS_SOURCE) for path in tokenizer_paths(args, family) if path is not None]
-    if detect_format(args.model_dir) == 'released':  # a convert.py or transformers folder is checked as it is read
-        files += [(os.path.join(args.model_dir, name), WEIGHTS_SOURCE) for name in released_names()]
+    if settings.dataset == 'rocstories':  # the other tasks' readers list their own files when one is missing
+        files += [(os.path.join(settings.data_dir, datasets.VAL_FILE), rocs),
+                  (os.path.join(settings.data_dir, datasets.TEST_FILE), rocs)]
+    family = detect_family(settings.model_dir)
+    files += [(path, WEIGHTS_SOURCE) for path in tokenizer_paths(settings, family) if path is not None]
+    if detect_format(settings.model_dir) == 'released':  # a convert.py or transformers folder is checked as it is read
+        files += [(os.path.join(settings.model_dir, name), WEIGHTS_SOURCE) for name in released_names()]
     return files
 
 
-def check_inputs(args):
+def check_inputs(settings):
     """Raise FileNotFoundError for the first missing input, before any work is done."""
-    for path, source in required_files(args):
+    for path, source in required_files(settings):
         if not os.path.isfile(path):
             raise FileNotFoundError(f'{path} is missing: it comes from {source}')
 
@@ -160,8 +240,22 @@ def roc_n_ctx(splits, max_len, n_ctx):
     return min(max(lengths) + 3, n_ctx)
 
 
-def transform_roc(X1, X2, X3, encoder, n_ctx, max_len, n_vocab, n_special):
-    """Return (xmb [n, 2, n_ctx, 2] int64, mmb [n, 2, n_ctx] float32) for stories and both endings (TF: transform_roc)."""
+@dataclass(frozen=True)
+class RocLayout:
+    """The original's globals that transform_roc reads: the encoder (with _start_, _delimiter_, _classify_), n_ctx,
+    the longest story or ending kept (max_len), and the table's token and special rows before the positions."""
+    encoder: dict
+    n_ctx: int
+    max_len: int
+    n_vocab: int
+    n_special: int
+
+
+def transform_roc(X1, X2, X3, layout):
+    """Return (xmb [n, 2, n_ctx, 2] int64, mmb [n, 2, n_ctx] float32) for stories and both endings (TF: transform_roc);
+    layout: a RocLayout."""
+    encoder, n_ctx, max_len = layout.encoder, layout.n_ctx, layout.max_len
+    n_vocab, n_special = layout.n_vocab, layout.n_special
     n_batch = len(X1)
     xmb = np.zeros((n_batch, 2, n_ctx, 2), dtype=np.int64)
     mmb = np.zeros((n_batch, 2, n_ctx), dtype=np.float32)
@@ -183,35 +277,11 @@ def trim_batch(xmb, mmb):
     return xmb[..., :length, :], mmb[..., :length]
 
 
-def forward_losses(net, xmb, mmb, ymb, lm_coef):
-    """Return (clf_logits, clf_losses [B], lm_losses [B*2] or None) for one batch; net(x) -> (h, we, logits)."""
-    h, we, clf_logits = net(xmb)
-    lm = None
-    if lm_coef > 0:
-        # LM logits only where the mask is 1, chunked: the same loss as the original's full softmax
-        lm = lm_losses_from_hidden(h, we, xmb, mmb, chunk_size=LM_CHUNK)
-    return clf_logits, task_losses(clf_logits, ymb), lm
-
-
-def task_losses(clf_logits, ymb):
-    """Return the per-example task loss: squared error for a regression head's scores [B], else cross-entropy."""
-    if clf_logits.dim() == 1:  # SimilarityHead with one output: STS-B scores
-        return similarity_losses(clf_logits, ymb)
-    return clf_losses(clf_logits, ymb)
-
-
-class TrainForward(torch.nn.Module):
-    """The training forward of a DoubleHeadModel as a module, so DDP and torch.compile can wrap it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        """Return (h, we, task_logits) of the wrapped model."""
-        # transform_* end every sequence with clf_token, so the update skips the per-micro-batch check that a
-        # sequence holds one (a read of the device each micro-batch); evaluation keeps it
-        return self.model.hidden_and_task(x, check=False)
+@dataclass(frozen=True)
+class StepSettings:
+    """How an update cuts and weighs its batch: micro examples per forward pass, the LM loss's weight lm_coef."""
+    micro: int
+    lm_coef: float
 
 
 def micro_batches(xmb, mmb, ymb, micro, info=DistInfo()):
@@ -229,18 +299,26 @@ def micro_batches(xmb, mmb, ymb, micro, info=DistInfo()):
     return [((e - s) / n, (xmb[s:e], mmb[s:e], ymb[s:e])) for s, e in bounds]
 
 
-def train_step(run, xmb, mmb, ymb):
+def train_step(run, xmb, mmb, ymb, step):
     """Make one update on the batch, this rank's share of it in micro-batches (TF: mgpu_train); return the share's
-    mean classifier loss. run.net is a TrainForward (possibly wrapped by DDP or torch.compile)."""
-    args = run.args
-    parts = micro_batches(xmb, mmb, ymb, args.micro_batch or args.n_batch, run.info)
+    mean classifier loss. run.net is the DoubleHeadModel (possibly wrapped by DDP or torch.compile); step: the
+    StepSettings."""
+    parts = micro_batches(xmb, mmb, ymb, step.micro, run.info)
+    loss_sum = torch.zeros((), device=run.device)  # the update's loss, for the non-finite check
     clf_sum = torch.zeros((), dtype=torch.float64, device=run.device)
-    for (x, m, y), weight in run.accumulate(parts):  # one autocast region; DDP syncs on the last micro-batch only
-        x, m, y = to_tensors(run.device, *trim_batch(x, m), y)
-        _, clf, lm = forward_losses(run.net, x, m, y, args.lm_coef)  # forward: the task and LM losses
-        run.backward(train_loss(clf, lm, args.lm_coef) * weight)     # fp16 loss scaling
-        clf_sum += clf.detach().sum().double()
-    clf_sum = run.step(report=clf_sum)  # stops on a non-finite loss; OpenAIAdam clips by the global norm
+    with run.autocast():  # one region for every micro-batch: each weight is cast once
+        for k, (weight, (x, m, y)) in enumerate(parts):
+            x, m, y = to_tensors(run.device, *trim_batch(x, m), y)
+            with run.sync_gradients(last=k == len(parts) - 1):  # DDP all-reduces on the last micro-batch only
+                # forward: the original's task and LM losses; transform_* end every sequence with clf_token, so
+                # the per-micro-batch check that one does (a read of the device) is skipped; evaluation keeps it
+                _, clf, lm = run.net(x, m, y, lm_coef=step.lm_coef, check=False)
+                # weight: the micro-batch's share of the whole batch; x world size: DDP averages the ranks' gradients
+                loss = train_loss(clf, lm, step.lm_coef) * weight * run.info.world_size
+                run.backward(loss)  # fp16: scaled
+            loss_sum = loss_sum + loss.detach().float()
+            clf_sum += clf.detach().sum().double()
+    clf_sum = run.step(loss_sum, report=clf_sum)  # stops on a non-finite loss; OpenAIAdam clips by the global norm
     return clf_sum / max(sum(len(x) for _, (x, _, _) in parts), 1)
 
 
@@ -272,7 +350,7 @@ def head_outputs(model, xmb, mmb, device, precision):
         return model.hidden_and_task(x)[2].float()
 
 
-def outputs_in_length_order(model, Xs, Ms, n_batch, device, precision, verbose=False):
+def outputs_in_length_order(model, Xs, Ms, evaluation):
     """Return the head outputs [n, C] or [n] of a split, in its order, computed in batches of similar lengths.
 
     Intentional difference (speed only): the split is sorted by length before it is cut into batches, so each
@@ -285,8 +363,9 @@ def outputs_in_length_order(model, Xs, Ms, n_batch, device, precision, verbose=F
         order = np.argsort(lengths, kind='stable')
     outputs = []
     with torch.inference_mode():
-        for xmb, mmb in iter_data(Xs[order], Ms[order], n_batch=n_batch, truncate=False, verbose=verbose):
-            outputs.append(head_outputs(model, xmb, mmb, device, precision).cpu().numpy())
+        for xmb, mmb in iter_data(Xs[order], Ms[order], n_batch=evaluation.n_batch, truncate=False,
+                                  verbose=evaluation.verbose):
+            outputs.append(head_outputs(model, xmb, mmb, evaluation.device, evaluation.precision).cpu().numpy())
     if not outputs:
         return np.zeros((0,), dtype=np.float32)
     sorted_outputs = np.concatenate(outputs, 0)
@@ -295,35 +374,62 @@ def outputs_in_length_order(model, Xs, Ms, n_batch, device, precision, verbose=F
     return result
 
 
-def iter_apply(model, Xs, Ms, Ys, n_batch, device, precision, verbose=False):
+def iter_apply(model, Xs, Ms, Ys, evaluation):
     """Return (head outputs [n, C] or [n], summed task loss) over a split; model in eval mode (TF: iter_apply)."""
-    outputs = outputs_in_length_order(model, Xs, Ms, n_batch, device, precision, verbose)
+    outputs = outputs_in_length_order(model, Xs, Ms, evaluation)
     if not len(outputs):
         return outputs, 0.0
     return outputs, task_losses(torch.from_numpy(outputs), torch.from_numpy(np.asarray(Ys))).sum().item()
 
 
-def iter_predict(model, Xs, Ms, n_batch, device, precision, verbose=False):
+def iter_predict(model, Xs, Ms, evaluation):
     """Return the head outputs [n, C] or [n] of a split; call it on a model in eval mode (TF: iter_predict)."""
-    return outputs_in_length_order(model, Xs, Ms, n_batch, device, precision, verbose)
+    return outputs_in_length_order(model, Xs, Ms, evaluation)
 
 
-def accuracy(Y, logits):
-    """Return the accuracy in percent of argmax(logits) against Y."""
-    return float(np.mean(np.argmax(logits, 1) == np.asarray(Y)) * 100.)
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One transformed split of a task (TF: trX, trM, trY, vaX, ..., teX): inputs [n, C, n_ctx, 2] int64 (token id,
+    position id), mask [n, C, n_ctx] float32, labels [n] (None: a test set without them)."""
+    name: str                             # the task's name for it: 'train', 'va', 'dev', 'dev_matched', 'test', ...
+    inputs: np.ndarray
+    mask: np.ndarray
+    labels: Optional[np.ndarray] = None
+    groups: Optional[Sequence] = None     # each example's group, for the task's reported_groups (RACE: middle, high)
+    ids: Optional[Sequence] = None        # a test split's submission row ids (None: 0, 1, ...)
+    file: Optional[str] = None            # a test split's submission file name
 
 
-def apply_sharded(model, X, M, Y, n_batch, device, precision, verbose, info):
-    """Return (outputs, summed task loss) of a split, each rank doing its shard, gathered in order."""
-    own = shard(len(Y), info)
-    logits, cost = iter_apply(model, X[own], M[own], Y[own], n_batch, device, precision, verbose)
+@dataclass(frozen=True, eq=False)
+class TaskData:
+    """The data a fine-tuning run trains on, evaluates and submits: the task, its training split, its dev splits
+    (evals; the first, 'va' in the log, picks the best weights) and its test splits (tests; a submission file each)."""
+    task: Task
+    train: Split
+    evals: tuple
+    tests: tuple
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """What the encoded data decides about the model: the vocabulary's n_vocab token rows and n_special special rows
+    (the position rows follow them), the n_ctx positions, the _classify_ token and the task head's type."""
+    n_vocab: int
+    n_special: int
+    n_ctx: int
+    clf_token: int
+    head_type: Union[str, tuple]
+
+
+def apply_sharded(model, split, evaluation, info):
+    """Return (outputs, summed task loss) of a Split, each rank doing its shard, gathered in order."""
+    own = shard(len(split.labels), info)
+    logits, cost = iter_apply(model, split.inputs[own], split.mask[own], split.labels[own], evaluation)
     return gather_concat(logits, info), sum_over_ranks(cost, info)
 
 
 def split_metrics(task, outputs, labels, groups=None):
-    """Return {metric: value} for one evaluated split (ROCStories: accuracy; RACE also by group)."""
-    if task is None:
-        return {'acc': accuracy(labels, outputs)}
+    """Return {metric: value} for one evaluated split (the task's metrics; RACE also by group)."""
     values = compute_metrics(task, outputs, labels)
     for group in task.reported_groups:
         keep = np.asarray(groups) == group
@@ -332,18 +438,21 @@ def split_metrics(task, outputs, labels, groups=None):
     return values
 
 
-def evaluate(model, data, n_valid, n_batch, device, precision, verbose=False, info=DistInfo()):
+def evaluate(model, data, n_valid, evaluation, info=DistInfo()):
     """Return {prefix_cost, prefix_metric} for the first n_valid training examples ('tr') and each dev split (TF: log).
 
     ROCStories gives the original's tr_cost, va_cost, tr_acc, va_acc.
     """
     model.eval()
-    sets = [('tr', data['trX'][:n_valid], data['trM'][:n_valid], data['trY'][:n_valid], None)] + data['evals']
+    tr = data.train
+    sets = [('tr', Split(tr.name, tr.inputs[:n_valid], tr.mask[:n_valid], tr.labels[:n_valid]))]  # no groups
+    sets += [('va' if i == 0 else split.name, split) for i, split in enumerate(data.evals)]
     scores = {}
-    for prefix, X, M, Y, groups in sets:
-        outputs, cost = apply_sharded(model, X, M, Y, n_batch, device, precision, verbose, info)
-        scores[f'{prefix}_cost'] = cost / len(Y)
-        scores.update({f'{prefix}_{k}': v for k, v in split_metrics(data['task'], outputs, Y, groups).items()})
+    for prefix, split in sets:
+        outputs, cost = apply_sharded(model, split, evaluation, info)
+        scores[f'{prefix}_cost'] = cost / len(split.labels)
+        metrics = split_metrics(data.task, outputs, split.labels, split.groups)
+        scores.update({f'{prefix}_{k}': v for k, v in metrics.items()})
     model.train()
     # the original orders its log line tr_cost, va_cost, tr_acc, va_acc
     costs = {k: v for k, v in scores.items() if k.endswith('_cost')}
@@ -351,8 +460,9 @@ def evaluate(model, data, n_valid, n_batch, device, precision, verbose=False, in
 
 
 def selection_metric(data):
-    """Return the log key whose best value picks the saved weights: va_acc, or the task's first metric."""
-    return 'va_' + ('acc' if data['task'] is None else data['task'].metrics[0])
+    """Return the log key whose best value picks the saved weights: the task's first metric on 'va' (ROCStories:
+    va_acc)."""
+    return 'va_' + data.task.metrics[0]
 
 
 def write_submission(path, preds, index=None, gold=None):
@@ -366,28 +476,28 @@ def write_submission(path, preds, index=None, gold=None):
     return atomic_write(path, write)
 
 
-def load_data(args, text_encoder):
-    """Return the encoded, transformed splits and the sizes the model needs (TF: the start of __main__)."""
+def load_data(settings, text_encoder):
+    """Return ROCStories' encoded, transformed splits (TaskData) and the model's ModelSizes (TF: the start of
+    __main__)."""
     encoder = text_encoder.encoder
     n_vocab = len(encoder)
     (trX1, trX2, trX3, trY), (vaX1, vaX2, vaX3, vaY), (teX1, teX2, teX3, teY) = encode_dataset(
-        datasets.rocstories(args.data_dir, n_valid=args.n_valid, return_test_labels=True), encoder=text_encoder,
-        verbose=not args.quiet)
+        datasets.rocstories(settings.data_dir, n_valid=settings.n_valid, return_test_labels=True), encoder=text_encoder,
+        verbose=not settings.quiet)
     encoder['_start_'] = len(encoder)
     encoder['_delimiter_'] = len(encoder)
     encoder['_classify_'] = len(encoder)
     n_special = 3
-    max_len = args.n_ctx // 2 - 2
-    n_ctx = roc_n_ctx([(trX1, trX2, trX3), (vaX1, vaX2, vaX3), (teX1, teX2, teX3)], max_len, args.n_ctx)
-    shape = dict(encoder=encoder, n_ctx=n_ctx, max_len=max_len, n_vocab=n_vocab, n_special=n_special)
-    trX, trM = transform_roc(trX1, trX2, trX3, **shape)
-    vaX, vaM = transform_roc(vaX1, vaX2, vaX3, **shape)
-    teX, teM = transform_roc(teX1, teX2, teX3, **shape)
-    vaY = np.asarray(vaY)
-    data = dict(task=None, trX=trX, trM=trM, trY=np.asarray(trY), evals=[('va', vaX, vaM, vaY, None)],
-                tests=[('test', SUBMISSION_FILES['rocstories'], teX, teM, None, teY)])
-    return data, dict(n_vocab=n_vocab, n_special=n_special, n_ctx=n_ctx, clf_token=encoder['_classify_'],
-                      head_type='multiple_choice')
+    max_len = settings.n_ctx // 2 - 2
+    n_ctx = roc_n_ctx([(trX1, trX2, trX3), (vaX1, vaX2, vaX3), (teX1, teX2, teX3)], max_len, settings.n_ctx)
+    layout = RocLayout(encoder, n_ctx, max_len, n_vocab, n_special)
+    trX, trM = transform_roc(trX1, trX2, trX3, layout)
+    vaX, vaM = transform_roc(vaX1, vaX2, vaX3, layout)
+    teX, teM = transform_roc(teX1, teX2, teX3, layout)
+    (dev,), ((test, file),) = ROCSTORIES.dev, ROCSTORIES.submissions
+    data = TaskData(ROCSTORIES, Split('train', trX, trM, np.asarray(trY)), (Split(dev, vaX, vaM, np.asarray(vaY)),),
+                    (Split(test, teX, teM, teY, file=file),))
+    return data, ModelSizes(n_vocab, n_special, n_ctx, encoder['_classify_'], ROCSTORIES.head_type)
 
 
 def encode_fields(fields, text_encoder, verbose):
@@ -404,16 +514,17 @@ def encode_fields(fields, text_encoder, verbose):
     return out
 
 
-def load_task_data(args, text_encoder, task):
-    """Return the encoded, transformed splits of one of the paper's other tasks and the model's sizes."""
-    raw = task_datasets.read_task(task.name, args.data_dir)
+def load_task_data(settings, text_encoder, task):
+    """Return the encoded, transformed splits (TaskData) of one of the paper's other tasks and the model's
+    ModelSizes."""
+    raw = task_datasets.read_task(task.name, settings.data_dir)
     encoder = text_encoder.encoder
     n_vocab = len(encoder)
-    encoded = {name: encode_fields(split['fields'], text_encoder, not args.quiet) for name, split in raw.items()}
+    encoded = {name: encode_fields(split['fields'], text_encoder, not settings.quiet) for name, split in raw.items()}
     for token in ('_start_', '_delimiter_', '_classify_'):
         encoder[token] = len(encoder)
     n_special = 3
-    n_ctx = min(needed_n_ctx(task, encoded.values(), encoder), args.n_ctx)
+    n_ctx = min(needed_n_ctx(task, encoded.values(), encoder), settings.n_ctx)
     shaped = {}
     for name, fields in encoded.items():
         X, M, n_cut = transform(task, fields, encoder, n_ctx, n_vocab, n_special)
@@ -425,56 +536,53 @@ def load_task_data(args, text_encoder, task):
         y = raw[name]['labels']
         return None if y is None else np.asarray(y)
 
-    evals = [('va' if i == 0 else name, *shaped[name], labels(name), raw[name].get('groups'))
-             for i, name in enumerate(task.dev)]
-    tests = [(name, file, *shaped[name], raw[name].get('ids'), labels(name)) for name, file in task.submissions]
-    data = dict(task=task, trX=shaped['train'][0], trM=shaped['train'][1], trY=labels('train'), evals=evals,
-                tests=tests, dev_names=task.dev)
-    return data, dict(n_vocab=n_vocab, n_special=n_special, n_ctx=n_ctx, clf_token=encoder['_classify_'],
-                      head_type=task.head_type)
+    evals = tuple(Split(name, *shaped[name], labels(name), groups=raw[name].get('groups')) for name in task.dev)
+    tests = tuple(Split(name, *shaped[name], labels(name), ids=raw[name].get('ids'), file=file)
+                  for name, file in task.submissions)
+    data = TaskData(task, Split('train', *shaped['train'], labels('train')), evals, tests)
+    return data, ModelSizes(n_vocab, n_special, n_ctx, encoder['_classify_'], task.head_type)
 
 
-def pretrained_model(args, sizes, device, family):
+def pretrained_model(settings, sizes, device, family):
     """Return the DoubleHeadModel of the architecture --model_dir states (shapes, config.json; released shards: n_head
     and afn from the flags, default 12 and gelu) with its weights loaded as the original loads the released ones
     (GPT-1), or GPT-2's weights under GPT-1's recipe (model_gpt2.GPT2DoubleHeadModel). An architecture flag that
-    contradicts the weights is refused (one line naming every mismatch); after loading, args holds the model's."""
+    contradicts the weights is refused (one line naming every mismatch)."""
     if family == 'gpt2':
-        model = gpt2_task_model(args, sizes)
-        fill_architecture(args, model.cfg)
-        return model.to(device)
-    ckpt = read_with_flags(args.model_dir, architecture_flags(args), verify=args.verify_weights)
-    stated = stated_architecture(ckpt)
-    cfg = GPTConfig.from_args(args, n_vocab=sizes['n_vocab'], n_special=sizes['n_special'], n_ctx=sizes['n_ctx'],
-                              **stated)
-    model = DoubleHeadModel(cfg, sizes['clf_token'], sizes['head_type'])
+        return gpt2_task_model(settings, sizes).to(device)
+    ckpt = read_with_flags(settings.model_dir, architecture_flags(settings), verify=settings.verify_weights)
+    cfg = GPTConfig(**stated_architecture(ckpt), **model_switches(settings), n_vocab=sizes.n_vocab,
+                    n_special=sizes.n_special, n_ctx=sizes.n_ctx)
+    model = DoubleHeadModel(cfg, sizes.clf_token, sizes.head_type)
     load_openai_pretrained_model(model.transformer, n_ctx=cfg.n_ctx, n_special=cfg.n_special,
-                                 n_transfer=args.n_transfer, n_embd=cfg.n_embd, path=args.model_dir, ckpt=ckpt)
-    fill_architecture(args, cfg)
+                                 n_transfer=settings.n_transfer, n_embd=cfg.n_embd, path=settings.model_dir, ckpt=ckpt)
     return model.to(device)
 
 
-def gpt2_task_model(args, sizes):
+def model_switches(settings):
+    """Return the config fields the flags set whatever the weights: the dropouts and activation checkpointing."""
+    names = ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop', 'checkpoint_activations')
+    return {name: getattr(settings, name) for name in names}
+
+
+def gpt2_task_model(settings, sizes):
     """Return GPT-1's task model on the GPT-2 weights of --model_dir: their architecture (an architecture flag must
     agree with it), GPT-1's input transforms with _start_, _delimiter_ and _classify_ as new rows of wte drawn as
     GPT-1's loader draws special rows, the flags' dropouts."""
-    ckpt = read_with_flags(args.model_dir, architecture_flags(args))
-    if ckpt.n_vocab != sizes['n_vocab']:
-        raise ValueError(f'{args.model_dir} has {ckpt.n_vocab} token rows but the data was encoded with '
-                         f'{sizes["n_vocab"]} tokens: use the vocabulary of the weights')
-    fields = {name: getattr(args, name) for name in ('embd_pdrop', 'attn_pdrop', 'resid_pdrop', 'clf_pdrop',
-                                                     'checkpoint_activations')}
-    n_transfer = None if args.n_transfer >= ckpt.n_layer else args.n_transfer
-    return make_task_model(ckpt, sizes['n_ctx'], sizes['n_special'], sizes['clf_token'], sizes['head_type'], fields,
-                           n_transfer)
+    ckpt = read_with_flags(settings.model_dir, architecture_flags(settings))
+    if ckpt.n_vocab != sizes.n_vocab:
+        raise ValueError(f'{settings.model_dir} has {ckpt.n_vocab} token rows but the data was encoded with '
+                         f'{sizes.n_vocab} tokens: use the vocabulary of the weights')
+    n_transfer = None if settings.n_transfer >= ckpt.n_layer else settings.n_transfer
+    return make_task_model(ckpt, sizes.n_ctx, sizes.n_special, sizes.clf_token, sizes.head_type,
+                           model_switches(settings), n_transfer)
 
 
-def log_eval(run, data):
+def log_eval(run, data, settings):
     """Evaluate (all ranks), log and print one line and save improved weights (main rank) (TF: log)."""
-    args, progress = run.args, run.progress
+    progress = run.progress
     with run.clock.phase('eval'):
-        scores = evaluate(run.model, data, args.n_valid, args.n_batch * args.n_gpu, run.device, args.precision,
-                          verbose=not args.quiet, info=run.info)
+        scores = evaluate(run.model, data, settings.n_valid, settings.evaluation(run.device), info=run.info)
     record = dict(n_epochs=progress['epoch'], n_updates=progress['n_updates'], **scores)
     record['time'] = time.time()
     progress['log'].append(record)
@@ -486,9 +594,9 @@ def log_eval(run, data):
     run.logger.log(**record)
     print('%d %d %.3f %.3f %.2f %.2f' % (record['n_epochs'], record['n_updates'], scores['tr_cost'],
                                          scores['va_cost'], scores['tr' + key[2:]], scores[key]), flush=True)
-    if improved and args.submit:
+    if improved and settings.submit:
         with run.clock.phase('write'):
-            run.best = save_params(run.model, run.paths['best'], writer=run.writer)
+            run.save_best(run.paths['best'])
 
 
 def new_progress():
@@ -506,30 +614,30 @@ def epoch_order(n):
     return shuffle(np.arange(n), random_state=np.random.mtrand._rand).tolist()
 
 
-def run_epoch(run, data):
+def run_epoch(run, data, settings):
     """Train the rest of the current epoch from progress['batch']; run.progress is updated in place."""
-    args, progress = run.args, run.progress
-    n_batch_train = args.n_batch * args.n_gpu
+    progress, step = run.progress, settings.step_settings()
+    n_batch_train = settings.n_batch * settings.n_gpu
     if progress['order'] is None:
-        progress['order'] = epoch_order(len(data['trY']))
+        progress['order'] = epoch_order(len(data.train.labels))
         progress['batch'] = 0
     order = np.asarray(progress['order'])
     n_batches = len(order) // n_batch_train  # the last partial batch is dropped, as the original's truncate
     with progress_bar(total=n_batches, initial=progress['batch'], desc=f"epoch {progress['epoch'] + 1}",
-                      disable=args.quiet, leave=False) as bar:
+                      disable=settings.quiet, leave=False) as bar:
         while progress['batch'] < n_batches:
             idx = order[progress['batch'] * n_batch_train:(progress['batch'] + 1) * n_batch_train]
             t0 = time.time()
             with update_phase(run, progress['n_updates'] + 1):
-                train_step(run, data['trX'][idx], data['trM'][idx], data['trY'][idx])
+                train_step(run, data.train.inputs[idx], data.train.mask[idx], data.train.labels[idx], step)
             progress['train_time'] += time.time() - t0
             progress['n_updates'] += 1
             progress['batch'] += 1
             progress['seen'] += len(idx)
             bar.update(1)
             if progress['n_updates'] in LOG_AT_UPDATES and progress['epoch'] == 0:
-                log_eval(run, data)
-            saved = (args.save_every > 0 and progress['n_updates'] % args.save_every == 0
+                log_eval(run, data, settings)
+            saved = (settings.save_every > 0 and progress['n_updates'] % settings.save_every == 0
                      and progress['batch'] < n_batches)
             if saved:
                 save_state(run)
@@ -537,17 +645,17 @@ def run_epoch(run, data):
                 stop_if_requested(run, saved)
 
 
-def train(run, data):
+def train(run, data, settings):
     """Run the epochs left in run.progress, evaluating and saving the training state at each epoch end."""
     run.model.train()
-    with progress_bar(range(run.progress['epoch'], run.args.n_iter), desc='epochs',
-                      disable=run.args.quiet or not run.info.is_main) as epochs:
+    with progress_bar(range(run.progress['epoch'], settings.n_iter), desc='epochs',
+                      disable=settings.quiet or not run.info.is_main) as epochs:
         for _ in epochs:
-            run_epoch(run, data)
+            run_epoch(run, data, settings)
             run.progress.update(epoch=run.progress['epoch'] + 1, batch=0, order=None)
-            log_eval(run, data)
+            log_eval(run, data, settings)
             save_state(run)
-            if run.progress['epoch'] < run.args.n_iter:  # after the last epoch the run ends anyway
+            if run.progress['epoch'] < settings.n_iter:  # after the last epoch the run ends anyway
                 stop_if_requested(run, saved=True)
 
 
@@ -565,21 +673,21 @@ def check_progress_fits(progress, n_train, n_batch_train, n_iter, path):
                       f"{n_iter} epochs of {n_batches} batches: not this run's state", path)
 
 
-def run_paths(args):
+def run_paths(settings):
     """Return the files a run writes: log, best weights, training state, submission, summary."""
-    return dict(log=os.path.join(args.log_dir, f'{args.desc}.jsonl'),
-                best=os.path.join(args.save_dir, args.desc, 'best_params.safetensors'),
-                state=os.path.join(args.save_dir, args.desc, 'train_state.safetensors'),
-                submission=os.path.join(args.submission_dir, SUBMISSION_FILES.get(args.dataset, '')),
-                summary=os.path.join(args.log_dir, f'{args.desc}_summary.json'))
+    return dict(log=os.path.join(settings.log_dir, f'{settings.desc}.jsonl'),
+                best=os.path.join(settings.save_dir, settings.desc, 'best_params.safetensors'),
+                state=os.path.join(settings.save_dir, settings.desc, 'train_state.safetensors'),
+                submission=os.path.join(settings.submission_dir, SUBMISSION_FILES.get(settings.dataset, '')),
+                summary=os.path.join(settings.log_dir, f'{settings.desc}_summary.json'))
 
 
-def lock_paths(args, paths):
+def lock_paths(settings, paths):
     """Return the lock files of what a run writes and no other run may write meanwhile: its save folder, its log
     and, with --submit, the submission folder's files for the dataset."""
-    locks = [os.path.join(args.save_dir, args.desc, 'run.lock'), paths['log'] + '.lock']
-    if args.submit:
-        locks.append(os.path.join(args.submission_dir, f'{args.dataset}.submission.lock'))
+    locks = [os.path.join(settings.save_dir, settings.desc, 'run.lock'), paths['log'] + '.lock']
+    if settings.submit:
+        locks.append(os.path.join(settings.submission_dir, f'{settings.dataset}.submission.lock'))
     return locks
 
 
@@ -589,16 +697,27 @@ RESUME_IDENTITY = ('dataset', 'n_valid', 'seed', 'n_iter', 'lr', 'lr_schedule', 
                    'clf_pdrop')
 
 
-def run(args):
+def run_fine_tuning(settings):
     """Train, evaluate, and with --submit predict the test set; return a summary dict (main rank)."""
     t0 = time.time()
     info = dist_info()
-    check_args(args, info)
-    check_inputs(args)
-    paths = run_paths(args)
-    folders = {os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}
-    with Run.begin(args, paths, folders, lock_paths(args, paths), info, standing=state_standing) as begun:
-        return run_locked(begun, t0)
+    check_args(settings, info)
+    check_inputs(settings)
+    with Launch.begin(settings.run_settings(), run_files(settings), info) as launch:
+        return run_launched(launch, resolved(settings, launch), t0)
+
+
+def run_files(settings):
+    """Return the RunFiles of a run: what it writes (run_paths), the folders they go in, the files it locks."""
+    paths = run_paths(settings)
+    folders = tuple(sorted({os.path.dirname(paths[k]) or '.' for k in ('log', 'best', 'submission')}))
+    return RunFiles(paths, folders, tuple(lock_paths(settings, paths)), standing=state_standing)
+
+
+def resolved(settings, launch):
+    """Return settings as the launch resolved them: the device's name, --resume auto decided, --restart."""
+    done = launch.settings
+    return dataclasses.replace(settings, device=done.device, resume=done.resume, restart=done.restart)
 
 
 def state_standing(meta):
@@ -609,108 +728,122 @@ def state_standing(meta):
     return epoch >= n_iter, f'{epoch} of {n_iter} epochs done, update {n_updates}'
 
 
-def run_locked(run, t0):
-    """Train, evaluate, and with --submit predict the test set, in a Run that has begun; return a summary dict."""
-    args, paths, info, device, clock = run.args, run.paths, run.info, run.device, run.clock
+@dataclass(frozen=True)
+class FineTuning:
+    """A fine-tuning run built whole: its settings (the architecture the weights gave filled in), its data, the sizes
+    the data gave the model, and the Run that trains the model on it."""
+    settings: FineTuneSettings
+    data: TaskData
+    sizes: ModelSizes
+    run: Run
 
+
+def build_fine_tuning(launch, settings):
+    """Return the FineTuning of settings (as the launch resolved them) in a launch: the data encoded and laid out, the
+    model built from the weights, its optimizer, the Run (restored with --resume)."""
+    info, device, clock = launch.info, launch.device, launch.clock
     with clock.phase('encode'):
-        family = detect_family(args.model_dir)
-        text_encoder = load_tokenizer(args.model_dir, *tokenizer_paths(args, family), family=family)
-        if args.dataset == 'rocstories':
-            data, sizes = load_data(args, text_encoder)
+        family = detect_family(settings.model_dir)
+        text_encoder = load_tokenizer(settings.model_dir, *tokenizer_paths(settings, family), family=family)
+        if settings.dataset == 'rocstories':
+            data, sizes = load_data(settings, text_encoder)
         else:
-            data, sizes = load_task_data(args, text_encoder, get_task(args.dataset))
+            data, sizes = load_task_data(settings, text_encoder, get_task(settings.dataset))
     with clock.phase('load'):
-        model = pretrained_model(args, sizes, device, family)
-        n_train, n_batch_train = len(data['trY']), args.n_batch * args.n_gpu
-        n_updates_total = (n_train // n_batch_train) * args.n_iter
+        model = pretrained_model(settings, sizes, device, family)
+        settings = dataclasses.replace(settings, **built_architecture(model.cfg))  # the log header says what trains
+        n_train, n_batch_train = len(data.train.labels), settings.n_batch * settings.n_gpu
+        n_updates_total = (n_train // n_batch_train) * settings.n_iter
         if n_updates_total < 1:
             raise ValueError(f'{n_train} training examples make no full batch of n_batch * n_gpu = {n_batch_train}')
-        opt = OpenAIAdam(model.parameters(), lr=args.lr, schedule=args.lr_schedule, warmup=args.lr_warmup,
-                         t_total=n_updates_total, b1=args.b1, b2=args.b2, e=args.e, l2=args.l2,
-                         vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm)
-        run.attach(model, opt)
-        # dynamic shapes: batches are trimmed to their longest sequence, so every length would otherwise recompile
-        run.wrap(TrainForward(model), dynamic=True)
-        run.identity = run_identity(args, RESUME_IDENTITY, model, n_batch_train=n_batch_train)
-        run.rank_keys = ('train_time',)
-        run.progress = progress = run.restore(new_progress()) or new_progress()  # after wrap: this rank's random states
-        check_progress_fits(progress, n_train, n_batch_train, args.n_iter, paths['state'])
-        if args.resume and info.is_main:
-            print(f"resuming at epoch {progress['epoch']}, update {progress['n_updates']}", flush=True)
+        opt = OpenAIAdam(model.parameters(), lr=settings.lr, schedule=settings.lr_schedule, warmup=settings.lr_warmup,
+                         t_total=n_updates_total, b1=settings.b1, b2=settings.b2, e=settings.e, l2=settings.l2,
+                         vector_l2=settings.vector_l2, max_grad_norm=settings.max_grad_norm)
+        identity = run_identity({name: getattr(settings, name) for name in RESUME_IDENTITY}, model,
+                                n_batch_train=n_batch_train)
+        # the training forward is the model's (with targets, its losses); dynamic shapes: batches are trimmed to
+        # their longest sequence, so every length would otherwise recompile
+        run = Run(launch, model, opt, StateSpec(identity, new_progress(), rank_keys=('train_time',)), dynamic=True)
+        check_progress_fits(run.progress, n_train, n_batch_train, settings.n_iter, launch.paths['state'])
+        if settings.resume and info.is_main:
+            print(f"resuming at epoch {run.progress['epoch']}, update {run.progress['n_updates']}", flush=True)
+    return FineTuning(settings, data, sizes, run)
 
+
+def fine_tune(job):
+    """Train a built FineTuning (its log open throughout), then with --submit predict the test set with the best
+    weights; return the summary dict."""
+    settings, data, run = job.settings, job.data, job.run
+    paths, info, clock, progress = run.paths, run.info, run.clock, run.progress
     try:
-        with open_log(paths['log'], args, progress, info) as run.logger:
-            if args.submit and not args.resume and info.is_main:
+        with run.open_log(paths['log'], dataclasses.asdict(settings)):
+            if settings.submit and not settings.resume and info.is_main:
                 with clock.phase('write'):
-                    run.best = save_params(model, paths['best'], writer=run.writer)
+                    run.save_best(paths['best'])
             with run.stop_signals():
-                train(run, data)
+                train(run, data, settings)
         summary = dict(n_updates=progress['n_updates'], best_va=progress['best'], metric=selection_metric(data)[3:],
                        examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
-        if args.submit and info.is_main:
+        if settings.submit and info.is_main:
             # the best weights' host copy, while the last writes go on; a resumed run reads them back
             with clock.phase('load'):
-                if run.best is None:
-                    run.writer.wait()
-                    load_params(model, paths['best'])
-                else:
-                    load_weights(model, run.best, paths['best'])
-                model.eval()
-            summary.update(write_predictions(model, data, args, device, clock))
+                run.load_best(paths['best'])
+                run.model.eval()
+            summary.update(write_predictions(run.model, data, settings, run.device, clock))
     finally:
         with clock.phase('write'):
             run.writer.wait()  # the last state and best weights are on disk before the run ends
-    if args.submit and info.is_main and args.analysis:
+    return summary
+
+
+def run_launched(launch, settings, t0):
+    """Train, evaluate, and with --submit predict the test set, in a run that has launched; return a summary dict."""
+    job = build_fine_tuning(launch, settings)
+    summary = fine_tune(job)
+    settings, paths, clock = job.settings, launch.paths, launch.clock
+    if settings.submit and launch.info.is_main and settings.analysis:
         import analysis  # here, not at import time: it loads the plotting and data libraries it needs
         with clock.phase('eval'):
-            if data['task'] is None:
-                analysis.rocstories(args.data_dir, paths['submission'], paths['log'])
-            else:
-                for path in summary['dev_files']:
-                    analysis.task_report(data['task'].name, path)
+            for path in summary['dev_files']:  # the dev predictions with gold labels of a task that writes them
+                analysis.task_report(job.data.task.name, path)
+            if not job.data.task.dev_predictions:  # ROCStories: the original's report of the test submission and log
+                analysis.rocstories(settings.data_dir, paths['submission'], paths['log'])
     summary['wall_s'] = time.time() - t0
-    summary['phases'] = phase_record(clock, device)
-    if info.is_main:  # the run's summary as a record, for scripts that drive train.py (benchmarks/bench_e2e.py)
+    summary['phases'] = phase_record(clock, launch.device)
+    if launch.info.is_main:  # the run's summary as a record, for scripts that drive train.py (benchmarks/bench_e2e.py)
         write_json(paths['summary'], summary)
     return summary
 
 
-def write_predictions(model, data, args, device, clock=None):
-    """Write the test submissions (and, for the paper's other tasks, dev predictions with gold labels).
+def write_predictions(model, data, settings, device, clock=None):
+    """Write the test submissions and, for a task with dev_predictions (the paper's other tasks), each dev split's
+    predictions with gold labels.
 
     Return {'te_<metric>': value for a test set with labels, 'dev_files': [paths]}.
     """
-    task, n_batch = data['task'], args.n_batch * args.n_gpu
+    task, evaluation, names = data.task, settings.evaluation(device), label_names(data.task)
     clock = PhaseClock() if clock is None else clock
     out = {'dev_files': []}
 
-    def outputs_of(X, M):
+    def outputs_of(split):
         with clock.phase('eval'):
-            return iter_predict(model, X, M, n_batch, device, args.precision, verbose=not args.quiet)
+            return iter_predict(model, split.inputs, split.mask, evaluation)
 
     def write(path, preds, **kw):
         with clock.phase('write'):
             return write_submission(path, preds, **kw)
 
-    for name, file, X, M, ids, Y in data['tests']:
-        outputs = outputs_of(X, M)
-        if task is None:  # ROCStories: the original's 0/1 ending index
-            write(os.path.join(args.submission_dir, file), np.argmax(outputs, 1))
-            if Y is not None:
-                out['te_acc'] = accuracy(Y, outputs)
-            continue
-        names = task_datasets.TASK_LABELS[task.name]
-        write(os.path.join(args.submission_dir, file), decode_predictions(task, predictions(task, outputs), names),
-              index=ids)
-        if Y is not None and 'te_' + task.metrics[0] not in out:
-            out.update({f'te_{k}': v for k, v in compute_metrics(task, outputs, Y).items()})
-    if task is not None:
-        names = task_datasets.TASK_LABELS[task.name]
-        for (prefix, X, M, Y, _), dev_name in zip(data['evals'], data['dev_names']):
-            path = os.path.join(args.submission_dir, f'{task.name}_{dev_name}_predictions.tsv')
-            preds = decode_predictions(task, predictions(task, outputs_of(X, M)), names)
-            gold = decode_predictions(task, Y if task.n_class == 1 else np.asarray(Y), names)
+    for split in data.tests:  # ROCStories: the original's 0/1 ending index (no label names)
+        outputs = outputs_of(split)
+        write(os.path.join(settings.submission_dir, split.file),
+              decode_predictions(task, predictions(task, outputs), names), index=split.ids)
+        if split.labels is not None and 'te_' + task.metrics[0] not in out:
+            out.update({f'te_{k}': v for k, v in compute_metrics(task, outputs, split.labels).items()})
+    if task.dev_predictions:
+        for split in data.evals:
+            path = os.path.join(settings.submission_dir, f'{task.name}_{split.name}_predictions.tsv')
+            preds = decode_predictions(task, predictions(task, outputs_of(split)), names)
+            gold = decode_predictions(task, split.labels if task.n_class == 1 else np.asarray(split.labels), names)
             out['dev_files'].append(write(path, preds, gold=gold))
     return out
 
@@ -724,43 +857,35 @@ def format_summary(summary):
     return 'done: ' + ', '.join(parts)
 
 
-def seed_runs(args):
-    """Return the arguments of each of args.n_runs seeds' runs (desc <desc>_seed<k>)."""
-    runs = []
-    for k in range(args.n_runs):
-        run_args = argparse.Namespace(**vars(args))
-        run_args.seed, run_args.desc = args.seed + k, f'{args.desc}_seed{args.seed + k}'
-        runs.append(run_args)
-    return runs
+def seed_runs(settings):
+    """Return the settings of each of settings.n_runs seeds' runs (desc <desc>_seed<k>)."""
+    return [dataclasses.replace(settings, seed=settings.seed + k, desc=f'{settings.desc}_seed{settings.seed + k}')
+            for k in range(settings.n_runs)]
 
 
-def transfer_runs(args):
-    """Return [(K, the arguments of its seed sweep)] for each value K of the --n_transfer list (desc
+def transfer_runs(settings):
+    """Return [(K, the settings of its seed sweep)] for each value K of the --n_transfer list (desc
     <desc>_transfer<K>)."""
-    points = []
-    for k in args.transfer_sweep:
-        sub = argparse.Namespace(**vars(args))
-        sub.n_transfer, sub.transfer_sweep, sub.desc = k, None, f'{args.desc}_transfer{k}'
-        points.append((k, sub))
-    return points
+    return [(k, dataclasses.replace(settings, n_transfer=k, transfer_sweep=None, desc=f'{settings.desc}_transfer{k}'))
+            for k in settings.transfer_sweep]
 
 
-def check_sweep_states(args):
+def check_sweep_states(settings):
     """Refuse a sweep (--n_runs, a --n_transfer list) that would start afresh over any of its runs' unfinished states,
     before its first run: each run checks its own when it begins, but only after the runs before it were trained
     again (without --resume, a finished run's outputs are replaced)."""
-    if args.resume or args.restart:
+    if settings.resume or settings.restart:
         return
-    sweeps = [sub for _, sub in transfer_runs(args)] if args.transfer_sweep else [args]
-    for run_args in (run for sweep in sweeps for run in seed_runs(sweep)):
-        check_not_unfinished(run_paths(run_args)['state'], state_standing)
+    sweeps = [sub for _, sub in transfer_runs(settings)] if settings.transfer_sweep else [settings]
+    for run_settings in (run for sweep in sweeps for run in seed_runs(sweep)):
+        check_not_unfinished(run_paths(run_settings)['state'], state_standing)
 
 
-def run_seeds(args):
-    """Run args.n_runs seeds in turn (desc <desc>_seed<k>); return (per-run summaries, statistics dict)."""
+def run_seeds(settings):
+    """Run settings.n_runs seeds in turn (desc <desc>_seed<k>); return (per-run summaries, statistics dict)."""
     summaries = []
-    for run_args in seed_runs(args):
-        summaries.append(dict(run(run_args), seed=run_args.seed, desc=run_args.desc))
+    for run_settings in seed_runs(settings):
+        summaries.append(dict(run_fine_tuning(run_settings), seed=run_settings.seed, desc=run_settings.desc))
         if dist_info().is_main:
             print(format_summary(summaries[-1]), flush=True)
     best = np.array([s['best_va'] for s in summaries])
@@ -769,14 +894,14 @@ def run_seeds(args):
     return summaries, stats
 
 
-def run_transfer_sweep(args):
-    """Run args.n_runs seeds for each value of the --n_transfer list (desc <desc>_transfer<K>_seed<k>); return the
+def run_transfer_sweep(settings):
+    """Run settings.n_runs seeds for each value of the --n_transfer list (desc <desc>_transfer<K>_seed<k>); return the
     sweep's record: the metric and, per value, the runs' statistics and summaries."""
     points = []
-    for k, sub in transfer_runs(args):
+    for k, sub in transfer_runs(settings):
         summaries, stats = run_seeds(sub)
         points.append(dict(stats, n_transfer=k, runs=summaries))
-    return dict(metric=points[0]['metric'], dataset=args.dataset, desc=args.desc, n_runs=args.n_runs, points=points)
+    return dict(metric=points[0]['metric'], dataset=settings.dataset, desc=settings.desc, n_runs=settings.n_runs, points=points)
 
 
 def format_runs(summaries, stats):
@@ -790,31 +915,31 @@ def format_runs(summaries, stats):
 
 def main(argv=None):
     """Run train.py from the command line; return the exit code."""
-    args = parse_args(argv)
+    settings = parse_args(argv)
     if dist_info().is_main:
-        print(json.dumps(vars(args)), flush=True)
+        print(json.dumps(dataclasses.asdict(settings)), flush=True)
     try:
-        if args.transfer_sweep or args.n_runs > 1:
-            check_sweep_states(args)
-        if args.transfer_sweep:
-            record = run_transfer_sweep(args)
+        if settings.transfer_sweep or settings.n_runs > 1:
+            check_sweep_states(settings)
+        if settings.transfer_sweep:
+            record = run_transfer_sweep(settings)
             if dist_info().is_main:
                 import analysis  # here, not at import time: it loads the plotting and data libraries it needs
-                path = write_json(os.path.join(args.log_dir, f'{args.desc}_transfer.json'), record)
+                path = write_json(os.path.join(settings.log_dir, f'{settings.desc}_transfer.json'), record)
                 analysis.transfer_report(path)
                 print(f'transfer sweep written to {path} (its figure: analysis.py --transfer {path} --plot FILE)',
                       flush=True)
             close_distributed(synchronize=True)
             return 0
-        if args.n_runs > 1:
-            summaries, stats = run_seeds(args)
+        if settings.n_runs > 1:
+            summaries, stats = run_seeds(settings)
             if dist_info().is_main:
-                path = write_json(os.path.join(args.log_dir, f'{args.desc}_runs.json'), dict(stats, runs=summaries))
+                path = write_json(os.path.join(settings.log_dir, f'{settings.desc}_runs.json'), dict(stats, runs=summaries))
                 print(format_runs(summaries, stats), flush=True)
                 print(f'sweep summary written to {path}', flush=True)
             close_distributed(synchronize=True)
             return 0
-        summary = run(args)
+        summary = run_fine_tuning(settings)
         close_distributed(synchronize=True)
     except RUN_ENDINGS as err:
         return failed_run_exit('train.py', argv, err)

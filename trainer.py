@@ -13,6 +13,8 @@ after the update in progress with its training state saved, every rank at the sa
 resumes when the run's state exists; a run never starts afresh over an unfinished run's state (it is refused unless
 --restart); the run's output folders are locked (runlock.py).
 """
+import copy
+import dataclasses
 import math
 import os
 import random
@@ -29,8 +31,8 @@ import numpy as np
 import torch
 
 import untrusted
-from checkpoint import (StateWriter, check_writable, load_training_state, rank_record,
-                        read_state_metadata, save_training_state)
+from checkpoint import (Expected, StateWriter, check_writable, load_params, load_training_state, load_weights,
+                        rank_record, read_state_metadata, save_params, save_training_state)
 from distributed import (DistInfo, all_reduce_sum, close_distributed, dist_info, gather_objects, init_distributed,
                          resolve_device, wrap_ddp)
 from precision import autocast_context, configure_precision, no_autocast
@@ -121,99 +123,78 @@ class PhaseClock:
                 self._open[-1][2] += elapsed
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """How a training run runs (flags.add_run_args): its seed, device (None: cuda when available), precision,
+    torch.compile, and whether it resumes its training state (True, False or 'auto': when the state exists) or starts
+    over, deleting an unfinished one (restart)."""
+    seed: int = 42
+    device: str = None
+    precision: str = 'fp32'
+    compile: bool = False
+    resume: object = False
+    restart: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a split is evaluated: in batches of n_batch on device, in precision, with a progress bar when verbose."""
+    n_batch: int
+    device: torch.device
+    precision: str = 'fp32'
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run writes and guards: its files by name (log, training state, best weights, ...), the folders that
+    must be writable, the lock files taken while it runs, and standing(metadata) -> (finished, where it stands in
+    words) of a training state found at files['state'] (check_not_unfinished)."""
+    paths: dict
+    folders: tuple
+    locks: tuple
+    standing: Any = None
+
+
 @dataclass
-class Run:
-    """One training run: its arguments, device and files, the model and optimizer it trains, where it stands, and
-    the plumbing of an update (accumulate, backward, step), handed to each piece of the loop as one object."""
-    args: Any                        # the parsed command line
+class Launch:
+    """Where a run starts, before anything is built: its settings resolved (the device's name, --resume auto decided),
+    its device, files and the locks on them, its clock and background writer. Launch.begin makes one for a run that
+    writes files; a Launch built directly writes none and takes no lock (benchmarks, tests). Used as a with-block
+    around the run: leaving it releases the locks, and leaving it on Ctrl-C raises Interrupted, saying which update
+    the training state on disk holds."""
+    settings: RunSettings
     device: torch.device = torch.device('cpu')
-    paths: dict = field(default_factory=dict)  # the files the run writes (log, best weights, training state, ...)
     info: DistInfo = DistInfo()
-    model: torch.nn.Module = None    # the model that is evaluated and saved
-    opt: torch.optim.Optimizer = None
-    net: torch.nn.Module = None      # what a training step calls: the model, or it wrapped by DDP/compile
-    scaler: Any = None               # a GradScaler for fp16, else None
-    progress: dict = None            # where the run stands; JSON-able, saved with the training state
-    logger: Any = None               # the ResultLogger (main rank), else a no-op context
+    paths: dict = field(default_factory=dict)  # the files the run writes (log, best weights, training state, ...)
     clock: PhaseClock = field(default_factory=PhaseClock)
     writer: StateWriter = field(default_factory=StateWriter)
-    best: dict = None                # host copies of the best weights saved so far by this process, if any
-    loss_sum: torch.Tensor = None    # the update's weighted losses so far, on the device (the non-finite check)
-    identity: dict = None            # what a training state must match to be resumed by this run
-    rank_keys: tuple = ()            # the progress counters that differ between ranks (each saved per rank)
-    stop: StopSignals = field(default_factory=StopSignals)
-    stop_requested: bool = False     # a stop signal reached some rank by the last update's step
     lock: RunLock = None
+    run: Any = None  # the Run built in it, once built (where the run stands, for the Ctrl-C message)
 
     @classmethod
-    def begin(cls, args, paths, folders, locks, info=DistInfo(), standing=None):
-        """Return a Run that can start: its device (args.device becomes its name), --resume auto resolved (True when
-        paths['state'] exists), a training state there with --resume, the output folders writable and the lock files
-        locks taken (main rank), an unfinished run's state at paths['state'] refused without --resume (deleted by the
-        main rank with --restart), the process group joined, every rank seeded alike. standing(metadata) returns
-        (finished, where it stands in words) of a training state's metadata (check_not_unfinished). end() (or leaving
-        a with-block on the Run) releases the locks; leaving it on Ctrl-C raises Interrupted."""
-        device = resolve_device(args.device, info)
-        args.device = str(device)
-        restart = getattr(args, 'restart', False)
-        if restart and args.resume:
-            raise ValueError('--restart starts the run over, --resume continues it: give one of them')
-        if restart and restarted_attempt():
-            # the same command again after a failure (torchrun --max-restarts, a requeued job): its first attempt
-            # started over, so this one continues that attempt's state instead of deleting it again
-            restart, args.restart, args.resume = False, False, 'auto'
-            if info.is_main:
-                print('--restart: this is a restarted attempt of the job, so it continues the state the first attempt '
-                      'began (as --resume auto)', flush=True)
-        if args.resume == 'auto':
-            args.resume = os.path.isfile(paths['state'])
-            if info.is_main:
-                print(f"--resume auto: {'resuming from' if args.resume else 'starting afresh, no'} {paths['state']}",
-                      flush=True)
-        elif args.resume and not os.path.isfile(paths['state']):
-            raise FileNotFoundError(f"{paths['state']} is missing: nothing to resume (run without --resume, or with "
-                                    f"--resume auto)")
-        run = cls(args, device, paths, info)
+    def begin(cls, settings, files, info=DistInfo()):
+        """Return the Launch of a run that can start: settings resolved (resolved_settings), the output folders
+        checked writable and the lock files taken (main rank), an unfinished run's state refused without --resume
+        (deleted by the main rank with --restart), the process group joined, every rank seeded alike. files: a
+        RunFiles."""
+        resolved = resolved_settings(settings, files.paths['state'], info)
+        launch = cls(resolved, torch.device(resolved.device), info, dict(files.paths))
         if info.is_main:
-            for folder in folders:
+            for folder in files.folders:
                 check_writable(folder)
-            run.lock = RunLock(locks).acquire()
+            launch.lock = RunLock(list(files.locks)).acquire()
         try:
-            # every rank reads the same file before any rank can write it (the process group is not joined yet), so
-            # all decide alike; with --restart only the main rank deletes it (under the lock) and none reads it
-            if not args.resume and not restart and standing is not None:
-                check_not_unfinished(paths['state'], standing)  # an unfinished run's state is never overwritten
-            if not args.resume and info.is_main and os.path.lexists(paths['state']):
-                # a finished run's state (or with --restart any state) goes now, not at this run's first save: a run
-                # stopped before that save must not leave it behind for --resume auto to take for this run's own
-                os.remove(paths['state'])
-                print(f"{'--restart' if restart else 'starting afresh'}: removed {paths['state']}", flush=True)
-            init_distributed(info, device)
+            prepare_state_file(resolved, files, info)
+            init_distributed(info, launch.device)
         except BaseException:
-            run.end()
+            launch.end()
             raise
-        set_seed(args.seed)  # every rank: the same initial weights, special rows and shuffles
-        return run
-
-    @contextmanager
-    def stop_signals(self):
-        """Within the block (the training loop), a stop signal is recorded, and the run stops after the update in
-        progress (stop_if_requested); one that comes during the last update, its evaluation or its save ends the run
-        when the block ends (Preempted: the last state is saved, --resume auto finishes the run's remaining steps).
-        Outside the block a signal acts as it would without this port: nothing unsaved is lost there (before training
-        nothing is trained, after it the last state is written)."""
-        self.stop.install()
-        try:
-            yield
-        finally:
-            self.stop.restore()
-        if self.stop.signum is not None:  # during the last update, its evaluation or save: the state is saved
-            with self.clock.phase('write'):
-                self.writer.wait()
-            raise Preempted(self.stop.signum, self.progress['n_updates'], self.paths['state'])
+        set_seed(resolved.seed)  # every rank: the same initial weights, special rows and shuffles
+        return launch
 
     def end(self):
-        """Release what begin() took: the output folders' locks."""
+        """Release the output folders' locks."""
         if self.lock is not None:
             self.lock.release()
 
@@ -243,7 +224,7 @@ class Run:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        done = None if self.progress is None else self.progress.get('n_updates')
+        done = None if self.run is None else self.run.progress.get('n_updates')
         how = 'a second Ctrl-C' if second else 'Ctrl-C'
         where = 'before any update' if not done else f'after update {done}'
         if not self.info.is_main or state is None:
@@ -261,66 +242,153 @@ class Run:
         return (f'stopped at once by {how} {where}; the training state in {state} is that of update {saved}, '
                 f'its last save{lost}{failed}')
 
-    def attach(self, model, opt):
-        """Make model (on the run's device) and opt what the run trains, evaluates and saves."""
-        self.model, self.opt, self.net = model, opt, model
 
-    def restore(self, template=None):
+def resolved_settings(settings, state_path, info=DistInfo()):
+    """Return settings with the device resolved (its name), --resume auto decided (True when state_path exists) and a
+    restarted attempt of a --restart job turned into --resume auto; raise on --resume without a state, or with
+    --restart."""
+    device = str(resolve_device(settings.device, info))
+    resume, restart = settings.resume, settings.restart
+    if restart and resume:
+        raise ValueError('--restart starts the run over, --resume continues it: give one of them')
+    if restart and restarted_attempt():
+        # the same command again after a failure (torchrun --max-restarts, a requeued job): its first attempt
+        # started over, so this one continues that attempt's state instead of deleting it again
+        restart, resume = False, 'auto'
+        if info.is_main:
+            print('--restart: this is a restarted attempt of the job, so it continues the state the first attempt '
+                  'began (as --resume auto)', flush=True)
+    if resume == 'auto':
+        resume = os.path.isfile(state_path)
+        if info.is_main:
+            print(f"--resume auto: {'resuming from' if resume else 'starting afresh, no'} {state_path}", flush=True)
+    elif resume and not os.path.isfile(state_path):
+        raise FileNotFoundError(f"{state_path} is missing: nothing to resume (run without --resume, or with "
+                                f"--resume auto)")
+    return dataclasses.replace(settings, device=device, resume=resume, restart=restart)
+
+
+def prepare_state_file(settings, files, info):
+    """Refuse to start afresh over an unfinished run's training state (every rank reads the file before any rank can
+    write it, so all decide alike); remove a finished run's state, or with --restart any (main rank, under the lock);
+    settings: resolved."""
+    state = files.paths['state']
+    if not settings.resume and not settings.restart and files.standing is not None:
+        check_not_unfinished(state, files.standing)  # an unfinished run's state is never overwritten
+    if not settings.resume and info.is_main and os.path.lexists(state):
+        # a finished run's state (or with --restart any state) goes now, not at this run's first save: a run
+        # stopped before that save must not leave it behind for --resume auto to take for this run's own
+        os.remove(state)
+        print(f"{'--restart' if settings.restart else 'starting afresh'}: removed {state}", flush=True)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """What a run's training state holds beyond the model and optimizer: the run's identity (what a state must match
+    to be resumed), a fresh progress (its counters, JSON-able) and the counters that differ between ranks (each
+    saved per rank)."""
+    identity: dict
+    template: dict
+    rank_keys: tuple = ()
+
+
+class Run:
+    """One training run, built whole: the launch it runs in, the model and optimizer it trains, what a training step
+    calls (the model, or it wrapped by DDP and torch.compile), fp16's loss scaler, and where it stands (progress,
+    restored with --resume); with the plumbing of an update (autocast, gradient sync, backward, step), the log and
+    the best weights, handed to each piece of the loop as one object."""
+
+    def __init__(self, launch, model, opt, state, trained=None, dynamic=None):
+        """Make model (on the launch's device) and opt what the run trains, evaluates and saves; trained (default:
+        model) what a training step calls, wrapped by DDP under several processes (each rank then drawing its own
+        dropout masks) and by torch.compile with --compile (dynamic: its shapes argument); then, with --resume, the
+        model, optimizer, progress and this rank's random states restored from the training state (state: a
+        StateSpec, checked before anything is restored), else state.template's fresh progress."""
+        self.launch, self.model, self.opt, self.state = launch, model, opt, state
+        self.settings, self.device, self.info = launch.settings, launch.device, launch.info
+        self.paths, self.clock, self.writer = launch.paths, launch.clock, launch.writer
+        self.stop = StopSignals()
+        self.stop_requested = False   # a stop signal reached some rank by the last update's step
+        self.logger = nullcontext()   # the ResultLogger while open_log's block runs (main rank)
+        self.best_weights = None      # host copies of the best weights saved so far by this process, if any
+        if self.info.world_size > 1:
+            torch.manual_seed(self.settings.seed + self.info.rank)  # different dropout masks on each rank's share
+        net = wrap_ddp(model if trained is None else trained, self.device, self.info)
+        self.net = torch.compile(net, dynamic=dynamic) if self.settings.compile else net
+        self.scaler = configure_precision(self.device, self.settings.precision)
+        self.progress = self.restore() or copy.deepcopy(state.template)
+        launch.run = self
+
+    def restore(self):
         """Return the progress saved in the training state, model, optimizer and this rank's RNG states restored from
-        it, with --resume (after wrap(), whose per-rank seeding it replaces); None without. template: a fresh progress
-        of the script, whose counters the saved one must hold (and rank_keys each rank's), checked before anything is
-        restored."""
-        if not self.args.resume:
+        it, with --resume (after the wrap, whose per-rank seeding it replaces); None without."""
+        if not self.settings.resume:
             return None
         info = self.info
-        progress, n_saved = load_training_state(self.paths['state'], self.model, self.opt, self.identity, info.rank,
-                                                info.world_size, self.device, template=template,
-                                                rank_keys=None if template is None else self.rank_keys)
+        expected = Expected(self.state.identity, self.state.template, self.state.rank_keys, info.rank,
+                            info.world_size, self.device)
+        progress, n_saved = load_training_state(self.paths['state'], self.model, self.opt, expected)
         if n_saved != info.world_size:
             # rank 0's numpy and python states (the shuffles, alike on every rank) are kept; dropout is reseeded
-            torch.manual_seed(self.args.seed + info.rank + 7919 * (progress['n_updates'] + 1))
+            torch.manual_seed(self.settings.seed + info.rank + 7919 * (progress['n_updates'] + 1))
             if info.is_main:
                 print(f"note: resuming with {info.world_size} process(es) a state saved by {n_saved}: the weights, "
                       f"optimizer, schedule and data order continue exactly, but each process's dropout masks are "
                       f"drawn afresh, so the run no longer equals an uninterrupted run of {n_saved}", flush=True)
         return progress
 
-    def wrap(self, module, dynamic=None):
-        """Make module what a training step calls: wrapped by DDP under several processes (each rank then drawing its
-        own dropout masks) and by torch.compile with --compile (dynamic: its shapes argument); set the precision."""
-        if self.info.world_size > 1:
-            torch.manual_seed(self.args.seed + self.info.rank)  # different dropout masks on each rank's share
-        net = wrap_ddp(module, self.device, self.info)
-        self.net = torch.compile(net, dynamic=dynamic) if self.args.compile else net
-        self.scaler = configure_precision(self.device, self.args.precision)
+    @contextmanager
+    def open_log(self, path, header):
+        """Within the block, self.logger is the run's ResultLogger at path (main rank): a new log whose first record is
+        header (the run's settings as given and resolved), or on resume the saved records rewritten."""
+        with result_logger(path, header, self.progress, self.info) as logger:
+            self.logger = logger
+            try:
+                yield logger
+            finally:
+                self.logger = nullcontext()
 
-    def accumulate(self, micro_batches):
-        """Yield (micro-batch, weight) of [(weight, micro-batch)] inside one autocast region (its cast cache converts
-        each weight to the low precision once), DDP's gradient all-reduce on the last one only; the weights of all
-        ranks sum to 1, so the gradient is the whole batch's weighted mean, as one device would compute it."""
-        self.loss_sum = torch.zeros((), device=self.device)
-        with autocast_context(self.device, self.args.precision):
-            for k, (weight, batch) in enumerate(micro_batches):
-                sync = self.info.world_size == 1 or k == len(micro_batches) - 1
-                with nullcontext() if sync else self.net.no_sync():
-                    yield batch, weight
+    @contextmanager
+    def stop_signals(self):
+        """Within the block (the training loop), a stop signal is recorded, and the run stops after the update in
+        progress (stop_if_requested); one that comes during the last update, its evaluation or its save ends the run
+        when the block ends (Preempted: the last state is saved, --resume auto finishes the run's remaining steps).
+        Outside the block a signal acts as it would without this port: nothing unsaved is lost there (before training
+        nothing is trained, after it the last state is written)."""
+        self.stop.install()
+        try:
+            yield
+        finally:
+            self.stop.restore()
+        if self.stop.signum is not None:  # during the last update, its evaluation or save: the state is saved
+            with self.clock.phase('write'):
+                self.writer.wait()
+            raise Preempted(self.stop.signum, self.progress['n_updates'], self.paths['state'])
+
+    def autocast(self):
+        """Return the autocast region of the run's precision: one for all of an update's micro-batches, so its cast
+        cache converts each weight to the low precision once."""
+        return autocast_context(self.device, self.settings.precision)
+
+    def sync_gradients(self, last):
+        """Return the context of one micro-batch's forward and backward: DDP all-reduces the gradients on the update's
+        last micro-batch only (no_sync on the others); a no-op in one process."""
+        return nullcontext() if self.info.world_size == 1 or last else self.net.no_sync()
 
     def backward(self, loss):
-        """Back-propagate a micro-batch's weighted loss (scaled for fp16, outside autocast as torch recommends)."""
-        loss = loss * self.info.world_size  # DDP averages the ranks' gradients
-        self.loss_sum = self.loss_sum + loss.detach().float()
+        """Back-propagate a micro-batch's loss (scaled for fp16, outside autocast as torch recommends)."""
         with no_autocast(self.device.type):
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self, report=None):
-        """Make the optimizer step of the update; return report (a 0-dim tensor on the device, such as the update's
-        summed loss) as a float, read to the host with the non-finite check and the stop flag in one transfer: the
-        update's one host read, so a GPU is not held back by the host. Under several processes the loss and the stop
-        flag are summed over the ranks first, so every rank sees a non-finite loss or a stop signal of any rank at the
-        same update. Raise NonFiniteLoss before any weight moves when the update's loss is not finite."""
-        report = self.loss_sum if report is None else report
+    def step(self, loss_sum, report):
+        """Make the optimizer step of the update whose micro-batch losses add up to loss_sum (a 0-dim tensor on the
+        device); return report (a 0-dim tensor on the device) as a float, read to the host with the non-finite check
+        and the stop flag in one transfer: the update's one host read, so a GPU is not held back by the host. Under
+        several processes the loss and the stop flag are summed over the ranks first, so every rank sees a non-finite
+        loss or a stop signal of any rank at the same update. Raise NonFiniteLoss before any weight moves when the
+        update's loss is not finite."""
         stop = torch.full((), float(self.stop.signum is not None), dtype=torch.float64, device=self.device)
-        shared = all_reduce_sum(torch.stack([self.loss_sum.double(), stop]), self.info)
+        shared = all_reduce_sum(torch.stack([loss_sum.double(), stop]), self.info)
         total, stopping, reported = torch.cat([shared, report.detach().double().view(1)]).tolist()  # one host read
         self.stop_requested = self.stop_requested or stopping > 0
         if not math.isfinite(total):
@@ -334,6 +402,18 @@ class Run:
         self.opt.zero_grad(set_to_none=True)
         return reported
 
+    def save_best(self, path):
+        """Save the model's weights as the run's best so far at path (in the background), keeping their host copy."""
+        self.best_weights = save_params(self.model, path, writer=self.writer)
+
+    def load_best(self, path):
+        """Load the run's best weights into the model: the host copy this process saved, else path (a resumed run's)."""
+        if self.best_weights is None:
+            self.writer.wait()
+            load_params(self.model, path)
+        else:
+            load_weights(self.model, self.best_weights, path)
+
 
 def model_identity(model):
     """Return what a training state's model must match, in words: its config's class and sizes, its task head."""
@@ -344,9 +424,9 @@ def model_identity(model):
                                                f"({getattr(getattr(head, 'clf', None), 'nf', '')})")
 
 
-def run_identity(args, names, model, **more):
-    """Return a run's identity: the flags names (as '--name': value), the model's identity and more."""
-    return dict({f'--{name}': getattr(args, name) for name in names}, model=model_identity(model), **more)
+def run_identity(flags, model, **more):
+    """Return a run's identity: the flags ({name: value}, as '--name': value), the model's identity and more."""
+    return dict({f'--{name}': value for name, value in flags.items()}, model=model_identity(model), **more)
 
 
 @contextmanager
@@ -366,11 +446,11 @@ def update_phase(run, update_no):
 def save_state(run):
     """Save the training state: every rank's RNG states and own counters gathered (every rank calls it), the file
     written by the main rank, copied now and written in the background."""
-    ranks = gather_objects(rank_record(run.progress, run.rank_keys, run.device), run.info)
+    ranks = gather_objects(rank_record(run.progress, run.state.rank_keys, run.device), run.info)
     if run.info.is_main:
         with run.clock.phase('write'):
             save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer, ranks=ranks,
-                                identity=run.identity)
+                                identity=run.state.identity)
 
 
 def failed_run_exit(script, argv, err):
@@ -452,14 +532,15 @@ def check_not_unfinished(path, standing):
                             f'overwrite it: {choices}')
 
 
-def open_log(path, args, progress, info=DistInfo()):
-    """Return a ResultLogger at path (main rank; nullcontext elsewhere): new, or on resume the saved one rewritten."""
+def result_logger(path, header, progress, info=DistInfo()):
+    """Return a ResultLogger at path (main rank; nullcontext elsewhere): new, its first record header (a dict) and the
+    time, or on resume the saved one rewritten."""
     if not info.is_main:
         if not progress['log']:
-            progress['log'].append(dict(vars(args)))
+            progress['log'].append(dict(header))
         return nullcontext()
     if not progress['log']:
-        header = dict(vars(args), time=time.time())
+        header = dict(header, time=time.time())
         progress['log'].append(header)
         return ResultLogger(path, **header)
     logger = ResultLogger(path, **progress['log'][0])

@@ -113,7 +113,7 @@ def default_configs(device):
 
 def make_batches(n_batches, shape, seed):
     """Return n_batches (xmb [B, 2, n_ctx, 2] int64, mmb [B, 2, n_ctx] float32, ymb [B] int64) as transform_roc."""
-    from train import transform_roc
+    from train import RocLayout, transform_roc
     rng = np.random.default_rng(seed)
     encoder = {'_start_': shape.n_vocab, '_delimiter_': shape.n_vocab + 1, '_classify_': shape.n_vocab + 2}
     batches = []
@@ -126,7 +126,7 @@ def make_batches(n_batches, shape, seed):
             X1.append(rng.integers(0, shape.n_vocab, n_story).tolist())
             X2.append(rng.integers(0, shape.n_vocab, endings[0]).tolist())
             X3.append(rng.integers(0, shape.n_vocab, endings[1]).tolist())
-        xmb, mmb = transform_roc(X1, X2, X3, encoder, shape.n_ctx, shape.n_ctx, shape.n_vocab, N_SPECIAL)
+        xmb, mmb = transform_roc(X1, X2, X3, RocLayout(encoder, shape.n_ctx, shape.n_ctx, shape.n_vocab, N_SPECIAL))
         batches.append((xmb, mmb, rng.integers(0, 2, shape.batch)))
     return batches
 
@@ -220,7 +220,7 @@ class Ours:
         import train
         from model_pytorch import DoubleHeadModel, GPTConfig
         from opt import OpenAIAdam
-        from trainer import Run, set_seed
+        from trainer import Launch, Run, StateSpec, set_seed
         self.train, self.device = train, device
         self.args = train.parse_args(['--n_ctx', str(shape.n_ctx), '--n_embd', str(shape.n_embd),
                                       '--n_head', str(shape.n_head), '--n_layer', str(shape.n_layer), '--afn', 'gelu',
@@ -229,27 +229,28 @@ class Ours:
                                       '--device', str(device), '--seed', str(seed)])
         set_seed(seed)
         self.rows = shape.rows
-        cfg = GPTConfig.from_args(self.args, n_vocab=shape.n_vocab, n_special=N_SPECIAL, n_ctx=shape.n_ctx)
+        cfg = GPTConfig(**train.model_switches(self.args), n_embd=shape.n_embd, n_head=shape.n_head,
+                        n_layer=shape.n_layer, n_vocab=shape.n_vocab, n_special=N_SPECIAL, n_ctx=shape.n_ctx)
         self.model = DoubleHeadModel(cfg, shape.n_vocab + 2, 'multiple_choice').to(device)
         a = self.args
-        # as train.run builds it; t_total is the 3-epoch ROCStories run's
+        # as train.run_fine_tuning builds it; t_total is the 3-epoch ROCStories run's
         self.opt = OpenAIAdam(self.model.parameters(), lr=a.lr, schedule=a.lr_schedule, warmup=a.lr_warmup,
                               t_total=(N_TRAIN_ROC // shape.batch) * a.n_iter, b1=a.b1, b2=a.b2, e=a.e, l2=a.l2,
                               vector_l2=a.vector_l2, max_grad_norm=a.max_grad_norm)
-        self.run = Run(self.args, device)  # as train.run sets it up: the training forward, the precision's scaler
-        self.run.attach(self.model, self.opt)
-        self.run.wrap(train.TrainForward(self.model))
+        # as train.run_fine_tuning sets it up: the model's training forward, the precision's scaler; a launch writing no files
+        self.run = Run(Launch(self.args.run_settings(), device), self.model, self.opt, StateSpec({}, {}), dynamic=True)
+        self.step_settings = self.args.step_settings()
 
     def train_step(self, batch):
         """Do one update on batch = (xmb, mmb, ymb)."""
         self.model.train()
-        self.train.train_step(self.run, *batch)
+        self.train.train_step(self.run, *batch, self.step_settings)
 
     def evaluate(self, batch):
         """Return the classification logits [B, 2] of batch, as train.evaluate computes them."""
         self.model.eval()
         xmb, mmb, ymb = batch
-        return self.train.iter_apply(self.model, xmb, mmb, ymb, len(ymb), self.device, self.args.precision)[0]
+        return self.train.iter_apply(self.model, xmb, mmb, ymb, self.train.Evaluation(len(ymb), self.device, self.args.precision))[0]
 
 
 def peer_inputs(batch, device):

@@ -29,7 +29,7 @@ import bench
 from model_pytorch import DEFAULT_CONFIG, N_VOCAB, LMModel, clone_config
 from opt import OpenAIAdam
 from precision import autocast_context, configure_precision
-from trainer import Run
+from trainer import Launch, Run, RunSettings, StateSpec
 
 FULL = dict(n_embd=768, n_head=12, n_layer=12)
 QUICK = dict(n_embd=32, n_head=4, n_layer=2)
@@ -70,12 +70,8 @@ def pretraining_run(args, model, precision, device):
     the benchmark's optimizer."""
     opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
                      l2=0.01, max_grad_norm=1.0)
-    run_args = SimpleNamespace(seed=0, n_batch=args.n_batch, n_ctx=args.n_ctx, micro_batch=args.micro_batch,
-                               precision=precision, compile=False)
-    run = Run(run_args, device)
-    run.attach(model, opt)
-    run.wrap(model.transformer)
-    return run
+    launch = Launch(RunSettings(seed=0, precision=precision), device)  # writes no files
+    return Run(launch, model, opt, StateSpec({}, {}), trained=model.transformer)
 
 
 class Ours:
@@ -89,10 +85,13 @@ class Ours:
         model = LMModel(cfg, vocab=N_VOCAB + 1 + args.n_ctx, n_ctx=args.n_ctx).to(device)
         self.run = pretraining_run(args, model, precision, device)
         self.rows = N_VOCAB + 1
+        self.n_ctx, self.n_batch, self.micro_batch = args.n_ctx, args.n_batch, args.micro_batch
 
     def step(self, stream, update_no):
         """Make one update on the windows of update_no."""
-        self.pretrain.pretrain_step(self.run, stream, update_no, self.rows, self.rows)
+        windows = self.pretrain.Windows(self.n_ctx, self.rows, self.rows)
+        batch = self.pretrain.UpdateBatch(0, self.n_batch, self.micro_batch)
+        self.pretrain.pretrain_step(self.run, stream, update_no, windows, batch)
 
 
 class Peer:

@@ -344,7 +344,7 @@ def test_every_rank_gets_back_its_own_random_states_and_counters(tmp_path):
     checkpoint.save_training_state(path, model, opt, {'n_updates': 4, 'loss_sum': 1.5}, ranks=records)
     for rank in (0, 1):
         torch.manual_seed(7)
-        progress, n_saved = checkpoint.load_training_state(path, model, opt, rank=rank, world_size=2)
+        progress, n_saved = checkpoint.load_training_state(path, model, opt, checkpoint.Expected(rank=rank, world_size=2))
         assert n_saved == 2 and progress == {'n_updates': 4, 'loss_sum': [1.5, 2.5][rank]}
         assert torch.equal(torch.get_rng_state(), records[rank]['tensors']['torch'])
 
@@ -353,9 +353,9 @@ def test_resumed_by_another_number_of_processes_the_counters_keep_their_sum(tmp_
     model, opt = make_run()
     path = str(tmp_path / 's.safetensors')
     checkpoint.save_training_state(path, model, opt, {'n_updates': 4, 'loss_sum': 1.5}, ranks=rank_records([1.5, 2.5]))
-    sums = [checkpoint.load_training_state(path, model, opt, rank=r, world_size=3)[0]['loss_sum'] for r in range(3)]
+    sums = [checkpoint.load_training_state(path, model, opt, checkpoint.Expected(rank=r, world_size=3))[0]['loss_sum'] for r in range(3)]
     assert sums == [4.0, 0.0, 0.0]
-    assert checkpoint.load_training_state(path, model, opt, rank=0, world_size=1)[1] == 2
+    assert checkpoint.load_training_state(path, model, opt, checkpoint.Expected(rank=0, world_size=1))[1] == 2
 
 
 def snapshot(model, opt):
@@ -409,7 +409,7 @@ def test_a_damaged_or_foreign_state_is_refused_in_one_line_and_nothing_is_restor
         step(other, other_opt)
         before = snapshot(other, other_opt)
         with pytest.raises(ValueError, match=expected) as err:
-            checkpoint.load_training_state(path, other, other_opt, identity=identity)
+            checkpoint.load_training_state(path, other, other_opt, checkpoint.Expected(identity=identity))
         assert '\n' not in str(err.value), name
         assert_unchanged(before, other, other_opt)
 

@@ -1,5 +1,6 @@
 """Tests for distributed.py and train.py under several processes (gloo on the CPU)."""
 import copy
+import dataclasses
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ import torch.multiprocessing as mp
 import train
 from distributed import DistInfo, dist_info, shard
 from opt import OpenAIAdam
+from tasks import ROCSTORIES
 from tests.helpers import load_tf_reference, step_run, tf_model
 
 CONFIGS = {'accumulate': 1, 'whole_share': 4}  # micro-batch sizes: shares of 4 in micro-batches of 1, or whole
@@ -48,7 +50,7 @@ def run_updates(model, info, micro_batch, n_steps=3):
                      max_grad_norm=1)
     run = step_run(model, opt, args, info=info)
     for xmb, mmb, ymb in fixture_batches(arrays, n_steps):
-        train.train_step(run, xmb, mmb, ymb)
+        train.train_step(run, xmb, mmb, ymb, args.step_settings())
     return model
 
 
@@ -71,7 +73,7 @@ def first_update_grads(model, info, micro_batch):
     args = train.parse_args(['--n_gpu', '4', '--n_batch', '2', '--micro_batch', str(micro_batch), '--quiet'])
     recorder = GradRecorder(model)
     xmb, mmb, ymb = fixture_batches(arrays, 1)[0]
-    train.train_step(step_run(model, recorder, args, info=info), xmb, mmb, ymb)
+    train.train_step(step_run(model, recorder, args, info=info), xmb, mmb, ymb, args.step_settings())
     return recorder.grads
 
 
@@ -80,7 +82,7 @@ def eval_data(arrays):
     idx = rng.integers(0, 3, 11)
     X, M, Y = arrays['X'][idx].astype(np.int64), arrays['M'][idx], arrays['Y'][idx].astype(np.int64)
     Y = rng.integers(0, 2, 11)  # mixed labels, so accuracies are not trivially 0 or 100
-    return dict(task=None, trX=X, trM=M, trY=Y, evals=[('va', X[:7], M[:7], Y[:7], None)])
+    return train.TaskData(ROCSTORIES, train.Split('train', X, M, Y), (train.Split('va', X[:7], M[:7], Y[:7]),), ())
 
 
 def worker(rank, world, port, out_dir):
@@ -97,8 +99,8 @@ def worker(rank, world, port, out_dir):
             model = run_updates(tf_model(arrays, config).train(), info, micro)
             results[name] = {k: v.detach().clone() for k, v in model.named_parameters()}
             results[f'grads_{name}'] = first_update_grads(tf_model(arrays, config).train(), info, micro)
-        scores = train.evaluate(tf_model(arrays, config), eval_data(arrays), 9, 4, torch.device('cpu'), 'fp32',
-                                info=info)
+        scores = train.evaluate(tf_model(arrays, config), eval_data(arrays), 9,
+                                train.Evaluation(4, torch.device('cpu')), info=info)
         if info.is_main:
             torch.save(results, os.path.join(out_dir, 'params.pt'))
             with open(os.path.join(out_dir, 'scores.json'), 'w') as f:
@@ -145,7 +147,7 @@ def test_two_ranks_see_the_gradient_of_the_whole_batch(two_ranks, name):
 
 def test_sharded_evaluation_equals_one_process(two_ranks):
     arrays, config = load_tf_reference()
-    scores = train.evaluate(tf_model(arrays, config), eval_data(arrays), 9, 4, torch.device('cpu'), 'fp32')
+    scores = train.evaluate(tf_model(arrays, config), eval_data(arrays), 9, train.Evaluation(4, torch.device('cpu')))
     assert scores.keys() == two_ranks[1].keys()
     for k in scores:
         assert two_ranks[1][k] == pytest.approx(scores[k], abs=1e-5), k
@@ -154,7 +156,7 @@ def test_sharded_evaluation_equals_one_process(two_ranks):
 
 def test_more_processes_than_examples_per_update_is_refused():
     args = train.parse_args(['--n_gpu', '1', '--n_batch', '2'])
-    args.device = 'cpu'
+    args = dataclasses.replace(args, device='cpu')
     with pytest.raises(ValueError, match='3 processes for batches of n_batch \\* n_gpu = 2'):
         train.check_args(args, DistInfo(0, 3, 0))
 

@@ -54,10 +54,10 @@ def pretrain_args(corpus, out, *extra):
 
 
 class Began(Exception):
-    """Raised in place of a run's training: Run.begin let it start."""
+    """Raised in place of a run's training: Launch.begin let it start."""
 
 
-def began(run, t0):
+def began(*arguments):
     raise Began()
 
 
@@ -97,7 +97,7 @@ def test_ctrl_c_stops_like_sigterm_and_the_same_command_never_overwrites_the_unf
     # removes the finished state at once, so that a new run stopped before its first save leaves no old state behind
     # for --resume auto to take for its own
     finished = state.read_bytes()
-    monkeypatch.setattr(pretrain, 'run_locked', began)
+    monkeypatch.setattr(pretrain, 'run_launched', began)
     with pytest.raises(Began):
         pretrain.main(argv)
     assert f'starting afresh: removed {state}' in capsys.readouterr().out
@@ -158,7 +158,7 @@ def test_train_py_never_starts_afresh_over_an_unfinished_run_either(workdir, tmp
                         '--submission_dir', str(tmp_path / 'sub'))
     state = tmp_path / 'save' / 'tiny' / 'train_state.safetensors'
     saved = write_state(state, dict(epoch=1, n_updates=7), {'--n_iter': 2})
-    monkeypatch.setattr(train, 'run_locked', began)
+    monkeypatch.setattr(train, 'run_launched', began)
     assert train.main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f'train.py: error: {state} holds the training state of an unfinished run (1 of 2 epochs done, update 7); a '
@@ -236,9 +236,11 @@ def test_a_state_that_cannot_be_told_finished_is_refused_too(tmp_path, content):
 def test_a_stop_signal_during_the_last_update_ends_the_run_there_with_its_state_saved(tmp_path):
     """The last update skips stop_if_requested (its evaluation and save come next); a signal then must still end the
     run when the loop ends, not be forgotten (a sweep's next run would start, a scheduler's kill would follow)."""
-    from types import SimpleNamespace
-    run = trainer.Run(SimpleNamespace(), paths={'state': str(tmp_path / 'train_state.safetensors')},
-                      progress={'n_updates': 6})
+    import torch
+    model = torch.nn.Linear(2, 1)
+    launch = trainer.Launch(trainer.RunSettings(), paths={'state': str(tmp_path / 'train_state.safetensors')})
+    run = trainer.Run(launch, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                      trainer.StateSpec(identity={}, template={'n_updates': 6}))
     before = signal.getsignal(signal.SIGTERM)
     with run.stop_signals():
         pass  # no signal: the run goes on
@@ -253,18 +255,16 @@ def test_a_stop_signal_during_the_last_update_ends_the_run_there_with_its_state_
 def test_restart_in_a_restarted_attempt_continues_the_state_its_first_attempt_began(tmp_path, monkeypatch, variable):
     """torchrun --max-restarts and a requeued job run the same command again: --restart must not delete the progress
     that the job's first attempt made since it started over."""
-    from types import SimpleNamespace
     state = tmp_path / 'train_state.safetensors'
     state.write_bytes(b'the first attempt\'s state')
-    paths = {'state': str(state)}
-    args = SimpleNamespace(device='cpu', resume=False, restart=True, seed=0)
+    files = trainer.RunFiles({'state': str(state)}, (str(tmp_path),), (str(tmp_path / 'run.lock'),))
+    settings = trainer.RunSettings(seed=0, device='cpu', resume=False, restart=True)
     monkeypatch.setenv(variable, '1')
-    with trainer.Run.begin(args, paths, [str(tmp_path)], [str(tmp_path / 'run.lock')]):
-        assert args.resume is True and args.restart is False
+    with trainer.Launch.begin(settings, files) as launch:
+        assert launch.settings.resume is True and launch.settings.restart is False
     assert state.read_bytes() == b'the first attempt\'s state'
     monkeypatch.setenv(variable, '0')  # the first attempt itself starts over
-    args = SimpleNamespace(device='cpu', resume=False, restart=True, seed=0)
-    with trainer.Run.begin(args, paths, [str(tmp_path)], [str(tmp_path / 'run.lock')]):
+    with trainer.Launch.begin(settings, files):
         assert not state.exists()
 
 
@@ -283,7 +283,7 @@ def test_a_sweep_over_an_unfinished_later_run_is_refused_before_its_first_run(wo
     state = tmp_path / 'save' / 'tiny_seed43' / 'train_state.safetensors'  # the second seed's run (--seed 42 + 1)
     saved = write_state(state, dict(epoch=1, n_updates=7), {'--n_iter': 2})
     started = []
-    monkeypatch.setattr(train, 'run', lambda run_args: started.append(run_args.desc))
+    monkeypatch.setattr(train, 'run_fine_tuning', lambda settings: started.append(settings.desc))
     assert train.main(argv) == 2
     assert started == [] and f'{state} holds the training state of an unfinished run' in capsys.readouterr().err
     assert state.read_bytes() == saved

@@ -134,7 +134,7 @@ def attempt(path, target):
     path and that nothing changed. Any other exception fails the test."""
     model, opt, snap = target  # snap: what they hold before each attempt (checked, or reset to it, after each)
     try:
-        checkpoint.load_training_state(path, model, opt, **LOAD)
+        checkpoint.load_training_state(path, model, opt, checkpoint.Expected(**LOAD))
     except untrusted.BadFile as err:
         message = str(err)
         assert '\n' not in message and path in message, message
@@ -246,7 +246,8 @@ def test_a_valid_state_restores_exactly(base, target, tmp_path):
     path, meta, tensors, model, opt, records = base
     t_model, t_opt, snap = target
     for rank in (0, 1):
-        progress, n_saved = checkpoint.load_training_state(path, t_model, t_opt, **dict(LOAD, rank=rank))
+        expected = checkpoint.Expected(**dict(LOAD, rank=rank))
+        progress, n_saved = checkpoint.load_training_state(path, t_model, t_opt, expected)
         assert n_saved == 2 and progress == dict(meta['progress'], train_time=0.25 + rank)
         assert same({k: v for k, v in t_model.state_dict().items()}, dict(model.state_dict()))
         assert same(snapshot(t_model, t_opt)['opt'], snapshot(model, opt)['opt'])

@@ -4,8 +4,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from tasks import (TASKS, compute_metrics, confusion, decode_predictions, fit_parts, get_task, needed_n_ctx,
-                   predictions, transform)
+from tasks import (FINE_TUNING_TASKS, ROCSTORIES, TASKS, compute_metrics, confusion, decode_predictions, fit_parts,
+                   get_task, label_names, needed_n_ctx, predictions, transform)
 
 N_VOCAB, N_SPECIAL = 50, 3
 ENC = {'_start_': 50, '_delimiter_': 51, '_classify_': 52}
@@ -116,3 +116,18 @@ def test_task_registry_covers_the_papers_tasks():
     assert [f for _, f in TASKS['mnli'].submissions] == ['MNLI-m.tsv', 'MNLI-mm.tsv']
     with pytest.raises(ValueError, match='known tasks are rocstories, cola'):
         get_task('squad')
+
+
+def test_rocstories_is_a_task_like_the_others():
+    """ROCStories: 2 endings scored by the multiple-choice head, accuracy on 'va', the original's ROCStories.tsv of
+    0/1 ending indices (no label names) and no dev predictions file."""
+    assert get_task('rocstories') is ROCSTORIES and get_task('race') is TASKS['race']
+    assert list(FINE_TUNING_TASKS) == ['rocstories'] + sorted(TASKS)
+    assert ROCSTORIES.head_type == 'multiple_choice' and ROCSTORIES.n_choices == 2 and TASKS['race'].n_choices == 4
+    assert ROCSTORIES.metrics == ('acc',) and ROCSTORIES.dev == ('va',) and not ROCSTORIES.dev_predictions
+    assert ROCSTORIES.submissions == (('test', 'ROCStories.tsv'),) and label_names(ROCSTORIES) is None
+    assert all(task.dev_predictions for task in TASKS.values())
+    logits = np.array([[0.2, 0.7], [1.5, -1.0], [0.0, 3.0]])
+    assert decode_predictions(ROCSTORIES, predictions(ROCSTORIES, logits), None) == [1, 0, 1]
+    assert compute_metrics(ROCSTORIES, logits, [1, 1, 1]) == {'acc': pytest.approx(200 / 3)}
+    assert label_names(TASKS['mnli']) == ('contradiction', 'entailment', 'neutral') and label_names(TASKS['stsb']) is None

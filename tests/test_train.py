@@ -1,5 +1,6 @@
 """Tests for train.py: end to end with --submit --analysis, accumulation equivalence, learning on the TF fixture."""
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import datasets
 import train
 import trainer
@@ -70,14 +72,14 @@ def test_end_to_end_submit_and_analysis(workdir):
 def test_best_checkpoint_reproduces_the_submission(workdir):
     d = workdir
     args = train.parse_args(roc_cli_args(d, '--submit'))
-    args.device = 'cpu'
+    args = dataclasses.replace(args, device='cpu')
     trainer.set_seed(args.seed)
     text_encoder = TextEncoder(args.encoder_path, args.bpe_path)
     data, sizes = train.load_data(args, text_encoder)
     model = train.pretrained_model(args, sizes, torch.device('cpu'), 'gpt1')
-    train.load_params(model, str(d / 'save' / 'tiny' / 'best_params.safetensors')).eval()
-    _, _, teX, teM, _, _ = data['tests'][0]
-    logits = train.iter_predict(model, teX, teM, 8, torch.device('cpu'), 'fp32')
+    checkpoint.load_params(model, str(d / 'save' / 'tiny' / 'best_params.safetensors')).eval()
+    test, = data.tests
+    logits = train.iter_predict(model, test.inputs, test.mask, train.Evaluation(8, torch.device('cpu')))
     sub = (d / 'submission' / 'ROCStories.tsv').read_text().splitlines()[1:]
     assert [int(line.split('\t')[1]) for line in sub] == list(np.argmax(logits, 1))
 
@@ -103,8 +105,8 @@ def test_unknown_dataset_lists_known_ones(workdir):
 
 def test_transform_roc_layout():
     encoder = {'a': 0, 'b': 1, '_start_': 10, '_delimiter_': 11, '_classify_': 12}
-    xmb, mmb = train.transform_roc([[0, 1, 1]], [[1]], [[0, 0]], encoder, n_ctx=9, max_len=2, n_vocab=10,
-                                   n_special=3)
+    layout = train.RocLayout(encoder, n_ctx=9, max_len=2, n_vocab=10, n_special=3)
+    xmb, mmb = train.transform_roc([[0, 1, 1]], [[1]], [[0, 0]], layout)
     assert xmb[0, 0, :, 0].tolist() == [10, 0, 1, 11, 1, 12, 0, 0, 0]
     assert xmb[0, 1, :, 0].tolist() == [10, 0, 1, 11, 0, 0, 12, 0, 0]
     assert xmb[0, 0, :, 1].tolist() == list(range(13, 22))
@@ -134,7 +136,7 @@ def test_accumulation_equivalence():
         run = step_run(model, make_opt(model, 3), args)
         for k in range(3):
             xmb, mmb, ymb = fixture_batches(arrays, 8, k)
-            train.train_step(run, xmb, mmb, ymb)
+            train.train_step(run, xmb, mmb, ymb, args.step_settings())
         results.append([p.detach().clone() for p in model.parameters()])
     assert not torch.equal(results[0][0], base.transformer.embed.weight)
     names = [n for n, _ in base.named_parameters()]
@@ -156,7 +158,7 @@ def test_trimmed_fast_path_equals_full_original_computation():
     g_full = torch.autograd.grad(full, list(model.parameters()))
     x, m = train.trim_batch(X, M)
     assert x.shape[2] < X.shape[2]
-    _, clf, lm = train.forward_losses(train.TrainForward(model), x, m, Y, 0.5)
+    _, clf, lm = model(x, m, Y, lm_coef=0.5)  # the training forward: the model's losses
     fast = train_loss(clf, lm, 0.5)
     g_fast = torch.autograd.grad(fast, list(model.parameters()))
     torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-6)
@@ -184,7 +186,7 @@ def test_training_on_the_tf_fixture_lowers_the_loss():
     start = eval_loss()
     assert start == pytest.approx(float(arrays['train_loss']), abs=1e-4)
     for _ in range(20):
-        train.train_step(step_run(model, opt, args), X, M, Y)
+        train.train_step(step_run(model, opt, args), X, M, Y, args.step_settings())
     assert eval_loss() < 0.7 * start
 
 
@@ -249,7 +251,7 @@ def test_non_finite_loss_stops_with_the_update_and_changes_nothing():
     opt = make_opt(model, 5)
     X, M, Y = arrays['X'].astype(np.int64), arrays['M'], arrays['Y'].astype(np.int64)
     with pytest.raises(trainer.NonFiniteLoss, match='non-finite loss'):
-        train.train_step(step_run(model, opt, args), X, M, Y)
+        train.train_step(step_run(model, opt, args), X, M, Y, args.step_settings())
     for a, b in zip(before, model.parameters()):
         assert torch.equal(a, b)
     assert all(p.grad is None for p in model.parameters())
@@ -286,7 +288,7 @@ def test_bf16_training_step_follows_fp32():
         before = model.transformer.h[0].mlp.c_fc.w.detach().clone()
         args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--precision', precision, '--quiet'])
         opt = OpenAIAdam(model.parameters(), lr=1e-3, schedule='warmup_constant', warmup=0.0, t_total=10)
-        cost = train.train_step(step_run(model, opt, args), X, M, Y)
+        cost = train.train_step(step_run(model, opt, args), X, M, Y, args.step_settings())
         moved[precision] = (model.transformer.h[0].mlp.c_fc.w.detach() - before, cost)
         assert model.transformer.h[0].mlp.c_fc.w.dtype == torch.float32  # fp32 master weights
     assert moved['bf16'][1] == pytest.approx(moved['fp32'][1], rel=0.05)
@@ -319,7 +321,7 @@ def test_gpt2_weights_fine_tune_with_gpt1s_recipe(workdir, tmp_path, capsys):
     finally:
         train.pretrained_model = real
     (model, sizes), = built
-    assert isinstance(model, GPT2DoubleHeadModel) and sizes['n_vocab'] == 50257 and sizes['clf_token'] == 50259
+    assert isinstance(model, GPT2DoubleHeadModel) and sizes.n_vocab == 50257 and sizes.clf_token == 50259
     assert model.transformer.wte.weight.shape == (50260, 32) and model.cfg.embd_pdrop == 0.1
     records = [json.loads(line) for line in (tmp_path / 'log' / 'gpt2.jsonl').read_text().splitlines()]
     assert [(r['n_epochs'], r['n_updates']) for r in records[1:]] == [(1, 5), (2, 10)]
@@ -355,7 +357,7 @@ def test_a_transfer_sweep_runs_each_value_and_collects_the_metric(workdir, tmp_p
 def test_from_scratch_transfers_nothing(workdir):
     args = train.parse_args(roc_cli_args(workdir, '--from_scratch'))
     assert args.n_transfer == -1 and args.transfer_sweep is None
-    sizes = dict(n_vocab=40478, n_special=3, n_ctx=20, clf_token=40480, head_type='multiple_choice')
+    sizes = train.ModelSizes(n_vocab=40478, n_special=3, n_ctx=20, clf_token=40480, head_type='multiple_choice')
     pretrained = train.pretrained_model(train.parse_args(roc_cli_args(workdir)), sizes, torch.device('cpu'), 'gpt1')
     torch.manual_seed(0)
     scratch = train.pretrained_model(args, sizes, torch.device('cpu'), 'gpt1')

@@ -5,6 +5,8 @@ added ones do what the README says. Flags checked elsewhere: --dataset and --n_r
 --submit, --analysis and --resume (test_train.py), the update itself (test_train_loop.py).
 """
 import json
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,55 +25,43 @@ def workdir(tmp_path_factory):
     return d
 
 
-class Spy:
-    """Records what train.run builds: the optimizer's arguments, the model, the data, the vocabulary paths,
-    the loss scaler, each forward's batch size and LM weight, and each training-state save."""
+@dataclass
+class Built:
+    """What a run built from its settings did: the FineTuning (settings, data, Run), the model's weights as loaded,
+    each training forward's (batch size, lm_coef, autocast on, autocast dtype), the updates at which the training
+    state was saved."""
+    job: Any = None
+    loaded: dict = None
+    forwards: list = field(default_factory=list)
+    saves: list = field(default_factory=list)
 
-    def __init__(self, monkeypatch):
-        self.adam, self.models, self.data, self.vocab, self.scalers, self.forwards, self.saves = ({}, [], [], [], [],
-                                                                                                 [], [])
-        spy = self
-        adam, build, load, tokenizer = train.OpenAIAdam, train.pretrained_model, train.load_data, train.load_tokenizer
-        configure, forward, save = trainer.configure_precision, train.forward_losses, trainer.save_training_state
 
-        class RecordingAdam(adam):
-            def __init__(self, params, **kw):
-                spy.adam.update(kw)
-                super().__init__(params, **kw)
+def built_run(argv):
+    """Build the run of train.py's argv from its settings (train.build_fine_tuning in a Launch), record what it
+    built, train it as train.py does (train.fine_tune) and return the record; observed through a forward hook on the
+    model and the state writer's submissions, nothing of train.py replaced."""
+    settings = train.parse_args(argv)
+    train.check_args(settings)
+    built = Built()
 
-        def pretrained_model(args, sizes, device, family):
-            model = build(args, sizes, device, family)
-            spy.models.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
-            return model
+    def record_forward(module, args, kwargs):
+        if 'lm_coef' in kwargs:  # a training forward (with targets); evaluation calls the model otherwise
+            built.forwards.append((args[0].shape[0], kwargs['lm_coef'], torch.is_autocast_enabled('cpu'),
+                                   torch.get_autocast_dtype('cpu')))
 
-        def load_data(args, text_encoder):
-            data, sizes = load(args, text_encoder)
-            spy.data.append((data, sizes))
-            return data, sizes
+    with trainer.Launch.begin(settings.run_settings(), train.run_files(settings)) as launch:
+        job = train.build_fine_tuning(launch, train.resolved(settings, launch))
+        built.job, built.loaded = job, {k: v.clone() for k, v in job.run.model.state_dict().items()}
+        job.run.model.register_forward_pre_hook(record_forward, with_kwargs=True)
+        submit = job.run.writer.submit
 
-        def load_tokenizer(model_dir, encoder_path, bpe_path, family):
-            spy.vocab.append((encoder_path, bpe_path))
-            return tokenizer(model_dir, encoder_path, bpe_path, family)
-
-        def configure_precision(device, precision):
-            scaler = configure(device, precision)
-            spy.scalers.append(scaler)
-            return scaler
-
-        def forward_losses(net, xmb, mmb, ymb, lm_coef):
-            spy.forwards.append((xmb.shape[0], lm_coef, torch.is_autocast_enabled('cpu'),
-                                 torch.get_autocast_dtype('cpu')))
-            return forward(net, xmb, mmb, ymb, lm_coef)
-
-        def save_training_state(path, model, opt, progress, **kw):
-            spy.saves.append(progress['n_updates'])
-            return save(path, model, opt, progress, **kw)
-
-        for name, value in dict(OpenAIAdam=RecordingAdam, pretrained_model=pretrained_model, load_data=load_data,
-                                load_tokenizer=load_tokenizer, forward_losses=forward_losses).items():
-            monkeypatch.setattr(train, name, value)
-        monkeypatch.setattr(trainer, 'configure_precision', configure_precision)  # Run.wrap's
-        monkeypatch.setattr(trainer, 'save_training_state', save_training_state)  # trainer.save_state's writer
+        def recording_submit(write, *arguments):
+            if arguments == (job.run.paths['state'],):  # the training state, not the best weights
+                built.saves.append(job.run.progress['n_updates'])
+            return submit(write, *arguments)
+        job.run.writer.submit = recording_submit
+        train.fine_tune(job)
+    return built
 
 
 def log_records(path):
@@ -89,38 +79,41 @@ def test_optimizer_model_and_data_flags(workdir, capsys):
                         '--resid_pdrop', '0.2', '--clf_pdrop', '0.25', '--afn', 'relu', '--n_ctx', '20',
                         '--n_valid', '8', '--n_batch', '3', '--n_gpu', '2', '--n_iter', '1', '--micro_batch', '2',
                         '--lm_coef', '0.7', '--checkpoint_activations', '--device', 'cpu', '--opt', 'adam')
-    spy = spied_run(argv)
+    spy = built_run(argv)
     assert capsys.readouterr().err == ''  # --quiet: no progress bars
 
     # 56 - 8 (--n_valid) = 48 training stories, batches of n_batch * n_gpu = 6: 8 updates in 1 epoch (--n_iter)
-    (data, sizes), = spy.data
-    assert len(data['trY']) == 48 and len(data['evals'][0][3]) == 8
+    data, sizes = spy.job.data, spy.job.sizes
+    assert len(data.train.labels) == 48 and len(data.evals[0].labels) == 8
     assert [(r['n_epochs'], r['n_updates']) for r in log_records(d / 'log' / 'a.jsonl')] == [(1, 8)]  # --desc
-    assert spy.adam == dict(lr=2e-3, schedule='warmup_cosine', warmup=0.1, t_total=8, b1=0.8, b2=0.99, e=1e-6,
-                            l2=0.02, vector_l2=True, max_grad_norm=0.5)
+    adam = dict(spy.job.run.opt.defaults)
+    assert adam.pop('foreach') is True  # this port's grouped update, not a flag
+    assert adam == dict(lr=2e-3, schedule='warmup_cosine', warmup=0.1, t_total=8, b1=0.8, b2=0.99, e=1e-6, l2=0.02,
+                        vector_l2=True, max_grad_norm=0.5)
 
     # --micro_batch 2: each update of 6 examples in 3 forward passes; --lm_coef reaches the loss
     assert [n for n, *_ in spy.forwards] == [2, 2, 2] * 8
     assert {c for _, c, *_ in spy.forwards} == {0.7}
 
     # --n_ctx 20: stories and endings cut to 20 // 2 - 2 tokens, the table and inputs at most 20 positions
-    assert sizes['n_ctx'] <= 20 and data['trX'].shape[2] == sizes['n_ctx']
-    assert data['trM'].sum(-1).max() <= 8 + 8 + 3
+    assert sizes.n_ctx <= 20 and data.train.inputs.shape[2] == sizes.n_ctx
+    assert data.train.mask.sum(-1).max() <= 8 + 8 + 3
 
-    (model, loaded), = spy.models
+    model, loaded = spy.job.run.model, spy.loaded
     t = model.transformer
     assert (t.n_embd, len(t.h), t.h[0].attn.n_head) == (16, 3, 2)  # --n_embd --n_layer --n_head
-    assert t.embed.weight.shape == (sizes['n_vocab'] + 3 + sizes['n_ctx'], 16)
+    assert t.embed.weight.shape == (sizes.n_vocab + 3 + sizes.n_ctx, 16)
     assert t.cfg.embd_pdrop == 0.05 and model.task_head.clf_pdrop == 0.25
     assert all(b.attn.attn_pdrop == 0.15 and b.attn.resid_pdrop == 0.2 and b.mlp.resid_pdrop == 0.2 for b in t.h)
     assert all(b.mlp.act is torch.nn.functional.relu for b in t.h)  # --afn
     assert t.cfg.checkpoint_activations and next(model.parameters()).device.type == 'cpu'
     # --model_dir and --n_transfer 1: the table's token rows and block 0 from model16/, blocks 1 and 2 not
     arrays = load_released_arrays(str(d / 'model16'))
-    np.testing.assert_array_equal(loaded['transformer.embed.weight'][:sizes['n_vocab']].numpy(), arrays[1])
+    np.testing.assert_array_equal(loaded['transformer.embed.weight'][:sizes.n_vocab].numpy(), arrays[1])
     np.testing.assert_array_equal(loaded['transformer.h.0.attn.c_attn.w'].numpy(), arrays[2][0])
     assert not np.array_equal(loaded['transformer.h.1.attn.c_attn.w'].numpy(), arrays[2 + 12][0])
-    assert spy.vocab == [(str(d / 'model' / 'encoder_bpe_40000.json'), str(d / 'model' / 'vocab_40000.bpe'))]
+    assert train.tokenizer_paths(spy.job.settings, 'gpt1') == (str(d / 'model' / 'encoder_bpe_40000.json'),
+                                                              str(d / 'model' / 'vocab_40000.bpe'))
 
 
 def test_output_folders_progress_bars_and_save_every(workdir, tmp_path, capsys):
@@ -128,7 +121,7 @@ def test_output_folders_progress_bars_and_save_every(workdir, tmp_path, capsys):
     argv = [a for a in roc_cli_args(d, '--desc', 'b', '--log_dir', str(tmp_path / 'L'), '--save_dir',
                                     str(tmp_path / 'S'), '--submission_dir', str(tmp_path / 'U'), '--submit',
                                     '--save_every', '2') if a != '--quiet']
-    spy = spied_run(argv)
+    spy = built_run(argv)
     err = capsys.readouterr().err
     assert 'it/s' in err or 's/it' in err  # without --quiet: progress bars on stderr
     assert (tmp_path / 'L' / 'b.jsonl').is_file()
@@ -150,19 +143,11 @@ def test_seed_reproduces_a_run_and_another_seed_changes_it(workdir, tmp_path):
     assert records['s1'] != records['s2']
 
 
-def spied_run(argv):
-    """Run train.main(argv) under a fresh Spy; return the Spy."""
-    with pytest.MonkeyPatch.context() as mp:
-        spy = Spy(mp)
-        assert train.main(argv) == 0
-    return spy
-
-
 @pytest.fixture(scope='module')
 def fp32_run(workdir, tmp_path_factory):
-    """One epoch in fp32: (Spy, evaluation records)."""
+    """One epoch in fp32: (what the run built and did, evaluation records)."""
     log_dir = tmp_path_factory.mktemp('fp32')
-    spy = spied_run(roc_cli_args(workdir, '--desc', 'fp32', '--n_iter', '1', '--log_dir', str(log_dir)))
+    spy = built_run(roc_cli_args(workdir, '--desc', 'fp32', '--n_iter', '1', '--log_dir', str(log_dir)))
     return spy, log_records(log_dir / 'fp32.jsonl')
 
 
@@ -170,17 +155,17 @@ def fp32_run(workdir, tmp_path_factory):
 def test_precision_flag(workdir, tmp_path, fp32_run, precision):
     """fp32-strict is fp32 on the CPU (no TF32 there); bf16 and fp16 train under autocast (fp16 with a
     GradScaler) and evaluate close to fp32."""
-    spy = spied_run(roc_cli_args(workdir, '--desc', precision, '--precision', precision, '--n_iter', '1',
+    spy = built_run(roc_cli_args(workdir, '--desc', precision, '--precision', precision, '--n_iter', '1',
                                  '--log_dir', str(tmp_path)))
     records = log_records(tmp_path / f'{precision}.jsonl')
     fp32_spy, fp32_records = fp32_run
-    assert not any(enabled for _, _, enabled, _ in fp32_spy.forwards) and fp32_spy.scalers == [None]
+    assert not any(enabled for _, _, enabled, _ in fp32_spy.forwards) and fp32_spy.job.run.scaler is None
     if precision == 'fp32-strict':
         assert records == fp32_records and not any(enabled for _, _, enabled, _ in spy.forwards)
         return
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float16
     assert spy.forwards and all(enabled and autocast == dtype for _, _, enabled, autocast in spy.forwards)
-    assert (spy.scalers[0] is not None) == (precision == 'fp16')
+    assert (spy.job.run.scaler is not None) == (precision == 'fp16')
     for key in ('tr_cost', 'va_cost'):
         assert records[0][key] == pytest.approx(fp32_records[0][key], abs=0.02)
 
@@ -253,3 +238,19 @@ def test_model_dir_takes_all_three_weight_formats(workdir, tmp_path, capsys):
     capsys.readouterr()
     assert train.main(roc_cli_args(d, '--model_dir', str(tmp_path / 'st'), '--n_head', '2')) == 2
     assert 'n_head=4' in capsys.readouterr().err
+
+
+def test_settings_hold_every_flag_in_the_parsers_order():
+    """FineTuneSettings and PretrainSettings are the command line, typed: the same names as the flags, in the order the
+    parser declares them (the order of a run's log header and args.json), then what parse_args derives."""
+    import dataclasses
+
+    import pretrain
+    flags = list(vars(train.command_line().parse_args([])))
+    assert [f.name for f in dataclasses.fields(train.FineTuneSettings)] == flags + ['transfer_sweep']
+    flags = list(vars(pretrain.command_line().parse_args(['--corpus', 'c', '--out', 'o'])))
+    assert [f.name for f in dataclasses.fields(pretrain.PretrainSettings)] == flags
+    settings = train.parse_args(['--n_transfer', '0,6', '--seed', '7'])
+    assert (settings.n_transfer, settings.transfer_sweep, settings.seed) == (0, [0, 6], 7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.seed = 8

@@ -8,9 +8,10 @@ import torch
 from sklearn.utils import shuffle
 
 import train
-from loss import clf_losses, lm_losses
+from loss import clf_losses, lm_losses, task_losses
 from model_pytorch import DoubleHeadModel
 from opt import OpenAIAdam
+from tasks import ROCSTORIES
 from tests.helpers import load_tf_reference, roc_cli_args, roc_workdir, small_cfg, step_run, tf_model
 
 N_VOCAB, N_SPECIAL, N_CTX = 40, 3, 14
@@ -85,7 +86,7 @@ def test_train_step_is_one_adam_step_on_the_whole_batch_mean_gradient(n_batch, n
     opt = make_adam(model, RecordingAdam)
     argv = ['--n_batch', str(n_batch), '--n_gpu', str(n_gpu), '--lm_coef', str(lm_coef), '--quiet']
     args = train.parse_args(argv + (['--micro_batch', str(micro_batch)] if micro_batch else []))
-    got = train.train_step(step_run(model, opt, args), xmb, mmb, ymb)
+    got = train.train_step(step_run(model, opt, args), xmb, mmb, ymb, args.step_settings())
 
     assert got == pytest.approx(clf_mean, rel=1e-5)
     names = [n for n, _ in base.named_parameters()]
@@ -102,11 +103,12 @@ def test_evaluation_runs_without_dropout_and_restores_training_mode():
     rng = np.random.default_rng(3)
     xmb, mmb, ymb = mc_batch(12, rng)
     model = mc_model(pdrop=0.5).train()
-    data = dict(task=None, trX=xmb, trM=mmb, trY=ymb, evals=[('va', xmb[6:], mmb[6:], ymb[6:], None)])
+    data = train.TaskData(ROCSTORIES, train.Split('train', xmb, mmb, ymb), (train.Split('va', xmb[6:], mmb[6:], ymb[6:]),),
+                          ())
     scores = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        scores.append(train.evaluate(model, data, 6, 4, torch.device('cpu'), 'fp32'))
+        scores.append(train.evaluate(model, data, 6, train.Evaluation(4, torch.device('cpu'))))
         assert model.training
     assert scores[0] == scores[1]
     model.eval()
@@ -115,7 +117,7 @@ def test_evaluation_runs_without_dropout_and_restores_training_mode():
     costs = clf_losses(logits, torch.from_numpy(ymb)).numpy()
     assert scores[0]['tr_cost'] == pytest.approx(costs[:6].mean(), rel=1e-5)
     assert scores[0]['va_cost'] == pytest.approx(costs[6:].mean(), rel=1e-5)
-    assert scores[0]['va_acc'] == pytest.approx(train.accuracy(ymb[6:], logits[6:].numpy()))
+    assert scores[0]['va_acc'] == pytest.approx(np.mean(logits[6:].numpy().argmax(1) == ymb[6:]) * 100.)
 
 
 def test_predictions_run_without_dropout():
@@ -125,7 +127,7 @@ def test_predictions_run_without_dropout():
     outs = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        outs.append(train.iter_predict(model, xmb, mmb, 2, torch.device('cpu'), 'fp32'))
+        outs.append(train.iter_predict(model, xmb, mmb, train.Evaluation(2, torch.device('cpu'))))
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
@@ -140,13 +142,13 @@ def test_each_epoch_draws_a_new_order_from_numpys_global_generator(tmp_path, mon
         loaded['data'], sizes = load_data(args, text_encoder)
         return loaded['data'], sizes
 
-    def spy_train_step(run, xmb, mmb, ymb):
+    def spy_train_step(run, xmb, mmb, ymb, step):
         seen.append(xmb.copy())
 
     monkeypatch.setattr(train, 'load_data', spy_load_data)
     monkeypatch.setattr(train, 'train_step', spy_train_step)
     assert train.main(roc_cli_args(d, '--n_iter', '3', '--seed', '7')) == 0
-    trX = loaded['data']['trX']
+    trX = loaded['data'].train.inputs
     n = len(trX)  # 40 stories, batches of 2 * 4, so 5 updates an epoch
 
     np.random.seed(7)
@@ -206,12 +208,12 @@ def test_fp16_overflowing_step_is_skipped_without_touching_weights_or_optimizer_
     run = step_run(model, opt, fp16_args())
     scaler = run.scaler
     assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
-    train.train_step(run, X, M, Y)  # a first, normal step
+    train.train_step(run, X, M, Y, fp16_args().step_settings())  # a first, normal step
     weights = copy.deepcopy(model.state_dict())
     state = copy.deepcopy(opt.state_dict())
     steps = {id(p): s['step'] for p, s in opt.state.items()}
     scaler.update(2.0 ** 120)  # a loss scale whose gradients overflow float16
-    train.train_step(run, X, M, Y)
+    train.train_step(run, X, M, Y, fp16_args().step_settings())
     assert scaler.get_scale() == 2.0 ** 119  # backed off once
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k
@@ -234,7 +236,7 @@ def test_fp16_training_follows_fp32():
                          max_grad_norm=1)
         args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--precision', precision, '--quiet'])
         run = step_run(model, opt, args)
-        costs = [train.train_step(run, X, M, Y) for _ in range(3)]
+        costs = [train.train_step(run, X, M, Y, args.step_settings()) for _ in range(3)]
         runs[precision] = costs, [p.detach() - b for p, b in zip(model.parameters(), before)]
         assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
     assert runs['fp16'][0] == pytest.approx(runs['fp32'][0], rel=0.02)
@@ -260,7 +262,7 @@ def test_mixed_precision_training_steps_on_cuda_follow_fp32(precision):
                          max_grad_norm=1)
         args = train.parse_args(['--n_gpu', '1', '--n_batch', '3', '--precision', p, '--quiet'])
         run = step_run(model, opt, args, device)
-        costs = [train.train_step(run, X, M, Y) for _ in range(3)]
+        costs = [train.train_step(run, X, M, Y, args.step_settings()) for _ in range(3)]
         runs[p] = costs, torch.cat([(q.detach() - b).flatten() for q, b in zip(model.parameters(), before)])
     assert runs[precision][0] == pytest.approx(runs['fp32-strict'][0], rel=0.02)
     moved, ref = runs[precision][1], runs['fp32-strict'][1]
@@ -295,11 +297,12 @@ def test_sorted_and_prefix_cached_evaluation_equals_the_plain_path(head_type):
     rng = np.random.default_rng(5)
     model, X, M, Y = task_split(head_type, 23, rng)
     expected = plain_outputs(model, X, 4)
-    outputs, cost = train.iter_apply(model, X, M, Y, 4, torch.device('cpu'), 'fp32')
+    outputs, cost = train.iter_apply(model, X, M, Y, train.Evaluation(4, torch.device('cpu')))
     np.testing.assert_allclose(outputs, expected, atol=1e-5, rtol=1e-5)
-    ref_cost = train.task_losses(torch.from_numpy(expected), torch.from_numpy(Y)).sum().item()
+    ref_cost = task_losses(torch.from_numpy(expected), torch.from_numpy(Y)).sum().item()
     assert cost == pytest.approx(ref_cost, rel=1e-5)
-    np.testing.assert_allclose(train.iter_predict(model, X, M, 7, torch.device('cpu'), 'fp32'), expected,
+    predicted = train.iter_predict(model, X, M, train.Evaluation(7, torch.device('cpu')))
+    np.testing.assert_allclose(predicted, expected,
                                atol=1e-5, rtol=1e-5)
     if head_type != 'similarity':
         np.testing.assert_array_equal(np.argmax(outputs, 1), np.argmax(expected, 1))
@@ -318,7 +321,7 @@ def test_multiple_choice_evaluation_runs_the_shared_prefix_once(monkeypatch):
         return real(self, x, prefix)
 
     monkeypatch.setattr(DoubleHeadModel, 'choice_logits_from_shared_prefix', spy)
-    train.iter_predict(model, X, M, 4, torch.device('cpu'), 'fp32')
+    train.iter_predict(model, X, M, train.Evaluation(4, torch.device('cpu')))
     assert sum(len(x) for x, _ in seen) == 9
     for x, prefix in seen:
         for b in range(len(x)):

@@ -1,8 +1,6 @@
 """Tests for trainer.py's Run: an update reads the device once, at the step, never per micro-batch (a GPU is not held
 back by the CPU), in pretrain.py's and train.py's updates too; a non-finite loss stops the update before any weight
 moves."""
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -13,17 +11,27 @@ from tests.helpers import step_run
 from model_gpt2 import GPT2Config, GPT2LMHeadModel
 from model_pytorch import DoubleHeadModel, GPTConfig
 from opt import OpenAIAdam
-from trainer import NonFiniteLoss, Run
+from trainer import Launch, NonFiniteLoss, Run, RunSettings, StateSpec
 
 
 def tiny_run():
     """Return a Run training a linear layer with SGD, fp32 on the CPU."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
-    run = Run(SimpleNamespace(seed=0, compile=False, precision='fp32'))
-    run.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    run.wrap(model)
-    return run
+    return Run(Launch(RunSettings(seed=0)), model, torch.optim.SGD(model.parameters(), lr=0.1), StateSpec({}, {}))
+
+
+def update(run, parts):
+    """Make the forward and backward of parts [(weight, x)], as the scripts' steps do; return the update's summed
+    weighted losses and the last micro-batch's loss (0-dim tensors on the device)."""
+    loss_sum = torch.zeros(())
+    with run.autocast():
+        for k, (weight, x) in enumerate(parts):
+            with run.sync_gradients(last=k == len(parts) - 1):
+                loss = run.net(x).square().mean()
+                run.backward(loss * weight)
+            loss_sum = loss_sum + (loss * weight).detach()
+    return loss_sum, loss
 
 
 def host_reads(monkeypatch):
@@ -43,23 +51,18 @@ def test_micro_batches_never_read_the_loss_on_the_host_and_the_step_reads_it_onc
     run = tiny_run()
     parts = [(1 / 3, torch.randn(2, 4)) for _ in range(3)]
     count = host_reads(monkeypatch)
-    for x, weight in run.accumulate(parts):
-        run.backward(run.net(x).square().mean() * weight)
+    loss_sum, _ = update(run, parts)
     assert count == []  # three micro-batches, no host read
-    run.step()
+    run.step(loss_sum, report=loss_sum)
     assert len(count) == 1  # the one check of the update, on the device's sum of its losses
 
 
 def test_step_returns_the_reported_sum_read_with_the_check():
     run = tiny_run()
-    for x, weight in run.accumulate([(1.0, torch.ones(2, 4))]):
-        loss = run.net(x).square().mean()
-        run.backward(loss * weight)
-    assert run.step(report=torch.tensor(2.5, dtype=torch.float64)) == 2.5
-    for x, weight in run.accumulate([(1.0, torch.ones(2, 4))]):
-        loss = run.net(x).square().mean()
-        run.backward(loss * weight)
-    assert run.step() == pytest.approx(loss.item())  # without a report: the update's loss
+    loss_sum, _ = update(run, [(1.0, torch.ones(2, 4))])
+    assert run.step(loss_sum, report=torch.tensor(2.5, dtype=torch.float64)) == 2.5
+    loss_sum, loss = update(run, [(1.0, torch.ones(2, 4))])
+    assert run.step(loss_sum, report=loss_sum) == pytest.approx(loss.item())  # the update's loss
 
 
 def opt_for(model):
@@ -71,12 +74,11 @@ def opt_for(model):
 def test_a_pretraining_update_of_three_micro_batches_reads_the_device_once(monkeypatch):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_vocab=60, n_ctx=8, n_embd=16, n_head=2, n_layer=1))
-    run = Run(SimpleNamespace(seed=0, n_batch=6, n_ctx=8, micro_batch=2, precision='fp32', compile=False))
-    run.attach(model, opt_for(model))
-    run.wrap(model.transformer)
+    run = Run(Launch(RunSettings(seed=0)), model, opt_for(model), StateSpec({}, {}), trained=model.transformer)
     stream = np.random.default_rng(0).integers(0, 60, 500).astype(np.uint16)
     count = host_reads(monkeypatch)
-    loss_sum, n_tokens = pretrain.pretrain_step(run, stream, 1, 60, 60)
+    windows, batch = pretrain.Windows(n_ctx=8, n_rows=60, first_position=60), pretrain.UpdateBatch(0, 6, micro=2)
+    loss_sum, n_tokens = pretrain.pretrain_step(run, stream, 1, windows, batch)
     assert len(count) == 1 and n_tokens == 48
     assert 0 < loss_sum / n_tokens < 2 * np.log(60)
 
@@ -85,14 +87,14 @@ def test_a_fine_tuning_update_of_three_micro_batches_reads_the_device_once(monke
     torch.manual_seed(0)
     cfg = GPTConfig(n_embd=16, n_head=2, n_layer=1, n_vocab=40, n_special=3, n_ctx=8)
     model = DoubleHeadModel(cfg, clf_token=42, task_head_type='multiple_choice', vocab=51)
-    args = SimpleNamespace(seed=0, n_batch=6, micro_batch=2, precision='fp32', compile=False, lm_coef=0.5)
-    run = step_run(model, opt_for(model), args)
+    settings = train.parse_args(['--n_batch', '6', '--micro_batch', '2', '--seed', '0'])
+    run = step_run(model, opt_for(model), settings)
     rng = np.random.default_rng(0)
     xmb = np.stack([rng.integers(0, 40, (6, 2, 8)), np.broadcast_to(np.arange(43, 51), (6, 2, 8))], -1)
     xmb[:, :, 7, 0] = 42
     mmb = np.ones((6, 2, 8), np.float32)
     count = host_reads(monkeypatch)
-    clf_loss = train.train_step(run, xmb, mmb, rng.integers(0, 2, 6))
+    clf_loss = train.train_step(run, xmb, mmb, rng.integers(0, 2, 6), settings.step_settings())
     assert len(count) == 1
     assert 0 < clf_loss < 2
 
@@ -100,10 +102,8 @@ def test_a_fine_tuning_update_of_three_micro_batches_reads_the_device_once(monke
 def test_a_non_finite_loss_stops_the_update_before_any_weight_moves():
     run = tiny_run()
     before = [p.detach().clone() for p in run.model.parameters()]
-    parts = [(0.5, torch.randn(2, 4)), (0.5, torch.full((2, 4), float('nan')))]
-    for x, weight in run.accumulate(parts):
-        run.backward(run.net(x).square().mean() * weight)
+    loss_sum, _ = update(run, [(0.5, torch.randn(2, 4)), (0.5, torch.full((2, 4), float('nan')))])
     with pytest.raises(NonFiniteLoss, match='non-finite loss nan'):
-        run.step()
+        run.step(loss_sum, report=loss_sum)
     assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
     assert all(p.grad is None for p in run.model.parameters())
