@@ -1,8 +1,8 @@
-"""Suite-wide settings: hypothesis profiles chosen from the environment, and the `cuda` marker."""
+"""Suite-wide settings: hypothesis profiles chosen from the environment, OpenMP threads that sleep when they wait,
+the `cuda` marker, and the damaged-folder fixture."""
 import os
 
 import pytest
-import torch
 from hypothesis import settings
 
 # CI (any non-empty CI other than 'false'/'0') draws the same examples on every run, so a verdict never
@@ -13,8 +13,19 @@ settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE')
                       or ('ci' if os.environ.get('CI', '').lower() not in ('', '0', 'false') else 'dev'))
 
 
+def pytest_configure(config):
+    """Make torch's OpenMP threads sleep while they wait, here and in every script the tests start.
+
+    By default they spin: when the suite shares its cores (a torchrun job's workers, a stopped and a running
+    train.py, other work on the machine) the spinning threads take the cores from the ones with work, and a tiny run
+    takes several times as long. Waiting is all that changes: the number of threads, hence every result, stays.
+    libgomp reads the variable once, when torch is first imported, which is after this hook."""
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip the tests marked `cuda` on a machine without a CUDA device, saying why."""
+    import torch
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason='needs a CUDA device (run `python -m pytest -m cuda` on a GPU machine)')

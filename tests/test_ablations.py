@@ -1,12 +1,33 @@
 """Tests for ablations.py: every variant of Table 5 runs train.py with its flags on each task, the table holds each
 run's validation metric and their average, printed in the paper's layout and saved; a second invocation re-reads
-the finished runs."""
+the finished runs.
+
+ablations.py starts each train.py run as a subprocess of this Python; the table's tests run train.py's main in this
+process instead (the command checked to be this Python on train.py), which saves an interpreter and its imports per
+run; the failed run below is a real subprocess."""
 import json
+import subprocess
+import sys
+import types
 
 import pytest
 
 import ablations
+import train
 from tests.helpers import roc_cli_args, roc_workdir
+
+
+def run_train_here(cmd):
+    """Stand in for ablations.py's subprocess.run: check that cmd runs train.py with this Python, run train.py's main
+    on its arguments here; return the CompletedProcess with its exit status."""
+    assert cmd[:2] == [sys.executable, ablations.SCRIPT], cmd
+    return subprocess.CompletedProcess(cmd, train.main(cmd[2:]))
+
+
+@pytest.fixture
+def train_here(monkeypatch):
+    """ablations.py's train.py runs go to train.py's main in this process."""
+    monkeypatch.setattr(ablations, 'subprocess', types.SimpleNamespace(run=run_train_here))
 
 
 @pytest.fixture(scope='module')
@@ -16,7 +37,10 @@ def table(tmp_path_factory):
              if a not in ('--dataset', 'rocstories', '--desc', 'tiny', '--data_dir', str(d / 'data'), '--log_dir',
                           str(d / 'log'), '--save_dir', str(d / 'save'), '--submission_dir', str(d / 'submission'))]
     argv = ['--tasks', f'rocstories={d / "data"}', '--out', str(d / 'out'), '--', *flags]
-    return d, argv, ablations.main(argv)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ablations, 'subprocess', types.SimpleNamespace(run=run_train_here))
+        status = ablations.main(argv)
+    return d, argv, status
 
 
 def test_each_variant_is_a_train_run_with_its_flags_and_the_table_holds_their_metric(table, capsys):
@@ -36,7 +60,7 @@ def test_each_variant_is_a_train_run_with_its_flags_and_the_table_holds_their_me
     assert record['metrics'] == {'rocstories': 'acc'}
 
 
-def test_the_table_is_printed_in_the_papers_layout(table, capfd):
+def test_the_table_is_printed_in_the_papers_layout(table, train_here, capfd):
     d, argv, _ = table
     assert ablations.main(argv) == 0  # again: the finished runs are re-read (--resume auto), not trained again
     out = capfd.readouterr().out

@@ -127,12 +127,33 @@ def test_quick_isolated_worker(tmp_path):
     assert r['memory']['isolated']  # measured in its own process
 
 
-@pytest.mark.parametrize('script', ['bench.py', 'bench_e2e.py', 'bench_opt.py', 'bench_pretrain.py', 'bench_text.py'])
-def test_each_benchmark_runs_from_the_repository_root(script):
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ['bench.py', 'bench_e2e.py', 'bench_opt.py', 'bench_pretrain.py', 'bench_text.py']
+
+
+@pytest.fixture(scope='module')
+def help_runs():
+    """Run `python benchmarks/<script> --help` from the root for every benchmark, all at once (each is an interpreter
+    importing torch on one core: together they use every core); return {script: its CompletedProcess}."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    procs = {script: subprocess.Popen([sys.executable, f'benchmarks/{script}', '--help'], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for script in BENCHMARKS}
+    try:
+        outputs = {script: proc.communicate(timeout=120) for script, proc in procs.items()}
+        return {script: subprocess.CompletedProcess(proc.args, proc.returncode, *outputs[script])
+                for script, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.mark.parametrize('script', BENCHMARKS)
+def test_each_benchmark_runs_from_the_repository_root(script, help_runs):
     """`python benchmarks/<script> --help` from the root: each finds the library at the root and prints its usage."""
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, f'benchmarks/{script}', '--help'], cwd=root, capture_output=True, text=True,
-                          timeout=120, env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})
+    proc = help_runs[script]
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith('usage:') and script in proc.stdout
-    assert not (root / script).exists()  # the benchmarks live in their own folder only
+    assert not (ROOT / script).exists()  # the benchmarks live in their own folder only

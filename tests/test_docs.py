@@ -23,6 +23,9 @@ from tests.test_train_tasks import write_task_data
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / 'README.md'] + sorted((ROOT / 'docs').glob('*.md'))
 N_EMBD, N_LAYER, N_POS = 48, 2, 128  # the tiny checkpoint: 48 states keep the released 12 heads (no --n_head needed)
+# the tiny ROCStories files: with train.py's --n_valid 4 below, 16 training stories, 4 updates an epoch (the
+# documented sweeps run train.py 25 times: the number of stories sets most of this test's time)
+N_STORIES = {'valid': 20, 'test': 8}
 
 # each script's flags for a tiny, fast run, appended to the documented command (argparse keeps the last value)
 TINY = {
@@ -109,15 +112,15 @@ def all_commands():
 
 def make_workspace(d):
     """Fill folder d with what the documented commands read: model/ (a tiny released checkpoint and the real
-    vocabulary), models/124M/ (a tiny released GPT-2 with the real vocabulary's rows), data/ (ROCStories), glue/,
+    vocabulary), models/124M/ (a tiny released GPT-2 with the real vocabulary's rows), data/ (N_STORIES of ROCStories), glue/,
     race/, snli/, scitail/ (the other tasks' layouts), dprd/, texts for prepare_corpus.py (my_texts/, books/,
     books.txt, docs.jsonl) and sentences.txt; return d."""
     rng = np.random.default_rng(0)
     write_tiny_gpt2(d / 'models' / '124M', n_ctx=N_POS, n_embd=N_EMBD, n_head=12, n_layer=N_LAYER)
     write_tiny_checkpoint(d / 'model', rng, n_embd=N_EMBD, n_layer=N_LAYER, n_pos=N_POS)
     (d / 'data').mkdir()
-    write_roc_csv(d / 'data' / datasets.VAL_FILE, 56, rng)
-    write_roc_csv(d / 'data' / datasets.TEST_FILE, 13, rng)
+    write_roc_csv(d / 'data' / datasets.VAL_FILE, N_STORIES['valid'], rng)
+    write_roc_csv(d / 'data' / datasets.TEST_FILE, N_STORIES['test'], rng)
     for name, folder in TASK_RUNS[1:] + [('sst2', 'glue/')]:
         write_task_data(name, d / folder, random.Random(name))
     (d / 'dprd').mkdir()

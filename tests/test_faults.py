@@ -1,8 +1,10 @@
 """The faults a cluster job meets, on real processes: preemption signals, a SIGKILL of the whole job, a worker killed
 under torchrun with restarts, a full disk, a second run on the same folders, a state that is not this run's.
 
-train.py and pretrain.py on tiny models on the CPU; torchrun with gloo for the multi-process cases. Every wait is
-for an observable event (a state file written, a lock file taken, a line printed), never a fixed sleep.
+train.py and pretrain.py on tiny models on the CPU; torchrun with gloo for the multi-process cases. A run that a
+fault needs as a process of its own (a signal or a kill sent to it, a file size limit, a lock it holds) is a subprocess;
+the rest (the resumes, a second run meeting the lock, a full disk simulated) call the script's main in this process.
+Every wait is for an observable event (a state file written, a lock file taken, a line printed), never a fixed sleep.
 """
 import json
 import os
@@ -129,11 +131,12 @@ def worker_of_rank(agent_pid, rank):
 
 
 def resume_line(stderr, script):
-    """Return the command a stopped run printed to resume it, as an argv this interpreter runs."""
+    """Return the command a stopped run printed to resume it as the script's arguments (its main runs them here: the
+    resumed run needs no fresh interpreter)."""
     line = next(line for line in stderr.splitlines() if 'resume with: ' in line)
     argv = shlex.split(line.split('resume with: ', 1)[1])
     assert argv[:2] == ['python', script] and argv[-2:] == ['--resume', 'auto'], line
-    return [sys.executable, str(ROOT / script), *argv[2:]]
+    return argv[2:]
 
 
 @pytest.fixture(scope='module')
@@ -161,7 +164,8 @@ def reference_two(workdir):
 
 # 1. Preemption
 
-def test_sigterm_stops_after_the_update_in_progress_and_the_printed_command_resumes_exactly(workdir, reference_one):
+def test_sigterm_stops_after_the_update_in_progress_and_the_printed_command_resumes_exactly(workdir, reference_one,
+                                                                                            monkeypatch, capsys):
     base = workdir / 'sigterm'
     proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *train_args(workdir, base)], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -176,10 +180,10 @@ def test_sigterm_stops_after_the_update_in_progress_and_the_printed_command_resu
     assert last.startswith(f'train.py: stopped by SIGTERM after update {stopped}; the training state is in '
                            f'{state_path(base)}; resume with: python train.py ')
     assert 'Traceback' not in stderr
-    resumed = subprocess.run(resume_line(stderr, 'train.py'), cwd=workdir, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f'--resume auto: resuming from {state_path(base)}' in resumed.stdout
+    monkeypatch.chdir(workdir)
+    capsys.readouterr()
+    assert train.main(resume_line(stderr, 'train.py')) == 0
+    assert f'--resume auto: resuming from {state_path(base)}' in capsys.readouterr().out
     assert_same_run(base, reference_one)
 
 
@@ -232,7 +236,7 @@ def pretrain_reference(corpus, tmp_path_factory):
     return out
 
 
-def test_pretraining_stops_on_sigusr1_and_resumes_exactly(corpus, pretrain_reference, tmp_path):
+def test_pretraining_stops_on_sigusr1_and_resumes_exactly(corpus, pretrain_reference, tmp_path, monkeypatch):
     """SLURM's --signal=USR1@... notice, sent to pretrain.py after its evaluation at update 10."""
     out = tmp_path / 'run'
     proc = subprocess.Popen([sys.executable, str(ROOT / 'pretrain.py'), *pretrain_args(corpus, out)], cwd=ROOT,
@@ -244,9 +248,8 @@ def test_pretraining_stops_on_sigusr1_and_resumes_exactly(corpus, pretrain_refer
     meta, _ = read_state(out / 'train_state.safetensors')
     assert 10 <= meta['progress']['n_updates'] < 30 and not (out / 'model.safetensors').exists()
     assert f"pretrain.py: stopped by SIGUSR1 after update {meta['progress']['n_updates']}" in stderr
-    resumed = subprocess.run(resume_line(stderr, 'pretrain.py'), cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    monkeypatch.chdir(ROOT)
+    assert pretrain.main(resume_line(stderr, 'pretrain.py')) == 0
     assert_same_pretraining(out, pretrain_reference)
 
 
@@ -272,7 +275,7 @@ def test_two_processes_killed_at_once_and_resumed_end_as_the_uninterrupted_two_p
     assert_same_run(base, reference_two)
 
 
-def test_sigterm_to_torchrun_stops_every_rank_at_one_update_and_resumes_exactly(workdir, reference_two):
+def test_sigterm_to_torchrun_stops_every_rank_at_one_update_and_resumes_exactly(workdir, reference_two, capsys):
     base = workdir / 'sigterm_two'
     argv = train_args(workdir, base)
     proc = subprocess.Popen(torchrun('train.py', argv), cwd=workdir, env=ONE_THREAD, stdout=subprocess.PIPE,
@@ -294,12 +297,11 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_update_and_resumes_exactly(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(base, reference_two)
 
-    # the same state resumed by one process: said what stays exact and what does not, and it finishes
-    rerun = subprocess.run([sys.executable, str(ROOT / 'train.py'), *train_args(workdir, one, '--resume')],
-                           cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    # the same state resumed by one process (this one): said what stays exact and what does not, and it finishes
+    capsys.readouterr()
+    assert train.main(train_args(workdir, one, '--resume')) == 0
     assert ('note: resuming with 1 process(es) a state saved by 2: the weights, optimizer, schedule and data order '
-            'continue exactly, but each process\'s dropout masks are drawn afresh') in rerun.stdout
+            'continue exactly, but each process\'s dropout masks are drawn afresh') in capsys.readouterr().out
 
 
 def test_pretraining_on_two_processes_stops_and_resumes_with_each_ranks_counters(corpus, tmp_path):
@@ -416,29 +418,33 @@ def test_a_full_disk_at_a_log_write_stops_in_one_line(workdir, monkeypatch, caps
 
 # 5. One run per folder
 
-def test_a_second_run_on_the_same_folders_is_refused_and_the_first_is_not_disturbed(workdir, reference_one):
+def test_a_second_run_on_the_same_folders_is_refused_and_the_first_is_not_disturbed(workdir, reference_one,
+                                                                                     monkeypatch, capsys):
+    """The first run is a process of its own; the second runs in this one (another process than the first)."""
     base = workdir / 'locked'
     lock = base / 'save' / 'tiny' / 'run.lock'
     first = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *train_args(workdir, base)], cwd=workdir,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: lock.exists() and lock.stat().st_size > 0, first, 'lock')
     first.send_signal(signal.SIGSTOP)  # held still: the second run certainly meets a running first
+    monkeypatch.chdir(workdir)
+    capsys.readouterr()
     try:
-        second = subprocess.run([sys.executable, str(ROOT / 'train.py'), *train_args(workdir, base)], cwd=workdir,
-                                capture_output=True, text=True, timeout=300)
+        second = train.main(train_args(workdir, base))
     finally:
         first.send_signal(signal.SIGCONT)
-    assert second.returncode == 2
-    assert second.stderr.strip().splitlines() == [
-        line for line in second.stderr.strip().splitlines() if line.startswith('train.py: error: ')]
+    second_err = capsys.readouterr().err
+    assert second == 2
+    assert second_err.strip().splitlines() == [
+        line for line in second_err.strip().splitlines() if line.startswith('train.py: error: ')]
     assert (f'train.py: error: {base / "save" / "tiny"} is in use by a running job, process {first.pid} on '
-            in second.stderr)
+            in second_err)
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
     assert_same_run(base, reference_one)
 
 
-def test_a_lock_left_by_a_killed_run_is_taken_over(corpus, tmp_path):
+def test_a_lock_left_by_a_killed_run_is_taken_over(corpus, tmp_path, monkeypatch, capsys):
     out = tmp_path / 'run'
     proc = subprocess.Popen([sys.executable, str(ROOT / 'pretrain.py'), *pretrain_args(corpus, out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -447,11 +453,10 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(corpus, tmp_path):
     proc.wait(timeout=60)
     proc.stdout.close()
     assert json.loads((out / 'run.lock').read_text())['pid'] == proc.pid
-    again = subprocess.run([sys.executable, str(ROOT / 'pretrain.py'), *pretrain_args(corpus, out, '--resume',
-                                                                                      'auto')],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert f'note: taking over {out / "run.lock"}, left by process {proc.pid} on ' in again.stdout
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()
+    assert pretrain.main(pretrain_args(corpus, out, '--resume', 'auto')) == 0  # this process takes the lock over
+    assert f'note: taking over {out / "run.lock"}, left by process {proc.pid} on ' in capsys.readouterr().out
     assert not (out / 'run.lock').exists()
 
 

@@ -100,7 +100,8 @@ def test_continuing_starts_from_the_weights_loss(corpus, scratch_run, tmp_path, 
         assert first['val_loss'] == pytest.approx(trained, abs=1e-4)
     else:
         np.random.seed(42)  # the fresh separator row, drawn as pretrain.py draws it after set_seed(42)
-        assert first['val_loss'] == pytest.approx(val_loss_of(folder, corpus, n_special=1, n_head=4), abs=1e-4)
+        expected = val_loss_of(folder, corpus, rows=models.TableRows(n_special=1), n_head=4)
+        assert first['val_loss'] == pytest.approx(expected, abs=1e-4)
     assert first['val_loss'] < 0.5 * read_log(scratch_run)[0]['val_loss']
 
 
@@ -128,6 +129,27 @@ def test_errors_are_one_line_before_any_work(corpus, tmp_path, capsys):
 def final_weights(out):
     from safetensors.torch import load_file
     return load_file(str(Path(out) / 'model.safetensors'))
+
+
+def run_and_load(corpus, out, *extra):
+    """Run pretrain.py on the tiny setup (6 updates) and return its final weights and log."""
+    assert pretrain.main(tiny_args(corpus, out, '--n_updates', '6', '--eval_every', '3', *extra)) == 0
+    return final_weights(out), read_log(out)
+
+
+NO_DROPOUT = ('--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0')
+
+
+@pytest.fixture(scope='module')
+def plain_run(corpus, tmp_path_factory):
+    """run_and_load's (weights, log) without dropout: the run that several tests compare others with (read only)."""
+    return run_and_load(corpus, tmp_path_factory.mktemp('plain'), *NO_DROPOUT)
+
+
+@pytest.fixture(scope='module')
+def dropout_run(corpus, tmp_path_factory):
+    """run_and_load's (weights, log) with the default dropout, in fp32 (read only)."""
+    return run_and_load(corpus, tmp_path_factory.mktemp('dropout'))
 
 
 def test_killed_and_resumed_run_equals_the_uninterrupted_run(corpus, tmp_path):
@@ -171,22 +193,20 @@ def ddp_worker(rank, world, port, argv):
     assert pretrain.main(argv) == 0
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path):
+def test_two_processes_train_like_one_with_the_same_global_batch(corpus, plain_run, tmp_path):
     """Under torchrun each rank takes its share of the same windows: without dropout, 2 gloo processes (each
-    in micro-batches of 2) end where 1 process does."""
-    no_dropout = ('--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0', '--n_updates', '6',
-                  '--eval_every', '3')
-    assert pretrain.main(tiny_args(corpus, tmp_path / 'one', *no_dropout)) == 0
-    argv = tiny_args(corpus, tmp_path / 'two', *no_dropout, '--micro_batch', '2')
+    in micro-batches of 2) end where 1 process does (plain_run)."""
+    one, one_log = plain_run
+    argv = tiny_args(corpus, tmp_path / 'two', *NO_DROPOUT, '--n_updates', '6', '--eval_every', '3', '--micro_batch', '2')
     mp.start_processes(ddp_worker, args=(2, free_port(), argv), nprocs=2, join=True, start_method='spawn')
-    one, two = final_weights(tmp_path / 'one'), final_weights(tmp_path / 'two')
+    two = final_weights(tmp_path / 'two')
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=0, msg=k)
     assert [r['val_loss'] for r in read_log(tmp_path / 'two')] == pytest.approx(
-        [r['val_loss'] for r in read_log(tmp_path / 'one')], abs=1e-5)
+        [r['val_loss'] for r in one_log], abs=1e-5)
     # the training loss logged is the global batch's, not rank 0's share (none before the first update)
     assert [r['train_loss'] for r in read_log(tmp_path / 'two')][1:] == pytest.approx(
-        [r['train_loss'] for r in read_log(tmp_path / 'one')][1:], abs=1e-5)
+        [r['train_loss'] for r in one_log][1:], abs=1e-5)
 
 
 def test_the_pretrained_model_fine_tunes_and_generates(scratch_run, tmp_path, capsys):
@@ -204,21 +224,14 @@ def test_the_pretrained_model_fine_tunes_and_generates(scratch_run, tmp_path, ca
     assert text.startswith('the cat') and len(text.split()) > 2
 
 
-def run_and_load(corpus, out, *extra):
-    """Run pretrain.py on the tiny setup (6 updates) and return its final weights and log."""
-    assert pretrain.main(tiny_args(corpus, out, '--n_updates', '6', '--eval_every', '3', *extra)) == 0
-    return final_weights(out), read_log(out)
-
-
-def test_micro_batches_and_activation_checkpointing_make_the_same_updates(corpus, tmp_path):
+def test_micro_batches_and_activation_checkpointing_make_the_same_updates(corpus, plain_run, dropout_run, tmp_path):
     """--micro_batch accumulates to the same update (no dropout); --checkpoint_activations replays the dropout
     masks, so with dropout too the weights are those of the plain run."""
-    plain, _ = run_and_load(corpus, tmp_path / 'plain', '--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0')
-    micro, _ = run_and_load(corpus, tmp_path / 'micro', '--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0',
-                            '--micro_batch', '3')
+    plain, _ = plain_run
+    micro, _ = run_and_load(corpus, tmp_path / 'micro', *NO_DROPOUT, '--micro_batch', '3')
     for k in plain:
         torch.testing.assert_close(micro[k], plain[k], atol=2e-5, rtol=0, msg=k)
-    dropped, _ = run_and_load(corpus, tmp_path / 'dropped')
+    dropped, _ = dropout_run
     checkpointed, _ = run_and_load(corpus, tmp_path / 'ckpt', '--checkpoint_activations')
     for k in dropped:
         torch.testing.assert_close(checkpointed[k], dropped[k], atol=1e-6, rtol=0, msg=k)
@@ -226,8 +239,8 @@ def test_micro_batches_and_activation_checkpointing_make_the_same_updates(corpus
 
 
 @pytest.mark.parametrize('precision', ['bf16', 'fp16'])
-def test_low_precision_runs_follow_fp32(corpus, tmp_path, precision):
-    _, log32 = run_and_load(corpus, tmp_path / 'fp32')
+def test_low_precision_runs_follow_fp32(corpus, dropout_run, tmp_path, precision):
+    _, log32 = dropout_run
     _, log = run_and_load(corpus, tmp_path / precision, '--precision', precision)
     assert [r['val_loss'] for r in log] == pytest.approx([r['val_loss'] for r in log32], rel=0.02)
 
@@ -245,10 +258,9 @@ def test_epochs_set_the_number_of_updates_and_samples_are_logged(corpus, tmp_pat
     assert json.loads((tmp_path / 'args.json').read_text())['n_updates_total'] == expected
 
 
-def test_compile_trains_like_eager(corpus, tmp_path):
-    eager, log = run_and_load(corpus, tmp_path / 'eager', '--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0')
-    compiled, clog = run_and_load(corpus, tmp_path / 'compiled', '--embd_pdrop', '0', '--attn_pdrop', '0',
-                                  '--resid_pdrop', '0', '--compile')
+def test_compile_trains_like_eager(corpus, plain_run, tmp_path):
+    eager, log = plain_run
+    compiled, clog = run_and_load(corpus, tmp_path / 'compiled', *NO_DROPOUT, '--compile')
     assert [r['n_updates'] for r in clog] == [r['n_updates'] for r in log]
     assert max((compiled[k] - eager[k]).abs().max().item() for k in eager) < 1e-4
 
