@@ -93,7 +93,11 @@ def check_result(r, batches, shape):
         assert s['flops_per_step'] == [bench.batch_flops(mmb, shape, r['lm_rows'], train) for _, mmb, _ in batches]
         assert s['step_s'] > 0 and s['examples_per_s'] > 0 and s['tokens_per_s'] > 0 and s['flops_per_s'] > 0
         assert 0 < s['roofline_fraction']
-    assert r['memory']['kind'] == 'peak_rss' and r['memory']['peak_mib'] > r['memory']['base_mib'] > 0
+    memory = r['memory']
+    assert memory['kind'] == 'peak_rss' and memory['base_mib'] > 0
+    # a worker of its own must grow; in-process, the process's peak (ru_maxrss) may predate the run and is read
+    # from another counter than the current size (statm), so it is only at least about as large
+    assert memory['peak_mib'] > memory['base_mib'] if memory['isolated'] else memory['peak_mib'] > 0.99 * memory['base_mib']
     assert r['fine_tune_s'] > 0
 
 
