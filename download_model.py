@@ -6,7 +6,13 @@ the BPE files `model/encoder_bpe_40000.json`, `model/vocab_40000.bpe` (TF: text_
 integrity.py holds the git blob SHA-1 of each of those 13 files, so this script can tell a user exactly
 which file is missing, a Git-LFS pointer, an HTML error page, truncated or corrupt, and it downloads what is
 missing over HTTP(S), resuming cut transfers from a `.part` file and renaming a file into place only
-once its hash verifies.
+once its hash verifies. The vocabulary ships in this repository (model/, model/gpt2/): it is copied from there,
+verified, never downloaded.
+
+Only a transfer cut after it started is retried (--retries); a host that cannot be reached (no name resolution,
+a refused connection, no route, a connect timeout) stops the whole run at once, since every other file would fail
+the same way. The last line of the output is one summary: on stdout when every file verifies, else on stderr
+(`download_model.py: error: ...`, exit status 1) saying what failed and what to do.
 
     python download_model.py                     # fetch what is missing into model/, verify all
     python download_model.py --verify-only       # only check model/
@@ -21,9 +27,11 @@ checks (gpt2_file_problem) live here, not in integrity.py: they read the files t
 take the sizes from model_gpt2.py, and weights.py itself imports integrity.py.
 """
 import argparse
+import errno
 import http.client
 import json
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -38,7 +46,7 @@ from integrity import (GPT2_FILES, GPT2_VOCAB_SHA256, RELEASED_FILES, check_file
 from model_gpt2 import GPT2_SIZES
 from untrusted import BadFile, file_sha256
 from utils import progress as progress_bar
-from weights import HPARAMS_NAME, TF_PREFIX, check_gpt2_entries, read_hparams
+from weights import HPARAMS_NAME, TF_PREFIX, VOCAB_FILES, check_gpt2_entries, download_command, read_hparams
 
 # The shards are ordinary git blobs in that repository (it has no .gitattributes routing them to
 # Git LFS, and integrity.RELEASED_FILES hashes their full contents), so raw.githubusercontent.com serves them.
@@ -50,6 +58,14 @@ GPT2_BASE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/models/'
 
 USER_AGENT = 'gpt1-pytorch-download_model/1.0 (+urllib)'
 MODELS = ('gpt1',) + tuple(f'gpt2-{size}' for size in GPT2_SIZES)
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+# Where the repository ships the released vocabulary, byte-identical to the release (tests/test_download_model.py
+# checks the hashes): GPT-1's in model/, GPT-2's (the same for every size) in model/gpt2/.
+SHIPPED_DIRS = {'gpt1': os.path.join(REPO_ROOT, 'model'), 'gpt2': os.path.join(REPO_ROOT, 'model', 'gpt2')}
+SHIPPED_NAMES = {'gpt1': VOCAB_FILES, 'gpt2': tuple(GPT2_VOCAB_SHA256)}
+# OSError numbers that mean no connection can be opened at all: retrying cannot help within a run.
+UNREACHABLE_ERRNOS = {errno.ENETUNREACH: 'network is unreachable', errno.EHOSTUNREACH: 'no route to host',
+                      errno.ECONNREFUSED: 'connection refused'}
 
 
 @dataclass(frozen=True)
@@ -77,11 +93,44 @@ class DownloadSettings:
 
 
 class DownloadError(RuntimeError):
-    """A download that failed; str() is one line naming the URL and what went wrong."""
+    """A download that failed; str() is one line naming the URL and what went wrong. kind says what failed
+    ('unreachable': no connection could be opened; `host` and `reason` then say where and why, `part` is the file's
+    .part)."""
 
-    def __init__(self, message, kind=None):
+    def __init__(self, message, kind=None, host=None, reason=None, part=None):
         super().__init__(message)
         self.kind = kind
+        self.host = host
+        self.reason = reason
+        self.part = part
+
+
+def unreachable_reason(err):
+    """Return why no connection could be opened (a name that does not resolve, a refused connection, no route, a
+    connect timeout), in words, for an error urlopen raised; None for any other error (an HTTP status, a cut)."""
+    if isinstance(err, urllib.error.HTTPError):
+        return None
+    # urllib wraps what fails while connecting and sending the request in a URLError; a reset or timeout while
+    # waiting for the answer comes bare (the server was reached: retried as a cut)
+    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+    if isinstance(reason, socket.gaierror):
+        return f'name resolution failed: {reason.strerror or reason}'
+    if isinstance(reason, OSError) and reason.errno in UNREACHABLE_ERRNOS:
+        return UNREACHABLE_ERRNOS[reason.errno]
+    if isinstance(err, urllib.error.URLError) and isinstance(reason, (TimeoutError, socket.timeout)):
+        return 'timed out connecting'
+    return None
+
+
+def saved_part(part):
+    """Return the bytes a .part file holds (0 when there is none)."""
+    return os.path.getsize(part) if part and os.path.isfile(part) else 0
+
+
+def resume_hint(part):
+    """Return '; run again to resume from PART (N bytes saved)' when a .part with bytes exists, else '; run again'."""
+    size = saved_part(part)
+    return f'; run again to resume from {part} ({size} bytes saved)' if size else '; run again'
 
 
 def _check_url(url):
@@ -106,6 +155,7 @@ def _read_body(resp, url, part, offset, transfer, desc):
     if ctype.split(';')[0].strip().lower() in ('text/html', 'application/xhtml+xml'):
         raise DownloadError(f'{url}: the server sent an HTML page (Content-Type {ctype}), not the file; '
                             'check the URL', kind='html')
+    os.makedirs(os.path.dirname(os.path.abspath(part)), exist_ok=True)  # a folder only once the server answers
     if resp.status == 206:
         start = _content_range_start(resp.headers.get('Content-Range'))
         if start is not None and start != offset:
@@ -162,14 +212,19 @@ def _fetch_to_part(url, part, transfer, desc):
             hint = ' (not found: check --base_url and the file name)' if e.code == 404 else ''
             raise DownloadError(f'{url}: HTTP {e.code} {e.reason}{hint}', kind='http') from None
         except (OSError, http.client.HTTPException) as e:  # URLError, refused, reset, timeout
+            reason = unreachable_reason(e)
+            if reason is not None:  # no connection at all: another attempt would fail the same way
+                host = urllib.parse.urlsplit(url).netloc
+                raise DownloadError(f'{url}: could not reach {host} ({reason})', kind='unreachable', host=host,
+                                    reason=reason, part=part) from None
             last = f'{type(e).__name__}: {getattr(e, "reason", e)}'
             continue
         with resp:
             last = _read_body(resp, url, part, offset, transfer, desc)
         if last is None:
             return
-    raise DownloadError(f'{url}: download failed after {transfer.retries + 1} attempts ({last}); '
-                        f'run again to resume from {part}', kind='network')
+    raise DownloadError(f'{url}: download failed after {transfer.retries + 1} attempts ({last}){resume_hint(part)}',
+                        kind='network')
 
 
 def download(url, dest, expected_sha1=None, *, check=None, transfer=TransferSettings()):
@@ -181,7 +236,6 @@ def download(url, dest, expected_sha1=None, *, check=None, transfer=TransferSett
     _check_url(url)
     dest = os.fspath(dest)
     part = dest + '.part'
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     # A .part left by an earlier run may hold something else (an HTML page, an older file): if resuming
     # from it gives a bad file, start once more from zero before giving up.
     fresh_retry = os.path.exists(part) and os.path.getsize(part) > 0
@@ -207,7 +261,8 @@ def download(url, dest, expected_sha1=None, *, check=None, transfer=TransferSett
 
 def fetch_file(name, model_dir='model/', base_url=BASE_URL, expected_sha1=None, *, lfs_base_url=LFS_BASE_URL,
                **download_kw):
-    """Make model_dir/name a verified copy of the released file; return (path, 'ok' or 'downloaded')."""
+    """Make model_dir/name a verified copy of the released file; return (path, 'ok', 'copied' (from the vocabulary
+    this repository ships) or 'downloaded')."""
     if expected_sha1 is None:
         if name not in RELEASED_FILES:
             raise ValueError(f'unknown file {name!r}; the released model/ files are: {", ".join(RELEASED_FILES)}')
@@ -215,6 +270,9 @@ def fetch_file(name, model_dir='model/', base_url=BASE_URL, expected_sha1=None, 
     path = os.path.join(model_dir, name)
     if check_file(path, expected_sha1) is None:
         return path, 'ok'
+    if name in SHIPPED_NAMES['gpt1'] and expected_sha1 == RELEASED_FILES[name]:  # the repository's copy is the release
+        return copy_shipped(os.path.join(SHIPPED_DIRS['gpt1'], name), path,
+                            lambda p: find_problem(p, expected_sha1)), 'copied'
     quoted = urllib.parse.quote(name)
     try:
         download(base_url.rstrip('/') + '/' + quoted, path, expected_sha1, **download_kw)
@@ -227,15 +285,32 @@ def fetch_file(name, model_dir='model/', base_url=BASE_URL, expected_sha1=None, 
 
 def download_model(model_dir='model/', base_url=BASE_URL, names=None, *, lfs_base_url=LFS_BASE_URL, expected=None,
                    **download_kw):
-    """Fetch every released file (or names) not already verified in model_dir; return their paths.
+    """Fetch every released file (or names) not already verified in model_dir (the vocabulary copied from the
+    repository's); return their paths.
 
     Raises DownloadError (one line naming the URL) on the first file that cannot be fetched and verified.
     `expected` maps name -> git blob SHA-1 and defaults to RELEASED_FILES; download_kw go to download().
     """
     expected = RELEASED_FILES if expected is None else expected
-    os.makedirs(model_dir, exist_ok=True)
     return [fetch_file(n, model_dir, base_url, expected[n], lfs_base_url=lfs_base_url, **download_kw)[0]
             for n in resolve_names(names, expected)]
+
+
+def copy_shipped(src, dest, problem):
+    """Copy src, the repository's copy of a released file, to dest once problem(path) -> (kind, description) finds
+    nothing wrong with it, and again with the copy; return dest, or raise a DownloadError naming the damaged file."""
+    kind, what = problem(src)
+    if kind is not None:
+        raise DownloadError(f'{src}: {what}; this repository ships it: restore it (git checkout -- '
+                            f'{os.path.relpath(src, REPO_ROOT)}) and run again', kind='shipped')
+    data = untrusted.read_bytes(src, what='vocabulary file', limit=untrusted.JSON_MAX_BYTES)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    untrusted.write_atomically(dest, data)
+    kind, what = problem(dest)
+    if kind is not None:  # changed between the check and the read
+        os.remove(dest)
+        raise DownloadError(f'{dest}: the copy of {src} {what}; run again', kind=kind)
+    return dest
 
 
 def gpt2_hparams(size):
@@ -289,12 +364,15 @@ def gpt2_content_problem(folder, name, size, path):
 
 
 def fetch_gpt2_file(name, size, model_dir, base_url=GPT2_BASE_URL, **download_kw):
-    """Make model_dir/name a verified copy of the released GPT-2 file of that size; return (path, 'ok' or
-    'downloaded'). Verified as gpt2_file_problem says: the vocabulary by SHA-256, the checkpoint by its
-    CRC32Cs, names, shapes and sizes."""
+    """Make model_dir/name a verified copy of the released GPT-2 file of that size; return (path, 'ok', 'copied'
+    (the vocabulary, from this repository's model/gpt2/) or 'downloaded'). Verified as gpt2_file_problem says: the
+    vocabulary by SHA-256, the checkpoint by its CRC32Cs, names, shapes and sizes."""
     path = os.path.join(model_dir, name)
     if gpt2_file_problem(model_dir, name, size)[0] is None:
         return path, 'ok'
+    if name in SHIPPED_NAMES['gpt2']:  # the vocabulary, the same for every size, ships in model/gpt2/
+        src = os.path.join(SHIPPED_DIRS['gpt2'], name)
+        return copy_shipped(src, path, lambda p: gpt2_file_problem(os.path.dirname(p), name, size, p)), 'copied'
     url = f"{base_url.rstrip('/')}/{size}/{urllib.parse.quote(name)}"
     download(url, path, check=lambda part: gpt2_file_problem(model_dir, name, size, part), **download_kw)
     return path, 'downloaded'
@@ -305,12 +383,17 @@ def gpt2_size(model):
     return model[len('gpt2-'):]
 
 
+def description():
+    """Return the command line's description: the first paragraph of this module's docstring, on one line."""
+    return ' '.join(__doc__.split('\n\n')[0].split())
+
+
 def parse_args(argv=None):
     """Return the parsed command line of download_model.py (settings_of checks it)."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=description())
     p.add_argument('--model', choices=MODELS, default='gpt1',
-                   help='gpt1 (the released model/ folder of openai/finetune-transformer-lm, the default) or a released '
-                        'GPT-2 size (openai/gpt-2)')
+                   help='gpt1 (the released model/ folder of openai/finetune-transformer-lm) or a released GPT-2 size '
+                        '(openai/gpt-2) (default: gpt1)')
     p.add_argument('--model_dir', default=None,
                    help='folder holding the released files (default: model/ for gpt1, models/<size>/ for GPT-2, as '
                         "openai/gpt-2's download_model.py)")
@@ -321,8 +404,11 @@ def parse_args(argv=None):
                         f'(default: {LFS_BASE_URL})')
     p.add_argument('--verify-only', dest='verify_only', action='store_true', help='check the files, download nothing')
     p.add_argument('--files', nargs='+', metavar='NAME', choices=sorted(set(RELEASED_FILES) | set(GPT2_FILES)),
-                   help='only these released files (default: all 13 of GPT-1, all 7 of a GPT-2)')
-    p.add_argument('--retries', type=int, default=3, help='retries per file after a cut connection (default: 3)')
+                   help=f'only these released files (default: all 13 of GPT-1: {", ".join(RELEASED_FILES)}; all 7 '
+                        f'of a GPT-2: {", ".join(GPT2_FILES)})')
+    p.add_argument('--retries', type=int, default=3,
+                   help='retries per file after a transfer cut once it started; a host that cannot be reached is '
+                        'never retried (default: 3)')
     p.add_argument('--timeout', type=float, default=30.0, help='connect/read timeout in seconds (default: 30)')
     p.add_argument('--no_progress', action='store_true', help='no progress bars on stderr')
     return p.parse_args(argv)
@@ -346,9 +432,12 @@ def settings_of(namespace):
     wanted = namespace.files or names
     transfer = TransferSettings(retries=namespace.retries, timeout=namespace.timeout,
                                 progress=not namespace.no_progress)
+    # GPT-2's index before the data it describes; the vocabulary, copied from this repository, after what is
+    # downloaded: a run that cannot reach the host leaves no folder behind
+    shipped = SHIPPED_NAMES['gpt1' if namespace.model == 'gpt1' else 'gpt2']
+    ordered = sorted((n for n in names if n in wanted), key=lambda n: n in shipped)
     return DownloadSettings(model=namespace.model, model_dir=model_dir, base_url=base_url,
-                            lfs_base_url=namespace.lfs_base_url,
-                            names=tuple(n for n in names if n in wanted),  # GPT-2's index before the data it describes
+                            lfs_base_url=namespace.lfs_base_url, names=tuple(ordered),
                             verify_only=namespace.verify_only, transfer=transfer)
 
 
@@ -373,25 +462,82 @@ def check_one(settings, name):
     return fetch_gpt2_file(name, size, settings.model_dir, settings.base_url, transfer=settings.transfer)
 
 
-def main(argv=None):
-    """Verify (and unless --verify-only, fetch) the released files; print one line per file; return the exit code."""
-    try:
-        settings = settings_of(parse_args(argv))
-    except ValueError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
-    n_bad = 0
+@dataclass
+class Outcome:
+    """What a run of main did: the status of each file that verified ({name: 'ok', 'copied' or 'downloaded'}), the
+    names that did not, and the DownloadError that stopped the run (a host that cannot be reached), if any."""
+    done: dict
+    failed: list
+    stopped: DownloadError = None
+
+
+def run_files(settings):
+    """Check (and unless --verify-only, fetch) each file of the DownloadSettings, printing one line per file; return
+    the Outcome. The first host that cannot be reached stops the run: every other file would fail the same way."""
+    outcome = Outcome({}, [])
     for name in settings.names:
         try:
             path, status = check_one(settings, name)
-            print(f'{status:<10} {path}', flush=True)
-        except (DownloadError, ValueError, OSError) as e:
-            n_bad += 1
-            message = str(e) if settings.verify_only else f'{name}: {e}'
-            print(f'problem    {message}', file=sys.stderr, flush=True)
-    if n_bad:
-        print(f'error: {n_bad} file(s) did not verify in {settings.model_dir}', file=sys.stderr)
-    return 1 if n_bad else 0
+        except DownloadError as e:
+            if e.kind == 'unreachable':
+                outcome.stopped = e
+                break
+            outcome.failed.append(name)
+            print(f'problem    {name}: {e}', file=sys.stderr, flush=True)
+            continue
+        except (ValueError, OSError) as e:
+            outcome.failed.append(name)
+            print(f'problem    {e if settings.verify_only else f"{name}: {e}"}', file=sys.stderr, flush=True)
+            continue
+        outcome.done[name] = status
+        print(f'{status:<10} {path}', flush=True)
+    return outcome
+
+
+def counted(done):
+    """Return how many files each status counts, in words: '2 downloaded, 1 copied from this repository, ...'."""
+    words = {'downloaded': 'downloaded', 'copied': 'copied from this repository', 'ok': 'already there'}
+    counts = [(sum(1 for s in done.values() if s == status), text) for status, text in words.items()]
+    return ', '.join(f'{n} {text}' for n, text in counts if n)
+
+
+def summary_line(settings, outcome):
+    """Return (the one summary line that ends the output, whether the run failed)."""
+    folder, model = settings.model_dir, settings.model
+    if outcome.stopped is not None:
+        err = outcome.stopped
+        lead = 'could not reach' if err.reason == 'connection refused' else 'no network: could not reach'
+        fetched = sum(1 for s in outcome.done.values() if s == 'downloaded')
+        before = f'{fetched} file(s) were downloaded before it' if fetched else 'nothing was downloaded'
+        # a .part left by an earlier run is named only when it holds bytes to resume from
+        resume = f'; {err.part} ({saved_part(err.part)} bytes) resumes then' if saved_part(err.part) else ''
+        return (f'download_model.py: error: {lead} {err.host} ({err.reason}); {before}. Connect to the internet (or '
+                f'give --base_url a mirror that answers) and run download_model.py again{resume}'), True
+    if outcome.failed:
+        size = None if model == 'gpt1' else gpt2_size(model)
+        fix = (f'fetch them with {download_command(folder, size)}' if settings.verify_only else
+               'fix what the problem lines above say and run again')
+        return (f'download_model.py: error: {len(outcome.failed)} of {len(settings.names)} file(s) of {model} did not '
+                f'verify in {folder} ({", ".join(outcome.failed)}); {fix}'), True
+    if settings.verify_only:
+        return f'download_model.py: all {len(settings.names)} file(s) of {model} verify in {folder}', False
+    return (f'download_model.py: {folder} holds {len(settings.names)} verified file(s) of {model}: '
+            f'{counted(outcome.done)}'), False
+
+
+def main(argv=None):
+    """Verify (and unless --verify-only, fetch) the released files; print one line per file, then one summary line;
+    return the exit code."""
+    try:
+        settings = settings_of(parse_args(argv))
+    except ValueError as err:
+        print(f'download_model.py: error: {err}', file=sys.stderr)
+        return 2
+    line, failed = summary_line(settings, run_files(settings))
+    sys.stdout.flush()  # the per-file lines first: the summary is the last line whichever stream carries it
+    print(line, file=sys.stderr if failed else sys.stdout, flush=True)
+    return 1 if failed else 0
+
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import re
+import shlex
 import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import wraps
@@ -54,7 +55,7 @@ import torch
 
 import tf_bundle
 import untrusted
-from checkpoint import atomic_write, open_safetensors, safetensors_dtypes, write_json
+from checkpoint import atomic_write, open_safetensors, read_state_metadata, safetensors_dtypes, write_json
 from integrity import SNIFF_BYTES, is_released_file, read_npy_header, sniff, verify_model_dir
 from untrusted import SIZE_LIMITS, BadArgument, BadFile, MissingFile, bad, is_int, show
 
@@ -429,6 +430,7 @@ def read_released(model_dir, n_head=None, afn=None, verify=False):
     config's defaults, the released 12 heads and gelu). With verify, every file's SHA-1 is checked first
     (a dict {file name: SHA-1} checks against those instead of the released values)."""
     config = check_arguments(n_head=n_head, afn=afn)  # the caller's, not the files': checked before any is read
+    check_model_folder(model_dir)  # a path that is no model folder says what it is, not which shard it lacks
     if verify:
         problems = verify_model_dir(model_dir, released_names(), verify if isinstance(verify, dict) else None)
         if problems:
@@ -1145,18 +1147,211 @@ def write_transformers(ckpt, out_dir):
     return out_dir
 
 
+# --- a folder that holds no model: what it is instead ------------------------------------------------------------
+
+# The released GPT-2 sizes by (n_embd, n_layer), as download_model.py's --model gpt2-<size> names them. They are
+# model_gpt2.GPT2_SIZES' (with n_head); this module imports no model code, and tests/test_model_folders.py checks
+# that the two agree.
+GPT2_RELEASED_SIZES = {'124M': (768, 12), '355M': (1024, 24), '774M': (1280, 36), '1558M': (1600, 48)}
+# openai/gpt-2 first named 124M and 355M by a miscount; folders downloaded then still carry the old names.
+GPT2_OLD_SIZE_NAMES = {'117M': '124M', '345M': '355M'}
+# Files that only a GPT-2 folder holds besides its checkpoint's index and data (a download cut before those).
+GPT2_SIDE_FILES = (HPARAMS_NAME, 'checkpoint', 'model.ckpt.meta', *GPT2_VOCAB_FILES)
+CORPUS_FILES = ('meta.json', 'train.bin', 'val.bin')  # what prepare_corpus.py writes (corpus.py reads)
+STATE_NAME = 'train_state.safetensors'  # the training state pretrain.py and train.py save in their run folders
+BEST_NAME = 'best_params.safetensors'   # train.py's best weights, beside its training state
+PRETRAIN_RUN_FILES = ('args.json', 'log.jsonl')  # pretrain.py writes these into its --out; train.py keeps its log apart
+PART_SUFFIX = '.part'  # download_model.py's file of a transfer not yet verified
+SHARD_NAME = re.compile(r'params_\d+\.npy')
+
+
+def without_part(name):
+    """Return a file name without download_model.py's .part suffix."""
+    return name[:-len(PART_SUFFIX)] if name.endswith(PART_SUFFIX) else name
+
+
+def holds_weights(names):
+    """Return whether a folder with these file names holds weights a reader names the problems of: a config.json or
+    weights file, GPT-1's shards (even half-downloaded), a TensorFlow checkpoint's index or data."""
+    for name in names:
+        if name in (CONFIG_NAME, WEIGHTS_NAME, HF_BIN_NAME, HF_INDEX_NAME, 'params_shapes.json'):
+            return True
+        if SHARD_NAME.fullmatch(without_part(name)):  # the released reader names each missing shard
+            return True
+        if not name.endswith(PART_SUFFIX) and (name.endswith('.index') or '.data-' in name):
+            return True  # any checkpoint prefix: a fine-tuned GPT-2's `checkpoint` names model-1000.*, not model.ckpt.*
+    return False
+
+
+def is_gpt2_file(name):
+    """Return whether a file name (without .part) is one of a released GPT-2 folder's."""
+    return name in (*GPT2_SIDE_FILES, 'model.ckpt.index') or name.startswith('model.ckpt.data-')
+
+
+def gpt2_size_of_path(folder):
+    """Return the released GPT-2 size a folder's name says (models/355M, gpt2-355M, models/117M -> 124M), or None."""
+    name = os.path.basename(os.path.normpath(folder))
+    name = name[len('gpt2-'):] if name.startswith('gpt2-') else name
+    name = GPT2_OLD_SIZE_NAMES.get(name, name)
+    return name if name in GPT2_RELEASED_SIZES else None
+
+
+def gpt2_size_of_hparams(path):
+    """Return the released GPT-2 size whose n_embd and n_layer the hparams.json at path states, or None (no such
+    size, or no readable hparams.json)."""
+    try:
+        hparams = read_hparams(path)
+    except BadFile:
+        return None
+    sizes = {shape: size for size, shape in GPT2_RELEASED_SIZES.items()}
+    return sizes.get((hparams['n_embd'], hparams['n_layer']))
+
+
+def download_command(folder, size=None):
+    """Return the download_model.py command that fetches GPT-1's released weights (size None) or the released GPT-2
+    of that size into folder, with --model_dir where folder is not the script's default (model/, models/<size>)."""
+    command = 'python download_model.py' + ('' if size is None else f' --model gpt2-{size}')
+    default = 'model' if size is None else os.path.join('models', size)
+    if os.path.abspath(folder) != os.path.abspath(default):
+        command += f' --model_dir {shlex.quote(folder)}'
+    return command
+
+
+def released_weights(size=None):
+    """Return what download_command fetches, in words."""
+    return "GPT-1's released weights" if size is None else f'GPT-2 {size}'
+
+
+def missing_folder_problem(folder):
+    """Return the MissingFile of a path where nothing is: a GPT-2 size's command when its name is a size."""
+    if folder.endswith(('.safetensors', '.bin')):  # a weights file named: no folder to download into
+        return MissingFile(f'{folder} does not exist: check the path', folder)
+    size = gpt2_size_of_path(folder)
+    return MissingFile(f'{folder} does not exist: check the path, or download {released_weights(size)} there with '
+                       f'{download_command(folder, size)}', folder)
+
+
+def gpt2_partial_problem(folder, names):
+    """Return the MissingFile of a GPT-2 folder whose checkpoint index and data are not there (names: its files)."""
+    held = [name for name in GPT2_SIDE_FILES if name in names]
+    cut = sorted(name for name in names if name.endswith(PART_SUFFIX) and is_gpt2_file(without_part(name)))
+    size = gpt2_size_of_hparams(os.path.join(folder, HPARAMS_NAME)) if HPARAMS_NAME in names else None
+    size = size or gpt2_size_of_path(folder)
+    fix = (f'fetch them with {download_command(folder, size)}' if size else
+           f'fetch a released size with {download_command(folder, "124M")} (or gpt2-355M, gpt2-774M, gpt2-1558M), or '
+           f'put its own checkpoint files beside {HPARAMS_NAME}')
+    return MissingFile(f'{folder} is a GPT-2{" " + size if size else ""} folder without its checkpoint: it holds '
+                       f'{", ".join(held) or "only partial downloads"} but no model.ckpt.index or '
+                       f'model.ckpt.data-00000-of-00001{" (a cut download left " + cut[0] + ")" if cut else ""}; '
+                       f'{fix}', folder)
+
+
+def run_script(folder, names):
+    """Return (the script that wrote a run folder: 'pretrain.py', 'train.py' or None when it cannot be told, its
+    training state's identity dict): by the files beside the state, else by the flags its identity records."""
+    try:
+        identity = read_state_metadata(os.path.join(folder, STATE_NAME)).get('identity')
+    except BadFile:  # not a state this version reads: the files alone tell
+        identity = None
+    identity = identity if isinstance(identity, dict) else {}
+    if any(name in names for name in PRETRAIN_RUN_FILES) or '--arch' in identity:
+        return 'pretrain.py', identity
+    if BEST_NAME in names or '--dataset' in identity:
+        return 'train.py', identity
+    return None, identity
+
+
+def flag_value(value, placeholder):
+    """Return a value from a run's files quoted for a command line, or placeholder when it is no short string."""
+    ok = isinstance(value, str) and 0 < len(value) <= untrusted.MESSAGE_CHARS and value.isprintable()
+    return shlex.quote(value) if ok else placeholder
+
+
+def pretrain_corpus(folder):
+    """Return the --corpus an unfinished pretrain.py run's args.json records, quoted, or a placeholder."""
+    try:
+        with untrusted.reading(folder):
+            args = untrusted.read_json(os.path.join(folder, 'args.json'), folder, limit=CONFIG_MAX_BYTES,
+                                       what='args.json')
+    except BadFile:
+        args = {}
+    return flag_value(args.get('corpus'), 'CORPUS')
+
+
+def run_folder_problem(folder, names):
+    """Return the BadFile of a pretrain.py or train.py run folder that holds a training state and no model."""
+    script, identity = run_script(folder, names)
+    state = os.path.join(folder, STATE_NAME)
+    if script == 'pretrain.py':
+        return BadFile(f'{folder} is the folder of an unfinished pretrain.py run: its weights are only in its training '
+                       f'state {state} (convert.py reads no training state; model.safetensors and config.json are '
+                       f'written at the end); resume the run to its end with python pretrain.py --corpus '
+                       f'{pretrain_corpus(folder)} --out {shlex.quote(folder)} --resume and the flags it ran with '
+                       f'(args.json lists them), which writes the model there', folder)
+    parent, desc = os.path.split(os.path.normpath(folder))
+    train_command = (f'python train.py --dataset {flag_value(identity.get("--dataset"), "DATASET")} --save_dir '
+                     f'{shlex.quote(parent or ".")} --desc {shlex.quote(desc)} --resume')
+    if script == 'train.py':
+        best = f' and its best ones in {BEST_NAME}' if BEST_NAME in names else ''
+        return BadFile(f'{folder} is the folder of a train.py run, not a model folder: its weights are in its training '
+                       f'state {state}{best}, which no reader of model folders (nor convert.py) takes; resume an '
+                       f'unfinished run with {train_command} and the flags it ran with', folder)
+    return BadFile(f'{folder} is the folder of an unfinished pretrain.py or train.py run: its weights are only in its '
+                   f'training state {state}, which convert.py does not read; resume the run with the script that '
+                   f'wrote it and --resume (python pretrain.py --out {shlex.quote(folder)} --resume, or '
+                   f'{train_command}) and the flags it ran with', folder)
+
+
+def folder_problem(path):
+    """Return the one-line BadFile (MissingFile) saying what the path is instead of a model folder (nothing there, an
+    empty folder, a GPT-2 folder without its checkpoint, a corpus, a training run's folder) and what to do, or None
+    where the formats' readers name the problem (a weights file, a folder holding weights of any format, a folder
+    of other files, which the released GPT-1 reader names the missing files of)."""
+    if not os.path.lexists(path):
+        return missing_folder_problem(path)
+    try:
+        names = set(os.listdir(path)) if os.path.isdir(path) else None
+    except OSError:  # unreadable: the reader says so, naming the file it fails to open
+        names = None
+    if names is None or holds_weights(names):
+        return None
+    if not [name for name in names if not name.startswith('.')]:  # hidden files (.DS_Store) hold no model
+        size = gpt2_size_of_path(path)
+        return MissingFile(f'{path} is empty: download {released_weights(size)} into it with '
+                           f'{download_command(path, size)}', path)
+    if STATE_NAME in names:
+        return run_folder_problem(path, names)
+    if CORPUS_FILES[0] in names and any(name in names for name in CORPUS_FILES[1:]):
+        return BadFile(f'{path} is a corpus prepared by prepare_corpus.py ({", ".join(CORPUS_FILES)}), not model '
+                       f'weights: pretrain.py takes it as --corpus; give a weights folder instead', path)
+    if any(is_gpt2_file(without_part(name)) for name in names):
+        return gpt2_partial_problem(path, names)
+    return None
+
+
+def check_model_folder(path):
+    """Raise folder_problem's BadFile when path is no model folder and no weights file; return path otherwise."""
+    problem = folder_problem(path)
+    if problem is not None:
+        raise problem
+    return path
+
+
 # --- any folder ---------------------------------------------------------------------------------------------
 
 @guarded
 def detect_format(path):
     """Return 'released', 'tf-checkpoint', 'safetensors' or 'transformers' for a model folder or weights file, or raise.
 
-    A weights file is transformers'; a folder with a config.json is this project's or transformers' as it says; a
-    folder with GPT-2's hparams.json or a TensorFlow checkpoint is GPT-2's released format; anything else
-    (params_shapes.json, or missing files) is a released GPT-1 folder, whose reader names each missing file.
+    A weights file is transformers'; a path that is no model folder (nothing there, an empty folder, a GPT-2 folder
+    without its checkpoint, a corpus, a run's folder) is a one-line error saying what it is (check_model_folder); a
+    folder with a config.json is this project's or transformers' as it says; a folder with GPT-2's hparams.json or a
+    TensorFlow checkpoint is GPT-2's released format; anything else (params_shapes.json, shards, other files) is a
+    released GPT-1 folder, whose reader names each missing file.
     """
     if os.path.lexists(path) and not os.path.isdir(path):
         return 'transformers'  # a weights file (its reader refuses anything but a regular file)
+    check_model_folder(path)
     has = {name for name in (CONFIG_NAME, 'params_shapes.json', HPARAMS_NAME, *TF_FILES, WEIGHTS_NAME, HF_BIN_NAME)
            if os.path.lexists(os.path.join(path, name))}
     if CONFIG_NAME in has and 'params_shapes.json' not in has:

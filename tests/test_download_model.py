@@ -1,10 +1,13 @@
 """Tests for download_model.py: hashes, local checks, and downloads from a local HTTP server (no internet)."""
+import errno
+import http.client
 import io
 import json
 import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +28,18 @@ SMALL_FILE_COPIES = {'encoder_bpe_40000.json': ROOT / 'model' / 'encoder_bpe_400
                      'vocab_40000.bpe': ROOT / 'model' / 'vocab_40000.bpe',
                      'params_shapes.json': FIXTURES / 'released_params_shapes.json'}
 FAST = dict(transfer=dm.TransferSettings(retries=2, timeout=5.0, backoff=0, progress=False))
+SUMMARY = 'download_model.py:'  # how the one summary line that ends every run begins
+
+
+def file_statuses(out):
+    """Return {file name: status} of the per-file lines of main's stdout (the summary line left out)."""
+    lines = [line.split() for line in out.splitlines() if not line.startswith(SUMMARY)]
+    return {Path(words[1]).name: words[0] for words in lines}
+
+
+def last_line(text):
+    """Return the last line of an output."""
+    return text.splitlines()[-1]
 
 
 def random_bytes(n, seed=0):
@@ -49,7 +64,7 @@ class Handler(BaseHTTPRequestHandler):
 
     mode: None (normal), 'cut' (first request stops after `cut` bytes), 'cut_always' (every request stops
     after `cut` bytes), 'ignore_range' (always 200 with the whole body), 'stall' (sends `cut` bytes, then
-    nothing until server.release is set or 5 s have passed).
+    nothing until server.release is set or 5 s have passed), 'status' (the error status route['status']).
     """
 
     def log_message(self, *args):
@@ -65,6 +80,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404, 'Not Found')
             return
         body, mode = route['body'], route.get('mode')
+        if mode == 'status':  # an error status for every request
+            self.send_error(route['status'])
+            return
         start = 0
         rng = self.headers.get('Range')
         if rng and mode != 'ignore_range':
@@ -369,12 +387,21 @@ def test_cli_downloads_then_verifies(server, tmp_path, capsys):
     args = ['--model_dir', str(tmp_path), '--base_url', server.url('/model/'), '--timeout', '5', '--no_progress',
             '--files'] + SMALL_FILES
     assert dm.main(args) == 0
-    out = capsys.readouterr().out
-    assert [line.split()[0] for line in out.splitlines()] == ['downloaded'] * 3
+    out, err = capsys.readouterr()
+    # the vocabulary ships in model/: copied from there, never downloaded
+    assert file_statuses(out) == {'params_shapes.json': 'downloaded', 'encoder_bpe_40000.json': 'copied',
+                                  'vocab_40000.bpe': 'copied'}
+    assert [p for p, _ in server.requests] == ['/model/params_shapes.json'] and err == ''
+    assert last_line(out) == (f'download_model.py: {tmp_path} holds 3 verified file(s) of gpt1: 1 downloaded, '
+                              '2 copied from this repository')
     assert dm.main(args) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ['ok'] * 3
-    assert len(server.requests) == 3
+    out = capsys.readouterr().out
+    assert set(file_statuses(out).values()) == {'ok'} and last_line(out).endswith('3 already there')
+    assert len(server.requests) == 1
     assert dm.main(['--model_dir', str(tmp_path), '--verify-only', '--files'] + SMALL_FILES) == 0
+    assert last_line(capsys.readouterr().out) == f'download_model.py: all 3 file(s) of gpt1 verify in {tmp_path}'
+    for name in SMALL_FILES:
+        assert (tmp_path / name).read_bytes() == released_bytes(name)
 
 
 def test_cli_http_error_is_one_line(server, tmp_path, capsys):
@@ -385,6 +412,8 @@ def test_cli_http_error_is_one_line(server, tmp_path, capsys):
     [problem] = [line for line in err.splitlines() if line.startswith('problem')]
     assert server.url('/model/params_0.npy') in problem and '404' in problem
     assert 'Traceback' not in err and out == ''
+    assert last_line(err) == (f'download_model.py: error: 1 of 1 file(s) of gpt1 did not verify in {tmp_path} '
+                              '(params_0.npy); fix what the problem lines above say and run again')
 
 
 def test_cli_unknown_file_is_a_usage_error(tmp_path, capsys):
@@ -415,8 +444,10 @@ def test_cli_verify_only_downloads_nothing_even_with_a_server(server, tmp_path, 
     assert dm.main(argv + ['--verify-only']) == 1
     out, err = capsys.readouterr()
     assert out == '' and err.count('missing') == 3 and server.requests == [] and list(tmp_path.iterdir()) == []
-    assert dm.main(argv) == 0  # the same command without --verify-only fetches them
-    assert len(server.requests) == 3 and sorted(p.name for p in tmp_path.iterdir()) == sorted(SMALL_FILES)
+    assert last_line(err).startswith('download_model.py: error: 3 of 3 file(s) of gpt1 did not verify')
+    assert last_line(err).endswith(f'; fetch them with python download_model.py --model_dir {tmp_path}')
+    assert dm.main(argv) == 0  # the same command without --verify-only fetches them (the vocabulary: copies it)
+    assert len(server.requests) == 1 and sorted(p.name for p in tmp_path.iterdir()) == sorted(SMALL_FILES)
 
 
 def test_cli_retries_n_makes_n_plus_1_attempts(server, tmp_path, capsys, monkeypatch):
@@ -461,10 +492,10 @@ def test_cli_no_progress_silences_the_progress_bars(server, tmp_path, capsys, mo
     base = ['--base_url', server.url('/model/'), '--files', 'params_shapes.json', 'vocab_40000.bpe']
     assert dm.main(['--model_dir', str(tmp_path / 'a'), '--no_progress'] + base) == 0
     out, err = capsys.readouterr()
-    assert err == '' and out.count('downloaded') == 2
+    assert err == '' and file_statuses(out) == {'params_shapes.json': 'downloaded', 'vocab_40000.bpe': 'copied'}
     assert dm.main(['--model_dir', str(tmp_path / 'b')] + base) == 0
     out, err = capsys.readouterr()
-    assert out.count('downloaded') == 2 and 'params_shapes.json' in err and 'vocab_40000.bpe' in err and 'B/s' in err
+    assert file_statuses(out)['params_shapes.json'] == 'downloaded' and 'params_shapes.json' in err and 'B/s' in err
 
 
 def test_cli_lfs_base_url_is_the_fallback_for_a_pointer(server, tmp_path, capsys):
@@ -515,15 +546,19 @@ def test_gpt2_download_fetches_verifies_resumes_and_skips_what_verifies(server, 
     argv = ['--model', 'gpt2-124M', '--model_dir', str(tmp_path / 'models' / '124M'), '--base_url',
             server.url('/gpt2/'), '--retries', '2', '--timeout', '5', '--no_progress']
     assert dm.main(argv) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == ['downloaded'] * 7
+    out = capsys.readouterr().out
+    # the vocabulary, the same for every size, is copied from model/gpt2/ (the folder stays a complete release)
+    assert file_statuses(out) == {name: 'copied' if name in ('encoder.json', 'vocab.bpe') else 'downloaded'
+                                  for name in gpt2_release}
+    assert not any(p.endswith(('encoder.json', 'vocab.bpe')) for p, _ in server.requests)
+    assert last_line(out).endswith('holds 7 verified file(s) of gpt2-124M: 5 downloaded, 2 copied from this repository')
     for name, body in gpt2_release.items():
         assert (tmp_path / 'models' / '124M' / name).read_bytes() == body, name
     ranges = [r for p, r in server.requests if p.endswith(data)]
     assert ranges == [None, 'bytes=1000000-']  # resumed where the cut left it
     n_requests = len(server.requests)
     assert dm.main(argv) == 0 and len(server.requests) == n_requests  # every file verifies: nothing fetched
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ['ok'] * 7
+    assert list(file_statuses(capsys.readouterr().out).values()) == ['ok'] * 7
     assert dm.main(argv[:4] + ['--verify-only']) == 0
     import models  # the folder loads: the tiny GPT-2 with the released vocabulary and context
     model = models.load_model(str(tmp_path / 'models' / '124M'), lm=True)
@@ -568,3 +603,161 @@ def test_gpt2_verify_only_names_each_damaged_file(tmp_path, gpt2_release, tiny_1
     assert str(folder / name) in problems[0] and message in problems[0], problems
     # one problem, the damaged file's; a damaged index also leaves the data it describes unverifiable
     assert len(problems) == 1 or (name == 'model.ckpt.index' and all(str(folder / name) in p for p in problems))
+
+
+# --- a host that cannot be reached: one attempt, the run stops, one summary line -------------------------------------
+
+def closed_port():
+    """Return a localhost port nothing listens on (bound, then closed): a connection to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def attempts(monkeypatch):
+    """Record the URL of every connection download_model.py opens (its urlopen calls) and every backoff sleep."""
+    calls = dict(urls=[], sleeps=[])
+    real = dm.urllib.request.urlopen
+
+    def counted(request, timeout=None):
+        calls['urls'].append(request.full_url)
+        return real(request, timeout=timeout)
+
+    monkeypatch.setattr(dm.urllib.request, 'urlopen', counted)
+    monkeypatch.setattr(dm.time, 'sleep', calls['sleeps'].append)
+    return calls
+
+
+@pytest.mark.parametrize('where', ['unresolvable', 'refused'])
+@pytest.mark.parametrize('model', ['gpt1', 'gpt2-124M'])
+def test_unreachable_host_is_tried_once_and_stops_the_run(tmp_path, capsys, attempts, where, model):
+    # .invalid never resolves (RFC 2606), and a closed port refuses: no network is needed to fail either way
+    url = 'http://nonexistent.invalid/' if where == 'unresolvable' else f'http://127.0.0.1:{closed_port()}/'
+    folder = tmp_path / 'm'
+    assert dm.main(['--model', model, '--model_dir', str(folder), '--base_url', url, '--retries', '3',
+                    '--no_progress']) == 1
+    out, err = capsys.readouterr()
+    assert len(attempts['urls']) == 1 and attempts['sleeps'] == []  # no retry, and no other file tried
+    assert out == '' and err.count('\n') == 1  # the summary is the only line
+    host = 'nonexistent.invalid' if where == 'unresolvable' else url[len('http://'):-1]
+    reason = 'name resolution failed' if where == 'unresolvable' else 'connection refused'
+    assert err.startswith(f'download_model.py: error: {"no network: " if where == "unresolvable" else ""}'
+                          f'could not reach {host} ({reason}')
+    assert 'nothing was downloaded' in err and '--base_url' in err and 'run download_model.py again' in err
+    assert '.part' not in err and 'resume' not in err  # no .part exists to resume from
+    assert not folder.exists()  # the vocabulary is copied after the downloads: nothing is left behind
+
+
+def test_unreachable_summary_names_a_part_only_when_it_holds_bytes(tmp_path, capsys, attempts):
+    url = f'http://127.0.0.1:{closed_port()}/'
+    part = tmp_path / 'params_0.npy.part'  # the first file fetched
+    part.write_bytes(b'')
+    argv = ['--model_dir', str(tmp_path), '--base_url', url, '--no_progress']
+    assert dm.main(argv) == 1
+    assert '.part' not in capsys.readouterr().err
+    part.write_bytes(b'x' * 10)  # left by an earlier run cut mid-way
+    assert dm.main(argv) == 1
+    assert last_line(capsys.readouterr().err).endswith(f'; {part} (10 bytes) resumes then')
+    assert len(attempts['urls']) == 2
+
+
+def test_cut_transfers_are_retried_but_a_refused_one_is_not(server, tmp_path, attempts):
+    data = random_bytes(50_000)
+    server.routes['/a.bin'] = dict(body=data, mode='cut', cut=1000)  # the server was reached: a cut is retried
+    dm.download(server.url('/a.bin'), tmp_path / 'a.bin', untrusted.git_blob_sha1(data), **FAST)
+    assert len(attempts['urls']) == 2
+    with pytest.raises(dm.DownloadError) as e:
+        dm.download(f'http://127.0.0.1:{closed_port()}/a.bin', tmp_path / 'b.bin', '0' * 40, **FAST)
+    assert e.value.kind == 'unreachable' and e.value.reason == 'connection refused'
+    assert len(attempts['urls']) == 3 and not (tmp_path / 'b.bin.part').exists()
+
+
+@pytest.mark.parametrize('error, reason', [
+    (urllib.error.URLError(socket.gaierror(-2, 'Name or service not known')),
+     'name resolution failed: Name or service not known'),
+    (urllib.error.URLError(ConnectionRefusedError(errno.ECONNREFUSED, 'Connection refused')), 'connection refused'),
+    (urllib.error.URLError(OSError(errno.ENETUNREACH, 'Network is unreachable')), 'network is unreachable'),
+    (urllib.error.URLError(OSError(errno.EHOSTUNREACH, 'No route to host')), 'no route to host'),
+    (urllib.error.URLError(TimeoutError('timed out')), 'timed out connecting'),
+    (ConnectionRefusedError(errno.ECONNREFUSED, 'Connection refused'), 'connection refused'),
+    # the server was reached: these are cuts, retried
+    (ConnectionResetError(errno.ECONNRESET, 'Connection reset by peer'), None),
+    (TimeoutError('timed out'), None),
+    (http.client.RemoteDisconnected('Remote end closed connection without response'), None),
+    (urllib.error.URLError(ConnectionResetError(errno.ECONNRESET, 'reset')), None),
+    (urllib.error.HTTPError('http://x/', 503, 'Service Unavailable', {}, None), None),
+])
+def test_unreachable_reason_tells_no_connection_from_a_cut(error, reason):
+    assert dm.unreachable_reason(error) == reason
+
+
+def test_network_unreachable_is_not_retried(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def unreachable(request, timeout=None):
+        calls.append(request.full_url)
+        raise urllib.error.URLError(OSError(errno.ENETUNREACH, 'Network is unreachable'))
+
+    monkeypatch.setattr(dm.urllib.request, 'urlopen', unreachable)
+    assert dm.main(['--model', 'gpt2-355M', '--model_dir', str(tmp_path / 'x'), '--no_progress']) == 1
+    err = capsys.readouterr().err
+    assert calls == [dm.GPT2_BASE_URL + '355M/hparams.json']
+    assert err == ('download_model.py: error: no network: could not reach openaipublic.blob.core.windows.net '
+                   '(network is unreachable); nothing was downloaded. Connect to the internet (or give --base_url a '
+                   'mirror that answers) and run download_model.py again\n')
+
+
+def test_failed_transfer_names_a_part_only_when_it_holds_bytes(server, tmp_path, attempts):
+    server.routes['/a.bin'] = dict(body=b'', mode='status', status=503)  # retried, yet no byte ever arrives
+    with pytest.raises(dm.DownloadError) as e:
+        dm.download(server.url('/a.bin'), tmp_path / 'a.bin', '0' * 40, **FAST)
+    assert str(e.value).endswith('download failed after 3 attempts (HTTP 503 Service Unavailable); run again')
+    assert len(attempts['urls']) == 3 and list(tmp_path.iterdir()) == []
+
+
+def test_script_without_network_fails_with_one_summary_line(tmp_path):
+    """The done-when of an offline run, through the script itself: exit status 1, the last line the summary."""
+    r = subprocess.run([sys.executable, str(ROOT / 'download_model.py'), '--model_dir', str(tmp_path / 'm'),
+                        '--base_url', 'http://nonexistent.invalid/model/'], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and r.stdout == '' and 'Traceback' not in r.stderr
+    assert r.stderr.splitlines() == [r.stderr.splitlines()[-1]]
+    assert r.stderr.startswith('download_model.py: error: no network: could not reach nonexistent.invalid')
+
+
+# --- the vocabulary ships in this repository: copied, verified, never downloaded ------------------------------------
+
+@pytest.mark.parametrize('model, names', [('gpt1', ['encoder_bpe_40000.json', 'vocab_40000.bpe']),
+                                          ('gpt2-124M', ['encoder.json', 'vocab.bpe'])])
+def test_shipped_vocabulary_is_copied_not_downloaded(tmp_path, capsys, attempts, model, names):
+    folder = tmp_path / 'm'
+    argv = ['--model', model, '--model_dir', str(folder), '--base_url', 'http://nonexistent.invalid/', '--files',
+            *names]
+    assert dm.main(argv) == 0
+    out = capsys.readouterr().out
+    assert file_statuses(out) == {name: 'copied' for name in names} and attempts['urls'] == []
+    shipped = ROOT / 'model' / ('' if model == 'gpt1' else 'gpt2')
+    assert all((folder / name).read_bytes() == (shipped / name).read_bytes() for name in names)
+    assert dm.main(argv + ['--verify-only']) == 0
+
+
+def test_the_repository_model_folder_is_verified_in_place(capsys, attempts):
+    """Into model/ itself (the default folder), the shipped vocabulary is already there: checked, not rewritten."""
+    before = {name: (ROOT / 'model' / name).stat().st_mtime_ns for name in ('encoder_bpe_40000.json', 'vocab_40000.bpe')}
+    assert dm.main(['--model_dir', str(ROOT / 'model'), '--base_url', 'http://nonexistent.invalid/', '--files',
+                    *before]) == 0
+    assert set(file_statuses(capsys.readouterr().out).values()) == {'ok'} and attempts['urls'] == []
+    assert {name: (ROOT / 'model' / name).stat().st_mtime_ns for name in before} == before
+
+
+def test_a_damaged_shipped_vocabulary_is_named_with_its_fix(tmp_path, capsys, attempts, monkeypatch):
+    shipped = tmp_path / 'repo_model'
+    shipped.mkdir()
+    (shipped / 'vocab_40000.bpe').write_bytes(released_bytes('vocab_40000.bpe')[:-5])
+    monkeypatch.setitem(dm.SHIPPED_DIRS, 'gpt1', str(shipped))
+    assert dm.main(['--model_dir', str(tmp_path / 'm'), '--base_url', 'http://nonexistent.invalid/', '--files',
+                    'vocab_40000.bpe']) == 1
+    err = capsys.readouterr().err
+    assert f'{shipped / "vocab_40000.bpe"}: corrupt or truncated' in err and 'restore it (git checkout --' in err
+    assert attempts['urls'] == [] and not (tmp_path / 'm' / 'vocab_40000.bpe').exists()

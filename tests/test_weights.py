@@ -179,7 +179,8 @@ def test_header_that_parses_but_is_not_numpys_is_refused_unless_it_is_the_releas
 
 def test_detect_format_reads_a_folder_by_its_files(tmp_path, shard_dir):
     assert weights.detect_format(str(shard_dir)) == 'released'
-    assert weights.detect_format(str(tmp_path / 'nowhere')) == 'released'  # its reader names each missing file
+    with pytest.raises(untrusted.MissingFile, match='nowhere does not exist: check the path'):
+        weights.detect_format(str(tmp_path / 'nowhere'))  # tests/test_model_folders.py: each kind of non-model folder
     model = TransformerModel(small_cfg(n_vocab=100, n_ctx=24))
     weights.save_model(model, tmp_path / 'ours')
     assert weights.detect_format(str(tmp_path / 'ours')) == 'safetensors'
