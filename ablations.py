@@ -43,15 +43,17 @@ class AblationSettings:
 def parse_args(argv=None):
     """Return the AblationSettings of the command line (train.py's own flags after --); a bad value is an argparse
     error."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description='The ablations of the GPT-1 paper (Table 5, its transformer rows): the '
+                                            'full method, the model trained without pre-training, and without the '
+                                            'auxiliary LM objective, over a list of tasks, run by train.py.')
     p.add_argument('--tasks', nargs='+', required=True, metavar='TASK=DATA_DIR',
                    help="each task (train.py's --dataset) with its data folder")
     p.add_argument('--out', required=True, help='the folder of the runs (log/, save/, submission/) and the table')
-    p.add_argument('--n_runs', type=int, default=1, help='seeds per run; the table shows their median')
+    p.add_argument('--n_runs', type=int, default=1, help='seeds per run; the table shows their median (default: 1)')
     p.add_argument('--variants', default=','.join(VARIANTS), help=f'which rows (default all: {", ".join(VARIANTS)})')
     p.add_argument('--launcher', default=None, help='the command that runs train.py (default this Python; e.g. '
                                                     '"torchrun --nproc_per_node=4")')
-    p.add_argument('train_args', nargs='*', help="train.py's flags for every run, after --")
+    p.add_argument('train_args', nargs='*', help="train.py's flags for every run, after -- (default: none)")
     namespace = p.parse_args(argv)
     try:
         tasks = task_dirs(namespace.tasks, '--tasks')

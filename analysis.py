@@ -347,18 +347,23 @@ def task_report(task_name, pred_path):
 
 def parse_args(argv=None):
     """Return the parsed command line."""
-    parser = argparse.ArgumentParser(description='Report ROCStories results from a training log and predictions.')
-    parser.add_argument('--log', help='the ResultLogger .jsonl of the run (ROCStories)')
+    parser = argparse.ArgumentParser(description='Report the results of train.py (ROCStories from its log and '
+                                                 'predictions, the paper\'s other tasks from dev predictions, a '
+                                                 '--n_transfer sweep) and the losses and zero-shot scores of a '
+                                                 'pretrain.py log, with their curves.')
+    parser.add_argument('--log', help='the ResultLogger .jsonl of the run (ROCStories; default: none, then give '
+                                      '--task with --pred, --pretrain_log or --transfer)')
     parser.add_argument('--task', help='one of the paper\'s other tasks (cola, mnli, ...): report --pred, a dev '
-                                       'predictions file with gold labels')
-    parser.add_argument('--pred', help='predictions TSV (index<TAB>prediction); gives the test accuracy')
-    parser.add_argument('--data_dir', default='data/', help='folder of the Story Cloze Test CSVs')
-    parser.add_argument('--plot', help='write learning curves to this image file (e.g. curves.png)')
+                                       'predictions file with gold labels (default: none, ROCStories from --log)')
+    parser.add_argument('--pred', help='predictions TSV (index<TAB>prediction); gives the test accuracy (default: '
+                                       'none)')
+    parser.add_argument('--data_dir', default='data/', help='folder of the Story Cloze Test CSVs (default: data/)')
+    parser.add_argument('--plot', help='write learning curves to this image file (e.g. curves.png; default: none)')
     parser.add_argument('--errors', action='store_true', help='list misclassified test stories (needs --pred)')
     parser.add_argument('--pretrain_log', help='the log.jsonl of pretrain.py: its losses and zero-shot scores (and, '
-                                               'with --plot, their curves)')
+                                               'with --plot, their curves; default: none)')
     parser.add_argument('--transfer', help='the <desc>_transfer.json of train.py --n_transfer K1,K2,...: the metric '
-                                           'per layers transferred (and, with --plot, the figure)')
+                                           'per layers transferred (and, with --plot, the figure; default: none)')
     return parser.parse_args(argv)
 
 
@@ -382,7 +387,9 @@ def main(argv=None):
             task_report(args.task, args.pred)
             return
         if not args.log:
-            raise ValueError('--log is required (the .jsonl that train.py writes), or --task with --pred')
+            raise ValueError('--pretrain_log needs a path: the log.jsonl that pretrain.py writes'
+                             if args.pretrain_log is not None else
+                             '--log is required (the .jsonl that train.py writes), or --task with --pred')
         if args.errors and not args.pred:
             raise ValueError('--errors needs --pred (the predictions TSV) and --data_dir')
         if args.pred:

@@ -42,15 +42,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Sample text from GPT-1 or GPT-2 (any weights folder: released, '
                                                  'converted or transformers).')
     add_weights_args(parser)
-    parser.add_argument('--prompt', help='the text to continue')
+    parser.add_argument('--prompt', help='the text to continue (default: none; give it or --interactive)')
     parser.add_argument('--interactive', action='store_true', help='read one prompt per line of stdin until EOF')
     parser.add_argument('--gen_len', type=int, default=40, help='tokens to generate (default 40)')
     parser.add_argument('--top_k', type=int, default=40, help='sample among the k most likely tokens (0: all; '
                                                               'default 40)')
-    parser.add_argument('--top_p', type=float, default=1.0, help='nucleus sampling probability (1: off)')
+    parser.add_argument('--top_p', type=float, default=1.0, help='nucleus sampling probability (1: off; default 1)')
     parser.add_argument('--temperature', type=float, default=1.0, help='divide the logits by this (default 1)')
     parser.add_argument('--greedy', action='store_true', help='take the most likely token at each step')
-    parser.add_argument('--seed', type=int, help='seed of the sampler, for reproducible samples')
+    parser.add_argument('--seed', type=int, help='seed of the sampler, for reproducible samples (default: none, '
+                                                 "torch's default generator)")
     args = parser.parse_args(argv)
     if args.prompt is None and not args.interactive:
         parser.error('give --prompt "..." or --interactive')

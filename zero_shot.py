@@ -25,14 +25,18 @@ SPLIT_HELP = ('sst2, cola: dev (default) or train (cola: the threshold is always
 
 def parse_args(argv=None):
     """Return the parsed command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--task', required=True, choices=TASKS)
+    p = argparse.ArgumentParser(description='Zero-shot heuristics of the GPT-1 paper (Section 5, Figure 2 right): '
+                                            'tasks solved by a pre-trained language model without fine-tuning, for '
+                                            'GPT-1 and GPT-2 weights in any format.')
+    p.add_argument('--task', required=True, choices=TASKS, help='the task (heuristics.py defines each heuristic)')
     p.add_argument('--data_dir', required=True, help="the task's data (as train.py reads it; DPRD: train.c.txt, "
                                                      "test.c.txt)")
     p.add_argument('--split', default=None, help=SPLIT_HELP)
-    p.add_argument('--out', default=None, help='write index, prediction and each choice\'s score per example (TSV)')
-    p.add_argument('--batch_size', type=int, default=16, help='sequences per forward pass')
-    p.add_argument('--precision', default='fp32', choices=PRECISIONS)
+    p.add_argument('--out', default=None, help='write index, prediction and each choice\'s score per example (TSV; '
+                                               'default: none, the metric is only printed)')
+    p.add_argument('--batch_size', type=int, default=16, help='sequences per forward pass (default: 16)')
+    p.add_argument('--precision', default='fp32', choices=PRECISIONS,
+                   help='fp32 (TF32 matmuls on CUDA), fp32-strict, or a bf16 or fp16 autocast (default: fp32)')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     add_weights_args(p)
     args = p.parse_args(argv)

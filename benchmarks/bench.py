@@ -524,12 +524,12 @@ def parse_args(argv=None):
                         'bf16 on the CPU, fp32, fp16 and bf16 on CUDA)')
     p.add_argument('--steps', type=int, default=None,
                    help='timed training steps and eval batches (default 3 on the CPU, 10 on CUDA, 1 with --quick)')
-    p.add_argument('--warmup-steps', type=int, default=1, help='untimed steps before timing')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--warmup-steps', type=int, default=1, help='untimed steps before timing (default: 1)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the synthetic batches and the models (default: 0)')
     p.add_argument('--quick', action='store_true', help='tiny model and 1 timed step: a smoke test in seconds')
     p.add_argument('--in-process', action='store_true',
                    help='run every config in this process (faster start; peak memory then not per config)')
-    p.add_argument('--json', default=None, help='also write the results as JSON to this path')
+    p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     p.add_argument('--worker-out', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

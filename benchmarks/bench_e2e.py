@@ -522,23 +522,27 @@ def parse_args(argv=None):
     """Return the parsed command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--job', choices=sorted(JOBS), default='small',
-                   help='small: 48 stories, 1 epoch, CPU fp32; rocstories: the real sizes, 3 epochs; tiny: CI')
+                   help='small: 48 stories, 1 epoch, CPU fp32; rocstories: the real sizes, 3 epochs; tiny: CI '
+                        '(default: small)')
     p.add_argument('--model', choices=sorted(MODELS), default=None, help="weights' size (default: the job's)")
     p.add_argument('--device', default=None, help="train.py's --device (default: the job's; rocstories: CUDA when "
                                                   'present, else the CPU)')
     p.add_argument('--precision', default=None, help="train.py's --precision (default: the job's, fp32)")
-    p.add_argument('--repeats', type=int, default=1, help='rounds of runs (with --earlier: ours and theirs each)')
+    p.add_argument('--repeats', type=int, default=1,
+                   help='rounds of runs (with --earlier: ours and theirs each; default: 1)')
     p.add_argument('--earlier', default=None, metavar='PATH',
-                   help="also run the earlier port's train.py from PATH on the small job, alternating with ours")
+                   help="also run the earlier port's train.py from PATH on the small job, alternating with ours "
+                        '(default: none)')
     p.add_argument('--peak_tflops', type=float, default=None,
                    help='peak for the MFU (default: bf16 dense peak of an H100/H200 on CUDA, else none)')
     p.add_argument('--workdir', default=None,
                    help='folder for the made inputs and the runs (kept, and reused when the inputs match); '
                         'default: a temporary folder removed at the end')
     p.add_argument('--keep', action='store_true', help='keep the temporary work folder')
-    p.add_argument('--seed', type=int, default=0, help='seed of the made weights and stories')
-    p.add_argument('--train_args', default='', help="extra train.py flags for our runs, e.g. '--compile'")
-    p.add_argument('--json', default=None, help='also write the results as JSON to this path')
+    p.add_argument('--seed', type=int, default=0, help='seed of the made weights and stories (default: 0)')
+    p.add_argument('--train_args', default='',
+                   help="extra train.py flags for our runs, e.g. '--compile' (default: none)")
+    p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f'--repeats must be >= 1, got {args.repeats}')

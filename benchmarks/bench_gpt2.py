@@ -50,22 +50,26 @@ NANOGPT_DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 def parse_args(argv=None):
     """Return the parsed command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--precisions', default='fp32,bf16', help='comma-separated: fp32, bf16, fp16')
-    p.add_argument('--size', default='124M', help='the GPT-2 size (a preset name)')
-    p.add_argument('--n_ctx', type=int, default=256, help='tokens per window')
-    p.add_argument('--n_batch', type=int, default=4, help='windows per update')
+    p.add_argument('--device', default='cpu', help='torch device (default: cpu)')
+    p.add_argument('--precisions', default='fp32,bf16', help='comma-separated: fp32, bf16, fp16 (default: fp32,bf16)')
+    p.add_argument('--size', default='124M', help='the GPT-2 size (a preset name: 124M, 355M, 774M, 1558M; default: '
+                                                  '124M)')
+    p.add_argument('--n_ctx', type=int, default=256, help='tokens per window (default: 256)')
+    p.add_argument('--n_batch', type=int, default=4, help='windows per update (default: 4)')
     p.add_argument('--micro_batch', type=int, default=None, help='windows per forward pass (default n_batch)')
-    p.add_argument('--steps', type=int, default=2, help='timed updates per implementation and round')
-    p.add_argument('--warmup_steps', type=int, default=1, help='untimed updates at the start of each run')
-    p.add_argument('--rounds', type=int, default=2, help='rounds of the implementations taking turns')
-    p.add_argument('--nanogpt', default=None, help="a nanoGPT folder (its train.py, model.py, configurator.py)")
-    p.add_argument('--original_encoder', default=None, help="openai/gpt-2's encoder.py, for the encoding peer")
-    p.add_argument('--gen_len', type=int, default=64, help='tokens generated per prompt')
-    p.add_argument('--text_mb', type=float, default=2.0, help='megabytes of text encoded')
+    p.add_argument('--steps', type=int, default=2, help='timed updates per implementation and round (default: 2)')
+    p.add_argument('--warmup_steps', type=int, default=1,
+                   help='untimed updates at the start of each run (default: 1)')
+    p.add_argument('--rounds', type=int, default=2, help='rounds of the implementations taking turns (default: 2)')
+    p.add_argument('--nanogpt', default=None, help="a nanoGPT folder (its train.py, model.py, configurator.py; "
+                                                   'default: none, nanoGPT is left out)')
+    p.add_argument('--original_encoder', default=None, help="openai/gpt-2's encoder.py, for the encoding peer "
+                                                            '(default: none, left out)')
+    p.add_argument('--gen_len', type=int, default=64, help='tokens generated per prompt (default: 64)')
+    p.add_argument('--text_mb', type=float, default=2.0, help='megabytes of text encoded (default: 2)')
     p.add_argument('--peak_tflops', type=float, default=None, help='the device\'s dense peak; default: the roofline')
     p.add_argument('--quick', action='store_true', help='a tiny model, short windows and text: a smoke test')
-    p.add_argument('--json', default=None, help='also write the results as JSON to this path')
+    p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
     args = p.parse_args(argv)
     args.micro_batch = args.micro_batch or args.n_batch
     if args.n_batch % args.micro_batch:

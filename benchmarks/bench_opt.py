@@ -37,10 +37,11 @@ def parse_args(argv=None):
     """Return the parsed command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
-    parser.add_argument('--steps', type=int, default=10, help='timed steps per path (the median is reported)')
-    parser.add_argument('--warmup-steps', type=int, default=2, help='untimed steps before timing')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--json', default=None, help='also write the results as JSON to this path')
+    parser.add_argument('--steps', type=int, default=10,
+                        help='timed steps per path (the median is reported; default: 10)')
+    parser.add_argument('--warmup-steps', type=int, default=2, help='untimed steps before timing (default: 2)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the parameters and gradients (default: 0)')
+    parser.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f'--steps must be >= 1, got {args.steps}')

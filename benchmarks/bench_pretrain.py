@@ -38,16 +38,17 @@ QUICK = dict(n_embd=32, n_head=4, n_layer=2)
 def parse_args(argv=None):
     """Return the parsed command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--precisions', default='fp32,bf16', help='comma-separated: fp32, bf16, fp16')
-    p.add_argument('--n_ctx', type=int, default=512)
-    p.add_argument('--n_batch', type=int, default=4, help='windows per update')
+    p.add_argument('--device', default='cpu', help='torch device (default: cpu)')
+    p.add_argument('--precisions', default='fp32,bf16', help='comma-separated: fp32, bf16, fp16 (default: fp32,bf16)')
+    p.add_argument('--n_ctx', type=int, default=512, help="tokens per window (default: 512, the paper's)")
+    p.add_argument('--n_batch', type=int, default=4, help='windows per update (default: 4)')
     p.add_argument('--micro_batch', type=int, default=None, help='windows per forward pass (default n_batch)')
-    p.add_argument('--steps', type=int, default=3, help='timed updates per implementation (the median is reported)')
-    p.add_argument('--warmup_steps', type=int, default=1)
+    p.add_argument('--steps', type=int, default=3,
+                   help='timed updates per implementation (the median is reported; default: 3)')
+    p.add_argument('--warmup_steps', type=int, default=1, help='untimed updates before timing (default: 1)')
     p.add_argument('--peak_tflops', type=float, default=None, help='the device\'s dense peak; default: the roofline')
     p.add_argument('--quick', action='store_true', help='a tiny model and short windows: a smoke test')
-    p.add_argument('--json', default=None, help='also write the results as JSON to this path')
+    p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
     return p.parse_args(argv)
 
 

@@ -100,12 +100,15 @@ def time_method(make_encoder, encode, fields, repeats):
 def parse_args(argv=None):
     """Return the parsed command line."""
     parser = argparse.ArgumentParser(description='Measure TextEncoder.encode speed on synthetic ROCStories.')
-    parser.add_argument('--encoder_path', default='model/encoder_bpe_40000.json')
-    parser.add_argument('--bpe_path', default='model/vocab_40000.bpe')
-    parser.add_argument('--n_stories', type=int, default=3742, help='stories per field (ROCStories val+test: 3742)')
-    parser.add_argument('--repeats', type=int, default=3, help='runs per method; the best is reported')
-    parser.add_argument('--batch_size', type=int, default=256, help='nlp.pipe batch size of the batched encoder')
-    parser.add_argument('--json', help='also write the results to this JSON file')
+    parser.add_argument('--encoder_path', default='model/encoder_bpe_40000.json',
+                        help="GPT-1's BPE vocabulary (default: %(default)s)")
+    parser.add_argument('--bpe_path', default='model/vocab_40000.bpe', help="GPT-1's BPE merges (default: %(default)s)")
+    parser.add_argument('--n_stories', type=int, default=3742,
+                        help='stories per field (default: 3742, ROCStories val+test)')
+    parser.add_argument('--repeats', type=int, default=3, help='runs per method; the best is reported (default: 3)')
+    parser.add_argument('--batch_size', type=int, default=256,
+                        help='nlp.pipe batch size of the batched encoder (default: 256)')
+    parser.add_argument('--json', help='also write the results to this JSON file (default: none)')
     return parser.parse_args(argv)
 
 
