@@ -157,7 +157,7 @@ def parse_args(argv=None):
 
 
 def run_extraction(settings):
-    """Extract the features the settings ask for and write them; return (n_examples, n truncated)."""
+    """Extract the features the settings ask for and write them; return (n_examples, n truncated, n tokens)."""
     if settings.batch_size < 1:
         raise ValueError(f'--batch_size {settings.batch_size}: give 1 or more')
     device = check_device(settings.device)
@@ -169,18 +169,22 @@ def run_extraction(settings):
                            source=settings.input)
     with open(settings.output, 'wb') as f:
         np.savez(f, **out)
-    return len(texts), int(out['truncated'].sum())
+    return len(texts), int(out['truncated'].sum()), int(out['lengths'].sum())
 
 
 def main(argv=None):
-    """Run the command line; return 0, or 1 with one line on stderr."""
+    """Run the command line; return 0 (warning on stderr of an input without text), or 1 with one line on stderr."""
     settings = settings_of(parse_args(argv))
     try:
-        n, n_truncated = run_extraction(settings)
+        n, n_truncated, n_tokens = run_extraction(settings)
     except (OSError, ValueError) as err:
         close_bars()  # the error is the last line, after no bar's debris
         print(f'extract_features.py: error: {err}', file=sys.stderr)
         return 1
+    if not n_tokens:  # an empty file, or blank lines only: almost surely the wrong file
+        held = 'no lines' if not n else f'{n} line{"s" * (n > 1)} and no text'
+        print(f'extract_features.py: warning: --input {settings.input} holds {held}: wrote {n} empty examples to '
+              f'{settings.output}; give a text file with one example per line', file=sys.stderr)
     note = f' ({n_truncated} truncated to n_ctx tokens)' if n_truncated else ''
     print(f'wrote the features of {n} examples to {settings.output}{note}')
     return 0

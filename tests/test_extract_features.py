@@ -122,6 +122,24 @@ def test_layer_and_argument_errors(model_dir, tmp_path, capsys):
     assert 'missing.txt does not exist' in err and err.count('\n') == 1
 
 
+@pytest.mark.parametrize('text, held, n', [('', 'no lines', 0), ('\n  \n', '2 lines and no text', 2)])
+def test_an_input_without_text_is_written_with_one_warning_naming_it(model_dir, tmp_path, capsys, text, held, n):
+    (tmp_path / 'in.txt').write_text(text, encoding='utf-8')
+    out = tmp_path / 'f.npz'
+    assert extract_features.main(['--input', str(tmp_path / 'in.txt'), '--output', str(out), '--model_dir',
+                                  str(model_dir), '--n_head', '2', '--device', 'cpu']) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f'extract_features.py: warning: --input {tmp_path / "in.txt"} holds {held}: wrote {n} '
+                            f'empty examples to {out}; give a text file with one example per line\n')
+    assert f'wrote the features of {n} examples' in captured.out
+    with np.load(out) as feats:
+        assert feats['lengths'].tolist() == [0] * n and feats['layer_-1'].shape == (n, 0, 8)
+    (tmp_path / 'in.txt').write_text('\nhello\n', encoding='utf-8')  # one line with text: no warning
+    assert extract_features.main(['--input', str(tmp_path / 'in.txt'), '--output', str(out), '--model_dir',
+                                  str(model_dir), '--n_head', '2', '--device', 'cpu']) == 0
+    assert capsys.readouterr().err == ''
+
+
 # --- every flag of the command line, each checked by its effect -------------------------------------------
 
 @pytest.fixture(scope='module')
