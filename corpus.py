@@ -149,6 +149,7 @@ def check_meta(meta):
         _int(counts, 'n_tokens', where)
         _int(counts, 'n_documents', where, required=False)
         _int(counts, 'n_empty_skipped', where, required=False)
+        _int(counts, 'n_tail_tokens', where, required=False)
         _int(counts, 'max_id', where, 0, MAX_ROWS - 1, required=False)
     check_vocabulary_record(_field(meta, 'vocabulary', '', dict))
     settings = _field(meta, 'settings', '', dict, required=False)

@@ -6,6 +6,9 @@ module: what turns parsed flags into the typed settings library code takes (weig
 library code never sees argparse.
 """
 import argparse
+import difflib
+import os
+import sys
 
 import torch
 
@@ -18,7 +21,7 @@ def add_weights_args(parser):
     """Add the flags that choose a model to load (generate.py, extract_features.py) to parser; return it."""
     parser.add_argument('--model_dir', default='model/',
                         help='any weights folder: GPT-1 released shards, a GPT-2 released checkpoint, a convert.py '
-                             'safetensors folder, a transformers openai-gpt or gpt2 folder')
+                             'safetensors folder, a transformers openai-gpt or gpt2 folder (default: model/)')
     parser.add_argument('--n_head', type=int, help='attention heads (released shards: default 12; others: read '
                                                    'from config.json)')
     parser.add_argument('--afn', choices=sorted(ACT_FNS), help='activation for released shards (default gelu)')
@@ -37,30 +40,40 @@ def add_architecture_args(parser):
     weights (models.read_with_flags: their shapes and config; GPT-1's released shards state neither heads nor
     activation, the original's 12 and gelu unless given), which a given flag must agree with; without weights
     (pretrain.py from scratch), the paper's (768, 12, 12, gelu) or a GPT-2 preset's."""
-    default_help = ("default: the weights' (released GPT-1 shards: n_head 12, gelu), else the paper's (768, 12, 12, "
-                    "gelu); a flag that contradicts the weights is refused")
+    helps = {'n_embd': "hidden states per token (default: the weights', else 768, the paper's / the preset's)",
+             'n_head': "attention heads (default: the weights'; GPT-1 released shards: 12; else 12, the paper's / "
+                       "the preset's)",
+             'n_layer': "transformer blocks (default: the weights', else 12, the paper's / the preset's)"}
     for name in ('n_embd', 'n_head', 'n_layer'):
-        parser.add_argument(f'--{name}', type=int, default=None, help=default_help)
-    parser.add_argument('--afn', type=str, default=None, choices=sorted(ACT_FNS), help=default_help)
+        parser.add_argument(f'--{name}', type=int, default=None, help=helps[name])
+    parser.add_argument('--afn', type=str, default=None, choices=sorted(ACT_FNS),
+                        help="MLP activation (default: the weights'; GPT-1 released shards: gelu; GPT-2 computes "
+                             "gelu; else gelu, the paper's); a flag that contradicts the weights is refused")
     return parser
 
 
 def add_dropout_args(parser, clf=True):
     """Add the dropout rates (0.1 each, the paper's) to parser, the classifier's with clf; return it."""
+    helps = {'embd_pdrop': 'dropout of the embeddings', 'attn_pdrop': 'dropout of the attention weights',
+             'resid_pdrop': 'dropout of each residual branch (attention and MLP outputs)',
+             'clf_pdrop': "dropout of the task head's input"}
     for name in ('embd_pdrop', 'attn_pdrop', 'resid_pdrop') + (('clf_pdrop',) if clf else ()):
-        parser.add_argument(f'--{name}', type=float, default=0.1)
+        parser.add_argument(f'--{name}', type=float, default=0.1, help=f"{helps[name]} (default: 0.1, the paper's)")
     return parser
 
 
 def add_optimizer_args(parser, lr):
     """Add OpenAIAdam's flags to parser with lr as the default learning rate (the others: the original's); return it."""
-    parser.add_argument('--lr', type=float, default=lr)
-    parser.add_argument('--l2', type=float, default=0.01)
+    parser.add_argument('--lr', type=float, default=lr, help=f'peak learning rate of the schedule (default: {lr:g})')
+    parser.add_argument('--l2', type=float, default=0.01,
+                        help='L2 weight decay of the weight matrices, added to the Adam update as the original\'s '
+                             '(default: 0.01)')
     # the original declares max_grad_norm with type=int; a float flag accepts both 1 and 0.5
-    parser.add_argument('--max_grad_norm', type=float, default=1)
-    parser.add_argument('--b1', type=float, default=0.9)
-    parser.add_argument('--b2', type=float, default=0.999)
-    parser.add_argument('--e', type=float, default=1e-8)
+    parser.add_argument('--max_grad_norm', type=float, default=1,
+                        help='clip the global gradient norm to this; 0 or less: no clipping (default: 1)')
+    parser.add_argument('--b1', type=float, default=0.9, help="Adam's beta1 (default: 0.9)")
+    parser.add_argument('--b2', type=float, default=0.999, help="Adam's beta2 (default: 0.999)")
+    parser.add_argument('--e', type=float, default=1e-8, help="Adam's epsilon (default: 1e-8)")
     return parser
 
 
@@ -75,10 +88,10 @@ def add_run_args(parser, unit, save_every, save_help, state_path):
     """Add the flags of how a training run runs (seed, device, precision, micro-batches, compile, activation
     checkpointing, saving and resuming, progress bars) to parser; return it. unit names what a batch holds
     ('examples', 'windows'); save_every and save_help give --save_every; state_path where --resume reads."""
-    parser.add_argument('--seed', type=int, default=42)
-    parser.add_argument('--device', type=str, default=None, help='default: cuda when available, else cpu')
+    parser.add_argument('--seed', type=int, default=42, help='random seed of the run (default: 42)')
+    parser.add_argument('--device', type=str, default=None, help='torch device (default: cuda when available, else cpu)')
     parser.add_argument('--precision', type=str, default='fp32', choices=PRECISIONS,
-                        help='fp32 (TF32 matmuls on CUDA), fp32-strict, bf16 or fp16 (with loss scaling)')
+                        help='fp32 (TF32 matmuls on CUDA), fp32-strict, bf16 or fp16 (with loss scaling); default fp32')
     parser.add_argument('--micro_batch', type=int, default=None,
                         help=f'{unit} per forward pass (default: all of this process\'s share of the batch); the '
                              f'gradients accumulate to the whole batch')
@@ -88,7 +101,8 @@ def add_run_args(parser, unit, save_every, save_help, state_path):
     parser.add_argument('--save_every', type=int, default=save_every, help=save_help)
     parser.add_argument('--resume', nargs='?', const=True, default=False, type=resume_mode, metavar='auto',
                         help=f'continue from {state_path} (it must exist); --resume auto: continue when it exists, '
-                             f'else start afresh (for restarts by torchrun --max-restarts or a requeued job)')
+                             f'else start afresh (for restarts by torchrun --max-restarts or a requeued job); default: '
+                             f'start afresh')
     parser.add_argument('--restart', action='store_true',
                         help=f'start over where an unfinished run stopped, deleting its {state_path} (without '
                              f'--restart or --resume such a run is refused, so that it is never overwritten)')
@@ -115,3 +129,97 @@ def task_dirs(specs, flag, choices=None):
             raise ValueError(f'{flag} {task} is given twice')
         tasks.append((task, data_dir))
     return tasks
+
+
+CONFIG_MAX_BYTES = 1 << 20  # a --config file is a few hundred bytes of flags: a larger one is not a config
+
+
+def add_config_arg(parser):
+    """Add --config FILE (a TOML file of flag values, read by parse_with_config) to parser; return it."""
+    parser.add_argument('--config', metavar='FILE',
+                        help='a TOML file of flag values (keys as the flags\' names without --, e.g. n_batch = 8); '
+                             'flags given on the command line override it (default: none, configs/ holds examples)')
+    return parser
+
+
+def parse_with_config(parser, argv=None):
+    """Return parser's namespace of argv with the values of its --config FILE underneath (the command line's flags win),
+    without a config attribute; a bad file, key or value is parser.error naming the file."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--config')
+    known, _ = pre.parse_known_args(argv)
+    tokens = [] if known.config is None else config_tokens(parser, known.config, argv)
+    namespace = parser.parse_args(tokens + argv)
+    del namespace.config
+    return namespace
+
+
+def config_tokens(parser, path, argv):
+    """Return the command-line tokens that the TOML file path's keys stand for, leaving out the flags argv gives;
+    parser.error names the file and the key when the file cannot be read or a key or value does not fit a flag."""
+    table = read_config_file(parser, path)
+    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != 'config'}
+    given = {token.split('=', 1)[0] for token in argv if token.startswith('--')}
+    tokens = []
+    for key, value in table.items():
+        action = actions.get(key)
+        if action is None or isinstance(action, argparse._HelpAction):
+            nearest = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.5)
+            hint = f'the nearest flag is --{nearest[0]}' if nearest else 'see --help for the flags'
+            parser.error(f'--config {path}: unknown key {key!r} ({hint})')
+        if not given.isdisjoint(action.option_strings):
+            continue  # the command line overrides the file
+        tokens += flag_tokens(parser, path, key, value, action)
+    return tokens
+
+
+def read_config_file(parser, path):
+    """Return the table (a dict of flag name -> value) of the TOML file path; parser.error when it is unreadable."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: tomllib arrived in 3.11
+        parser.error(f'--config {path}: reading TOML needs Python 3.11 or later; give the flags on the command line')
+    if not os.path.isfile(path):
+        parser.error(f'--config {path}: no such file (give a TOML file, e.g. one of configs/)')
+    if os.path.getsize(path) > CONFIG_MAX_BYTES:
+        parser.error(f'--config {path}: {os.path.getsize(path)} bytes, more than a config holds '
+                     f'({CONFIG_MAX_BYTES}); give a TOML file of flag values')
+    try:
+        with open(path, 'rb') as f:
+            table = tomllib.load(f)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        parser.error(f'--config {path}: not a TOML file ({err})')
+    nested = [key for key, value in table.items() if isinstance(value, dict)]
+    if nested:
+        parser.error(f'--config {path}: [{nested[0]}] is a table; give every key at the top level, as flags are')
+    return table
+
+
+def flag_tokens(parser, path, key, value, action):
+    """Return the tokens of flag action (dest key) set to the TOML value, checked against what the flag takes."""
+    flag = action.option_strings[-1]
+    where = f'--config {path}: {key} = {value!r}'
+    if action.nargs == 0:  # a switch (store_true): the file can only turn it on, as the command line can
+        if not isinstance(value, bool):
+            parser.error(f'{where}: {key} is a switch, give true or false')
+        return [flag] if value != action.default else []
+    if isinstance(value, bool):
+        if action.nargs == '?' and value:  # e.g. --resume: true is the bare flag
+            return [flag]
+        parser.error(f'{where}: --{key} takes a value, not true or false')
+    if isinstance(value, (dict, list)) and not isinstance(action, argparse._AppendAction):
+        parser.error(f'{where}: --{key} takes one value')
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, (str, int, float)) for v in values):
+        parser.error(f'{where}: give a string or a number')
+    for v in values:  # checked here, so that the error names the file
+        try:
+            typed = str(v) if action.type is None else action.type(str(v))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            parser.error(f'{where}: not a value --{key} takes ({err})')
+        if action.choices is not None and typed not in action.choices:
+            parser.error(f'{where}: give one of {", ".join(map(str, action.choices))}')
+    if isinstance(action, argparse._AppendAction):
+        return [token for v in values for token in (flag, str(v))]
+    return [flag, str(value)]

@@ -34,7 +34,10 @@ windows may cross it.
 
 A document goes to val when a seeded blake2b hash of its text falls below --val_fraction, so the split
 depends on nothing but the text and --seed: not on the order or the other documents, and duplicates share a
-split. Encoding runs in --workers processes on chunks of documents read lazily, and tokens are appended to
+split. When the documents so picked hold fewer than --min_val_windows (default 4) windows of the family's paper context
+(GPT-1: 4 x 513 ids, GPT-2: 4 x 1025) and --val_fraction is between 0 and 1 (a small corpus, or a folder holding one long document), the
+last ids of the training text move to val to make up the difference (at most a tenth of them; the document cut
+there ends in train with a separator), said in one line and recorded as val's n_tail_tokens in meta.json. Encoding runs in --workers processes on chunks of documents read lazily, and tokens are appended to
 the output as they come, so a corpus larger than memory works; serial and parallel runs write the same
 bytes. Files are written to temporaries and renamed, meta.json last (an old meta.json is removed first):
 a folder with meta.json holds a complete corpus.
@@ -54,7 +57,7 @@ import numpy as np
 
 import untrusted
 from corpus import (CORPUS_FORMATS, CORPUS_VOCABULARY, DTYPE, MAX_ID_NOTE, ROLES, SHIPPED_VOCABULARY, SPLITS,
-                    file_stamp, shipped_sha256, write_checked_ids)
+                    corpus_family, file_stamp, shipped_sha256, write_checked_ids)
 from encoder_gpt2 import DEFAULT_MODEL_DIR as GPT2_DIR
 from encoder_gpt2 import encoder_from_files
 from models import tokenizer_from_files
@@ -77,6 +80,12 @@ N_TOKENS_NOTE = 'n_tokens counts every id in the split file, the separator after
 VOCABULARY_NOTE = ('encoder_path and bpe_path are the vocabulary the ids were encoded with: a file this repository '
                    'ships (model/...) or, for any other vocabulary, its copy in the corpus folder; pretrain.py reads '
                    'them after checking their SHA-256')
+# A validation split of at least this many windows of the family's paper context (GPT-1 512, GPT-2 1024 tokens, each
+# window n_ctx + 1 ids), topped up from the end of the training text when the documents --val_fraction picks hold
+# fewer (a small corpus, or one long document): pretrain.py needs whole windows to validate.
+MIN_VAL_WINDOWS = 4
+PAPER_N_CTX = {'gpt1': 512, 'gpt2': 1024}
+MAX_TAIL_SHARE = 10  # the top-up takes at most a tenth of the training tokens
 _STALE_TMP = re.compile(r'^(train\.bin|val\.bin|meta\.json|checked_ids\.json|encoder_bpe_40000\.json|vocab_40000\.bpe|'
                         r'encoder\.json|vocab\.bpe)\.tmp[a-z0-9_]+$')  # untrusted.create_temporary's names
 
@@ -91,6 +100,7 @@ class CorpusSettings:
     errors: str = 'strict'      # what to do with bytes that are not UTF-8 (one of ERRORS)
     val_fraction: float = 0.005
     seed: int = 0               # of the train/val hash
+    min_val_windows: int = MIN_VAL_WINDOWS  # val topped up from train's end to this many paper windows (0: never)
     workers: int = 1            # encoding processes (the command line's default: all cores)
     arch: str = 'gpt1'
     encoder_path: str = ENCODER_PATH
@@ -109,13 +119,18 @@ def parse_args(argv=None):
                              'or a .jsonl file (one document per line, see --text_field)')
     parser.add_argument('--out', required=True, help='output folder for train.bin, val.bin and meta.json')
     parser.add_argument('--text_field', help='the field holding the text in each line of a .jsonl input (required '
-                                             'for .jsonl, not allowed otherwise)')
+                                             'for .jsonl, not allowed otherwise; default: none)')
     parser.add_argument('--errors', choices=ERRORS, default='strict',
                         help='what to do with bytes that are not UTF-8: stop with an error naming the offset '
                              '(strict, the default), U+FFFD (replace) or drop them (ignore)')
     parser.add_argument('--val_fraction', type=float, default=0.005,
                         help='share of documents, by a seeded hash of their text, that go to val (default 0.005)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the train/val hash (default 0)')
+    parser.add_argument('--min_val_windows', type=int, default=MIN_VAL_WINDOWS,
+                        help=f'when the documents --val_fraction picks hold fewer ids than this many windows of the '
+                             f'family\'s paper context (512 or 1024 tokens), move the last ids of the training text '
+                             f'to val to make up the difference, at most a tenth of them (default {MIN_VAL_WINDOWS}; '
+                             f'0: never)')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                         help='encoding processes (default: all cores); 1 encodes in this process')
     parser.add_argument('--arch', choices=ARCHES, default='gpt1',
@@ -152,6 +167,8 @@ def input_layout(path, text_field):
 
 def check_settings(settings):
     """Return the CorpusSettings after checking their numbers, raising a one-line ValueError for a bad one."""
+    if settings.min_val_windows < 0:
+        raise ValueError(f'--min_val_windows {settings.min_val_windows}: give 0 or more')
     if not 0.0 <= settings.val_fraction <= 1.0:
         raise ValueError(f'--val_fraction {settings.val_fraction}: give a share between 0 and 1')
     if settings.workers < 1:
@@ -398,6 +415,38 @@ def encode_corpus(settings, layout, separator_id, files):
     return counts
 
 
+def tail_tokens(counts, arch, min_val_windows):
+    """Return how many ids to move from the end of train to val (0 when val holds min_val_windows windows of the
+    arch's paper context already): the shortfall, at most a tenth of train."""
+    shortfall = min_val_windows * (PAPER_N_CTX[arch] + 1) - counts['val']['n_tokens']
+    return max(0, min(shortfall, counts['train']['n_tokens'] // MAX_TAIL_SHARE))
+
+
+def top_up_val(tmp, counts, n_tail, separator_id):
+    """Move the last n_tail ids of the train temporary to the end of the val one ({split: (fd, path)}, written and
+    still open), ending train with separator_id where the cut falls (the document cut in two is two documents, as
+    every split file ends with the separator), and record the move in counts (val's n_tail_tokens, both splits'
+    n_tokens and max_id)."""
+    if n_tail == 0:
+        return
+    itemsize = np.dtype(DTYPE).itemsize
+    train_fd, train_path = tmp['train']
+    n_train, n_val = counts['train']['n_tokens'], counts['val']['n_tokens']
+    keep = (n_train - n_tail) * itemsize
+    tail = os.pread(train_fd, n_tail * itemsize, keep)
+    assert len(tail) == n_tail * itemsize, 'the train temporary is shorter than its counts'
+    os.pwrite(tmp['val'][0], tail, n_val * itemsize)
+    os.ftruncate(train_fd, keep)
+    os.pwrite(train_fd, np.asarray([separator_id], dtype=DTYPE).tobytes(), keep)
+    counts['train']['n_tokens'] += 1 - n_tail
+    counts['val']['n_tokens'] += n_tail
+    counts['val']['n_tail_tokens'] = n_tail
+    counts['val']['max_id'] = max(counts['val'].get('max_id', 0), int(np.frombuffer(tail, dtype=DTYPE).max()))
+    train = np.memmap(train_path, dtype=DTYPE, mode='r', shape=(counts['train']['n_tokens'],))
+    counts['train']['max_id'] = int(train.max())  # the tail may have held train's largest id
+    del train
+
+
 def build_meta(settings, vocabulary, counts, record):
     """Return the meta.json dict: format, vocabulary, separator, per-split counts (and largest id) and the
     CorpusSettings that set the ids (no timestamps); vocabulary is check_vocabulary's (n_vocab, separator id,
@@ -408,7 +457,8 @@ def build_meta(settings, vocabulary, counts, record):
                 separator_id=separator_id, n_special=n_special, separator=SEPARATOR_NOTES[settings.arch],
                 vocabulary=record, splits=splits, n_tokens_note=N_TOKENS_NOTE, max_id_note=MAX_ID_NOTE,
                 settings=dict(input=settings.input, text_field=settings.text_field, errors=settings.errors,
-                              seed=settings.seed, val_fraction=settings.val_fraction))
+                              seed=settings.seed, val_fraction=settings.val_fraction,
+                              min_val_windows=settings.min_val_windows))
 
 
 def make_out_folder(out):
@@ -462,6 +512,8 @@ def prepare_corpus(settings):
         if not any(counts[split]['n_documents'] for split in SPLITS):
             n_empty = sum(counts[split]['n_empty_skipped'] for split in SPLITS)
             raise ValueError(f'--input {settings.input}: no document with text ({n_empty} empty); nothing to write')
+        if 0 < settings.val_fraction < 1:
+            top_up_val(tmp, counts, tail_tokens(counts, settings.arch, settings.min_val_windows), vocabulary[1])
         meta = build_meta(settings, vocabulary, counts, record)
         publish(settings.out, tmp, meta, copies)
     finally:
@@ -482,10 +534,16 @@ def report(meta, out):
     n_empty = sum(meta['splits'][split]['n_empty_skipped'] for split in SPLITS)
     if n_empty:
         lines.append(f'skipped {n_empty} empty documents (no tokens)')
+    n_tail = meta['splits']['val'].get('n_tail_tokens', 0)
+    if n_tail:
+        lines.append(f'val: the documents --val_fraction picked held fewer than '
+                     f'{meta["settings"]["min_val_windows"]} windows of '
+                     f'{PAPER_N_CTX[corpus_family(meta)]} tokens, so the last {n_tail} tokens of the training text '
+                     f'went to val')
     n_docs = sum(meta['splits'][split]['n_documents'] for split in SPLITS)
     fraction = meta['settings']['val_fraction']
     for split, wanted in (('val', fraction > 0), ('train', fraction < 1)):
-        if wanted and not meta['splits'][split]['n_documents']:
+        if wanted and not meta['splits'][split]['n_tokens']:
             warnings.append(f'warning: {split} is empty: none of the {n_docs} documents fell in it with '
                             f'--val_fraction {fraction}; change --val_fraction (or --seed) to fill it')
     return lines, warnings

@@ -35,7 +35,8 @@ import torch
 from checkpoint import write_json
 from corpus import corpus_family, load_corpus, read_meta
 from distributed import DistInfo, close_distributed, dist_info, shard, sum_over_ranks
-from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args, task_dirs
+from flags import (add_architecture_args, add_config_arg, add_dropout_args, add_optimizer_args, add_run_args,
+                   parse_with_config, task_dirs)
 from heuristics import METRICS, SENTIMENT_WORDS, read_zero_shot, score_zero_shot, scoring_lm, single_token
 from heuristics import TASKS as HEURISTIC_TASKS
 from loss import LM_CHUNK, token_losses
@@ -56,22 +57,25 @@ from weights import (FAMILIES, checkpoint_from_model, family_name, vocab_names, 
 SAMPLE_PROMPT = 'the'
 ARCHES = FAMILIES
 DEFAULT_N_CTX = {'gpt1': 512, 'gpt2': 1024}  # the papers' context lengths
+EVALS_PER_RUN = 20  # --eval_every's default: a loss curve of about this many points, whatever the run's length
 
 
 def parse_args(argv=None):
     """Return the command line as PretrainSettings; architecture flags left out come from --model_dir or the paper."""
-    return PretrainSettings(**vars(command_line().parse_args(argv)))
+    return PretrainSettings(**vars(parse_with_config(command_line(), argv)))
 
 
 def command_line():
     """Return pretrain.py's argument parser."""
-    p = argparse.ArgumentParser(description='Pre-train GPT-1 (the paper\'s first stage) on a corpus made by '
-                                            'prepare_corpus.py; under torchrun, data-parallel over the processes.')
+    p = argparse.ArgumentParser(description='Pre-train GPT-1 or GPT-2 (the GPT-1 paper\'s first stage) on a corpus '
+                                            'made by prepare_corpus.py, from scratch or from released or converted '
+                                            'weights; under torchrun, data-parallel over the processes.')
+    add_config_arg(p)
     p.add_argument('--corpus', required=True, help='the folder prepare_corpus.py wrote (train.bin, val.bin, meta.json)')
     p.add_argument('--out', required=True, help='the run folder: log.jsonl, the training state, the model')
     p.add_argument('--model_dir', default=None,
-                   help='continue from these weights: released shards, a convert.py or a transformers folder '
-                        '(default: train from scratch)')
+                   help='continue from these weights: GPT-1 released shards, a GPT-2 released checkpoint, a '
+                        'convert.py or a transformers folder (default: train from scratch)')
     p.add_argument('--arch', choices=ARCHES, default=None,
                    help="the model family: gpt1 or gpt2 (default: the corpus's, whose tokenizer it was encoded with)")
     p.add_argument('--preset', choices=sorted(PRESETS, key=lambda n: float(n[:-1])), default=None,
@@ -81,21 +85,29 @@ def command_line():
     add_architecture_args(p)
     add_dropout_args(p, clf=False)
     p.add_argument('--n_epochs', type=float, default=100,
-                   help='passes over the training tokens, setting --n_updates when it is not given')
-    p.add_argument('--n_updates', type=int, default=None, help='total updates; the schedule runs over them')
-    p.add_argument('--n_batch', type=int, default=64, help='windows per update, over all processes')
+                   help='passes over the training tokens, setting --n_updates when it is not given (default: 100)')
+    p.add_argument('--n_updates', type=int, default=None,
+                   help='total updates; the schedule runs over them (default: from --n_epochs)')
+    p.add_argument('--n_batch', type=int, default=64, help='windows per update, over all processes (default: 64)')
     add_optimizer_args(p, lr=2.5e-4)
-    p.add_argument('--warmup_updates', type=int, default=2000)
-    p.add_argument('--eval_every', type=int, default=1000, help='validation loss every N updates (and at the end)')
-    p.add_argument('--eval_windows', type=int, default=64, help='fixed validation windows evaluated each time')
-    p.add_argument('--sample_every', type=int, default=0, help='a text sample every N updates (0: never)')
-    p.add_argument('--sample_prompt', default=SAMPLE_PROMPT)
+    p.add_argument('--warmup_updates', type=int, default=2000,
+                   help='updates over which the learning rate rises linearly from 0 to --lr before its cosine decay '
+                        '(default: 2000, the paper\'s; a warning when it covers the whole run)')
+    p.add_argument('--eval_every', type=int, default=None,
+                   help=f'validation loss every N updates, and at the start and the end (default: the run\'s updates '
+                        f'/ {EVALS_PER_RUN}, about {EVALS_PER_RUN} evaluations a run; 0: only at the end)')
+    p.add_argument('--eval_windows', type=int, default=64,
+                   help='fixed validation windows evaluated each time (default: 64)')
+    p.add_argument('--sample_every', type=int, default=0,
+                   help='a text sample every N updates (0: never; default: 0)')
+    p.add_argument('--sample_prompt', default=SAMPLE_PROMPT,
+                   help=f'the text the samples continue (default: {SAMPLE_PROMPT!r})')
     p.add_argument('--zero_shot', action='append', default=[], metavar='TASK=DATA_DIR',
                    help=f'at each evaluation, also score a zero-shot heuristic of the paper (heuristics.py: '
                         f'{", ".join(HEURISTIC_TASKS)}) on its default split in DATA_DIR, logged as zs_TASK '
-                        f'(repeatable)')
+                        f'(repeatable; default: none)')
     add_run_args(p, unit='windows', save_every=1000,
-                 save_help='save the training state every N updates (and at the end)',
+                 save_help='save the training state every N updates (and at the end; default: 1000)',
                  state_path='OUT/train_state.safetensors')
     p.add_argument('--save_shards', action='store_true',
                    help='also write the weights in the released format in OUT/shards/ (GPT-1: the ten shards; GPT-2: '
@@ -130,7 +142,7 @@ class PretrainSettings:
     b2: float
     e: float
     warmup_updates: int
-    eval_every: int
+    eval_every: Optional[int]  # None until the run's updates decide it (eval_every_of)
     eval_windows: int
     sample_every: int
     sample_prompt: str
@@ -162,7 +174,7 @@ class PretrainSettings:
 
     def evaluation(self, device):
         """Return how evaluations batch (micro_batch, else n_batch windows) on device in the run's precision."""
-        return Evaluation(self.micro_batch or self.n_batch, device, self.precision, verbose=False)
+        return Evaluation(self.micro_batch or self.n_batch, device, self.precision, verbose=not self.quiet)
 
 
 def check_args(settings, info=DistInfo()):
@@ -171,7 +183,7 @@ def check_args(settings, info=DistInfo()):
         if getattr(settings, name) < 1:
             raise ValueError(f'--{name} must be at least 1, got {getattr(settings, name)}')
     for name in ('eval_every', 'sample_every', 'save_every', 'warmup_updates'):
-        if getattr(settings, name) < 0:
+        if getattr(settings, name) is not None and getattr(settings, name) < 0:
             raise ValueError(f'--{name} must be 0 or more, got {getattr(settings, name)}')
     if settings.n_updates is not None and settings.n_updates < 1:
         raise ValueError(f'--n_updates must be at least 1, got {settings.n_updates}')
@@ -301,6 +313,41 @@ def n_updates_of(settings, n_train_tokens):
     return max(1, math.ceil(settings.n_epochs * n_train_tokens / (settings.n_batch * settings.n_ctx)))
 
 
+def eval_every_of(settings, n_updates):
+    """Return the updates between evaluations: --eval_every, else n_updates / EVALS_PER_RUN rounded up."""
+    if settings.eval_every is not None:
+        return settings.eval_every
+    return max(1, math.ceil(n_updates / EVALS_PER_RUN))
+
+
+def plan_lines(settings, model, n_updates):
+    """Return the lines pretrain.py prints before its first update: what trains, for how long, and a warning line
+    (for stderr, else None) when the warm-up covers the whole run."""
+    n_params = sum(p.numel() for p in model.parameters())
+    plan = (f'pre-training {family_name(settings.arch)} ({settings.n_layer} layers, {settings.n_embd} states, '
+            f'{settings.n_head} heads, n_ctx {settings.n_ctx}; {n_params / 1e6:.1f}M parameters) for {n_updates} '
+            f'updates of {settings.n_batch} windows ({settings.n_batch * settings.n_ctx} tokens), '
+            + (f'a validation every {settings.eval_every} updates' if settings.eval_every else 'validated at the end'))
+    warning = None
+    if settings.warmup_updates >= n_updates:
+        warning = (f'pretrain.py: warning: --warmup_updates {settings.warmup_updates} covers the whole run of '
+                   f'{n_updates} updates: the learning rate only rises and never reaches --lr\'s cosine decay; give '
+                   f'fewer (e.g. --warmup_updates {max(1, n_updates // 10)})')
+    return plan, warning
+
+
+def next_steps(settings):
+    """Return the lines pretrain.py ends a finished run with: where the model is and the commands to try next."""
+    out = settings.out.rstrip('/') + '/'
+    return [f'the model is in {out} (model.safetensors, config.json, its vocabulary); log {out}log.jsonl; next:',
+            f'  sample it:     python generate.py --model_dir {out} --prompt "{settings.sample_prompt}" --gen_len 100 '
+            f'--top_k 40',
+            f'  continue it:   python pretrain.py --corpus {settings.corpus} --out {out.rstrip("/")}-more/ '
+            f'--model_dir {out}',
+            f'  fine-tune it:  python train.py --model_dir {out} --dataset rocstories --data_dir data/ '
+            f'(docs/training.md)']
+
+
 @dataclass(frozen=True)
 class Windows:
     """Windows of n_ctx tokens laid out for a table of n_rows token rows (tokens and special rows) whose position rows
@@ -352,7 +399,9 @@ def validation_loss(model, stream, starts, windows, evaluation, info=DistInfo())
     starts = starts[shard(len(starts), info)]
     total, count = 0.0, 0
     n_batch, device = evaluation.n_batch, evaluation.device
-    with torch.inference_mode():
+    bar = progress_bar(total=len(starts), desc='validating', unit='window', leave=False,
+                       disable=not (evaluation.verbose and info.is_main))
+    with torch.inference_mode(), bar:
         for s in range(0, len(starts), n_batch):
             x, targets = to_tensors(device, *lm_inputs(stream, starts[s:s + n_batch], windows.n_ctx,
                                                        windows.first_position))
@@ -360,6 +409,7 @@ def validation_loss(model, stream, starts, windows, evaluation, info=DistInfo())
                 losses = window_loss(model.transformer, x, targets, windows.n_rows)
             total += losses.float().sum().item()
             count += losses.numel()
+            bar.update(len(x))
     model.train()
     total, count = sum_over_ranks(total, info), sum_over_ranks(count, info)
     return total / max(count, 1)
@@ -561,6 +611,7 @@ def run_launched(launch, settings, meta, t0):
         model.to(device)
         corpus['zero_shot'] = read_zero_shot_tasks(settings, scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab']))
         n_updates = n_updates_of(settings, len(corpus['train']))
+        settings = dataclasses.replace(settings, eval_every=eval_every_of(settings, n_updates))
         opt = OpenAIAdam(model.parameters(), lr=settings.lr, schedule='warmup_cosine_decay',
                          warmup=min(1.0, settings.warmup_updates / n_updates), t_total=n_updates, b1=settings.b1,
                          b2=settings.b2, e=settings.e, l2=settings.l2, max_grad_norm=settings.max_grad_norm)
@@ -570,6 +621,11 @@ def run_launched(launch, settings, meta, t0):
         state = StateSpec(identity, new_progress(), rank_keys=('train_loss_sum', 'train_tokens', 'train_time'))
         run = Run(launch, model, opt, state, trained=model.transformer)
         progress = run.progress
+        if info.is_main:
+            plan, warning = plan_lines(settings, model, n_updates)
+            print(plan, flush=True)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
         if settings.resume and info.is_main:
             print(f"resuming at update {progress['n_updates']} of {n_updates}", flush=True)
     if info.is_main:
@@ -604,6 +660,7 @@ def main(argv=None):
         print(f"done: {summary['n_updates']} updates, val loss {val}, wall {summary['wall_s']:.1f} s; "
               f"model in {settings.out}", flush=True)
         print(format_phases(summary['phases']), flush=True)
+        print('\n'.join(next_steps(settings)), flush=True)
     return 0
 
 

@@ -23,7 +23,8 @@ import datasets
 import task_datasets
 from checkpoint import atomic_write, write_json
 from distributed import DistInfo, close_distributed, dist_info, gather_concat, shard, sum_over_ranks
-from flags import add_architecture_args, add_dropout_args, add_optimizer_args, add_run_args
+from flags import (add_architecture_args, add_config_arg, add_dropout_args, add_optimizer_args, add_run_args,
+                   parse_with_config)
 from loss import task_losses, train_loss
 from model_gpt2 import make_task_model
 from model_pytorch import DoubleHeadModel, GPTConfig, MultipleChoiceHead, load_openai_pretrained_model
@@ -35,6 +36,7 @@ from precision import autocast_context
 from trainer import (RUN_ENDINGS, Evaluation, Launch, PhaseClock, Run, RunFiles, RunSettings, StateSpec,
                      check_not_unfinished, failed_run_exit, format_phases, phase_record, run_identity, save_state,
                      stop_if_requested, to_tensors, update_phase)
+from text_utils import BPE_PATH, ENCODER_PATH
 from untrusted import BadFile, int_field
 from utils import encode_dataset, iter_data
 from utils import progress as progress_bar
@@ -50,7 +52,7 @@ def parse_args(argv=None):
     """Return the command line as FineTuneSettings: every flag of the original (names and defaults), plus this port's;
     an --n_transfer list is a sweep."""
     p = command_line()
-    args = p.parse_args(argv)
+    args = parse_with_config(p, argv)
     if args.from_scratch:
         if args.n_transfer != [12]:
             p.error(f'--from_scratch transfers nothing: leave out --n_transfer {",".join(map(str, args.n_transfer))}')
@@ -63,45 +65,68 @@ def parse_args(argv=None):
 
 def command_line():
     """Return train.py's argument parser."""
-    p = argparse.ArgumentParser(description='Fine-tune GPT-1 (faithful to openai/finetune-transformer-lm); '
+    p = argparse.ArgumentParser(description='Fine-tune GPT-1 (faithful to openai/finetune-transformer-lm) or GPT-2 '
+                                            'weights under GPT-1\'s recipe on ROCStories or the paper\'s other tasks; '
                                             'under torchrun, data-parallel over the processes.')
-    p.add_argument('--desc', type=str, default='rocstories')
-    p.add_argument('--dataset', type=str, default='rocstories')
-    p.add_argument('--log_dir', type=str, default='log/')
-    p.add_argument('--save_dir', type=str, default='save/')
-    p.add_argument('--data_dir', type=str, default='data/')
-    p.add_argument('--submission_dir', type=str, default='submission/')
-    p.add_argument('--submit', action='store_true')
-    p.add_argument('--analysis', action='store_true')
-    p.add_argument('--n_iter', type=int, default=3)
-    p.add_argument('--n_batch', type=int, default=8)
-    p.add_argument('--lr_warmup', type=float, default=0.002)
-    p.add_argument('--n_ctx', type=int, default=512)
+    add_config_arg(p)
+    p.add_argument('--desc', type=str, default='rocstories',
+                   help='the run\'s name: log_dir/DESC.jsonl, save_dir/DESC/ (default: rocstories)')
+    p.add_argument('--dataset', type=str, default='rocstories',
+                   help=f'the task, one of {", ".join(DATASETS)} (default: rocstories)')
+    p.add_argument('--log_dir', type=str, default='log/', help='folder of the run\'s logs (default: log/)')
+    p.add_argument('--save_dir', type=str, default='save/',
+                   help='folder of the best weights and training state (default: save/)')
+    p.add_argument('--data_dir', type=str, default='data/', help='folder of the task\'s data (default: data/)')
+    p.add_argument('--submission_dir', type=str, default='submission/',
+                   help='folder of the test predictions --submit writes (default: submission/)')
+    p.add_argument('--submit', action='store_true',
+                   help='keep the best weights on validation and write their test predictions')
+    p.add_argument('--analysis', action='store_true',
+                   help='with --submit, report the predictions as analysis.py does (ROCStories: test accuracy)')
+    p.add_argument('--n_iter', type=int, default=3, help='epochs (default: 3)')
+    p.add_argument('--n_batch', type=int, default=8,
+                   help='examples per tower; an update takes n_batch * n_gpu (default: 8)')
+    p.add_argument('--lr_warmup', type=float, default=0.002,
+                   help='share of the updates over which the learning rate rises from 0 (default: 0.002)')
+    p.add_argument('--n_ctx', type=int, default=512,
+                   help='most tokens per sequence: the longest example\'s, at most this (default: 512)')
     add_architecture_args(p)  # default None: the weights' (released shards: n_head 12, gelu)
     add_dropout_args(p)
     add_optimizer_args(p, lr=6.25e-5)
-    p.add_argument('--vector_l2', action='store_true')
+    p.add_argument('--vector_l2', action='store_true', help='apply --l2 to the vectors (biases, gains) too')
     p.add_argument('--n_gpu', type=int, default=4,
-                   help='towers of the original; one update averages n_batch * n_gpu examples on any device count')
-    p.add_argument('--opt', type=str, default='adam', choices=['adam'])
-    p.add_argument('--lr_schedule', type=str, default='warmup_linear', choices=sorted(SCHEDULES))
-    p.add_argument('--encoder_path', type=str, default=GPT1_VOCABULARY[0])
-    p.add_argument('--bpe_path', type=str, default=GPT1_VOCABULARY[1])
+                   help='towers of the original; one update averages n_batch * n_gpu examples on any device count '
+                        '(default: 4)')
+    p.add_argument('--opt', type=str, default='adam', choices=['adam'],
+                   help='the optimizer: OpenAIAdam, the original\'s only one (default: adam)')
+    p.add_argument('--lr_schedule', type=str, default='warmup_linear', choices=sorted(SCHEDULES),
+                   help='the learning rate\'s shape over the run (default: warmup_linear)')
+    p.add_argument('--encoder_path', type=str, default=GPT1_VOCABULARY[0],
+                   help=f'BPE vocabulary (default: {GPT1_VOCABULARY[0]}, the one shipped next to this code, found from any '
+                        f'folder; with GPT-2 weights, left at this: theirs)')
+    p.add_argument('--bpe_path', type=str, default=GPT1_VOCABULARY[1],
+                   help=f'BPE merges (default: {GPT1_VOCABULARY[1]}; with GPT-2 weights, left at this: theirs)')
     p.add_argument('--n_transfer', type=transfer_values, default=[12],
                    help='blocks whose pre-trained weights are copied, with the table (-1: nothing); a list K1,K2,... '
                         'runs one training per value and writes log/<desc>_transfer.json (the paper\'s Figure 2, '
-                        'left: analysis.py --transfer)')
-    p.add_argument('--lm_coef', type=float, default=0.5)
-    p.add_argument('--n_valid', type=int, default=374)
+                        'left: analysis.py --transfer; default: 12)')
+    p.add_argument('--lm_coef', type=float, default=0.5,
+                   help='weight of the auxiliary LM loss added to the task loss (default: 0.5)')
+    p.add_argument('--n_valid', type=int, default=374,
+                   help='ROCStories: the val CSV\'s stories held out for validation; every task: the training '
+                        'examples scored at each evaluation (default: 374)')
     # additions of this port
     p.add_argument('--model_dir', type=str, default='model/',
-                   help='the weights: a released model/ folder, a convert.py folder or a transformers openai-gpt folder')
+                   help='the weights: a released GPT-1 model/ or GPT-2 folder, a convert.py folder or a transformers '
+                        'openai-gpt or gpt2 folder (default: model/)')
     add_run_args(p, unit='examples', save_every=0,
-                 save_help='also save the training state every N updates (it is always saved at epoch ends)',
+                 save_help='also save the training state every N updates (it is always saved at epoch ends; '
+                           'default: 0, only there)',
                  state_path='save_dir/desc/train_state.safetensors')
     p.add_argument('--verify_weights', action='store_true', help='check the shards against the released SHA-1s')
     p.add_argument('--n_runs', type=int, default=1,
-                   help='run seeds seed, seed+1, ... one after another and report median/mean/std/best of valid')
+                   help='run seeds seed, seed+1, ... one after another and report median/mean/std/best of valid '
+                        '(default: 1)')
     p.add_argument('--from_scratch', action='store_true',
                    help='no pre-trained weights: every weight drawn as the paper initialises it (N(0, 0.02)), the '
                         'same as --n_transfer -1; --model_dir still gives the architecture and vocabulary')
@@ -204,11 +229,15 @@ def check_args(settings, info=DistInfo()):
 
 
 def tokenizer_paths(settings, family):
-    """Return the (encoder_path, bpe_path) of the run's tokenizer: the flags'; with GPT-2 weights, the flags left at
-    their GPT-1 defaults mean the weights' own vocabulary (None, None: their folder's, else the shipped one)."""
-    if family == 'gpt2' and (settings.encoder_path, settings.bpe_path) == GPT1_VOCABULARY:
-        return None, None
-    return settings.encoder_path, settings.bpe_path
+    """Return the (encoder_path, bpe_path) of the run's tokenizer: the flags'; left at their defaults, the vocabulary
+    shipped in this repository's model/ (whatever the working folder), or with GPT-2 weights the weights' own (None,
+    None: their folder's, else the shipped one)."""
+    paths = (settings.encoder_path, settings.bpe_path)
+    if paths == GPT1_VOCABULARY:
+        # the original's defaults name its repository's model/ folder: the files shipped next to this code, found
+        # from any working folder
+        return (None, None) if family == 'gpt2' else (ENCODER_PATH, BPE_PATH)
+    return paths
 
 
 def required_files(settings):
@@ -704,6 +733,8 @@ def run_fine_tuning(settings):
     check_args(settings, info)
     check_inputs(settings)
     with Launch.begin(settings.run_settings(), run_files(settings), info) as launch:
+        if info.is_main:  # the run's arguments, once it starts (after the checks that fail fast, which print one line)
+            print(json.dumps(dataclasses.asdict(settings)), flush=True)
         return run_launched(launch, resolved(settings, launch), t0)
 
 
@@ -916,8 +947,6 @@ def format_runs(summaries, stats):
 def main(argv=None):
     """Run train.py from the command line; return the exit code."""
     settings = parse_args(argv)
-    if dist_info().is_main:
-        print(json.dumps(dataclasses.asdict(settings)), flush=True)
     try:
         if settings.transfer_sweep or settings.n_runs > 1:
             check_sweep_states(settings)

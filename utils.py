@@ -148,7 +148,7 @@ def is_terminal(stream):
 
 
 class LineProgress:
-    """A progress bar for a stream that is not a terminal: a whole line `desc: n/total unit (pct%), rate, elapsed`
+    """A progress bar for a stream that is not a terminal: a whole line `desc: n/total unit (pct%), rate, elapsed<left`
     every PROGRESS_INTERVAL_S seconds at most and one when it ends complete; nothing when it is closed by an error
     (the error is then the last line of the log) or left to the garbage collector. Offers what this project uses of
     tqdm: iteration, update, set_postfix(_str), set_description, close and the with-statement."""
@@ -227,7 +227,10 @@ class LineProgress:
                      else f'{1 / rate:.2f}s/{self.unit}')
         else:
             speed = f'?{self.unit}/s'
-        parts = [count, speed, tqdm.format_interval(elapsed)] + ([self.postfix] if self.postfix else [])
+        times = tqdm.format_interval(elapsed)
+        if self.total and 0 < done and self.n < self.total:  # the time left at the rate so far (tqdm's elapsed<left)
+            times += f'<{tqdm.format_interval((self.total - self.n) * elapsed / done)}'
+        parts = [count, speed, times] + ([self.postfix] if self.postfix else [])
         return (f'{self.desc}: ' if self.desc else '') + ', '.join(parts)
 
     def _amount(self, value):

@@ -42,8 +42,14 @@ TASK_RUNS = [('rocstories', 'data/'), ('race', 'race/'), ('mnli', 'glue/'), ('sn
 # commands that do not run here: the command as documented -> where it runs instead, or why it cannot
 NOT_RUN = {
     'pip install -r requirements-dev.txt': 'installs packages from the network (.ci/run does it)',
-    'pip install torch==2.13.0': 'installs packages from the network (.ci/run does it)',
+    'pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu': 'installs packages from the network '
+                                                                                '(.ci/run installs torch==2.13.0)',
     'python -m pytest': 'the test suite itself',
+    'python prepare_corpus.py --input data/tinyshakespeare/ --out runs/shakespeare-corpus/ --arch gpt2':
+        'the first run: tests/test_first_run.py runs its three commands on a cut-down model',
+    'python pretrain.py --config configs/first_run.toml': 'the first run: tests/test_first_run.py',
+    'python generate.py --model_dir runs/shakespeare/ --prompt "ROMEO:" --gen_len 120 --top_k 40 --seed 0':
+        'the first run: tests/test_first_run.py',
     'python -m pytest -m cuda': 'needs a GPU (benchmarks/gpu_check.sh runs it)',
     'python -m ruff check .': "CI's lint step (.ci/run) runs it",
     'python download_model.py': 'downloads from the network; tests/test_download_model.py runs it against a local '
@@ -114,7 +120,7 @@ def make_workspace(d):
     """Fill folder d with what the documented commands read: model/ (a tiny released checkpoint and the real
     vocabulary), models/124M/ (a tiny released GPT-2 with the real vocabulary's rows), data/ (N_STORIES of ROCStories), glue/,
     race/, snli/, scitail/ (the other tasks' layouts), dprd/, texts for prepare_corpus.py (my_texts/, books/,
-    books.txt, docs.jsonl) and sentences.txt; return d."""
+    books.txt, docs.jsonl), sentences.txt and configs/ (the repository's); return d."""
     rng = np.random.default_rng(0)
     write_tiny_gpt2(d / 'models' / '124M', n_ctx=N_POS, n_embd=N_EMBD, n_head=12, n_layer=N_LAYER)
     write_tiny_checkpoint(d / 'model', rng, n_embd=N_EMBD, n_layer=N_LAYER, n_pos=N_POS)
@@ -135,6 +141,7 @@ def make_workspace(d):
     (d / 'books.txt').write_text('\n\n'.join(texts) + '\n')
     (d / 'docs.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts))
     (d / 'sentences.txt').write_text('the cat sat on the mat.\nit rained all day, so they stayed home.\n')
+    (d / 'configs').symlink_to(ROOT / 'configs', target_is_directory=True)  # the shipped configs, as in a clone
     return d
 
 
@@ -240,3 +247,24 @@ def test_the_readme_is_a_front_page():
     assert len(lines) <= 250
     head = '\n'.join(lines[:60])
     assert 'pip install -r requirements-dev.txt' in head and 'python -m pytest' in head
+
+
+def test_every_page_opens_with_what_it_holds():
+    """The first paragraph after a docs page's title says what the page holds."""
+    for path in DOCS[1:]:
+        title, blank, first = path.read_text(encoding='utf-8').splitlines()[:3]
+        assert title.startswith('# ') and not blank, f'{path.name}: a title, then a blank line'
+        assert first.startswith('This page holds '), f'{path.name}: open with "This page holds ..." after the title'
+
+
+def test_the_docs_point_only_inside_the_repository():
+    """Every relative link of README.md and docs/ names a file or folder of the repository; no path reaches out of it
+    (a clone has nothing beside it)."""
+    for path in DOCS:
+        text = path.read_text(encoding='utf-8')
+        assert '../shared' not in text and '`shared/' not in text, f'{path.name}: names a folder outside the repository'
+        for target in re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', text):
+            if re.match(r'[a-z]+://', target):
+                continue
+            resolved = (path.parent / target).resolve()
+            assert resolved.is_relative_to(ROOT) and resolved.exists(), f'{path.name}: the link {target} leads nowhere here'

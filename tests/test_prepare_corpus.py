@@ -127,12 +127,14 @@ def test_jsonl_layout_with_blank_lines_and_empty_documents(tmp_path, capsys, tex
     assert stream_docs(out)['train'] == [encode_one(text_encoder, d) for d in DOCS]
     meta = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
     assert meta['splits']['train']['n_empty_skipped'] == 2
-    assert meta['settings'] == dict(input=str(src), text_field='text', errors='strict', seed=0, val_fraction=0.0)
+    assert meta['settings'] == dict(input=str(src), text_field='text', errors='strict', seed=0, val_fraction=0.0,
+                                min_val_windows=4)
 
 
 def test_meta_records_format_vocabulary_separator_and_counts(tmp_path, capsys):
     src = write_jsonl(tmp_path / 'c.jsonl', random_docs(30) + [''])
-    out = prepare(capsys, src, tmp_path / 'out', '--text_field', 'text', '--val_fraction', '0.3', '--seed', '7')
+    out = prepare(capsys, src, tmp_path / 'out', '--text_field', 'text', '--val_fraction', '0.3', '--seed', '7',
+                  '--min_val_windows', '0')  # the hash split alone (the top-up: test_a_val_split_too_small_...)
     meta = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
     assert meta['format'] == prepare_corpus.CORPUS_FORMATS['gpt1'] == 'gpt1-corpus-v1'
     assert (meta['separator_id'], meta['n_special'], meta['n_vocab'], meta['dtype']) == (SEP, 1, SEP, 'uint16')
@@ -198,7 +200,7 @@ def splits_of(text_encoder, out, texts):
 
 def test_split_is_stable_under_reordering_adding_and_removing(tmp_path, capsys, text_encoder):
     docs = random_docs(40)
-    flags = ('--text_field', 'text', '--val_fraction', '0.4', '--seed', '3')
+    flags = ('--text_field', 'text', '--val_fraction', '0.4', '--seed', '3', '--min_val_windows', '0')
     a = prepare(capsys, write_jsonl(tmp_path / 'a.jsonl', docs), tmp_path / 'a', *flags)
     changed = list(reversed(docs[5:])) + random_docs(15, seed=1)  # reordered, 5 removed, 15 added
     b = prepare(capsys, write_jsonl(tmp_path / 'b.jsonl', changed), tmp_path / 'b', *flags)
@@ -212,7 +214,7 @@ def test_split_is_stable_under_reordering_adding_and_removing(tmp_path, capsys, 
 def test_duplicates_share_a_split(tmp_path, capsys, text_encoder):
     docs = random_docs(20)
     out = prepare(capsys, write_jsonl(tmp_path / 'c.jsonl', docs + docs[::-1]), tmp_path / 'out',
-                  '--text_field', 'text', '--val_fraction', '0.5')
+                  '--text_field', 'text', '--val_fraction', '0.5', '--min_val_windows', '0')
     streams = stream_docs(out)
     for doc in docs:
         ids = encode_one(text_encoder, doc)
@@ -231,12 +233,39 @@ def test_val_fraction_0_and_1_leave_one_split_empty(tmp_path, capsys, fraction, 
     assert meta['splits'][empty]['n_documents'] == 0
 
 
+def test_a_val_split_too_small_is_topped_up_from_the_end_of_train(tmp_path, capsys):
+    """Too few val ids for MIN_VAL_WINDOWS windows: the last ids of train (at most a tenth) move to val, the document
+    cut there ending in train with a separator; said in one line, recorded in meta.json; nothing lost or reordered."""
+    docs = [d for d in random_docs(60) if not in_val(d, 0, 0.005)]
+    src = write_jsonl(tmp_path / 'c.jsonl', docs)
+    whole = tmp_path / 'whole'
+    prepare(capsys, src, whole, '--text_field', 'text', '--val_fraction', '0')  # 0: no val asked for, none made
+    full = read_ids(whole / 'train.bin')
+    assert read_ids(whole / 'val.bin') == [] and 'n_tail_tokens' not in json.loads((whole / 'meta.json').read_text())[
+        'splits']['val']
+    rc, out, err = run(capsys, '--input', src, '--out', tmp_path / 'out', '--text_field', 'text', '--quiet',
+                       '--workers', '1')
+    assert rc == 0 and err == ''
+    n_tail = len(full) // 10  # the shortfall (4 x 513 ids) is larger than the cap
+    assert 0 < n_tail < prepare_corpus.MIN_VAL_WINDOWS * 513
+    train, val, meta = load_corpus(tmp_path / 'out')
+    assert val.tolist() == full[-n_tail:] and train.tolist() == full[:-n_tail] + [SEP]
+    assert meta['splits']['val']['n_tail_tokens'] == n_tail and meta['splits']['val']['n_tokens'] == n_tail
+    assert meta['splits']['train']['n_tokens'] == len(full) - n_tail + 1
+    assert meta['splits']['train']['max_id'] == max(train) and meta['splits']['val']['max_id'] == max(val)
+    assert f'so the last {n_tail} tokens of the training text went to val' in out
+    assert prepare_corpus.tail_tokens({'train': {'n_tokens': 100_000}, 'val': {'n_tokens': 1000}}, 'gpt2', 4) == 3100
+    rc, out, _ = run(capsys, '--input', src, '--out', tmp_path / 'off', '--text_field', 'text', '--quiet', '--workers',
+                     '1', '--min_val_windows', '0')
+    assert rc == 0 and read_ids(tmp_path / 'off' / 'val.bin') == [] and 'went to val' not in out  # asked: no top-up
+
+
 def test_empty_val_is_a_warning_not_an_error(tmp_path, capsys):
-    docs = [d for d in DOCS if not in_val(d, 0, 0.005)]
-    assert len(docs) >= 5
+    docs = [d for d in ('a', 'b', 'c', 'd') if not in_val(d, 0, 0.005)]  # fewer than 10 ids: nothing to top up from
+    assert len(docs) >= 3
     rc, out, err = run(capsys, '--input', write_jsonl(tmp_path / 'c.jsonl', docs), '--out', tmp_path / 'out',
                        '--text_field', 'text', '--quiet', '--workers', '1')
-    assert rc == 0 and 'val: 0 documents' in out
+    assert rc == 0 and 'val: 0 documents, 0 tokens' in out
     assert err.count('\n') == 1 and err.startswith('warning: val is empty') and '--val_fraction' in err
 
 

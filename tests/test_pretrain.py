@@ -302,3 +302,29 @@ def test_zero_shot_flags_are_checked_before_training(corpus, tmp_path, capsys):
     assert pretrain.main(tiny_args(corpus, tmp_path / 'b', '--zero_shot', f'dprd={tmp_path}')) == 2
     assert f'no test.c.txt in {str(tmp_path)!r}' in capsys.readouterr().err
     assert not (tmp_path / 'b' / 'train_state.safetensors').exists()
+
+
+def test_defaults_fit_the_run_evaluations_a_warmup_warning_and_the_next_steps(corpus, tmp_path, capsys):
+    """Without --eval_every a run evaluates about EVALS_PER_RUN times whatever its length; a warm-up as long as the run
+    is one warning line; the run starts with what it trains and ends with where the model is and what to run next."""
+    args = tiny_args(corpus, tmp_path, '--n_updates', '40', '--warmup_updates', '40')
+    i = args.index('--eval_every')
+    del args[i:i + 2]
+    assert pretrain.main(args) == 0
+    assert [r['n_updates'] for r in read_log(tmp_path)] == list(range(0, 41, 2))  # 40 / 20: every 2 updates
+    assert json.loads((tmp_path / 'args.json').read_text())['eval_every'] == 2  # the value the run used
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        'pretrain.py: warning: --warmup_updates 40 covers the whole run of 40 updates: the learning rate only rises and '
+        'never reaches --lr\'s cosine decay; give fewer (e.g. --warmup_updates 4)']
+    lines = out.strip().splitlines()
+    assert lines[0].startswith('pre-training GPT-1 (2 layers, 32 states, 4 heads, n_ctx 24; ') and lines[0].endswith(
+        'for 40 updates of 8 windows (192 tokens), a validation every 2 updates')
+    assert lines[-4] == f'the model is in {tmp_path}/ (model.safetensors, config.json, its vocabulary); log ' \
+                        f'{tmp_path}/log.jsonl; next:'
+    assert lines[-3].split() == ['sample', 'it:', 'python', 'generate.py', '--model_dir', f'{tmp_path}/', '--prompt',
+                                 '"the"', '--gen_len', '100', '--top_k', '40']
+    assert all(line.startswith('  ') for line in lines[-3:])
+    assert pretrain.main(args + ['--out', str(tmp_path / 'short'), '--n_updates', '5', '--warmup_updates', '4']) == 0
+    assert capsys.readouterr().err == ''  # a warm-up shorter than the run: no warning
+    assert [r['n_updates'] for r in read_log(tmp_path / 'short')] == [0, 1, 2, 3, 4, 5]  # 5 / 20 rounds up to 1

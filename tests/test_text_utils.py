@@ -94,6 +94,18 @@ def test_encode_rejects_a_bare_str(text_encoder):
         text_encoder.encode('Hello', verbose=False)
 
 
+def test_a_text_longer_than_spacys_guard_is_tokenized_whole(text_encoder):
+    """spaCy refuses texts over nlp.max_length characters (1,000,000 by default); the encoder lifts the guard, and the
+    long text's ids are those of its lines encoded one by one, joined by the newline's id."""
+    line = 'Thou art a villain, sir.'
+    n = 1_000_000 // len(line) + 1
+    text = '\n'.join([line] * n)
+    assert len(text) > 1_000_000
+    newline = text_encoder.encoder['\n</w>']
+    one = text_encoder.encode([line], verbose=False)[0]
+    assert text_encoder.encode([text], verbose=False)[0] == ((one + [newline]) * n)[:-1]
+
+
 def test_text_standardize_hand_computed():
     assert text_standardize('a—b–c―d') == 'a - b - c - d'
     assert text_standardize('wait…') == 'wait...'

@@ -31,6 +31,8 @@ def test_end_to_end_submit_and_analysis(workdir):
                           cwd=d, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()
+    arguments = json.loads(out[0])  # the run's arguments, printed once, as it starts
+    assert arguments['desc'] == 'tiny' and arguments['submit'] and [line[:1] for line in out].count('{') == 1
 
     # 56 - 16 = 40 training stories, batches of n_batch * n_gpu = 8: 5 updates per epoch, 2 epochs
     with open(d / 'log' / 'tiny.jsonl') as f:
@@ -95,8 +97,21 @@ def test_missing_data_and_weights_are_named_before_any_work(workdir, tmp_path):
     assert not (tmp_path / 'log').exists()
     proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *roc_cli_args(d, '--model_dir', str(tmp_path))],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and 'params_shapes.json is missing' in proc.stderr
-    assert 'finetune-transformer-lm' in proc.stderr
+    assert proc.returncode == 2 and f'{tmp_path} is empty' in proc.stderr
+    assert 'python download_model.py --model_dir' in proc.stderr
+
+
+def test_train_runs_from_any_working_folder(workdir, tmp_path, monkeypatch, capsys):
+    """The default --encoder_path/--bpe_path (the original's model/... names) are the vocabulary shipped next to the
+    code, not files of the working folder: a run from a folder without model/ trains."""
+    monkeypatch.chdir(tmp_path)
+    assert not (tmp_path / 'model').exists()
+    args = roc_cli_args(workdir, '--n_iter', '1', '--desc', 'elsewhere', '--save_dir', str(tmp_path / 'save'),
+                        '--log_dir', str(tmp_path / 'log'), vocab=False)
+    assert train.main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / 'log' / 'elsewhere.jsonl').is_file()
+    assert train.tokenizer_paths(train.parse_args(args), 'gpt1') == (str(ROOT / 'model' / 'encoder_bpe_40000.json'),
+                                                                     str(ROOT / 'model' / 'vocab_40000.bpe'))
 
 
 def test_unknown_dataset_lists_known_ones(workdir):

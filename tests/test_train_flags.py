@@ -192,6 +192,20 @@ def test_device_that_is_not_here_is_one_line_before_any_work(workdir, tmp_path, 
     assert not (tmp_path / 'log').exists()
 
 
+@pytest.mark.parametrize('extra, said', [(['--data_dir', 'NOWHERE/'], 'nowhere/cloze_test_val__spring2016'),
+                                         (['--model_dir', 'NOWHERE/'], 'nowhere/ does not exist'),
+                                         (['--n_batch', '0'], '--n_batch must be at least 1'),
+                                         (['--device', 'nonsense'], '--device')])
+def test_a_run_that_cannot_start_prints_its_error_line_and_no_arguments(workdir, tmp_path, capsys, extra, said):
+    """train.py prints its arguments (one JSON line) only once a run starts: a run refused prints one line, the
+    error."""
+    extra = [a.replace('NOWHERE', str(tmp_path / 'nowhere')) for a in extra]
+    assert train.main(roc_cli_args(workdir, '--log_dir', str(tmp_path / 'log'), *extra)) == 2
+    out, err = capsys.readouterr()
+    assert out == ''
+    assert err.startswith('train.py: error: ') and err.count('\n') == 1 and said in err
+
+
 def test_opt_accepts_only_the_originals_adam(workdir):
     with pytest.raises(SystemExit):
         train.parse_args(['--opt', 'sgd'])
@@ -247,9 +261,10 @@ def test_settings_hold_every_flag_in_the_parsers_order():
 
     import pretrain
     flags = list(vars(train.command_line().parse_args([])))
-    assert [f.name for f in dataclasses.fields(train.FineTuneSettings)] == flags + ['transfer_sweep']
+    assert flags[0] == 'config'  # --config is read by flags.parse_with_config, not a setting of the run
+    assert [f.name for f in dataclasses.fields(train.FineTuneSettings)] == flags[1:] + ['transfer_sweep']
     flags = list(vars(pretrain.command_line().parse_args(['--corpus', 'c', '--out', 'o'])))
-    assert [f.name for f in dataclasses.fields(pretrain.PretrainSettings)] == flags
+    assert [f.name for f in dataclasses.fields(pretrain.PretrainSettings)] == flags[1:]
     settings = train.parse_args(['--n_transfer', '0,6', '--seed', '7'])
     assert (settings.n_transfer, settings.transfer_sweep, settings.seed) == (0, [0, 6], 7)
     with pytest.raises(dataclasses.FrozenInstanceError):
