@@ -159,11 +159,6 @@ class PretrainSettings:
     quiet: bool
     save_shards: bool
 
-    def run_settings(self):
-        """Return how the run runs (trainer.RunSettings) under these settings."""
-        return RunSettings(seed=self.seed, device=self.device, precision=self.precision, compile=self.compile,
-                           resume=self.resume, restart=self.restart)
-
     def windows(self, sizes):
         """Return the Windows layout of n_ctx tokens over a corpus of sizes (n_rows, first_position)."""
         return Windows(self.n_ctx, sizes['n_rows'], sizes['first_position'])
@@ -583,7 +578,7 @@ def run_pretraining(settings):
     check_args(settings, info)
     paths = run_paths(settings.out)
     files = RunFiles(paths, (settings.out,), (paths['lock'],), standing=state_standing)
-    with Launch.begin(settings.run_settings(), files, info) as launch:
+    with Launch.begin(RunSettings.of(settings), files, info) as launch:
         done = launch.settings  # the device's name, --resume auto decided
         settings = dataclasses.replace(settings, device=done.device, resume=done.resume, restart=done.restart)
         return run_launched(launch, settings, meta, t0)

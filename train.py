@@ -188,11 +188,6 @@ class FineTuneSettings:
     from_scratch: bool
     transfer_sweep: Optional[list]
 
-    def run_settings(self):
-        """Return how the run runs (trainer.RunSettings) under these settings."""
-        return RunSettings(seed=self.seed, device=self.device, precision=self.precision, compile=self.compile,
-                           resume=self.resume, restart=self.restart)
-
     def step_settings(self):
         """Return how an update cuts and weighs its batch: micro-batches of --micro_batch (default: n_batch)."""
         return StepSettings(self.micro_batch or self.n_batch, self.lm_coef)
@@ -732,7 +727,7 @@ def run_fine_tuning(settings):
     info = dist_info()
     check_args(settings, info)
     check_inputs(settings)
-    with Launch.begin(settings.run_settings(), run_files(settings), info) as launch:
+    with Launch.begin(RunSettings.of(settings), run_files(settings), info) as launch:
         if info.is_main:  # the run's arguments, once it starts (after the checks that fail fast, which print one line)
             print(json.dumps(dataclasses.asdict(settings)), flush=True)
         return run_launched(launch, resolved(settings, launch), t0)

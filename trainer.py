@@ -135,6 +135,12 @@ class RunSettings:
     resume: object = False
     restart: bool = False
 
+    @classmethod
+    def of(cls, settings):
+        """Return the RunSettings of a script's settings (train.FineTuneSettings, pretrain.PretrainSettings), which
+        hold the flags of flags.add_run_args under the same names."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
 
 @dataclass(frozen=True)
 class Evaluation:

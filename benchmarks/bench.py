@@ -220,7 +220,7 @@ class Ours:
         import train
         from model_pytorch import DoubleHeadModel, GPTConfig
         from opt import OpenAIAdam
-        from trainer import Launch, Run, StateSpec, set_seed
+        from trainer import Launch, Run, RunSettings, StateSpec, set_seed
         self.train, self.device = train, device
         self.args = train.parse_args(['--n_ctx', str(shape.n_ctx), '--n_embd', str(shape.n_embd),
                                       '--n_head', str(shape.n_head), '--n_layer', str(shape.n_layer), '--afn', 'gelu',
@@ -238,7 +238,7 @@ class Ours:
                               t_total=(N_TRAIN_ROC // shape.batch) * a.n_iter, b1=a.b1, b2=a.b2, e=a.e, l2=a.l2,
                               vector_l2=a.vector_l2, max_grad_norm=a.max_grad_norm)
         # as train.run_fine_tuning sets it up: the model's training forward, the precision's scaler; a launch writing no files
-        self.run = Run(Launch(self.args.run_settings(), device), self.model, self.opt, StateSpec({}, {}), dynamic=True)
+        self.run = Run(Launch(RunSettings.of(self.args), device), self.model, self.opt, StateSpec({}, {}), dynamic=True)
         self.step_settings = self.args.step_settings()
 
     def train_step(self, batch):

@@ -108,8 +108,8 @@ def step_run(model, opt, settings, device=None, info=None):
     import torch
 
     from distributed import DistInfo
-    from trainer import Launch, Run, StateSpec
-    launch = Launch(settings.run_settings(), torch.device('cpu') if device is None else device,
+    from trainer import Launch, Run, RunSettings, StateSpec
+    launch = Launch(RunSettings.of(settings), torch.device('cpu') if device is None else device,
                     DistInfo() if info is None else info)
     return Run(launch, model, opt, StateSpec(identity={}, template={}))
 

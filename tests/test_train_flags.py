@@ -49,7 +49,7 @@ def built_run(argv):
             built.forwards.append((args[0].shape[0], kwargs['lm_coef'], torch.is_autocast_enabled('cpu'),
                                    torch.get_autocast_dtype('cpu')))
 
-    with trainer.Launch.begin(settings.run_settings(), train.run_files(settings)) as launch:
+    with trainer.Launch.begin(trainer.RunSettings.of(settings), train.run_files(settings)) as launch:
         job = train.build_fine_tuning(launch, train.resolved(settings, launch))
         built.job, built.loaded = job, {k: v.clone() for k, v in job.run.model.state_dict().items()}
         job.run.model.register_forward_pre_hook(record_forward, with_kwargs=True)

@@ -107,3 +107,11 @@ def test_a_non_finite_loss_stops_the_update_before_any_weight_moves():
         run.step(loss_sum, report=loss_sum)
     assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
     assert all(p.grad is None for p in run.model.parameters())
+
+
+def test_run_settings_of_a_scripts_settings_take_its_run_flags():
+    assert RunSettings.of(train.parse_args(['--seed', '7', '--resume', 'auto', '--precision', 'bf16'])) == \
+        RunSettings(seed=7, device=None, precision='bf16', compile=False, resume='auto', restart=False)
+    assert RunSettings.of(pretrain.parse_args(['--corpus', 'c', '--out', 'o', '--compile', '--restart',
+                                                       '--device', 'cpu'])) == \
+        RunSettings(seed=42, device='cpu', precision='fp32', compile=True, resume=False, restart=True)
