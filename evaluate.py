@@ -88,6 +88,8 @@ def read_jsonl(path, check):
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f'--data {path} line {number}: not JSON ({err.msg})') from None
+        except RecursionError:  # arrays nested thousands deep: no record of a data set
+            raise ValueError(f'--data {path} line {number}: JSON nested too deeply to be a record') from None
         problem = 'not a JSON object' if not isinstance(obj, dict) else check(obj)
         if problem:
             raise ValueError(f'--data {path} line {number}: {problem}')
@@ -146,6 +148,8 @@ def stream_nll(lm, ids, stride, limit=None, progress=None):
     from heuristics import evaluating, hidden_states, token_log_probs
     spans = window_spans(len(ids) - 1, lm.n_ctx, stride)[:limit]
     seqs = [ids[begin:end] for begin, end, _ in spans]
+    if progress is not None and progress.total is None:
+        progress.total = len(spans)  # known only now that the text is encoded
     total = torch.zeros((), dtype=torch.float64)
     with evaluating(lm.transformer):
         for k, h in hidden_states(lm, seqs):  # h [end - begin, n_embd]
@@ -160,7 +164,8 @@ def stream_nll(lm, ids, stride, limit=None, progress=None):
 def continuation_scores(lm, pairs, progress=None):
     """Return [(summed log p of the target, whether each target token is the argmax)] of (context ids, target ids,
     where) triples, each cut to the last n_ctx tokens (heuristics.fit_context), run lm.batch_size at a time."""
-    from heuristics import evaluating, fit_context, hidden_states, token_log_probs
+    from heuristics import evaluating, fit_context, hidden_states
+    from loss import per_element_ce
     seqs, n_targets = [], []
     for context, target, where in pairs:
         context, target = fit_context(context, target, lm.n_ctx, where)
@@ -172,19 +177,28 @@ def continuation_scores(lm, pairs, progress=None):
         for k, h in hidden_states(lm, seqs):  # right-padded batches; h [len(seqs[k]), n_embd], real positions only
             n, targets = n_targets[k], seqs[k][-n_targets[k]:]
             rows = h[-n - 1:-1]  # [n, n_embd]: the states that predict the target tokens
-            logp = token_log_probs(lm, rows, targets)  # [n]
-            greedy = (rows @ table.float().T).argmax(1)  # [n]
-            out[k] = (float(logp.double().sum()), bool((greedy.cpu() == torch.tensor(targets)).all()))
+            logits = rows @ table.float().T  # [n, n_vocab]
+            logp = -per_element_ce(logits, torch.tensor(targets, device=logits.device))  # [n]
+            hit = bool((logits.argmax(1) == torch.tensor(targets, device=logits.device)).all())
+            out[k] = (float(logp.double().sum()), hit)
             if progress is not None:
                 progress.update(1)
     return out
 
 
+def safe_exp(x):
+    """Return exp(x), or inf where it overflows (a text of few words and many tokens under a poor model)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 def perplexity_figures(nll_sum, n_tokens, n_bytes, n_words):
     """Return {n_tokens, nll_sum, token_ppl, bits_per_byte, word_ppl} (the last two None without counts)."""
-    return dict(n_tokens=n_tokens, nll_sum=nll_sum, token_ppl=math.exp(nll_sum / n_tokens),
+    return dict(n_tokens=n_tokens, nll_sum=nll_sum, token_ppl=safe_exp(nll_sum / n_tokens),
                 bits_per_byte=None if n_bytes is None else nll_sum / math.log(2) / n_bytes,
-                word_ppl=None if n_words is None else math.exp(nll_sum / n_words))
+                word_ppl=None if n_words is None else safe_exp(nll_sum / n_words))
 
 
 def evaluate_text(lm, text, stride, original=None, limit=None, progress=None):
@@ -223,7 +237,7 @@ def evaluate_lambada(lm, texts, progress=None):
     token_scores, word_scores = scores[:len(texts)], scores[len(texts):]
     return dict(acc_token=100.0 * sum(hit for _, hit in token_scores) / len(texts),
                 acc_word=100.0 * sum(hit for _, hit in word_scores) / len(texts),
-                ppl=math.exp(-sum(logp for logp, _ in word_scores) / len(texts)), n_examples=len(texts))
+                ppl=safe_exp(-sum(logp for logp, _ in word_scores) / len(texts)), n_examples=len(texts))
 
 
 def evaluate_hellaswag(lm, records, progress=None):
@@ -339,8 +353,10 @@ def run_evaluation(settings):
     from distributed import check_device
     from heuristics import scoring_lm
     from models import load_with_tokenizer
+    from precision import configure_precision
     from utils import progress
     device = check_device(settings.device)
+    configure_precision(device, settings.precision)  # TF32 matmuls on CUDA for fp32, not for fp32-strict
     data = read_task_data(settings.task, settings.data)  # bad data fails before the model loads
     model, text_encoder = load_with_tokenizer(settings.weights, lm=True)
     lm = scoring_lm(model.to(device), text_encoder, precision=settings.precision, batch_size=settings.batch_size)

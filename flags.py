@@ -138,37 +138,65 @@ def add_config_arg(parser):
     """Add --config FILE (a TOML file of flag values, read by parse_with_config) to parser; return it."""
     parser.add_argument('--config', metavar='FILE',
                         help='a TOML file of flag values (keys as the flags\' names without --, e.g. n_batch = 8); '
-                             'flags given on the command line override it (default: none, configs/ holds examples)')
+                             'flags given on the command line override it, --no_NAME turns off a switch NAME it turns on '
+                             '(default: none, configs/ holds examples)')
     return parser
 
 
 def parse_with_config(parser, argv=None):
-    """Return parser's namespace of argv with the values of its --config FILE underneath (the command line's flags win),
-    without a config attribute; a bad file, key or value is parser.error naming the file."""
+    """Return parser's namespace of argv with the values of its --config FILE underneath (the command line's flags win;
+    --no_NAME turns off a switch NAME the file turns on), without a config attribute; a bad file, key or value is
+    parser.error naming the file."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument('--config')
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument('--config', action='append', default=[])
     known, _ = pre.parse_known_args(argv)
-    tokens = [] if known.config is None else config_tokens(parser, known.config, argv)
+    if len(known.config) > 1:
+        parser.error(f'--config is given {len(known.config)} times: give one file (flags after it override it)')
+    switches = {f'--no_{a.dest}': a.dest for a in parser._actions if a.option_strings and a.nargs == 0}
+    turned_off = {switches[token] for token in argv if token in switches}
+    argv = [token for token in argv if token not in switches]
+    tokens = config_tokens(parser, known.config[0], argv, turned_off) if known.config else []
+    if turned_off and not known.config:
+        parser.error(f'--no_{sorted(turned_off)[0]} turns off a switch a --config file turns on: give --config')
     namespace = parser.parse_args(tokens + argv)
     del namespace.config
     return namespace
 
 
-def config_tokens(parser, path, argv):
-    """Return the command-line tokens that the TOML file path's keys stand for, leaving out the flags argv gives;
-    parser.error names the file and the key when the file cannot be read or a key or value does not fit a flag."""
+def given_dests(parser, argv):
+    """Return the dests of the flags argv gives, an abbreviation (argparse takes a unique prefix) as its flag."""
+    options = {option: action.dest for action in parser._actions for option in action.option_strings}
+    dests = set()
+    for token in argv:
+        if not token.startswith('--'):
+            continue
+        name = token.split('=', 1)[0]
+        matches = {options[name]} if name in options else {dest for option, dest in options.items()
+                                                           if option.startswith(name)}
+        if len(matches) == 1:
+            dests |= matches
+    return dests
+
+
+def config_tokens(parser, path, argv, turned_off=frozenset()):
+    """Return the command-line tokens that the TOML file path's keys stand for, leaving out the flags argv gives and
+    the switches turned_off; parser.error names the file and the key when the file cannot be read or a key or value
+    does not fit a flag."""
     table = read_config_file(parser, path)
-    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != 'config'}
-    given = {token.split('=', 1)[0] for token in argv if token.startswith('--')}
+    actions = {action.dest: action for action in parser._actions
+               if action.option_strings and action.dest not in ('config', 'help')}
+    given = given_dests(parser, argv) | set(turned_off)
     tokens = []
     for key, value in table.items():
         action = actions.get(key)
-        if action is None or isinstance(action, argparse._HelpAction):
+        if key in ('config', 'help'):
+            parser.error(f'--config {path}: {key!r} is not a key a config holds (a config names flag values only)')
+        if action is None:
             nearest = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.5)
             hint = f'the nearest flag is --{nearest[0]}' if nearest else 'see --help for the flags'
             parser.error(f'--config {path}: unknown key {key!r} ({hint})')
-        if not given.isdisjoint(action.option_strings):
+        if key in given:
             continue  # the command line overrides the file
         tokens += flag_tokens(parser, path, key, value, action)
     return tokens
@@ -180,8 +208,10 @@ def read_config_file(parser, path):
         import tomllib
     except ImportError:  # Python 3.10: tomllib arrived in 3.11
         parser.error(f'--config {path}: reading TOML needs Python 3.11 or later; give the flags on the command line')
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         parser.error(f'--config {path}: no such file (give a TOML file, e.g. one of configs/)')
+    if not os.path.isfile(path):
+        parser.error(f'--config {path}: not a regular file (give a TOML file, e.g. one of configs/)')
     if os.path.getsize(path) > CONFIG_MAX_BYTES:
         parser.error(f'--config {path}: {os.path.getsize(path)} bytes, more than a config holds '
                      f'({CONFIG_MAX_BYTES}); give a TOML file of flag values')
@@ -205,6 +235,8 @@ def flag_tokens(parser, path, key, value, action):
             parser.error(f'{where}: {key} is a switch, give true or false')
         return [flag] if value != action.default else []
     if isinstance(value, bool):
+        if action.nargs == '?' and value == action.default:  # e.g. --resume: false is its default
+            return []
         if action.nargs == '?' and value:  # e.g. --resume: true is the bare flag
             return [flag]
         parser.error(f'{where}: --{key} takes a value, not true or false')
@@ -220,6 +252,5 @@ def flag_tokens(parser, path, key, value, action):
             parser.error(f'{where}: not a value --{key} takes ({err})')
         if action.choices is not None and typed not in action.choices:
             parser.error(f'{where}: give one of {", ".join(map(str, action.choices))}')
-    if isinstance(action, argparse._AppendAction):
-        return [token for v in values for token in (flag, str(v))]
-    return [flag, str(value)]
+    # FLAG=VALUE: a value that starts with '-' stays a value
+    return [f'{flag}={v}' for v in values]

@@ -424,27 +424,52 @@ def tail_tokens(counts, arch, min_val_windows):
 
 def top_up_val(tmp, counts, n_tail, separator_id):
     """Move the last n_tail ids of the train temporary to the end of the val one ({split: (fd, path)}, written and
-    still open), ending train with separator_id where the cut falls (the document cut in two is two documents, as
-    every split file ends with the separator), and record the move in counts (val's n_tail_tokens, both splits'
-    n_tokens and max_id)."""
+    still open), ending train with separator_id where the cut falls inside a document (the document cut in two is two
+    documents, as every split file ends with the separator), and record the move in counts (val's n_tail_tokens,
+    both splits' n_tokens, n_documents and max_id)."""
     if n_tail == 0:
         return
-    itemsize = np.dtype(DTYPE).itemsize
+    itemsize = DTYPE.itemsize
     train_fd, train_path = tmp['train']
     n_train, n_val = counts['train']['n_tokens'], counts['val']['n_tokens']
-    keep = (n_train - n_tail) * itemsize
-    tail = os.pread(train_fd, n_tail * itemsize, keep)
-    assert len(tail) == n_tail * itemsize, 'the train temporary is shorter than its counts'
-    os.pwrite(tmp['val'][0], tail, n_val * itemsize)
-    os.ftruncate(train_fd, keep)
-    os.pwrite(train_fd, np.asarray([separator_id], dtype=DTYPE).tobytes(), keep)
-    counts['train']['n_tokens'] += 1 - n_tail
+    keep = n_train - n_tail
+    tail = np.frombuffer(read_exactly(train_fd, n_tail * itemsize, keep * itemsize), dtype=DTYPE)
+    before = np.frombuffer(read_exactly(train_fd, itemsize, (keep - 1) * itemsize), dtype=DTYPE)[0]
+    write_exactly(tmp['val'][0], tail.tobytes(), n_val * itemsize)
+    os.ftruncate(train_fd, keep * itemsize)
+    n_moved = int((tail == separator_id).sum())  # the documents that end in the tail: val's now
+    cut_inside = bool(before != separator_id)
+    if cut_inside:  # the cut document's first part stays in train, a document of its own
+        write_exactly(train_fd, np.asarray([separator_id], dtype=DTYPE).tobytes(), keep * itemsize)
+    counts['train']['n_tokens'] = keep + int(cut_inside)
+    counts['train']['n_documents'] += int(cut_inside) - n_moved
     counts['val']['n_tokens'] += n_tail
+    counts['val']['n_documents'] += n_moved
     counts['val']['n_tail_tokens'] = n_tail
-    counts['val']['max_id'] = max(counts['val'].get('max_id', 0), int(np.frombuffer(tail, dtype=DTYPE).max()))
+    counts['val']['max_id'] = max(counts['val'].get('max_id', 0), int(tail.max()))
     train = np.memmap(train_path, dtype=DTYPE, mode='r', shape=(counts['train']['n_tokens'],))
     counts['train']['max_id'] = int(train.max())  # the tail may have held train's largest id
     del train
+
+
+def read_exactly(fd, size, offset):
+    """Return size bytes of fd at offset (os.pread may return fewer at once: it is called until they are read)."""
+    parts = []
+    while size:
+        part = os.pread(fd, size, offset)
+        if not part:
+            raise OSError(f'a temporary of the corpus ended {size} bytes early')
+        parts.append(part)
+        size, offset = size - len(part), offset + len(part)
+    return b''.join(parts)
+
+
+def write_exactly(fd, data, offset):
+    """Write all of data to fd at offset (os.pwrite may write fewer bytes at once)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def build_meta(settings, vocabulary, counts, record):

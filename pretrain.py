@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -331,15 +332,18 @@ def plan_lines(settings, model, n_updates):
     return plan, warning
 
 
-def next_steps(settings):
-    """Return the lines pretrain.py ends a finished run with: where the model is and the commands to try next."""
+def next_steps(settings, n_updates):
+    """Return the lines pretrain.py ends a finished run with: where the model is and the commands to try next, for the
+    settings the run resolved (its n_ctx, which a continued run keeps) and its n_updates."""
     out = settings.out.rstrip('/') + '/'
+    q = shlex.quote
     return [f'the model is in {out} (model.safetensors, config.json, its vocabulary); log {out}log.jsonl; next:',
-            f'  sample it:     python generate.py --model_dir {out} --prompt "{settings.sample_prompt}" --gen_len 100 '
-            f'--top_k 40',
-            f'  continue it:   python pretrain.py --corpus {settings.corpus} --out {out.rstrip("/")}-more/ '
-            f'--model_dir {out}',
-            f'  fine-tune it:  python train.py --model_dir {out} --dataset rocstories --data_dir data/ '
+            f'  sample it:     python generate.py --model_dir {q(out)} --prompt {q(settings.sample_prompt)} '
+            f'--gen_len 100 --top_k 40',
+            f'  continue it:   python pretrain.py --corpus {q(settings.corpus)} --out {q(out.rstrip("/") + "-more/")} '
+            f'--model_dir {q(out)} --n_ctx {settings.n_ctx} --n_updates {n_updates} --warmup_updates '
+            f'{min(settings.warmup_updates, max(1, n_updates // 10))} --lr {settings.lr:g}',
+            f'  fine-tune it:  python train.py --model_dir {q(out)} --dataset rocstories --data_dir data/ '
             f'(docs/training.md)']
 
 
@@ -637,7 +641,7 @@ def run_launched(launch, settings, meta, t0):
         write_outputs(run, settings, sizes, corpus['meta'])
     last = progress['log'][-1] if progress['log'] else {}
     return dict(n_updates=progress['n_updates'], val_loss=last.get('val_loss'), wall_s=time.time() - t0,
-                phases=phase_record(clock, device))
+                phases=phase_record(clock, device), next_steps=next_steps(settings, n_updates))
 
 
 def main(argv=None):
@@ -655,7 +659,7 @@ def main(argv=None):
         print(f"done: {summary['n_updates']} updates, val loss {val}, wall {summary['wall_s']:.1f} s; "
               f"model in {settings.out}", flush=True)
         print(format_phases(summary['phases']), flush=True)
-        print('\n'.join(next_steps(settings)), flush=True)
+        print('\n'.join(summary['next_steps']), flush=True)
     return 0
 
 

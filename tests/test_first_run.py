@@ -76,3 +76,8 @@ def test_the_first_run_runs_as_documented_on_a_cut_down_model(tmp_path, monkeypa
     assert f'the model is in {config_out}' in outputs[1] and 'python generate.py --model_dir' in outputs[1]
     prompt = shlex.split(commands[2])[shlex.split(commands[2]).index('--prompt') + 1]
     assert outputs[2].lstrip().startswith(prompt)
+    # the command the run suggests to continue it runs too (it keeps the run's context of 32 positions)
+    continued = [line for line in outputs[1].splitlines() if line.strip().startswith('continue it:')]
+    _, _, _, script, *args = shlex.split(continued[0].strip())
+    assert script == 'pretrain.py' and '--n_ctx' in args
+    assert pretrain.main(args + ['--n_updates', '1', '--eval_windows', '1', '--quiet']) == 0, capsys.readouterr().err

@@ -50,6 +50,11 @@ def test_a_config_file_sets_flags_and_the_command_line_overrides_it(tmp_path):
     args = parse(tmp_path, text, '--n_batch', '2', '--zero_shot=rte=g/', '--corpus', 'd/')
     assert (args.n_batch, args.zero_shot, args.corpus, args.lr) == (2, ['rte=g/'], 'd/', 3e-3)  # a list is replaced
     assert parse(tmp_path, 'corpus = "c/"\nresume = true\nquiet = false\n').resume is True
+    assert parse(tmp_path, 'corpus = "c/"\nresume = false\n').resume is False  # a value equal to the default
+    assert parse(tmp_path, text, '--zero', 'rte=g/').zero_shot == ['rte=g/']  # an abbreviation overrides too
+    assert parse(tmp_path, 'corpus = "--quiet"\n').corpus == '--quiet'  # a value that starts with '-' stays one
+    args = parse(tmp_path, text, '--no_quiet')  # a switch the file turns on, turned off
+    assert args.quiet is False and args.n_batch == 8
     from flags import parse_with_config
     assert vars(parse_with_config(config_parser(), ['--corpus', 'c/'])) == dict(  # no --config: the defaults
         corpus='c/', n_batch=64, lr=2.5e-4, arch=None, quiet=False, zero_shot=[], resume=False)
@@ -64,6 +69,8 @@ def test_a_config_file_sets_flags_and_the_command_line_overrides_it(tmp_path):
     ('corpus = "c/"\n[train]\nn_batch = 8\n', '[train] is a table; give every key at the top level'),
     ('corpus = "c/\n', 'not a TOML file'),
     ('corpus = "c/"\n' + '#' * (1 << 20), 'more than a config holds'),
+    ('corpus = "c/"\nhelp = true\n', "'help' is not a key a config holds"),
+    ('corpus = "c/"\nconfig = "other.toml"\n', "'config' is not a key a config holds"),
 ])
 def test_a_bad_config_is_one_error_naming_the_file_and_the_key(tmp_path, capsys, text, message):
     with pytest.raises(SystemExit) as stop:
@@ -86,3 +93,13 @@ def test_a_config_value_is_checked_as_the_flag_is(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_with_config(config_parser(), ['--config', str(tmp_path / 'missing.toml'), '--corpus', 'c/'])
     assert f'--config {tmp_path / "missing.toml"}: no such file' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_with_config(config_parser(), ['--config', str(tmp_path), '--corpus', 'c/'])
+    assert f'--config {tmp_path}: not a regular file' in capsys.readouterr().err
+    (tmp_path / 'a.toml').write_text('n_batch = 2\n')
+    with pytest.raises(SystemExit):
+        parse_with_config(config_parser(), ['--config', str(tmp_path / 'a.toml'), '--config=x.toml', '--corpus', 'c'])
+    assert '--config is given 2 times: give one file' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_with_config(config_parser(), ['--corpus', 'c/', '--no_quiet'])
+    assert '--no_quiet turns off a switch a --config file turns on: give --config' in capsys.readouterr().err

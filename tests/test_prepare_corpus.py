@@ -254,10 +254,31 @@ def test_a_val_split_too_small_is_topped_up_from_the_end_of_train(tmp_path, caps
     assert meta['splits']['train']['n_tokens'] == len(full) - n_tail + 1
     assert meta['splits']['train']['max_id'] == max(train) and meta['splits']['val']['max_id'] == max(val)
     assert f'so the last {n_tail} tokens of the training text went to val' in out
+    for split, stream in (('train', train), ('val', val)):  # the documents counted are the files' separators
+        assert meta['splits'][split]['n_documents'] == int((stream == SEP).sum())
     assert prepare_corpus.tail_tokens({'train': {'n_tokens': 100_000}, 'val': {'n_tokens': 1000}}, 'gpt2', 4) == 3100
     rc, out, _ = run(capsys, '--input', src, '--out', tmp_path / 'off', '--text_field', 'text', '--quiet', '--workers',
                      '1', '--min_val_windows', '0')
     assert rc == 0 and read_ids(tmp_path / 'off' / 'val.bin') == [] and 'went to val' not in out  # asked: no top-up
+
+
+@pytest.mark.parametrize('n_tail, train, val, n_docs', [
+    (3, [1, 2, SEP], [7, SEP, 3, 4, SEP], (1, 2)),       # the cut falls on a boundary: whole documents move
+    (2, [1, 2, SEP, 3, SEP], [7, SEP, 4, SEP], (2, 2)),  # inside a document: its first part ends train, a document
+])
+def test_top_up_moves_the_tail_and_counts_its_documents(tmp_path, n_tail, train, val, n_docs):
+    import untrusted
+    tmp = {split: untrusted.create_temporary(str(tmp_path / f'{split}.bin')) for split in SPLITS}
+    os.write(tmp['train'][0], np.asarray([1, 2, SEP, 3, 4, SEP], dtype='<u2').tobytes())
+    os.write(tmp['val'][0], np.asarray([7, SEP], dtype='<u2').tobytes())
+    counts = {'train': dict(n_documents=2, n_tokens=6, max_id=SEP), 'val': dict(n_documents=1, n_tokens=2, max_id=SEP)}
+    prepare_corpus.top_up_val(tmp, counts, n_tail, SEP)
+    for fd, _ in tmp.values():
+        os.close(fd)
+    assert read_ids(tmp['train'][1]) == train and read_ids(tmp['val'][1]) == val
+    assert (counts['train']['n_documents'], counts['val']['n_documents']) == (n_docs[0], n_docs[1])
+    assert counts['train']['n_tokens'] == len(train) and counts['val']['n_tokens'] == len(val)
+    assert counts['val']['n_tail_tokens'] == n_tail and counts['train']['max_id'] == SEP
 
 
 def test_empty_val_is_a_warning_not_an_error(tmp_path, capsys):

@@ -323,7 +323,10 @@ def test_defaults_fit_the_run_evaluations_a_warmup_warning_and_the_next_steps(co
     assert lines[-4] == f'the model is in {tmp_path}/ (model.safetensors, config.json, its vocabulary); log ' \
                         f'{tmp_path}/log.jsonl; next:'
     assert lines[-3].split() == ['sample', 'it:', 'python', 'generate.py', '--model_dir', f'{tmp_path}/', '--prompt',
-                                 '"the"', '--gen_len', '100', '--top_k', '40']
+                                 'the', '--gen_len', '100', '--top_k', '40']
+    assert lines[-2].split()[2:] == ['python', 'pretrain.py', '--corpus', str(corpus), '--out', f'{tmp_path}-more/',
+                                     '--model_dir', f'{tmp_path}/', '--n_ctx', '24', '--n_updates', '40',
+                                     '--warmup_updates', '4', '--lr', '0.003']  # the run's context, not the default
     assert all(line.startswith('  ') for line in lines[-3:])
     assert pretrain.main(args + ['--out', str(tmp_path / 'short'), '--n_updates', '5', '--warmup_updates', '4']) == 0
     assert capsys.readouterr().err == ''  # a warm-up shorter than the run: no warning
