@@ -342,7 +342,7 @@ def test_a_stride_beyond_n_ctx_is_one_line(family_dir, tmp_path, capsys):
     data.write_text(TEXT, encoding='utf-8')
     family, path, flags = family_dir
     assert evaluate.main(['--task', 'text', '--data', str(data), '--model_dir', str(path), *flags, '--n_ctx', '16',
-                          '--stride', '17', '--quiet']) == 2
+                          '--stride', '17', '--device', 'cpu', '--quiet']) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         'evaluate.py: error: --stride 17: give 1 to n_ctx = 16 (a larger one would skip tokens)']
 
@@ -352,9 +352,9 @@ def test_a_stride_beyond_n_ctx_is_one_line(family_dir, tmp_path, capsys):
     (['--task', 'text', '--data', 'f', '--batch_size', '0'], '--batch_size 0: give at least 1'),
 ])
 def test_bad_flags_are_usage_errors(capsys, argv, message):
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(SystemExit) as stopped:
         evaluate.parse_args(argv)
-    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_a_perplexity_beyond_floats_is_inf():
