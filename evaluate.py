@@ -178,8 +178,9 @@ def continuation_scores(lm, pairs, progress=None):
             n, targets = n_targets[k], seqs[k][-n_targets[k]:]
             rows = h[-n - 1:-1]  # [n, n_embd]: the states that predict the target tokens
             logits = rows @ table.float().T  # [n, n_vocab]
-            logp = -per_element_ce(logits, torch.tensor(targets, device=logits.device))  # [n]
-            hit = bool((logits.argmax(1)[-1:] == torch.tensor(targets[-1:], device=logits.device)).all())
+            wanted = torch.tensor(targets, device=logits.device)  # [n]
+            logp = -per_element_ce(logits, wanted)  # [n]
+            hit = bool((logits.argmax(1) == wanted).all())
             out[k] = (float(logp.double().sum()), hit)
             if progress is not None:
                 progress.update(1)
