@@ -1,5 +1,6 @@
 """Tests for generate.py: the command line over sample.py with the real vocabulary, every flag by its effect."""
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -297,3 +298,93 @@ def test_gpt2_folder_generates_with_its_own_tokenizer(tmp_path, capsys):
                           str(VOCAB_DIR / 'encoder_bpe_40000.json'), '--bpe_path', str(VOCAB_DIR / 'vocab_40000.bpe')]) == 1
     err = capsys.readouterr().err
     assert 'encoder_bpe_40000.json' in err and 'not a GPT-2 encoder.json' in err and err.count('\n') == 1
+
+
+# --- several samples, unconditional samples and --out (openai/gpt-2's generate_*_samples.py) ----------------------
+
+HEADER = '=' * 40 + ' SAMPLE {} ' + '=' * 40
+
+
+def split_samples(out, n):
+    """Return the n texts of stdout printed with SAMPLE headers 1..n, checking the headers."""
+    lines = out.splitlines()
+    assert lines[::2] == [HEADER.format(k) for k in range(1, n + 1)] and len(lines) == 2 * n, out
+    return lines[1::2]
+
+
+@pytest.fixture(scope='module')
+def gpt2_dir(tmp_path_factory):
+    from tests.helpers import write_tiny_gpt2
+    return write_tiny_gpt2(tmp_path_factory.mktemp('gen2') / 'gpt2', seed=3, n_ctx=16)
+
+
+def test_cli_unconditional_samples_repeat_with_their_seed(gpt2_dir, tmp_path, monkeypatch, capsys):
+    from encoder_gpt2 import get_encoder
+    enc = get_encoder()
+
+    def samples(seed, *flags):
+        rc, out, err = run_cli(['--model_dir', str(gpt2_dir), '--device', 'cpu', '--unconditional', '--nsamples', '4',
+                                '--batch_size', '2', '--length', '6', '--seed', seed, *flags],
+                               monkeypatch=monkeypatch, capsys=capsys)
+        assert rc == 0 and err == '', err
+        return split_samples(out, 4)
+    first = samples('0', '--out', str(tmp_path / 's.jsonl'))
+    assert samples('0') == first and samples('1') != first
+    assert len(set(first)) == 4  # four samples, not one repeated
+    records = [json.loads(line) for line in (tmp_path / 's.jsonl').read_text(encoding='utf-8').splitlines()]
+    assert len(records) == 4 and [r['text'] for r in records] == first
+    for record in records:
+        assert set(record) == {'prompt', 'text', 'ids'} and record['prompt'] == '<|endoftext|>'
+        assert len(record['ids']) == 6 and enc.decode(record['ids']) == record['text']
+    # the samples continue <|endoftext|>: greedy ones are the argmax of the uncached forward after it
+    rc, out, _ = run_cli(['--model_dir', str(gpt2_dir), '--unconditional', '--greedy', '--nsamples', '2', '--length',
+                          '5'], monkeypatch=monkeypatch, capsys=capsys)
+    model = models.load_model(str(gpt2_dir), lm=True)
+    ids = [enc.encoder['<|endoftext|>']]
+    for _ in range(5):
+        with torch.no_grad():
+            ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert rc == 0 and split_samples(out, 2) == [enc.decode(ids[1:])] * 2
+    rc, out, _ = run_cli(['--model_dir', str(gpt2_dir), '--unconditional', '--greedy', '--length', '5'],
+                         monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 0 and split_samples(out, 1) == [enc.decode(ids[1:])]  # one unconditional sample has its header too
+
+
+def test_cli_nsamples_of_a_prompt_print_headers_and_write_out(cli, real_vocab_dir, text_encoder, tmp_path):
+    want = argmax_decoding(real_vocab_dir, text_encoder, 5, n_head=2)
+    full = text_encoder.decode(text_encoder.encode([PROMPT_TEXT], verbose=False)[0] + want)
+    rc, out, err, _ = cli('--greedy', '--gen_len', '5', '--nsamples', '4', '--batch_size', '2', '--out',
+                          str(tmp_path / 'g.jsonl'))
+    assert rc == 0 and err == '' and split_samples(out, 4) == [full] * 4
+    lines = (tmp_path / 'g.jsonl').read_text(encoding='utf-8').splitlines()
+    assert [json.loads(line) for line in lines] == [{'prompt': PROMPT_TEXT, 'text': text_encoder.decode(want),
+                                                     'ids': want}] * 4
+    # a sampled batch: every row a sample of its own, the whole repeated by the seed
+    rc, out, _, _ = cli('--gen_len', '6', '--nsamples', '4', '--batch_size', '4', '--seed', '0', '--top_k', '0',
+                        '--temperature', '2')
+    assert rc == 0 and len(set(split_samples(out, 4))) == 4
+    assert cli('--gen_len', '6', '--nsamples', '4', '--batch_size', '4', '--seed', '0', '--top_k', '0',
+               '--temperature', '2')[1] == out
+    # one sample with --out: printed as before, without a header
+    rc, out, _, [result] = cli('--greedy', '--gen_len', '5', '--out', str(tmp_path / 'one.jsonl'))
+    assert rc == 0 and out == full + '\n'
+    assert json.loads((tmp_path / 'one.jsonl').read_text(encoding='utf-8')) == {
+        'prompt': PROMPT_TEXT, 'text': result.text, 'ids': want}
+    assert generate.parse_args(['--prompt', 'x', '--length', '7']).gen_len == 7  # --length is --gen_len
+
+
+def test_cli_flags_that_cannot_go_together_are_one_line_exit_2(cli, real_vocab_dir, gpt2_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    for flags, message in ((['--nsamples', '3', '--batch_size', '2'], '--nsamples 3 is not a multiple of --batch_size 2'),
+                           (['--nsamples', '0'], '--nsamples 0 --batch_size 1: give 1 or more'),
+                           (['--unconditional'], '--unconditional samples from <|endoftext|> alone')):
+        rc, out, err, made = cli(*flags)  # cli gives --prompt
+        assert rc == 2 and out == '' and made == [] and err.startswith('generate.py: error: '), flags
+        assert message in err and err.count('\n') == 1, err
+    rc, out, err = run_cli(['--model_dir', str(gpt2_dir), '--unconditional', '--interactive'],
+                           monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 2 and '--unconditional samples from <|endoftext|> alone' in err and err.count('\n') == 1
+    rc, out, err = run_cli(['--model_dir', str(real_vocab_dir), '--n_head', '2', '--unconditional', '--out',
+                            str(tmp_path / 'x.jsonl')], monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 2 and out == '' and err.startswith('generate.py: error: --unconditional starts from <|endoftext|>')
+    assert 'GPT-1' in err and err.count('\n') == 1 and not (tmp_path / 'x.jsonl').exists()

@@ -1,4 +1,4 @@
-"""Tests for sample.py: token rows only, cache equals no cache, greedy/top-k/top-p, n_ctx, seeds."""
+"""Tests for sample.py: token rows only, cache equals no cache, greedy/top-k/top-p, n_ctx, seeds, batches."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_pytorch import LMModel
-from sample import NextTokenLogits, SamplingSettings, next_token, sample_ids, top_k_filter, top_p_filter
+from model_gpt2 import GPT2Config, GPT2LMHeadModel
+from sample import (BatchNextTokenLogits, NextTokenLogits, SamplingSettings, next_token, sample_batch, sample_ids,
+                    top_k_filter, top_p_filter)
 from tests.helpers import small_cfg
 
 V, N_SPECIAL, N_CTX = 100, 2, 16  # the tiny model: 100 token rows, 2 special rows, 16 positions
@@ -45,6 +47,8 @@ def test_never_samples_a_special_or_position_row_even_when_they_dominate():
     for kwargs in (dict(greedy=True), dict(temperature=100.0), dict(top_k=5), dict(top_p=0.5), dict()):
         ids, _ = sample_ids(model, PROMPT, V, SamplingSettings(gen_len=12, **kwargs), gen)
         assert len(ids) == 12 and max(ids) < V, kwargs
+        rows, _ = sample_batch(model, PROMPT, V, 5, SamplingSettings(gen_len=12, **kwargs), gen)  # a batch too
+        assert len(rows) == 5 and all(len(row) == 12 and max(row) < V for row in rows), kwargs
 
 
 def test_cached_and_uncached_logits_are_equal_at_every_step(lm):
@@ -161,8 +165,88 @@ def test_cached_generation_on_cuda_equals_the_cpu(lm):
     ids_cpu, _ = sample_ids(lm, PROMPT, V, SamplingSettings(gen_len=10, greedy=True))
     ids_cuda, _ = sample_ids(model, PROMPT, V, SamplingSettings(gen_len=10, greedy=True))
     assert ids_cuda == ids_cpu
+    rows, _ = sample_batch(model, PROMPT, V, 3, SamplingSettings(gen_len=10, greedy=True))  # a batch on CUDA too
+    assert rows == [ids_cpu] * 3
     cached, uncached = NextTokenLogits(model, V), NextTokenLogits(model, V, use_cache=False)
     feed = PROMPT
     for token in ids_cuda:
         torch.testing.assert_close(cached(feed), uncached(feed), rtol=1e-4, atol=1e-4)
         feed = [token]
+
+
+# --- batches of one prompt ------------------------------------------------------------------------------------
+
+def tiny_gpt2(seed=0):
+    """Return a random eval-mode GPT2LMHeadModel: 96 token rows, 16 positions, n_embd 16, 2 heads, 2 layers."""
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(n_vocab=96, n_ctx=N_CTX, n_embd=16, n_head=2, n_layer=2)).eval()
+    with torch.no_grad():  # every weight away from its initial value: distinct argmaxes
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+def test_greedy_batch_rows_equal_the_unbatched_greedy_run(lm, family):
+    model, n_vocab = (lm, V) if family == 'gpt1' else (tiny_gpt2(), 96)
+    greedy = SamplingSettings(gen_len=10, greedy=True)
+    want, _ = sample_ids(model, PROMPT, n_vocab, greedy)
+    assert len(set(want)) > 1  # a real sequence, not one token repeated
+    for use_cache in (True, False):
+        rows, message = sample_batch(model, PROMPT, n_vocab, 4, greedy, use_cache=use_cache)
+        assert rows == [want] * 4 and message is None
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+def test_batch_logits_are_each_rows_own_logits_at_every_step(lm, family):
+    """Rows of different ids (one length) fed together get the logits each gets alone, cached or not."""
+    model, n_vocab = (lm, V) if family == 'gpt1' else (tiny_gpt2(), 96)
+    prompts = torch.tensor([PROMPT, [9, 8, 7, 6], [1, 1, 2, 3]])  # [3, 4]
+    batch, uncached = BatchNextTokenLogits(model, n_vocab), BatchNextTokenLogits(model, n_vocab, use_cache=False)
+    alone = [NextTokenLogits(model, n_vocab) for _ in range(3)]
+    feed = prompts
+    for _ in range(5):
+        logits = batch(feed)
+        assert logits.shape == (3, n_vocab)
+        torch.testing.assert_close(logits, uncached(feed), rtol=1e-5, atol=1e-5)
+        for row, step in zip(range(3), alone):
+            torch.testing.assert_close(logits[row], step(feed[row].tolist()), rtol=1e-5, atol=1e-5)
+        feed = logits.argmax(dim=-1, keepdim=True)  # [3] -> [3, 1]
+    assert batch.ids.shape == (3, 8) and batch.ids[:, :4].equal(prompts)
+    with pytest.raises(ValueError, match='2 rows of new ids for 3 sequences'):
+        batch(feed[:2])
+
+
+def test_batch_rows_are_independent_samples_and_a_seed_repeats_them(lm):
+    def draw(seed, batch_size=4):
+        return sample_batch(lm, PROMPT, V, batch_size, SamplingSettings(gen_len=10, temperature=2.0),
+                            torch.Generator().manual_seed(seed))[0]
+    rows = draw(3)
+    assert draw(3) == rows and draw(4) != rows
+    assert len({tuple(row) for row in rows}) == 4  # each row drawn on its own
+    assert draw(3, batch_size=1)[0] == sample_ids(lm, PROMPT, V, SamplingSettings(gen_len=10, temperature=2.0),
+                                                  torch.Generator().manual_seed(3))[0]  # sample_ids: the batch of one
+
+
+def test_batch_stops_at_n_ctx_and_refuses_what_sample_ids_refuses(lm):
+    rows, message = sample_batch(lm, PROMPT * 2 + [1, 2], V, 3, SamplingSettings(gen_len=40, greedy=True))
+    assert [len(row) for row in rows] == [6, 6, 6] and 'stopped after 6 of 40 tokens' in message
+    assert sample_batch(lm, PROMPT, V, 2, SamplingSettings(gen_len=0)) == ([[], []], None)
+    for args, match in (((PROMPT, V, 0), 'batch_size=0'), (([], V, 2), 'empty'), ((PROMPT + [V + N_SPECIAL], V, 2), 'token id'),
+                        ((list(range(N_CTX + 1)), V, 2), 'longer than n_ctx=16')):
+        with pytest.raises(ValueError, match=match):
+            sample_batch(lm, *args)
+
+
+def test_greedy_batch_rows_equal_transformers_generate(tmp_path):
+    import models
+    from tests.test_weights_gpt2 import random_hf_gpt2
+    hf = random_hf_gpt2(seed=2)
+    hf.save_pretrained(tmp_path / 'hf')
+    ours = models.load_model(str(tmp_path / 'hf'), lm=True)
+    prompt = [5, 17, 42, 9]
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt] * 3), max_new_tokens=12, do_sample=False, pad_token_id=0,
+                          attention_mask=torch.ones(3, 4, dtype=torch.long))
+    rows, _ = sample_batch(ours, prompt, 96, 3, SamplingSettings(gen_len=12, greedy=True))
+    assert rows == out[:, 4:].tolist() and len(set(rows[0])) > 1
