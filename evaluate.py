@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from flags import add_weights_args, weights_choice
+from flags import add_precision_arg, add_weights_args, weights_choice
 from models import WeightsChoice
-from precision import PRECISIONS
 
 TASKS = ('text', 'wikitext', 'lambada', 'hellaswag')
 MAX_BYTES = 1 << 30  # a test set is at most a few hundred MB: a larger file is not one
@@ -291,8 +290,7 @@ def parse_args(argv=None):
     p.add_argument('--limit', type=int, default=None, help='score only the first K windows or examples, for a quick '
                    'look (default: all)')
     p.add_argument('--batch_size', type=int, default=8, help='windows or sequences per forward pass (default: 8)')
-    p.add_argument('--precision', default='fp32', choices=PRECISIONS,
-                   help='fp32 (TF32 matmuls on CUDA), fp32-strict, or a bf16 or fp16 autocast (default: fp32)')
+    add_precision_arg(p)
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     add_weights_args(p)
     ns = p.parse_args(argv)

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from distributed import check_device
-from flags import add_weights_args, weights_choice
+from flags import add_precision_arg, add_weights_args, weights_choice
 from model_inputs import check_token_ids, pack_right_padded
 from models import WeightsChoice, load_with_tokenizer
+from precision import autocast_context, configure_precision
 from utils import close_bars
 
 
@@ -38,12 +39,13 @@ class FeatureSettings:
     layers: str = '-1'       # comma-separated layer numbers (parse_layers)
     batch_size: int = 8      # examples per forward pass
     truncate: bool = False   # keep the first n_ctx tokens of longer lines instead of refusing them
+    precision: str = 'fp32'  # the forward's precision (precision.PRECISIONS); the features are saved in fp32
 
 
 def settings_of(namespace):
     """Return the FeatureSettings of the parsed command line."""
     return FeatureSettings(namespace.input, namespace.output, weights_choice(namespace), namespace.device,
-                           namespace.layers, namespace.batch_size, namespace.truncate)
+                           namespace.layers, namespace.batch_size, namespace.truncate, namespace.precision)
 
 
 def parse_layers(spec, n_layer):
@@ -150,6 +152,7 @@ def parse_args(argv=None):
     parser.add_argument('--batch_size', type=int, default=8, help='examples per forward pass (default 8)')
     parser.add_argument('--truncate', action='store_true', help='keep the first n_ctx tokens of longer lines '
                                                                 'instead of stopping with an error')
+    add_precision_arg(parser)
     # argparse would take the '-1,-2' of '--layers -1,-2' for an option; glue it on as '--layers=-1,-2'.
     words = iter(sys.argv[1:] if argv is None else argv)
     glued = [f'--layers={next(words, "")}' if word == '--layers' else word for word in words]
@@ -165,8 +168,10 @@ def run_extraction(settings):
     model, text_encoder = load_with_tokenizer(settings.weights)
     model.to(device)
     layers = parse_layers(settings.layers, len(model.h))
-    out = extract_features(model, text_encoder, texts, layers, settings.batch_size, settings.truncate,
-                           source=settings.input)
+    configure_precision(device, settings.precision)  # TF32 matmuls on CUDA for fp32, not for fp32-strict
+    with autocast_context(device, settings.precision):  # hidden_states_batch returns them as float32
+        out = extract_features(model, text_encoder, texts, layers, settings.batch_size, settings.truncate,
+                               source=settings.input)
     with open(settings.output, 'wb') as f:
         np.savez(f, **out)
     return len(texts), int(out['truncated'].sum()), int(out['lengths'].sum())

@@ -35,6 +35,14 @@ def add_weights_args(parser):
     return parser
 
 
+def add_precision_arg(parser):
+    """Add --precision (PRECISIONS, default fp32) for a script that runs a model without training it; return parser."""
+    parser.add_argument('--precision', default='fp32', choices=PRECISIONS,
+                        help='fp32 (TF32 matmuls on CUDA), fp32-strict, or a bf16 or fp16 autocast over the forward, '
+                             'the weights kept in fp32 (default: fp32)')
+    return parser
+
+
 def add_architecture_args(parser):
     """Add --n_embd, --n_head, --n_layer and --afn to parser; return it. Each defaults to None: the architecture of the
     weights (models.read_with_flags: their shapes and config; GPT-1's released shards state neither heads nor

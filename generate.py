@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from distributed import check_device
-from flags import add_weights_args, weights_choice
+from flags import add_precision_arg, add_weights_args, weights_choice
 from models import WeightsChoice, load_with_tokenizer
+from precision import autocast_context, configure_precision
 from sample import SamplingSettings, generate, generate_batch
 from untrusted import write_atomically
 from utils import close_bars
@@ -44,6 +45,7 @@ class GenerateSettings:
     nsamples: int = 1          # samples per prompt
     batch_size: int = 1        # samples drawn together (divides nsamples)
     out: str = None            # a JSON-lines file to write every sample to
+    precision: str = 'fp32'    # the forward's precision (precision.PRECISIONS)
 
 
 def settings_of(namespace):
@@ -52,7 +54,7 @@ def settings_of(namespace):
                                 temperature=namespace.temperature, greedy=namespace.greedy)
     return GenerateSettings(weights_choice(namespace), namespace.device, sampling, namespace.seed, namespace.prompt,
                             namespace.interactive, namespace.unconditional, namespace.nsamples, namespace.batch_size,
-                            namespace.out)
+                            namespace.out, namespace.precision)
 
 
 def usage_problem(args):
@@ -91,6 +93,7 @@ def parse_args(argv=None):
                                                  "torch's default generator)")
     parser.add_argument('--out', help='also write every sample to this JSON-lines file, one {"prompt", "text", "ids"} '
                                       'object a line, replaced whole at the end (default: none)')
+    add_precision_arg(parser)
     args = parser.parse_args(argv)
     if args.prompt is None and not args.interactive and not args.unconditional:
         parser.error('give --prompt "...", --interactive or --unconditional')
@@ -142,8 +145,11 @@ def run_generation(settings, stdin, stdout, stderr):
     headers = settings.nsamples > 1 or settings.unconditional
     records = []
 
+    configure_precision(device, settings.precision)  # TF32 matmuls on CUDA for fp32, not for fp32-strict
+
     def one(prompt):
-        results = draw_samples(model, text_encoder, prompt, settings, generator)
+        with autocast_context(device, settings.precision):  # the logits are taken in fp32 (NextTokenLogits)
+            results = draw_samples(model, text_encoder, prompt, settings, generator)
         # an unconditional sample is shown without the <|endoftext|> it starts from, as the original prints it
         texts = [r.text if prompt is None else r.full_text for r in results]
         print_samples(texts, headers, results[0].message, stdout, stderr)

@@ -12,8 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from distributed import check_device
-from flags import add_weights_args, weights_choice
-from precision import PRECISIONS
+from flags import add_precision_arg, add_weights_args, weights_choice
 from heuristics import TASKS, n_scored, read_zero_shot, score_zero_shot, scoring_lm
 from models import WeightsChoice, load_with_tokenizer
 from utils import close_bars, progress
@@ -35,8 +34,7 @@ def parse_args(argv=None):
     p.add_argument('--out', default=None, help='write index, prediction and each choice\'s score per example (TSV; '
                                                'default: none, the metric is only printed)')
     p.add_argument('--batch_size', type=int, default=16, help='sequences per forward pass (default: 16)')
-    p.add_argument('--precision', default='fp32', choices=PRECISIONS,
-                   help='fp32 (TF32 matmuls on CUDA), fp32-strict, or a bf16 or fp16 autocast (default: fp32)')
+    add_precision_arg(p)
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     add_weights_args(p)
     args = p.parse_args(argv)

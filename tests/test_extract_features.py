@@ -288,3 +288,19 @@ def test_gpt2_features_are_its_hidden_states(tmp_path):
     assert out['lengths'].tolist() == [len(get_encoder().encode('Hello world.')), n]
     np.testing.assert_allclose(out['layer_-1'][1, :n], states[-1][0].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out['layer_0'][1, :n], states[0][0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_precision_bf16_computes_the_states_under_autocast_and_saves_them_in_fp32(model_dir, tmp_path, capsys):
+    """--precision bf16: the features are bf16 computations (not fp32's bits), saved as float32, within bf16's error
+    of fp32's."""
+    argv = ['--input', str(write_input(tmp_path)), '--model_dir', str(model_dir), '--n_head', '2', '--device', 'cpu']
+    feats = {}
+    for precision in ('fp32', 'bf16'):
+        out = tmp_path / f'{precision}.npz'
+        assert extract_features.main(argv + ['--output', str(out), '--precision', precision]) == 0
+        feats[precision] = load_npz(out)
+    capsys.readouterr()
+    low, full = feats['bf16']['layer_-1'], feats['fp32']['layer_-1']
+    assert low.dtype == np.float32 and not np.array_equal(low, full)
+    np.testing.assert_allclose(low, full, rtol=0.05, atol=0.05 * np.abs(full).max())
+    np.testing.assert_array_equal(feats['bf16']['ids'], feats['fp32']['ids'])

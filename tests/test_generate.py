@@ -388,3 +388,40 @@ def test_cli_flags_that_cannot_go_together_are_one_line_exit_2(cli, real_vocab_d
                             str(tmp_path / 'x.jsonl')], monkeypatch=monkeypatch, capsys=capsys)
     assert rc == 2 and out == '' and err.startswith('generate.py: error: --unconditional starts from <|endoftext|>')
     assert 'GPT-1' in err and err.count('\n') == 1 and not (tmp_path / 'x.jsonl').exists()
+
+
+def test_cli_precision_runs_the_forward_under_autocast_with_fp32s_greedy_tokens(cli, real_vocab_dir, text_encoder,
+                                                                                  monkeypatch):
+    """--precision bf16 runs the sampler's forward under a bf16 autocast (seen from inside it). Along fp32's greedy
+    sequence, bf16's forward picks fp32's token at every step where fp32's margin between the best and second-best
+    logit is more than twice bf16's error on that step's logits (at least 3 of the 9 steps here), and the command's
+    greedy run agrees with fp32's up to its first step without that margin."""
+    import sample
+    model = models.load_model(str(real_vocab_dir), lm=True, n_head=2)
+    prompt_ids = text_encoder.encode([PROMPT_TEXT], verbose=False)[0]
+    want = argmax_decoding(real_vocab_dir, text_encoder, 9, n_head=2)
+    safe = []
+    for k in range(len(want)):
+        logits = step_logits(model, model.cfg.n_vocab, prompt_ids + want[:k])
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = step_logits(model, model.cfg.n_vocab, prompt_ids + want[:k]).float()
+        top2 = logits.topk(2).values
+        safe.append(float(top2[0] - top2[1]) > 2 * float((low - logits).abs().max()))
+        if safe[-1]:
+            assert int(low.argmax()) == want[k]
+    assert sum(safe) >= 3
+    seen = []
+    real_call = sample.BatchNextTokenLogits.__call__
+
+    def spy(self, new_ids):
+        seen.append((torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')))
+        return real_call(self, new_ids)
+
+    monkeypatch.setattr(sample.BatchNextTokenLogits, '__call__', spy)
+    rc, _, err, [result] = cli('--greedy', '--gen_len', '9', '--precision', 'bf16')
+    assert rc == 0 and err == '' and set(seen) == {(True, torch.bfloat16)}
+    agreed = safe.index(False) if False in safe else len(safe)
+    assert agreed >= 1 and result.ids[:agreed] == want[:agreed]
+    seen.clear()
+    rc, _, _, [result] = cli('--greedy', '--gen_len', '9')
+    assert rc == 0 and result.ids == want and not any(on for on, _ in seen)  # fp32: no autocast
