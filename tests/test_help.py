@@ -9,7 +9,7 @@ import pytest
 # the scripts at the root and in benchmarks/ (pytest.ini puts benchmarks/ on the path) that have a command line
 SCRIPTS = ['train', 'pretrain', 'prepare_corpus', 'generate', 'extract_features', 'zero_shot', 'convert', 'ablations',
            'analysis', 'download_model', 'bench', 'bench_e2e', 'bench_gpt2', 'bench_opt', 'bench_pretrain',
-           'bench_text', 'evaluate']
+           'bench_text', 'bench_inference', 'evaluate']
 # the scripts that take both families' weights or corpora, whose description must say so (train.py fine-tunes GPT-2
 # weights too, under GPT-1's recipe)
 BOTH_FAMILIES = ['train', 'pretrain', 'generate', 'extract_features', 'zero_shot', 'convert', 'prepare_corpus',

@@ -1,0 +1,16 @@
+"""Tests of benchmarks/bench_inference.py: a --quick run times both implementations of each row and checks that they
+computed the same thing."""
+import json
+
+import bench_inference
+
+
+def test_quick_run_reports_both_implementations_with_equal_outputs(tmp_path, capsys):
+    assert bench_inference.main(['--quick', '--precisions', 'fp32', '--json', str(tmp_path / 'r.json')]) == 0
+    rows = json.loads((tmp_path / 'r.json').read_text())['results']
+    assert {(r['task'], r['impl'], r['batch']) for r in rows} == {
+        (task, impl, batch) for impl in ('ours', 'transformers')
+        for task, batch in (('generation', 1), ('generation', 4), ('evaluation', 1))}
+    assert all(r['same'] for r in rows)  # greedy tokens row by row; the summed NLLs within 0.1%
+    assert all(r['tokens_per_s'] > 0 and len(r['times']) == 1 for r in rows)
+    assert 'ours vs it' in capsys.readouterr().out
