@@ -5,10 +5,13 @@ from --model_dir's files.
     python generate.py --model_dir model/ --prompt "the weather today is" --gen_len 40 --top_k 40 --seed 0
     python generate.py --model_dir model/ --interactive --greedy      # one prompt per line of stdin
     python generate.py --model_dir models/124M/ --unconditional --nsamples 4 --batch_size 2 --seed 0 --out s.jsonl
+    python generate.py --model_dir model/ --input prompts.txt --batch_size 8 --greedy --out s.jsonl  # 8 prompts a forward
 
 --nsamples, --batch_size, --length (--gen_len), --temperature, --top_k, --top_p, --seed and --unconditional as
 openai/gpt-2's generate_unconditional_samples.py and interactive_conditional_samples.py take them, but --length
-defaults to 40, not n_ctx // 2.
+defaults to 40, not n_ctx // 2. --input samples one continuation of each line of a file, --batch_size prompts of
+different lengths together (sample.generate_prompts: each row's padding is masked, each row's positions start at 0,
+so a greedy row is the prompt's own greedy run).
 """
 import argparse
 import json
@@ -21,7 +24,7 @@ from distributed import check_device
 from flags import add_precision_arg, add_weights_args, weights_choice
 from models import WeightsChoice, load_with_tokenizer
 from precision import autocast_context, configure_precision
-from sample import SamplingSettings, generate, generate_batch
+from sample import SamplingSettings, check_prompt, generate, generate_batch, generate_prompts
 from untrusted import write_atomically
 from utils import close_bars
 
@@ -43,9 +46,10 @@ class GenerateSettings:
     interactive: bool = False  # continue each line of stdin too
     unconditional: bool = False  # sample from <|endoftext|> alone (GPT-2)
     nsamples: int = 1          # samples per prompt
-    batch_size: int = 1        # samples drawn together (divides nsamples)
+    batch_size: int = 1        # samples drawn together (divides nsamples); with input, prompts drawn together
     out: str = None            # a JSON-lines file to write every sample to
     precision: str = 'fp32'    # the forward's precision (precision.PRECISIONS)
+    input: str = None          # a file of prompts, one a line (blank lines skipped), batch_size of them together
 
 
 def settings_of(namespace):
@@ -54,15 +58,21 @@ def settings_of(namespace):
                                 temperature=namespace.temperature, greedy=namespace.greedy)
     return GenerateSettings(weights_choice(namespace), namespace.device, sampling, namespace.seed, namespace.prompt,
                             namespace.interactive, namespace.unconditional, namespace.nsamples, namespace.batch_size,
-                            namespace.out, namespace.precision)
+                            namespace.out, namespace.precision, namespace.input)
 
 
 def usage_problem(args):
     """Return why the parsed flags cannot go together (None when they can)."""
+    if args.input is not None and (args.prompt is not None or args.interactive or args.unconditional):
+        return '--input reads the prompts from its file: drop --prompt, --interactive and --unconditional'
     if args.unconditional and (args.prompt is not None or args.interactive):
         return '--unconditional samples from <|endoftext|> alone: drop --prompt and --interactive'
     if args.nsamples < 1 or args.batch_size < 1:
         return f'--nsamples {args.nsamples} --batch_size {args.batch_size}: give 1 or more for each'
+    if args.input is not None:
+        if args.nsamples != 1:
+            return f'--input draws one sample per prompt: drop --nsamples {args.nsamples}'
+        return None  # --batch_size counts prompts drawn together
     if args.nsamples % args.batch_size:
         return f'--nsamples {args.nsamples} is not a multiple of --batch_size {args.batch_size}'
     return None
@@ -79,9 +89,13 @@ def parse_args(argv=None):
     parser.add_argument('--unconditional', action='store_true',
                         help="GPT-2: sample from <|endoftext|> alone, as the original's "
                              'generate_unconditional_samples.py (default: off; not with --prompt or --interactive)')
-    parser.add_argument('--nsamples', type=int, default=1, help='samples per prompt (default 1)')
+    parser.add_argument('--input', help='a UTF-8 file of prompts, one a line (blank lines skipped), each continued '
+                                        'once, --batch_size of them drawn together; not with --prompt, --interactive, '
+                                        '--unconditional or --nsamples above 1 (default: none)')
+    parser.add_argument('--nsamples', type=int, default=1, help='samples per prompt (default 1; 1 with --input)')
     parser.add_argument('--batch_size', type=int, default=1,
-                        help='samples drawn together, in one forward; must divide --nsamples (default 1)')
+                        help='samples drawn together, in one forward; must divide --nsamples; with --input, prompts '
+                             'drawn together (default 1)')
     parser.add_argument('--gen_len', '--length', type=int, default=40,
                         help="tokens to generate (default 40; the original's --length defaults to n_ctx // 2)")
     parser.add_argument('--top_k', type=int, default=40, help='sample among the k most likely tokens (0: all; '
@@ -95,8 +109,8 @@ def parse_args(argv=None):
                                       'object a line, replaced whole at the end (default: none)')
     add_precision_arg(parser)
     args = parser.parse_args(argv)
-    if args.prompt is None and not args.interactive and not args.unconditional:
-        parser.error('give --prompt "...", --interactive or --unconditional')
+    if args.prompt is None and not args.interactive and not args.unconditional and args.input is None:
+        parser.error('give --prompt "...", --interactive, --unconditional or --input FILE')
     problem = usage_problem(args)
     if problem:
         raise UsageError(problem)
@@ -118,6 +132,31 @@ def draw_samples(model, text_encoder, prompt, settings, generator):
     return results
 
 
+def read_prompts(path):
+    """Return [(line number, prompt)] of the file at path: its lines without their line ends, blank ones skipped."""
+    with open(path, encoding='utf-8') as f:
+        lines = f.read().split('\n')
+    prompts = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not prompts:
+        raise ValueError(f'--input {path} holds no prompt: give one a line')
+    return prompts
+
+
+def encode_prompts(model, text_encoder, prompts, path):
+    """Return the BPE ids of each (line number, prompt) of prompts; one the model cannot continue (empty once
+    tokenized, longer than n_ctx) raises naming its line of path."""
+    transformer = getattr(model, 'transformer', model)
+    encoded = []
+    for number, prompt in prompts:
+        ids = text_encoder.encode([prompt], verbose=False)[0]
+        try:
+            check_prompt(ids, transformer.pos_offset, transformer.n_ctx)
+        except ValueError as err:
+            raise ValueError(f'--input {path} line {number}: {err}') from None
+        encoded.append(ids)
+    return encoded
+
+
 def print_samples(texts, headers, message, stdout, stderr):
     """Print each text (after a SAMPLE header when headers, as the original), then the note message (None: none)."""
     for number, text in enumerate(texts, 1):
@@ -134,8 +173,10 @@ def jsonl_bytes(records):
 
 
 def run_generation(settings, stdin, stdout, stderr):
-    """Generate for the prompt and/or each stdin line, writing to stdout; raise on bad arguments or files."""
+    """Generate for each line of the --input file, the prompt and/or each stdin line, writing to stdout; raise on bad
+    arguments or files."""
     device = check_device(settings.device)
+    prompts = None if settings.input is None else read_prompts(settings.input)  # before the model: fail fast
     model, text_encoder = load_with_tokenizer(settings.weights, lm=True)
     if settings.unconditional and ENDOFTEXT not in text_encoder.encoder:
         raise UsageError(f'--unconditional starts from {ENDOFTEXT}, which the vocabulary of {settings.weights.model_dir} '
@@ -156,6 +197,14 @@ def run_generation(settings, stdin, stdout, stderr):
         shown = ENDOFTEXT if prompt is None else prompt
         records.extend({'prompt': shown, 'text': r.text, 'ids': r.ids} for r in results)
 
+    if prompts is not None:
+        prompt_ids = encode_prompts(model, text_encoder, prompts, settings.input)
+        with autocast_context(device, settings.precision):  # the logits are taken in fp32 (RaggedNextTokenLogits)
+            results = generate_prompts(model, text_encoder, prompt_ids, settings.sampling, generator,
+                                       settings.batch_size)
+        for (_, prompt), result in zip(prompts, results):
+            print_samples([result.full_text], False, result.message, stdout, stderr)
+            records.append({'prompt': prompt, 'text': result.text, 'ids': result.ids})
     if settings.unconditional:
         one(None)
     if settings.prompt is not None:

@@ -1,6 +1,8 @@
 """Sampling from a language model, one position at a time with a key/value cache (openai/gpt-2's sample.py:
 sample_sequence, top_k_logits; the GPT-1 release has no sampler): a batch of independent samples of one prompt
-(sample_batch, generate_batch; every row the same length, so no padding), or one sample (sample_ids, generate).
+(sample_batch, generate_batch; every row the same length, so no padding), prompts of different lengths drawn together
+(sample_prompts, generate_prompts; RaggedNextTokenLogits masks each row's padding), or one sample (sample_ids,
+generate).
 
 The LM decoder is the embedding table (`lm_logits = h @ we^T`), and only its first n_vocab rows are tokens:
 special-token and position rows are never sampled; they are dropped before temperature, top-k and top-p.
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model_inputs import check_token_ids
+from model_inputs import check_token_ids, pack_right_padded
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,75 @@ class NextTokenLogits:
         return self.batch(torch.tensor([[int(i) for i in new_ids]], dtype=torch.long))[0]  # [1, n_vocab] -> [n_vocab]
 
 
+class RaggedNextTokenLogits:
+    """Logits of the next token over the first n_vocab rows for B sequences of different lengths fed together, each
+    row's logits those it gets alone (within float rounding).
+
+    Call it with a list of B lists of new ids (rows may differ in length; an empty list leaves its row as it is and
+    returns that row's last logits again). Each row's position ids start at 0 at its first token. The ids of a call
+    are packed padded on the right: the attention is causal, so the padding after a row's ids cannot reach them.
+    With use_cache each call runs only the new positions against the cached keys and values of the earlier ones,
+    whose padding past_valid masks out (the transformer's forward_cached: a masked key gets the causal mask's score,
+    so exactly zero weight); without, the whole right-padded sequences again (model_inputs.pack_right_padded).
+    """
+
+    def __init__(self, model, n_vocab, use_cache=True):
+        self.transformer, self.decoder = table_rows(model)
+        self.n_ctx = self.transformer.n_ctx
+        self.pos_offset = self.transformer.pos_offset  # position i has id n_vocab + n_special + i
+        if not 0 < n_vocab <= self.pos_offset:
+            raise ValueError(f'n_vocab={n_vocab} but the table holds {self.pos_offset} token and special rows')
+        self.n_vocab = n_vocab
+        self.use_cache = use_cache
+        self.seqs = None      # per row the list of ids fed so far
+        self.past = None      # per block (k, v) [B, H, K, hd], K columns of which past_valid marks the real ones
+        self.past_valid = None  # [B, K] bool, on the decoder's device
+        self.logits = None    # [B, n_vocab] the last logits of each row
+
+    def __call__(self, new_ids):
+        """Return the float32 logits [B, n_vocab] of the token after each row of self.seqs + new_ids (B lists)."""
+        new_ids = [[int(i) for i in row] for row in new_ids]
+        if self.seqs is None:
+            if not new_ids or not all(new_ids):
+                raise ValueError('give every row at least one id in the first call')
+            self.seqs = [[] for _ in new_ids]
+        if len(new_ids) != len(self.seqs):
+            raise ValueError(f'{len(new_ids)} rows of new ids for {len(self.seqs)} sequences')
+        if not any(new_ids):
+            return self.logits.clone()
+        for seq, new in zip(self.seqs, new_ids):
+            if len(seq) + len(new) > self.n_ctx:
+                raise ValueError(f'{len(seq) + len(new)} tokens exceed n_ctx={self.n_ctx}')
+        starts = [len(seq) for seq in self.seqs]
+        for seq, new in zip(self.seqs, new_ids):
+            seq.extend(new)
+        device = self.decoder.device
+        with torch.no_grad():
+            if self.use_cache:
+                t = max(len(new) for new in new_ids)
+                x = torch.zeros(len(new_ids), t, 2, dtype=torch.long)  # [B, t, 2]
+                for b, (start, new) in enumerate(zip(starts, new_ids)):
+                    x[b, :len(new), 0] = torch.tensor(new, dtype=torch.long)
+                    # a padding position's id is any valid row: its key is masked, its output unused
+                    x[b, :, 1] = self.pos_offset + (start + torch.arange(t)).clamp(max=self.n_ctx - 1)
+                new_valid = torch.arange(t)[None, :] < torch.tensor([len(new) for new in new_ids])[:, None]  # [B, t]
+                h, self.past = self.transformer.forward_cached(x.to(device), self.past, self.past_valid)
+                new_valid = new_valid.to(device)
+                self.past_valid = new_valid if self.past_valid is None else torch.cat([self.past_valid, new_valid], 1)
+                last = torch.tensor([max(len(new), 1) - 1 for new in new_ids])  # [B]
+            else:
+                h = self.transformer(pack_right_padded(self.seqs, self.pos_offset).to(device))  # [B, T, n_embd]
+                last = torch.tensor([len(seq) - 1 for seq in self.seqs])  # [B]
+            h_last = h[torch.arange(h.size(0), device=h.device), last.to(h.device)]  # [B, n_embd]
+            # only token rows: special and position rows can never be drawn
+            logits = F.linear(h_last, self.decoder[:self.n_vocab]).float().cpu()  # [B, n_vocab]
+        if self.logits is not None:  # a row given no new ids keeps its logits
+            fed = torch.tensor([bool(new) for new in new_ids])
+            logits = torch.where(fed[:, None], logits, self.logits)
+        self.logits = logits
+        return logits.clone()
+
+
 def top_k_filter(logits, k):
     """Return logits [..., V] with all but the k largest set to -inf (k 0: unchanged)."""
     if k <= 0 or k >= logits.size(-1):
@@ -177,11 +248,60 @@ def sample_batch(model, prompt_ids, n_vocab, batch_size=1, settings=SamplingSett
             if len(drawn) < n_new:
                 logits = step(drawn[-1][:, None])  # [B] -> [B, 1]; -> [B, n_vocab]
     rows = torch.stack(drawn, dim=1).tolist() if drawn else [[] for _ in range(batch_size)]  # [B, n_new]
-    message = None
-    if gen_len > room:
-        message = (f'stopped after {n_new} of {gen_len} tokens: the context is full (n_ctx={step.n_ctx}, '
-                   f'prompt {len(prompt_ids)} tokens); use a shorter prompt or gen_len')
-    return rows, message
+    return rows, full_context_message(gen_len, step.n_ctx, len(prompt_ids))
+
+
+def full_context_message(gen_len, n_ctx, prompt_len):
+    """Return why a prompt of prompt_len tokens gets fewer than gen_len new ones (None when it gets them all)."""
+    room = n_ctx - prompt_len
+    if gen_len <= room:
+        return None
+    return (f'stopped after {room} of {gen_len} tokens: the context is full (n_ctx={n_ctx}, prompt {prompt_len} '
+            f'tokens); use a shorter prompt or gen_len')
+
+
+def sample_prompts(model, prompt_id_lists, n_vocab, settings=SamplingSettings(), generator=None, batch_size=None,
+                   use_cache=True):
+    """Return (rows, messages): per prompt of prompt_id_lists (lists of ids, of any lengths) a list of up to
+    settings.gen_len ids continuing it, and why it stopped early (None: it did not), as sample_ids gives them.
+
+    The prompts are drawn batch_size at a time (None: all together) by RaggedNextTokenLogits, one row each; greedy
+    rows are each prompt's unbatched greedy run. Each row stops when its own context is full.
+    """
+    prompts = [list(prompt) for prompt in prompt_id_lists]
+    if batch_size is None:
+        batch_size = max(len(prompts), 1)
+    if batch_size < 1:
+        raise ValueError(f'batch_size={batch_size}: give 1 or more prompts to draw together')
+    transformer, _ = table_rows(model)
+    for number, prompt in enumerate(prompts, 1):
+        try:
+            check_prompt(prompt, transformer.pos_offset, transformer.n_ctx)
+        except ValueError as err:
+            raise ValueError(f'prompt {number}: {err}') from None
+    rows = []
+    for first in range(0, len(prompts), batch_size):
+        rows += sample_ragged(model, prompts[first:first + batch_size], n_vocab, settings, generator, use_cache)
+    messages = [full_context_message(settings.gen_len, transformer.n_ctx, len(prompt)) for prompt in prompts]
+    return rows, messages
+
+
+def sample_ragged(model, prompts, n_vocab, settings, generator, use_cache):
+    """Return per prompt (checked lists of ids) the ids drawn after it, all prompts fed together."""
+    step = RaggedNextTokenLogits(model, n_vocab, use_cache=use_cache)
+    n_new = [min(settings.gen_len, step.n_ctx - len(prompt)) for prompt in prompts]
+    rows = [[] for _ in prompts]
+    steps = max(n_new, default=0)
+    if steps > 0:
+        logits = step(prompts)  # [B, n_vocab]
+        for k in range(steps):
+            drawn = next_tokens(logits, settings, generator).tolist()  # [B]: every row drawn, the finished dropped
+            for row, token, n in zip(rows, drawn, n_new):
+                if k < n:
+                    row.append(token)
+            if k + 1 < steps:
+                logits = step([[token] if k + 1 < n else [] for token, n in zip(drawn, n_new)])
+    return rows
 
 
 def sample_ids(model, prompt_ids, n_vocab, settings=SamplingSettings(), generator=None, use_cache=True):
@@ -200,6 +320,17 @@ def generate_batch(model, text_encoder, prompt_ids, batch_size=1, settings=Sampl
     rows, message = sample_batch(model, prompt_ids, n_vocab, batch_size, settings, generator, use_cache)
     return [Generation(text_encoder.decode(ids), text_encoder.decode(prompt_ids + ids), ids, list(prompt_ids), message)
             for ids in rows]
+
+
+def generate_prompts(model, text_encoder, prompt_id_lists, settings=SamplingSettings(), generator=None, batch_size=None,
+                     n_vocab=None, use_cache=True):
+    """Return one Generation per prompt of prompt_id_lists (lists of ids, of any lengths), drawn batch_size prompts at
+    a time (sample_prompts); n_vocab: text_encoder's."""
+    if n_vocab is None:
+        n_vocab = len(text_encoder.decoder)
+    rows, messages = sample_prompts(model, prompt_id_lists, n_vocab, settings, generator, batch_size, use_cache)
+    return [Generation(text_encoder.decode(ids), text_encoder.decode(list(prompt_ids) + ids), ids, list(prompt_ids),
+                       message) for prompt_ids, ids, message in zip(prompt_id_lists, rows, messages)]
 
 
 def generate(model, text_encoder, prompt, settings=SamplingSettings(), generator=None, n_vocab=None, use_cache=True):

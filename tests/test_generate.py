@@ -425,3 +425,75 @@ def test_cli_precision_runs_the_forward_under_autocast_with_fp32s_greedy_tokens(
     seen.clear()
     rc, _, _, [result] = cli('--greedy', '--gen_len', '9')
     assert rc == 0 and result.ids == want and not any(on for on, _ in seen)  # fp32: no autocast
+
+
+# --- --input: prompts of different lengths drawn together -------------------------------------------------------
+
+INPUT_PROMPTS = ['the weather today is', 'hello', 'a much longer prompt that goes on and on']
+
+
+def test_cli_input_greedy_prints_and_writes_what_each_prompt_gives_alone(cli, real_vocab_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    alone = [cli('--greedy', '--gen_len', '8', '--prompt', prompt) for prompt in INPUT_PROMPTS]
+    assert all(rc == 0 for rc, _, _, _ in alone)
+    want_out = ''.join(out for _, out, _, _ in alone)
+    want_err = ''.join(err for _, _, err, _ in alone)
+    assert 'stopped after' in want_err  # the long prompt fills n_ctx=16 early: its note, as alone
+    (tmp_path / 'prompts.txt').write_text('\n'.join(INPUT_PROMPTS[:2]) + '\n\n  \n' + INPUT_PROMPTS[2] + '\n',
+                                          encoding='utf-8')
+    base = ['--model_dir', str(real_vocab_dir), '--n_head', '2', '--device', 'cpu', '--greedy', '--gen_len', '8',
+            '--input', str(tmp_path / 'prompts.txt')]
+    import sample
+    rows_fed, real_call = [], sample.RaggedNextTokenLogits.__call__
+
+    def spy(self, new_ids):
+        rows_fed.append(len(new_ids))
+        return real_call(self, new_ids)
+    monkeypatch.setattr(sample.RaggedNextTokenLogits, '__call__', spy)
+    for batch_size in ('3', '2', '1'):
+        rows_fed.clear()
+        rc, out, err = run_cli(base + ['--batch_size', batch_size, '--out', str(tmp_path / 'o.jsonl')],
+                               monkeypatch=monkeypatch, capsys=capsys)
+        assert rc == 0 and out == want_out and err == want_err, batch_size
+        assert max(rows_fed) == int(batch_size)  # the prompts are drawn batch_size at a time
+        records = [json.loads(line) for line in (tmp_path / 'o.jsonl').read_text(encoding='utf-8').splitlines()]
+        assert records == [{'prompt': prompt, 'text': result.text, 'ids': result.ids}
+                           for prompt, (_, _, _, [result]) in zip(INPUT_PROMPTS, alone)]
+
+
+def test_cli_input_samples_repeat_with_their_seed(gpt2_dir, tmp_path, monkeypatch, capsys):
+    (tmp_path / 'p.txt').write_text('Hello, world\nOnce upon a time there was\n', encoding='utf-8')
+
+    def texts(seed, batch_size='2'):
+        rc, out, err = run_cli(['--model_dir', str(gpt2_dir), '--device', 'cpu', '--input', str(tmp_path / 'p.txt'),
+                                '--batch_size', batch_size, '--length', '6', '--seed', seed, '--top_k', '0'],
+                               monkeypatch=monkeypatch, capsys=capsys)
+        assert rc == 0 and err == '', err
+        return out.splitlines()
+    first = texts('0')
+    assert len(first) == 2 and first[0].startswith('Hello, world') and first[1].startswith('Once upon a time')
+    assert texts('0') == first and texts('1') != first
+
+
+def test_cli_input_errors_are_one_line(cli, real_vocab_dir, tmp_path, monkeypatch, capsys):
+    (tmp_path / 'p.txt').write_text('hello\n', encoding='utf-8')
+    given = ['--input', str(tmp_path / 'p.txt')]
+    for flags, message in (([], '--input reads the prompts from its file: drop --prompt'),  # cli gives --prompt
+                           (['--nsamples', '2'], '--input reads the prompts')):
+        rc, out, err, made = cli(*given, *flags)
+        assert rc == 2 and out == '' and made == [] and message in err and err.count('\n') == 1, err
+    base = ['--model_dir', str(real_vocab_dir), '--n_head', '2', '--device', 'cpu']
+    (tmp_path / 'blank.txt').write_text('\n  \n', encoding='utf-8')
+    (tmp_path / 'long.txt').write_text('hello\n\n' + 'word ' * 20 + '\n', encoding='utf-8')
+    for flags, rc_want, message in (
+            (given + ['--interactive'], 2, '--input reads the prompts from its file: drop --prompt, --interactive'),
+            (given + ['--unconditional'], 2, '--input reads the prompts from its file'),
+            (given + ['--nsamples', '2', '--batch_size', '2'], 2, '--input draws one sample per prompt: drop --nsamples 2'),
+            (given + ['--batch_size', '0'], 2, '--nsamples 1 --batch_size 0: give 1 or more'),
+            (['--input', str(tmp_path / 'none.txt')], 1, 'none.txt'),
+            (['--input', str(tmp_path / 'blank.txt')], 1, 'blank.txt holds no prompt'),
+            (['--input', str(tmp_path / 'long.txt')], 1, 'long.txt line 3: the prompt is 20 tokens, longer than n_ctx=16')):
+        rc, out, err = run_cli(base + flags, monkeypatch=monkeypatch, capsys=capsys)
+        assert rc == rc_want and out == '' and err.startswith('generate.py: error: ') and message in err, (flags, err)
+        assert err.count('\n') == 1
+    assert generate.parse_args(given + ['--batch_size', '4']).batch_size == 4  # any number of prompts at a time

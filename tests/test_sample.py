@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from model_pytorch import LMModel
 from model_gpt2 import GPT2Config, GPT2LMHeadModel
-from sample import (BatchNextTokenLogits, NextTokenLogits, SamplingSettings, next_token, sample_batch, sample_ids,
-                    top_k_filter, top_p_filter)
+from sample import (BatchNextTokenLogits, NextTokenLogits, RaggedNextTokenLogits, SamplingSettings, next_token,
+                    sample_batch, sample_ids, sample_prompts, top_k_filter, top_p_filter)
 from tests.helpers import small_cfg
 
 V, N_SPECIAL, N_CTX = 100, 2, 16  # the tiny model: 100 token rows, 2 special rows, 16 positions
@@ -250,3 +250,125 @@ def test_greedy_batch_rows_equal_transformers_generate(tmp_path):
                           attention_mask=torch.ones(3, 4, dtype=torch.long))
     rows, _ = sample_batch(ours, prompt, 96, 3, SamplingSettings(gen_len=12, greedy=True))
     assert rows == out[:, 4:].tolist() and len(set(rows[0])) > 1
+
+
+# --- prompts of different lengths drawn together ----------------------------------------------------------------
+
+RAGGED = [[5, 17], [9, 8, 7, 6, 5], [1, 1, 2, 3, 4, 5, 6, 7, 8]]  # lengths 2, 5, 9: the last fills n_ctx=16 early
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+def test_greedy_rows_of_prompts_of_different_lengths_equal_each_unbatched_greedy_run(lm, family):
+    model, n_vocab = (lm, V) if family == 'gpt1' else (tiny_gpt2(), 96)
+    greedy = SamplingSettings(gen_len=10, greedy=True)
+    want = [sample_ids(model, prompt, n_vocab, greedy) for prompt in RAGGED]
+    assert all(len(set(ids)) > 1 for ids, _ in want)  # real sequences, not one token repeated
+    assert [len(ids) for ids, _ in want] == [10, 10, 7] and 'stopped after 7 of 10 tokens' in want[2][1]
+    for use_cache in (True, False):
+        for batch_size in (None, 2, 1):
+            rows, messages = sample_prompts(model, RAGGED, n_vocab, greedy, batch_size=batch_size,
+                                            use_cache=use_cache)
+            assert rows == [ids for ids, _ in want] and messages == [m for _, m in want], (use_cache, batch_size)
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+def test_ragged_logits_are_each_rows_own_logits_at_every_step(lm, family):
+    """Rows of different lengths fed together get, at every step, the logits each gets alone, cached or not; a row
+    given no new ids keeps its logits."""
+    model, n_vocab = (lm, V) if family == 'gpt1' else (tiny_gpt2(), 96)
+    for use_cache in (True, False):
+        ragged = RaggedNextTokenLogits(model, n_vocab, use_cache=use_cache)
+        alone = [NextTokenLogits(model, n_vocab, use_cache=use_cache) for _ in RAGGED]
+        feed, previous = RAGGED, None
+        for step in range(7):
+            logits = ragged(feed)
+            assert logits.shape == (3, n_vocab)
+            for row, (new, single) in enumerate(zip(feed, alone)):
+                want = single(new) if new else previous[row]
+                torch.testing.assert_close(logits[row], want, rtol=1e-5, atol=1e-5)
+            previous = logits
+            # the second row sits out one step; the first gets two ids at once
+            feed = [[int(t)] for t in logits.argmax(dim=-1)]
+            feed[1] = [] if step == 2 else feed[1]
+            feed[0] = feed[0] + [3] if step == 4 else feed[0]
+        assert [len(seq) for seq in ragged.seqs] == [2 + 6 + 1, 5 + 5, 9 + 6]
+        with pytest.raises(ValueError, match='2 rows of new ids for 3 sequences'):
+            ragged(feed[:2])
+        with pytest.raises(ValueError, match='17 tokens exceed n_ctx=16'):
+            ragged([[1], [1], [1, 2]])
+    with pytest.raises(ValueError, match='at least one id'):
+        RaggedNextTokenLogits(model, n_vocab)([[1], []])
+
+
+def test_the_padding_of_a_ragged_batch_is_masked_out_of_attention(lm):
+    """The cached path runs each step against keys of which some are padding: changing what the padding holds
+    changes nothing (its keys get no weight), while the same ids unmasked would."""
+    ragged = RaggedNextTokenLogits(lm, V)
+    first = ragged(RAGGED)
+    assert ragged.past_valid.tolist()[0] == [True] * 2 + [False] * 7
+    k0, v0 = ragged.past[0]
+    with torch.no_grad():
+        for k, v in ragged.past:  # scramble the cached padding of the first row
+            k[0, :, 2:].normal_(std=10.0)
+            v[0, :, 2:].normal_(std=10.0)
+    again = ragged([[int(first[0].argmax())], [], []])
+    single = NextTokenLogits(lm, V)
+    single(RAGGED[0])
+    torch.testing.assert_close(again[0], single([int(first[0].argmax())]), rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_prompts_of_different_lengths_never_draws_a_special_or_position_row():
+    torch.manual_seed(1)
+    model = LMModel(small_cfg(n_embd=16, n_head=2), vocab=V + N_SPECIAL + N_CTX, n_ctx=N_CTX).eval()
+    with torch.no_grad():
+        last = model.transformer.h[-1].ln_2
+        last.g.zero_()
+        last.b.fill_(1.0)  # every hidden state is all ones, so a row's logit is its sum
+        model.transformer.embed.weight[V:] = 10.0  # special and position rows: logit 160 against ~0
+    assert full_logits(model, RAGGED[0]).argmax() >= V  # the unmasked decoder would pick them
+    gen = torch.Generator().manual_seed(0)
+    for kwargs in (dict(greedy=True), dict(temperature=100.0), dict(top_k=5), dict(top_p=0.5), dict()):
+        for use_cache in (True, False):
+            rows, _ = sample_prompts(model, RAGGED, V, SamplingSettings(gen_len=12, **kwargs), gen,
+                                     use_cache=use_cache)
+            assert [len(row) for row in rows] == [12, 11, 7] and max(max(row) for row in rows) < V, kwargs
+
+
+def test_sample_prompts_seeds_and_refusals(lm):
+    def draw(seed, batch_size=None):
+        return sample_prompts(lm, RAGGED, V, SamplingSettings(gen_len=6, temperature=2.0),
+                              torch.Generator().manual_seed(seed), batch_size)[0]
+    rows = draw(3)
+    assert draw(3) == rows and draw(4) != rows and [len(row) for row in rows] == [6, 6, 6]
+    assert draw(3, batch_size=1)[0] == sample_ids(lm, RAGGED[0], V, SamplingSettings(gen_len=6, temperature=2.0),
+                                                  torch.Generator().manual_seed(3))[0]  # the first batch of one
+    assert sample_prompts(lm, RAGGED, V, SamplingSettings(gen_len=0)) == ([[], [], []], [None, None, None])
+    assert sample_prompts(lm, [], V) == ([], [])
+    for args, kwargs, match in (((RAGGED, V), dict(batch_size=0), 'batch_size=0'),
+                                (([[1], []], V), {}, 'prompt 2: the prompt is empty'),
+                                (([[1], [2, V + N_SPECIAL]], V), {}, 'prompt 2: the prompt holds token id'),
+                                (([list(range(N_CTX + 1))], V), {}, 'prompt 1: .*longer than n_ctx=16')):
+        with pytest.raises(ValueError, match=match):
+            sample_prompts(lm, *args, **kwargs)
+
+
+def test_greedy_rows_of_prompts_of_different_lengths_equal_transformers_left_padded_generate(tmp_path):
+    import models
+    from tests.test_weights_gpt2 import random_hf_gpt2
+    hf = random_hf_gpt2(seed=2)
+    hf.save_pretrained(tmp_path / 'hf')
+    ours = models.load_model(str(tmp_path / 'hf'), lm=True)
+    prompts = [[5, 17], [9, 8, 7, 6, 5], [1, 1, 2, 3, 4, 5, 6, 7, 8]]
+    T = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])  # left padded
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
+                          output_scores=True, return_dict_in_generate=True)
+    rows, _ = sample_prompts(ours, prompts, 96, SamplingSettings(gen_len=12, greedy=True))
+    assert rows == out.sequences[:, T:].tolist() and len({tuple(row) for row in rows}) == 3
+    assert len({token for row in rows for token in row}) > 3
+    ragged, feed = RaggedNextTokenLogits(ours, 96), prompts  # and the logits of every step are transformers'
+    for scores, drawn in zip(out.scores, out.sequences[:, T:].T):
+        torch.testing.assert_close(ragged(feed), scores, rtol=1e-4, atol=1e-4)
+        feed = [[int(t)] for t in drawn]
