@@ -1,9 +1,9 @@
 """GPT-2 inference speed against transformers: batched greedy generation and perplexity evaluation.
 
-1. Generation: greedy tokens/s (new tokens of every row per second) of `sample.sample_batch` (the key/value cache,
-   a batch of rows of one prompt) against transformers' `generate(do_sample=False)` on the same model, prompt and
-   batch, at batch 1 and --batch_size, in each of --precisions (bf16: both under the same autocast); the new tokens
-   are checked equal row by row.
+1. Generation: greedy tokens/s (new tokens of every row per second) of `sample.sample_prompts` (the key/value
+   cache, prompts of mixed lengths in one batch) against transformers' `generate(do_sample=False)` (left-padded with
+   its attention mask) on the same model and prompts, at batch 1 and --batch_size, in each of --precisions (bf16: both
+   under the same autocast); the new tokens are checked equal row by row.
 2. Evaluation: tokens/s of `evaluate.stream_nll` (windows of the model's n_ctx advancing by --stride, each token
    scored once, evaluate.py's default batch of 8 windows) against the perplexity loop of transformers' guide (each
    window's `model(input_ids, labels=target_ids).loss`, the tokens an earlier window scored set to -100), on the
@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument('--precisions', default='fp32,bf16', help='comma-separated: fp32, bf16 (default: fp32,bf16)')
     p.add_argument('--size', default='124M', help='the GPT-2 size, a preset name (default: 124M)')
     p.add_argument('--batch_size', type=int, default=16, help='rows generated together, besides 1 (default: 16)')
-    p.add_argument('--prompt_len', type=int, default=32, help='tokens of the prompt (default: 32)')
+    p.add_argument('--prompt_len', type=int, default=32,
+                   help='tokens of the longest prompt; a batch\'s prompts spread from half that (default: 32)')
     p.add_argument('--gen_len', type=int, default=32, help='tokens generated per row (default: 32)')
     p.add_argument('--eval_tokens', type=int, default=4096, help='tokens of the evaluated stream (default: 4096)')
     p.add_argument('--stride', type=int, default=512, help='evaluation stride (default: 512)')
@@ -86,23 +87,34 @@ def take_turns(jobs, rounds):
     return times
 
 
+def mixed_prompts(n, longest, seed=1):
+    """Return n random prompts (id lists) of lengths spread from longest // 2 to longest (one of longest when n is 1)."""
+    rng = np.random.default_rng(seed)
+    lengths = [longest] if n == 1 else np.linspace(max(1, longest // 2), longest, n).round().astype(int).tolist()
+    return [rng.integers(0, N_VOCAB - 1, k).tolist() for k in lengths]
+
+
 def generation(args, ours, theirs, device, precision, batch):
-    """Return the rows of greedy generation tokens/s of ours and transformers' at one precision and batch."""
-    from sample import SamplingSettings, sample_batch
-    prompt = np.random.default_rng(1).integers(0, N_VOCAB - 1, args.prompt_len).tolist()
+    """Return the rows of greedy generation tokens/s of ours (sample.sample_prompts: the prompts in one batch, padded
+    on the right and masked) and transformers' (padded on the left with its attention_mask, as its docs advise) at one
+    precision, on batch prompts of mixed lengths."""
+    from sample import SamplingSettings, sample_prompts
+    prompts = mixed_prompts(batch, args.prompt_len)
     settings = SamplingSettings(gen_len=args.gen_len, greedy=True)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)  # [B, width], left-padded
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     out = {}
 
     def run_ours():
         with autocast_context(device, precision):
-            out['ours'] = sample_batch(ours, prompt, N_VOCAB, batch, settings)[0]
+            out['ours'] = sample_prompts(ours, prompts, N_VOCAB, settings)[0]
 
     def run_theirs():
-        ids = torch.tensor([prompt] * batch, device=device)
         with torch.no_grad(), autocast_context(device, precision):
-            new = theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.gen_len,
-                                  do_sample=False, pad_token_id=N_VOCAB - 1)
-        out['transformers'] = new[:, len(prompt):].tolist()
+            new = theirs.generate(ids, attention_mask=mask, max_new_tokens=args.gen_len, do_sample=False,
+                                  pad_token_id=N_VOCAB - 1)
+        out['transformers'] = new[:, width:].tolist()
 
     times = take_turns({'ours': run_ours, 'transformers': run_theirs}, args.rounds)
     same = out['ours'] == out['transformers']
