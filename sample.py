@@ -52,6 +52,16 @@ def table_rows(model):
     return transformer, transformer.lm_weight  # the LM decoder is tied to the table
 
 
+def decoding_model(model, n_vocab):
+    """Return (transformer, decoder weight, n_ctx, pos_offset) of a model to decode n_vocab token rows from, checked:
+    the table must hold at least n_vocab token and special rows before its positions."""
+    transformer, decoder = table_rows(model)
+    pos_offset = transformer.pos_offset  # position i has id n_vocab + n_special + i
+    if not 0 < n_vocab <= pos_offset:
+        raise ValueError(f'n_vocab={n_vocab} but the table holds {pos_offset} token and special rows')
+    return transformer, decoder, transformer.n_ctx, pos_offset
+
+
 class BatchNextTokenLogits:
     """Logits of the next token over the first n_vocab rows for B growing sequences of one length (TF: h @ we^T,
     sliced; sample_sequence's batch).
@@ -62,11 +72,7 @@ class BatchNextTokenLogits:
     """
 
     def __init__(self, model, n_vocab, use_cache=True):
-        self.transformer, self.decoder = table_rows(model)
-        self.n_ctx = self.transformer.n_ctx
-        self.pos_offset = self.transformer.pos_offset  # position i has id n_vocab + n_special + i
-        if not 0 < n_vocab <= self.pos_offset:
-            raise ValueError(f'n_vocab={n_vocab} but the table holds {self.pos_offset} token and special rows')
+        self.transformer, self.decoder, self.n_ctx, self.pos_offset = decoding_model(model, n_vocab)
         self.n_vocab = n_vocab
         self.use_cache = use_cache
         self.ids = torch.zeros(0, 0, dtype=torch.long)  # [B, T] the ids fed so far (on the CPU)
@@ -130,11 +136,7 @@ class RaggedNextTokenLogits:
     """
 
     def __init__(self, model, n_vocab, use_cache=True):
-        self.transformer, self.decoder = table_rows(model)
-        self.n_ctx = self.transformer.n_ctx
-        self.pos_offset = self.transformer.pos_offset  # position i has id n_vocab + n_special + i
-        if not 0 < n_vocab <= self.pos_offset:
-            raise ValueError(f'n_vocab={n_vocab} but the table holds {self.pos_offset} token and special rows')
+        self.transformer, self.decoder, self.n_ctx, self.pos_offset = decoding_model(model, n_vocab)
         self.n_vocab = n_vocab
         self.use_cache = use_cache
         self.seqs = None      # per row the list of ids fed so far
