@@ -94,9 +94,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(nx)
         self.mlp = MLP(4 * nx, nx, 'gelu', cfg.resid_pdrop)
 
-    def forward(self, x, layer_past=None, past_valid=None):
+    def forward(self, x, layer_past=None, attn_mask=None):
         """Return (h, present (k, v) of the cached and new positions) for x [B, T, nx]."""
-        a, present = self.attn(self.ln_1(x), layer_past, past_valid)
+        a, present = self.attn(self.ln_1(x), layer_past, attn_mask)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
 

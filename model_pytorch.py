@@ -90,18 +90,37 @@ TASK_HEAD_TYPES = ('multiple_choice', 'similarity', 'inference', 'classification
 
 
 class Conv1D(nn.Module):
-    """A 1x1 convolution, i.e. x @ w + b with w [nx, nf] (TF: conv1d with rf=1, clf)."""
+    """A 1x1 convolution, i.e. x @ w + b with w [nx, nf] (TF: conv1d with rf=1, clf).
+
+    Inference under a CPU autocast (no gradient for w) multiplies by a copy of w cast and transposed to [nf, nx],
+    nn.Linear's layout, made once per value of w: oneDNN's bf16 product of w's own layout runs 13-19x slower on a
+    CPU without bf16 instructions (measured on the 2-core AVX2 CPU of BENCHMARKS.md, "Issue 29"); the same products.
+    """
 
     def __init__(self, nf, nx):
         super().__init__()
         self.nf = nf
         self.w = nn.Parameter(torch.empty(nx, nf).normal_(std=0.02))
         self.b = nn.Parameter(torch.zeros(nf))
+        self.inference_copy = None  # (the key of w's value and dtype, w cast and transposed [nf, nx])
 
     def forward(self, x):
         size_out = x.shape[:-1] + (self.nf,)
-        x = torch.addmm(self.b, x.reshape(-1, x.size(-1)), self.w)  # [N, nx] -> [N, nf]
+        x = x.reshape(-1, x.size(-1))  # [N, nx]
+        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu') and not (
+                torch.is_grad_enabled() and self.w.requires_grad):
+            w_t = self.cast_transposed(torch.get_autocast_dtype('cpu'))  # [nf, nx]
+            x = F.linear(x.to(w_t.dtype), w_t, self.b.to(w_t.dtype))  # [N, nx] -> [N, nf]
+        else:
+            x = torch.addmm(self.b, x, self.w)  # [N, nx] -> [N, nf]
         return x.view(size_out)
+
+    def cast_transposed(self, dtype):
+        """Return w cast to dtype and transposed, [nf, nx] contiguous, made again only when w's value changed."""
+        key = (self.w.data_ptr(), self.w._version, dtype)
+        if self.inference_copy is None or self.inference_copy[0] != key:
+            self.inference_copy = (key, self.w.detach().to(dtype).t().contiguous())
+        return self.inference_copy[1]
 
 
 class LayerNorm(nn.Module):
@@ -132,10 +151,70 @@ def cached_mask(past_valid, n_q):
     return torch.cat([past, new], dim=-1)
 
 
+def packed_mask(segments):
+    """Return the [P, 1, W, W] bool mask of rows [P, W] that hold several sequences back to back, segments [P, W]
+    naming the sequence of each position: each position attends to the earlier ones of its own sequence."""
+    W = segments.size(-1)
+    same = segments[:, :, None] == segments[:, None, :]  # [P, W, W]
+    return (same & causal_mask(W, W, segments.device))[:, None]
+
+
 def uses_sdpa_math(q):
     """Return whether SDPA would run q's dtype and device with dropout on its math kernel upcast to fp32: bf16
     or fp16 on the CPU."""
     return q.device.type == 'cpu' and q.dtype in (torch.bfloat16, torch.float16)
+
+
+class LayerCache:
+    """One block's keys and values [B, H, n, hd] of the n positions fed so far, for decoding: kept in buffers with room
+    to grow (doubled when full), so a step writes only its new positions instead of copying the whole cache as
+    concatenation does. It reads as the pair (k, v) of views of the filled part. For use without autograd."""
+
+    def __init__(self):
+        self.k_buf = self.v_buf = None  # [B, H, capacity, hd]
+        self.n = 0
+
+    @property
+    def k(self):
+        """Return the keys [B, H, n, hd] fed so far (a view of the buffer)."""
+        return self.k_buf[..., :self.n, :]
+
+    @property
+    def v(self):
+        """Return the values [B, H, n, hd] fed so far (a view of the buffer)."""
+        return self.v_buf[..., :self.n, :]
+
+    def append(self, k, v):
+        """Return (keys, values) of the positions fed so far and k, v [B, H, t, hd] written after them."""
+        t = k.size(-2)
+        if self.k_buf is None or self.n + t > self.k_buf.size(-2):
+            self.grow(2 * (self.n + t), k)
+        self.k_buf[..., self.n:self.n + t, :] = k
+        self.v_buf[..., self.n:self.n + t, :] = v
+        self.n += t
+        return self.k, self.v
+
+    def grow(self, capacity, like):
+        """Move the filled part into new buffers of capacity positions, shaped and typed as like [B, H, t, hd]."""
+        shape = like.shape[:-2] + (capacity, like.size(-1))
+        k_buf, v_buf = like.new_empty(shape), like.new_empty(shape)
+        if self.n:
+            k_buf[..., :self.n, :], v_buf[..., :self.n, :] = self.k, self.v
+        self.k_buf, self.v_buf = k_buf, v_buf
+
+    def __iter__(self):
+        return iter((self.k, self.v))
+
+    def __getitem__(self, i):
+        return (self.k, self.v)[i]
+
+    def __len__(self):
+        return 2
+
+
+def new_cache(n_layer):
+    """Return an empty key/value cache for n_layer blocks, to pass as forward_cached's past."""
+    return [LayerCache() for _ in range(n_layer)]
 
 
 class Attention(nn.Module):
@@ -173,20 +252,24 @@ class Attention(nn.Module):
         w = F.dropout(w, self.attn_pdrop, self.training)
         return torch.matmul(w, v)
 
-    def forward(self, x, layer_past=None, past_valid=None):
-        """Return (a [B, T, nx], present (k, v)) for x [B, T, nx] and optional cached (k, v).
+    def forward(self, x, layer_past=None, attn_mask=None):
+        """Return (a [B, T, nx], present (k, v)) for x [B, T, nx] and optional cached (k, v) or LayerCache.
 
-        past_valid [B, P] marks which of the P cached positions are real, when the cache holds prefixes of
-        different lengths padded on the right (None: all of them).
+        attn_mask [B or 1, 1, T, n_k] bool: True where a query may attend to a key (None: causal, the T queries
+        being the last of the n_k positions).
         """
         q, k, v = self.c_attn(x).split(x.size(-1), dim=2)  # [B, T, 3*nx] -> 3 x [B, T, nx]
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
-        if layer_past is not None:
-            k = torch.cat([layer_past[0], k], dim=-2)
-            v = torch.cat([layer_past[1], v], dim=-2)
-        present = (k, v)
+        if isinstance(layer_past, LayerCache):  # written in place: present is the same cache
+            k, v = layer_past.append(k, v)
+            present = layer_past
+        else:
+            if layer_past is not None:
+                k = torch.cat([layer_past[0], k], dim=-2)
+                v = torch.cat([layer_past[1], v], dim=-2)
+            present = (k, v)
         n_q, n_k = q.size(-2), k.size(-2)
-        mask = None if past_valid is None else cached_mask(past_valid, n_q)  # [B, 1, n_q, n_k]
+        mask = attn_mask  # [B or 1, 1, n_q, n_k] or None
         # Intentional difference (speed, bf16/fp16 on the CPU in training): SDPA's one CPU kernel with dropout
         # (math) upcasts to fp32 throughout, 1.5x slower; the explicit path keeps the scores, the softmax's
         # output (its reductions run in fp32) and P @ V in q's dtype, as the flash kernels on a GPU do, and
@@ -234,9 +317,9 @@ class Block(nn.Module):
         self.mlp = MLP(4 * nx, nx, cfg.afn, cfg.resid_pdrop)
         self.ln_2 = LayerNorm(nx)
 
-    def forward(self, x, layer_past=None, past_valid=None):
+    def forward(self, x, layer_past=None, attn_mask=None):
         """Return (h, present) for x [B, T, nx]."""
-        a, present = self.attn(x, layer_past, past_valid)
+        a, present = self.attn(x, layer_past, attn_mask)
         n = self.ln_1(x + a)
         h = self.ln_2(n + self.mlp(n))
         return h, present
@@ -295,13 +378,13 @@ class TransformerBase(nn.Module):
         """Return the last block's output as the transformer returns it (GPT-1: as it is)."""
         return h
 
-    def run_blocks(self, x, past=None, collect_hidden=False, past_valid=None):
+    def run_blocks(self, x, past=None, collect_hidden=False, attn_mask=None):
         """Return (h, the table the tied LM decoder uses, presents, hidden_states) for x [..., T, 2]; the core of
         every forward.
 
-        past: per block the (k, v) of earlier positions; past_valid [B, P] marks the real ones of a cache of ragged
-        prefixes padded on the right. hidden_states: the embeddings and each block's output, the last as final()
-        returns it.
+        past: per block the (k, v) of earlier positions (or a new_cache()); attn_mask [B or 1, 1, T, n_k] bool:
+        which keys each query may see, for every block (None: causal). hidden_states: the embeddings and each
+        block's output, the last as final() returns it.
         """
         if x.size(-1) != 2:
             raise ValueError(f'x must be [..., T, 2] (token id, position id), got shape {tuple(x.shape)}')
@@ -315,9 +398,9 @@ class TransformerBase(nn.Module):
         for i, block in enumerate(self.h):
             layer_past = None if past is None else past[i]
             if checkpointing:
-                h, present = torch.utils.checkpoint.checkpoint(block, h, layer_past, past_valid, use_reentrant=False)
+                h, present = torch.utils.checkpoint.checkpoint(block, h, layer_past, attn_mask, use_reentrant=False)
             else:
-                h, present = block(h, layer_past, past_valid)
+                h, present = block(h, layer_past, attn_mask)
             presents.append(present)
             if collect_hidden:
                 hidden_states.append(h)
@@ -341,7 +424,15 @@ class TransformerBase(nn.Module):
 
         past_valid [B, P] marks the real positions of a cache of ragged prefixes padded on the right.
         """
-        h, _, presents, _ = self.run_blocks(x, past=past, past_valid=past_valid)
+        attn_mask = None if past_valid is None else cached_mask(past_valid, x.size(-2))  # [B, 1, T, P + T]
+        h, _, presents, _ = self.run_blocks(x, past=past, attn_mask=attn_mask)
+        return h, presents
+
+    def forward_packed(self, x, segments):
+        """Return (h [P, W, n_embd], presents (k, v) [P, H, W, hd] per block) for rows x [P, W, 2] that each hold
+        several sequences back to back, segments [P, W] naming the sequence of each position: each sequence runs
+        as it would alone (its own position ids are in x), the padding of a row being a sequence of its own."""
+        h, _, presents, _ = self.run_blocks(x, attn_mask=packed_mask(segments))
         return h, presents
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model_inputs import check_token_ids, pack_right_padded
+from model_inputs import check_token_ids, pack_right_padded, pack_sequences
+from model_pytorch import new_cache
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,75 @@ def decoding_model(model, n_vocab):
     return transformer, decoder, transformer.n_ctx, pos_offset
 
 
+class TokenDecoder:
+    """The LM decoder's token rows, decoder [n_vocab, n_embd], as a sampler calls it step after step: logits h @
+    decoder^T of hidden states h [B, n_embd], the same dot products however they are computed. Under autocast the
+    decoder is cast once, not at every step as autocast casts a slice of the table. On the CPU, measured on the
+    2-core CPU of BENCHMARKS.md ("Issue 29") for GPT-2's 50,257 rows: several rows multiply in blocks of BLOCK
+    decoder rows, 1.25x faster than one product at 16 rows; one row multiplies a transposed copy of the decoder,
+    1.6x faster, which is made (0.1 s) once TRANSPOSE_AFTER one-row calls show a long run ahead."""
+
+    BLOCK = 4096
+    TRANSPOSE_AFTER = 32
+
+    def __init__(self, decoder):
+        self.weight = decoder  # [n_vocab, n_embd]
+        self.cast = None       # the decoder in autocast's dtype, once cast
+        self.weight_t = None   # [n_embd, n_vocab] transposed, once made
+        self.one_row_calls = 0
+
+    def weight_for(self, h):
+        """Return the decoder as the product with h takes it: in autocast's dtype where autocast is on."""
+        device = h.device.type
+        if not torch.is_autocast_enabled(device):
+            return self.weight
+        dtype = torch.get_autocast_dtype(device)
+        if self.cast is None or self.cast.dtype != dtype:
+            self.cast = self.weight.to(dtype)
+        return self.cast
+
+    def __call__(self, h):
+        """Return the logits [B, n_vocab] of h [B, n_embd]."""
+        weight = self.weight_for(h)
+        if h.device.type != 'cpu':
+            return F.linear(h, weight)
+        if h.size(0) == 1:
+            self.one_row_calls += 1
+            if self.one_row_calls > self.TRANSPOSE_AFTER and (self.weight_t is None or
+                                                              self.weight_t.dtype != weight.dtype):
+                self.weight_t = weight.t().contiguous()
+            return F.linear(h, weight) if self.weight_t is None else h.to(weight.dtype) @ self.weight_t
+        blocks = [F.linear(h, weight[i:i + self.BLOCK]) for i in range(0, weight.size(0), self.BLOCK)]
+        return torch.cat(blocks, dim=-1)  # [B, n_vocab]
+
+
+def prefill_packed(transformer, seqs, pos_offset):
+    """Return (h_last [B, n_embd], cache, past_valid [B, T]) of non-empty id lists run together with no padding
+    between them (model_inputs.pack_sequences): each row's last hidden state, and a new_cache() holding each row's
+    keys and values from column 0, padded with zeros on the right up to the longest (T), which past_valid marks."""
+    device = transformer.lm_weight.device
+    x, segments, places = pack_sequences(seqs, pos_offset, transformer.n_ctx, transformer.n_embd)
+    h, presents = transformer.forward_packed(x.to(device), segments.to(device))  # [P, W, n_embd]
+    lengths = torch.tensor([len(seq) for seq in seqs])  # [B]
+    longest = int(lengths.max())
+    seq = torch.repeat_interleave(torch.arange(len(seqs)), lengths)  # [S] the sequence of each packed id
+    col = torch.cat([torch.arange(n) for n in lengths.tolist()])  # [S] its position in its sequence
+    row = torch.tensor([r for (r, _), n in zip(places, lengths.tolist()) for _ in range(n)])  # [S] its packed row
+    at = torch.tensor([start for (_, start), n in zip(places, lengths.tolist()) for _ in range(n)]) + col  # [S]
+    seq, col, row, at = (t.to(device) for t in (seq, col, row, at))
+    cache = new_cache(len(presents))
+    for layer, (k, v) in zip(cache, presents):  # k, v [P, H, W, hd]
+        k_seqs = k.new_zeros(len(seqs), k.size(1), longest, k.size(-1))  # [B, H, T, hd]
+        v_seqs = v.new_zeros(k_seqs.shape)
+        k_seqs[seq, :, col] = k[row, :, at]  # [S, H, hd]
+        v_seqs[seq, :, col] = v[row, :, at]
+        layer.append(k_seqs, v_seqs)
+    ends = torch.tensor([start + n - 1 for (_, start), n in zip(places, lengths.tolist())], device=device)  # [B]
+    rows = torch.tensor([r for r, _ in places], device=device)
+    past_valid = (torch.arange(longest)[None, :] < lengths[:, None]).to(device)  # [B, T]
+    return h[rows, ends], cache, past_valid
+
+
 class BatchNextTokenLogits:
     """Logits of the next token over the first n_vocab rows for B growing sequences of one length (TF: h @ we^T,
     sliced; sample_sequence's batch).
@@ -73,10 +143,11 @@ class BatchNextTokenLogits:
 
     def __init__(self, model, n_vocab, use_cache=True):
         self.transformer, self.decoder, self.n_ctx, self.pos_offset = decoding_model(model, n_vocab)
+        self.token_decoder = TokenDecoder(self.decoder[:n_vocab])  # token rows only: no special or position row
         self.n_vocab = n_vocab
         self.use_cache = use_cache
         self.ids = torch.zeros(0, 0, dtype=torch.long)  # [B, T] the ids fed so far (on the CPU)
-        self.past = None
+        self.past = new_cache(len(self.transformer.h))  # per block the keys and values fed so far, written in place
 
     def __call__(self, new_ids):
         """Return the float32 logits [B, n_vocab] of the token after each row of self.ids + new_ids [B, t]."""
@@ -97,7 +168,7 @@ class BatchNextTokenLogits:
             else:
                 h = self.transformer(x.to(self.decoder.device))
             # only token rows: special and position rows can never be drawn
-            logits = F.linear(h[:, -1], self.decoder[:self.n_vocab])  # [B, n_embd] -> [B, n_vocab]
+            logits = self.token_decoder(h[:, -1])  # [B, n_embd] -> [B, n_vocab]
         return logits.float().cpu()
 
 
@@ -115,7 +186,7 @@ class NextTokenLogits:
 
     @property
     def past(self):
-        """Return the key/value cache: per block the (k, v) of the positions fed so far (None before the first)."""
+        """Return the key/value cache: per block the (k, v) of the positions fed so far."""
         return self.batch.past
 
     def __call__(self, new_ids):
@@ -128,19 +199,24 @@ class RaggedNextTokenLogits:
     row's logits those it gets alone (within float rounding).
 
     Call it with a list of B lists of new ids (rows may differ in length; an empty list leaves its row as it is and
-    returns that row's last logits again). Each row's position ids start at 0 at its first token. The ids of a call
-    are packed padded on the right: the attention is causal, so the padding after a row's ids cannot reach them.
-    With use_cache each call runs only the new positions against the cached keys and values of the earlier ones,
-    whose padding past_valid masks out (the transformer's forward_cached: a masked key gets the causal mask's score,
-    so exactly zero weight); without, the whole right-padded sequences again (model_inputs.pack_right_padded).
+    returns that row's last logits again). Each row's position ids start at 0 at its first token. With use_cache the
+    first call runs the rows back to back with no padding (prefill_packed) and caches their keys and values padded
+    on the right; each later call runs only the new ids, padded on the right (the attention is causal, so the
+    padding after a row's ids cannot reach them), against the cached keys and values of the earlier ones, whose
+    padding past_valid masks out (the transformer's forward_cached: a masked key gets the causal mask's score, so
+    exactly zero weight). Without, each call runs the whole right-padded sequences again
+    (model_inputs.pack_right_padded).
     """
 
     def __init__(self, model, n_vocab, use_cache=True):
         self.transformer, self.decoder, self.n_ctx, self.pos_offset = decoding_model(model, n_vocab)
+        self.token_decoder = TokenDecoder(self.decoder[:n_vocab])  # token rows only: no special or position row
         self.n_vocab = n_vocab
         self.use_cache = use_cache
         self.seqs = None      # per row the list of ids fed so far
-        self.past = None      # per block (k, v) [B, H, K, hd], K columns of which past_valid marks the real ones
+        # per block a LayerCache: the keys and values (k, v) [B, H, K, hd] fed so far, written in place (set by the
+        # first call); past_valid marks the real ones of the K columns
+        self.past = None
         self.past_valid = None  # [B, K] bool, on the decoder's device
         self.logits = None    # [B, n_vocab] the last logits of each row
 
@@ -163,7 +239,9 @@ class RaggedNextTokenLogits:
             seq.extend(new)
         device = self.decoder.device
         with torch.no_grad():
-            if self.use_cache:
+            if self.use_cache and self.past_valid is None:  # the prompts: packed, no position spent on padding
+                h_last, self.past, self.past_valid = prefill_packed(self.transformer, new_ids, self.pos_offset)
+            elif self.use_cache:
                 t = max(len(new) for new in new_ids)
                 x = torch.zeros(len(new_ids), t, 2, dtype=torch.long)  # [B, t, 2]
                 for b, (start, new) in enumerate(zip(starts, new_ids)):
@@ -175,12 +253,13 @@ class RaggedNextTokenLogits:
                 new_valid = new_valid.to(device)
                 self.past_valid = new_valid if self.past_valid is None else torch.cat([self.past_valid, new_valid], 1)
                 last = torch.tensor([max(len(new), 1) - 1 for new in new_ids])  # [B]
+                h_last = h[torch.arange(h.size(0), device=h.device), last.to(h.device)]  # [B, n_embd]
             else:
                 h = self.transformer(pack_right_padded(self.seqs, self.pos_offset).to(device))  # [B, T, n_embd]
                 last = torch.tensor([len(seq) - 1 for seq in self.seqs])  # [B]
-            h_last = h[torch.arange(h.size(0), device=h.device), last.to(h.device)]  # [B, n_embd]
+                h_last = h[torch.arange(h.size(0), device=h.device), last.to(h.device)]  # [B, n_embd]
             # only token rows: special and position rows can never be drawn
-            logits = F.linear(h_last, self.decoder[:self.n_vocab]).float().cpu()  # [B, n_vocab]
+            logits = self.token_decoder(h_last).float().cpu()  # [B, n_embd] -> [B, n_vocab]
         if self.logits is not None:  # a row given no new ids keeps its logits
             fed = torch.tensor([bool(new) for new in new_ids])
             logits = torch.where(fed[:, None], logits, self.logits)

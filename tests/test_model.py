@@ -704,6 +704,79 @@ def test_choices_scored_from_a_shared_prefix_equal_the_plain_forward(impl, n_cho
         model.train().choice_logits_from_shared_prefix(x, prefixes)
 
 
+def tiny_transformer(family):
+    """Return a random eval-mode GPT-1 or GPT-2 transformer of 2 blocks, 16 positions."""
+    import model_gpt2
+    torch.manual_seed(0)
+    if family == 'gpt1':
+        return TransformerModel(small_cfg(n_layer=2), vocab=50 + 16, n_ctx=16).eval()
+    return model_gpt2.GPT2Model(model_gpt2.GPT2Config(n_vocab=50, n_ctx=16, n_embd=32, n_head=4, n_layer=2)).eval()
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+def test_sequences_packed_into_rows_run_as_each_runs_alone(family):
+    """forward_packed: several sequences back to back in a row (and a row's padding) give each sequence the hidden
+    states and keys/values it gets alone, from its own positions 0.."""
+    from model_inputs import pack_sequences
+    model = tiny_transformer(family)
+    seqs = [[3, 9, 4], [7], [1, 2, 3, 4, 5, 6], [8, 8]]
+    x, segments, places = pack_sequences(seqs, model.pos_offset, n_ctx=7, n_embd=model.n_embd)
+    assert x.size(0) < len(seqs)  # some rows hold several sequences
+    with torch.no_grad():
+        h, presents = model.forward_packed(x, segments)
+        for seq, (row, start) in zip(seqs, places):
+            alone = torch.tensor([[[t, model.pos_offset + i] for i, t in enumerate(seq)]])  # [1, T, 2]
+            h_alone, past = model.forward_cached(alone)
+            span = slice(start, start + len(seq))
+            torch.testing.assert_close(h[row, span], h_alone[0], atol=1e-5, rtol=1e-5)
+            for (k, v), (k1, v1) in zip(presents, past):
+                torch.testing.assert_close(k[row, :, span], k1[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(v[row, :, span], v1[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('family', ['gpt1', 'gpt2'])
+def test_the_in_place_cache_gives_what_the_concatenated_one_gives(family):
+    """new_cache(): keys and values written into buffers that grow (past their first room) read as the (k, v) pairs
+    of concatenation, and the hidden states at every step are the same."""
+    from model_pytorch import LayerCache, new_cache
+    model = tiny_transformer(family)
+    x = make_x(50, 16, 2)
+    x[..., 1] += model.pos_offset - 50
+    cache, past = new_cache(len(model.h)), None
+    with torch.no_grad():
+        for first, last in ((0, 3), (3, 4), (4, 11), (11, 12), (12, 16)):
+            h_cache, cache = model.forward_cached(x[:, first:last], cache)
+            h_cat, past = model.forward_cached(x[:, first:last], past)
+            torch.testing.assert_close(h_cache, h_cat, atol=1e-6, rtol=1e-6)
+    assert all(isinstance(layer, LayerCache) for layer in cache)
+    assert cache[0].k_buf.size(-2) > 16 // 2  # it grew
+    for (k, v), (k1, v1) in zip(cache, past):
+        assert k.shape == k1.shape == (2, k1.size(1), 16, k1.size(-1))
+        torch.testing.assert_close(k, k1, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(v, v1, atol=1e-6, rtol=1e-6)
+
+
+def test_conv1d_under_cpu_autocast_inference_multiplies_a_transposed_copy_made_once_per_value():
+    """The layout oneDNN's bf16 product runs fast on a CPU without bf16 instructions: the same products as w's own
+    layout, the copy reused until w changes, and never used where w needs a gradient."""
+    torch.manual_seed(0)
+    conv, x = model_pytorch.Conv1D(48, 32), torch.randn(2, 5, 32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        with torch.no_grad():
+            out = conv(x)
+            copy_ = conv.inference_copy[1]
+            assert conv(x) is not None and conv.inference_copy[1] is copy_  # reused
+            expected = torch.addmm(conv.b, x.reshape(-1, 32), conv.w).view(2, 5, 48)  # autocast's own product
+            conv.w.mul_(2.0)  # a new value of w: a new copy
+            doubled = conv(x)
+        assert conv.inference_copy[1] is not copy_ and copy_.shape == (48, 32)
+        conv.inference_copy = None
+        assert conv(x).requires_grad and conv.inference_copy is None  # training: w's own product, autograd's
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(doubled.float(), 2 * out.float(), atol=0.05, rtol=0.02)
+
+
 def test_padded_cache_positions_are_masked_out():
     """Keys of cache positions past an example's prefix are never attended to: changing them changes nothing."""
     torch.manual_seed(0)

@@ -2,13 +2,14 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_pytorch import LMModel
 from model_gpt2 import GPT2Config, GPT2LMHeadModel
-from sample import (BatchNextTokenLogits, NextTokenLogits, RaggedNextTokenLogits, SamplingSettings, next_token,
-                    sample_batch, sample_ids, sample_prompts, top_k_filter, top_p_filter)
+from sample import (BatchNextTokenLogits, NextTokenLogits, RaggedNextTokenLogits, SamplingSettings, TokenDecoder,
+                    next_token, prefill_packed, sample_batch, sample_ids, sample_prompts, top_k_filter, top_p_filter)
 from tests.helpers import small_cfg
 
 V, N_SPECIAL, N_CTX = 100, 2, 16  # the tiny model: 100 token rows, 2 special rows, 16 positions
@@ -315,6 +316,47 @@ def test_the_padding_of_a_ragged_batch_is_masked_out_of_attention(lm):
     single = NextTokenLogits(lm, V)
     single(RAGGED[0])
     torch.testing.assert_close(again[0], single([int(first[0].argmax())]), rtol=1e-5, atol=1e-5)
+
+
+def test_the_prompts_run_packed_leave_each_row_the_cache_and_state_it_gets_alone(lm):
+    """prefill_packed: each prompt's last hidden state, and its keys/values from column 0 with zeros after them
+    (marked invalid), as the prompt alone gives them."""
+    with torch.no_grad():
+        h_last, cache, past_valid = prefill_packed(lm.transformer, RAGGED, lm.transformer.pos_offset)
+        assert past_valid.tolist() == [[i < len(p) for i in range(9)] for p in RAGGED]
+        for b, prompt in enumerate(RAGGED):
+            x = torch.tensor([[[t, V + N_SPECIAL + i] for i, t in enumerate(prompt)]])  # [1, T, 2]
+            h, past = lm.transformer.forward_cached(x)
+            torch.testing.assert_close(h_last[b], h[0, -1], atol=1e-5, rtol=1e-5)
+            for (k, v), (k1, v1) in zip(cache, past):
+                torch.testing.assert_close(k[b, :, :len(prompt)], k1[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(v[b, :, :len(prompt)], v1[0], atol=1e-5, rtol=1e-5)
+                assert not k[b, :, len(prompt):].any() and not v[b, :, len(prompt):].any()
+
+
+@pytest.mark.parametrize('rows', [1, 3])
+def test_the_token_decoder_gives_the_one_product_however_it_computes_it(rows):
+    """In blocks of decoder rows (several rows), then through its transposed copy (one row, after enough calls)."""
+    torch.manual_seed(0)
+    decoder = torch.randn(10_000, 24)  # 10,000 rows: 2 whole blocks and a part
+    token_decoder = TokenDecoder(decoder)
+    for _ in range(TokenDecoder.TRANSPOSE_AFTER + 2):
+        h = torch.randn(rows, 24)
+        torch.testing.assert_close(token_decoder(h), h @ decoder.T, atol=1e-5, rtol=1e-5)
+    assert (token_decoder.weight_t is not None) == (rows == 1)
+
+
+def test_under_autocast_the_token_decoder_casts_the_decoder_once():
+    torch.manual_seed(0)
+    decoder, h = torch.randn(5000, 24), torch.randn(3, 24)
+    token_decoder = TokenDecoder(decoder)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, expected = token_decoder(h), F.linear(h, decoder)
+        cast = token_decoder.cast
+        token_decoder(h)
+    assert logits.dtype == expected.dtype == torch.bfloat16 and token_decoder.cast is cast
+    torch.testing.assert_close(logits, expected)
+    assert token_decoder(h).dtype == torch.float32  # autocast off: the fp32 decoder
 
 
 def test_sampling_prompts_of_different_lengths_never_draws_a_special_or_position_row():
