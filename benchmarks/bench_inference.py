@@ -15,6 +15,7 @@ given (default 124M): speed does not depend on the values.
 
     python benchmarks/bench_inference.py                       # 124M, fp32 and bf16, batch 1 and 16
     python benchmarks/bench_inference.py --quick               # a tiny model, seconds (tests/test_bench_inference.py)
+    python benchmarks/bench_inference.py --tasks generation --precisions fp32 --gen_len 128   # one table only
 """
 import argparse
 import dataclasses
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument('--gen_len', type=int, default=32, help='tokens generated per row (default: 32)')
     p.add_argument('--eval_tokens', type=int, default=4096, help='tokens of the evaluated stream (default: 4096)')
     p.add_argument('--stride', type=int, default=512, help='evaluation stride (default: 512)')
+    p.add_argument('--tasks', default='generation,evaluation',
+                   help='comma-separated: generation, evaluation (default: generation,evaluation)')
     p.add_argument('--rounds', type=int, default=3, help='timed rounds of the two taking turns (default: 3)')
     p.add_argument('--quick', action='store_true', help='a tiny model and short runs: a smoke test (default: off)')
     p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
@@ -95,9 +98,9 @@ def mixed_prompts(n, longest, seed=1):
 
 
 def generation(args, ours, theirs, device, precision, batch):
-    """Return the rows of greedy generation tokens/s of ours (sample.sample_prompts: the prompts in one batch, padded
-    on the right and masked) and transformers' (padded on the left with its attention_mask, as its docs advise) at one
-    precision, on batch prompts of mixed lengths."""
+    """Return the rows of greedy generation tokens/s of ours (sample.sample_prompts: the prompts in one batch, run
+    packed, the steps padded on the right and masked) and transformers' (padded on the left with its attention_mask,
+    as its docs advise) at one precision, on batch prompts of mixed lengths."""
     from sample import SamplingSettings, sample_prompts
     prompts = mixed_prompts(batch, args.prompt_len)
     settings = SamplingSettings(gen_len=args.gen_len, greedy=True)
@@ -173,13 +176,19 @@ def main(argv=None):
     if args.quick:
         args.batch_size, args.prompt_len, args.gen_len, args.eval_tokens = 4, 8, 4, 200
         args.n_ctx, args.stride, args.rounds = 64, 32, 1  # the tiny model's positions: the evaluation window
+    tasks = args.tasks.split(',')
+    unknown = sorted(set(tasks) - {'generation', 'evaluation'})
+    if unknown:
+        raise SystemExit(f'--tasks {args.tasks}: {", ".join(unknown)} unknown; give generation and/or evaluation')
     device = torch.device(args.device)
     ours, theirs = models(args, device)
     rows = []
     for precision in args.precisions.split(','):
-        for batch in (1, args.batch_size):
-            rows += generation(args, ours, theirs, device, precision, batch)
-        rows += evaluation(args, ours, theirs, device, precision)
+        if 'generation' in tasks:
+            for batch in (1, args.batch_size):
+                rows += generation(args, ours, theirs, device, precision, batch)
+        if 'evaluation' in tasks:
+            rows += evaluation(args, ours, theirs, device, precision)
     for r in rows:
         r['tokens_per_s'] = r['tokens'] / statistics.median(r['times'])
     info = bench.machine_info(device)

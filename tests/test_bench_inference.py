@@ -14,3 +14,16 @@ def test_quick_run_reports_both_implementations_with_equal_outputs(tmp_path, cap
     assert all(r['same'] for r in rows)  # greedy tokens row by row; the summed NLLs within 0.1%
     assert all(r['tokens_per_s'] > 0 and len(r['times']) == 1 for r in rows)
     assert 'ours vs it' in capsys.readouterr().out
+
+
+def test_tasks_picks_the_rows_and_refuses_an_unknown_one(tmp_path):
+    assert bench_inference.main(['--quick', '--precisions', 'fp32', '--tasks', 'evaluation',
+                                 '--json', str(tmp_path / 'r.json')]) == 0
+    rows = json.loads((tmp_path / 'r.json').read_text())['results']
+    assert {r['task'] for r in rows} == {'evaluation'}
+    try:
+        bench_inference.main(['--quick', '--tasks', 'generaton'])
+    except SystemExit as err:
+        assert 'generaton unknown' in str(err)
+    else:
+        raise AssertionError('an unknown task ran')
