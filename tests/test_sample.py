@@ -394,6 +394,26 @@ def test_sample_prompts_seeds_and_refusals(lm):
             sample_prompts(lm, *args, **kwargs)
 
 
+def test_greedy_gpt1_rows_of_prompts_of_different_lengths_equal_transformers_greedy_on_each(tmp_path):
+    """GPT-1: transformers' openai-gpt takes no per-row positions for a padded batch, so each prompt is generated
+    alone there; our batched rows equal each."""
+    import models
+    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+    from tests.test_convert import randomize
+    config = OpenAIGPTConfig(vocab_size=103, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    hf = randomize(OpenAIGPTLMHeadModel(config), seed=3).eval()
+    with torch.no_grad():
+        hf.transformer.tokens_embed.weight.mul_(10.0)  # a table that makes each prompt's tokens differ
+    hf.save_pretrained(tmp_path / 'hf')
+    ours = models.load_model(str(tmp_path / 'hf'), lm=True)
+    rows, _ = sample_prompts(ours, RAGGED[:2] + [[4, 4, 2]], 103, SamplingSettings(gen_len=6, greedy=True))
+    with torch.no_grad():
+        for prompt, row in zip(RAGGED[:2] + [[4, 4, 2]], rows):
+            out = hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0)
+            assert row == out[0, len(prompt):].tolist()
+    assert len({tuple(row) for row in rows}) == 3
+
+
 def test_greedy_rows_of_prompts_of_different_lengths_equal_transformers_left_padded_generate(tmp_path):
     import models
     from tests.test_weights_gpt2 import random_hf_gpt2
