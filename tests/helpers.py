@@ -2,6 +2,7 @@
 import csv
 import json
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -240,3 +241,10 @@ def random_released_arrays(rng, n_embd, n_layer, n_pos, n_vocab):
         for name in ('ln_1/g', 'ln_2/g'):
             arrays[2 + len(TF_BLOCK) * i + TF_BLOCK.index(name)][:] = 1
     return arrays
+
+
+def free_port():
+    """Return a TCP port on 127.0.0.1 free a moment ago, for a test's process group."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

@@ -3,7 +3,6 @@ import copy
 import dataclasses
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import train
 from distributed import DistInfo, dist_info, shard
 from opt import OpenAIAdam
 from tasks import ROCSTORIES
-from tests.helpers import load_tf_reference, step_run, tf_model
+from tests.helpers import free_port, load_tf_reference, step_run, tf_model
 
 CONFIGS = {'accumulate': 1, 'whole_share': 4}  # micro-batch sizes: shares of 4 in micro-batches of 1, or whole
 
@@ -108,12 +107,6 @@ def worker(rank, world, port, out_dir):
         close_distributed(synchronize=True)
     finally:
         close_distributed()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

@@ -3,7 +3,6 @@ parallelism, and the hand-over to train.py and generate.py."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch.multiprocessing as mp
 import corpus as corpus_module
 import models
 import pretrain
-from tests.helpers import wait_for_line, write_structured_corpus
+from tests.helpers import free_port, wait_for_line, write_structured_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,12 +177,6 @@ def assert_killed_and_resumed_run_equals_the_uninterrupted_run(full_args, killed
     resumed, uninterrupted = final_weights(out), final_weights(full)
     assert resumed.keys() == uninterrupted.keys() and all(torch.equal(resumed[k], uninterrupted[k])
                                                           for k in uninterrupted)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def ddp_worker(rank, world, port, argv):
