@@ -168,11 +168,13 @@ def uses_sdpa_math(q):
 class LayerCache:
     """One block's keys and values [B, H, n, hd] of the n positions fed so far, for decoding: kept in buffers with room
     to grow (doubled when full), so a step writes only its new positions instead of copying the whole cache as
-    concatenation does. It reads as the pair (k, v) of views of the filled part. For use without autograd."""
+    concatenation does, never past max_positions (None: no bound). It reads as the pair (k, v) of views of the filled
+    part. For use without autograd."""
 
-    def __init__(self):
+    def __init__(self, max_positions=None):
         self.k_buf = self.v_buf = None  # [B, H, capacity, hd]
         self.n = 0
+        self.max_positions = max_positions
 
     @property
     def k(self):
@@ -188,7 +190,10 @@ class LayerCache:
         """Return (keys, values) of the positions fed so far and k, v [B, H, t, hd] written after them."""
         t = k.size(-2)
         if self.k_buf is None or self.n + t > self.k_buf.size(-2):
-            self.grow(2 * (self.n + t), k)
+            capacity = 2 * (self.n + t)
+            if self.max_positions is not None:
+                capacity = max(min(capacity, self.max_positions), self.n + t)
+            self.grow(capacity, k)
         self.k_buf[..., self.n:self.n + t, :] = k
         self.v_buf[..., self.n:self.n + t, :] = v
         self.n += t
@@ -212,9 +217,10 @@ class LayerCache:
         return 2
 
 
-def new_cache(n_layer):
-    """Return an empty key/value cache for n_layer blocks, to pass as forward_cached's past."""
-    return [LayerCache() for _ in range(n_layer)]
+def new_cache(n_layer, max_positions=None):
+    """Return an empty key/value cache for n_layer blocks, to pass as forward_cached's past; its buffers never grow
+    past max_positions (e.g. the model's n_ctx; None: no bound)."""
+    return [LayerCache(max_positions) for _ in range(n_layer)]
 
 
 class Attention(nn.Module):

@@ -119,7 +119,7 @@ def prefill_packed(transformer, seqs, pos_offset):
     row = torch.tensor([r for (r, _), n in zip(places, lengths.tolist()) for _ in range(n)])  # [S] its packed row
     at = torch.tensor([start for (_, start), n in zip(places, lengths.tolist()) for _ in range(n)]) + col  # [S]
     seq, col, row, at = (t.to(device) for t in (seq, col, row, at))
-    cache = new_cache(len(presents))
+    cache = new_cache(len(presents), transformer.n_ctx)
     for layer, (k, v) in zip(cache, presents):  # k, v [P, H, W, hd]
         k_seqs = k.new_zeros(len(seqs), k.size(1), longest, k.size(-1))  # [B, H, T, hd]
         v_seqs = v.new_zeros(k_seqs.shape)
@@ -147,7 +147,7 @@ class BatchNextTokenLogits:
         self.n_vocab = n_vocab
         self.use_cache = use_cache
         self.ids = torch.zeros(0, 0, dtype=torch.long)  # [B, T] the ids fed so far (on the CPU)
-        self.past = new_cache(len(self.transformer.h))  # per block the keys and values fed so far, written in place
+        self.past = new_cache(len(self.transformer.h), self.n_ctx)  # per block the keys and values fed so far, written in place
 
     def __call__(self, new_ids):
         """Return the float32 logits [B, n_vocab] of the token after each row of self.ids + new_ids [B, t]."""
