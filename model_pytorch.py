@@ -275,21 +275,21 @@ class Attention(nn.Module):
                 v = torch.cat([layer_past[1], v], dim=-2)
             present = (k, v)
         n_q, n_k = q.size(-2), k.size(-2)
-        mask = attn_mask  # [B or 1, 1, n_q, n_k] or None
         # Intentional difference (speed, bf16/fp16 on the CPU in training): SDPA's one CPU kernel with dropout
         # (math) upcasts to fp32 throughout, 1.5x slower; the explicit path keeps the scores, the softmax's
         # output (its reductions run in fp32) and P @ V in q's dtype, as the flash kernels on a GPU do, and
         # draws the same dropout masks.
         if self.impl == 'explicit' or self.keep_weights or (self.training and self.attn_pdrop > 0
                                                              and uses_sdpa_math(q)):
-            a = self.explicit_attn(q, k, v, mask)
+            a = self.explicit_attn(q, k, v, attn_mask)
         else:
             dropout_p = self.attn_pdrop if self.training else 0.0
-            if mask is None and n_q == n_k:
+            if attn_mask is None and n_q == n_k:
                 a = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-            else:  # queries are the last n_q positions of a cached prefix
+            else:  # the mask given (a cache of ragged prefixes, packed sequences), else causal over the last n_q
                 a = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
-                                                   attn_mask=causal_mask(n_q, n_k, q.device) if mask is None else mask)
+                                                   attn_mask=causal_mask(n_q, n_k, q.device) if attn_mask is None
+                                                   else attn_mask)
         a = a.transpose(1, 2).reshape(x.shape)  # [B, H, T, hd] -> [B, T, nx]
         a = F.dropout(self.c_proj(a), self.resid_pdrop, self.training)
         return a, present

@@ -147,7 +147,8 @@ class BatchNextTokenLogits:
         self.n_vocab = n_vocab
         self.use_cache = use_cache
         self.ids = torch.zeros(0, 0, dtype=torch.long)  # [B, T] the ids fed so far (on the CPU)
-        self.past = new_cache(len(self.transformer.h), self.n_ctx)  # per block the keys and values fed so far, written in place
+        # per block the keys and values fed so far, written in place
+        self.past = new_cache(len(self.transformer.h), self.n_ctx)
 
     def __call__(self, new_ids):
         """Return the float32 logits [B, n_vocab] of the token after each row of self.ids + new_ids [B, t]."""
