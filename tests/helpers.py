@@ -248,3 +248,27 @@ def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def random_hf_gpt2(seed=0, vocab_size=96):
+    """Return a random eval-mode transformers GPT2LMHeadModel (32 positions, n_embd 32, 2 layers, 4 heads), its layer
+    norms and biases moved away from their initial 1 and 0."""
+    import torch
+    from transformers import GPT2Config as HFGPT2Config
+    from transformers import GPT2LMHeadModel as HFGPT2LMHeadModel
+    torch.manual_seed(seed)
+    config = HFGPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    model = HFGPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    return model
+
+
+def hf_gpt2_and_ours(folder, seed=0):
+    """Return (random_hf_gpt2(seed), our LM loaded from it): the transformers model saved to folder/hf and read back
+    by models.load_model."""
+    import models
+    hf = random_hf_gpt2(seed=seed)
+    hf.save_pretrained(Path(folder) / 'hf')
+    return hf, models.load_model(str(Path(folder) / 'hf'), lm=True)

@@ -10,7 +10,7 @@ from model_pytorch import LMModel
 from model_gpt2 import GPT2Config, GPT2LMHeadModel
 from sample import (BatchNextTokenLogits, NextTokenLogits, RaggedNextTokenLogits, SamplingSettings, TokenDecoder,
                     next_token, prefill_packed, sample_batch, sample_ids, sample_prompts, top_k_filter, top_p_filter)
-from tests.helpers import small_cfg
+from tests.helpers import hf_gpt2_and_ours, small_cfg
 
 V, N_SPECIAL, N_CTX = 100, 2, 16  # the tiny model: 100 token rows, 2 special rows, 16 positions
 
@@ -35,14 +35,21 @@ def full_logits(model, ids):
 PROMPT = [5, 17, 42, 3]
 
 
-def test_never_samples_a_special_or_position_row_even_when_they_dominate():
+def special_rows_dominate_lm():
+    """Return a tiny LMModel whose every hidden state is all ones and whose special and position rows are all 10, so
+    that the unmasked decoder's argmax is always one of them (logit 160 against ~0)."""
     torch.manual_seed(1)
     model = LMModel(small_cfg(n_embd=16, n_head=2), vocab=V + N_SPECIAL + N_CTX, n_ctx=N_CTX).eval()
     with torch.no_grad():
         last = model.transformer.h[-1].ln_2
         last.g.zero_()
         last.b.fill_(1.0)  # every hidden state is all ones, so a row's logit is its sum
-        model.transformer.embed.weight[V:] = 10.0  # special and position rows: logit 160 against ~0
+        model.transformer.embed.weight[V:] = 10.0
+    return model
+
+
+def test_never_samples_a_special_or_position_row_even_when_they_dominate():
+    model = special_rows_dominate_lm()
     assert full_logits(model, PROMPT).argmax() >= V  # the unmasked decoder would pick them
     gen = torch.Generator().manual_seed(0)
     for kwargs in (dict(greedy=True), dict(temperature=100.0), dict(top_k=5), dict(top_p=0.5), dict()):
@@ -240,11 +247,7 @@ def test_batch_stops_at_n_ctx_and_refuses_what_sample_ids_refuses(lm):
 
 
 def test_greedy_batch_rows_equal_transformers_generate(tmp_path):
-    import models
-    from tests.test_weights_gpt2 import random_hf_gpt2
-    hf = random_hf_gpt2(seed=2)
-    hf.save_pretrained(tmp_path / 'hf')
-    ours = models.load_model(str(tmp_path / 'hf'), lm=True)
+    hf, ours = hf_gpt2_and_ours(tmp_path, seed=2)
     prompt = [5, 17, 42, 9]
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt] * 3), max_new_tokens=12, do_sample=False, pad_token_id=0,
@@ -360,13 +363,7 @@ def test_under_autocast_the_token_decoder_casts_the_decoder_once():
 
 
 def test_sampling_prompts_of_different_lengths_never_draws_a_special_or_position_row():
-    torch.manual_seed(1)
-    model = LMModel(small_cfg(n_embd=16, n_head=2), vocab=V + N_SPECIAL + N_CTX, n_ctx=N_CTX).eval()
-    with torch.no_grad():
-        last = model.transformer.h[-1].ln_2
-        last.g.zero_()
-        last.b.fill_(1.0)  # every hidden state is all ones, so a row's logit is its sum
-        model.transformer.embed.weight[V:] = 10.0  # special and position rows: logit 160 against ~0
+    model = special_rows_dominate_lm()
     assert full_logits(model, RAGGED[0]).argmax() >= V  # the unmasked decoder would pick them
     gen = torch.Generator().manual_seed(0)
     for kwargs in (dict(greedy=True), dict(temperature=100.0), dict(top_k=5), dict(top_p=0.5), dict()):
@@ -415,11 +412,7 @@ def test_greedy_gpt1_rows_of_prompts_of_different_lengths_equal_transformers_gre
 
 
 def test_greedy_rows_of_prompts_of_different_lengths_equal_transformers_left_padded_generate(tmp_path):
-    import models
-    from tests.test_weights_gpt2 import random_hf_gpt2
-    hf = random_hf_gpt2(seed=2)
-    hf.save_pretrained(tmp_path / 'hf')
-    ours = models.load_model(str(tmp_path / 'hf'), lm=True)
+    hf, ours = hf_gpt2_and_ours(tmp_path, seed=2)
     prompts = [[5, 17], [9, 8, 7, 6, 5], [1, 1, 2, 3, 4, 5, 6, 7, 8]]
     T = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])  # left padded

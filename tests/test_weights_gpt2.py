@@ -12,7 +12,7 @@ import models
 import weights
 from model_gpt2 import GPT2Config
 from models import complete_checkpoint
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, hf_gpt2_and_ours, random_hf_gpt2
 
 GPT2 = FIXTURES / 'gpt2'
 CKPT = GPT2 / 'ckpt_small'
@@ -145,22 +145,8 @@ def test_export_to_transformers_and_back_is_exact_and_transformers_computes_the_
     assert all(np.array_equal(back.blocks[k], ckpt.blocks[k]) for k in ckpt.blocks)
 
 
-def random_hf_gpt2(seed=0, vocab_size=96):
-    from transformers import GPT2Config as HFGPT2Config
-    from transformers import GPT2LMHeadModel as HFGPT2LMHeadModel
-    torch.manual_seed(seed)
-    config = HFGPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=4)
-    model = HFGPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # layer norms and biases away from their initial 1 and 0
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape) * 0.05)
-    return model
-
-
 def test_our_loader_reads_a_transformers_gpt2_folder_with_the_same_logits(tmp_path):
-    hf = random_hf_gpt2()
-    hf.save_pretrained(tmp_path / 'hf')
-    ours = models.load_model(str(tmp_path / 'hf'), lm=True)
+    hf, ours = hf_gpt2_and_ours(tmp_path)
     ids = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids)[0], hf(ids).logits, rtol=1e-5, atol=1e-5)
@@ -187,9 +173,7 @@ def test_the_family_of_a_bare_safetensors_file_comes_from_its_header_alone(tmp_p
 
 def test_greedy_decoding_equals_transformers_generate(tmp_path):
     from sample import SamplingSettings, sample_ids
-    hf = random_hf_gpt2(seed=2)
-    hf.save_pretrained(tmp_path / 'hf')
-    ours = models.load_model(str(tmp_path / 'hf'), lm=True)
+    hf, ours = hf_gpt2_and_ours(tmp_path, seed=2)
     prompt = [5, 17, 42, 9]
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0,
