@@ -401,6 +401,13 @@ def total_memory_gib():
     return kib / 2 ** 20
 
 
+def write_json(path, info, args, **results):
+    """Write a benchmark's results as JSON to path: the machine (machine_info), its arguments (a namespace) and each
+    named part of its results."""
+    with open(path, 'w') as f:
+        json.dump(dict(machine=info, args=vars(args), **results), f, indent=1)
+
+
 def machine_info(device):
     """Return a description of the machine and the library versions."""
     try:

@@ -21,7 +21,6 @@
 """
 import argparse
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -281,8 +280,7 @@ def main(argv=None):
     for r in enc:
         print(f"{r['impl']:14} {r['chars_per_s'] / 1e6:9.2f}  {r['same_ids']}")
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(machine=info, args=vars(args), pretraining=pre, generation=gen, encoding=enc), f, indent=1)
+        bench.write_json(args.json, info, args, pretraining=pre, generation=gen, encoding=enc)
     return 0
 
 

@@ -19,7 +19,6 @@ given (default 124M): speed does not depend on the values.
 """
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -204,8 +203,7 @@ def main(argv=None):
         print(f"{r['task']:11} {r['impl']:13} {r['precision']:5} {r['batch']:5} {r['tokens_per_s']:9.1f} "
               f"{slowest:8.1f}-{fastest:<8.1f}  {vs:10}  {r['same']}")
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(machine=info, args=vars(args), results=rows), f, indent=1)
+        bench.write_json(args.json, info, args, results=rows)
     return 0
 
 

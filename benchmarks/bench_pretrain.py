@@ -14,7 +14,6 @@ else against the measured matmul roofline of the precision (bench.measure_roofli
     python benchmarks/bench_pretrain.py --quick                  # a tiny model, seconds (tests/test_bench_pretrain.py)
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -181,8 +180,7 @@ def main(argv=None):
         print(f"{r['impl']:6} {r['precision']:5} {r['step_s']:8.2f} {r['tokens_per_s']:9.0f} {r['tflops']:8.3f} "
               f"{r['mfu']:6.1%} {r['peak_tflops']:8.3f}  {vs}")
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(machine=info, args=vars(args), results=results), f, indent=1)
+        bench.write_json(args.json, info, args, results=results)
     return 0
 
 
