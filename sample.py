@@ -114,10 +114,8 @@ def prefill_packed(transformer, seqs, pos_offset):
     h, presents = transformer.forward_packed(x.to(device), segments.to(device))  # [P, W, n_embd]
     lengths = torch.tensor([len(seq) for seq in seqs])  # [B]
     longest = int(lengths.max())
-    seq = torch.repeat_interleave(torch.arange(len(seqs)), lengths)  # [S] the sequence of each packed id
-    col = torch.cat([torch.arange(n) for n in lengths.tolist()])  # [S] its position in its sequence
-    row = torch.tensor([r for (r, _), n in zip(places, lengths.tolist()) for _ in range(n)])  # [S] its packed row
-    at = torch.tensor([start for (_, start), n in zip(places, lengths.tolist()) for _ in range(n)]) + col  # [S]
+    row, at = (segments >= 0).nonzero(as_tuple=True)  # [S] the packed row and place of each id of a sequence
+    seq, col = segments[row, at], x[row, at, 1] - pos_offset  # [S] its sequence, its position there
     seq, col, row, at = (t.to(device) for t in (seq, col, row, at))
     cache = new_cache(len(presents), transformer.n_ctx)
     for layer, (k, v) in zip(cache, presents):  # k, v [P, H, W, hd]
