@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 import untrusted
 from opt import moment_dtype
+from sharding import copy_whole, placed_like
 from untrusted import BadFile, show
 from utils import write_failure
 
@@ -165,11 +166,12 @@ def save_params(model, path, writer=None):
     return tensors
 
 
-def tied_names(state):
-    """Return {name: [every name sharing its storage]} for a state dict."""
+def tied_names(model):
+    """Return {name: [every name of the same tensor]} of the model's parameters and buffers (tied weights: one
+    parameter under several names), told by identity, which holds for a sharded model's too."""
     groups = {}
-    for name, t in state.items():
-        groups.setdefault(t.data_ptr(), []).append(name)
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        groups.setdefault(id(t), []).append(name)
     return {name: group for group in groups.values() for name in group}
 
 
@@ -184,9 +186,9 @@ def check_weights(model, saved, source):
     silent cast of int, bool or float64 data), every value finite; a one-line BadFile naming source otherwise.
     Nothing is copied."""
     state = model.state_dict()
-    ties = tied_names(state)
+    ties = tied_names(model)
     # a tied weight may be stored under any of its names (save_params keeps the first, older files another)
-    found = {name: next((saved[n] for n in ties[name] if n in saved), None) for name in state}
+    found = {name: next((saved[n] for n in ties.get(name, [name]) if n in saved), None) for name in state}
     missing = [name for name, t in found.items() if t is None]
     unexpected = sorted(set(saved) - set(state))
     if missing or unexpected:
@@ -211,7 +213,7 @@ def load_weights(model, saved, source):
     found = check_weights(model, saved, source)
     with torch.no_grad():
         for name, t in model.state_dict().items():
-            t.copy_(found[name])
+            copy_whole(t, found[name])  # a sharded model's tensor: this rank's rows
     return model
 
 
@@ -333,14 +335,15 @@ def optimizer_tensors(opt):
     return steps, tensors
 
 
-def save_training_state(path, model, opt, progress, writer=None, ranks=None, identity=None):
+def save_training_state(path, model, opt, progress, writer=None, ranks=None, identity=None, opt_state=None):
     """Write model, optimizer, every rank's RNG states and counters (ranks: rank_record of each rank in rank order;
     default this process's) and the JSON-able progress and identity dicts to one file atomically; return path.
+    opt_state: the optimizer's (steps, whole moments) as optimizer_tensors gives them, when gathered from shards.
 
     Everything is copied at once; with a StateWriter the file is written in the background.
     """
     ranks = [rank_record(progress)] if ranks is None else ranks
-    steps, tensors = optimizer_tensors(opt)
+    steps, tensors = optimizer_tensors(opt) if opt_state is None else (opt_state[0], dict(opt_state[1]))
     for r, record in enumerate(ranks):
         tensors.update({f'rng/{r}/{name}': t for name, t in record['tensors'].items()})
     # the tied LM decoder shares embed.weight: each storage is written once, under its first name
@@ -626,7 +629,7 @@ def set_optimizer_tensors(opt, checked):
     params = [p for g in opt.param_groups for p in g['params']]
     for i, (step, m, v) in checked.items():
         p = params[i]
-        opt.state[p] = {'step': step, 'm': m.to(p.device, copy=True), 'v': v.to(p.device, copy=True)}
+        opt.state[p] = {'step': step, 'm': placed_like(p, m), 'v': placed_like(p, v)}
 
 
 STATE_KEYS = ('format', 'identity', 'progress', 'opt_steps', 'ranks')
@@ -721,7 +724,7 @@ def load_training_state(path, model, opt, expected=Expected()):
     # their own
     with torch.no_grad():
         for name, t in model.state_dict().items():
-            t.copy_(weights[name])
+            copy_whole(t, weights[name])  # a sharded model's tensor: this rank's rows
     set_optimizer_tensors(opt, optimizer)
     _apply_rng_state(python, numpy, rng, expected.device)
     return progress, n_saved

@@ -89,6 +89,12 @@ def all_reduce_sum(tensor, info):
     return tensor
 
 
+def barrier(info):
+    """Return once every rank has reached it (at once in one process)."""
+    if info.world_size > 1:
+        dist.barrier()
+
+
 def wrap_ddp(module, device, info):
     """Return module wrapped in DistributedDataParallel when there are several processes, else module."""
     if info.world_size == 1:

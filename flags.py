@@ -104,6 +104,10 @@ def add_run_args(parser, unit, save_every, save_help, state_path):
                         help=f'{unit} per forward pass (default: all of this process\'s share of the batch); the '
                              f'gradients accumulate to the whole batch')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
+    parser.add_argument('--shard', action='store_true',
+                        help='under torchrun, shard the parameters, gradients and optimizer state over the processes '
+                             '(PyTorch FSDP2) instead of a whole copy on each (DDP): for models larger than one '
+                             'device; default: off')
     parser.add_argument('--checkpoint_activations', action='store_true',
                         help='recompute block activations in backward: less memory, same gradients')
     parser.add_argument('--save_every', type=int, default=save_every, help=save_help)

@@ -212,14 +212,6 @@ class OpenAIAdam(Optimizer):
         global_norm = torch.where(torch.isfinite(global_norm), global_norm, torch.full_like(global_norm, math.nan))
         return max_grad_norm * torch.clamp(1.0 / global_norm, max=1.0 / max_grad_norm)
 
-    def init_state(self):
-        """Create every parameter's zero state (step 0) now rather than at its first update, so a state saved before
-        any update holds it: torch.distributed.checkpoint's get_state_dict otherwise makes it by running a step with
-        zero gradients, which counts as an update (every step 1)."""
-        for group in self.param_groups:
-            for p in group['params']:
-                self._init_state(p)
-
     def _init_state(self, p):
         """Return p's state, creating zero moments on its first update."""
         state = self.state[p]

@@ -48,6 +48,7 @@ from opt import SCHEDULES, OpenAIAdam
 from sample import SamplingSettings, generate
 from precision import autocast_context
 from trainer import (RUN_ENDINGS, Evaluation, Launch, Run, RunFiles, RunSettings, StateSpec, failed_run_exit,
+                     shard_memory_line,
                      format_phases, phase_record, run_identity, save_state, stop_if_requested, to_tensors,
                      update_phase)
 from untrusted import int_field
@@ -153,6 +154,7 @@ class PretrainSettings:
     precision: str
     micro_batch: Optional[int]
     compile: bool
+    shard: bool
     checkpoint_activations: bool
     save_every: int
     resume: Union[bool, str]  # True, False or 'auto'
@@ -207,10 +209,11 @@ def read_zero_shot_tasks(settings, lm):
     return tasks
 
 
-def zero_shot_record(run, settings, text_encoder, sizes, tasks):
-    """Return {'zs_TASK': metric} of every zero-shot task (ZeroShotData) on the model now. Every rank scores them (the
-    same work), so that no rank waits in a collective meanwhile, where the process group's timeout could end the job."""
-    lm = scoring_lm(run.model, text_encoder, n_vocab=sizes['n_vocab'], precision=settings.precision,
+def zero_shot_record(model, settings, text_encoder, sizes, tasks):
+    """Return {'zs_TASK': metric} of every zero-shot task (ZeroShotData) on the model (whole). Every rank scores them
+    (the same work), so that no rank waits in a collective meanwhile, where the process group's timeout could end the
+    job."""
+    lm = scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab'], precision=settings.precision,
                     batch_size=settings.micro_batch or settings.n_batch)
     return {f'zs_{data.task}': score_zero_shot(lm, data).value for data in tasks}
 
@@ -459,9 +462,10 @@ def new_progress():
 def log_eval(run, settings, corpus, sizes, text_encoder):
     """Evaluate, append a record to the log (main rank) and print it; reset the training-loss window."""
     progress = run.progress
-    with run.clock.phase('eval'):
-        val_loss = validation_loss(run.model, corpus['val'], corpus['val_starts'], settings.windows(sizes),
+    with run.clock.phase('eval'), run.whole_model() as model:  # with --shard, gathered on every rank
+        val_loss = validation_loss(model, corpus['val'], corpus['val_starts'], settings.windows(sizes),
                                    settings.evaluation(run.device), run.info)
+        zero_shot = zero_shot_record(model, settings, text_encoder, sizes, corpus['zero_shot'])
     # each rank counted its own share of the windows since the last record: the log reports the global batch
     loss_sum = sum_over_ranks(progress['train_loss_sum'], run.info)
     train_tokens = sum_over_ranks(progress['train_tokens'], run.info)
@@ -470,9 +474,7 @@ def log_eval(run, settings, corpus, sizes, text_encoder):
                   val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700.0)),
                   tokens_per_s=train_tokens / progress['train_time'] if progress['train_time'] else None,
                   lr=learning_rate(run.opt, progress['n_updates']))
-    if settings.zero_shot:
-        with run.clock.phase('eval'):
-            record.update(zero_shot_record(run, settings, text_encoder, sizes, corpus['zero_shot']))
+    record.update(zero_shot)
     record['time'] = time.time()
     progress.update(train_loss_sum=0.0, train_tokens=0, train_time=0.0)
     progress['log'].append(record)
@@ -486,12 +488,14 @@ def log_eval(run, settings, corpus, sizes, text_encoder):
 
 
 def maybe_sample(run, settings, text_encoder, sizes):
-    """Print and keep a text sample from the fixed prompt (main rank)."""
-    if not run.info.is_main:
+    """Print and keep a text sample from the fixed prompt (main rank; with --shard every rank calls it, to gather the
+    weights)."""
+    if not (run.info.is_main or run.sharded):
         return
-    with run.clock.phase('eval'):
-        text = sample_text(run.model, text_encoder, settings.sample_prompt, sizes['n_vocab'], settings.seed,
-                           run.device)
+    with run.clock.phase('eval'), run.whole_model(keep=run.info.is_main) as model:
+        if not run.info.is_main:
+            return
+        text = sample_text(model, text_encoder, settings.sample_prompt, sizes['n_vocab'], settings.seed, run.device)
     run.progress['samples'].append(dict(n_updates=run.progress['n_updates'], text=text))
     print(f"sample at update {run.progress['n_updates']}: {text}", flush=True)
 
@@ -537,12 +541,12 @@ def vocabulary_paths(meta):
     return meta['vocabulary']['encoder_path'], meta['vocabulary']['bpe_path']
 
 
-def write_outputs(run, settings, sizes, meta):
-    """Write OUT/model.safetensors + config.json (this project's format) and, on request, the released format in
-    OUT/shards/ (GPT-1's shards, GPT-2's TensorFlow checkpoint), each with the corpus's vocabulary files beside them
-    under the family's names, as train.py and generate.py read them."""
+def write_outputs(model, run, settings, sizes, meta):
+    """Write the model's weights (whole) to OUT/model.safetensors + config.json (this project's format) and, on
+    request, the released format in OUT/shards/ (GPT-1's shards, GPT-2's TensorFlow checkpoint), each with the
+    corpus's vocabulary files beside them under the family's names, as train.py and generate.py read them."""
     import shutil
-    ckpt = checkpoint_from_model(run.model, sizes['n_vocab'], sizes['n_special'])
+    ckpt = checkpoint_from_model(model, sizes['n_vocab'], sizes['n_special'])
     folders = [settings.out] + ([run.paths['shards']] if settings.save_shards else [])
     with run.clock.phase('write'):
         write_safetensors(ckpt, settings.out)
@@ -611,6 +615,7 @@ def run_launched(launch, settings, meta, t0):
         corpus['zero_shot'] = read_zero_shot_tasks(settings, scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab']))
         n_updates = n_updates_of(settings, len(corpus['train']))
         settings = dataclasses.replace(settings, eval_every=eval_every_of(settings, n_updates))
+        launch.place(model)  # with --shard, sharded before the optimizer takes its parameters
         opt = OpenAIAdam(model.parameters(), lr=settings.lr, schedule='warmup_cosine_decay',
                          warmup=min(1.0, settings.warmup_updates / n_updates), t_total=n_updates, b1=settings.b1,
                          b2=settings.b2, e=settings.e, l2=settings.l2, max_grad_norm=settings.max_grad_norm)
@@ -623,6 +628,9 @@ def run_launched(launch, settings, meta, t0):
         if info.is_main:
             plan, warning = plan_lines(settings, model, n_updates)
             print(plan, flush=True)
+            if settings.shard:
+                windows = settings.micro_batch or -(-settings.n_batch // info.world_size)
+                print(shard_memory_line(model, windows * settings.n_ctx, run), flush=True)
             if warning:
                 print(warning, file=sys.stderr, flush=True)
         if settings.resume and info.is_main:
@@ -637,8 +645,9 @@ def run_launched(launch, settings, meta, t0):
     finally:
         with clock.phase('write'):
             run.writer.wait()
-    if info.is_main:
-        write_outputs(run, settings, sizes, corpus['meta'])
+    with run.whole_model(host=True, keep=info.is_main) as model:  # with --shard, gathered on the main rank's host
+        if info.is_main:
+            write_outputs(model, run, settings, sizes, corpus['meta'])
     last = progress['log'][-1] if progress['log'] else {}
     return dict(n_updates=progress['n_updates'], val_loss=last.get('val_loss'), wall_s=time.time() - t0,
                 phases=phase_record(clock, device), next_steps=next_steps(settings, n_updates))

@@ -34,6 +34,7 @@ from tasks import (FINE_TUNING_TASKS, ROCSTORIES, Task, compute_metrics, decode_
                    needed_n_ctx, predictions, transform)
 from precision import autocast_context
 from trainer import (RUN_ENDINGS, Evaluation, Launch, PhaseClock, Run, RunFiles, RunSettings, StateSpec,
+                     shard_memory_line,
                      check_not_unfinished, failed_run_exit, format_phases, phase_record, run_identity, save_state,
                      stop_if_requested, to_tensors, update_phase)
 from text_utils import BPE_PATH, ENCODER_PATH
@@ -178,6 +179,7 @@ class FineTuneSettings:
     precision: str
     micro_batch: Optional[int]
     compile: bool
+    shard: bool
     checkpoint_activations: bool
     save_every: int
     resume: Union[bool, str]  # True, False or 'auto'
@@ -605,22 +607,22 @@ def gpt2_task_model(settings, sizes):
 def log_eval(run, data, settings):
     """Evaluate (all ranks), log and print one line and save improved weights (main rank) (TF: log)."""
     progress = run.progress
-    with run.clock.phase('eval'):
-        scores = evaluate(run.model, data, settings.n_valid, settings.evaluation(run.device), info=run.info)
+    with run.clock.phase('eval'), run.whole_model() as model:  # with --shard, gathered on every rank
+        scores = evaluate(model, data, settings.n_valid, settings.evaluation(run.device), info=run.info)
     record = dict(n_epochs=progress['epoch'], n_updates=progress['n_updates'], **scores)
     record['time'] = time.time()
     progress['log'].append(record)
     key = selection_metric(data)
     improved = scores[key] > progress['best']
     progress['best'] = max(progress['best'], scores[key])
+    if improved and settings.submit and (run.info.is_main or run.sharded):  # --shard: every rank gathers them
+        with run.clock.phase('write'):
+            run.save_best(run.paths['best'])
     if not run.info.is_main:
         return
     run.logger.log(**record)
     print('%d %d %.3f %.3f %.2f %.2f' % (record['n_epochs'], record['n_updates'], scores['tr_cost'],
                                          scores['va_cost'], scores['tr' + key[2:]], scores[key]), flush=True)
-    if improved and settings.submit:
-        with run.clock.phase('write'):
-            run.save_best(run.paths['best'])
 
 
 def new_progress():
@@ -776,7 +778,7 @@ def build_fine_tuning(launch, settings):
         else:
             data, sizes = load_task_data(settings, text_encoder, get_task(settings.dataset))
     with clock.phase('load'):
-        model = pretrained_model(settings, sizes, device, family)
+        model = launch.place(pretrained_model(settings, sizes, device, family))  # --shard: before the optimizer
         settings = dataclasses.replace(settings, **built_architecture(model.cfg))  # the log header says what trains
         n_train, n_batch_train = len(data.train.labels), settings.n_batch * settings.n_gpu
         n_updates_total = (n_train // n_batch_train) * settings.n_iter
@@ -791,6 +793,9 @@ def build_fine_tuning(launch, settings):
         # their longest sequence, so every length would otherwise recompile
         run = Run(launch, model, opt, StateSpec(identity, new_progress(), rank_keys=('train_time',)), dynamic=True)
         check_progress_fits(run.progress, n_train, n_batch_train, settings.n_iter, launch.paths['state'])
+        if settings.shard and info.is_main:
+            per_example = int(np.prod(data.train.inputs.shape[1:-1]))  # [N, (choices,) n_ctx, 2]: tokens
+            print(shard_memory_line(model, (settings.micro_batch or settings.n_batch) * per_example, run), flush=True)
         if settings.resume and info.is_main:
             print(f"resuming at epoch {run.progress['epoch']}, update {run.progress['n_updates']}", flush=True)
     return FineTuning(settings, data, sizes, run)
@@ -803,19 +808,21 @@ def fine_tune(job):
     paths, info, clock, progress = run.paths, run.info, run.clock, run.progress
     try:
         with run.open_log(paths['log'], dataclasses.asdict(settings)):
-            if settings.submit and not settings.resume and info.is_main:
+            if settings.submit and not settings.resume and (info.is_main or run.sharded):
                 with clock.phase('write'):
                     run.save_best(paths['best'])
             with run.stop_signals():
                 train(run, data, settings)
         summary = dict(n_updates=progress['n_updates'], best_va=progress['best'], metric=selection_metric(data)[3:],
                        examples_per_s=progress['seen'] / max(progress['train_time'], 1e-9))
-        if settings.submit and info.is_main:
+        if settings.submit and (info.is_main or run.sharded):
             # the best weights' host copy, while the last writes go on; a resumed run reads them back
             with clock.phase('load'):
                 run.load_best(paths['best'])
-                run.model.eval()
-            summary.update(write_predictions(run.model, data, settings, run.device, clock))
+            with run.whole_model(keep=info.is_main) as model:  # with --shard, gathered on the main rank
+                if info.is_main:
+                    model.eval()
+                    summary.update(write_predictions(model, data, settings, run.device, clock))
     finally:
         with clock.phase('write'):
             run.writer.wait()  # the last state and best weights are on disk before the run ends

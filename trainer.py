@@ -4,8 +4,11 @@ TF counterpart: the update of train.py's `mgpu_train` (towers' gradients average
 the run-level plumbing of its `__main__` (seeding, the devices, the timing of a run). What is specific to a
 task (its inputs, its loss, its evaluation) stays in the scripts, whose training step reads forward, loss,
 backward, step; the plumbing of an update is here, once: micro-batches accumulated under one autocast region,
-DDP's `no_sync` on all but the last, loss scaling for fp16, the non-finite stop before any weight moves (checked
-once per update, on the device), one optimizer step (OpenAIAdam clips by the global norm inside it).
+the gradients synchronized on the last only (DDP's `no_sync` on the others, or with --shard FSDP2's gradient sync),
+loss scaling for fp16, the non-finite stop before any weight moves (checked once per update, on the device), one
+optimizer step (OpenAIAdam clips by the global norm inside it). With --shard (sharding.py) the model's parameters,
+gradients and optimizer state are sharded over the processes, and what is not training (evaluation, samples, the
+weights and training state written) runs on whole copies gathered from the shards.
 
 The faults of a cluster job are handled here too: a stop signal (SIGTERM, SIGUSR1, or Ctrl-C's SIGINT) ends the run
 after the update in progress with its training state saved, every rank at the same update, and a second Ctrl-C at once
@@ -23,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +36,12 @@ import torch
 
 import untrusted
 from checkpoint import (Expected, StateWriter, check_writable, load_params, load_training_state, load_weights,
-                        rank_record, read_state_metadata, save_params, save_training_state)
-from distributed import (DistInfo, all_reduce_sum, close_distributed, dist_info, gather_objects, init_distributed,
-                         resolve_device, wrap_ddp)
+                        optimizer_tensors, rank_record, read_state_metadata, save_params, save_training_state)
+from distributed import (DistInfo, all_reduce_sum, barrier, close_distributed, dist_info, gather_objects,
+                         init_distributed, resolve_device, wrap_ddp)
 from precision import autocast_context, configure_precision, no_autocast
 from runlock import RunLock
+from sharding import held_memory, host_wholes, replica, set_gradient_sync, shard_model, skeleton
 from utils import ResultLogger, close_bars
 
 
@@ -126,12 +131,14 @@ class PhaseClock:
 @dataclass(frozen=True)
 class RunSettings:
     """How a training run runs (flags.add_run_args): its seed, device (None: cuda when available), precision,
-    torch.compile, and whether it resumes its training state (True, False or 'auto': when the state exists) or starts
-    over, deleting an unfinished one (restart)."""
+    torch.compile, the model sharded over the processes (FSDP2) or whole on each (DDP), and whether it resumes its
+    training state (True, False or 'auto': when the state exists) or starts over, deleting an unfinished one
+    (restart)."""
     seed: int = 42
     device: str = None
     precision: str = 'fp32'
     compile: bool = False
+    shard: bool = False
     resume: object = False
     restart: bool = False
 
@@ -177,6 +184,20 @@ class Launch:
     writer: StateWriter = field(default_factory=StateWriter)
     lock: RunLock = None
     run: Any = None  # the Run built in it, once built (where the run stands, for the Ctrl-C message)
+    frame: Any = None  # with --shard, the model's skeleton (sharding.skeleton), whole copies are made of it
+
+    def place(self, model):
+        """Return model on the run's device, and with --shard its parameters sharded over the processes
+        (sharding.shard_model; in bf16, the gathered parameters in bf16, the shards and gradient reductions in fp32).
+        Call it before the optimizer is built: sharding replaces the parameters."""
+        model.to(self.device)
+        if self.settings.shard:
+            # FSDP2 warns of a block returning views: its present (k, v) are views of the attention's projection,
+            # which nothing changes in place
+            warnings.filterwarnings('ignore', message='FSDP2-wrapped module .* returned a view tensor')
+            self.frame = skeleton(model)
+            shard_model(model, param_dtype=torch.bfloat16 if self.settings.precision == 'bf16' else None)
+        return model
 
     @classmethod
     def begin(cls, settings, files, info=DistInfo()):
@@ -257,6 +278,12 @@ def resolved_settings(settings, state_path, info=DistInfo()):
     resume, restart = settings.resume, settings.restart
     if restart and resume:
         raise ValueError('--restart starts the run over, --resume continues it: give one of them')
+    if settings.shard and info.world_size < 2:
+        raise ValueError('--shard shards the model over several processes: run it under torchrun '
+                         '--nproc_per_node=N with N of 2 or more, or leave --shard out')
+    if settings.shard and settings.precision == 'fp16':
+        raise ValueError('--shard --precision fp16: fp16\'s loss scaler does not serve sharded gradients; use '
+                         '--precision bf16 (no loss scaling needed) or leave --shard out')
     if restart and restarted_attempt():
         # the same command again after a failure (torchrun --max-restarts, a requeued job): its first attempt
         # started over, so this one continues that attempt's state instead of deleting it again
@@ -300,14 +327,14 @@ class StateSpec:
 
 class Run:
     """One training run, built whole: the launch it runs in, the model and optimizer it trains, what a training step
-    calls (the model, or it wrapped by DDP and torch.compile), fp16's loss scaler, and where it stands (progress,
+    calls (the model, or it wrapped by DDP and torch.compile; with --shard, sharded), fp16's loss scaler, and where it stands (progress,
     restored with --resume); with the plumbing of an update (autocast, gradient sync, backward, step), the log and
     the best weights, handed to each piece of the loop as one object."""
 
     def __init__(self, launch, model, opt, state, trained=None, dynamic=None):
         """Make model (on the launch's device) and opt what the run trains, evaluates and saves; trained (default:
-        model) what a training step calls, wrapped by DDP under several processes (each rank then drawing its own
-        dropout masks) and by torch.compile with --compile (dynamic: its shapes argument); then, with --resume, the
+        model) what a training step calls, wrapped by DDP under several processes unless launch.place sharded the
+        model (each rank then drawing its own dropout masks) and by torch.compile with --compile (dynamic: its shapes argument); then, with --resume, the
         model, optimizer, progress and this rank's random states restored from the training state (state: a
         StateSpec, checked before anything is restored), else state.template's fresh progress."""
         self.launch, self.model, self.opt, self.state = launch, model, opt, state
@@ -317,9 +344,11 @@ class Run:
         self.stop_requested = False   # a stop signal reached some rank by the last update's step
         self.logger = nullcontext()   # the ResultLogger while open_log's block runs (main rank)
         self.best_weights = None      # host copies of the best weights saved so far by this process, if any
+        self.sharded = self.settings.shard  # the model was sharded by launch.place (FSDP2), not wrapped by DDP
         if self.info.world_size > 1:
             torch.manual_seed(self.settings.seed + self.info.rank)  # different dropout masks on each rank's share
-        net = wrap_ddp(model if trained is None else trained, self.device, self.info)
+        net = model if trained is None else trained
+        net = net if self.sharded else wrap_ddp(net, self.device, self.info)
         self.net = torch.compile(net, dynamic=dynamic) if self.settings.compile else net
         self.scaler = configure_precision(self.device, self.settings.precision)
         self.progress = self.restore() or copy.deepcopy(state.template)
@@ -377,9 +406,19 @@ class Run:
         return autocast_context(self.device, self.settings.precision)
 
     def sync_gradients(self, last):
-        """Return the context of one micro-batch's forward and backward: DDP all-reduces the gradients on the update's
-        last micro-batch only (no_sync on the others); a no-op in one process."""
+        """Return the context of one micro-batch's forward and backward: DDP all-reduces (FSDP2 reduce-scatters) the
+        gradients on the update's last micro-batch only; a no-op in one process."""
+        if self.sharded:
+            set_gradient_sync(self.model, last)
+            return nullcontext()
         return nullcontext() if self.info.world_size == 1 or last else self.net.no_sync()
+
+    @contextmanager
+    def whole_model(self, host=False, keep=True):
+        """Within the block, the model whole, for what is not training (evaluation, samples, writing weights): the
+        model itself, or with --shard a plain copy gathered from the shards (every rank enters the block; on the
+        device, or with host=True on the host; None where keep is False)."""
+        yield self.model if not self.sharded else replica(self.model, self.launch.frame, host=host, keep=keep)
 
     def backward(self, loss):
         """Back-propagate a micro-batch's loss (scaled for fp16, outside autocast as torch recommends)."""
@@ -409,12 +448,21 @@ class Run:
         return reported
 
     def save_best(self, path):
-        """Save the model's weights as the run's best so far at path (in the background), keeping their host copy."""
-        self.best_weights = save_params(self.model, path, writer=self.writer)
+        """Save the model's weights as the run's best so far at path (in the background; the main rank), keeping
+        their host copy; with --shard every rank calls it (the weights are gathered)."""
+        with self.whole_model(host=True, keep=self.info.is_main) as model:
+            if self.info.is_main:
+                self.best_weights = save_params(model, path, writer=self.writer)
 
     def load_best(self, path):
-        """Load the run's best weights into the model: the host copy this process saved, else path (a resumed run's)."""
-        if self.best_weights is None:
+        """Load the run's best weights into the model: the host copy this process saved, else path (a resumed run's);
+        with --shard every rank calls it and reads its shards from path once the main rank has written it."""
+        if self.sharded:
+            if self.info.is_main:
+                self.writer.wait()
+            barrier(self.info)
+            load_params(self.model, path)
+        elif self.best_weights is None:
             self.writer.wait()
             load_params(self.model, path)
         else:
@@ -453,10 +501,17 @@ def save_state(run):
     """Save the training state: every rank's RNG states and own counters gathered (every rank calls it), the file
     written by the main rank, copied now and written in the background."""
     ranks = gather_objects(rank_record(run.progress, run.state.rank_keys, run.device), run.info)
-    if run.info.is_main:
-        with run.clock.phase('write'):
-            save_training_state(run.paths['state'], run.model, run.opt, run.progress, writer=run.writer, ranks=ranks,
-                                identity=run.state.identity)
+    main = run.info.is_main
+    with run.clock.phase('write'), run.whole_model(host=True, keep=main) as model:
+        # with --shard, the whole state gathered onto the main rank's host: the same file as an unsharded run's, which
+        # resumes on any number of processes, sharded or not
+        opt_state = None
+        if run.sharded:
+            steps, moments = optimizer_tensors(run.opt)
+            opt_state = steps, host_wholes(moments, keep=main)
+        if main:
+            save_training_state(run.paths['state'], model, run.opt, run.progress, writer=run.writer, ranks=ranks,
+                                identity=run.state.identity, opt_state=opt_state)
 
 
 def failed_run_exit(script, argv, err):
@@ -565,6 +620,13 @@ def set_seed(seed):
 def to_tensors(device, *arrays):
     """Return the numpy arrays as torch tensors on device."""
     return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+
+
+def shard_memory_line(model, tokens_per_rank, run):
+    """Return the line a --shard run prints before training: the bytes a rank holds (sharding.held_memory) with a
+    micro-batch of tokens_per_rank tokens."""
+    memory = held_memory(model, tokens_per_rank, 2 if run.settings.precision in ('bf16', 'fp16') else 4)
+    return f'--shard: {run.info.world_size} processes; {memory.line()}'
 
 
 def peak_memory_mib(device):

@@ -2,7 +2,8 @@
 # One-command GPU check: the CUDA tests, bench.py on CUDA (ours vs transformers' OpenAIGPTDoubleHeadsModel),
 # bench_e2e.py's 3-epoch ROCStories job in bf16 and fp32, and bench_gpt2.py (GPT-2 124M pre-training at n_ctx 1024 in
 # bf16 against transformers and, where $NANOGPT names nanoGPT's folder, nanoGPT; llm.c's figure is ~468K tok/s per
-# H100); everything is printed and saved under a results folder.
+# H100) and, on a machine with 2 or more GPUs, GPT-2 124M pre-training under torchrun with DDP and with --shard
+# (FSDP2), each run's tokens/s and peak memory in its output; everything is printed and saved under a results folder.
 #   bash benchmarks/gpu_check.sh [--results DIR]             on a machine with an NVIDIA GPU (default DIR bench_results/gpu_check_<UTC time>)
 #   bash benchmarks/gpu_check.sh --dry-run [--results DIR]   the same steps, tiny, on the CPU: CI checks that the script does not rot
 set -euo pipefail
@@ -47,6 +48,24 @@ step() {
   echo "=== gpu_check.sh: $name took $((SECONDS - start)) s ==="
 }
 
+# shard_runs NPROC PRETRAIN_FLAGS...: pre-train on tiny Shakespeare (GPT-2 tokens) under torchrun in NPROC processes,
+# with DDP and then with --shard; the phases line gives each run's peak memory (rank 0), its log the tokens/s
+shard_runs() {
+  local nproc=$1
+  shift
+  [ -f "$results/shakespeare_gpt2/meta.json" ] || step shard_corpus "$PYTHON" prepare_corpus.py \
+    --input data/tinyshakespeare/ --out "$results/shakespeare_gpt2" --arch gpt2
+  for mode in ddp shard; do
+    local flags=()
+    [ "$mode" = shard ] && flags=(--shard)
+    step "pretrain_$mode" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$nproc" pretrain.py \
+      --corpus "$results/shakespeare_gpt2" --out "$results/pretrain_$mode" --quiet "$@" "${flags[@]}"
+    "$PYTHON" -c "import json, sys; r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+print(f'gpu_check.sh: pretrain_$mode: {r[\"tokens_per_s\"]:.0f} tokens/s over the last records\' updates')" \
+      "$results/pretrain_$mode/log.jsonl" | tee -a "$results/pretrain_$mode.txt"
+  done
+}
+
 if [ "$dry_run" = 1 ]; then
   # no GPU here: pytest -m cuda only collects the CUDA tests and skips them; bench.py and bench_e2e.py run tiny
   # (bench.py on our config only: importing transformers alone takes ~10 s, and tests/test_bench.py runs the peer)
@@ -55,6 +74,8 @@ if [ "$dry_run" = 1 ]; then
     --json "$results/bench_quick.json"
   step e2e_tiny "$PYTHON" benchmarks/bench_e2e.py --job tiny --workdir "$results/e2e_work" --json "$results/e2e_tiny.json"
   step gpt2_quick "$PYTHON" benchmarks/bench_gpt2.py --quick --precisions fp32 --json "$results/gpt2_quick.json"
+  OMP_NUM_THREADS=1 shard_runs 2 --device cpu --n_embd 32 --n_head 4 --n_layer 2 --n_ctx 64 --n_batch 4 \
+    --n_updates 4 --eval_windows 2 --sample_every 0
 else
   step nvidia_smi "$NVIDIA_SMI"
   step torch_cuda "$PYTHON" -c "import sys, torch
@@ -73,6 +94,13 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'device', torch.cu
   [ -f "$ORIGINAL_ENCODER" ] && peers+=(--original_encoder "$ORIGINAL_ENCODER")
   step gpt2_cuda "$PYTHON" benchmarks/bench_gpt2.py --device cuda --precisions bf16 --n_ctx 1024 --n_batch 16 \
     --steps 10 --warmup_steps 3 --rounds 2 "${peers[@]}" --json "$results/gpt2_cuda.json"
+  n_gpus=$("$NVIDIA_SMI" -L | grep -c '^GPU' || true)
+  if [ "$n_gpus" -ge 2 ]; then
+    shard_runs "$n_gpus" --preset 124M --n_ctx 1024 --n_batch $((8 * n_gpus)) --micro_batch 8 --precision bf16 \
+      --n_updates 30 --eval_windows 8 --sample_every 0
+  else
+    echo "gpu_check.sh: one GPU: the DDP and --shard pre-training runs need 2 or more"
+  fi
 fi
 
 echo

@@ -1,9 +1,12 @@
 """Shared test helpers: the TF ground truth, tiny models built from it, tiny checkpoints and stories."""
 import csv
 import json
+import os
 import shutil
 import socket
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,8 @@ from weights import TF_BLOCK, VOCAB_FILES, block_shapes, torch_name, write_relea
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 TF_REF = FIXTURES / 'tf_reference'
 SMALL_MODEL = TF_REF / 'small_model'
-VOCAB_DIR = Path(__file__).resolve().parents[1] / 'model'  # the released vocabulary, shipped in the repository
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+VOCAB_DIR = ROOT / 'model'  # the released vocabulary, shipped in the repository
 
 
 def load_tf_reference():
@@ -272,3 +276,46 @@ def hf_gpt2_and_ours(folder, seed=0):
     hf = random_hf_gpt2(seed=seed)
     hf.save_pretrained(Path(folder) / 'hf')
     return hf, models.load_model(str(Path(folder) / 'hf'), lm=True)
+
+
+def torchrun(script, argv, nproc=2, *launcher):
+    """Return the torchrun command line running script with argv in nproc processes."""
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', *launcher,
+            str(ROOT / script), *argv]
+
+
+def wait_for(condition, proc, what, timeout=300):
+    """Return once condition() holds; fail if proc ends first or after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f'the run ended before {what}'
+        assert time.monotonic() < deadline, f'no {what} after {timeout} s'
+        time.sleep(0.005)
+
+
+def wait_until_unlocked(path, timeout=60):
+    """Return once no process holds the lock at path (a killed process's lock goes when the process is gone)."""
+    from runlock import RunLock, RunLocked
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with RunLock([str(path)], say=lambda message: None):
+                return
+        except RunLocked:
+            assert time.monotonic() < deadline, f'{path} still locked after {timeout} s'
+            time.sleep(0.01)
+
+
+def children(pid):
+    """Return the ids of the processes whose parent is pid."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found

@@ -146,6 +146,10 @@ def test_gpu_check_dry_run_passes(dry_run):
         assert (results / name).is_file(), name
     assert 'skipped' in (results / 'pytest_cuda.txt').read_text() or 'passed' in (results / 'pytest_cuda.txt').read_text()
     assert set(json.loads((results / 'bench_quick.json').read_text())['results']) == {'ours-fp32'}
+    # pre-training under torchrun with DDP and with --shard, each run's tokens/s said
+    for mode in ('ddp', 'shard'):
+        assert f'gpu_check.sh: pretrain_{mode}: ' in (results / f'pretrain_{mode}.txt').read_text()
+    assert '--shard: 2 processes; memory per rank: ' in (results / 'pretrain_shard.txt').read_text()
 
 
 def test_dry_run_tiny_job_report(dry_run):

@@ -62,6 +62,13 @@ NOT_RUN = {
     'torchrun --nproc_per_node=4 --max-restarts=3 train.py --dataset rocstories --desc rocstories --submit --data_dir '
     'data/ --save_every 50 --resume auto': 'tests/test_faults.py runs torchrun --max-restarts with --resume auto and a '
                                           'worker killed',
+    'torchrun --nproc_per_node=4 train.py --dataset rocstories --desc rocstories-1558M --submit --data_dir data/ '
+    '--model_dir models/1558M/ --shard --precision bf16 --micro_batch 1 --checkpoint_activations':
+        'needs four GPUs and the 1558M weights; tests/test_sharding.py runs train.py --shard on 2 CPU processes',
+    'torchrun --nproc_per_node=4 pretrain.py --corpus runs/gpt2-corpus/ --model_dir models/1558M/ --out '
+    'runs/gpt2-1558M-more/ --shard --precision bf16 --n_batch 32 --micro_batch 1 --checkpoint_activations':
+        'needs four GPUs and the 1558M weights; tests/test_sharding.py runs pretrain.py --shard on 2 and 3 CPU '
+        'processes',
     'python ablations.py --tasks cola=glue/ sst2=glue/ mrpc=glue/ stsb=glue/ qqp=glue/ mnli=glue/ qnli=glue/ rte=glue/ '
     '--out ablations/': 'tests/test_ablations.py runs it on a tiny job (the GLUE tasks here lack qqp, qnli and rte)',
     'python benchmarks/bench.py --quick --in-process --configs ours-fp32 --warmup-steps 0':

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,8 @@ import checkpoint
 import pretrain
 import train
 import trainer
-from tests.helpers import roc_cli_args, roc_workdir, wait_for_line, write_structured_corpus
+from tests.helpers import (children, roc_cli_args, roc_workdir, torchrun, wait_for, wait_for_line, wait_until_unlocked,
+                           write_structured_corpus)
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS='1')  # two processes share this machine's cores
@@ -74,47 +74,8 @@ def assert_same_run(base, reference):
     assert not [p for p in base.rglob('*') if '.tmp' in p.name or p.name.endswith('.lock')]
 
 
-def torchrun(script, argv, nproc=2, *launcher):
-    """Return the torchrun command line running script with argv in nproc processes."""
-    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', *launcher,
-            str(ROOT / script), *argv]
 
 
-def wait_for(condition, proc, what, timeout=300):
-    """Return once condition() holds; fail if proc ends first or after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f'the run ended before {what}'
-        assert time.monotonic() < deadline, f'no {what} after {timeout} s'
-        time.sleep(0.005)
-
-
-def wait_until_unlocked(path, timeout=60):
-    """Return once no process holds the lock at path (a killed process's lock goes when the process is gone)."""
-    from runlock import RunLock, RunLocked
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with RunLock([str(path)], say=lambda message: None):
-                return
-        except RunLocked:
-            assert time.monotonic() < deadline, f'{path} still locked after {timeout} s'
-            time.sleep(0.01)
-
-
-def children(pid):
-    """Return the ids of the processes whose parent is pid."""
-    found = []
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            try:
-                with open(f'/proc/{entry}/stat') as f:
-                    fields = f.read().rsplit(')', 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 def worker_of_rank(agent_pid, rank):
