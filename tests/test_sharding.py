@@ -336,6 +336,14 @@ def test_pretraining_sharded_in_bf16_keeps_fp32_shards_and_follows_the_fp32_run(
     assert log_records(out / 'log.jsonl')[0]['val_loss'] == pytest.approx(fp32[0]['val_loss'], abs=0.02)
 
 
+def test_pretraining_sharded_and_compiled_equals_one_process(corpus, tmp_path):
+    short = ('--n_updates', '6', '--eval_every', '3', '--sample_every', '0')
+    assert pretrain.main(pretrain_args(corpus, tmp_path / 'one', *short)) == 0
+    run_torchrun('pretrain.py', pretrain_args(corpus, tmp_path / 'compiled', *short, '--shard', '--compile'))
+    assert_close_weights(tmp_path / 'compiled' / 'model.safetensors', tmp_path / 'one' / 'model.safetensors')
+    assert_close_records(log_records(tmp_path / 'compiled' / 'log.jsonl'), log_records(tmp_path / 'one' / 'log.jsonl'))
+
+
 def test_fine_tuning_sharded_on_two_processes_equals_one_process(tmp_path):
     d = roc_workdir(tmp_path)
     no_dropout = ('--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0', '--clf_pdrop', '0')
