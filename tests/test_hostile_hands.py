@@ -118,24 +118,29 @@ def test_ctrl_c_stops_like_sigterm_and_the_same_command_never_overwrites_the_unf
 def test_a_second_ctrl_c_stops_at_once_saying_which_update_the_state_holds(corpus, tmp_path, monkeypatch, capsys):
     """Real signals to this process: Ctrl-C during the save of update 2 (the run sees it at update 3's step), a second
     one as the stop's own save begins: the run stops before writing it, and says the state is update 2's."""
-    argv = pretrain_args(corpus, tmp_path / 'run', '--save_every', '2')
-    state = tmp_path / 'run' / 'train_state.safetensors'
-    real_save, sent, before = trainer.save_training_state, [], signal.getsignal(signal.SIGINT)
+    # Ctrl-C caught as in a terminal, even where the suite runs as a shell's background job (SIGINT ignored)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        argv = pretrain_args(corpus, tmp_path / 'run', '--save_every', '2')
+        state = tmp_path / 'run' / 'train_state.safetensors'
+        real_save, sent, before = trainer.save_training_state, [], signal.getsignal(signal.SIGINT)
 
-    def save_and_interrupt(*args, **kwargs):
-        sent.append(1)
-        os.kill(os.getpid(), signal.SIGINT)
-        return real_save(*args, **kwargs)
-    monkeypatch.setattr(trainer, 'save_training_state', save_and_interrupt)
-    assert pretrain.main(argv) == 130
-    assert len(sent) == 2 and signal.getsignal(signal.SIGINT) is before  # the handler is put back
-    monkeypatch.undo()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f'pretrain.py: stopped at once by a second Ctrl-C after update 3; the training state in {state} is '
-                   f'that of update 2, its last save: update 3 is lost; resume with: python pretrain.py '
-                   f'{" ".join(argv)} --resume auto']
-    assert state_updates(state) == 2 and not [p for p in tmp_path.rglob('*') if '.tmp' in p.name]
-    assert not [p for p in tmp_path.rglob('*.lock')]  # the run's lock released
+        def save_and_interrupt(*args, **kwargs):
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+            return real_save(*args, **kwargs)
+        monkeypatch.setattr(trainer, 'save_training_state', save_and_interrupt)
+        assert pretrain.main(argv) == 130
+        assert len(sent) == 2 and signal.getsignal(signal.SIGINT) is before  # the handler is put back
+        monkeypatch.undo()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f'pretrain.py: stopped at once by a second Ctrl-C after update 3; the training state in {state} '
+                       f'is that of update 2, its last save: update 3 is lost; resume with: python pretrain.py '
+                       f'{" ".join(argv)} --resume auto']
+        assert state_updates(state) == 2 and not [p for p in tmp_path.rglob('*') if '.tmp' in p.name]
+        assert not [p for p in tmp_path.rglob('*.lock')]  # the run's lock released
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 @pytest.fixture(scope='module')
