@@ -9,7 +9,10 @@
    - nanoGPT: its `train.py`, run unchanged from a scratch copy of the folder given by --nanogpt, as a subprocess on
      train.bin/val.bin written here (its own per-iteration times, from its log; its first iterations dropped). On a
      CPU nanoGPT applies autocast on CUDA only, so its --dtype=bfloat16 computes in fp32 there.
-   The three take turns (a round of each, --rounds times), so a slow spell of a shared machine falls on all.
+   The three take turns (a round of each, --rounds times), so a slow spell of a shared machine falls on all. Each
+   is timed in steady state: every round of each discards at least --warmup_steps updates, and more (up to twice as
+   many) until two updates in a row take within --settle of each other, then times --steps updates; the tables give
+   the median and the range of the timed updates, and how many were discarded.
 2. Generation: greedy tokens/s of `sample.sample_ids` (one position at a time with the key/value cache) against
    transformers' `generate(do_sample=False)`, the same model and prompt.
 3. Encoding: characters/s of `encoder_gpt2.Encoder.encode` against the original encoder.py (given by
@@ -56,10 +59,13 @@ def parse_args(argv=None):
     p.add_argument('--n_ctx', type=int, default=256, help='tokens per window (default: 256)')
     p.add_argument('--n_batch', type=int, default=4, help='windows per update (default: 4)')
     p.add_argument('--micro_batch', type=int, default=None, help='windows per forward pass (default n_batch)')
-    p.add_argument('--steps', type=int, default=2, help='timed updates per implementation and round (default: 2)')
-    p.add_argument('--warmup_steps', type=int, default=1,
-                   help='untimed updates at the start of each run (default: 1)')
-    p.add_argument('--rounds', type=int, default=2, help='rounds of the implementations taking turns (default: 2)')
+    p.add_argument('--steps', type=int, default=5, help='timed updates per implementation and round (default: 5)')
+    p.add_argument('--warmup_steps', type=int, default=2,
+                   help='untimed updates at least at the start of each round, up to twice as many until the time '
+                        'of an update settles (default: 2)')
+    p.add_argument('--settle', type=float, default=0.1,
+                   help='two updates in a row within this fraction of each other end the warm-up (default: 0.1)')
+    p.add_argument('--rounds', type=int, default=3, help='rounds of the implementations taking turns (default: 3)')
     p.add_argument('--nanogpt', default=None, help="a nanoGPT folder (its train.py, model.py, configurator.py; "
                                                    'default: none, nanoGPT is left out)')
     p.add_argument('--original_encoder', default=None, help="openai/gpt-2's encoder.py, for the encoding peer "
@@ -131,9 +137,19 @@ def nanogpt_folder(source, workdir, stream):
     return folder
 
 
+def settled(times, warmup, settle):
+    """Return the number of leading updates of times (seconds) to discard: at least warmup, then more until an
+    update takes within settle (a fraction) of the one before it, at most 2 * warmup."""
+    k = warmup
+    while k < 2 * warmup and k < len(times) and (k == 0 or abs(times[k] - times[k - 1]) > settle * times[k - 1]):
+        k += 1
+    return k
+
+
 def run_nanogpt(folder, args, cfg, precision, device):
-    """Run nanoGPT's train.py unchanged for warmup + steps iterations; return the seconds of the timed ones."""
-    n_iters = args.warmup_steps + args.steps
+    """Run nanoGPT's train.py unchanged for 2 * warmup + steps iterations; return (the number of leading iterations
+    discarded as its warm-up (settled), the seconds of the steps timed after them)."""
+    n_iters = 2 * args.warmup_steps + args.steps
     cmd = [sys.executable, 'train.py', '--dataset=bench', f'--device={device}', '--compile=False',
            f'--dtype={NANOGPT_DTYPES[precision]}', f'--batch_size={args.micro_batch}',
            f'--gradient_accumulation_steps={args.n_batch // args.micro_batch}', f'--block_size={cfg.n_ctx}',
@@ -145,12 +161,23 @@ def run_nanogpt(folder, args, cfg, precision, device):
         raise SystemExit(f'bench_gpt2.py: nanoGPT failed: {proc.stderr[-2000:]}')
     times = {int(m.group(1)): float(m.group(2)) / 1000 for m in map(NANOGPT_ITER.match, proc.stdout.splitlines())
              if m}
-    return [times[k] for k in range(args.warmup_steps, n_iters)]
+    times = [times[k] for k in range(n_iters)]
+    discard = settled(times, args.warmup_steps, args.settle)
+    return discard, times[discard:discard + args.steps]
 
 
 def timed_steps(impl, stream, first, n, device):
     """Return the seconds of n updates of impl, numbered from first."""
     return [bench.timed(lambda k=k: impl.step(stream, first + k), device) for k in range(n)]
+
+
+def warm_up(impl, stream, first, args, device):
+    """Make impl's untimed updates from number first until they settle (settled); return how many it made."""
+    times = []
+    while True:
+        times += timed_steps(impl, stream, first + len(times), 1, device)
+        if settled(times, args.warmup_steps, args.settle) < len(times) or len(times) == 2 * args.warmup_steps:
+            return len(times)
 
 
 def pretraining(args, cfg, device, stream, workdir):
@@ -159,17 +186,22 @@ def pretraining(args, cfg, device, stream, workdir):
     results = []
     for precision in args.precisions.split(','):
         impls = {'ours': Ours(args, cfg, precision, device), 'transformers': Transformers(args, cfg, precision, device)}
-        times = {name: [] for name in ['ours', 'transformers'] + (['nanogpt'] if folder else [])}
+        names = ['ours', 'transformers'] + (['nanogpt'] if folder else [])
+        times, discarded = {name: [] for name in names}, {name: [] for name in names}
         update_no = 1
         for _ in range(args.rounds):  # a round of each, in turn
             for name, impl in impls.items():
-                timed_steps(impl, stream, update_no, args.warmup_steps, device)
-                times[name] += timed_steps(impl, stream, update_no + args.warmup_steps, args.steps, device)
-            update_no += args.warmup_steps + args.steps
+                warm = warm_up(impl, stream, update_no, args, device)
+                times[name] += timed_steps(impl, stream, update_no + warm, args.steps, device)
+                discarded[name].append(warm)
+            update_no += 2 * args.warmup_steps + args.steps
             if folder:
-                times['nanogpt'] += run_nanogpt(folder, args, cfg, precision, device)
+                warm, own = run_nanogpt(folder, args, cfg, precision, device)
+                times['nanogpt'] += own
+                discarded['nanogpt'].append(warm)
         for name, own in times.items():
-            results.append(dict(impl=name, precision=precision, times=own, step_s=statistics.median(own)))
+            results.append(dict(impl=name, precision=precision, times=own, discarded=discarded[name],
+                                step_s=statistics.median(own), step_min=min(own), step_max=max(own)))
         del impls
     return results
 
@@ -251,6 +283,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.quick:
         args.n_ctx, args.n_batch, args.micro_batch, args.steps, args.warmup_steps, args.rounds = 32, 2, 1, 1, 1, 1
+        args.settle = 1.0  # any second update counts as settled
         args.gen_len = 8
     device = torch.device(args.device)
     cfg = bench_config(args)
@@ -265,14 +298,17 @@ def main(argv=None):
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"model {cfg.n_embd}/{cfg.n_layer}/{cfg.n_head} ({args.size if not args.quick else 'tiny'}), {args.n_batch} "
           f"windows of {args.n_ctx} an update (micro-batch {args.micro_batch}), {args.rounds} rounds of "
-          f"{args.steps} timed updates (median); device {device}")
+          f"{args.steps} timed updates after at least {args.warmup_steps} discarded (median, range); device {device}")
     tokens = args.n_batch * args.n_ctx
-    print(f"{'pre-training':14} {'prec':5} {'step s':>8} {'tok/s':>9} {'TFLOP/s':>8}  ours vs it")
+    print(f"{'pre-training':14} {'prec':5} {'step s':>8} {'range':>13} {'tok/s':>9} {'TFLOP/s':>8} {'discarded':>10}"
+          f"  ours vs it")
     for r in pre:
         ours = next(o for o in pre if o['impl'] == 'ours' and o['precision'] == r['precision'])
         r.update(tokens_per_s=tokens / r['step_s'], tflops=flops / r['step_s'] / 1e12)
         vs = '' if r['impl'] == 'ours' else f"{r['step_s'] / ours['step_s']:.2f}x"
-        print(f"{r['impl']:14} {r['precision']:5} {r['step_s']:8.2f} {r['tokens_per_s']:9.0f} {r['tflops']:8.3f}  {vs}")
+        spread = f"{r['step_min']:.2f}-{r['step_max']:.2f}"
+        print(f"{r['impl']:14} {r['precision']:5} {r['step_s']:8.2f} {spread:>13} {r['tokens_per_s']:9.0f} "
+              f"{r['tflops']:8.3f} {','.join(map(str, r['discarded'])):>10}  {vs}")
     print(f"{'generation':14} {'tok/s':>9}  same greedy tokens")
     for r in gen:
         print(f"{r['impl']:14} {r['tokens_per_s']:9.1f}  {r['same_tokens']}")
