@@ -45,6 +45,22 @@ def blocked_cross_entropy(logits, targets):
     return losses
 
 
+LOGITS_ROW_ALIGN = 16  # values: a logits row starts every 64 bytes in fp32
+
+
+def aligned_logits(rows, we):
+    """Return rows @ we.T [K, V] in a [K, W] buffer, W the next multiple of LOGITS_ROW_ALIGN, the W - V extra columns
+    -inf (a softmax over the W columns is the softmax over the V: exp(-inf) = 0). Same product, faster: written with
+    an odd row stride (GPT-2's 50,257 rows), the BLAS product took 616-699 ms for 1,024 x 768 rows, 466 ms aligned
+    (fp32, the 2-core AVX2 CPU of BENCHMARKS.md, "Issue 31"); the log-softmax and softmax run on whole rows."""
+    n_rows = we.size(0)
+    width = -(-n_rows // LOGITS_ROW_ALIGN) * LOGITS_ROW_ALIGN
+    logits = torch.empty(rows.size(0), width, dtype=rows.dtype, device=rows.device)
+    torch.mm(rows, we.t(), out=logits[:, :n_rows])  # [K, n_embd] -> [K, V], rows width apart
+    logits[:, n_rows:] = float('-inf')
+    return logits
+
+
 class MaskedLMLoss(torch.autograd.Function):
     """Fused cross-entropy of rows @ we^T against targets, chunk_size rows of logits at a time.
 
@@ -53,7 +69,8 @@ class MaskedLMLoss(torch.autograd.Function):
     fp32 a block of rows at a time; backward forms d loss / d logits = softmax - onehot once, with softmax's
     fused kernel (fp32 inside) and the targets' entries from the fp32 losses, and applies each row's incoming
     gradient to the [chunk, n_embd] sides of the two matmuls rather than to the [chunk, V] gradient. With
-    one chunk the logits are kept for backward; with several, backward recomputes each chunk's logits.
+    one chunk the logits are kept for backward; with several, backward recomputes each chunk's logits. The
+    logits are formed with aligned rows (aligned_logits), their extra columns -inf.
     """
 
     @staticmethod
@@ -64,7 +81,7 @@ class MaskedLMLoss(torch.autograd.Function):
             losses = torch.empty(rows.size(0), dtype=torch.promote_types(dtype, torch.float32), device=rows.device)
             logits = None
             for s in range(0, rows.size(0), chunk_size):
-                logits = rows[s:s + chunk_size].to(dtype) @ we_c.t()  # [chunk, n_embd] -> [chunk, V]
+                logits = aligned_logits(rows[s:s + chunk_size].to(dtype), we_c)  # [chunk, n_embd] -> [chunk, W]
                 losses[s:s + chunk_size] = blocked_cross_entropy(logits, targets[s:s + chunk_size])
         ctx.save_for_backward(rows, we_c, targets, losses)
         # an intermediate, used up by the first backward (a second one, with retain_graph, recomputes it)
@@ -88,8 +105,8 @@ class MaskedLMLoss(torch.autograd.Function):
             for s in range(0, rows.size(0), ctx.chunk_size):
                 chunk = slice(s, s + ctx.chunk_size)
                 if logits is None:
-                    logits = rows[chunk].to(dtype) @ we_c.t()  # [chunk, n_embd] -> [chunk, V]
-                g = torch.softmax(logits, 1)  # [chunk, V] in the matmul dtype, computed in fp32
+                    logits = aligned_logits(rows[chunk].to(dtype), we_c)  # [chunk, n_embd] -> [chunk, W]
+                g = torch.softmax(logits, 1)[:, :we_c.size(0)]  # [chunk, V] in the matmul dtype, computed in fp32
                 logits = None
                 # softmax - onehot: the targets' entries p - 1 from the fp32 losses (p = exp(-loss))
                 g[torch.arange(g.size(0), device=g.device), targets[chunk]] = torch.expm1(-losses[chunk]).to(dtype)

@@ -331,3 +331,17 @@ def test_similarity_wrapper_uses_squared_error():
     task, lm = compute(None, torch.tensor([0.0, 0.0]), None, scores, only_return_losses=True)
     torch.testing.assert_close(task, torch.tensor([1.0, 4.0]))
     assert lm is None
+
+
+@pytest.mark.parametrize('n_rows', [37, 48, 50257])
+def test_aligned_logits_are_the_product_with_rows_a_multiple_of_16_apart_and_minus_infinity_beyond(n_rows):
+    torch.manual_seed(0)
+    rows, we = torch.randn(5, 8), torch.randn(n_rows, 8)
+    logits = loss.aligned_logits(rows, we)
+    assert logits.shape[1] % 16 == 0 and n_rows <= logits.shape[1] < n_rows + 16
+    assert torch.equal(logits[:, :n_rows], rows @ we.t())
+    assert bool((logits[:, n_rows:] == float('-inf')).all())
+    # the extra columns change no softmax: the fused loss equals the plain cross-entropy over the V columns
+    targets = torch.randint(0, n_rows, (5,))
+    torch.testing.assert_close(loss.token_losses(rows, we, targets), loss.per_element_ce(rows @ we.t(), targets),
+                               atol=1e-6, rtol=0)
