@@ -48,9 +48,8 @@ from opt import SCHEDULES, OpenAIAdam
 from sample import SamplingSettings, generate
 from precision import autocast_context
 from trainer import (RUN_ENDINGS, Evaluation, Launch, Run, RunFiles, RunSettings, StateSpec, failed_run_exit,
-                     shard_memory_line,
-                     format_phases, phase_record, run_identity, save_state, stop_if_requested, to_tensors,
-                     update_phase)
+                     format_phases, phase_record, run_identity, save_state, shard_memory_line, stop_if_requested,
+                     to_tensors, update_phase)
 from untrusted import int_field
 from utils import progress as progress_bar
 from weights import (FAMILIES, checkpoint_from_model, family_name, vocab_names, write_released, write_safetensors,
@@ -212,7 +211,9 @@ def read_zero_shot_tasks(settings, lm):
 def zero_shot_record(model, settings, text_encoder, sizes, tasks):
     """Return {'zs_TASK': metric} of every zero-shot task (ZeroShotData) on the model (whole). Every rank scores them
     (the same work), so that no rank waits in a collective meanwhile, where the process group's timeout could end the
-    job."""
+    job. No tasks: {}."""
+    if not tasks:
+        return {}
     lm = scoring_lm(model, text_encoder, n_vocab=sizes['n_vocab'], precision=settings.precision,
                     batch_size=settings.micro_batch or settings.n_batch)
     return {f'zs_{data.task}': score_zero_shot(lm, data).value for data in tasks}

@@ -34,9 +34,8 @@ from tasks import (FINE_TUNING_TASKS, ROCSTORIES, Task, compute_metrics, decode_
                    needed_n_ctx, predictions, transform)
 from precision import autocast_context
 from trainer import (RUN_ENDINGS, Evaluation, Launch, PhaseClock, Run, RunFiles, RunSettings, StateSpec,
-                     shard_memory_line,
                      check_not_unfinished, failed_run_exit, format_phases, phase_record, run_identity, save_state,
-                     stop_if_requested, to_tensors, update_phase)
+                     shard_memory_line, stop_if_requested, to_tensors, update_phase)
 from text_utils import BPE_PATH, ENCODER_PATH
 from untrusted import BadFile, int_field
 from utils import encode_dataset, iter_data
