@@ -69,32 +69,31 @@ def whole(t):
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def host_wholes(tensors, keep):
-    """Return {name: host copy of the whole tensor} of {name: tensor} where keep (the main rank), else {}; every rank
-    calls it (the tensors in the same order), one tensor gathered at a time."""
+def wholes(tensors, keep=True, host=False):
+    """Return {name: the whole tensor} of {name: tensor}, gathered one at a time (every rank calls it, the tensors in
+    the same order): on their device, or with host=True host copies; {} where keep is False (each gathered tensor
+    dropped at once)."""
     out = {}
     for name, t in tensors.items():
-        full = whole(t)
-        if keep:
-            out[name] = full.to('cpu', copy=True) if full is t else full.cpu()
-        del full
+        full = whole(t).detach()
+        if keep:  # a gathered tensor is already a copy of its own; a whole one is copied to the host
+            out[name] = full if not host else full.cpu() if isinstance(t, DTensor) else full.to('cpu', copy=True)
     return out
 
 
 def replica(model, frame, host=False, keep=True):
-    """Return a plain copy of the sharded model holding its whole weights, made from frame (skeleton(model), taken
-    before sharding): on the model's device, or with host=True on the host; None where keep is False. Every rank
-    calls it; the tensors are gathered one at a time, and only kept ones are held."""
-    state, gathered = {}, {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) not in gathered:  # a tied tensor once
-            full = whole(t).detach()
-            gathered[id(t)] = None if not keep else full.cpu() if host else full
-        state[name] = gathered[id(t)]
+    """Return a plain copy of the sharded model holding its whole weights (wholes), made from frame (skeleton(model),
+    taken before sharding): on the model's device, or with host=True on the host; None where keep is False. Every
+    rank calls it."""
+    state = model.state_dict(keep_vars=True)
+    first = {}  # each tensor's first name: a tied one is gathered once
+    for name, t in state.items():
+        first.setdefault(id(t), name)
+    gathered = wholes({name: state[name] for name in first.values()}, keep, host)
     if not keep:
         return None
     copied = copy.deepcopy(frame)
-    copied.load_state_dict(state, assign=True)
+    copied.load_state_dict({name: gathered[first[id(t)]] for name, t in state.items()}, assign=True)
     return copied.train(model.training)
 
 

@@ -41,7 +41,7 @@ from distributed import (DistInfo, all_reduce_sum, barrier, close_distributed, d
                          init_distributed, resolve_device, wrap_ddp)
 from precision import autocast_context, configure_precision, no_autocast
 from runlock import RunLock
-from sharding import held_memory, host_wholes, replica, set_gradient_sync, shard_model, skeleton
+from sharding import held_memory, replica, set_gradient_sync, shard_model, skeleton, wholes
 from utils import ResultLogger, close_bars
 
 
@@ -508,7 +508,7 @@ def save_state(run):
         opt_state = None
         if run.sharded:
             steps, moments = optimizer_tensors(run.opt)
-            opt_state = steps, host_wholes(moments, keep=main)
+            opt_state = steps, wholes(moments, keep=main, host=True)
         if main:
             save_training_state(run.paths['state'], model, run.opt, run.progress, writer=run.writer, ranks=ranks,
                                 identity=run.state.identity, opt_state=opt_state)
