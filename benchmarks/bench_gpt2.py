@@ -3,14 +3,16 @@
 1. Pre-training tokens/s of GPT-2 (default the 124M size) on the same random token windows, same model size,
    context, batch (micro-batches accumulated to the same update) and precision:
    - ours: `pretrain.pretrain_step` on a `GPT2LMHeadModel` (trainer.Run: autocast, the fused LM loss over the 50,257
-     token rows, OpenAIAdam with global clipping), in this process;
-   - transformers: `GPT2LMHeadModel(input_ids, labels=input_ids)`, backward, `clip_grad_norm_(1.0)`, AdamW, in this
-     process;
+     token rows, OpenAIAdam with global clipping), in a process of its own (this script with --worker ours);
+   - transformers: `GPT2LMHeadModel(input_ids, labels=input_ids)`, backward, `clip_grad_norm_(1.0)`, AdamW, in a
+     plain loop in a process of its own (--worker transformers);
    - nanoGPT: its `train.py`, run unchanged from a scratch copy of the folder given by --nanogpt, as a subprocess on
      train.bin/val.bin written here (its own per-iteration times, from its log; its first iterations dropped). On a
      CPU nanoGPT applies autocast on CUDA only, so its --dtype=bfloat16 computes in fp32 there.
-   The three take turns (a round of each, --rounds times), so a slow spell of a shared machine falls on all. Each
-   is timed in steady state: every round of each discards at least --warmup_steps updates, and more (up to twice as
+   The three take turns (a round of each, --rounds times; each round a new process, as a user starts a run), so a
+   slow spell of a shared machine falls on all, and no peer runs in a process that another has already used (a
+   process that has trained one model runs the next one's updates up to 20% slower here). Each is timed in steady
+   state: every round of each discards at least --warmup_steps updates, and more (up to twice as
    many) until two updates in a row take within --settle of each other, then times --steps updates; the tables give
    the median and the range of the timed updates, and how many were discarded.
 2. Generation: greedy tokens/s of `sample.sample_ids` (one position at a time with the key/value cache) against
@@ -24,6 +26,7 @@
 """
 import argparse
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -65,17 +68,28 @@ def parse_args(argv=None):
                         'of an update settles (default: 2)')
     p.add_argument('--settle', type=float, default=0.1,
                    help='two updates in a row within this fraction of each other end the warm-up (default: 0.1)')
-    p.add_argument('--rounds', type=int, default=3, help='rounds of the implementations taking turns (default: 3)')
+    p.add_argument('--rounds', type=int, default=None,
+                   help='rounds of the implementations taking turns (default: 3; 1 with --quick)')
     p.add_argument('--nanogpt', default=None, help="a nanoGPT folder (its train.py, model.py, configurator.py; "
                                                    'default: none, nanoGPT is left out)')
     p.add_argument('--original_encoder', default=None, help="openai/gpt-2's encoder.py, for the encoding peer "
                                                             '(default: none, left out)')
     p.add_argument('--gen_len', type=int, default=64, help='tokens generated per prompt (default: 64)')
     p.add_argument('--text_mb', type=float, default=2.0, help='megabytes of text encoded (default: 2)')
-    p.add_argument('--peak_tflops', type=float, default=None, help='the device\'s dense peak; default: the roofline')
+    p.add_argument('--peak_tflops', type=float, default=None,
+                   help="the device's dense peak in TFLOP/s (default: none, the best square matmul measured here)")
     p.add_argument('--quick', action='store_true', help='a tiny model, short windows and text: a smoke test')
     p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
+    p.add_argument('--worker', default=None, choices=tuple(IMPLS),
+                   help='run one round of one implementation in this process, print its times as the last line '
+                        '(the benchmark starts its rounds so; default: none, run the whole benchmark)')
+    p.add_argument('--first_update', type=int, default=1, help="--worker's first update number (default: 1)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.n_ctx, args.n_batch, args.micro_batch, args.steps, args.warmup_steps = 32, 2, 1, 1, 1
+        args.settle = 1.0  # any second update counts as settled
+        args.gen_len = 8
+    args.rounds = args.rounds or (1 if args.quick else 3)
     args.micro_batch = args.micro_batch or args.n_batch
     if args.n_batch % args.micro_batch:
         p.error(f'--micro_batch {args.micro_batch} must divide --n_batch {args.n_batch} (nanoGPT accumulates whole '
@@ -121,6 +135,9 @@ class Transformers(bench_pretrain.Peer):
         hf = HFConfig(vocab_size=N_VOCAB, n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                       n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         self.start(HFModel(hf), args, precision, device)
+
+
+IMPLS = {'ours': Ours, 'transformers': Transformers}  # the implementations a --worker process runs
 
 
 def nanogpt_folder(source, workdir, stream):
@@ -180,20 +197,50 @@ def warm_up(impl, stream, first, args, device):
             return len(times)
 
 
+def worker_round(args, cfg, device, stream):
+    """Return one round of the implementation args.worker in precision args.precisions (one): the updates it
+    discarded and the seconds of the timed ones."""
+    impl = IMPLS[args.worker](args, cfg, args.precisions, device)
+    warm = warm_up(impl, stream, args.first_update, args, device)
+    return warm, timed_steps(impl, stream, args.first_update + warm, args.steps, device)
+
+
+def worker_argv(args, name, precision, first_update):
+    """Return the command line of a worker process making one round of implementation name."""
+    argv = [sys.executable, os.path.abspath(__file__), '--worker', name, '--precisions', precision,
+            '--first_update', str(first_update), '--device', args.device, '--size', args.size,
+            '--n_ctx', str(args.n_ctx), '--n_batch', str(args.n_batch), '--micro_batch', str(args.micro_batch),
+            '--steps', str(args.steps), '--warmup_steps', str(args.warmup_steps), '--settle', str(args.settle)]
+    return argv + (['--quick'] if args.quick else [])
+
+
+def run_worker(args, name, precision, first_update):
+    """Run one round of implementation name in a process of its own; return (updates discarded, timed seconds, the
+    process id)."""
+    proc = subprocess.run(worker_argv(args, name, precision, first_update), capture_output=True, text=True,
+                          timeout=3600)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f'bench_gpt2.py: the {name} worker failed: {proc.stderr[-2000:]}')
+    result = json.loads(lines[-1])
+    return result['discarded'], result['times'], result['pid']
+
+
 def pretraining(args, cfg, device, stream, workdir):
     """Return the pre-training results: per precision and implementation, the timed updates' seconds."""
     folder = nanogpt_folder(args.nanogpt, workdir, stream) if args.nanogpt else None
     results = []
     for precision in args.precisions.split(','):
-        impls = {'ours': Ours(args, cfg, precision, device), 'transformers': Transformers(args, cfg, precision, device)}
-        names = ['ours', 'transformers'] + (['nanogpt'] if folder else [])
+        names = list(IMPLS) + (['nanogpt'] if folder else [])
         times, discarded = {name: [] for name in names}, {name: [] for name in names}
+        pids = {name: [] for name in names}
         update_no = 1
-        for _ in range(args.rounds):  # a round of each, in turn
-            for name, impl in impls.items():
-                warm = warm_up(impl, stream, update_no, args, device)
-                times[name] += timed_steps(impl, stream, update_no + warm, args.steps, device)
+        for _ in range(args.rounds):  # a round of each, in turn, each in a new process
+            for name in IMPLS:
+                warm, own, pid = run_worker(args, name, precision, update_no)
+                times[name] += own
                 discarded[name].append(warm)
+                pids[name].append(pid)
             update_no += 2 * args.warmup_steps + args.steps
             if folder:
                 warm, own = run_nanogpt(folder, args, cfg, precision, device)
@@ -201,8 +248,8 @@ def pretraining(args, cfg, device, stream, workdir):
                 discarded['nanogpt'].append(warm)
         for name, own in times.items():
             results.append(dict(impl=name, precision=precision, times=own, discarded=discarded[name],
-                                step_s=statistics.median(own), step_min=min(own), step_max=max(own)))
-        del impls
+                                step_s=statistics.median(own), step_min=min(own), step_max=max(own),
+                                pids=pids[name]))
     return results
 
 
@@ -281,17 +328,20 @@ def encoding(args):
 def main(argv=None):
     """Run the three benchmarks; print their tables (and write JSON); return the exit code."""
     args = parse_args(argv)
-    if args.quick:
-        args.n_ctx, args.n_batch, args.micro_batch, args.steps, args.warmup_steps, args.rounds = 32, 2, 1, 1, 1, 1
-        args.settle = 1.0  # any second update counts as settled
-        args.gen_len = 8
     device = torch.device(args.device)
     cfg = bench_config(args)
     stream = make_stream(max(8 * args.n_batch * (args.n_ctx + 1) * 8, 100_000))
+    if args.worker:
+        discarded, times = worker_round(args, cfg, device, stream)
+        print(json.dumps(dict(discarded=discarded, times=times, pid=os.getpid())))
+        return 0
     shape = SimpleNamespace(n_vocab=N_VOCAB, n_ctx=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer)
     flops = args.n_batch * bench.seq_flops(args.n_ctx, shape, N_VOCAB, train=True)
     with tempfile.TemporaryDirectory() as workdir:
         pre = pretraining(args, cfg, device, stream, workdir)
+    n_square = 256 if args.quick else 3072
+    peaks = {precision: args.peak_tflops * 1e12 if args.peak_tflops else
+             bench.measure_roofline(precision, device, n_square) for precision in args.precisions.split(',')}
     gen, enc = generation(args, cfg, device), encoding(args)
     info = bench.machine_info(device)
     print(f"GPT-2 benchmark: {info.get('cpu', '')} {info.get('gpu', '')} torch {torch.__version__}, "
@@ -300,15 +350,19 @@ def main(argv=None):
           f"windows of {args.n_ctx} an update (micro-batch {args.micro_batch}), {args.rounds} rounds of "
           f"{args.steps} timed updates after at least {args.warmup_steps} discarded (median, range); device {device}")
     tokens = args.n_batch * args.n_ctx
-    print(f"{'pre-training':14} {'prec':5} {'step s':>8} {'range':>13} {'tok/s':>9} {'TFLOP/s':>8} {'discarded':>10}"
-          f"  ours vs it")
+    print('peak (' + ('--peak_tflops' if args.peak_tflops else f'the best square matmul of n={n_square}') + '): '
+          + ', '.join(f'{precision} {peak / 1e12:.3f} TFLOP/s' for precision, peak in peaks.items()))
+    print(f"{'pre-training':14} {'prec':5} {'step s':>8} {'range':>13} {'tok/s':>9} {'TFLOP/s':>8} {'of peak':>8} "
+          f"{'discarded':>10}  ours vs it")
     for r in pre:
         ours = next(o for o in pre if o['impl'] == 'ours' and o['precision'] == r['precision'])
-        r.update(tokens_per_s=tokens / r['step_s'], tflops=flops / r['step_s'] / 1e12)
+        r.update(tokens_per_s=tokens / r['step_s'], tflops=flops / r['step_s'] / 1e12,
+                 peak_tflops=peaks[r['precision']] / 1e12)
+        r['of_peak'] = r['tflops'] / r['peak_tflops']
         vs = '' if r['impl'] == 'ours' else f"{r['step_s'] / ours['step_s']:.2f}x"
         spread = f"{r['step_min']:.2f}-{r['step_max']:.2f}"
         print(f"{r['impl']:14} {r['precision']:5} {r['step_s']:8.2f} {spread:>13} {r['tokens_per_s']:9.0f} "
-              f"{r['tflops']:8.3f} {','.join(map(str, r['discarded'])):>10}  {vs}")
+              f"{r['tflops']:8.3f} {r['of_peak']:8.0%} {','.join(map(str, r['discarded'])):>10}  {vs}")
     print(f"{'generation':14} {'tok/s':>9}  same greedy tokens")
     for r in gen:
         print(f"{r['impl']:14} {r['tokens_per_s']:9.1f}  {r['same_tokens']}")

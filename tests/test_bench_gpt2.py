@@ -1,5 +1,6 @@
 """Tests of benchmarks/bench_gpt2.py: a --quick run's results, and nanoGPT's log read by its iteration times."""
 import json
+import os
 from types import SimpleNamespace
 
 import bench_gpt2
@@ -15,6 +16,17 @@ def test_quick_run_reports_every_implementation_and_checks_equal_outputs(tmp_pat
     assert [r['impl'] for r in report['encoding']] == ['ours', 'transformers']
     assert all(r['same_ids'] for r in report['encoding'])
     assert 'pre-training' in capsys.readouterr().out
+
+
+def test_each_round_of_each_implementation_runs_in_a_process_of_its_own(tmp_path):
+    """A process that has trained one model runs another's updates slower: no round shares a process."""
+    args = bench_gpt2.parse_args(['--quick', '--precisions', 'fp32', '--rounds', '2'])
+    pre = bench_gpt2.pretraining(args, bench_gpt2.bench_config(args), None, bench_gpt2.make_stream(10_000),
+                                 str(tmp_path))
+    assert [r['impl'] for r in pre] == ['ours', 'transformers']
+    pids = [pid for r in pre for pid in r['pids']]
+    assert len(pids) == 4 and len(set(pids)) == 4 and os.getpid() not in pids
+    assert all(len(r['times']) == 2 and len(r['discarded']) == 2 for r in pre)
 
 
 def test_nanogpt_runs_unchanged_and_its_iteration_times_are_read(tmp_path):
