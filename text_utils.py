@@ -158,23 +158,35 @@ class TextEncoder:
         self.encoder = load_encoder(encoder_path)
         self.decoder = {i: token for token, i in self.encoder.items()}
         self.bpe_ranks = load_bpe_ranks(bpe_path)
-        # spacy.blank('en') is the rule-based English tokenizer the original got from spacy.load('en') with
-        # the parser, tagger, ner and textcat disabled; the 'en' shortcut model no longer exists.
-        # imported here, not when the module is: spaCy takes about a second to load
-        import ftfy
-        import spacy
-        self.nlp = spacy.blank('en')
-        # spaCy refuses texts over 1,000,000 characters (E088), a guard for its parser and NER, which a blank
-        # pipeline does not run; its tokenizer is linear in the text, so a long document (a book, a play in one
-        # file) is tokenized whole. An intentional difference (docs/faithfulness.md): the original kept the guard.
-        self.nlp.max_length = sys.maxsize
-        self.fix_text = ftfy.fix_text
+        self._nlp = None  # spaCy's tokenizer, loaded by the first encode (a run that reads cached ids never loads it)
         # Per-instance BPE cache keyed by lower-cased token, as in the original, but bounded: it is emptied
         # when it reaches cache_size entries so that memory stays flat on an unbounded stream of texts.
         self.cache = {}
         self.cache_size = cache_size
         self._added = {}  # id -> name of tokens added to .encoder after construction
         self._n_encoder_seen = len(self.encoder)
+
+    @property
+    def nlp(self):
+        """Return spaCy's blank English pipeline, loaded on first use (spaCy takes about a second to load)."""
+        if self._nlp is None:
+            # spacy.blank('en') is the rule-based English tokenizer the original got from spacy.load('en') with
+            # the parser, tagger, ner and textcat disabled; the 'en' shortcut model no longer exists.
+            import spacy
+            nlp = spacy.blank('en')
+            # spaCy refuses texts over 1,000,000 characters (E088), a guard for its parser and NER, which a blank
+            # pipeline does not run; its tokenizer is linear in the text, so a long document (a book, a play in one
+            # file) is tokenized whole. An intentional difference (docs/faithfulness.md): the original kept the
+            # guard.
+            nlp.max_length = sys.maxsize
+            self._nlp = nlp
+        return self._nlp
+
+    @staticmethod
+    def fix_text(text):
+        """Return ftfy.fix_text(text) (ftfy imported on first use)."""
+        import ftfy
+        return ftfy.fix_text(text)
 
     def bpe(self, token):
         """Return the BPE pieces of token joined by spaces, the last one ending in '</w>' (TF: bpe)."""

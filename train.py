@@ -23,6 +23,7 @@ import datasets
 import task_datasets
 from checkpoint import atomic_write, write_json
 from distributed import DistInfo, close_distributed, dist_info, gather_concat, shard, sum_over_ranks
+from encode_cache import cached
 from flags import (add_architecture_args, add_config_arg, add_dropout_args, add_optimizer_args, add_run_args,
                    parse_with_config)
 from loss import task_losses, train_loss
@@ -106,6 +107,9 @@ def command_line():
                         f'folder; with GPT-2 weights, left at this: theirs)')
     p.add_argument('--bpe_path', type=str, default=GPT1_VOCABULARY[1],
                    help=f'BPE merges (default: {GPT1_VOCABULARY[1]}; with GPT-2 weights, left at this: theirs)')
+    p.add_argument('--encode_cache', type=str, default='auto', metavar='FOLDER',
+                   help='where the encoded texts are kept, so that a run on data already seen skips tokenization: a '
+                        'folder, or none (default: auto, $GPT_PYTORCH_CACHE/encoded, else ~/.cache/gpt-pytorch/encoded)')
     p.add_argument('--n_transfer', type=transfer_values, default=[12],
                    help='blocks whose pre-trained weights are copied, with the table (-1: nothing); a list K1,K2,... '
                         'runs one training per value and writes log/<desc>_transfer.json (the paper\'s Figure 2, '
@@ -169,6 +173,7 @@ class FineTuneSettings:
     lr_schedule: str
     encoder_path: str
     bpe_path: str
+    encode_cache: str  # 'auto', 'none' or a folder (encode_cache.cache_folder)
     n_transfer: int
     lm_coef: float
     n_valid: int
@@ -771,7 +776,8 @@ def build_fine_tuning(launch, settings):
     info, device, clock = launch.info, launch.device, launch.clock
     with clock.phase('encode'):
         family = detect_family(settings.model_dir)
-        text_encoder = load_tokenizer(settings.model_dir, *tokenizer_paths(settings, family), family=family)
+        text_encoder = cached(load_tokenizer(settings.model_dir, *tokenizer_paths(settings, family), family=family),
+                              settings.encode_cache)
         if settings.dataset == 'rocstories':
             data, sizes = load_data(settings, text_encoder)
         else:

@@ -1,6 +1,8 @@
 """Suite-wide settings: hypothesis profiles chosen from the environment, OpenMP threads that sleep when they wait,
 the `cuda` marker, and the damaged-folder fixture."""
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import settings
@@ -21,6 +23,15 @@ def pytest_configure(config):
     takes several times as long. Waiting is all that changes: the number of threads, hence every result, stays.
     libgomp reads the variable once, when torch is first imported, which is after this hook."""
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    # train.py's cache of encoded texts goes to a folder of this session, never the user's ~/.cache
+    config.encode_cache_home = os.environ['GPT_PYTORCH_CACHE'] = tempfile.mkdtemp(prefix='gpt-pytorch-cache-')
+
+
+def pytest_unconfigure(config):
+    """Remove the session's cache folder."""
+    folder = getattr(config, 'encode_cache_home', None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

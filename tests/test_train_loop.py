@@ -180,7 +180,8 @@ INTENTIONAL = {
 # The flags this port adds, with their defaults: none changes what the original computes.
 ADDED_DEFAULTS = dict(n_valid=374, model_dir='model/', device=None, precision='fp32', micro_batch=None,
                       compile=False, shard=False, checkpoint_activations=False, verify_weights=False, save_every=0,
-                      resume=False, restart=False, n_runs=1, quiet=False, from_scratch=False, transfer_sweep=None)
+                      resume=False, restart=False, n_runs=1, quiet=False, from_scratch=False, transfer_sweep=None,
+                      encode_cache='auto')
 
 
 def test_every_default_is_the_originals():
