@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from utils import train_test_indices
+
 seed = 3535999445  # the original's split seed
 
 VAL_FILE = 'cloze_test_val__spring2016 - cloze_test_ALL_val.csv'
@@ -83,11 +85,16 @@ def rocstories(data_dir, n_train=1497, n_valid=374, return_test_labels=False):
     _check_exists(os.path.join(data_dir, TEST_FILE))
     storys, comps1, comps2, ys = _rocstories(os.path.join(data_dir, VAL_FILE))
     teX1, teX2, teX3, teY = _rocstories(os.path.join(data_dir, TEST_FILE), require_labels=False)
-    from sklearn.model_selection import train_test_split  # here, not at import: scikit-learn loads slowly
-    (trX1, vaX1, trX2, vaX2, trX3, vaX3,
-     trY, vaY) = train_test_split(storys, comps1, comps2, ys, test_size=n_valid, random_state=seed)
-    trY = np.asarray(trY, dtype=np.int32)
-    vaY = np.asarray(vaY, dtype=np.int32)
+    # the original's train_test_split(storys, comps1, comps2, ys, test_size=n_valid, random_state=seed), index for
+    # index, without importing scikit-learn
+    try:
+        train, valid = train_test_indices(len(storys), n_valid, seed)
+    except ValueError as err:
+        raise ValueError(f'{os.path.join(data_dir, VAL_FILE)}: --n_valid {n_valid}: {err}') from None
+    trX1, trX2, trX3 = ([field[i] for i in train] for field in (storys, comps1, comps2))
+    vaX1, vaX2, vaX3 = ([field[i] for i in valid] for field in (storys, comps1, comps2))
+    trY = np.asarray([ys[i] for i in train], dtype=np.int32)
+    vaY = np.asarray([ys[i] for i in valid], dtype=np.int32)
     if return_test_labels:
         teY = None if teY is None else np.asarray(teY, dtype=np.int32)
         return (trX1, trX2, trX3, trY), (vaX1, vaX2, vaX3, vaY), (teX1, teX2, teX3, teY)

@@ -39,7 +39,7 @@ from trainer import (RUN_ENDINGS, Evaluation, Launch, PhaseClock, Run, RunFiles,
                      shard_memory_line, stop_if_requested, to_tensors, update_phase)
 from text_utils import BPE_PATH, ENCODER_PATH
 from untrusted import BadFile, int_field
-from utils import encode_dataset, iter_data
+from utils import encode_dataset, iter_data, shuffled_indices
 from utils import progress as progress_bar
 from weights import WEIGHTS_SOURCE, detect_family, detect_format, released_names
 
@@ -637,11 +637,10 @@ def new_progress():
 
 def epoch_order(n):
     """Return the original's order of n training examples for a new epoch, drawn from numpy's global generator."""
-    from sklearn.utils import shuffle  # here, not at import time: scikit-learn loads slowly
     # the original shuffles the arrays with sklearn and np.random; shuffling their indices with the same
     # generator gives the same order. sklearn no longer accepts the np.random module: its global
     # RandomState is what older sklearn resolved it to.
-    return shuffle(np.arange(n), random_state=np.random.mtrand._rand).tolist()
+    return shuffled_indices(n, np.random.mtrand._rand).tolist()
 
 
 def run_epoch(run, data, settings):

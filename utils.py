@@ -16,6 +16,25 @@ import numpy as np
 from tqdm import tqdm
 
 
+def train_test_indices(n_samples, n_test, seed):
+    """Return the (train, test) indices of scikit-learn's train_test_split(..., test_size=n_test, random_state=seed)
+    over n_samples, without importing scikit-learn (about 2 s of a run's start): its ShuffleSplit draws one
+    permutation from RandomState(seed) and takes its first n_test indices as the test set, the rest as train."""
+    if not 0 < n_test < n_samples:
+        raise ValueError(f'a split of {n_samples} examples cannot hold out {n_test}: give between 1 and '
+                         f'{n_samples - 1}')
+    permutation = np.random.RandomState(seed).permutation(n_samples)
+    return permutation[n_test:], permutation[:n_test]
+
+
+def shuffled_indices(n, random_state):
+    """Return the order of n examples scikit-learn's shuffle(np.arange(n), random_state=random_state) gives (a
+    numpy RandomState), without importing scikit-learn: arange(n) shuffled in place by that generator."""
+    indices = np.arange(n)
+    random_state.shuffle(indices)
+    return indices
+
+
 def write_failure(path, err):
     """Return the one-line OSError of a failed write of path (a full disk, a file too large, an I/O error), its errno
     kept."""

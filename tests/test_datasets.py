@@ -1,6 +1,8 @@
 """Tests for datasets (TF: datasets.py): the original split, labels, bad-input errors."""
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from datasets import HEADER, TEST_FILE, VAL_FILE, _rocstories, rocstories, rocstories_test_labels
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_rows(n, prefix, seed=0):
@@ -198,3 +201,15 @@ def test_random_malformed_row_gives_its_line(data_dir, n_good, bad_row, n_after)
     with pytest.raises(ValueError) as e:
         _rocstories(path)
     assert f'{path}: line {bad_line}: ' in str(e.value)
+
+
+def test_the_rocstories_run_path_never_loads_scikit_learn_or_scipy(data_dir):
+    """They take about 2 s to import: the split, the epoch's order and the accuracy are computed without them."""
+    code = ('import sys, datasets, tasks, train\n'
+            f'datasets.rocstories({str(data_dir)!r}, n_valid=10)\n'
+            'train.epoch_order(40)\n'
+            'tasks.metric("acc", [0, 1], [1, 1])\n'
+            'print(sorted(m for m in ("sklearn", "scipy") if m in sys.modules))\n')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '[]'

@@ -5,8 +5,11 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from utils import ResultLogger, encode_dataset, flatten, iter_data, make_path, np_softmax, stsb_label_encoding
+from utils import (ResultLogger, encode_dataset, flatten, iter_data, make_path, np_softmax, shuffled_indices,
+                   stsb_label_encoding, train_test_indices)
 
 
 class CountingEncoder:
@@ -177,3 +180,27 @@ def test_a_log_on_a_full_disk_keeps_its_whole_lines_and_names_itself(tmp_path):
     assert lines[-1] == b'' and len(lines) > 5
     records = [json.loads(line) for line in lines[:-1]]  # every line whole
     assert [r['n_updates'] for r in records[1:]] == list(range(len(records) - 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 400), data=st.data(), seed=st.integers(0, 2 ** 32 - 1))
+def test_train_test_indices_are_scikit_learns_split(n, data, seed):
+    from sklearn.model_selection import train_test_split
+    n_test = data.draw(st.integers(1, n - 1))
+    train, test = train_test_indices(n, n_test, seed)
+    expected_train, expected_test = train_test_split(list(range(n)), test_size=n_test, random_state=seed)
+    assert train.tolist() == expected_train and test.tolist() == expected_test
+
+
+def test_train_test_indices_refuse_a_split_that_holds_nothing_out_or_everything():
+    for n_test in (0, 10, -1):
+        with pytest.raises(ValueError, match='cannot hold out'):
+            train_test_indices(10, n_test, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 500), seed=st.integers(0, 2 ** 32 - 1))
+def test_shuffled_indices_are_scikit_learns_shuffle(n, seed):
+    from sklearn.utils import shuffle
+    expected = shuffle(np.arange(n), random_state=np.random.RandomState(seed))
+    assert shuffled_indices(n, np.random.RandomState(seed)).tolist() == expected.tolist()
