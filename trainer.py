@@ -169,6 +169,27 @@ class RunFiles:
     standing: Any = None
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+RETAINED_BLOCK = 1 << 30  # host allocations up to this size come from malloc's heap and return to it
+
+
+def retain_freed_memory():
+    """Make glibc's malloc keep the host memory a run frees for its next allocations: blocks up to 1 GiB from its heap
+    (not each one a fresh mapping) and the heap never trimmed; return whether it took (False without glibc).
+
+    An update allocates and frees the same activations every time. By default each block over malloc's threshold is
+    mapped afresh and its pages faulted in again, which took about 10% of a GPT-2 124M update on a 2-core CPU
+    (BENCHMARKS.md, Issue 31); the process's peak memory grows by about as much. Called by Launch.begin: a run's
+    process, not a library import, makes the choice."""
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator stays as it is
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, RETAINED_BLOCK)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
 @dataclass
 class Launch:
     """Where a run starts, before anything is built: its settings resolved (the device's name, --resume auto decided),
@@ -206,6 +227,7 @@ class Launch:
         (deleted by the main rank with --restart), the process group joined, every rank seeded alike. files: a
         RunFiles."""
         resolved = resolved_settings(settings, files.paths['state'], info)
+        retain_freed_memory()
         launch = cls(resolved, torch.device(resolved.device), info, dict(files.paths))
         if info.is_main:
             for folder in files.folders:

@@ -114,7 +114,9 @@ class Ours:
 
     def __init__(self, args, cfg, precision, device):
         import pretrain
+        from trainer import retain_freed_memory
         self.pretrain = pretrain
+        retain_freed_memory()  # as pretrain.py's Launch.begin does: its process keeps the memory it frees
         torch.manual_seed(0)
         self.run = bench_pretrain.pretraining_run(args, GPT2LMHeadModel(cfg).to(device).train(), precision, device)
         self.windows = pretrain.Windows(args.n_ctx, N_VOCAB, N_VOCAB)

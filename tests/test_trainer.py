@@ -1,13 +1,16 @@
 """Tests for trainer.py's Run: an update reads the device once, at the step, never per micro-batch (a GPU is not held
 back by the CPU), in pretrain.py's and train.py's updates too; a non-finite loss stops the update before any weight
-moves."""
+moves; a run keeps the host memory it frees for its next allocations."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 import pretrain
 import train
-from tests.helpers import step_run
+from tests.helpers import ROOT, step_run
 from model_gpt2 import GPT2Config, GPT2LMHeadModel
 from model_pytorch import DoubleHeadModel, GPTConfig
 from opt import OpenAIAdam
@@ -115,3 +118,33 @@ def test_run_settings_of_a_scripts_settings_take_its_run_flags():
     assert RunSettings.of(pretrain.parse_args(['--corpus', 'c', '--out', 'o', '--compile', '--restart',
                                                        '--device', 'cpu'])) == \
         RunSettings(seed=42, device='cpu', precision='fp32', compile=True, resume=False, restart=True)
+
+
+FREED_BLOCK_PROBE = '''
+import ctypes, sys, torch
+import trainer
+class MallInfo(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks',
+                                               'uordblks', 'fordblks', 'keepcost')]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo
+retained = trainer.retain_freed_memory() if sys.argv[1] == 'retain' else None
+x = torch.empty(100_000_000 // 4)
+x.fill_(1.0)
+del x
+print(retained, libc.mallinfo2().fordblks)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason="reads glibc's malloc statistics")
+def test_a_run_keeps_the_host_memory_it_frees_for_its_next_allocations():
+    """An update frees and allocates the same activations: after retain_freed_memory (Launch.begin) a freed 100 MB
+    block stays in malloc's heap, free for the next one; by default it goes back to the OS, to be faulted in again."""
+    def probe(mode):
+        proc = subprocess.run([sys.executable, '-c', FREED_BLOCK_PROBE, mode], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        retained, free_bytes = proc.stdout.split()
+        return retained, int(free_bytes)
+    assert probe('retain')[0] == 'True' and probe('retain')[1] >= 100_000_000
+    assert probe('default')[1] < 100_000_000
