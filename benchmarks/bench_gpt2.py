@@ -6,6 +6,8 @@
      token rows, OpenAIAdam with global clipping), in a process of its own (this script with --worker ours);
    - transformers: `GPT2LMHeadModel(input_ids, labels=input_ids)`, backward, `clip_grad_norm_(1.0)`, AdamW, in a
      plain loop in a process of its own (--worker transformers);
+   with --compile (for a GPU) each model is compiled: ours as pretrain.py --compile does, transformers' with a fused
+   AdamW, nanoGPT with its default --compile=True and its fused AdamW on CUDA;
    - nanoGPT: its `train.py`, run unchanged from a scratch copy of the folder given by --nanogpt, as a subprocess on
      train.bin/val.bin written here (its own per-iteration times, from its log; its first iterations dropped). On a
      CPU nanoGPT applies autocast on CUDA only, so its --dtype=bfloat16 computes in fp32 there.
@@ -70,6 +72,9 @@ def parse_args(argv=None):
                    help='two updates in a row within this fraction of each other end the warm-up (default: 0.1)')
     p.add_argument('--rounds', type=int, default=None,
                    help='rounds of the implementations taking turns (default: 3; 1 with --quick)')
+    p.add_argument('--compile', action='store_true',
+                   help="torch.compile each model as its users would on a GPU: ours (pretrain.py --compile), "
+                        "transformers' (and a fused AdamW), nanoGPT's (its default; off otherwise)")
     p.add_argument('--nanogpt', default=None, help="a nanoGPT folder (its train.py, model.py, configurator.py; "
                                                    'default: none, nanoGPT is left out)')
     p.add_argument('--original_encoder', default=None, help="openai/gpt-2's encoder.py, for the encoding peer "
@@ -169,7 +174,7 @@ def run_nanogpt(folder, args, cfg, precision, device):
     """Run nanoGPT's train.py unchanged for 2 * warmup + steps iterations; return (the number of leading iterations
     discarded as its warm-up (settled), the seconds of the steps timed after them)."""
     n_iters = 2 * args.warmup_steps + args.steps
-    cmd = [sys.executable, 'train.py', '--dataset=bench', f'--device={device}', '--compile=False',
+    cmd = [sys.executable, 'train.py', '--dataset=bench', f'--device={device}', f'--compile={args.compile}',
            f'--dtype={NANOGPT_DTYPES[precision]}', f'--batch_size={args.micro_batch}',
            f'--gradient_accumulation_steps={args.n_batch // args.micro_batch}', f'--block_size={cfg.n_ctx}',
            f'--n_layer={cfg.n_layer}', f'--n_head={cfg.n_head}', f'--n_embd={cfg.n_embd}', '--bias=True',
@@ -213,7 +218,7 @@ def worker_argv(args, name, precision, first_update):
             '--first_update', str(first_update), '--device', args.device, '--size', args.size,
             '--n_ctx', str(args.n_ctx), '--n_batch', str(args.n_batch), '--micro_batch', str(args.micro_batch),
             '--steps', str(args.steps), '--warmup_steps', str(args.warmup_steps), '--settle', str(args.settle)]
-    return argv + (['--quick'] if args.quick else [])
+    return argv + (['--quick'] if args.quick else []) + (['--compile'] if args.compile else [])
 
 
 def run_worker(args, name, precision, first_update):
@@ -327,6 +332,19 @@ def encoding(args):
     return results
 
 
+def peak_of(args, precision, device, info):
+    """Return (the FLOP/s a precision's utilisation is measured against, where it comes from): --peak_tflops, else the
+    bf16 dense peak of a known GPU for bf16 and fp16, else the best square matmul measured here."""
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12, '--peak_tflops'
+    import bench_e2e
+    known, source = bench_e2e.default_peak(str(device), info.get('gpu'))
+    if known and precision in ('bf16', 'fp16'):
+        return known * 1e12, source
+    n = 256 if args.quick else 3072
+    return bench.measure_roofline(precision, device, n), f'the best square matmul of n={n}'
+
+
 def main(argv=None):
     """Run the three benchmarks; print their tables (and write JSON); return the exit code."""
     args = parse_args(argv)
@@ -341,25 +359,23 @@ def main(argv=None):
     flops = args.n_batch * bench.seq_flops(args.n_ctx, shape, N_VOCAB, train=True)
     with tempfile.TemporaryDirectory() as workdir:
         pre = pretraining(args, cfg, device, stream, workdir)
-    n_square = 256 if args.quick else 3072
-    peaks = {precision: args.peak_tflops * 1e12 if args.peak_tflops else
-             bench.measure_roofline(precision, device, n_square) for precision in args.precisions.split(',')}
     gen, enc = generation(args, cfg, device), encoding(args)
     info = bench.machine_info(device)
+    peaks = {precision: peak_of(args, precision, device, info) for precision in args.precisions.split(',')}
     print(f"GPT-2 benchmark: {info.get('cpu', '')} {info.get('gpu', '')} torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"model {cfg.n_embd}/{cfg.n_layer}/{cfg.n_head} ({args.size if not args.quick else 'tiny'}), {args.n_batch} "
           f"windows of {args.n_ctx} an update (micro-batch {args.micro_batch}), {args.rounds} rounds of "
           f"{args.steps} timed updates after at least {args.warmup_steps} discarded (median, range); device {device}")
     tokens = args.n_batch * args.n_ctx
-    print('peak (' + ('--peak_tflops' if args.peak_tflops else f'the best square matmul of n={n_square}') + '): '
-          + ', '.join(f'{precision} {peak / 1e12:.3f} TFLOP/s' for precision, peak in peaks.items()))
+    print('peak: ' + ', '.join(f'{precision} {peak / 1e12:.3f} TFLOP/s ({source})'
+                               for precision, (peak, source) in peaks.items()))
     print(f"{'pre-training':14} {'prec':5} {'step s':>8} {'range':>13} {'tok/s':>9} {'TFLOP/s':>8} {'of peak':>8} "
           f"{'discarded':>10}  ours vs it")
     for r in pre:
         ours = next(o for o in pre if o['impl'] == 'ours' and o['precision'] == r['precision'])
         r.update(tokens_per_s=tokens / r['step_s'], tflops=flops / r['step_s'] / 1e12,
-                 peak_tflops=peaks[r['precision']] / 1e12)
+                 peak_tflops=peaks[r['precision']][0] / 1e12, peak_source=peaks[r['precision']][1])
         r['of_peak'] = r['tflops'] / r['peak_tflops']
         vs = '' if r['impl'] == 'ours' else f"{r['step_s'] / ours['step_s']:.2f}x"
         spread = f"{r['step_min']:.2f}-{r['step_max']:.2f}"

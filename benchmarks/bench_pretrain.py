@@ -70,7 +70,8 @@ def pretraining_run(args, model, precision, device):
     the benchmark's optimizer."""
     opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
                      l2=0.01, max_grad_norm=1.0)
-    launch = Launch(RunSettings(seed=0, precision=precision), device)  # writes no files
+    launch = Launch(RunSettings(seed=0, precision=precision, compile=getattr(args, 'compile', False)),
+                    device)  # writes no files
     return Run(launch, model, opt, StateSpec({}, {}), trained=model.transformer)
 
 
@@ -107,7 +108,9 @@ class Peer:
     def start(self, model, args, precision, device):
         """Train model (a transformers LM head model) with AdamW in precision on device."""
         self.model = model.to(device).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2.5e-4, weight_decay=0.01)
+        self.forward = torch.compile(self.model) if getattr(args, 'compile', False) else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2.5e-4, weight_decay=0.01,
+                                     fused=getattr(args, 'compile', False) or None)
         self.scaler = configure_precision(device, precision)
         self.args, self.precision, self.device = args, precision, device
 
@@ -121,7 +124,7 @@ class Peer:
             ids = torch.from_numpy(np.stack([stream[t:t + args.n_ctx].astype(np.int64) for t in starts[s:s + micro]]))
             ids = ids.to(self.device)
             with autocast_context(self.device, self.precision):
-                loss = self.model(input_ids=ids, labels=ids).loss * (len(ids) / args.n_batch)
+                loss = self.forward(input_ids=ids, labels=ids).loss * (len(ids) / args.n_batch)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
             self.scaler.unscale_(self.opt)

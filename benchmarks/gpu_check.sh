@@ -92,8 +92,11 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'device', torch.cu
   peers=()
   [ -f "$NANOGPT/train.py" ] && peers+=(--nanogpt "$NANOGPT")
   [ -f "$ORIGINAL_ENCODER" ] && peers+=(--original_encoder "$ORIGINAL_ENCODER")
+  # the steady-state protocol of the CPU tables (BENCHMARKS.md, Issue 31): each round of each peer in a process of
+  # its own, at least 3 updates discarded and until two in a row settle, 10 timed, 3 rounds; every model compiled as
+  # its users compile it on a GPU (nanoGPT: its default --compile and fused AdamW); MFU against the GPU's bf16 peak
   step gpt2_cuda "$PYTHON" benchmarks/bench_gpt2.py --device cuda --precisions bf16 --n_ctx 1024 --n_batch 16 \
-    --steps 10 --warmup_steps 3 --rounds 2 "${peers[@]}" --json "$results/gpt2_cuda.json"
+    --steps 10 --warmup_steps 3 --rounds 3 --compile "${peers[@]}" --json "$results/gpt2_cuda.json"
   n_gpus=$("$NVIDIA_SMI" -L | grep -c '^GPU' || true)
   if [ "$n_gpus" -ge 2 ]; then
     shard_runs "$n_gpus" --preset 124M --n_ctx 1024 --n_batch $((8 * n_gpus)) --micro_batch 8 --precision bf16 \

@@ -29,7 +29,7 @@ def test_each_round_of_each_implementation_runs_in_a_process_of_its_own(tmp_path
     assert all(len(r['times']) == 2 and len(r['discarded']) == 2 for r in pre)
 
 
-def test_nanogpt_runs_unchanged_and_its_iteration_times_are_read(tmp_path):
+def test_nanogpt_runs_unchanged_and_its_iteration_times_are_read(tmp_path, monkeypatch):
     """A stand-in for nanoGPT's train.py: the benchmark copies the folder, writes data/bench/*.bin, passes
     nanoGPT's --key=value flags and keeps the times of the iterations after the warm-up ones."""
     source = tmp_path / 'nanogpt'
@@ -38,15 +38,18 @@ def test_nanogpt_runs_unchanged_and_its_iteration_times_are_read(tmp_path):
         "import sys, os\n"
         "args = dict(a[2:].split('=') for a in sys.argv[1:])\n"
         "assert os.path.getsize('data/bench/train.bin') > 0 and args['dtype'] == 'float32'\n"
+        "assert args['compile'] == os.environ['EXPECT_COMPILE']\n"
         "for i in range(int(args['max_iters']) + 1):\n"
         "    print(f'iter {i}: loss 10.8, time {100 * (i + 1):.2f}ms, mfu -100.00%')\n")
     for name in ('model.py', 'configurator.py'):
         (source / name).write_text('')
-    args = SimpleNamespace(warmup_steps=1, steps=2, micro_batch=2, n_batch=4, settle=0.1)
     cfg = SimpleNamespace(n_ctx=16, n_layer=2, n_head=4, n_embd=32)
     folder = bench_gpt2.nanogpt_folder(str(source), str(tmp_path / 'work'), bench_gpt2.make_stream(1000))
-    # 0.1 s, 0.2 s, 0.3 s, 0.4 s: no two in a row within 10%, so the warm-up is the most allowed, 2 iterations
-    assert bench_gpt2.run_nanogpt(folder, args, cfg, 'fp32', 'cpu') == (2, [0.3, 0.4])
+    for compile_ in (False, True):  # nanoGPT compiles by default: --compile leaves it so, else it is turned off
+        monkeypatch.setenv('EXPECT_COMPILE', str(compile_))
+        args = SimpleNamespace(warmup_steps=1, steps=2, micro_batch=2, n_batch=4, settle=0.1, compile=compile_)
+        # 0.1 s, 0.2 s, 0.3 s, 0.4 s: no two in a row within 10%, so the warm-up is the most allowed, 2 iterations
+        assert bench_gpt2.run_nanogpt(folder, args, cfg, 'fp32', 'cpu') == (2, [0.3, 0.4])
 
 
 def test_the_warm_up_lasts_until_two_updates_in_a_row_settle():

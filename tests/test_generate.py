@@ -13,6 +13,7 @@ import torch
 import convert
 import generate
 import models
+import precision
 import weights
 from model_pytorch import N_VOCAB
 from sample import SamplingSettings, generate as generate_text
@@ -419,7 +420,8 @@ def test_cli_precision_runs_the_forward_under_autocast_with_fp32s_greedy_tokens(
 
     monkeypatch.setattr(sample.BatchNextTokenLogits, '__call__', spy)
     rc, _, err, [result] = cli('--greedy', '--gen_len', '9', '--precision', 'bf16')
-    assert rc == 0 and err == '' and set(seen) == {(True, torch.bfloat16)}
+    slow = precision.slow_on_this_cpu(torch.device('cpu'), 'bf16')  # the one line a CPU without bf16 products gets
+    assert rc == 0 and err == (f'{slow}\n' if slow else '') and set(seen) == {(True, torch.bfloat16)}
     agreed = safe.index(False) if False in safe else len(safe)
     assert agreed >= 1 and result.ids[:agreed] == want[:agreed]
     seen.clear()
