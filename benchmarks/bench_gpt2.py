@@ -6,11 +6,11 @@
      token rows, OpenAIAdam with global clipping), in a process of its own (this script with --worker ours);
    - transformers: `GPT2LMHeadModel(input_ids, labels=input_ids)`, backward, `clip_grad_norm_(1.0)`, AdamW, in a
      plain loop in a process of its own (--worker transformers);
-   with --compile (for a GPU) each model is compiled: ours as pretrain.py --compile does, transformers' with a fused
-   AdamW, nanoGPT with its default --compile=True and its fused AdamW on CUDA;
    - nanoGPT: its `train.py`, run unchanged from a scratch copy of the folder given by --nanogpt, as a subprocess on
      train.bin/val.bin written here (its own per-iteration times, from its log; its first iterations dropped). On a
      CPU nanoGPT applies autocast on CUDA only, so its --dtype=bfloat16 computes in fp32 there.
+   With --compile (for a GPU) each model is compiled: ours as pretrain.py --compile does, transformers' with a fused
+   AdamW, nanoGPT with its default --compile=True and its fused AdamW on CUDA.
    The three take turns (a round of each, --rounds times; each round a new process, as a user starts a run), so a
    slow spell of a shared machine falls on all, and no peer runs in a process that another has already used (a
    process that has trained one model runs the next one's updates up to 20% slower here). Each is timed in steady

@@ -1,5 +1,5 @@
 """Suite-wide settings: hypothesis profiles chosen from the environment, OpenMP threads that sleep when they wait,
-the `cuda` marker, and the damaged-folder fixture."""
+a cache folder of encoded texts for the session, the `cuda` marker, and the damaged-folder fixture."""
 import os
 import shutil
 import tempfile
