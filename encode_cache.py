@@ -57,8 +57,8 @@ def tokenizer_key(text_encoder):
     h = hashlib.sha256(f'encode_cache {CACHE_FORMAT}\n'.encode())
     h.update(json.dumps(sorted(base.encoder.items())).encode())
     h.update(json.dumps(sorted((a, b, rank) for (a, b), rank in base.bpe_ranks.items())).encode())
-    for cls in (type(text_encoder), type(base)):
-        h.update(untrusted.file_sha256(inspect.getfile(cls)).encode())
+    for source in sorted({inspect.getfile(type(text_encoder)), inspect.getfile(type(base))}):  # each file once
+        h.update(untrusted.file_sha256(source).encode())
     h.update(json.dumps({name: library_version(name) for name in TOKENIZER_LIBRARIES}).encode())
     return h.hexdigest()
 
@@ -74,8 +74,8 @@ def texts_key(tokenizer, texts):
     return h.hexdigest()
 
 
-def flatten(ids):
-    """Return (the ids of every text in one int32 array, the offsets where each text's ids start, and the end)."""
+def packed_ids(ids):
+    """Return (the ids of every text in one int32 array, the n + 1 offsets where each text's ids start and end)."""
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
@@ -151,7 +151,7 @@ class CachedEncoder:
     def write(self, key, ids):
         """Save the ids of key's texts in the cache; a folder that cannot be written to is reported and skipped."""
         from safetensors.numpy import save_file
-        flat, offsets = flatten(ids)
+        flat, offsets = packed_ids(ids)
         path = self.path(key)
         try:
             os.makedirs(self.folder, exist_ok=True)
