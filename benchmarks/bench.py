@@ -13,16 +13,17 @@ out (story ~ U[40, 60] and endings ~ U[8, 15] random token ids, right-padded to 
   (weight decay l2); its plain forward for evaluation;
 - a ``-mbN`` suffix sets the micro-batch (ours: --micro_batch N; peer: N examples per pass, accumulated).
 
-Each configuration runs in its own subprocess, so its peak memory (peak RSS on the CPU, CUDA max allocated
-on a GPU) is its own. The achieved FLOP/s are model FLOPs (see `seq_flops`) over the median step time, as a
+Each configuration is timed in steady state by steady.py's protocol: the configurations take turns round by round,
+each round in a subprocess of its own (so its peak memory, peak RSS on the CPU or CUDA max allocated on a GPU, is its
+own), warm-up steps discarded until they settle, then --steps timed. The achieved FLOP/s are model FLOPs (see `seq_flops`) over the median step time, as a
 fraction of a large square matmul measured at the same dtype in the same run.
 
 The CUDA path (--device cuda: fp16 with a GradScaler, CUDA max allocated memory, TF32 for fp32 as
 precision.configure_precision sets it) has not been run yet: no GPU was available when it was written
 (BENCHMARKS.md records which numbers were measured).
 
-    python benchmarks/bench.py [--device cpu|cuda] [--configs ours-fp32,peer-fp32,...] [--steps 3] [--warmup-steps 1]
-                     [--quick] [--json PATH] [--in-process]
+    python benchmarks/bench.py [--device cpu|cuda] [--configs ours-fp32,peer-fp32,...] [--steps 5] [--warmup_steps 2]
+                     [--rounds 3] [--quick] [--json PATH] [--in-process]
 """
 import argparse
 import contextlib
@@ -32,17 +33,16 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the library at the repository root
 
 import numpy as np
 import torch
 
+import steady
 from model_pytorch import N_VOCAB
 
 N_SPECIAL = 3            # _start_, _delimiter_, _classify_
@@ -321,52 +321,69 @@ class Peer:
         return logits.cpu().numpy()
 
 
-def rates(times, batches, shape, rows, train):
-    """Return throughput statistics of per-batch times: medians of examples/s, tokens/s and FLOP/s."""
-    tokens = [int(mmb.sum()) for _, mmb, _ in batches]
-    flops = [batch_flops(mmb, shape, rows, train) for _, mmb, _ in batches]
-    return dict(step_s=statistics.median(times), step_s_min=min(times), step_s_all=times,
+def measure_section(step, batches, shape, rows, train, protocol, device):
+    """Return one round of step (a training update or an evaluation) over batches in steady state (steady.py): how many
+    were discarded, the seconds of the timed ones, and their batches' real tokens and model FLOPs."""
+    discarded, times = steady.measure_round(lambda k: step(batches[k]), protocol, lambda fn: timed(fn, device))
+    used = batches[discarded:discarded + len(times)]
+    return dict(discarded=discarded, times=times, tokens=[int(mmb.sum()) for _, mmb, _ in used],
+                flops=[batch_flops(mmb, shape, rows, train) for _, mmb, _ in used])
+
+
+def run_config(spec, shape, device, protocol, seed):
+    """Build one configuration in this process and measure one round of its training, evaluation and memory; return
+    a result dict (combine pools the rounds)."""
+    batches = make_batches(2 * protocol.warmup + protocol.steps, shape, seed)  # the most a round uses
+    impl = (Ours if spec.impl == 'ours' else Peer)(spec, shape, device, seed)
+    load_start = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
+    base = memory_base(device)
+    training = measure_section(impl.train_step, batches, shape, impl.rows, True, protocol, device)
+    peak = memory_peak(device)  # before evaluation, which needs less
+    evaluation = measure_section(impl.evaluate, batches, shape, impl.rows, False, protocol, device)
+    mib = 2 ** 20
+    return dict(
+        name=spec.name, impl=spec.impl, precision=spec.precision, micro_batch=spec.micro_batch, lm_rows=impl.rows,
+        train=training, eval=evaluation,
+        memory=dict(kind='cuda_max_allocated' if device.type == 'cuda' else 'peak_rss', peak_mib=peak / mib,
+                    base_mib=base / mib, step_increment_mib=(peak - base) / mib),
+        loadavg=[load_start, os.getloadavg()[0] if hasattr(os, 'getloadavg') else None])
+
+
+def rates(rounds, section, shape):
+    """Return the throughput statistics of a section's timed steps over all rounds: medians of examples/s, tokens/s
+    and FLOP/s, the median and range of the seconds a step, and how many each round discarded."""
+    times = [t for r in rounds for t in r[section]['times']]
+    tokens = [n for r in rounds for n in r[section]['tokens']]
+    flops = [f for r in rounds for f in r[section]['flops']]
+    return dict(step_s=statistics.median(times), step_s_min=min(times), step_s_max=max(times), step_s_all=times,
+                discarded=[r[section]['discarded'] for r in rounds],
                 examples_per_s=statistics.median(shape.batch / t for t in times),
                 tokens_per_s=statistics.median(n / t for n, t in zip(tokens, times)),
                 flops_per_s=statistics.median(f / t for f, t in zip(flops, times)),
                 tokens_per_step=tokens, flops_per_step=flops)
 
 
-def run_config(spec, shape, device, steps, warmup_steps, seed):
-    """Build one configuration, time its training and evaluation, measure its memory; return a result dict."""
-    batches = make_batches(warmup_steps + steps, shape, seed)
-    warm, timed_batches = batches[:warmup_steps], batches[warmup_steps:]
-    impl = (Ours if spec.impl == 'ours' else Peer)(spec, shape, device, seed)
-    load_start = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
-    base = memory_base(device)
-    for batch in warm:
-        impl.train_step(batch)
-    train_times = [timed(lambda: impl.train_step(b), device) for b in timed_batches]
-    peak = memory_peak(device)  # before evaluation, which needs less
-    for batch in warm:
-        impl.evaluate(batch)
-    eval_times = [timed(lambda: impl.evaluate(b), device) for b in timed_batches]
-    mib = 2 ** 20
-    return dict(
-        name=spec.name, impl=spec.impl, precision=spec.precision, micro_batch=spec.micro_batch, lm_rows=impl.rows,
-        train=rates(train_times, timed_batches, shape, impl.rows, True),
-        eval=rates(eval_times, timed_batches, shape, impl.rows, False),
-        memory=dict(kind='cuda_max_allocated' if device.type == 'cuda' else 'peak_rss', peak_mib=peak / mib,
-                    base_mib=base / mib, step_increment_mib=(peak - base) / mib),
-        loadavg=[load_start, os.getloadavg()[0] if hasattr(os, 'getloadavg') else None])
+def combine(rounds, shape):
+    """Return a configuration's result over its rounds: the rates of every timed step, the memory of the round with
+    the highest peak, each round's load averages and process id."""
+    failed = [r for r in rounds if 'error' in r]
+    if failed:
+        return failed[0]
+    first = rounds[0]
+    return dict({key: first[key] for key in ('name', 'impl', 'precision', 'micro_batch', 'lm_rows')},
+                train=rates(rounds, 'train', shape), eval=rates(rounds, 'eval', shape),
+                memory=max((r['memory'] for r in rounds), key=lambda m: m['peak_mib']),
+                loadavg=[r['loadavg'] for r in rounds], pids=[r.get('pid') for r in rounds])
 
 
 def run_isolated(spec, argv_common):
     """Return run_config's result for spec from a fresh subprocess, or a dict with the error."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, 'result.json')
-        cmd = [sys.executable, os.path.abspath(__file__), *argv_common, '--worker', spec.name, '--worker-out', out]
-        proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)))
-        if proc.returncode != 0 or not os.path.isfile(out):
-            return dict(name=spec.name, impl=spec.impl, precision=spec.precision, micro_batch=spec.micro_batch,
-                        error=f'worker exited with status {proc.returncode}')
-        with open(out) as f:
-            return json.load(f)
+    cmd = [sys.executable, os.path.abspath(__file__), *argv_common, '--worker', spec.name]
+    try:
+        return steady.run_worker(cmd, f'bench.py: the {spec.name} worker')
+    except SystemExit as err:
+        return dict(name=spec.name, impl=spec.impl, precision=spec.precision, micro_batch=spec.micro_batch,
+                    error=str(err)[:500])
 
 
 def cpu_name():
@@ -404,8 +421,9 @@ def total_memory_gib():
 def write_json(path, info, args, **results):
     """Write a benchmark's results as JSON to path: the machine (machine_info), its arguments (a namespace) and each
     named part of its results."""
+    settings = {key: asdict(value) if is_dataclass(value) else value for key, value in vars(args).items()}
     with open(path, 'w') as f:
-        json.dump(dict(machine=info, args=vars(args), **results), f, indent=1)
+        json.dump(dict(machine=info, args=settings, **results), f, indent=1)
 
 
 def machine_info(device):
@@ -481,12 +499,13 @@ def format_table(report):
              f"{', ' + m['gpu'] if 'gpu' in m else ''}), torch {m['torch']}, transformers {m['transformers']}, "
              f"{m['date']}",
              f"model n_embd {s['n_embd']} n_layer {s['n_layer']} n_head {s['n_head']} rows {s['rows']}; batch "
-             f"{s['batch']} x 2 endings x n_ctx {s['n_ctx']}; {s['warmup_steps']} warm-up + {s['steps']} timed "
-             f"steps (median); device {s['device']}",
+             f"{s['batch']} x 2 endings x n_ctx {s['n_ctx']}; device {s['device']}",
+             f"{steady.Protocol(**s['protocol']).describe()} (median, range), training steps and evaluation batches "
+             f"alike",
              'roofline (best square matmul, n=%d): %s' % (s['roofline_n'], ', '.join(
                  f'{p} {v / 1e12:.3f} TFLOP/s' for p, v in report['roofline'].items())),
              '',
-             f"{'config':<16}{'micro':>6}{'step s':>8}{'ex/s':>8}{'tok/s':>9}{'TFLOP/s':>9}{'roof':>6}"
+             f"{'config':<16}{'micro':>6}{'step s':>8}{'range':>12}{'ex/s':>8}{'tok/s':>9}{'TFLOP/s':>9}{'roof':>6}"
              f"{'vs peer':>8}{'eval ex/s':>10}{'eval tok/s':>11}{'vs peer':>8}{'peak MiB':>10}{'step +MiB':>10}"
              f"{'vs peer':>8}{'3-ep min':>9}{'load':>6}"]
     for name, r in report['results'].items():
@@ -498,8 +517,9 @@ def format_table(report):
         vs_t = ratio(report['results'], name, peer) if r['impl'] == 'ours' else None
         vs_e = ratio(report['results'], name, peer, 'eval') if r['impl'] == 'ours' else None
         vs_m = ratio(report['results'], name, peer, 'memory', 'peak_mib') if r['impl'] == 'ours' else None
-        load = r['loadavg'][1]
-        lines.append(f"{name:<16}{r['micro_batch']:>6}{t['step_s']:>8.2f}{t['examples_per_s']:>8.2f}"
+        load = r['loadavg'][-1][1]
+        spread = f"{t['step_s_min']:.2f}-{t['step_s_max']:.2f}"
+        lines.append(f"{name:<16}{r['micro_batch']:>6}{t['step_s']:>8.2f}{spread:>12}{t['examples_per_s']:>8.2f}"
                      f"{t['tokens_per_s']:>9.0f}{t['flops_per_s'] / 1e12:>9.3f}{t['roofline_fraction']:>6.0%}"
                      f"{'' if vs_t is None else f'{vs_t:.2f}x':>8}{e['examples_per_s']:>10.1f}"
                      f"{e['tokens_per_s']:>11.0f}{'' if vs_e is None else f'{vs_e:.2f}x':>8}"
@@ -507,8 +527,11 @@ def format_table(report):
                      f"{'' if vs_m is None else f'{vs_m:.2f}x':>8}{r['fine_tune_s'] / 60:>9.1f}"
                      f"{'' if load is None else f'{load:.1f}':>6}")
     lines.append(f"3-ep min: projected 3-epoch ROCStories fine-tune, {(N_TRAIN_ROC // s['batch']) * 3} updates + "
-                 f"{3 * 2 * N_VALID_ROC + N_TEST_ROC} examples evaluated; load: 1-min load average after the config "
-                 f"(its own threads included)")
+                 f"{3 * 2 * N_VALID_ROC + N_TEST_ROC} examples evaluated; load: 1-min load average after the config's "
+                 f"last round (its own threads included)")
+    lines.append('discarded a round (training/evaluation): ' + '; '.join(
+        f"{name} {','.join(f'{a}/{b}' for a, b in zip(r['train']['discarded'], r['eval']['discarded']))}"
+        for name, r in report['results'].items() if 'error' not in r))
     if report['targets']:
         lines.append('')
         for t in report['targets']:
@@ -529,30 +552,23 @@ def parse_args(argv=None):
     p.add_argument('--configs', default=None,
                    help='comma-separated <impl>-<precision>[-mbN] names (default: ours and peer in fp32 and '
                         'bf16 on the CPU, fp32, fp16 and bf16 on CUDA)')
-    p.add_argument('--steps', type=int, default=None,
-                   help='timed training steps and eval batches (default 3 on the CPU, 10 on CUDA, 1 with --quick)')
-    p.add_argument('--warmup-steps', type=int, default=1, help='untimed steps before timing (default: 1)')
+    steady.add_arguments(p, what='training steps and evaluation batches')
     p.add_argument('--seed', type=int, default=0, help='seed of the synthetic batches and the models (default: 0)')
     p.add_argument('--quick', action='store_true', help='tiny model and 1 timed step: a smoke test in seconds')
     p.add_argument('--in-process', action='store_true',
                    help='run every config in this process (faster start; peak memory then not per config)')
     p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
-    p.add_argument('--worker-out', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.steps is None:
-        args.steps = 1 if args.quick else 10 if args.device.startswith('cuda') else 3
-    if args.steps < 1:
-        p.error(f'--steps must be >= 1, got {args.steps}')
-    if args.warmup_steps < 0:
-        p.error(f'--warmup-steps must be >= 0, got {args.warmup_steps}')
+    args.protocol = steady.protocol_of(args, steady.Protocol(steps=10 if args.device.startswith('cuda') else 5))
     return args
 
 
 def common_argv(args):
     """Return the flags a worker subprocess needs to repeat this run's settings."""
-    argv = ['--device', args.device, '--steps', str(args.steps), '--warmup-steps', str(args.warmup_steps),
-            '--seed', str(args.seed)]
+    protocol = args.protocol
+    argv = ['--device', args.device, '--steps', str(protocol.steps), '--warmup_steps', str(protocol.warmup),
+            '--settle', str(protocol.settle), '--seed', str(args.seed)]
     return argv + (['--quick'] if args.quick else [])
 
 
@@ -569,21 +585,22 @@ def main(argv=None):
     except ValueError as err:
         raise SystemExit(f'bench.py: {err}') from None
     if args.worker:
-        spec = parse_spec(args.worker, shape, device)
-        result = run_config(spec, shape, device, args.steps, args.warmup_steps, args.seed)
-        with open(args.worker_out, 'w') as f:
-            json.dump(result, f)
-        return result
+        steady.report(run_config(parse_spec(args.worker, shape, device), shape, device, args.protocol, args.seed))
+        return None
 
     roofline_n = 256 if args.quick else (8192 if device.type == 'cuda' else 3072)
     roofline = {p: measure_roofline(p, device, roofline_n) for p in dict.fromkeys(s.precision for s in specs)}
-    results = {}
-    for spec in specs:
-        print(f'bench.py: running {spec.name} ...', file=sys.stderr, flush=True)
+    by_name = {spec.name: spec for spec in specs}
+
+    def run_round(name, round_no):
+        print(f'bench.py: round {round_no + 1} of {name} ...', file=sys.stderr, flush=True)
         if args.in_process:
-            results[spec.name] = run_config(spec, shape, device, args.steps, args.warmup_steps, args.seed)
-        else:
-            results[spec.name] = run_isolated(spec, common_argv(args))
+            return run_config(by_name[name], shape, device, args.protocol, args.seed)
+        return run_isolated(by_name[name], common_argv(args))
+
+    results = {name: combine(rounds, shape) for name, rounds in steady.take_turns(by_name, args.protocol,
+                                                                                  run_round).items()}
+    for spec in specs:
         r = results[spec.name]
         if 'error' not in r:
             r['memory']['isolated'] = not args.in_process  # in-process, the peak RSS is the run's so far
@@ -591,8 +608,8 @@ def main(argv=None):
             r['eval']['roofline_fraction'] = r['eval']['flops_per_s'] / roofline[spec.precision]
             r['fine_tune_s'] = fine_tune_projection(r, shape)
     report = dict(machine=machine_info(device),
-                  settings=dict(asdict(shape), rows=shape.rows, batch=shape.batch, steps=args.steps,
-                                warmup_steps=args.warmup_steps, seed=args.seed, quick=args.quick,
+                  settings=dict(asdict(shape), rows=shape.rows, batch=shape.batch, protocol=asdict(args.protocol),
+                                seed=args.seed, quick=args.quick,
                                 in_process=args.in_process, device=str(device), roofline_n=roofline_n,
                                 story_len=STORY_LEN, ending_len=ENDING_LEN),
                   roofline=roofline, results=results, targets=[])

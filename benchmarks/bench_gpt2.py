@@ -11,12 +11,8 @@
      CPU nanoGPT applies autocast on CUDA only, so its --dtype=bfloat16 computes in fp32 there.
    With --compile (for a GPU) each model is compiled: ours as pretrain.py --compile does, transformers' with a fused
    AdamW, nanoGPT with its default --compile=True and its fused AdamW on CUDA.
-   The three take turns (a round of each, --rounds times; each round a new process, as a user starts a run), so a
-   slow spell of a shared machine falls on all, and no peer runs in a process that another has already used (a
-   process that has trained one model runs the next one's updates up to 20% slower here). Each is timed in steady
-   state: every round of each discards at least --warmup_steps updates, and more (up to twice as
-   many) until two updates in a row take within --settle of each other, then times --steps updates; the tables give
-   the median and the range of the timed updates, and how many were discarded.
+   The three are timed in steady state, by steady.py's protocol: they take turns round by round, each round in a new
+   process (nanoGPT's a run of its train.py), at least --warmup_steps updates discarded, --steps timed.
 2. Generation: greedy tokens/s of `sample.sample_ids` (one position at a time with the key/value cache) against
    transformers' `generate(do_sample=False)`, the same model and prompt.
 3. Encoding: characters/s of `encoder_gpt2.Encoder.encode` against the original encoder.py (given by
@@ -28,7 +24,6 @@
 """
 import argparse
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -46,6 +41,7 @@ import torch
 
 import bench
 import bench_pretrain
+import steady
 from model_gpt2 import GPT2Config, GPT2LMHeadModel
 
 N_VOCAB = 50257
@@ -64,14 +60,7 @@ def parse_args(argv=None):
     p.add_argument('--n_ctx', type=int, default=256, help='tokens per window (default: 256)')
     p.add_argument('--n_batch', type=int, default=4, help='windows per update (default: 4)')
     p.add_argument('--micro_batch', type=int, default=None, help='windows per forward pass (default n_batch)')
-    p.add_argument('--steps', type=int, default=5, help='timed updates per implementation and round (default: 5)')
-    p.add_argument('--warmup_steps', type=int, default=2,
-                   help='untimed updates at least at the start of each round, up to twice as many until the time '
-                        'of an update settles (default: 2)')
-    p.add_argument('--settle', type=float, default=0.1,
-                   help='two updates in a row within this fraction of each other end the warm-up (default: 0.1)')
-    p.add_argument('--rounds', type=int, default=None,
-                   help='rounds of the implementations taking turns (default: 3; 1 with --quick)')
+    steady.add_arguments(p)
     p.add_argument('--compile', action='store_true',
                    help="torch.compile each model as its users would on a GPU: ours (pretrain.py --compile), "
                         "transformers' (and a fused AdamW), nanoGPT's (its default; off otherwise)")
@@ -91,10 +80,8 @@ def parse_args(argv=None):
     p.add_argument('--first_update', type=int, default=1, help="--worker's first update number (default: 1)")
     args = p.parse_args(argv)
     if args.quick:
-        args.n_ctx, args.n_batch, args.micro_batch, args.steps, args.warmup_steps = 32, 2, 1, 1, 1
-        args.settle = 1.0  # any second update counts as settled
-        args.gen_len = 8
-    args.rounds = args.rounds or (1 if args.quick else 3)
+        args.n_ctx, args.n_batch, args.micro_batch, args.gen_len = 32, 2, 1, 8
+    args.protocol = steady.protocol_of(args)
     args.micro_batch = args.micro_batch or args.n_batch
     if args.n_batch % args.micro_batch:
         p.error(f'--micro_batch {args.micro_batch} must divide --n_batch {args.n_batch} (nanoGPT accumulates whole '
@@ -161,19 +148,11 @@ def nanogpt_folder(source, workdir, stream):
     return folder
 
 
-def settled(times, warmup, settle):
-    """Return the number of leading updates of times (seconds) to discard: at least warmup, then more until an
-    update takes within settle (a fraction) of the one before it, at most 2 * warmup."""
-    k = warmup
-    while k < 2 * warmup and k < len(times) and (k == 0 or abs(times[k] - times[k - 1]) > settle * times[k - 1]):
-        k += 1
-    return k
-
-
 def run_nanogpt(folder, args, cfg, precision, device):
     """Run nanoGPT's train.py unchanged for 2 * warmup + steps iterations; return (the number of leading iterations
     discarded as its warm-up (settled), the seconds of the steps timed after them)."""
-    n_iters = 2 * args.warmup_steps + args.steps
+    protocol = args.protocol
+    n_iters = 2 * protocol.warmup + protocol.steps
     cmd = [sys.executable, 'train.py', '--dataset=bench', f'--device={device}', f'--compile={args.compile}',
            f'--dtype={NANOGPT_DTYPES[precision]}', f'--batch_size={args.micro_batch}',
            f'--gradient_accumulation_steps={args.n_batch // args.micro_batch}', f'--block_size={cfg.n_ctx}',
@@ -186,30 +165,16 @@ def run_nanogpt(folder, args, cfg, precision, device):
     times = {int(m.group(1)): float(m.group(2)) / 1000 for m in map(NANOGPT_ITER.match, proc.stdout.splitlines())
              if m}
     times = [times[k] for k in range(n_iters)]
-    discard = settled(times, args.warmup_steps, args.settle)
-    return discard, times[discard:discard + args.steps]
-
-
-def timed_steps(impl, stream, first, n, device):
-    """Return the seconds of n updates of impl, numbered from first."""
-    return [bench.timed(lambda k=k: impl.step(stream, first + k), device) for k in range(n)]
-
-
-def warm_up(impl, stream, first, args, device):
-    """Make impl's untimed updates from number first until they settle (settled); return how many it made."""
-    times = []
-    while True:
-        times += timed_steps(impl, stream, first + len(times), 1, device)
-        if settled(times, args.warmup_steps, args.settle) < len(times) or len(times) == 2 * args.warmup_steps:
-            return len(times)
+    discard = steady.settled(times, protocol.warmup, protocol.settle)
+    return discard, times[discard:discard + protocol.steps]
 
 
 def worker_round(args, cfg, device, stream):
     """Return one round of the implementation args.worker in precision args.precisions (one): the updates it
     discarded and the seconds of the timed ones."""
     impl = IMPLS[args.worker](args, cfg, args.precisions, device)
-    warm = warm_up(impl, stream, args.first_update, args, device)
-    return warm, timed_steps(impl, stream, args.first_update + warm, args.steps, device)
+    return steady.measure_round(lambda k: impl.step(stream, args.first_update + k), args.protocol,
+                                lambda fn: bench.timed(fn, device))
 
 
 def worker_argv(args, name, precision, first_update):
@@ -217,19 +182,15 @@ def worker_argv(args, name, precision, first_update):
     argv = [sys.executable, os.path.abspath(__file__), '--worker', name, '--precisions', precision,
             '--first_update', str(first_update), '--device', args.device, '--size', args.size,
             '--n_ctx', str(args.n_ctx), '--n_batch', str(args.n_batch), '--micro_batch', str(args.micro_batch),
-            '--steps', str(args.steps), '--warmup_steps', str(args.warmup_steps), '--settle', str(args.settle)]
+            '--steps', str(args.protocol.steps), '--warmup_steps', str(args.protocol.warmup),
+            '--settle', str(args.protocol.settle)]
     return argv + (['--quick'] if args.quick else []) + (['--compile'] if args.compile else [])
 
 
 def run_worker(args, name, precision, first_update):
     """Run one round of implementation name in a process of its own; return (updates discarded, timed seconds, the
     process id)."""
-    proc = subprocess.run(worker_argv(args, name, precision, first_update), capture_output=True, text=True,
-                          timeout=3600)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f'bench_gpt2.py: the {name} worker failed: {proc.stderr[-2000:]}')
-    result = json.loads(lines[-1])
+    result = steady.run_worker(worker_argv(args, name, precision, first_update), f'bench_gpt2.py: the {name} worker')
     return result['discarded'], result['times'], result['pid']
 
 
@@ -242,13 +203,13 @@ def pretraining(args, cfg, device, stream, workdir):
         times, discarded = {name: [] for name in names}, {name: [] for name in names}
         pids = {name: [] for name in names}
         update_no = 1
-        for _ in range(args.rounds):  # a round of each, in turn, each in a new process
+        for _ in range(args.protocol.rounds):  # a round of each, in turn, each in a new process
             for name in IMPLS:
                 warm, own, pid = run_worker(args, name, precision, update_no)
                 times[name] += own
                 discarded[name].append(warm)
                 pids[name].append(pid)
-            update_no += 2 * args.warmup_steps + args.steps
+            update_no += 2 * args.protocol.warmup + args.protocol.steps
             if folder:
                 warm, own = run_nanogpt(folder, args, cfg, precision, device)
                 times['nanogpt'] += own
@@ -275,7 +236,7 @@ def generation(args, cfg, device):
     prompt = make_stream(min(32, cfg.n_ctx // 2), seed=1).astype(np.int64).tolist()
     gen_len = min(args.gen_len, cfg.n_ctx - len(prompt))
     times = {'ours': [], 'transformers': []}
-    for _ in range(args.rounds):
+    for _ in range(args.protocol.rounds):
         start = time.perf_counter()
         ids, _ = sample_ids(ours, prompt, N_VOCAB, SamplingSettings(gen_len=gen_len, greedy=True))
         times['ours'].append(time.perf_counter() - start)
@@ -353,7 +314,7 @@ def main(argv=None):
     stream = make_stream(max(8 * args.n_batch * (args.n_ctx + 1) * 8, 100_000))
     if args.worker:
         discarded, times = worker_round(args, cfg, device, stream)
-        print(json.dumps(dict(discarded=discarded, times=times, pid=os.getpid())))
+        steady.report(dict(discarded=discarded, times=times))
         return 0
     shape = SimpleNamespace(n_vocab=N_VOCAB, n_ctx=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer)
     flops = args.n_batch * bench.seq_flops(args.n_ctx, shape, N_VOCAB, train=True)
@@ -365,8 +326,8 @@ def main(argv=None):
     print(f"GPT-2 benchmark: {info.get('cpu', '')} {info.get('gpu', '')} torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"model {cfg.n_embd}/{cfg.n_layer}/{cfg.n_head} ({args.size if not args.quick else 'tiny'}), {args.n_batch} "
-          f"windows of {args.n_ctx} an update (micro-batch {args.micro_batch}), {args.rounds} rounds of "
-          f"{args.steps} timed updates after at least {args.warmup_steps} discarded (median, range); device {device}")
+          f"windows of {args.n_ctx} an update (micro-batch {args.micro_batch}); {args.protocol.describe()} (median, "
+          f"range); device {device}")
     tokens = args.n_batch * args.n_ctx
     print('peak: ' + ', '.join(f'{precision} {peak / 1e12:.3f} TFLOP/s ({source})'
                                for precision, (peak, source) in peaks.items()))

@@ -1,7 +1,8 @@
 """Pre-training throughput: pretrain.py's update against transformers' OpenAIGPTLMHeadModel, tokens/s and MFU.
 
 Both train the full-size GPT-1 (768 states, 12 layers, 12 heads) as a language model on windows of n_ctx
-tokens (default 512, the paper's), the same random token windows for both, in the same process, alternating:
+tokens (default 512, the paper's), the same random token windows for both, timed in steady state by steady.py's
+protocol (rounds taken in turn, each in a process of its own, warm-up updates discarded until they settle):
 - ours: `pretrain.pretrain_step` (trainer.update: micro-batches, autocast, the fused LM loss over the token
   rows and the separator, OpenAIAdam with global clipping);
 - peer: `OpenAIGPTLMHeadModel(input_ids, labels=input_ids)` (its own position table, LM softmax over its
@@ -15,6 +16,7 @@ else against the measured matmul roofline of the precision (bench.measure_roofli
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 from types import SimpleNamespace
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 import bench
+import steady
 from model_pytorch import DEFAULT_CONFIG, N_VOCAB, LMModel, clone_config
 from opt import OpenAIAdam
 from precision import autocast_context, configure_precision
@@ -42,13 +45,19 @@ def parse_args(argv=None):
     p.add_argument('--n_ctx', type=int, default=512, help="tokens per window (default: 512, the paper's)")
     p.add_argument('--n_batch', type=int, default=4, help='windows per update (default: 4)')
     p.add_argument('--micro_batch', type=int, default=None, help='windows per forward pass (default n_batch)')
-    p.add_argument('--steps', type=int, default=3,
-                   help='timed updates per implementation (the median is reported; default: 3)')
-    p.add_argument('--warmup_steps', type=int, default=1, help='untimed updates before timing (default: 1)')
+    steady.add_arguments(p)
     p.add_argument('--peak_tflops', type=float, default=None, help='the device\'s dense peak; default: the roofline')
     p.add_argument('--quick', action='store_true', help='a tiny model and short windows: a smoke test')
     p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
-    return p.parse_args(argv)
+    p.add_argument('--worker', default=None, choices=('ours', 'peer'),
+                   help='run one round of one implementation in this process, print its times as the last line '
+                        '(the benchmark starts its rounds so; default: none, run the whole benchmark)')
+    p.add_argument('--first_update', type=int, default=1, help="--worker's first update number (default: 1)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_ctx, args.n_batch = 32, 2
+    args.protocol = steady.protocol_of(args)
+    return args
 
 
 def shape_of(args):
@@ -137,51 +146,77 @@ class Peer:
         self.opt.zero_grad(set_to_none=True)
 
 
-def measure(impls, stream, steps, warmup_steps, device):
-    """Return the wall seconds of each timed update of each impl, the impls taking turns update by update
-    (so a slow spell of a shared machine falls on both)."""
-    for k in range(warmup_steps):
-        for impl in impls:
-            impl.step(stream, k + 1)
-    times = [[] for _ in impls]
-    for k in range(steps):
-        for impl, own in zip(impls, times):
-            own.append(bench.timed(lambda: impl.step(stream, warmup_steps + k + 1), device))
-    return times
+IMPLS = {'ours': Ours, 'peer': Peer}  # the implementations a --worker process runs
+
+
+def worker_argv(args, name, precision, first_update):
+    """Return the command line of a worker process making one round of implementation name."""
+    protocol = args.protocol
+    argv = [sys.executable, os.path.abspath(__file__), '--worker', name, '--precisions', precision,
+            '--first_update', str(first_update), '--device', args.device, '--n_ctx', str(args.n_ctx),
+            '--n_batch', str(args.n_batch), '--steps', str(protocol.steps), '--warmup_steps', str(protocol.warmup),
+            '--settle', str(protocol.settle)]
+    return (argv + (['--micro_batch', str(args.micro_batch)] if args.micro_batch else [])
+            + (['--quick'] if args.quick else []))
+
+
+def worker_round(args, shape, stream, device):
+    """Return one round of implementation args.worker in precision args.precisions (one): the updates it discarded,
+    the seconds of the timed ones."""
+    impl = IMPLS[args.worker](args, shape, args.precisions, device)
+    discarded, times = steady.measure_round(lambda k: impl.step(stream, args.first_update + k), args.protocol,
+                                            lambda fn: bench.timed(fn, device))
+    return dict(discarded=discarded, times=times)
+
+
+def measure(args, precision):
+    """Return {impl name: [each round's worker result]}, ours and the peer taking turns, each round in a new process
+    on the same windows as the other's."""
+    per_round = 2 * args.protocol.warmup + args.protocol.steps  # the most updates a round makes
+
+    def run_round(name, r):
+        return steady.run_worker(worker_argv(args, name, precision, 1 + r * per_round), f'bench_pretrain.py: {name}')
+
+    return steady.take_turns(list(IMPLS), args.protocol, run_round)
 
 
 def main(argv=None):
     """Run the benchmark; print a table (and write JSON); return the exit code."""
     args = parse_args(argv)
-    if args.quick:
-        args.n_ctx, args.n_batch, args.steps, args.warmup_steps = 32, 2, 1, 1
     device = torch.device(args.device)
     shape = shape_of(args)
     stream = make_stream(max(4 * args.n_batch * (args.n_ctx + 1) * 8, 100_000))
+    if args.worker:
+        steady.report(worker_round(args, shape, stream, device))
+        return 0
     tokens = args.n_batch * args.n_ctx
     flops = args.n_batch * bench.seq_flops(args.n_ctx, shape, N_VOCAB + 1, train=True)
     results = []
     for precision in args.precisions.split(','):
         peak = args.peak_tflops * 1e12 if args.peak_tflops else bench.measure_roofline(
             precision, device, 512 if args.quick else (8192 if device.type == 'cuda' else 3072))
-        impls = [Ours(args, shape, precision, device), Peer(args, shape, precision, device)]
-        for name, times in zip(('ours', 'peer'), measure(impls, stream, args.steps, args.warmup_steps, device)):
-            step_s = float(np.median(times))
-            results.append(dict(impl=name, precision=precision, step_s=step_s, times=times, tokens_per_s=tokens / step_s,
+        for name, rounds in measure(args, precision).items():
+            times = [t for r in rounds for t in r['times']]
+            step_s = statistics.median(times)
+            results.append(dict(impl=name, precision=precision, step_s=step_s, step_min=min(times),
+                                step_max=max(times), times=times, discarded=[r['discarded'] for r in rounds],
+                                pids=[r['pid'] for r in rounds], tokens_per_s=tokens / step_s,
                                 tflops=flops / step_s / 1e12, mfu=flops / step_s / peak, peak_tflops=peak / 1e12))
-        del impls
     info = bench.machine_info(device)
     print(f"GPT-1 pre-training benchmark: {info.get('cpu', '')} {info.get('gpu', '')} torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"model {shape.n_embd}/{shape.n_layer}/{shape.n_head}, rows {N_VOCAB + 1}; {args.n_batch} windows of "
-          f"{args.n_ctx} an update (micro-batch {args.micro_batch or args.n_batch}); {args.steps} timed updates "
-          f"(median); device {device}")
-    print(f"{'impl':6} {'prec':5} {'step s':>8} {'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak':>8}  vs peer")
+          f"{args.n_ctx} an update (micro-batch {args.micro_batch or args.n_batch}); {args.protocol.describe()} "
+          f"(median, range); device {device}")
+    print(f"{'impl':6} {'prec':5} {'step s':>8} {'range':>13} {'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak':>8} "
+          f"{'discarded':>10}  vs peer")
     for r in results:
         peer = next(p for p in results if p['impl'] == 'peer' and p['precision'] == r['precision'])
         vs = f"{peer['step_s'] / r['step_s']:.2f}x" if r['impl'] == 'ours' else ''
-        print(f"{r['impl']:6} {r['precision']:5} {r['step_s']:8.2f} {r['tokens_per_s']:9.0f} {r['tflops']:8.3f} "
-              f"{r['mfu']:6.1%} {r['peak_tflops']:8.3f}  {vs}")
+        spread = f"{r['step_min']:.2f}-{r['step_max']:.2f}"
+        print(f"{r['impl']:6} {r['precision']:5} {r['step_s']:8.2f} {spread:>13} {r['tokens_per_s']:9.0f} "
+              f"{r['tflops']:8.3f} {r['mfu']:6.1%} {r['peak_tflops']:8.3f} {','.join(map(str, r['discarded'])):>10}  "
+              f"{vs}")
     if args.json:
         bench.write_json(args.json, info, args, results=results)
     return 0

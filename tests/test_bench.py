@@ -84,11 +84,13 @@ def test_peer_inputs_match_the_batch():
     np.testing.assert_array_equal(y.numpy(), ymb)
 
 
-def check_result(r, batches, shape):
-    """Assert the properties every measured config's result must have."""
+def check_result(r, shape):
+    """Assert the properties every measured config's result must have (one round, one timed step)."""
     assert 'error' not in r, r
     for section, train in (('train', True), ('eval', False)):
         s = r[section]
+        discarded, = s['discarded']
+        batches = bench.make_batches(discarded + 1, shape, seed=0)[discarded:]  # the timed batch follows the discarded
         assert s['tokens_per_step'] == [int(mmb.sum()) for _, mmb, _ in batches]
         assert s['flops_per_step'] == [bench.batch_flops(mmb, shape, r['lm_rows'], train) for _, mmb, _ in batches]
         assert s['step_s'] > 0 and s['examples_per_s'] > 0 and s['tokens_per_s'] > 0 and s['flops_per_s'] > 0
@@ -106,14 +108,13 @@ def test_quick_in_process(tmp_path, capsys):
     report = bench.main(['--quick', '--in-process', '--json', str(path)])
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))
     shape = bench.QUICK_SHAPE
-    batches = bench.make_batches(2, shape, seed=0)[1:]  # 1 warm-up batch, then the timed one
     assert set(report['results']) == {'ours-fp32', 'peer-fp32', 'ours-bf16', 'peer-bf16'}
     for name, r in report['results'].items():
         impl, precision = name.split('-')
         assert (r['impl'], r['precision']) == (impl, precision)
         assert r['micro_batch'] == (8 if impl == 'ours' else 32)
         assert r['lm_rows'] == (500 + 3 + 77 if impl == 'ours' else 500 + 3)
-        check_result(r, batches, shape)
+        check_result(r, shape)
     assert not any(r['memory']['isolated'] for r in report['results'].values())
     assert set(report['roofline']) == {'fp32', 'bf16'} and min(report['roofline'].values()) > 0
     assert {t['name'] for t in report['targets']} >= {'train throughput ours-fp32 / peer-fp32',
@@ -127,8 +128,9 @@ def test_quick_isolated_worker(tmp_path):
                          str(tmp_path / 'b.json')])
     r = report['results']['ours-fp32-mb32']
     assert r['micro_batch'] == 32
-    check_result(r, bench.make_batches(1, bench.QUICK_SHAPE, seed=0), bench.QUICK_SHAPE)
-    assert r['memory']['isolated']  # measured in its own process
+    check_result(r, bench.QUICK_SHAPE)
+    assert r['train']['discarded'] == r['eval']['discarded'] == [0]  # --warmup-steps 0: the first batch is timed
+    assert r['memory']['isolated'] and r['pids'][0] != os.getpid()  # measured in a process of its own
 
 
 ROOT = Path(__file__).resolve().parents[1]

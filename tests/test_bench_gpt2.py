@@ -4,6 +4,7 @@ import os
 from types import SimpleNamespace
 
 import bench_gpt2
+import steady
 
 
 def test_quick_run_reports_every_implementation_and_checks_equal_outputs(tmp_path, capsys):
@@ -47,13 +48,7 @@ def test_nanogpt_runs_unchanged_and_its_iteration_times_are_read(tmp_path, monke
     folder = bench_gpt2.nanogpt_folder(str(source), str(tmp_path / 'work'), bench_gpt2.make_stream(1000))
     for compile_ in (False, True):  # nanoGPT compiles by default: --compile leaves it so, else it is turned off
         monkeypatch.setenv('EXPECT_COMPILE', str(compile_))
-        args = SimpleNamespace(warmup_steps=1, steps=2, micro_batch=2, n_batch=4, settle=0.1, compile=compile_)
+        args = SimpleNamespace(protocol=steady.Protocol(warmup=1, steps=2, settle=0.1), micro_batch=2, n_batch=4,
+                               compile=compile_)
         # 0.1 s, 0.2 s, 0.3 s, 0.4 s: no two in a row within 10%, so the warm-up is the most allowed, 2 iterations
         assert bench_gpt2.run_nanogpt(folder, args, cfg, 'fp32', 'cpu') == (2, [0.3, 0.4])
-
-
-def test_the_warm_up_lasts_until_two_updates_in_a_row_settle():
-    assert bench_gpt2.settled([9.0, 5.0, 5.1, 5.0, 5.0], 2, 0.1) == 2  # at least warmup: update 3 is within 10%
-    assert bench_gpt2.settled([9.0, 7.0, 5.0, 5.1, 5.0], 2, 0.1) == 3  # update 3 still settling, update 4 not
-    assert bench_gpt2.settled([9.0, 7.0, 5.0, 4.0, 5.0, 5.0], 2, 0.1) == 4  # at most twice warmup
-    assert bench_gpt2.settled([1.0, 1.0], 0, 0.1) == 0

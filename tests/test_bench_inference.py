@@ -1,6 +1,7 @@
 """Tests of benchmarks/bench_inference.py: a --quick run times both implementations of each row and checks that they
 computed the same thing."""
 import json
+import os
 
 import bench_inference
 
@@ -13,6 +14,8 @@ def test_quick_run_reports_both_implementations_with_equal_outputs(tmp_path, cap
         for task, batch in (('generation', 1), ('generation', 4), ('evaluation', 1))}
     assert all(r['same'] for r in rows)  # greedy tokens row by row; the summed NLLs within 0.1%
     assert all(r['tokens_per_s'] > 0 and len(r['times']) == 1 for r in rows)
+    pids = {r['impl']: r['pids'] for r in rows}  # each implementation's round in a process of its own
+    assert len(set(pids['ours'] + pids['transformers'])) == 2 and os.getpid() not in pids['ours']
     assert 'ours vs it' in capsys.readouterr().out
 
 

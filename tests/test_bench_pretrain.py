@@ -1,5 +1,6 @@
 """Tests for bench_pretrain.py: the quick run measures both implementations and counts the right FLOPs."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from model_pytorch import N_VOCAB
 
 
 def test_quick_run_measures_ours_and_the_peer_in_each_precision(tmp_path, capsys):
+    """Each round of each implementation in a process of its own (none the benchmark's), after its warm-up."""
     out = tmp_path / 'r.json'
     assert bench_pretrain.main(['--quick', '--precisions', 'fp32,bf16', '--json', str(out)]) == 0
     report = json.loads(out.read_text())
@@ -19,6 +21,9 @@ def test_quick_run_measures_ours_and_the_peer_in_each_precision(tmp_path, capsys
         assert r['tokens_per_s'] > 0 and r['step_s'] > 0
         assert r['tokens_per_s'] * r['step_s'] == pytest.approx(2 * 32)  # 2 windows of 32 tokens an update
         assert 0 < r['mfu'] == pytest.approx(r['tflops'] / r['peak_tflops'])
+        assert len(r['times']) == 1 and r['discarded'] == [1]  # --quick: 1 discarded, 1 timed, 1 round
+    pids = [pid for r in report['results'] for pid in r['pids']]
+    assert len(set(pids)) == 4 and os.getpid() not in pids
     assert 'vs peer' in capsys.readouterr().out
 
 
