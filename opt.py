@@ -132,7 +132,8 @@ class OpenAIAdam(Optimizer):
 
     Per-parameter state: 'step' (int, number of updates this parameter received), 'm' and 'v' (the moments,
     float32 for float16/bfloat16 parameters, else the parameter's dtype). p.grad is never modified: clipping
-    scales a copy, as the original does. A parameter whose .grad is None is skipped: it takes no part in the
+    scales a copy, as the original does (on the CPU the foreach path folds the factor into the moments' factors
+    instead, the same update without the copy). A parameter whose .grad is None is skipped: it takes no part in the
     global norm and its state (step included) is left as it was.
     """
 
@@ -259,16 +260,23 @@ class OpenAIAdam(Optimizer):
             low = dtype in _LOW_PRECISION
             if low:
                 gs = [g.float() for g in gs]
-            if scale is not None:
-                s = scale.to(device)
+            m_alpha, v_value = 1 - b1, 1 - b2
+            if scale is not None and _reads_are_free(device):
+                # On the CPU the clipping factor is read for free: folded into the moments' factors, m += (1 - b1) s g
+                # and v += (1 - b2) s^2 g g, it spares a scaled copy of every gradient (a pass over all of them). The
+                # same update up to float rounding; bit for bit when the norm is under max_grad_norm (s is 1).
+                s = float(scale)
+                m_alpha, v_value = m_alpha * s, v_value * s * s
+            elif scale is not None:
+                s = scale.to(device)  # stays on the device: no wait for the GPU's norm
                 if low:
                     torch._foreach_mul_(gs, s)  # gs is already our own float32 copy
                 else:
                     gs = torch._foreach_mul(gs, s)  # never scale p.grad in place
             torch._foreach_mul_(ms, b1)
-            torch._foreach_add_(ms, gs, alpha=1 - b1)
+            torch._foreach_add_(ms, gs, alpha=m_alpha)
             torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+            torch._foreach_addcmul_(vs, gs, gs, value=v_value)
             del gs
             denom = torch._foreach_sqrt(vs)
             torch._foreach_add_(denom, e)
@@ -289,6 +297,11 @@ def _undecorated(method):
     optimizer; OpenAIAdam is never compiled, and a script that compiles the model imports it anyway.
     """
     return getattr(method, '__wrapped__', method)
+
+
+def _reads_are_free(device):
+    """Return whether the host reads a value computed on device without waiting for queued work (the CPU's case)."""
+    return device.type == 'cpu'
 
 
 def _by_device_dtype(tensors):

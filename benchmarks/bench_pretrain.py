@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument('--n_batch', type=int, default=4, help='windows per update (default: 4)')
     p.add_argument('--micro_batch', type=int, default=None, help='windows per forward pass (default n_batch)')
     steady.add_arguments(p)
+    p.add_argument('--compile', action='store_true',
+                   help="torch.compile each model as its users would on a GPU: ours (pretrain.py --compile), the "
+                        "peer's (and a fused AdamW; default: off)")
     p.add_argument('--peak_tflops', type=float, default=None, help='the device\'s dense peak; default: the roofline')
     p.add_argument('--quick', action='store_true', help='a tiny model and short windows: a smoke test')
     p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
@@ -79,7 +82,7 @@ def pretraining_run(args, model, precision, device):
     the benchmark's optimizer."""
     opt = OpenAIAdam(model.parameters(), lr=2.5e-4, schedule='warmup_cosine_decay', warmup=0.1, t_total=1000,
                      l2=0.01, max_grad_norm=1.0)
-    launch = Launch(RunSettings(seed=0, precision=precision, compile=getattr(args, 'compile', False)),
+    launch = Launch(RunSettings(seed=0, precision=precision, compile=args.compile),
                     device)  # writes no files
     return Run(launch, model, opt, StateSpec({}, {}), trained=model.transformer)
 
@@ -117,9 +120,9 @@ class Peer:
     def start(self, model, args, precision, device):
         """Train model (a transformers LM head model) with AdamW in precision on device."""
         self.model = model.to(device).train()
-        self.forward = torch.compile(self.model) if getattr(args, 'compile', False) else self.model
+        self.forward = torch.compile(self.model) if args.compile else self.model
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2.5e-4, weight_decay=0.01,
-                                     fused=getattr(args, 'compile', False) or None)
+                                     fused=args.compile or None)
         self.scaler = configure_precision(device, precision)
         self.args, self.precision, self.device = args, precision, device
 
@@ -157,7 +160,7 @@ def worker_argv(args, name, precision, first_update):
             '--n_batch', str(args.n_batch), '--steps', str(protocol.steps), '--warmup_steps', str(protocol.warmup),
             '--settle', str(protocol.settle)]
     return (argv + (['--micro_batch', str(args.micro_batch)] if args.micro_batch else [])
-            + (['--quick'] if args.quick else []))
+            + (['--quick'] if args.quick else []) + (['--compile'] if args.compile else []))
 
 
 def worker_round(args, shape, stream, device):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import opt as opt_module
 from opt import SCHEDULES, OpenAIAdam, warmup_constant, warmup_cosine, warmup_linear
 
 FIXTURE = Path(__file__).parent / 'fixtures' / 'tf_reference' / 'small.npz'
@@ -157,6 +158,26 @@ def test_param_without_grad_is_skipped_and_not_in_norm(foreach):
     assert all(torch.equal(p, q) for p, q in zip(params, moved))
     assert opt.state[frozen]['step'] == 1 and opt.state[params[0]]['step'] == 3
     assert not torch.equal(frozen, frozen0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_clipping_factor_folded_on_the_cpu_equals_the_scaled_copy_kept_on_a_gpu(monkeypatch, dtype):
+    """On the CPU the clipping factor is read and folded into the moments' factors; on a GPU every gradient is scaled on
+    the device instead. Both make the same updates (the GPU's path run here on the CPU)."""
+    results = []
+    for free in (True, False):
+        monkeypatch.setattr(opt_module, '_reads_are_free', lambda device: free)
+        params, grads = make_problem()
+        params = [p.to(dtype) for p in params]
+        adam = OpenAIAdam(params, lr=0.01, schedule='warmup_linear', warmup=0.1, t_total=20, l2=0.05, max_grad_norm=0.5)
+        run(adam, params, grads, 10)  # gradients of norm 4-40: every step clipped
+        results.append((params, [adam.state[p]['m'] for p in params], [adam.state[p]['v'] for p in params]))
+    (pa, ma, va), (pb, mb, vb) = results
+    for a, b in zip(ma + va, mb + vb):  # the float32 moments
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b)  # the dtype's own tolerance
+    assert not torch.equal(pa[0], make_problem()[0][0].to(dtype))
 
 
 @pytest.mark.parametrize('foreach', [True, False])
