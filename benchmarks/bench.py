@@ -560,7 +560,7 @@ def parse_args(argv=None):
     p.add_argument('--json', default=None, help='also write the results as JSON to this path (default: none)')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.protocol = steady.protocol_of(args, steady.Protocol(steps=10 if args.device.startswith('cuda') else 5))
+    args.protocol = steady.protocol_of(args)
     return args
 
 

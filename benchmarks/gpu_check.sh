@@ -83,7 +83,7 @@ if not torch.cuda.is_available():
     sys.exit(f'gpu_check.sh: torch {torch.__version__} sees no CUDA device (a CPU-only build of torch?)')
 print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'device', torch.cuda.get_device_name(0))"
   step pytest_cuda "$PYTHON" -m pytest -m cuda -q
-  step bench "$PYTHON" benchmarks/bench.py --device cuda --json "$results/bench_cuda.json"
+  step bench "$PYTHON" benchmarks/bench.py --device cuda --steps 10 --json "$results/bench_cuda.json"
   for precision in bf16 fp32; do
     step "e2e_rocstories_$precision" "$PYTHON" benchmarks/bench_e2e.py --job rocstories --device cuda --precision "$precision" \
       --workdir "$results/e2e_work" --json "$results/e2e_rocstories_$precision.json"
