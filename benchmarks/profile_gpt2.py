@@ -51,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true', help='a tiny model: a smoke test')
     args = p.parse_args(argv)
     args.micro_batch, args.size = args.n_batch, '124M'
+    args.compile = False  # the models profiled run eagerly: a profile names each op
     return args
 
 
