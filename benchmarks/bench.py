@@ -15,8 +15,9 @@ out (story ~ U[40, 60] and endings ~ U[8, 15] random token ids, right-padded to 
 
 Each configuration is timed in steady state by steady.py's protocol: the configurations take turns round by round,
 each round in a subprocess of its own (so its peak memory, peak RSS on the CPU or CUDA max allocated on a GPU, is its
-own), warm-up steps discarded until they settle, then --steps timed. The achieved FLOP/s are model FLOPs (see `seq_flops`) over the median step time, as a
-fraction of a large square matmul measured at the same dtype in the same run.
+own), warm-up steps discarded until they settle, then --steps timed. The achieved FLOP/s are model FLOPs (see
+`seq_flops`) over the median step time, as a fraction of a large square matmul measured at the same dtype in the same
+run.
 
 The CUDA path (--device cuda: fp16 with a GradScaler, CUDA max allocated memory, TF32 for fp32 as
 precision.configure_precision sets it) has not been run yet: no GPU was available when it was written
@@ -333,7 +334,7 @@ def measure_section(step, batches, shape, rows, train, protocol, device):
 def run_config(spec, shape, device, protocol, seed):
     """Build one configuration in this process and measure one round of its training, evaluation and memory; return
     a result dict (combine pools the rounds)."""
-    batches = make_batches(2 * protocol.warmup + protocol.steps, shape, seed)  # the most a round uses
+    batches = make_batches(protocol.most, shape, seed)
     impl = (Ours if spec.impl == 'ours' else Peer)(spec, shape, device, seed)
     load_start = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
     base = memory_base(device)
@@ -566,9 +567,7 @@ def parse_args(argv=None):
 
 def common_argv(args):
     """Return the flags a worker subprocess needs to repeat this run's settings."""
-    protocol = args.protocol
-    argv = ['--device', args.device, '--steps', str(protocol.steps), '--warmup_steps', str(protocol.warmup),
-            '--settle', str(protocol.settle), '--seed', str(args.seed)]
+    argv = ['--device', args.device, '--seed', str(args.seed), *args.protocol.argv()]
     return argv + (['--quick'] if args.quick else [])
 
 

@@ -152,7 +152,7 @@ def run_nanogpt(folder, args, cfg, precision, device):
     """Run nanoGPT's train.py unchanged for 2 * warmup + steps iterations; return (the number of leading iterations
     discarded as its warm-up (settled), the seconds of the steps timed after them)."""
     protocol = args.protocol
-    n_iters = 2 * protocol.warmup + protocol.steps
+    n_iters = protocol.most
     cmd = [sys.executable, 'train.py', '--dataset=bench', f'--device={device}', f'--compile={args.compile}',
            f'--dtype={NANOGPT_DTYPES[precision]}', f'--batch_size={args.micro_batch}',
            f'--gradient_accumulation_steps={args.n_batch // args.micro_batch}', f'--block_size={cfg.n_ctx}',
@@ -182,42 +182,29 @@ def worker_argv(args, name, precision, first_update):
     argv = [sys.executable, os.path.abspath(__file__), '--worker', name, '--precisions', precision,
             '--first_update', str(first_update), '--device', args.device, '--size', args.size,
             '--n_ctx', str(args.n_ctx), '--n_batch', str(args.n_batch), '--micro_batch', str(args.micro_batch),
-            '--steps', str(args.protocol.steps), '--warmup_steps', str(args.protocol.warmup),
-            '--settle', str(args.protocol.settle)]
+            *args.protocol.argv()]
     return argv + (['--quick'] if args.quick else []) + (['--compile'] if args.compile else [])
 
 
-def run_worker(args, name, precision, first_update):
-    """Run one round of implementation name in a process of its own; return (updates discarded, timed seconds, the
-    process id)."""
-    result = steady.run_worker(worker_argv(args, name, precision, first_update), f'bench_gpt2.py: the {name} worker')
-    return result['discarded'], result['times'], result['pid']
-
-
 def pretraining(args, cfg, device, stream, workdir):
-    """Return the pre-training results: per precision and implementation, the timed updates' seconds."""
+    """Return the pre-training results: per precision and implementation, the timed updates' seconds, what each round
+    discarded and its process (nanoGPT's: a run of its train.py, whose process id is not reported)."""
     folder = nanogpt_folder(args.nanogpt, workdir, stream) if args.nanogpt else None
     results = []
     for precision in args.precisions.split(','):
+        def run_round(name, r, precision=precision):
+            if name == 'nanogpt':
+                discarded, times = run_nanogpt(folder, args, cfg, precision, device)
+                return dict(discarded=discarded, times=times)
+            return steady.run_worker(worker_argv(args, name, precision, 1 + r * args.protocol.most),
+                                     f'bench_gpt2.py: the {name} worker')
+
         names = list(IMPLS) + (['nanogpt'] if folder else [])
-        times, discarded = {name: [] for name in names}, {name: [] for name in names}
-        pids = {name: [] for name in names}
-        update_no = 1
-        for _ in range(args.protocol.rounds):  # a round of each, in turn, each in a new process
-            for name in IMPLS:
-                warm, own, pid = run_worker(args, name, precision, update_no)
-                times[name] += own
-                discarded[name].append(warm)
-                pids[name].append(pid)
-            update_no += 2 * args.protocol.warmup + args.protocol.steps
-            if folder:
-                warm, own = run_nanogpt(folder, args, cfg, precision, device)
-                times['nanogpt'] += own
-                discarded['nanogpt'].append(warm)
-        for name, own in times.items():
-            results.append(dict(impl=name, precision=precision, times=own, discarded=discarded[name],
+        for name, rounds in steady.take_turns(names, args.protocol, run_round).items():
+            own = [t for r in rounds for t in r['times']]
+            results.append(dict(impl=name, precision=precision, times=own, discarded=[r['discarded'] for r in rounds],
                                 step_s=statistics.median(own), step_min=min(own), step_max=max(own),
-                                pids=pids[name]))
+                                pids=[r['pid'] for r in rounds if 'pid' in r]))
     return results
 
 

@@ -187,12 +187,10 @@ def worker_round(args, device):
 
 def worker_argv(args, name, precision):
     """Return the command line of a worker process making one round of implementation name at precision."""
-    protocol = args.protocol
     argv = [sys.executable, os.path.abspath(__file__), '--worker', name, '--precisions', precision,
             '--device', args.device, '--size', args.size, '--batch_size', str(args.batch_size),
             '--prompt_len', str(args.prompt_len), '--gen_len', str(args.gen_len), '--eval_tokens', str(args.eval_tokens),
-            '--stride', str(args.stride), '--tasks', args.tasks, '--steps', str(protocol.steps),
-            '--warmup_steps', str(protocol.warmup), '--settle', str(protocol.settle)]
+            '--stride', str(args.stride), '--tasks', args.tasks, *args.protocol.argv()]
     return argv + (['--quick'] if args.quick else [])
 
 

@@ -154,11 +154,9 @@ IMPLS = {'ours': Ours, 'peer': Peer}  # the implementations a --worker process r
 
 def worker_argv(args, name, precision, first_update):
     """Return the command line of a worker process making one round of implementation name."""
-    protocol = args.protocol
     argv = [sys.executable, os.path.abspath(__file__), '--worker', name, '--precisions', precision,
             '--first_update', str(first_update), '--device', args.device, '--n_ctx', str(args.n_ctx),
-            '--n_batch', str(args.n_batch), '--steps', str(protocol.steps), '--warmup_steps', str(protocol.warmup),
-            '--settle', str(protocol.settle)]
+            '--n_batch', str(args.n_batch), *args.protocol.argv()]
     return (argv + (['--micro_batch', str(args.micro_batch)] if args.micro_batch else [])
             + (['--quick'] if args.quick else []) + (['--compile'] if args.compile else []))
 
@@ -175,10 +173,9 @@ def worker_round(args, shape, stream, device):
 def measure(args, precision):
     """Return {impl name: [each round's worker result]}, ours and the peer taking turns, each round in a new process
     on the same windows as the other's."""
-    per_round = 2 * args.protocol.warmup + args.protocol.steps  # the most updates a round makes
-
     def run_round(name, r):
-        return steady.run_worker(worker_argv(args, name, precision, 1 + r * per_round), f'bench_pretrain.py: {name}')
+        first_update = 1 + r * args.protocol.most
+        return steady.run_worker(worker_argv(args, name, precision, first_update), f'bench_pretrain.py: {name}')
 
     return steady.take_turns(list(IMPLS), args.protocol, run_round)
 

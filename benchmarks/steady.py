@@ -22,6 +22,15 @@ class Protocol:
     settle: float = 0.1
     rounds: int = 3
 
+    @property
+    def most(self):
+        """Return the most iterations a round makes: twice the warm-up, then the timed ones."""
+        return 2 * self.warmup + self.steps
+
+    def argv(self):
+        """Return the options that give a worker process this protocol's round."""
+        return ['--steps', str(self.steps), '--warmup_steps', str(self.warmup), '--settle', str(self.settle)]
+
     def describe(self):
         """Return the protocol in words, for a table's heading."""
         return (f'{self.rounds} round(s) in turn, each in a process of its own, of {self.steps} timed after at least '
@@ -49,7 +58,7 @@ def add_arguments(parser, default=Protocol(), what='updates'):
 def protocol_of(args, default=Protocol()):
     """Return the Protocol of arguments parsed with add_arguments's options: those given, else default's (QUICK's
     with --quick)."""
-    base = QUICK if getattr(args, 'quick', False) else default
+    base = QUICK if args.quick else default
     given = dict(steps=args.steps, warmup=args.warmup_steps, settle=args.settle, rounds=args.rounds)
     protocol = replace(base, **{key: value for key, value in given.items() if value is not None})
     if protocol.steps < 1 or protocol.rounds < 1 or protocol.warmup < 0 or protocol.settle < 0:

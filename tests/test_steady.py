@@ -54,6 +54,12 @@ def test_the_options_fill_the_default_protocol_or_the_quick_one():
             parse(bad)
 
 
+def test_a_worker_given_the_protocol_s_options_makes_the_same_rounds():
+    protocol = steady.Protocol(steps=7, warmup=3, settle=0.25, rounds=2)
+    assert parse(protocol.argv() + ['--rounds', '2']) == protocol  # a worker makes one round: --rounds is not passed
+    assert protocol.most == 13  # twice the warm-up, then the timed ones: the batches and updates a round may use
+
+
 def test_a_worker_runs_in_a_process_of_its_own_and_its_last_line_is_read():
     folder = os.path.dirname(os.path.abspath(steady.__file__))
     code = f"import sys; sys.path.insert(0, {folder!r}); import steady; print('noise'); steady.report({{'times': [1.5]}})"
