@@ -10,13 +10,13 @@ from a softmax over the vocabulary's token rows only (heuristics.py's convention
 import argparse
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass
 
 import torch
 
+import untrusted
 from flags import add_precision_arg, add_weights_args, weights_choice
 from models import WeightsChoice
 
@@ -59,18 +59,12 @@ def wikitext_detokenize(text):
 
 
 def read_text(path):
-    """Return the UTF-8 text of a regular file of at most MAX_BYTES that holds more than whitespace."""
-    if not os.path.isfile(path):
-        raise ValueError(f'--data {path}: no such regular file')
-    size = os.path.getsize(path)
-    if size > MAX_BYTES:
-        raise ValueError(f'--data {path}: {size} bytes, more than the {MAX_BYTES} a test set holds')
-    with open(path, 'rb') as f:
-        raw = f.read(MAX_BYTES + 1)
+    """Return the UTF-8 text of the test set at path: a regular file of at most MAX_BYTES that holds more than
+    whitespace (a leading BOM dropped)."""
     try:
-        text = raw.decode('utf-8')
-    except UnicodeDecodeError as err:
-        raise ValueError(f'--data {path}: not UTF-8 text (byte {err.start}: {err.reason})') from None
+        text = untrusted.read_text(path, limit=MAX_BYTES, what='test set', missing='give --data an existing file')
+    except untrusted.BadFile as err:
+        raise ValueError(f'--data {err}') from None
     if not text.strip():
         raise ValueError(f'--data {path}: the file is empty')
     return text

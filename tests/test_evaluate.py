@@ -3,6 +3,7 @@ scored token, log_softmax over the token rows) on tiny random GPT-1 and GPT-2 mo
 files' formats (excerpts in tests/fixtures/evaluation/); bad input is one line."""
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -287,12 +288,15 @@ def test_hellaswag_figures_equal_the_naive_computation(family_dir, naive, tmp_pa
 
 
 def bad(family_dir, tmp_path, task, content, capsys):
-    """Return the one error line of evaluate.py on a --data file holding content (bytes, or None: a folder)."""
+    """Return the one error line of evaluate.py on a --data file holding content (bytes; None: a folder, 'fifo': a
+    named pipe, 'missing': nothing there)."""
     family, path, flags = family_dir
     data = tmp_path / 'data'
     if content is None:
         data.mkdir()
-    else:
+    elif content == 'fifo':
+        os.mkfifo(data)
+    elif content != 'missing':
         data.write_bytes(content)
     assert evaluate.main(['--task', task, '--data', str(data), '--model_dir', str(path), *flags, '--device', 'cpu',
                           '--quiet']) == 2
@@ -302,7 +306,10 @@ def bad(family_dir, tmp_path, task, content, capsys):
 
 
 @pytest.mark.parametrize('task, content, message', [
-    ('text', None, 'no such regular file'),
+    ('text', None, 'is a folder: a file was expected there'),
+    ('text', 'missing', 'is missing: give --data an existing file'),
+    ('lambada', 'fifo', 'not a regular file (a pipe, device or socket)'),
+    ('text', b'\xef\xbb\xbf \n', 'the file is empty'),
     ('text', b'', 'the file is empty'),
     ('wikitext', b' \n \n', 'the file is empty'),
     ('text', b'caf\xe9 au lait', 'not UTF-8 text'),
@@ -323,7 +330,7 @@ def test_bad_input_is_one_line_naming_the_file(family_dir, tmp_path, capsys, tas
 def test_a_file_too_large_is_refused(family_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(evaluate, 'MAX_BYTES', 10)
     line, path = bad(family_dir, tmp_path, 'text', b'x' * 11, capsys)
-    assert line == f'evaluate.py: error: --data {path}: 11 bytes, more than the 10 a test set holds'
+    assert line == f'evaluate.py: error: --data {path}: is 11 bytes, more than any test set (10 bytes at most)'
 
 
 def test_importing_does_no_work_and_help_names_both_families(capsys):
