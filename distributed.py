@@ -4,6 +4,7 @@ torchrun), replacing the original's towers on several GPUs (TF: mgpu_train, mgpu
 One update still averages n_batch * n_gpu examples whatever the number of processes: each rank takes
 its contiguous share of every shuffled batch and DistributedDataParallel averages the gradients.
 """
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +36,11 @@ def dist_info(environ=None):
 def init_distributed(info, device, timeout_s=600):
     """Join the process group (NCCL on CUDA, gloo on the CPU) when there are several processes."""
     if info.world_size > 1 and not dist.is_initialized():
+        # Importing torch._dynamo (DistributedDataParallel does) keeps a reference to every process group alive at
+        # that moment, and such a group outlives destroy_process_group: its gloo threads run on into the interpreter's
+        # shutdown, where one that frees a tensor aborts the process ("terminate called without an active exception")
+        # now and then. Imported before the group exists, it keeps none, and close_distributed ends the group's threads.
+        import torch._dynamo  # noqa: F401
         backend = 'nccl' if device.type == 'cuda' else 'gloo'
         # the timeout turns a rank that died or hangs into an error on the others instead of a hang
         timeout = timedelta(seconds=timeout_s)
@@ -51,6 +57,7 @@ def close_distributed(synchronize=False):
     Synchronize on success only: a rank that leaves early on an error must not wait for the others.
     """
     if dist.is_initialized():
+        gc.collect()  # a model wrapper left in a reference cycle lets go of the group, so destroying it ends its threads
         if synchronize:
             # no rank tears its connections down while a peer still uses them (gloo aborts on that)
             dist.barrier()

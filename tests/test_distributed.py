@@ -3,6 +3,9 @@ import copy
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from opt import OpenAIAdam
 from tasks import ROCSTORIES
 from tests.helpers import free_port, load_tf_reference, step_run, tf_model
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {'accumulate': 1, 'whole_share': 4}  # micro-batch sizes: shares of 4 in micro-batches of 1, or whole
 
 
@@ -161,3 +165,46 @@ def test_single_process_results_do_not_depend_on_the_micro_batch():
     for (key, p), q in zip(a.named_parameters(), b.parameters()):
         if key != 'task_head.clf.b':
             torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=key)
+
+
+# A rank as a user's program runs one: torch._dynamo not imported before the group exists (the test module imports
+# train.py, which imports it, so the rank is a fresh interpreter), and a DistributedDataParallel wrapper left behind in
+# a reference cycle, as train.py's run leaves its own.
+CLOSING_RANK = '''
+import json, os, sys
+import torch
+import torch.distributed as dist
+from distributed import close_distributed, dist_info, init_distributed, wrap_ddp
+assert 'torch._dynamo' not in sys.modules
+info = dist_info()
+init_distributed(info, torch.device('cpu'), timeout_s=120)
+model = wrap_ddp(torch.nn.Linear(3, 2), torch.device('cpu'), info)
+model(torch.randn(4, 3)).sum().backward()
+dist.all_gather_object([None] * info.world_size, {'rank': info.rank})
+cycle = [model]
+cycle.append(cycle)
+del model, cycle
+close_distributed(synchronize=True)
+names = []
+for task in os.listdir('/proc/self/task'):
+    with open(f'/proc/self/task/{task}/comm') as f:
+        names.append(f.read().strip())
+print(json.dumps({'dynamo': 'torch._dynamo' in sys.modules, 'threads': names}))
+'''
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason="a process's threads are listed in /proc on Linux")
+def test_closing_the_group_ends_its_threads_before_the_interpreter_shuts_down():
+    # A gloo group that outlives close_distributed keeps its threads into the interpreter's shutdown, where one that
+    # frees a tensor aborts the rank now and then after a run that succeeded, and torchrun reports the job failed
+    port = free_port()
+    env = [dict(os.environ, RANK=str(r), WORLD_SIZE='2', LOCAL_RANK=str(r), MASTER_ADDR='127.0.0.1',
+                MASTER_PORT=str(port), OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT)) for r in range(2)]
+    ranks = [subprocess.Popen([sys.executable, '-c', CLOSING_RANK], cwd=ROOT, env=e, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for e in env]
+    for rank in ranks:
+        out, err = rank.communicate(timeout=300)
+        assert rank.returncode == 0, err[-3000:]
+        report = json.loads(out.strip().splitlines()[-1])
+        assert report['dynamo']  # DistributedDataParallel imported it after the group existed
+        assert not [name for name in report['threads'] if 'gloo' in name], report['threads']
