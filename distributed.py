@@ -57,7 +57,7 @@ def close_distributed(synchronize=False):
     Synchronize on success only: a rank that leaves early on an error must not wait for the others.
     """
     if dist.is_initialized():
-        gc.collect()  # a model wrapper left in a reference cycle lets go of the group, so destroying it ends its threads
+        gc.collect()  # a model wrapper left in a reference cycle lets go of the group: destroying it ends its threads
         if synchronize:
             # no rank tears its connections down while a peer still uses them (gloo aborts on that)
             dist.barrier()

@@ -278,6 +278,12 @@ def hf_gpt2_and_ours(folder, seed=0):
     return hf, models.load_model(str(Path(folder) / 'hf'), lm=True)
 
 
+def torchrun_env():
+    """Return the environment of a test's torchrun job: one thread a process (its processes share this machine's
+    cores), and every thread's Python traceback printed should a rank abort."""
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONFAULTHANDLER='1')
+
+
 def torchrun(script, argv, nproc=2, *launcher):
     """Return the torchrun command line running script with argv in nproc processes."""
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', *launcher,

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,8 @@ import train
 from distributed import DistInfo, dist_info, shard
 from opt import OpenAIAdam
 from tasks import ROCSTORIES
-from tests.helpers import free_port, load_tf_reference, step_run, tf_model
+from tests.helpers import ROOT, free_port, load_tf_reference, step_run, tf_model, torchrun_env
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {'accumulate': 1, 'whole_share': 4}  # micro-batch sizes: shares of 4 in micro-batches of 1, or whole
 
 
@@ -198,8 +196,8 @@ def test_closing_the_group_ends_its_threads_before_the_interpreter_shuts_down():
     # A gloo group that outlives close_distributed keeps its threads into the interpreter's shutdown, where one that
     # frees a tensor aborts the rank now and then after a run that succeeded, and torchrun reports the job failed
     port = free_port()
-    env = [dict(os.environ, RANK=str(r), WORLD_SIZE='2', LOCAL_RANK=str(r), MASTER_ADDR='127.0.0.1',
-                MASTER_PORT=str(port), OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT)) for r in range(2)]
+    env = [dict(torchrun_env(), RANK=str(r), WORLD_SIZE='2', LOCAL_RANK=str(r), MASTER_ADDR='127.0.0.1',
+                MASTER_PORT=str(port), PYTHONPATH=str(ROOT)) for r in range(2)]
     ranks = [subprocess.Popen([sys.executable, '-c', CLOSING_RANK], cwd=ROOT, env=e, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for e in env]
     for rank in ranks:

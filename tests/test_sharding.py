@@ -26,8 +26,8 @@ from opt import OpenAIAdam
 from distributed import DistInfo
 from sharding import RankMemory, rank_memory
 from trainer import RunSettings, resolved_settings
-from tests.helpers import (ROOT, children, free_port, roc_cli_args, roc_workdir, torchrun, wait_for, wait_for_line,
-                           wait_until_unlocked, write_structured_corpus)
+from tests.helpers import (ROOT, children, free_port, roc_cli_args, roc_workdir, torchrun, torchrun_env, wait_for,
+                           wait_for_line, wait_until_unlocked, write_structured_corpus)
 
 CFG = GPT2Config(n_vocab=50, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
 GLOBAL_BATCH, N_STEPS = 12, 5
@@ -186,7 +186,6 @@ def test_the_memory_table_in_the_docs_is_rank_memorys():
 
 # pretrain.py and train.py with --shard, under torchrun (2 and 3 gloo processes, one thread each)
 
-ONE_THREAD = dict(os.environ, OMP_NUM_THREADS='1')
 NO_DROPOUT = ('--embd_pdrop', '0', '--attn_pdrop', '0', '--resid_pdrop', '0')
 SCRIPT_TOLERANCE = 2e-5  # as DDP's: the ranks sum the gradients in another order than one process
 
@@ -202,9 +201,9 @@ def pretrain_args(corpus, out, *extra):
 
 def run_torchrun(script, argv, nproc=2, cwd=ROOT):
     """Run script under torchrun in nproc processes; return its CompletedProcess, asserting success."""
-    done = subprocess.run(torchrun(script, argv, nproc), cwd=cwd, env=ONE_THREAD, capture_output=True, text=True,
+    done = subprocess.run(torchrun(script, argv, nproc), cwd=cwd, env=torchrun_env(), capture_output=True, text=True,
                           timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     return done
 
 
@@ -279,7 +278,7 @@ def test_a_sharded_run_killed_resumes_exactly_on_two_processes_and_on_three_or_o
     two, _ = pretrained['two']
     out = tmp_path / 'killed'
     argv = pretrain_args(corpus, out, '--shard')
-    proc = subprocess.Popen(torchrun('pretrain.py', argv), cwd=ROOT, env=ONE_THREAD, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(torchrun('pretrain.py', argv), cwd=ROOT, env=torchrun_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     state = out / 'train_state.safetensors'
     wait_for(state.exists, proc, 'training state')
@@ -312,7 +311,7 @@ def test_sigterm_stops_a_sharded_run_with_its_state_saved_and_it_resumes_exactly
     two, _ = pretrained['two']
     out = tmp_path / 'stopped'
     argv = pretrain_args(corpus, out, '--shard', '--save_every', '0')
-    proc = subprocess.Popen(torchrun('pretrain.py', argv), cwd=ROOT, env=ONE_THREAD, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(torchrun('pretrain.py', argv), cwd=ROOT, env=torchrun_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     wait_for_line(proc, 'update 10:')
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to its workers
