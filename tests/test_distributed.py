@@ -200,8 +200,8 @@ def test_closing_the_group_ends_its_threads_before_the_interpreter_shuts_down():
                 MASTER_PORT=str(port), PYTHONPATH=str(ROOT)) for r in range(2)]
     ranks = [subprocess.Popen([sys.executable, '-c', CLOSING_RANK], cwd=ROOT, env=e, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for e in env]
-    for rank in ranks:
-        out, err = rank.communicate(timeout=300)
+    outputs = [rank.communicate(timeout=300) for rank in ranks]  # both ended before any verdict: none left running
+    for rank, (out, err) in zip(ranks, outputs):
         assert rank.returncode == 0, err[-3000:]
         report = json.loads(out.strip().splitlines()[-1])
         assert report['dynamo']  # DistributedDataParallel imported it after the group existed
